@@ -1,0 +1,492 @@
+//! Typed configuration: the `postern.toml` file, its defaults, and validation that fails closed.
+//!
+//! Every section has defaults, so a file only needs what differs. Unknown keys are refused (a typo in a
+//! security setting must not be silently ignored). Relative paths are resolved against the directory
+//! that holds the config file.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The protocol a listener speaks. Only the SMTP family is served so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Inbound MX on port 25: no AUTH, local recipients only, STARTTLS offered.
+    Smtp,
+    /// Message submission on port 587 (RFC 6409): STARTTLS, then AUTH required.
+    Submission,
+    /// Message submission over implicit TLS on port 465 (RFC 8314).
+    Submissions,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Submissions => "submissions",
+        }
+    }
+    /// The IANA port of the protocol, to which `postern init --port-offset` adds.
+    pub fn standard_port(self) -> u16 {
+        match self {
+            Protocol::Smtp => 25,
+            Protocol::Submission => 587,
+            Protocol::Submissions => 465,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub password_policy: PasswordPolicyConfig,
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Directory of the config file; relative paths are resolved against it. Not part of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The host name announced in greetings and written in Received headers.
+    pub hostname: String,
+    /// Seconds that sessions in flight get to finish after SIGTERM before they are cut.
+    #[serde(default = "d_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    #[serde(default = "d_cert")]
+    pub cert: PathBuf,
+    /// PEM private key (must not be readable by group or others).
+    #[serde(default = "d_key")]
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: d_cert(),
+            key: d_key(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub protocol: Protocol,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// SQLite database file.
+    #[serde(default = "d_db")]
+    pub database: PathBuf,
+    /// Directory of message bodies.
+    #[serde(default = "d_blobs")]
+    pub blobs: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            database: d_db(),
+            blobs: d_blobs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// argon2id memory cost in KiB (OWASP 2023 minimum: 19456).
+    #[serde(default = "d_m")]
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    #[serde(default = "d_t")]
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    #[serde(default = "d_p")]
+    pub argon2_parallelism: u32,
+    /// Concurrent hash verifications; 0 means one per CPU core.
+    #[serde(default)]
+    pub max_concurrent_verifications: usize,
+    /// How long an attempt waits for a free verification slot before a temporary failure.
+    #[serde(default = "d_verify_wait")]
+    pub verification_queue_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            argon2_memory_kib: d_m(),
+            argon2_iterations: d_t(),
+            argon2_parallelism: d_p(),
+            max_concurrent_verifications: 0,
+            verification_queue_ms: d_verify_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordPolicyConfig {
+    #[serde(default = "d_min_len")]
+    pub min_length: usize,
+    /// Minimum zxcvbn score, 0..=4.
+    #[serde(default = "d_min_score")]
+    pub min_score: u8,
+    /// Have I Been Pwned "Pwned Passwords" file (SHA-1, sorted by hash, `HASH:COUNT` lines).
+    #[serde(default)]
+    pub breached_passwords_file: Option<PathBuf>,
+}
+
+impl Default for PasswordPolicyConfig {
+    fn default() -> Self {
+        PasswordPolicyConfig {
+            min_length: d_min_len(),
+            min_score: d_min_score(),
+            breached_passwords_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Largest message accepted, in octets (advertised in SIZE).
+    #[serde(default = "d_msg_size")]
+    pub max_message_size: usize,
+    /// Longest command line including CRLF (RFC 5321 4.5.3.1.4: 512; we allow the text-line 1000).
+    #[serde(default = "d_line")]
+    pub max_line_length: usize,
+    /// Recipients per message (RFC 5321 4.5.3.1.8 asks for at least 100).
+    #[serde(default = "d_rcpt")]
+    pub max_recipients: usize,
+    /// Error replies in one session before it is closed.
+    #[serde(default = "d_errors")]
+    pub max_errors: u32,
+    /// Commands outside a mail transaction (EHLO, NOOP, RSET, ...) before the session is closed.
+    #[serde(default = "d_cmds")]
+    pub max_commands_before_mail: u32,
+    /// Failed AUTH attempts in one session before it is closed.
+    #[serde(default = "d_auth_fail")]
+    pub max_auth_failures: u32,
+    /// Seconds to wait for a command (RFC 5321 4.5.3.2.7: 5 minutes).
+    #[serde(default = "d_cmd_to")]
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for a command before authentication or a mail transaction began.
+    #[serde(default = "d_pre_to")]
+    pub idle_timeout_secs: u64,
+    /// Seconds to wait for each block of DATA (RFC 5321 4.5.3.2.6: 3 minutes).
+    #[serde(default = "d_data_to")]
+    pub data_timeout_secs: u64,
+    /// Seconds for a TLS handshake.
+    #[serde(default = "d_tls_to")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Milliseconds the server waits before its greeting; a client that talks first is disconnected.
+    #[serde(default)]
+    pub greeting_delay_ms: u64,
+    /// Open connections in total across the SMTP listeners.
+    #[serde(default = "d_conns")]
+    pub max_connections: usize,
+    /// Open connections from one IP address.
+    #[serde(default = "d_conns_ip")]
+    pub max_connections_per_ip: usize,
+    /// Write the TLS version and cipher of inbound (port 25) connections into Received headers.
+    #[serde(default)]
+    pub received_tls_details: bool,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            max_message_size: d_msg_size(),
+            max_line_length: d_line(),
+            max_recipients: d_rcpt(),
+            max_errors: d_errors(),
+            max_commands_before_mail: d_cmds(),
+            max_auth_failures: d_auth_fail(),
+            command_timeout_secs: d_cmd_to(),
+            idle_timeout_secs: d_pre_to(),
+            data_timeout_secs: d_data_to(),
+            tls_handshake_timeout_secs: d_tls_to(),
+            greeting_delay_ms: 0,
+            max_connections: d_conns(),
+            max_connections_per_ip: d_conns_ip(),
+            received_tls_details: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. "info" or "info,postern_smtp=debug".
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            level: d_level(),
+        }
+    }
+}
+
+fn d_grace() -> u64 {
+    30
+}
+fn d_cert() -> PathBuf {
+    "tls/cert.pem".into()
+}
+fn d_key() -> PathBuf {
+    "tls/key.pem".into()
+}
+fn d_db() -> PathBuf {
+    "postern.db".into()
+}
+fn d_blobs() -> PathBuf {
+    "blobs".into()
+}
+fn d_m() -> u32 {
+    19_456
+}
+fn d_t() -> u32 {
+    2
+}
+fn d_p() -> u32 {
+    1
+}
+fn d_verify_wait() -> u64 {
+    2_000
+}
+fn d_min_len() -> usize {
+    12
+}
+fn d_min_score() -> u8 {
+    3
+}
+fn d_msg_size() -> usize {
+    50 * 1024 * 1024
+}
+fn d_line() -> usize {
+    1000
+}
+fn d_rcpt() -> usize {
+    100
+}
+fn d_errors() -> u32 {
+    10
+}
+fn d_cmds() -> u32 {
+    25
+}
+fn d_auth_fail() -> u32 {
+    3
+}
+fn d_cmd_to() -> u64 {
+    300
+}
+fn d_pre_to() -> u64 {
+    60
+}
+fn d_data_to() -> u64 {
+    180
+}
+fn d_tls_to() -> u64 {
+    10
+}
+fn d_conns() -> usize {
+    1000
+}
+fn d_conns_ip() -> usize {
+    20
+}
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        cfg.base_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no validation, no base directory).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Checks values that parse but make no sense; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if postern_types::Domain::parse(&self.server.hostname).is_err() {
+            return Err(format!(
+                "server.hostname {:?} is not a fully qualified host name",
+                self.server.hostname
+            ));
+        }
+        let s = &self.smtp;
+        if s.max_line_length < 512 {
+            return Err("smtp.max_line_length must be at least 512 (RFC 5321 4.5.3.1.4)".into());
+        }
+        if s.max_recipients == 0 || s.max_message_size < 1024 || s.max_connections == 0 {
+            return Err("smtp.max_recipients, smtp.max_message_size and smtp.max_connections must be positive (max_message_size at least 1024)".into());
+        }
+        if s.max_connections_per_ip == 0 || s.max_auth_failures == 0 || s.max_errors == 0 {
+            return Err("smtp.max_connections_per_ip, smtp.max_auth_failures and smtp.max_errors must be at least 1".into());
+        }
+        if self.password_policy.min_score > 4 {
+            return Err("password_policy.min_score must be between 0 and 4".into());
+        }
+        if self.password_policy.min_length < 8 {
+            return Err("password_policy.min_length must be at least 8".into());
+        }
+        if self.auth.argon2_memory_kib < 8 * self.auth.argon2_parallelism.max(1)
+            || self.auth.argon2_iterations == 0
+            || self.auth.argon2_parallelism == 0
+        {
+            return Err("auth.argon2_* parameters are out of range".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if !seen.insert(l.address) {
+                return Err(format!("two listeners use the address {}", l.address));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// The file `postern init` writes: every listener on `ip` at its standard port plus `port_offset`.
+pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u16) -> String {
+    let mut out = format!(
+        "# Postern configuration. Every key and its default is described in docs/configuration.md.\n\
+         # Relative paths are resolved against the directory of this file.\n\n\
+         [server]\nhostname = \"{hostname}\"\nshutdown_grace_secs = 30\n\n\
+         [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
+         [storage]\ndatabase = \"postern.db\"\nblobs = \"blobs\"\n\n"
+    );
+    for proto in [Protocol::Smtp, Protocol::Submission, Protocol::Submissions] {
+        let port = proto.standard_port().saturating_add(port_offset);
+        let addr = SocketAddr::new(ip, port);
+        out.push_str(&format!(
+            "[[listener]]\nprotocol = \"{}\"\naddress = \"{addr}\"\n\n",
+            proto.name()
+        ));
+    }
+    out.push_str(
+        "[password_policy]\nmin_length = 12\nmin_score = 3\n\
+         # breached_passwords_file = \"/var/lib/postern/pwned-passwords-sha1-ordered-by-hash.txt\"\n\n\
+         [smtp]\nmax_message_size = 52428800\nmax_recipients = 100\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_text_parses_and_validates() {
+        let text = initial_config_text("mail.example.test", "127.0.0.1".parse().unwrap(), 10000);
+        let cfg = Config::parse(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.listeners.len(), 3);
+        assert_eq!(cfg.listeners[0].address.port(), 10025);
+        assert_eq!(cfg.listeners[1].address.port(), 10587);
+        assert_eq!(cfg.listeners[2].address.port(), 10465);
+        assert_eq!(cfg.smtp.max_line_length, 1000);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::parse("[server]\nhostname='a.test'\nhostnme='x'\n").unwrap_err();
+        assert!(err.contains("hostnme"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut cfg = Config::parse("[server]\nhostname='a.test'\n").unwrap();
+        cfg.smtp.max_line_length = 100;
+        assert!(cfg.validate().unwrap_err().contains("max_line_length"));
+        cfg.smtp.max_line_length = 1000;
+        cfg.server.hostname = "not a host".into();
+        assert!(cfg.validate().unwrap_err().contains("hostname"));
+    }
+}

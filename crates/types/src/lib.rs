@@ -1,0 +1,173 @@
+//! Shared newtypes: [`Domain`] and [`EmailAddress`] with strict parsing, and re-exported secret types.
+//!
+//! Addresses are parsed strictly: anything that is not a plain `local@domain` (source routes, IP
+//! literals, trailing dots, a second `@`) is refused here, so that no policy built on these types can be
+//! tricked into treating a remote address as local (the classic open-relay hacks).
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+pub use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+/// Why an address or domain was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AddressError {
+    #[error("the address must have the form local@domain")]
+    Shape,
+    #[error("the local part is empty, too long, or has a character that is not allowed")]
+    LocalPart,
+    #[error("the domain is not a valid host name (labels of letters, digits and hyphens)")]
+    Domain,
+}
+
+/// A lower-cased DNS domain name: at least two labels, each 1..=63 of `[a-z0-9-]` not starting or
+/// ending with `-`, 253 octets at most. IP literals and trailing dots are refused.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Domain(String);
+
+impl Domain {
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let lower = s.to_ascii_lowercase();
+        if lower.is_empty() || lower.len() > 253 || !lower.contains('.') {
+            return Err(AddressError::Domain);
+        }
+        for label in lower.split('.') {
+            let ok = !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(AddressError::Domain);
+            }
+        }
+        // A top-level label made only of digits would make "1.2.3.4" a domain.
+        if lower.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(AddressError::Domain);
+        }
+        Ok(Domain(lower))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Domain({})", self.0)
+    }
+}
+
+/// An email address `local@domain`. The local part is a dot-atom (RFC 5322 3.2.3) of at most 64
+/// octets; UTF-8 is allowed in it (RFC 6531) but quoting is not. Comparison is case-insensitive: the
+/// whole address is kept lower-cased, which is how accounts and aliases are looked up.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EmailAddress {
+    full: String,
+    at: usize,
+}
+
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control())
+}
+
+impl EmailAddress {
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let (local, domain) = s.rsplit_once('@').ok_or(AddressError::Shape)?;
+        if local.contains('@') {
+            return Err(AddressError::Shape);
+        }
+        if local.is_empty()
+            || local.len() > 64
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+            || !local.chars().all(|c| c == '.' || is_atext(c))
+        {
+            return Err(AddressError::LocalPart);
+        }
+        let domain = Domain::parse(domain)?;
+        let local = local.to_lowercase();
+        let full = format!("{local}@{}", domain.as_str());
+        Ok(EmailAddress {
+            at: local.len(),
+            full,
+        })
+    }
+
+    pub fn local_part(&self) -> &str {
+        &self.full[..self.at]
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.full[self.at + 1..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+impl fmt::Display for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl fmt::Debug for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EmailAddress({})", self.full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_addresses_and_lowercases() {
+        let a = EmailAddress::parse("Alice.B+tag@Example.TEST").unwrap();
+        assert_eq!(a.as_str(), "alice.b+tag@example.test");
+        assert_eq!(a.local_part(), "alice.b+tag");
+        assert_eq!(a.domain(), "example.test");
+    }
+
+    #[test]
+    fn refuses_relay_tricks() {
+        for bad in [
+            "user@example.test.",
+            "user@[127.0.0.1]",
+            "user@127.0.0.1",
+            "user@remote.test@example.test",
+            "\"user@remote\"@example.test",
+            "@a.test:user@example.test",
+            "user",
+            "@example.test",
+            "user@",
+            ".user@example.test",
+            "us..er@example.test",
+            "user@-bad.test",
+            "user@exa mple.test",
+            "user@localhost",
+            "us er@example.test",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn percent_hack_is_just_a_local_part() {
+        // `user%remote.test@example.test` is a local part containing '%': it never routes anywhere.
+        let a = EmailAddress::parse("user%remote.test@example.test").unwrap();
+        assert_eq!(a.domain(), "example.test");
+    }
+}
