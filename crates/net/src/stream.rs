@@ -1,0 +1,99 @@
+//! [`MailStream`]: a TCP connection that is plain or TLS, upgradable in place by STARTTLS.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+pub enum MailStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// What a session knows about its TLS layer.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsInfo {
+    pub version: &'static str,
+    pub cipher: &'static str,
+}
+
+impl MailStream {
+    /// Runs a TLS handshake over a plain stream (implicit TLS, or after STARTTLS).
+    pub async fn accept_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<MailStream> {
+        let tls = acceptor.accept(tcp).await?;
+        Ok(MailStream::Tls(Box::new(tls)))
+    }
+
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        match self {
+            MailStream::Plain(_) => None,
+            MailStream::Tls(s) => {
+                let conn = s.get_ref().1;
+                Some(TlsInfo {
+                    version: crate::tls::version_name(conn.protocol_version()),
+                    cipher: conn
+                        .negotiated_cipher_suite()
+                        .and_then(|c| c.suite().as_str())
+                        .unwrap_or("unknown"),
+                })
+            }
+        }
+    }
+
+    /// The TCP stream under a plain connection (to upgrade it); None if already TLS.
+    pub fn into_plain(self) -> Result<TcpStream, MailStream> {
+        match self {
+            MailStream::Plain(t) => Ok(t),
+            other => Err(other),
+        }
+    }
+
+    /// True if the peer has already sent bytes that nobody read (used to catch clients that talk
+    /// before the greeting). Only meaningful on a plain stream.
+    pub async fn has_early_data(&self) -> bool {
+        match self {
+            MailStream::Plain(t) => {
+                let mut b = [0u8; 1];
+                matches!(
+                    tokio::time::timeout(std::time::Duration::ZERO, t.peek(&mut b)).await,
+                    Ok(Ok(n)) if n > 0
+                )
+            }
+            MailStream::Tls(_) => false,
+        }
+    }
+}
+
+impl AsyncRead for MailStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MailStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Administrative commands run from the host shell: init, demo, domain, user, alias, queue.
+//! They work on the database directly, also while the server runs (SQLite WAL allows it).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use postern_config::{Config, LogFormat};
+use postern_types::{Domain, EmailAddress};
+use secrecy::ExposeSecret;
+
+use crate::cli::{AliasCmd, DomainCmd, QueueCmd, UserCmd};
+use crate::password;
+use crate::serve::open_store;
+
+fn date(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn address(s: &str) -> Result<EmailAddress> {
+    EmailAddress::parse(s).with_context(|| format!("invalid address {s:?}"))
+}
+
+fn domain_arg(s: &str) -> Result<Domain> {
+    Domain::parse(s).with_context(|| format!("invalid domain {s:?}"))
+}
+
+/// `postern init`: config file, database with the first domain, self-signed certificate.
+pub async fn init(dir: &Path, domain: &str, hostname: Option<&str>, ip: IpAddr, port_offset: u16) -> Result<Config> {
+    let domain = domain_arg(domain)?;
+    let hostname = hostname.map(str::to_owned).unwrap_or_else(|| format!("mail.{domain}"));
+    Domain::parse(&hostname).with_context(|| format!("invalid --hostname {hostname:?}"))?;
+    if port_offset > 65535 - 8080 {
+        bail!("--port-offset {port_offset} would push ports past 65535");
+    }
+    let config_path = dir.join("postern.toml");
+    if config_path.exists() {
+        bail!("{} already exists; refusing to overwrite it", config_path.display());
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = postern_config::initial_config_text(&hostname, ip, port_offset);
+    std::fs::write(&config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+    let cfg = Config::load(&config_path)?;
+    let (cert, key) = (cfg.path(&cfg.tls.cert), cfg.path(&cfg.tls.key));
+    if !cert.exists() {
+        postern_net::tls::generate_self_signed(&hostname, &cert, &key)?;
+    }
+    let store = open_store(&cfg).await?;
+    store.add_domain(&domain).await?;
+    store.close().await;
+    println!("Initialised {}", dir.display());
+    println!("  config:   {}", config_path.display());
+    println!("  domain:   {domain}");
+    println!("  hostname: {hostname} (self-signed certificate in {})", cert.display());
+    for l in &cfg.listeners {
+        println!("  listener: {:<12} {}", l.protocol.name(), l.address);
+    }
+    println!("No account exists yet. Create one with:");
+    println!("  postern --dir {} user add postmaster@{domain}", dir.display());
+    Ok(cfg)
+}
+
+/// `postern demo`: a throw-away server to look at, in one command.
+pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()> {
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("postern-demo-{}", hex_id())),
+    };
+    let cfg = init(&dir, "example.test", Some("mail.example.test"), "127.0.0.1".parse()?, 10000).await?;
+    let user = address("demo@example.test")?;
+    let pw = password::generate();
+    let hash = password::check_and_hash(&cfg, &pw, user.as_str())?;
+    let store = open_store(&cfg).await?;
+    store.add_account(&user, &hash).await?;
+    store.close().await;
+    let port = |p: postern_config::Protocol| {
+        cfg.listeners
+            .iter()
+            .find(|l| l.protocol == p)
+            .map(|l| l.address.port())
+            .unwrap_or(0)
+    };
+    let banner = format!(
+        "\n==================== Postern demo ====================\n\
+         user:     {user}\n\
+         password: {}   (shown once; not stored in clear anywhere)\n\
+         SMTP (MX, no auth)         127.0.0.1:{}\n\
+         submission (STARTTLS+AUTH) 127.0.0.1:{}\n\
+         submissions (TLS+AUTH)     127.0.0.1:{}\n\
+         data directory: {}\n\
+         Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
+         \x20      --from {user} --to {user} --tls-verify=no\n\
+         Stop with Ctrl-C.\n\
+         ======================================================",
+        pw.expose_secret(),
+        port(postern_config::Protocol::Smtp),
+        port(postern_config::Protocol::Submission),
+        port(postern_config::Protocol::Submissions),
+        dir.display(),
+        port(postern_config::Protocol::Submission),
+    );
+    drop(pw);
+    crate::serve::serve(cfg, format, Some(banner)).await
+}
+
+fn hex_id() -> String {
+    let b: [u8; 4] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        DomainCmd::Add { domain } => {
+            let d = domain_arg(domain)?;
+            store.add_domain(&d).await?;
+            println!("domain {d} added");
+        }
+        DomainCmd::List => {
+            for d in store.list_domains().await? {
+                println!("{}\t{} account(s)", d.name, d.accounts);
+            }
+        }
+        DomainCmd::Remove { domain } => {
+            let d = domain_arg(domain)?;
+            store.remove_domain(&d).await?;
+            println!("domain {d} removed");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        UserCmd::Add { address: a, password_stdin } => {
+            let a = address(a)?;
+            if !store.is_local_domain(a.domain()).await? {
+                bail!("domain {} is not served here; add it first with `postern domain add {}`", a.domain(), a.domain());
+            }
+            if store.resolve_recipient(&a).await?.is_some() {
+                bail!("{a} already exists (as an account or an alias)");
+            }
+            let pw = password::read_new(*password_stdin)?;
+            let hash = password::check_and_hash(cfg, &pw, a.as_str())?;
+            store.add_account(&a, &hash).await?;
+            println!("account {a} created");
+        }
+        UserCmd::Passwd { address: a, password_stdin } => {
+            let a = address(a)?;
+            store.account(&a).await?;
+            let pw = password::read_new(*password_stdin)?;
+            let hash = password::check_and_hash(cfg, &pw, a.as_str())?;
+            store.set_password(&a, &hash).await?;
+            println!("password of {a} changed");
+        }
+        UserCmd::List => {
+            for a in store.list_accounts().await? {
+                println!("{}\t{}", a.address, if a.disabled { "disabled" } else { "active" });
+            }
+        }
+        UserCmd::Show { address: a } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            println!("address:          {}", info.address);
+            println!("status:           {}", if info.disabled { "disabled" } else { "active" });
+            println!("created:          {}", date(info.created_at));
+            println!("password changed: {}", date(info.password_changed_at));
+            println!("received details: {}", if info.received_details { "on" } else { "off" });
+            let owned = store.owned_addresses(info.id).await?;
+            let aliases: Vec<_> = owned.into_iter().filter(|o| *o != info.address).collect();
+            println!("aliases:          {}", if aliases.is_empty() { "-".to_owned() } else { aliases.join(", ") });
+            println!("mailboxes:");
+            for m in store.mailboxes(info.id).await? {
+                println!(
+                    "  {:<10} {:>6} message(s) {:>10} bytes  {}",
+                    m.name,
+                    m.messages,
+                    m.bytes,
+                    m.special_use.unwrap_or_default()
+                );
+            }
+        }
+        UserCmd::Disable { address: a } => {
+            let a = address(a)?;
+            store.set_disabled(&a, true).await?;
+            println!("account {a} disabled");
+        }
+        UserCmd::Enable { address: a } => {
+            let a = address(a)?;
+            store.set_disabled(&a, false).await?;
+            println!("account {a} enabled");
+        }
+        UserCmd::Remove { address: a } => {
+            let a = address(a)?;
+            store.remove_account(&a).await?;
+            println!("account {a} removed with its mail");
+        }
+        UserCmd::ReceivedDetails { address: a, on } => {
+            let a = address(a)?;
+            store.set_received_details(&a, *on).await?;
+            println!("received details for {a}: {}", if *on { "on" } else { "off" });
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn alias(cfg: &Config, cmd: &AliasCmd) -> Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        AliasCmd::Add { alias, account } => {
+            let (al, ac) = (address(alias)?, address(account)?);
+            store.add_alias(&al, &ac).await?;
+            println!("alias {al} -> {ac} added");
+        }
+        AliasCmd::List => {
+            for (al, ac) in store.list_aliases().await? {
+                println!("{al}\t{ac}");
+            }
+        }
+        AliasCmd::Remove { alias } => {
+            let al = address(alias)?;
+            store.remove_alias(&al).await?;
+            println!("alias {al} removed");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
+    let store = open_store(cfg).await?;
+    match cmd {
+        QueueCmd::List => {
+            let q = store.queue_list().await?;
+            if q.is_empty() {
+                println!("queue is empty");
+            }
+            for e in q {
+                println!(
+                    "{}\t{}\t{}\t{} bytes\tattempts {}\t<{}> -> {}",
+                    e.id,
+                    date(e.created_at),
+                    e.status,
+                    e.size,
+                    e.attempts,
+                    e.sender,
+                    e.recipients.join(", ")
+                );
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Adapts the store to the SMTP server's [`MailBackend`]: local delivery gets a Return-Path header
+//! (RFC 5321 4.4), the outbound queue keeps the message as submitted plus our Received header.
+
+use postern_smtp::{BackendError, Delivery, MailBackend};
+use postern_store::Store;
+use postern_types::EmailAddress;
+
+pub struct StoreBackend {
+    pub store: Store,
+}
+
+fn err(e: postern_store::StoreError) -> BackendError {
+    BackendError(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl MailBackend for StoreBackend {
+    async fn is_local_domain(&self, domain: &str) -> Result<bool, BackendError> {
+        self.store.is_local_domain(domain).await.map_err(err)
+    }
+
+    async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>, BackendError> {
+        self.store.resolve_recipient(address).await.map_err(err)
+    }
+
+    async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>, BackendError> {
+        self.store.owned_addresses(account_id).await.map_err(err)
+    }
+
+    async fn received_details(&self, account_id: i64) -> Result<bool, BackendError> {
+        Ok(self.store.account_by_id(account_id).await.map_err(err)?.received_details)
+    }
+
+    async fn deliver(&self, d: Delivery) -> Result<(), BackendError> {
+        let Delivery { sender, account_id, local, remote, received, mut body } = d;
+        // Remote first: if queueing fails the client retries and nothing was delivered locally.
+        if !remote.is_empty() {
+            let queued = if local.is_empty() { std::mem::take(&mut body) } else { body.clone() };
+            self.store
+                .enqueue(vec![received.clone().into_bytes(), queued], &sender, account_id, &remote)
+                .await
+                .map_err(err)?;
+        }
+        if !local.is_empty() {
+            let return_path = format!("Return-Path: <{sender}>\r\n").into_bytes();
+            self.store
+                .deliver_local(vec![return_path, received.into_bytes(), body], &local, postern_store::now())
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Command-line interface. Passwords are never accepted as arguments: only on standard input
+//! (`--password-stdin`) or at a prompt without echo.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use postern_config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "postern", version, about = "A self-hosted mail server with secure defaults")]
+pub struct Cli {
+    /// Configuration file (default: $POSTERN_CONFIG, else ./postern.toml).
+    #[arg(long, global = true, env = "POSTERN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory made by `postern init`; shorthand for --config DIR/postern.toml.
+    #[arg(long, global = true)]
+    pub dir: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a data directory: postern.toml, the database and a self-signed certificate.
+    /// Creates no account and no password.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The first mail domain.
+        #[arg(long)]
+        domain: String,
+        /// Host name of this server (default: mail.DOMAIN).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Address every listener binds to.
+        #[arg(long, default_value = "0.0.0.0")]
+        listen_ip: IpAddr,
+        /// Added to every standard port (25, 587, 465) so the server can run unprivileged.
+        #[arg(long, default_value_t = 0)]
+        port_offset: u16,
+    },
+    /// Run every configured listener until SIGTERM or SIGINT.
+    Serve,
+    /// A first look: a throw-away server on 127.0.0.1 (ports 10025, 10587, 10465), domain
+    /// example.test, one user with a generated password printed once.
+    Demo,
+    /// Mail domains served by this server.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Mail accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Additional addresses delivered to (and usable as sender by) an account.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// The outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// Load and validate the configuration, then print a summary.
+    CheckConfig,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DomainCmd {
+    Add { domain: String },
+    List,
+    /// Remove a domain that has no accounts.
+    Remove { domain: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create an account; the password is read from stdin or a prompt and must pass the policy.
+    Add {
+        address: String,
+        /// Read the password from standard input (first line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change an account's password (same policy).
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+    Show { address: String },
+    /// Stop the account from logging in (mail is still delivered).
+    Disable { address: String },
+    Enable { address: String },
+    /// Delete the account with its mailboxes and messages.
+    Remove { address: String },
+    /// Opt in or out of TLS and login details in the Received headers of submitted mail.
+    ReceivedDetails {
+        address: String,
+        #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+        on: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasCmd {
+    Add { alias: String, account: String },
+    List,
+    Remove { alias: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCmd {
+    List,
+}
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        if let Some(c) = &self.config {
+            return c.clone();
+        }
+        if let Some(d) = &self.dir {
+            return d.join("postern.toml");
+        }
+        PathBuf::from("postern.toml")
+    }
+
+    pub fn load_config(&self) -> Result<Config> {
+        let path = self.config_path();
+        Config::load(&path).map_err(anyhow::Error::from)
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let log_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match &cli.command {
+        Command::Init { dir, domain, hostname, listen_ip, port_offset } => {
+            crate::admin::init(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
+                .await
+                .with_context(|| format!("init of {}", dir.display()))?;
+            Ok(())
+        }
+        Command::Serve => {
+            let cfg = cli.load_config()?;
+            crate::serve::serve(cfg, log_format, None).await
+        }
+        Command::Demo => crate::admin::demo(cli.dir.clone(), log_format).await,
+        Command::CheckConfig => {
+            let cfg = cli.load_config()?;
+            println!("{}: ok", cli.config_path().display());
+            for l in &cfg.listeners {
+                println!("  listener {:<12} {}", l.protocol.name(), l.address);
+            }
+            Ok(())
+        }
+        Command::Domain(c) => crate::admin::domain(&cli.load_config()?, c).await,
+        Command::User(c) => crate::admin::user(&cli.load_config()?, c).await,
+        Command::Alias(c) => crate::admin::alias(&cli.load_config()?, c).await,
+        Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
+    }
+}

@@ -1,0 +1,104 @@
+//! Reading, generating and checking passwords for the command line.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::{bail, Context, Result};
+use postern_auth::{BreachedList, PasswordPolicy};
+use postern_config::Config;
+use rand::seq::IndexedRandom;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+/// The policy from `[password_policy]`.
+pub fn policy(cfg: &Config) -> Result<PasswordPolicy> {
+    let p = &cfg.password_policy;
+    let breached = match &p.breached_passwords_file {
+        Some(path) => {
+            let path = cfg.path(path);
+            Some(
+                BreachedList::open(&path)
+                    .with_context(|| format!("password_policy.breached_passwords_file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(PasswordPolicy {
+        min_length: p.min_length,
+        min_score: p.min_score,
+        breached,
+    })
+}
+
+/// Reads a new password: the first line of standard input with `--password-stdin`, else a prompt
+/// (twice, no echo) when standard input is a terminal.
+pub fn read_new(from_stdin: bool) -> Result<SecretString> {
+    if from_stdin {
+        let mut buf = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_to_string(&mut buf)
+            .context("reading the password from standard input")?;
+        let line = buf.split(['\n', '\r']).next().unwrap_or("");
+        if line.is_empty() {
+            bail!("no password on standard input");
+        }
+        return Ok(SecretString::from(line.to_owned()));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no password given: pipe it with --password-stdin (passwords are never accepted as arguments)");
+    }
+    let first = Zeroizing::new(rpassword::prompt_password("New password: ").context("reading the password")?);
+    let second = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading the password")?);
+    if *first != *second {
+        bail!("the two passwords differ");
+    }
+    if first.is_empty() {
+        bail!("empty password");
+    }
+    Ok(SecretString::from(first.to_string()))
+}
+
+/// A random password of 5 groups of 5 characters from a 54-symbol alphabet (about 143 bits),
+/// without look-alike characters.
+pub fn generate() -> SecretString {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    let groups: Vec<String> = (0..5)
+        .map(|_| {
+            (0..5)
+                .map(|_| *ALPHABET.choose(&mut rng).expect("alphabet is not empty") as char)
+                .collect()
+        })
+        .collect();
+    SecretString::from(groups.join("-"))
+}
+
+/// Checks the policy and hashes the password with the configured argon2id parameters.
+pub fn check_and_hash(cfg: &Config, password: &SecretString, address: &str) -> Result<String> {
+    let policy = policy(cfg)?;
+    if let Err(v) = policy.check(password.expose_secret(), address) {
+        bail!("password refused: {v}");
+    }
+    hash(cfg, password)
+}
+
+pub fn hash(cfg: &Config, password: &SecretString) -> Result<String> {
+    use postern_auth::PasswordHasher;
+    let a = &cfg.auth;
+    let hasher = postern_auth::Argon2Hasher::new(a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)?;
+    Ok(hasher.hash(password.expose_secret().as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passwords_pass_the_default_policy() {
+        let p = PasswordPolicy::default();
+        for _ in 0..20 {
+            let pw = generate();
+            assert_eq!(pw.expose_secret().len(), 29);
+            p.check(pw.expose_secret(), "demo@example.test").unwrap();
+        }
+    }
+}

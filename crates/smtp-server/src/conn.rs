@@ -1,0 +1,136 @@
+//! Buffered, capped I/O for one SMTP connection: command lines with a length cap and a deadline,
+//! replies buffered and flushed only when the client waits for them (RFC 2920 pipelining), and the
+//! stream handed over for STARTTLS.
+
+use std::io;
+use std::time::Duration;
+
+use postern_net::{MailStream, TlsAcceptor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub enum ReadError {
+    Eof,
+    Timeout,
+    Io(io::Error),
+}
+
+pub enum Line {
+    Ok(Vec<u8>),
+    /// The line exceeded the cap; its bytes were discarded up to the next LF.
+    TooLong,
+}
+
+pub struct Conn {
+    stream: Option<MailStream>,
+    /// Input read from the socket and not consumed yet.
+    pub(crate) buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: MailStream) -> Self {
+        Conn {
+            stream: Some(stream),
+            buf: Vec::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(1024),
+        }
+    }
+
+    fn stream(&mut self) -> io::Result<&mut MailStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "stream taken"))
+    }
+
+    pub fn stream_ref(&self) -> Option<&MailStream> {
+        self.stream.as_ref()
+    }
+
+    /// Queues a reply line (CRLF is added).
+    pub fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let s = self.stream()?;
+        s.write_all(&out).await?;
+        s.flush().await?;
+        self.out = out;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Reads more input (flushing pending replies first, since the client may be waiting for
+    /// them). Returns the number of bytes read.
+    pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        self.flush().await.map_err(ReadError::Io)?;
+        let mut chunk = [0u8; READ_CHUNK];
+        let s = self.stream().map_err(ReadError::Io)?;
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Err(e)) => Err(ReadError::Io(e)),
+            Ok(Ok(0)) => Err(ReadError::Eof),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Reads one line (up to and including LF) of at most `max` bytes, all of it before `timeout`
+    /// elapses (so a client trickling one byte at a time is cut off too).
+    pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ReadError> {
+        let deadline = Instant::now() + timeout;
+        let mut skipping = false;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if skipping || line.len() > max {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Ok(line));
+            }
+            if self.buf.len() > max {
+                skipping = true;
+                self.buf.clear();
+            }
+            self.fill(deadline).await?;
+        }
+    }
+
+    /// Discards input that was pipelined behind STARTTLS (it arrived in clear text and must not be
+    /// executed after the upgrade: the CVE-2011-0411 class), then runs the TLS handshake.
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<usize> {
+        self.flush().await?;
+        let discarded = self.buf.len();
+        self.buf.clear();
+        let stream = self
+            .stream
+            .take()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "stream taken"))?;
+        let tcp = stream
+            .into_plain()
+            .map_err(|_| io::Error::other("TLS is already active"))?;
+        let tls = tokio::time::timeout(timeout, MailStream::accept_tls(tcp, acceptor))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Some(tls);
+        Ok(discarded)
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        if let Ok(s) = self.stream() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+        }
+    }
+}

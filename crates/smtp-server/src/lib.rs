@@ -1,0 +1,78 @@
+//! SMTP server: inbound MX (port 25), submission with STARTTLS (587) and implicit TLS (465).
+//!
+//! Commands are parsed by `smtp-proto`; DATA by the smuggling-safe [`data::DataReader`]; message
+//! headers by `mail-parser`. Storage is reached through the [`MailBackend`] trait and logins through
+//! the auth core, so this crate knows neither the database nor how passwords are checked.
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod data;
+pub mod session;
+
+use std::sync::Arc;
+
+use postern_auth::Authenticator;
+use postern_config::{Protocol, SmtpConfig};
+use postern_net::TlsAcceptor;
+use postern_types::EmailAddress;
+
+pub use session::handle_connection;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// A message accepted by a session, ready to be stored durably.
+pub struct Delivery {
+    /// Envelope sender ("" for the null reverse-path).
+    pub sender: String,
+    /// The authenticated account that submitted it, if any.
+    pub account_id: Option<i64>,
+    /// Local accounts to deliver to (deduplicated).
+    pub local: Vec<i64>,
+    /// Remote recipients to queue.
+    pub remote: Vec<String>,
+    /// The Received header this server adds (with CRLF).
+    pub received: String,
+    /// The message as received (CRLF line endings, dot-stuffing removed).
+    pub body: Vec<u8>,
+}
+
+/// The storage side of the SMTP server.
+#[async_trait::async_trait]
+pub trait MailBackend: Send + Sync {
+    async fn is_local_domain(&self, domain: &str) -> Result<bool, BackendError>;
+    /// The account that receives mail for `address` (account address or alias).
+    async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>, BackendError>;
+    /// Addresses the account may use as envelope sender and in From.
+    async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>, BackendError>;
+    /// Whether the account opted in to TLS and login details in Received headers.
+    async fn received_details(&self, account_id: i64) -> Result<bool, BackendError>;
+    /// Stores the message durably (local mailboxes and/or the outbound queue). When this returns
+    /// Ok, the message must survive a crash.
+    async fn deliver(&self, delivery: Delivery) -> Result<(), BackendError>;
+}
+
+/// Everything a session needs, shared by all sessions of all SMTP listeners.
+pub struct SmtpServer {
+    pub hostname: String,
+    pub config: SmtpConfig,
+    pub backend: Arc<dyn MailBackend>,
+    pub auth: Arc<Authenticator>,
+    pub tls: TlsAcceptor,
+}
+
+/// The policy of one listener, derived from its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerKind {
+    pub protocol: Protocol,
+}
+
+impl ListenerKind {
+    pub fn is_submission(self) -> bool {
+        matches!(self.protocol, Protocol::Submission | Protocol::Submissions)
+    }
+    pub fn implicit_tls(self) -> bool {
+        self.protocol == Protocol::Submissions
+    }
+}

@@ -1,0 +1,736 @@
+//! One SMTP session: the state machine from greeting to QUIT, with the policy of its listener.
+//!
+//! Policy, per RFC and per Postern's defaults:
+//! - no AUTH before TLS on any listener (RFC 4954 4, RFC 8314); port 25 offers no AUTH at all;
+//! - submission requires AUTH before MAIL, and the envelope sender and the From/Sender headers must
+//!   be addresses the account owns (RFC 6409 8.1);
+//! - port 25 accepts only existing local recipients of local domains (no open relay);
+//! - every line has a length cap and every wait a deadline; errors and idle commands are counted and
+//!   the session is closed past the limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_auth::sasl::{self, Credentials};
+use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_config::Protocol;
+use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
+use postern_types::EmailAddress;
+use secrecy::SecretString;
+use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{Conn, Line, ReadError};
+use crate::data::{DataProblem, DataReader};
+use crate::{Delivery, ListenerKind, SmtpServer};
+
+/// RFC 4954 4: a SASL response line may be up to 12288 octets.
+const MAX_AUTH_LINE: usize = 12_288;
+
+/// Why a session ended, for its log line.
+#[derive(Debug, Clone, Copy)]
+enum Close {
+    Quit,
+    Eof,
+    Timeout,
+    TooManyErrors,
+    TooManyCommands,
+    TooManyAuthFailures,
+    Shutdown,
+    IoError,
+    TlsFailed,
+    EarlyTalker,
+}
+
+enum Flow {
+    Continue,
+    Close(Close),
+}
+
+struct Recipient {
+    address: String,
+    local: Option<i64>,
+}
+
+struct Session {
+    srv: Arc<SmtpServer>,
+    kind: ListenerKind,
+    peer: SocketAddr,
+    id: String,
+    conn: Conn,
+    shutdown: CancellationToken,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    principal: Option<Principal>,
+    mail_from: Option<String>,
+    smtputf8: bool,
+    rcpts: Vec<Recipient>,
+    errors: u32,
+    idle_commands: u32,
+    auth_failures: u32,
+    accepted: u32,
+}
+
+fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>()).to_uppercase()
+}
+
+/// Runs one connection to completion. `admission` is the listener's verdict on the connection caps.
+pub async fn handle_connection(
+    srv: Arc<SmtpServer>,
+    protocol: Protocol,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Result<ConnPermit, Refusal>,
+    shutdown: CancellationToken,
+) {
+    let kind = ListenerKind { protocol };
+    let started = Instant::now();
+    let _permit = match admission {
+        Ok(p) => p,
+        Err(r) => {
+            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
+            if !kind.implicit_tls() {
+                let mut conn = Conn::new(MailStream::Plain(tcp));
+                conn.reply(&format!("421 4.7.0 {} Too many connections, try again later", srv.hostname));
+                conn.shutdown().await;
+            }
+            return;
+        }
+    };
+    let stream = if kind.implicit_tls() {
+        let t = Duration::from_secs(srv.config.tls_handshake_timeout_secs);
+        match tokio::time::timeout(t, MailStream::accept_tls(tcp, &srv.tls)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        MailStream::Plain(tcp)
+    };
+    let tls = stream.tls_info();
+    let mut s = Session {
+        srv,
+        kind,
+        peer,
+        id: new_id(),
+        conn: Conn::new(stream),
+        shutdown,
+        helo: None,
+        esmtp: false,
+        tls,
+        principal: None,
+        mail_from: None,
+        smtputf8: false,
+        rcpts: Vec::new(),
+        errors: 0,
+        idle_commands: 0,
+        auth_failures: 0,
+        accepted: 0,
+    };
+    let close = s.run().await;
+    s.conn.shutdown().await;
+    tracing::info!(
+        event = "connection",
+        session = %s.id,
+        protocol = protocol.name(),
+        ip = %peer.ip(),
+        tls = s.tls.map_or("none", |t| t.version),
+        user = s.principal.as_ref().map(|p| p.address.as_str()),
+        messages = s.accepted,
+        errors = s.errors,
+        close = ?close,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+impl Session {
+    fn host(&self) -> &str {
+        &self.srv.hostname
+    }
+
+    async fn run(&mut self) -> Close {
+        let delay = self.srv.config.greeting_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        // RFC 5321 4.3.1: the client waits for the greeting. One that talks first is a bot.
+        let early = match self.conn.stream_ref() {
+            Some(s) => s.has_early_data().await,
+            None => false,
+        };
+        if early {
+            let h = self.host().to_owned();
+            self.conn.reply(&format!("554 5.5.1 {h} Protocol error: client spoke before the greeting"));
+            return Close::EarlyTalker;
+        }
+        let h = self.host().to_owned();
+        self.conn.reply(&format!("220 {h} ESMTP Postern"));
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.conn.reply(&format!("421 4.3.2 {h} Service shutting down"));
+                return Close::Shutdown;
+            }
+            let timeout = if self.principal.is_some() || self.mail_from.is_some() {
+                self.srv.config.command_timeout_secs
+            } else {
+                self.srv.config.idle_timeout_secs
+            };
+            let max = self.srv.config.max_line_length;
+            let read = tokio::select! {
+                r = self.conn.read_line(max, Duration::from_secs(timeout)) => r,
+                _ = self.shutdown.cancelled(), if self.conn.buf.is_empty() => {
+                    self.conn.reply(&format!("421 4.3.2 {h} Service shutting down"));
+                    return Close::Shutdown;
+                }
+            };
+            let line = match read {
+                Ok(Line::Ok(l)) => l,
+                Ok(Line::TooLong) => {
+                    if let Flow::Close(c) = self.error("500 5.5.2 Line too long") {
+                        return c;
+                    }
+                    continue;
+                }
+                Err(ReadError::Timeout) => {
+                    self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                    return Close::Timeout;
+                }
+                Err(ReadError::Eof) => return Close::Eof,
+                Err(ReadError::Io(_)) => return Close::IoError,
+            };
+            match self.command(&line).await {
+                Flow::Continue => {}
+                Flow::Close(c) => return c,
+            }
+        }
+    }
+
+    /// Queues an error reply and counts it; past the limit, closes the session.
+    fn error(&mut self, reply: &str) -> Flow {
+        self.conn.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.srv.config.max_errors {
+            let h = self.host().to_owned();
+            self.conn.reply(&format!("421 4.7.0 {h} Too many errors, closing connection"));
+            return Flow::Close(Close::TooManyErrors);
+        }
+        Flow::Continue
+    }
+
+    fn ok(&mut self, reply: &str) -> Flow {
+        self.conn.reply(reply);
+        Flow::Continue
+    }
+
+    /// Counts a command that is not part of a mail transaction.
+    fn idle_command(&mut self) -> Option<Flow> {
+        self.idle_commands += 1;
+        if self.idle_commands > self.srv.config.max_commands_before_mail {
+            let h = self.host().to_owned();
+            self.conn.reply(&format!("421 4.7.0 {h} Too many commands without mail, closing connection"));
+            return Some(Flow::Close(Close::TooManyCommands));
+        }
+        None
+    }
+
+    fn reset_transaction(&mut self) {
+        self.mail_from = None;
+        self.smtputf8 = false;
+        self.rcpts.clear();
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        let mut it = line.iter();
+        let req = match Request::parse(&mut it) {
+            Ok(r) => r,
+            Err(e) => {
+                let is_idle = self.idle_command();
+                if let Some(f) = is_idle {
+                    return f;
+                }
+                return match e {
+                    smtp_proto::Error::UnknownCommand => self.error("500 5.5.1 Command unrecognized"),
+                    smtp_proto::Error::InvalidSenderAddress => self.error("553 5.1.7 Invalid sender address"),
+                    smtp_proto::Error::InvalidRecipientAddress => self.error("553 5.1.3 Invalid recipient address"),
+                    smtp_proto::Error::SyntaxError { syntax } => self.error(&format!("501 5.5.4 Syntax: {syntax}")),
+                    smtp_proto::Error::InvalidParameter { .. } => self.error("501 5.5.4 Invalid parameter"),
+                    smtp_proto::Error::UnsupportedParameter { .. } => self.error("555 5.5.4 Unsupported parameter"),
+                    _ => self.error("500 5.5.2 Syntax error"),
+                };
+            }
+        };
+        if !matches!(req, Request::Mail { .. } | Request::Rcpt { .. } | Request::Data | Request::Quit) {
+            if let Some(f) = self.idle_command() {
+                return f;
+            }
+        }
+        match req {
+            Request::Ehlo { host } => self.ehlo(&host, true),
+            Request::Helo { host } => self.ehlo(&host, false),
+            Request::StartTls => self.starttls().await,
+            Request::Auth { mechanism, initial_response } => {
+                let ir = initial_response.to_string();
+                self.auth(mechanism, ir).await
+            }
+            Request::Mail { from } => {
+                let flags = from.flags;
+                let size = from.size;
+                let addr = from.address.to_string();
+                self.mail(addr, flags, size).await
+            }
+            Request::Rcpt { to } => {
+                let addr = to.address.to_string();
+                self.rcpt(addr).await
+            }
+            Request::Data => self.data().await,
+            Request::Rset => {
+                self.reset_transaction();
+                self.ok("250 2.0.0 OK")
+            }
+            Request::Noop { .. } => self.ok("250 2.0.0 OK"),
+            Request::Quit => {
+                let h = self.host().to_owned();
+                self.conn.reply(&format!("221 2.0.0 {h} Bye"));
+                Flow::Close(Close::Quit)
+            }
+            Request::Help { .. } => self.ok("214 2.0.0 Postern: see RFC 5321"),
+            // Address harvesting is not a service we offer (RFC 5321 7.3).
+            Request::Vrfy { .. } => self.error("502 5.5.1 VRFY is disabled"),
+            Request::Expn { .. } => self.error("502 5.5.1 EXPN is disabled"),
+            _ => self.error("502 5.5.1 Command not implemented"),
+        }
+    }
+
+    fn ehlo(&mut self, host: &str, esmtp: bool) -> Flow {
+        // RFC 5321 4.1.4: EHLO resets the transaction.
+        self.reset_transaction();
+        let helo: String = host
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(255)
+            .collect();
+        if helo.is_empty() {
+            return self.error("501 5.5.4 Syntax: EHLO domain");
+        }
+        self.helo = Some(helo.clone());
+        self.esmtp = esmtp;
+        let h = self.host().to_owned();
+        if !esmtp {
+            return self.ok(&format!("250 {h}"));
+        }
+        let mut lines = vec![
+            format!("{h} Hello {helo}"),
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.srv.config.max_message_size),
+            "8BITMIME".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "SMTPUTF8".to_owned(),
+        ];
+        if self.tls.is_none() {
+            lines.push("STARTTLS".to_owned());
+        } else if self.kind.is_submission() && self.principal.is_none() {
+            // RFC 4954: AUTH is offered only over TLS, and only on submission listeners.
+            lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        let n = lines.len();
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == n { ' ' } else { '-' };
+            self.conn.reply(&format!("250{sep}{l}"));
+        }
+        Flow::Continue
+    }
+
+    async fn starttls(&mut self) -> Flow {
+        if self.tls.is_some() {
+            return self.error("503 5.5.1 TLS already active");
+        }
+        self.conn.reply("220 2.0.0 Ready to start TLS");
+        let t = Duration::from_secs(self.srv.config.tls_handshake_timeout_secs);
+        let acceptor = self.srv.tls.clone();
+        match self.conn.start_tls(&acceptor, t).await {
+            Ok(discarded) => {
+                if discarded > 0 {
+                    tracing::warn!(session = %self.id, ip = %self.peer.ip(), bytes = discarded, "discarded clear-text input pipelined after STARTTLS");
+                }
+                self.tls = self.conn.stream_ref().and_then(MailStream::tls_info);
+                // RFC 3207 4.2: forget everything learned before TLS.
+                self.helo = None;
+                self.esmtp = false;
+                self.reset_transaction();
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::info!(session = %self.id, ip = %self.peer.ip(), error = %e, "STARTTLS handshake failed");
+                Flow::Close(Close::TlsFailed)
+            }
+        }
+    }
+
+    async fn read_auth_line(&mut self) -> Result<Vec<u8>, Flow> {
+        let t = Duration::from_secs(self.srv.config.idle_timeout_secs);
+        match self.conn.read_line(MAX_AUTH_LINE, t).await {
+            Ok(Line::Ok(l)) => Ok(l),
+            Ok(Line::TooLong) => Err(self.error("500 5.5.6 Authentication exchange line is too long")),
+            Err(ReadError::Timeout) => {
+                let h = self.host().to_owned();
+                self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                Err(Flow::Close(Close::Timeout))
+            }
+            Err(ReadError::Eof) => Err(Flow::Close(Close::Eof)),
+            Err(ReadError::Io(_)) => Err(Flow::Close(Close::IoError)),
+        }
+    }
+
+    async fn sasl_credentials(&mut self, mechanism: u64, ir: String) -> Result<Credentials, Flow> {
+        let decode_err = |s: &mut Self, e: sasl::SaslError| match e {
+            sasl::SaslError::Cancelled => s.error("501 5.0.0 Authentication cancelled"),
+            _ => s.error("501 5.5.2 Cannot decode the authentication response"),
+        };
+        if mechanism == AUTH_PLAIN {
+            let raw = if ir.is_empty() {
+                self.conn.reply("334 ");
+                self.read_auth_line().await?
+            } else {
+                ir.into_bytes()
+            };
+            let decoded = sasl::decode_response(&raw).map_err(|e| decode_err(self, e))?;
+            sasl::decode_plain(&decoded).map_err(|e| decode_err(self, e))
+        } else {
+            // LOGIN: user name (possibly as initial response), then password.
+            let user_raw = if ir.is_empty() {
+                self.conn.reply("334 VXNlcm5hbWU6");
+                self.read_auth_line().await?
+            } else {
+                ir.into_bytes()
+            };
+            let user = sasl::decode_response(&user_raw)
+                .and_then(|d| sasl::decode_login_field(&d))
+                .map_err(|e| decode_err(self, e))?;
+            self.conn.reply("334 UGFzc3dvcmQ6");
+            let pass_raw = self.read_auth_line().await?;
+            let pass = sasl::decode_response(&pass_raw)
+                .and_then(|d| sasl::decode_login_field(&d))
+                .map_err(|e| decode_err(self, e))?;
+            Ok(Credentials {
+                username: user,
+                password: SecretString::from(pass),
+            })
+        }
+    }
+
+    async fn auth(&mut self, mechanism: u64, ir: String) -> Flow {
+        if self.tls.is_none() {
+            return self.error("530 5.7.0 Must issue a STARTTLS command first");
+        }
+        if !self.kind.is_submission() {
+            return self.error("503 5.5.1 Authentication is not available on this port; use submission");
+        }
+        if self.helo.is_none() || !self.esmtp {
+            return self.error("503 5.5.1 Send EHLO first");
+        }
+        if self.principal.is_some() {
+            return self.error("503 5.5.1 Already authenticated");
+        }
+        if self.mail_from.is_some() {
+            return self.error("503 5.5.1 AUTH is not allowed during a mail transaction");
+        }
+        if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
+            return self.error("504 5.5.4 Unrecognized authentication mechanism");
+        }
+        let creds = match self.sasl_credentials(mechanism, ir).await {
+            Ok(c) => c,
+            Err(f) => return f,
+        };
+        let outcome = self
+            .srv
+            .auth
+            .authenticate(LoginAttempt {
+                username: &creds.username,
+                password: &creds.password,
+                protocol: self.kind.protocol.name(),
+                mechanism: if mechanism == AUTH_PLAIN { "PLAIN" } else { "LOGIN" },
+                remote_ip: self.peer.ip(),
+                tls: self.tls.map(|t| t.version),
+            })
+            .await;
+        drop(creds);
+        match outcome {
+            AuthOutcome::Success(p) => {
+                self.principal = Some(p);
+                self.ok("235 2.7.0 Authentication successful")
+            }
+            AuthOutcome::TemporaryFailure => self.error("454 4.7.0 Temporary authentication failure, try again later"),
+            AuthOutcome::Failure => {
+                self.auth_failures += 1;
+                if self.auth_failures >= self.srv.config.max_auth_failures {
+                    self.conn.reply("535 5.7.8 Authentication credentials invalid");
+                    let h = self.host().to_owned();
+                    self.conn.reply(&format!("421 4.7.0 {h} Too many failed authentications, closing connection"));
+                    return Flow::Close(Close::TooManyAuthFailures);
+                }
+                self.error("535 5.7.8 Authentication credentials invalid")
+            }
+        }
+    }
+
+    async fn mail(&mut self, address: String, flags: u64, size: usize) -> Flow {
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 Send HELO/EHLO first");
+        }
+        if self.mail_from.is_some() {
+            return self.error("503 5.5.1 Nested MAIL command");
+        }
+        if self.kind.is_submission() && self.principal.is_none() {
+            return self.error("530 5.7.0 Authentication required");
+        }
+        if size > self.srv.config.max_message_size {
+            return self.error("552 5.3.4 Message size exceeds fixed maximum message size");
+        }
+        let smtputf8 = flags & MAIL_SMTPUTF8 != 0;
+        if !address.is_ascii() && !smtputf8 {
+            return self.error("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        let sender = if address.is_empty() {
+            if self.kind.is_submission() {
+                return self.error("553 5.7.1 A null sender is not allowed on submission");
+            }
+            String::new()
+        } else {
+            match EmailAddress::parse(&address) {
+                Ok(a) => a.as_str().to_owned(),
+                Err(_) => return self.error("553 5.1.7 Invalid sender address"),
+            }
+        };
+        if let Some(p) = &self.principal {
+            let account = p.account_id;
+            match self.srv.backend.owned_addresses(account).await {
+                Ok(owned) if owned.iter().any(|o| *o == sender) => {}
+                Ok(_) => return self.error("553 5.7.1 Sender address not owned by the authenticated user"),
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "sender check failed");
+                    return self.error("451 4.3.0 Temporary failure, please try again later");
+                }
+            }
+        }
+        self.mail_from = Some(sender);
+        self.smtputf8 = smtputf8;
+        self.idle_commands = 0;
+        self.ok("250 2.1.0 Sender OK")
+    }
+
+    async fn rcpt(&mut self, address: String) -> Flow {
+        if self.mail_from.is_none() {
+            return self.error("503 5.5.1 Need MAIL command first");
+        }
+        if self.rcpts.len() >= self.srv.config.max_recipients {
+            // RFC 5321 4.5.3.1.10
+            return self.error("452 4.5.3 Too many recipients");
+        }
+        if !address.is_ascii() && !self.smtputf8 {
+            return self.error("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        let Ok(addr) = EmailAddress::parse(&address) else {
+            // Source routes were stripped by the parser; what remains must be a plain address.
+            // Anything else (IP literals, trailing dots, quoted '@') is never relayed.
+            return if self.principal.is_some() {
+                self.error("553 5.1.3 Invalid recipient address")
+            } else {
+                self.error("550 5.7.1 Relay access denied")
+            };
+        };
+        let local_domain = match self.srv.backend.is_local_domain(addr.domain()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "domain look-up failed");
+                return self.error("451 4.3.0 Temporary failure, please try again later");
+            }
+        };
+        let local = if local_domain {
+            match self.srv.backend.resolve_recipient(&addr).await {
+                Ok(Some(id)) => Some(id),
+                Ok(None) => return self.error("550 5.1.1 Recipient address rejected: user unknown"),
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "recipient look-up failed");
+                    return self.error("451 4.3.0 Temporary failure, please try again later");
+                }
+            }
+        } else if self.principal.is_some() {
+            None
+        } else {
+            return self.error("550 5.7.1 Relay access denied");
+        };
+        if !self.rcpts.iter().any(|r| r.address == addr.as_str()) {
+            self.rcpts.push(Recipient {
+                address: addr.as_str().to_owned(),
+                local,
+            });
+        }
+        self.ok("250 2.1.5 Recipient OK")
+    }
+
+    async fn data(&mut self) -> Flow {
+        if self.mail_from.is_none() {
+            return self.error("503 5.5.1 Need MAIL command first");
+        }
+        if self.rcpts.is_empty() {
+            return self.error("554 5.5.1 No valid recipients");
+        }
+        self.conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        let mut reader = DataReader::new(self.srv.config.max_message_size);
+        let timeout = Duration::from_secs(self.srv.config.data_timeout_secs);
+        loop {
+            let (used, done) = reader.feed(&self.conn.buf);
+            self.conn.buf.drain(..used);
+            if done {
+                break;
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            match self.conn.fill(deadline).await {
+                Ok(_) => {}
+                Err(ReadError::Timeout) => {
+                    let h = self.host().to_owned();
+                    self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                    return Flow::Close(Close::Timeout);
+                }
+                Err(ReadError::Eof) => return Flow::Close(Close::Eof),
+                Err(ReadError::Io(_)) => return Flow::Close(Close::IoError),
+            }
+        }
+        let result = reader.finish();
+        let flow = match result {
+            Err(DataProblem::TooBig) => self.error("552 5.3.4 Message size exceeds fixed maximum message size"),
+            Err(DataProblem::BareLineEnding) => {
+                self.error("550 5.6.0 Message refused: bare CR or LF found; lines must end with CRLF")
+            }
+            Err(DataProblem::Nul) => self.error("550 5.6.0 Message refused: NUL characters are not allowed"),
+            Ok(body) => self.accept(body).await,
+        };
+        self.reset_transaction();
+        flow
+    }
+
+    /// Checks the headers of a submitted message against the authenticated account.
+    async fn check_submission_headers(&mut self, body: &[u8], account: i64) -> Result<(), Flow> {
+        let Some(msg) = mail_parser::MessageParser::new().parse_headers(body) else {
+            return Err(self.error("550 5.6.0 Message refused: headers cannot be parsed"));
+        };
+        let count = |name: mail_parser::HeaderName| msg.headers().iter().filter(|h| h.name == name).count();
+        if count(mail_parser::HeaderName::From) != 1 || count(mail_parser::HeaderName::Sender) > 1 {
+            return Err(self.error("550 5.6.0 Message refused: exactly one From header is required"));
+        }
+        let mut claimed: Vec<String> = Vec::new();
+        for addr in [msg.from(), msg.sender()].into_iter().flatten() {
+            for a in addr.iter() {
+                match a.address().map(EmailAddress::parse) {
+                    Some(Ok(a)) => claimed.push(a.as_str().to_owned()),
+                    _ => return Err(self.error("550 5.7.1 From header has an address that is not owned by the authenticated user")),
+                }
+            }
+        }
+        if claimed.is_empty() {
+            return Err(self.error("550 5.6.0 Message refused: the From header has no address"));
+        }
+        let owned = match self.srv.backend.owned_addresses(account).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "owned addresses look-up failed");
+                return Err(self.error("451 4.3.0 Temporary failure, please try again later"));
+            }
+        };
+        if claimed.iter().all(|c| owned.contains(c)) {
+            Ok(())
+        } else {
+            Err(self.error("550 5.7.1 From header address not owned by the authenticated user"))
+        }
+    }
+
+    async fn received_header(&self, msg_id: &str) -> String {
+        let details = match &self.principal {
+            Some(p) => self.srv.backend.received_details(p.account_id).await.unwrap_or(false),
+            None => self.srv.config.received_tls_details,
+        };
+        // RFC 3848 "with" keywords.
+        let with = match (self.esmtp, self.tls.is_some(), self.principal.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, _) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, true, true) => "ESMTPSA",
+        };
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let mut h = format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (Postern) with {with} id {msg_id}",
+            self.peer.ip(),
+            self.srv.hostname
+        );
+        if details {
+            if let Some(t) = self.tls {
+                h.push_str(&format!("\r\n\t(using {} with cipher {})", t.version, t.cipher));
+            }
+            if let Some(p) = &self.principal {
+                h.push_str(&format!("\r\n\t(authenticated as {})", p.address));
+            }
+        }
+        if let [only] = self.rcpts.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{}>", only.address));
+        }
+        h.push_str(&format!(";\r\n\t{}\r\n", chrono::Utc::now().to_rfc2822()));
+        h
+    }
+
+    async fn accept(&mut self, body: Vec<u8>) -> Flow {
+        if let Some(p) = self.principal.clone() {
+            if let Err(f) = self.check_submission_headers(&body, p.account_id).await {
+                return f;
+            }
+        }
+        let msg_id = new_id();
+        let received = self.received_header(&msg_id).await;
+        let mut local: Vec<i64> = self.rcpts.iter().filter_map(|r| r.local).collect();
+        local.sort_unstable();
+        local.dedup();
+        let remote: Vec<String> = self.rcpts.iter().filter(|r| r.local.is_none()).map(|r| r.address.clone()).collect();
+        let size = body.len();
+        let sender = self.mail_from.clone().unwrap_or_default();
+        let delivery = Delivery {
+            sender: sender.clone(),
+            account_id: self.principal.as_ref().map(|p| p.account_id),
+            local,
+            remote,
+            received,
+            body,
+        };
+        let rcpts = self.rcpts.len();
+        match self.srv.backend.deliver(delivery).await {
+            Ok(()) => {
+                self.accepted += 1;
+                tracing::info!(
+                    event = "message",
+                    session = %self.id,
+                    id = %msg_id,
+                    ip = %self.peer.ip(),
+                    from = %sender,
+                    recipients = rcpts,
+                    size,
+                    user = self.principal.as_ref().map(|p| p.address.as_str()),
+                    "message accepted"
+                );
+                self.ok(&format!("250 2.0.0 Message accepted as {msg_id}"))
+            }
+            Err(e) => {
+                tracing::error!(session = %self.id, id = %msg_id, error = %e, "storing a message failed");
+                self.error("451 4.3.0 Temporary failure, please try again later")
+            }
+        }
+    }
+}
