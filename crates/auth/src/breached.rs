@@ -130,7 +130,9 @@ mod tests {
             .map(|p| hex::encode_upper(Sha1::digest(p.as_bytes())))
             .collect();
         for i in 0..filler {
-            hashes.push(hex::encode_upper(Sha1::digest(format!("filler-{i}").as_bytes())));
+            hashes.push(hex::encode_upper(Sha1::digest(
+                format!("filler-{i}").as_bytes(),
+            )));
         }
         hashes.sort();
         let mut f = tempfile::NamedTempFile::new().unwrap();

@@ -156,7 +156,10 @@ mod tests {
         let pw2 = pw.clone();
         let first = tokio::spawn(async move { p2.verify(&pw2, String::new()).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(matches!(pool.verify(&pw, String::new()).await, Err(HashError::Busy)));
+        assert!(matches!(
+            pool.verify(&pw, String::new()).await,
+            Err(HashError::Busy)
+        ));
         assert!(first.await.unwrap().unwrap());
     }
 }

@@ -51,7 +51,10 @@ pub struct CredentialStoreError(pub String);
 #[async_trait::async_trait]
 pub trait CredentialStore: Send + Sync {
     /// The credential for a normalised (lower-case) login name, if any.
-    async fn credential(&self, login: &str) -> Result<Option<StoredCredential>, CredentialStoreError>;
+    async fn credential(
+        &self,
+        login: &str,
+    ) -> Result<Option<StoredCredential>, CredentialStoreError>;
 }
 
 /// The authenticated identity of a session.
@@ -214,7 +217,11 @@ impl Authenticator {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "credential look-up failed");
-                return (AuthOutcome::TemporaryFailure, None, Err(FailureReason::StoreError));
+                return (
+                    AuthOutcome::TemporaryFailure,
+                    None,
+                    Err(FailureReason::StoreError),
+                );
             }
         };
         let (phc, account) = match &cred {
@@ -224,12 +231,26 @@ impl Authenticator {
         // The hash is verified even for disabled accounts so that timing reveals nothing.
         let matched = match self.pool.verify(password, phc).await {
             Ok(m) => m,
-            Err(_) => return (AuthOutcome::TemporaryFailure, account, Err(FailureReason::Busy)),
+            Err(_) => {
+                return (
+                    AuthOutcome::TemporaryFailure,
+                    account,
+                    Err(FailureReason::Busy),
+                )
+            }
         };
         match cred {
             None => (AuthOutcome::Failure, None, Err(FailureReason::UnknownUser)),
-            Some(c) if !matched => (AuthOutcome::Failure, Some(c.account_id), Err(FailureReason::BadPassword)),
-            Some(c) if c.disabled => (AuthOutcome::Failure, Some(c.account_id), Err(FailureReason::Disabled)),
+            Some(c) if !matched => (
+                AuthOutcome::Failure,
+                Some(c.account_id),
+                Err(FailureReason::BadPassword),
+            ),
+            Some(c) if c.disabled => (
+                AuthOutcome::Failure,
+                Some(c.account_id),
+                Err(FailureReason::Disabled),
+            ),
             Some(c) => (
                 AuthOutcome::Success(Principal {
                     account_id: c.account_id,
@@ -251,7 +272,10 @@ mod tests {
     struct MemStore(Vec<StoredCredential>);
     #[async_trait::async_trait]
     impl CredentialStore for MemStore {
-        async fn credential(&self, login: &str) -> Result<Option<StoredCredential>, CredentialStoreError> {
+        async fn credential(
+            &self,
+            login: &str,
+        ) -> Result<Option<StoredCredential>, CredentialStoreError> {
             Ok(self.0.iter().find(|c| c.address == login).cloned())
         }
     }
@@ -268,8 +292,18 @@ mod tests {
         let hasher = Arc::new(Argon2Hasher::new(64, 1, 1).unwrap());
         let phc = hasher.hash(b"right password").unwrap();
         let store = MemStore(vec![
-            StoredCredential { account_id: 1, address: "a@x.test".into(), password_hash: phc.clone(), disabled: false },
-            StoredCredential { account_id: 2, address: "d@x.test".into(), password_hash: phc, disabled: true },
+            StoredCredential {
+                account_id: 1,
+                address: "a@x.test".into(),
+                password_hash: phc.clone(),
+                disabled: false,
+            },
+            StoredCredential {
+                account_id: 2,
+                address: "d@x.test".into(),
+                password_hash: phc,
+                disabled: true,
+            },
         ]);
         let events = Arc::new(Events::default());
         let auth = Authenticator::new(
@@ -283,15 +317,43 @@ mod tests {
             let auth = &auth;
             async move {
                 let pw = SecretString::from(pw);
-                auth.authenticate(LoginAttempt { username: user, password: &pw, protocol: "submission", mechanism: "PLAIN", remote_ip: ip, tls: Some("TLSv1.3") }).await
+                auth.authenticate(LoginAttempt {
+                    username: user,
+                    password: &pw,
+                    protocol: "submission",
+                    mechanism: "PLAIN",
+                    remote_ip: ip,
+                    tls: Some("TLSv1.3"),
+                })
+                .await
             }
         };
-        assert_eq!(try_login("A@X.test", "right password").await, AuthOutcome::Success(Principal { account_id: 1, address: "a@x.test".into() }));
+        assert_eq!(
+            try_login("A@X.test", "right password").await,
+            AuthOutcome::Success(Principal {
+                account_id: 1,
+                address: "a@x.test".into()
+            })
+        );
         assert_eq!(try_login("a@x.test", "wrong").await, AuthOutcome::Failure);
-        assert_eq!(try_login("nobody@x.test", "right password").await, AuthOutcome::Failure);
-        assert_eq!(try_login("d@x.test", "right password").await, AuthOutcome::Failure);
+        assert_eq!(
+            try_login("nobody@x.test", "right password").await,
+            AuthOutcome::Failure
+        );
+        assert_eq!(
+            try_login("d@x.test", "right password").await,
+            AuthOutcome::Failure
+        );
         let reasons: Vec<_> = events.0.lock().unwrap().iter().map(|e| e.result).collect();
-        assert_eq!(reasons, vec![Ok(()), Err(FailureReason::BadPassword), Err(FailureReason::UnknownUser), Err(FailureReason::Disabled)]);
+        assert_eq!(
+            reasons,
+            vec![
+                Ok(()),
+                Err(FailureReason::BadPassword),
+                Err(FailureReason::UnknownUser),
+                Err(FailureReason::Disabled)
+            ]
+        );
     }
 
     #[test]

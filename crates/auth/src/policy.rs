@@ -71,7 +71,10 @@ impl PasswordPolicy {
                     feedback.push_str(&format!(": {w}"));
                 }
                 for s in fb.suggestions() {
-                    feedback.push_str(&format!("{} {s}", if feedback.is_empty() { ":" } else { ";" }));
+                    feedback.push_str(&format!(
+                        "{} {s}",
+                        if feedback.is_empty() { ":" } else { ";" }
+                    ));
                 }
             }
             return Err(PolicyViolation::TooGuessable {
@@ -115,7 +118,8 @@ mod tests {
             Err(PolicyViolation::ContainsUserInfo(_))
         ));
         p.check("vT9#qLm2!xWp4Rz", "alice@example.test").unwrap();
-        p.check("correct horse battery staple orbit", "alice@example.test").unwrap();
+        p.check("correct horse battery staple orbit", "alice@example.test")
+            .unwrap();
     }
 
     #[test]
@@ -125,6 +129,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("too guessable"), "{err}");
-        assert!(err.len() > "password too guessable (strength 0 of 4, at least 3 required)".len(), "{err}");
+        assert!(
+            err.len() > "password too guessable (strength 0 of 4, at least 3 required)".len(),
+            "{err}"
+        );
     }
 }

@@ -86,10 +86,22 @@ mod tests {
         assert_eq!(c.username, "alice@example.test");
         assert_eq!(c.password.expose_secret(), "s3cret");
         assert!(decode_plain(b"alice@example.test\0alice@example.test\0pw").is_ok());
-        assert_eq!(decode_plain(b"bob@x.test\0alice@x.test\0pw").unwrap_err(), SaslError::Malformed);
-        assert_eq!(decode_plain(b"\0alice\0").unwrap_err(), SaslError::Malformed);
-        assert_eq!(decode_plain(b"\0alice\0pw\0extra").unwrap_err(), SaslError::Malformed);
-        assert_eq!(decode_plain(b"no nul at all").unwrap_err(), SaslError::Malformed);
+        assert_eq!(
+            decode_plain(b"bob@x.test\0alice@x.test\0pw").unwrap_err(),
+            SaslError::Malformed
+        );
+        assert_eq!(
+            decode_plain(b"\0alice\0").unwrap_err(),
+            SaslError::Malformed
+        );
+        assert_eq!(
+            decode_plain(b"\0alice\0pw\0extra").unwrap_err(),
+            SaslError::Malformed
+        );
+        assert_eq!(
+            decode_plain(b"no nul at all").unwrap_err(),
+            SaslError::Malformed
+        );
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 

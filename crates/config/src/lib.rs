@@ -326,7 +326,7 @@ fn d_rcpt() -> usize {
     100
 }
 fn d_errors() -> u32 {
-    10
+    20
 }
 fn d_cmds() -> u32 {
     25
@@ -369,7 +369,13 @@ impl Config {
         })?;
         cfg.base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_owned();
         cfg.validate().map_err(|message| ConfigError::Invalid {

@@ -27,7 +27,11 @@ pub struct ConnPermit {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        let mut map = self.limiter.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .limiter
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -67,7 +71,11 @@ impl ConnLimiter {
     }
 
     pub fn open_connections(&self) -> usize {
-        self.per_ip.lock().unwrap_or_else(|e| e.into_inner()).values().sum()
+        self.per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
     }
 }
 

@@ -15,7 +15,9 @@ pub enum TlsError {
     Cert { path: String, message: String },
     #[error("cannot read TLS private key {path}: {message}")]
     Key { path: String, message: String },
-    #[error("TLS private key {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
+    #[error(
+        "TLS private key {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+    )]
     KeyPermissions { path: String, mode: u32 },
     #[error("invalid TLS certificate/key pair: {0}")]
     Config(String),
@@ -72,7 +74,8 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 /// Writes a self-signed certificate for `hostname` (and `localhost`) and its key (mode 0600).
 pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
     let names = vec![hostname.to_owned(), "localhost".to_owned()];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     let write = |path: &Path, data: &[u8], mode: u32| -> Result<(), TlsError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -119,7 +122,13 @@ mod tests {
         load_acceptor(&c, &k).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_acceptor(&c, &k), Err(TlsError::KeyPermissions { .. })));
-        assert!(matches!(load_acceptor(&d.path().join("missing"), &k), Err(TlsError::Cert { .. })));
+        assert!(matches!(
+            load_acceptor(&c, &k),
+            Err(TlsError::KeyPermissions { .. })
+        ));
+        assert!(matches!(
+            load_acceptor(&d.path().join("missing"), &k),
+            Err(TlsError::Cert { .. })
+        ));
     }
 }

@@ -28,16 +28,27 @@ fn domain_arg(s: &str) -> Result<Domain> {
 }
 
 /// `postern init`: config file, database with the first domain, self-signed certificate.
-pub async fn init(dir: &Path, domain: &str, hostname: Option<&str>, ip: IpAddr, port_offset: u16) -> Result<Config> {
+pub async fn init(
+    dir: &Path,
+    domain: &str,
+    hostname: Option<&str>,
+    ip: IpAddr,
+    port_offset: u16,
+) -> Result<Config> {
     let domain = domain_arg(domain)?;
-    let hostname = hostname.map(str::to_owned).unwrap_or_else(|| format!("mail.{domain}"));
+    let hostname = hostname
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("mail.{domain}"));
     Domain::parse(&hostname).with_context(|| format!("invalid --hostname {hostname:?}"))?;
-    if port_offset > 65535 - 8080 {
+    if port_offset > 65535 - 587 {
         bail!("--port-offset {port_offset} would push ports past 65535");
     }
     let config_path = dir.join("postern.toml");
     if config_path.exists() {
-        bail!("{} already exists; refusing to overwrite it", config_path.display());
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            config_path.display()
+        );
     }
     {
         use std::os::unix::fs::DirBuilderExt;
@@ -48,7 +59,8 @@ pub async fn init(dir: &Path, domain: &str, hostname: Option<&str>, ip: IpAddr, 
             .with_context(|| format!("creating {}", dir.display()))?;
     }
     let text = postern_config::initial_config_text(&hostname, ip, port_offset);
-    std::fs::write(&config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     let cfg = Config::load(&config_path)?;
     let (cert, key) = (cfg.path(&cfg.tls.cert), cfg.path(&cfg.tls.key));
     if !cert.exists() {
@@ -60,12 +72,18 @@ pub async fn init(dir: &Path, domain: &str, hostname: Option<&str>, ip: IpAddr, 
     println!("Initialised {}", dir.display());
     println!("  config:   {}", config_path.display());
     println!("  domain:   {domain}");
-    println!("  hostname: {hostname} (self-signed certificate in {})", cert.display());
+    println!(
+        "  hostname: {hostname} (self-signed certificate in {})",
+        cert.display()
+    );
     for l in &cfg.listeners {
         println!("  listener: {:<12} {}", l.protocol.name(), l.address);
     }
     println!("No account exists yet. Create one with:");
-    println!("  postern --dir {} user add postmaster@{domain}", dir.display());
+    println!(
+        "  postern --dir {} user add postmaster@{domain}",
+        dir.display()
+    );
     Ok(cfg)
 }
 
@@ -75,7 +93,14 @@ pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()>
         Some(d) => d,
         None => std::env::temp_dir().join(format!("postern-demo-{}", hex_id())),
     };
-    let cfg = init(&dir, "example.test", Some("mail.example.test"), "127.0.0.1".parse()?, 10000).await?;
+    let cfg = init(
+        &dir,
+        "example.test",
+        Some("mail.example.test"),
+        "127.0.0.1".parse()?,
+        10000,
+    )
+    .await?;
     let user = address("demo@example.test")?;
     let pw = password::generate();
     let hash = password::check_and_hash(&cfg, &pw, user.as_str())?;
@@ -143,10 +168,17 @@ pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
 pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
     let store = open_store(cfg).await?;
     match cmd {
-        UserCmd::Add { address: a, password_stdin } => {
+        UserCmd::Add {
+            address: a,
+            password_stdin,
+        } => {
             let a = address(a)?;
             if !store.is_local_domain(a.domain()).await? {
-                bail!("domain {} is not served here; add it first with `postern domain add {}`", a.domain(), a.domain());
+                bail!(
+                    "domain {} is not served here; add it first with `postern domain add {}`",
+                    a.domain(),
+                    a.domain()
+                );
             }
             if store.resolve_recipient(&a).await?.is_some() {
                 bail!("{a} already exists (as an account or an alias)");
@@ -156,7 +188,10 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             store.add_account(&a, &hash).await?;
             println!("account {a} created");
         }
-        UserCmd::Passwd { address: a, password_stdin } => {
+        UserCmd::Passwd {
+            address: a,
+            password_stdin,
+        } => {
             let a = address(a)?;
             store.account(&a).await?;
             let pw = password::read_new(*password_stdin)?;
@@ -166,20 +201,37 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         }
         UserCmd::List => {
             for a in store.list_accounts().await? {
-                println!("{}\t{}", a.address, if a.disabled { "disabled" } else { "active" });
+                println!(
+                    "{}\t{}",
+                    a.address,
+                    if a.disabled { "disabled" } else { "active" }
+                );
             }
         }
         UserCmd::Show { address: a } => {
             let a = address(a)?;
             let info = store.account(&a).await?;
             println!("address:          {}", info.address);
-            println!("status:           {}", if info.disabled { "disabled" } else { "active" });
+            println!(
+                "status:           {}",
+                if info.disabled { "disabled" } else { "active" }
+            );
             println!("created:          {}", date(info.created_at));
             println!("password changed: {}", date(info.password_changed_at));
-            println!("received details: {}", if info.received_details { "on" } else { "off" });
+            println!(
+                "received details: {}",
+                if info.received_details { "on" } else { "off" }
+            );
             let owned = store.owned_addresses(info.id).await?;
             let aliases: Vec<_> = owned.into_iter().filter(|o| *o != info.address).collect();
-            println!("aliases:          {}", if aliases.is_empty() { "-".to_owned() } else { aliases.join(", ") });
+            println!(
+                "aliases:          {}",
+                if aliases.is_empty() {
+                    "-".to_owned()
+                } else {
+                    aliases.join(", ")
+                }
+            );
             println!("mailboxes:");
             for m in store.mailboxes(info.id).await? {
                 println!(
@@ -209,7 +261,10 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         UserCmd::ReceivedDetails { address: a, on } => {
             let a = address(a)?;
             store.set_received_details(&a, *on).await?;
-            println!("received details for {a}: {}", if *on { "on" } else { "off" });
+            println!(
+                "received details for {a}: {}",
+                if *on { "on" } else { "off" }
+            );
         }
     }
     store.close().await;

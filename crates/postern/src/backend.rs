@@ -28,23 +28,48 @@ impl MailBackend for StoreBackend {
     }
 
     async fn received_details(&self, account_id: i64) -> Result<bool, BackendError> {
-        Ok(self.store.account_by_id(account_id).await.map_err(err)?.received_details)
+        Ok(self
+            .store
+            .account_by_id(account_id)
+            .await
+            .map_err(err)?
+            .received_details)
     }
 
     async fn deliver(&self, d: Delivery) -> Result<(), BackendError> {
-        let Delivery { sender, account_id, local, remote, received, mut body } = d;
+        let Delivery {
+            sender,
+            account_id,
+            local,
+            remote,
+            received,
+            mut body,
+        } = d;
         // Remote first: if queueing fails the client retries and nothing was delivered locally.
         if !remote.is_empty() {
-            let queued = if local.is_empty() { std::mem::take(&mut body) } else { body.clone() };
+            let queued = if local.is_empty() {
+                std::mem::take(&mut body)
+            } else {
+                body.clone()
+            };
             self.store
-                .enqueue(vec![received.clone().into_bytes(), queued], &sender, account_id, &remote)
+                .enqueue(
+                    vec![received.clone().into_bytes(), queued],
+                    &sender,
+                    account_id,
+                    &remote,
+                )
                 .await
                 .map_err(err)?;
         }
         if !local.is_empty() {
             let return_path = format!("Return-Path: <{sender}>\r\n").into_bytes();
             self.store
-                .deliver_local(vec![return_path, received.into_bytes(), body], &local, postern_store::now())
+                .deliver_local(
+                    vec![return_path, received.into_bytes(), body],
+                    &local,
+                    postern_store::now(),
+                )
                 .await
                 .map_err(err)?;
         }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use postern_config::{Config, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "postern", version, about = "A self-hosted mail server with secure defaults")]
+#[command(
+    name = "postern",
+    version,
+    about = "A self-hosted mail server with secure defaults"
+)]
 pub struct Cli {
     /// Configuration file (default: $POSTERN_CONFIG, else ./postern.toml).
     #[arg(long, global = true, env = "POSTERN_CONFIG")]
@@ -73,10 +77,14 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum DomainCmd {
-    Add { domain: String },
+    Add {
+        domain: String,
+    },
     List,
     /// Remove a domain that has no accounts.
-    Remove { domain: String },
+    Remove {
+        domain: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,16 +103,24 @@ pub enum UserCmd {
         password_stdin: bool,
     },
     List,
-    Show { address: String },
+    Show {
+        address: String,
+    },
     /// Stop the account from logging in (mail is still delivered).
-    Disable { address: String },
-    Enable { address: String },
+    Disable {
+        address: String,
+    },
+    Enable {
+        address: String,
+    },
     /// Delete the account with its mailboxes and messages.
-    Remove { address: String },
+    Remove {
+        address: String,
+    },
     /// Opt in or out of TLS and login details in the Received headers of submitted mail.
     ReceivedDetails {
         address: String,
-        #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         on: bool,
     },
 }
@@ -144,7 +160,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         LogFormatArg::Json => LogFormat::Json,
     });
     match &cli.command {
-        Command::Init { dir, domain, hostname, listen_ip, port_offset } => {
+        Command::Init {
+            dir,
+            domain,
+            hostname,
+            listen_ip,
+            port_offset,
+        } => {
             crate::admin::init(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
                 .await
                 .with_context(|| format!("init of {}", dir.display()))?;
@@ -167,5 +189,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::User(c) => crate::admin::user(&cli.load_config()?, c).await,
         Command::Alias(c) => crate::admin::alias(&cli.load_config()?, c).await,
         Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

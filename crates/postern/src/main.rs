@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (see CRATES.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = cli::Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("postern: error: cannot start the runtime: {e}");

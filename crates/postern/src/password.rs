@@ -15,10 +15,9 @@ pub fn policy(cfg: &Config) -> Result<PasswordPolicy> {
     let breached = match &p.breached_passwords_file {
         Some(path) => {
             let path = cfg.path(path);
-            Some(
-                BreachedList::open(&path)
-                    .with_context(|| format!("password_policy.breached_passwords_file {}", path.display()))?,
-            )
+            Some(BreachedList::open(&path).with_context(|| {
+                format!("password_policy.breached_passwords_file {}", path.display())
+            })?)
         }
         None => None,
     };
@@ -46,8 +45,11 @@ pub fn read_new(from_stdin: bool) -> Result<SecretString> {
     if !std::io::stdin().is_terminal() {
         bail!("no password given: pipe it with --password-stdin (passwords are never accepted as arguments)");
     }
-    let first = Zeroizing::new(rpassword::prompt_password("New password: ").context("reading the password")?);
-    let second = Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading the password")?);
+    let first = Zeroizing::new(
+        rpassword::prompt_password("New password: ").context("reading the password")?,
+    );
+    let second =
+        Zeroizing::new(rpassword::prompt_password("Repeat it: ").context("reading the password")?);
     if *first != *second {
         bail!("the two passwords differ");
     }
@@ -84,7 +86,11 @@ pub fn check_and_hash(cfg: &Config, password: &SecretString, address: &str) -> R
 pub fn hash(cfg: &Config, password: &SecretString) -> Result<String> {
     use postern_auth::PasswordHasher;
     let a = &cfg.auth;
-    let hasher = postern_auth::Argon2Hasher::new(a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)?;
+    let hasher = postern_auth::Argon2Hasher::new(
+        a.argon2_memory_kib,
+        a.argon2_iterations,
+        a.argon2_parallelism,
+    )?;
     Ok(hasher.hash(password.expose_secret().as_bytes())?)
 }
 

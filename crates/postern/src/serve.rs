@@ -50,18 +50,28 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     let store = open_store(&cfg).await?;
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
     let a = &cfg.auth;
-    let hasher = postern_auth::Argon2Hasher::new(a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism)
-        .context("auth.argon2_* settings")?;
+    let hasher = postern_auth::Argon2Hasher::new(
+        a.argon2_memory_kib,
+        a.argon2_iterations,
+        a.argon2_parallelism,
+    )
+    .context("auth.argon2_* settings")?;
     let pool = HashPool::new(
         Arc::new(hasher),
         a.max_concurrent_verifications,
         Duration::from_millis(a.verification_queue_ms),
     );
-    let auth = Arc::new(Authenticator::new(Arc::new(store.clone()), pool, Arc::new(TracingAudit))?);
+    let auth = Arc::new(Authenticator::new(
+        Arc::new(store.clone()),
+        pool,
+        Arc::new(TracingAudit),
+    )?);
     let smtp = Arc::new(SmtpServer {
         hostname: cfg.server.hostname.clone(),
         config: cfg.smtp.clone(),
-        backend: Arc::new(StoreBackend { store: store.clone() }),
+        backend: Arc::new(StoreBackend {
+            store: store.clone(),
+        }),
         auth,
         tls,
     });
@@ -71,9 +81,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // Bind everything before serving anything: a taken port is a start-up error, not a half server.
     let mut bound = Vec::new();
     for l in &cfg.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .with_context(|| format!("cannot listen on {} ({} listener)", l.address, l.protocol.name()))?;
+        let listener = TcpListener::bind(l.address).await.with_context(|| {
+            format!(
+                "cannot listen on {} ({} listener)",
+                l.address,
+                l.protocol.name()
+            )
+        })?;
         bound.push((l.protocol, listener));
     }
     let shutdown = CancellationToken::new();
@@ -91,7 +105,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             shutdown.clone(),
             tracker.clone(),
             move |tcp, peer, admission| {
-                postern_smtp::handle_connection(smtp.clone(), protocol, tcp, peer, admission, token.clone())
+                postern_smtp::handle_connection(
+                    smtp.clone(),
+                    protocol,
+                    tcp,
+                    peer,
+                    admission,
+                    token.clone(),
+                )
             },
         )));
     }
@@ -101,7 +122,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     tracing::info!(version = env!("CARGO_PKG_VERSION"), hostname = %cfg.server.hostname, "postern started");
 
     wait_for_signal().await?;
-    tracing::info!(open_sessions = tracker.len(), "shutting down: no new connections; draining sessions");
+    tracing::info!(
+        open_sessions = tracker.len(),
+        "shutting down: no new connections; draining sessions"
+    );
     shutdown.cancel();
     for l in loops {
         let _ = l.await;
@@ -109,7 +133,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     tracker.close();
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(cut = tracker.len(), "grace period over: closing the remaining sessions");
+        tracing::warn!(
+            cut = tracker.len(),
+            "grace period over: closing the remaining sessions"
+        );
     }
     store.close().await;
     tracing::info!("postern stopped");

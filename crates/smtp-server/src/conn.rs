@@ -109,7 +109,11 @@ impl Conn {
 
     /// Discards input that was pipelined behind STARTTLS (it arrived in clear text and must not be
     /// executed after the upgrade: the CVE-2011-0411 class), then runs the TLS handshake.
-    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor, timeout: Duration) -> io::Result<usize> {
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &TlsAcceptor,
+        timeout: Duration,
+    ) -> io::Result<usize> {
         self.flush().await?;
         let discarded = self.buf.len();
         self.buf.clear();

@@ -202,7 +202,11 @@ mod tests {
             input.extend_from_slice(b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nsmuggled\r\n.\r\n");
             let (body, used, done) = run(&input, 10_000);
             assert!(done, "{fake:?}");
-            assert_eq!(used, input.len(), "{fake:?}: the end must be the real <CRLF>.<CRLF>");
+            assert_eq!(
+                used,
+                input.len(),
+                "{fake:?}: the end must be the real <CRLF>.<CRLF>"
+            );
             let problem = body.unwrap_err();
             assert!(
                 problem == DataProblem::BareLineEnding || problem == DataProblem::Nul,

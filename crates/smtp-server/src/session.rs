@@ -95,7 +95,10 @@ pub async fn handle_connection(
             tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
             if !kind.implicit_tls() {
                 let mut conn = Conn::new(MailStream::Plain(tcp));
-                conn.reply(&format!("421 4.7.0 {} Too many connections, try again later", srv.hostname));
+                conn.reply(&format!(
+                    "421 4.7.0 {} Too many connections, try again later",
+                    srv.hostname
+                ));
                 conn.shutdown().await;
             }
             return;
@@ -171,14 +174,17 @@ impl Session {
         };
         if early {
             let h = self.host().to_owned();
-            self.conn.reply(&format!("554 5.5.1 {h} Protocol error: client spoke before the greeting"));
+            self.conn.reply(&format!(
+                "554 5.5.1 {h} Protocol error: client spoke before the greeting"
+            ));
             return Close::EarlyTalker;
         }
         let h = self.host().to_owned();
         self.conn.reply(&format!("220 {h} ESMTP Postern"));
         loop {
             if self.shutdown.is_cancelled() {
-                self.conn.reply(&format!("421 4.3.2 {h} Service shutting down"));
+                self.conn
+                    .reply(&format!("421 4.3.2 {h} Service shutting down"));
                 return Close::Shutdown;
             }
             let timeout = if self.principal.is_some() || self.mail_from.is_some() {
@@ -203,7 +209,8 @@ impl Session {
                     continue;
                 }
                 Err(ReadError::Timeout) => {
-                    self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                    self.conn
+                        .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
                     return Close::Timeout;
                 }
                 Err(ReadError::Eof) => return Close::Eof,
@@ -222,7 +229,9 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.srv.config.max_errors {
             let h = self.host().to_owned();
-            self.conn.reply(&format!("421 4.7.0 {h} Too many errors, closing connection"));
+            self.conn.reply(&format!(
+                "421 4.7.0 {h} Too many errors, closing connection"
+            ));
             return Flow::Close(Close::TooManyErrors);
         }
         Flow::Continue
@@ -238,7 +247,9 @@ impl Session {
         self.idle_commands += 1;
         if self.idle_commands > self.srv.config.max_commands_before_mail {
             let h = self.host().to_owned();
-            self.conn.reply(&format!("421 4.7.0 {h} Too many commands without mail, closing connection"));
+            self.conn.reply(&format!(
+                "421 4.7.0 {h} Too many commands without mail, closing connection"
+            ));
             return Some(Flow::Close(Close::TooManyCommands));
         }
         None
@@ -260,17 +271,32 @@ impl Session {
                     return f;
                 }
                 return match e {
-                    smtp_proto::Error::UnknownCommand => self.error("500 5.5.1 Command unrecognized"),
-                    smtp_proto::Error::InvalidSenderAddress => self.error("553 5.1.7 Invalid sender address"),
-                    smtp_proto::Error::InvalidRecipientAddress => self.error("553 5.1.3 Invalid recipient address"),
-                    smtp_proto::Error::SyntaxError { syntax } => self.error(&format!("501 5.5.4 Syntax: {syntax}")),
-                    smtp_proto::Error::InvalidParameter { .. } => self.error("501 5.5.4 Invalid parameter"),
-                    smtp_proto::Error::UnsupportedParameter { .. } => self.error("555 5.5.4 Unsupported parameter"),
+                    smtp_proto::Error::UnknownCommand => {
+                        self.error("500 5.5.1 Command unrecognized")
+                    }
+                    smtp_proto::Error::InvalidSenderAddress => {
+                        self.error("553 5.1.7 Invalid sender address")
+                    }
+                    smtp_proto::Error::InvalidRecipientAddress => {
+                        self.error("553 5.1.3 Invalid recipient address")
+                    }
+                    smtp_proto::Error::SyntaxError { syntax } => {
+                        self.error(&format!("501 5.5.4 Syntax: {syntax}"))
+                    }
+                    smtp_proto::Error::InvalidParameter { .. } => {
+                        self.error("501 5.5.4 Invalid parameter")
+                    }
+                    smtp_proto::Error::UnsupportedParameter { .. } => {
+                        self.error("555 5.5.4 Unsupported parameter")
+                    }
                     _ => self.error("500 5.5.2 Syntax error"),
                 };
             }
         };
-        if !matches!(req, Request::Mail { .. } | Request::Rcpt { .. } | Request::Data | Request::Quit) {
+        if !matches!(
+            req,
+            Request::Mail { .. } | Request::Rcpt { .. } | Request::Data | Request::Quit
+        ) {
             if let Some(f) = self.idle_command() {
                 return f;
             }
@@ -279,7 +305,10 @@ impl Session {
             Request::Ehlo { host } => self.ehlo(&host, true),
             Request::Helo { host } => self.ehlo(&host, false),
             Request::StartTls => self.starttls().await,
-            Request::Auth { mechanism, initial_response } => {
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
                 let ir = initial_response.to_string();
                 self.auth(mechanism, ir).await
             }
@@ -381,10 +410,13 @@ impl Session {
         let t = Duration::from_secs(self.srv.config.idle_timeout_secs);
         match self.conn.read_line(MAX_AUTH_LINE, t).await {
             Ok(Line::Ok(l)) => Ok(l),
-            Ok(Line::TooLong) => Err(self.error("500 5.5.6 Authentication exchange line is too long")),
+            Ok(Line::TooLong) => {
+                Err(self.error("500 5.5.6 Authentication exchange line is too long"))
+            }
             Err(ReadError::Timeout) => {
                 let h = self.host().to_owned();
-                self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                self.conn
+                    .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
                 Err(Flow::Close(Close::Timeout))
             }
             Err(ReadError::Eof) => Err(Flow::Close(Close::Eof)),
@@ -434,7 +466,8 @@ impl Session {
             return self.error("530 5.7.0 Must issue a STARTTLS command first");
         }
         if !self.kind.is_submission() {
-            return self.error("503 5.5.1 Authentication is not available on this port; use submission");
+            return self
+                .error("503 5.5.1 Authentication is not available on this port; use submission");
         }
         if self.helo.is_none() || !self.esmtp {
             return self.error("503 5.5.1 Send EHLO first");
@@ -459,7 +492,11 @@ impl Session {
                 username: &creds.username,
                 password: &creds.password,
                 protocol: self.kind.protocol.name(),
-                mechanism: if mechanism == AUTH_PLAIN { "PLAIN" } else { "LOGIN" },
+                mechanism: if mechanism == AUTH_PLAIN {
+                    "PLAIN"
+                } else {
+                    "LOGIN"
+                },
                 remote_ip: self.peer.ip(),
                 tls: self.tls.map(|t| t.version),
             })
@@ -470,13 +507,18 @@ impl Session {
                 self.principal = Some(p);
                 self.ok("235 2.7.0 Authentication successful")
             }
-            AuthOutcome::TemporaryFailure => self.error("454 4.7.0 Temporary authentication failure, try again later"),
+            AuthOutcome::TemporaryFailure => {
+                self.error("454 4.7.0 Temporary authentication failure, try again later")
+            }
             AuthOutcome::Failure => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.srv.config.max_auth_failures {
-                    self.conn.reply("535 5.7.8 Authentication credentials invalid");
+                    self.conn
+                        .reply("535 5.7.8 Authentication credentials invalid");
                     let h = self.host().to_owned();
-                    self.conn.reply(&format!("421 4.7.0 {h} Too many failed authentications, closing connection"));
+                    self.conn.reply(&format!(
+                        "421 4.7.0 {h} Too many failed authentications, closing connection"
+                    ));
                     return Flow::Close(Close::TooManyAuthFailures);
                 }
                 self.error("535 5.7.8 Authentication credentials invalid")
@@ -515,8 +557,11 @@ impl Session {
         if let Some(p) = &self.principal {
             let account = p.account_id;
             match self.srv.backend.owned_addresses(account).await {
-                Ok(owned) if owned.iter().any(|o| *o == sender) => {}
-                Ok(_) => return self.error("553 5.7.1 Sender address not owned by the authenticated user"),
+                Ok(owned) if owned.contains(&sender) => {}
+                Ok(_) => {
+                    return self
+                        .error("553 5.7.1 Sender address not owned by the authenticated user")
+                }
                 Err(e) => {
                     tracing::error!(session = %self.id, error = %e, "sender check failed");
                     return self.error("451 4.3.0 Temporary failure, please try again later");
@@ -559,7 +604,9 @@ impl Session {
         let local = if local_domain {
             match self.srv.backend.resolve_recipient(&addr).await {
                 Ok(Some(id)) => Some(id),
-                Ok(None) => return self.error("550 5.1.1 Recipient address rejected: user unknown"),
+                Ok(None) => {
+                    return self.error("550 5.1.1 Recipient address rejected: user unknown")
+                }
                 Err(e) => {
                     tracing::error!(session = %self.id, error = %e, "recipient look-up failed");
                     return self.error("451 4.3.0 Temporary failure, please try again later");
@@ -586,7 +633,8 @@ impl Session {
         if self.rcpts.is_empty() {
             return self.error("554 5.5.1 No valid recipients");
         }
-        self.conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        self.conn
+            .reply("354 Start mail input; end with <CRLF>.<CRLF>");
         let mut reader = DataReader::new(self.srv.config.max_message_size);
         let timeout = Duration::from_secs(self.srv.config.data_timeout_secs);
         loop {
@@ -600,7 +648,8 @@ impl Session {
                 Ok(_) => {}
                 Err(ReadError::Timeout) => {
                     let h = self.host().to_owned();
-                    self.conn.reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                    self.conn
+                        .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
                     return Flow::Close(Close::Timeout);
                 }
                 Err(ReadError::Eof) => return Flow::Close(Close::Eof),
@@ -609,11 +658,14 @@ impl Session {
         }
         let result = reader.finish();
         let flow = match result {
-            Err(DataProblem::TooBig) => self.error("552 5.3.4 Message size exceeds fixed maximum message size"),
-            Err(DataProblem::BareLineEnding) => {
-                self.error("550 5.6.0 Message refused: bare CR or LF found; lines must end with CRLF")
+            Err(DataProblem::TooBig) => {
+                self.error("552 5.3.4 Message size exceeds fixed maximum message size")
             }
-            Err(DataProblem::Nul) => self.error("550 5.6.0 Message refused: NUL characters are not allowed"),
+            Err(DataProblem::BareLineEnding) => self
+                .error("550 5.6.0 Message refused: bare CR or LF found; lines must end with CRLF"),
+            Err(DataProblem::Nul) => {
+                self.error("550 5.6.0 Message refused: NUL characters are not allowed")
+            }
             Ok(body) => self.accept(body).await,
         };
         self.reset_transaction();
@@ -625,9 +677,12 @@ impl Session {
         let Some(msg) = mail_parser::MessageParser::new().parse_headers(body) else {
             return Err(self.error("550 5.6.0 Message refused: headers cannot be parsed"));
         };
-        let count = |name: mail_parser::HeaderName| msg.headers().iter().filter(|h| h.name == name).count();
+        let count =
+            |name: mail_parser::HeaderName| msg.headers().iter().filter(|h| h.name == name).count();
         if count(mail_parser::HeaderName::From) != 1 || count(mail_parser::HeaderName::Sender) > 1 {
-            return Err(self.error("550 5.6.0 Message refused: exactly one From header is required"));
+            return Err(
+                self.error("550 5.6.0 Message refused: exactly one From header is required")
+            );
         }
         let mut claimed: Vec<String> = Vec::new();
         for addr in [msg.from(), msg.sender()].into_iter().flatten() {
@@ -657,7 +712,12 @@ impl Session {
 
     async fn received_header(&self, msg_id: &str) -> String {
         let details = match &self.principal {
-            Some(p) => self.srv.backend.received_details(p.account_id).await.unwrap_or(false),
+            Some(p) => self
+                .srv
+                .backend
+                .received_details(p.account_id)
+                .await
+                .unwrap_or(false),
             None => self.srv.config.received_tls_details,
         };
         // RFC 3848 "with" keywords.
@@ -675,7 +735,10 @@ impl Session {
         );
         if details {
             if let Some(t) = self.tls {
-                h.push_str(&format!("\r\n\t(using {} with cipher {})", t.version, t.cipher));
+                h.push_str(&format!(
+                    "\r\n\t(using {} with cipher {})",
+                    t.version, t.cipher
+                ));
             }
             if let Some(p) = &self.principal {
                 h.push_str(&format!("\r\n\t(authenticated as {})", p.address));
@@ -699,7 +762,12 @@ impl Session {
         let mut local: Vec<i64> = self.rcpts.iter().filter_map(|r| r.local).collect();
         local.sort_unstable();
         local.dedup();
-        let remote: Vec<String> = self.rcpts.iter().filter(|r| r.local.is_none()).map(|r| r.address.clone()).collect();
+        let remote: Vec<String> = self
+            .rcpts
+            .iter()
+            .filter(|r| r.local.is_none())
+            .map(|r| r.address.clone())
+            .collect();
         let size = body.len();
         let sender = self.mail_from.clone().unwrap_or_default();
         let delivery = Delivery {

@@ -37,7 +37,10 @@ impl BlobStore {
             fs::create_dir_all(shard)?;
             sync_dir(&self.dir)?;
         }
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let res = (|| {
             for p in parts {
                 f.write_all(p)?;

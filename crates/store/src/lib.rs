@@ -13,7 +13,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 
 use postern_auth::{CredentialStore, CredentialStoreError, StoredCredential};
@@ -142,18 +144,22 @@ impl Store {
 
     /// `PRAGMA integrity_check` result: "ok" when the database is sound.
     pub async fn integrity_check(&self) -> Result<String> {
-        let row = sqlx::query("PRAGMA integrity_check").fetch_one(&self.write).await?;
+        let row = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&self.write)
+            .await?;
         Ok(row.try_get::<String, _>(0)?)
     }
 
     // ---- domains ----
 
     pub async fn add_domain(&self, domain: &Domain) -> Result<()> {
-        let r = sqlx::query("INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(domain.as_str())
-            .bind(now())
-            .execute(&self.write)
-            .await?;
+        let r = sqlx::query(
+            "INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(domain.as_str())
+        .bind(now())
+        .execute(&self.write)
+        .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::Exists(format!("domain {domain}")));
         }
@@ -196,7 +202,10 @@ impl Store {
             .bind(domain.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM domains WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM domains WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -219,7 +228,12 @@ impl Store {
             .bind(address.domain())
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("domain {} (add it with `postern domain add`)", address.domain())))?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "domain {} (add it with `postern domain add`)",
+                    address.domain()
+                ))
+            })?
             .try_get(0)?;
         if sqlx::query("SELECT 1 FROM accounts WHERE address = ?1 UNION ALL SELECT 1 FROM aliases WHERE address = ?1")
             .bind(address.as_str())
@@ -257,12 +271,14 @@ impl Store {
     }
 
     pub async fn set_password(&self, address: &EmailAddress, password_hash: &str) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET password_hash = ?, password_changed_at = ? WHERE address = ?")
-            .bind(password_hash)
-            .bind(now())
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE accounts SET password_hash = ?, password_changed_at = ? WHERE address = ?",
+        )
+        .bind(password_hash)
+        .bind(now())
+        .bind(address.as_str())
+        .execute(&self.write)
+        .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("account {address}")));
         }
@@ -315,9 +331,18 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM mailboxes WHERE account_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM aliases WHERE account_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM accounts WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM mailboxes WHERE account_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM aliases WHERE account_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM accounts WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let mut orphans = Vec::new();
         for b in blobs {
             let used = sqlx::query("SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1")
@@ -517,7 +542,12 @@ impl Store {
 
     /// Durably stores one message into the INBOX of each account in `accounts` and returns the UIDs.
     /// When this returns Ok the message is on disk (blob fsynced, transaction committed).
-    pub async fn deliver_local(&self, message: Vec<Vec<u8>>, accounts: &[i64], internal_date: i64) -> Result<Vec<i64>> {
+    pub async fn deliver_local(
+        &self,
+        message: Vec<Vec<u8>>,
+        accounts: &[i64],
+        internal_date: i64,
+    ) -> Result<Vec<i64>> {
         let size: usize = message.iter().map(Vec::len).sum();
         let blob = self.put_blob(message).await?;
         let res = async {
@@ -556,7 +586,13 @@ impl Store {
     }
 
     /// Durably queues one message for remote delivery. Returns the queue id.
-    pub async fn enqueue(&self, message: Vec<Vec<u8>>, sender: &str, account_id: Option<i64>, recipients: &[String]) -> Result<i64> {
+    pub async fn enqueue(
+        &self,
+        message: Vec<Vec<u8>>,
+        sender: &str,
+        account_id: Option<i64>,
+        recipients: &[String],
+    ) -> Result<i64> {
         let size: usize = message.iter().map(Vec::len).sum();
         let blob = self.put_blob(message).await?;
         let res = async {
@@ -605,7 +641,12 @@ impl Store {
                 Ok(QueueEntry {
                     id: r.try_get("id")?,
                     sender: r.try_get("sender")?,
-                    recipients: rcpts.unwrap_or_default().split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                    recipients: rcpts
+                        .unwrap_or_default()
+                        .split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
                     size: r.try_get("size")?,
                     created_at: r.try_get("created_at")?,
                     status: r.try_get("status")?,
@@ -617,7 +658,10 @@ impl Store {
 }
 
 async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(pool).await?.try_get(0)?;
+    let version: i64 = sqlx::query("PRAGMA user_version")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Conflict(format!(
             "the database has schema version {version}, newer than this postern ({SCHEMA_VERSION}); upgrade postern"
@@ -625,8 +669,12 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
     }
     if version < 1 {
         let mut tx = pool.begin().await?;
-        sqlx::raw_sql(include_str!("schema.sql")).execute(&mut *tx).await?;
-        sqlx::query("PRAGMA user_version = 1").execute(&mut *tx).await?;
+        sqlx::raw_sql(include_str!("schema.sql"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("PRAGMA user_version = 1")
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
     }
     Ok(())
@@ -634,12 +682,17 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
 
 #[async_trait::async_trait]
 impl CredentialStore for Store {
-    async fn credential(&self, login: &str) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
-        let row = sqlx::query("SELECT id, address, password_hash, disabled FROM accounts WHERE address = ?")
-            .bind(login)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(|e| CredentialStoreError(e.to_string()))?;
+    async fn credential(
+        &self,
+        login: &str,
+    ) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
+        let row = sqlx::query(
+            "SELECT id, address, password_hash, disabled FROM accounts WHERE address = ?",
+        )
+        .bind(login)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(|e| CredentialStoreError(e.to_string()))?;
         let Some(r) = row else { return Ok(None) };
         let get = || -> std::result::Result<StoredCredential, sqlx::Error> {
             Ok(StoredCredential {
@@ -649,7 +702,9 @@ impl CredentialStore for Store {
                 disabled: r.try_get("disabled")?,
             })
         };
-        get().map(Some).map_err(|e| CredentialStoreError(e.to_string()))
+        get()
+            .map(Some)
+            .map_err(|e| CredentialStoreError(e.to_string()))
     }
 }
 
@@ -659,7 +714,9 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
-        let s = Store::open(&d.path().join("db"), &d.path().join("blobs")).await.unwrap();
+        let s = Store::open(&d.path().join("db"), &d.path().join("blobs"))
+            .await
+            .unwrap();
         (d, s)
     }
 
@@ -668,12 +725,21 @@ mod tests {
         let (_d, s) = store().await;
         let dom = Domain::parse("example.test").unwrap();
         s.add_domain(&dom).await.unwrap();
-        assert!(matches!(s.add_domain(&dom).await, Err(StoreError::Exists(_))));
+        assert!(matches!(
+            s.add_domain(&dom).await,
+            Err(StoreError::Exists(_))
+        ));
         let a = EmailAddress::parse("alice@example.test").unwrap();
         let id = s.add_account(&a, "$argon2id$x").await.unwrap();
-        assert!(matches!(s.add_account(&a, "h").await, Err(StoreError::Exists(_))));
+        assert!(matches!(
+            s.add_account(&a, "h").await,
+            Err(StoreError::Exists(_))
+        ));
         let other = EmailAddress::parse("x@other.test").unwrap();
-        assert!(matches!(s.add_account(&other, "h").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.add_account(&other, "h").await,
+            Err(StoreError::NotFound(_))
+        ));
         let alias = EmailAddress::parse("postmaster@example.test").unwrap();
         s.add_alias(&alias, &a).await.unwrap();
         assert_eq!(s.resolve_recipient(&alias).await.unwrap(), Some(id));
@@ -682,20 +748,35 @@ mod tests {
         owned.sort();
         assert_eq!(owned, vec!["alice@example.test", "postmaster@example.test"]);
 
-        let uids1 = s.deliver_local(vec![b"Subject: 1\r\n\r\nx\r\n".to_vec()], &[id], now()).await.unwrap();
-        let uids2 = s.deliver_local(vec![b"Subject: 2\r\n\r\ny\r\n".to_vec()], &[id], now()).await.unwrap();
+        let uids1 = s
+            .deliver_local(vec![b"Subject: 1\r\n\r\nx\r\n".to_vec()], &[id], now())
+            .await
+            .unwrap();
+        let uids2 = s
+            .deliver_local(vec![b"Subject: 2\r\n\r\ny\r\n".to_vec()], &[id], now())
+            .await
+            .unwrap();
         assert_eq!((uids1, uids2), (vec![1], vec![2]));
         let msgs = s.messages(id, "INBOX").await.unwrap();
         assert_eq!(msgs.len(), 2);
-        assert_eq!(s.blobs().get(&msgs[1].blob_id).unwrap(), b"Subject: 2\r\n\r\ny\r\n");
+        assert_eq!(
+            s.blobs().get(&msgs[1].blob_id).unwrap(),
+            b"Subject: 2\r\n\r\ny\r\n"
+        );
         let boxes = s.mailboxes(id).await.unwrap();
         assert_eq!(boxes.len(), DEFAULT_MAILBOXES.len());
         assert_eq!(boxes[0].messages, 2);
         assert_eq!(boxes[0].uidnext, 3);
 
-        assert!(matches!(s.remove_domain(&dom).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            s.remove_domain(&dom).await,
+            Err(StoreError::Conflict(_))
+        ));
         s.remove_account(&a).await.unwrap();
-        assert!(s.blobs().get(&msgs[0].blob_id).is_err(), "orphaned blobs are removed");
+        assert!(
+            s.blobs().get(&msgs[0].blob_id).is_err(),
+            "orphaned blobs are removed"
+        );
         assert_eq!(s.resolve_recipient(&alias).await.unwrap(), None);
         s.remove_domain(&dom).await.unwrap();
         assert_eq!(s.integrity_check().await.unwrap(), "ok");
@@ -704,7 +785,9 @@ mod tests {
     #[tokio::test]
     async fn queue_and_credentials() {
         let (_d, s) = store().await;
-        s.add_domain(&Domain::parse("example.test").unwrap()).await.unwrap();
+        s.add_domain(&Domain::parse("example.test").unwrap())
+            .await
+            .unwrap();
         let a = EmailAddress::parse("bob@example.test").unwrap();
         s.add_account(&a, "phc").await.unwrap();
         s.set_disabled(&a, true).await.unwrap();
@@ -712,7 +795,15 @@ mod tests {
         assert!(c.disabled);
         assert_eq!(c.password_hash, "phc");
         assert!(s.credential("nobody@example.test").await.unwrap().is_none());
-        let q = s.enqueue(vec![b"m".to_vec()], "bob@example.test", Some(c.account_id), &["r@remote.test".into(), "s@remote.test".into()]).await.unwrap();
+        let q = s
+            .enqueue(
+                vec![b"m".to_vec()],
+                "bob@example.test",
+                Some(c.account_id),
+                &["r@remote.test".into(), "s@remote.test".into()],
+            )
+            .await
+            .unwrap();
         let list = s.queue_list().await.unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].id, q);

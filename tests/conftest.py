@@ -1,0 +1,238 @@
+"""Black-box test fixtures: build-free (the runner builds), start the real `postern` binary on
+127.0.0.1 high ports with a fresh data directory, and stop it with SIGTERM (asserting exit 0)."""
+import base64
+import os
+import random
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = os.environ.get("POSTERN_BIN", str(ROOT / "target" / "debug" / "postern"))
+
+ALICE = "alice@example.test"
+ALICE_PW = "vT9#qLm2!xWp4Rz-alpha"
+BOB = "bob@example.test"
+BOB_PW = "Kq8$wN3!zRt6Lp-bravo"
+CAROL = "carol@example.test"  # disabled account
+CAROL_PW = "Hf4!pX9#mQ2$wZ-charlie"
+
+
+def tls_client_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def run_cli(datadir, *args, stdin=None, check=True):
+    p = subprocess.run([BIN, "--dir", str(datadir), *args], input=stdin, capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"postern {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def free_offset():
+    """A port offset for which 25, 587 and 465 (+offset) are all free on 127.0.0.1."""
+    for _ in range(200):
+        off = random.randrange(20000, 50000)
+        ok = True
+        for base in (25, 587, 465):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", base + off))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return off
+    raise RuntimeError("no free ports")
+
+
+class Server:
+    def __init__(self, datadir, offset, proc, log_path):
+        self.dir = Path(datadir)
+        self.offset = offset
+        self.proc = proc
+        self.log_path = log_path
+        self.smtp = 25 + offset
+        self.submission = 587 + offset
+        self.submissions = 465 + offset
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def cli(self, *args, **kw):
+        return run_cli(self.dir, *args, **kw)
+
+    def db(self):
+        return sqlite3.connect(f"file:{self.dir / 'postern.db'}?mode=ro", uri=True)
+
+    def inbox(self, address, mailbox="INBOX"):
+        """The stored messages of a mailbox, as bytes, in UID order."""
+        with self.db() as c:
+            rows = c.execute(
+                "SELECT m.uid, m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+                "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
+                (address, mailbox),
+            ).fetchall()
+        return [(self.dir / "blobs" / blob[:2] / blob).read_bytes() for _uid, blob in rows]
+
+    def uids(self, address, mailbox="INBOX"):
+        with self.db() as c:
+            return [r[0] for r in c.execute(
+                "SELECT m.uid FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
+                "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
+                (address, mailbox))]
+
+    def queue(self):
+        with self.db() as c:
+            return c.execute("SELECT id, sender FROM queue ORDER BY id").fetchall()
+
+    def stop(self, timeout=40):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def wait_port(port, proc, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def init_dir(tmp_path, smtp_extra="", with_users=True):
+    d = tmp_path / "data"
+    off = free_offset()
+    run_cli(d, "init", "--dir", str(d), "--domain", "example.test", "--hostname", "mail.example.test",
+            "--listen-ip", "127.0.0.1", "--port-offset", str(off))
+    if smtp_extra:
+        cfg = d / "postern.toml"
+        extra = [l.strip() for l in smtp_extra.strip().splitlines()]
+        keys = {l.split("=")[0].strip() for l in extra}
+        lines = [l for l in cfg.read_text().splitlines() if l.split("=")[0].strip() not in keys]
+        text = "\n".join(lines) + "\n"
+        cfg.write_text(text.replace("[smtp]\n", "[smtp]\n" + "\n".join(extra) + "\n"))
+    if with_users:
+        run_cli(d, "user", "add", ALICE, "--password-stdin", stdin=ALICE_PW + "\n")
+        run_cli(d, "user", "add", BOB, "--password-stdin", stdin=BOB_PW + "\n")
+        run_cli(d, "user", "add", CAROL, "--password-stdin", stdin=CAROL_PW + "\n")
+        run_cli(d, "user", "disable", CAROL)
+        run_cli(d, "alias", "add", "postmaster@example.test", ALICE)
+    return d, off
+
+
+def start(d, off, extra_args=()):
+    log_path = d.parent / f"server-{off}.log"
+    logf = open(log_path, "w")
+    proc = subprocess.Popen([BIN, "--dir", str(d), *extra_args, "serve"], stdout=logf, stderr=subprocess.STDOUT)
+    srv = Server(d, off, proc, log_path)
+    for p in (srv.smtp, srv.submission, srv.submissions):
+        wait_port(p, proc)
+    return srv
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Factory: make_server(smtp_extra="max_recipients = 5") -> a running Server."""
+    servers = []
+
+    def factory(smtp_extra="", extra_args=()):
+        sub = tmp_path / f"s{len(servers)}"
+        sub.mkdir()
+        d, off = init_dir(sub, smtp_extra)
+        srv = start(d, off, extra_args)
+        servers.append(srv)
+        return srv
+
+    yield factory
+    for s in servers:
+        if s.proc.poll() is None:
+            assert s.stop() == 0, s.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server shared by a test module (default configuration)."""
+    tmp = tmp_path_factory.mktemp("srv")
+    d, off = init_dir(tmp)
+    srv = start(d, off)
+    yield srv
+    rc = srv.stop()
+    assert rc == 0, srv.log()[-3000:]
+
+
+class Raw:
+    """A raw SMTP dialogue over a socket (optionally TLS), for what smtplib will not send."""
+
+    def __init__(self, port, tls=False, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = tls_client_context().wrap_socket(self.sock)
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.rstrip(b"\r").decode()
+
+    def reply(self):
+        """One (possibly multi-line) reply: (code, [texts])."""
+        texts = []
+        while True:
+            l = self.line()
+            texts.append(l[4:])
+            if len(l) < 4 or l[3] != "-":
+                return int(l[:3]), texts
+
+    def cmd(self, text):
+        self.send(text.encode() + b"\r\n")
+        return self.reply()
+
+    def starttls(self):
+        code, _ = self.cmd("STARTTLS")
+        assert code == 220
+        self.sock = tls_client_context().wrap_socket(self.sock)
+        self.buf = b""
+
+    def closed(self, timeout=5):
+        """True if the server closed the connection (EOF) within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                d = self.sock.recv(4096)
+                if not d:
+                    return True
+                self.buf += d
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def plain_b64(user, pw):
+    return base64.b64encode(f"\0{user}\0{pw}".encode()).decode()

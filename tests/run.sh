@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole Postern test suite, as the README gives it and as CI runs it:
+# formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
+# the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap).
+# Installs what it needs when run as root on Debian (swaks, nmap, pytest).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks libio-socket-ssl-perl libnet-ssleay-perl)
+command -v nmap >/dev/null 2>&1 || missing+=(nmap)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: ${missing[*]} not installed; the tests that use them will be skipped" >&2
+  fi
+fi
+python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== one TLS crypto provider (no aws-lc-rs beside ring)"
+if cargo tree --workspace --locked -i aws-lc-rs 2>/dev/null | grep -q aws-lc-rs; then
+  echo "aws-lc-rs is in the dependency tree" >&2
+  exit 1
+fi
+echo "== unit tests"
+cargo test --workspace --locked
+echo "== build"
+cargo build --locked -p postern
+echo "== black-box tests (real clients on loopback)"
+export POSTERN_BIN="$PWD/target/debug/postern"
+python3 -m pytest -q -p no:cacheprovider tests "$@"
