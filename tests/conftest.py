@@ -39,11 +39,11 @@ def run_cli(datadir, *args, stdin=None, check=True):
 
 
 def free_offset():
-    """A port offset for which 25, 587 and 465 (+offset) are all free on 127.0.0.1."""
+    """A port offset for which every standard port (+offset) is free on 127.0.0.1."""
     for _ in range(200):
         off = random.randrange(20000, 50000)
         ok = True
-        for base in (25, 587, 465):
+        for base in (25, 587, 465, 143, 993, 110, 995):
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", base + off))
@@ -65,6 +65,10 @@ class Server:
         self.smtp = 25 + offset
         self.submission = 587 + offset
         self.submissions = 465 + offset
+        self.imap = 143 + offset
+        self.imaps = 993 + offset
+        self.pop3 = 110 + offset
+        self.pop3s = 995 + offset
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
@@ -141,7 +145,7 @@ def start(d, off, extra_args=()):
     logf = open(log_path, "w")
     proc = subprocess.Popen([BIN, "--dir", str(d), *extra_args, "serve"], stdout=logf, stderr=subprocess.STDOUT)
     srv = Server(d, off, proc, log_path)
-    for p in (srv.smtp, srv.submission, srv.submissions):
+    for p in (srv.smtp, srv.submission, srv.submissions, srv.imap, srv.imaps):
         wait_port(p, proc)
     return srv
 

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The whole Postern test suite, as the README gives it and as CI runs it:
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
-# the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap).
-# Installs what it needs when run as root on Debian (swaks, nmap, pytest).
+# the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
+# imaplib, imapclient, poplib, curl, mbsync, fetchmail).
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, pytest, imapclient).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks libio-socket-ssl-perl libnet-ssleay-perl)
 command -v nmap >/dev/null 2>&1 || missing+=(nmap)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
+command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
@@ -19,6 +23,7 @@ if ((${#missing[@]})); then
   fi
 fi
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
+python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

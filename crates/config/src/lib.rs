@@ -33,6 +33,14 @@ pub enum Protocol {
     Submission,
     /// Message submission over implicit TLS on port 465 (RFC 8314).
     Submissions,
+    /// IMAP with STARTTLS on port 143; LOGINDISABLED until TLS.
+    Imap,
+    /// IMAP over implicit TLS on port 993.
+    Imaps,
+    /// POP3 with STLS on port 110; no USER/PASS/AUTH until TLS.
+    Pop3,
+    /// POP3 over implicit TLS on port 995.
+    Pop3s,
 }
 
 impl Protocol {
@@ -41,6 +49,10 @@ impl Protocol {
             Protocol::Smtp => "smtp",
             Protocol::Submission => "submission",
             Protocol::Submissions => "submissions",
+            Protocol::Imap => "imap",
+            Protocol::Imaps => "imaps",
+            Protocol::Pop3 => "pop3",
+            Protocol::Pop3s => "pop3s",
         }
     }
     /// The IANA port of the protocol, to which `postern init --port-offset` adds.
@@ -49,6 +61,10 @@ impl Protocol {
             Protocol::Smtp => 25,
             Protocol::Submission => 587,
             Protocol::Submissions => 465,
+            Protocol::Imap => 143,
+            Protocol::Imaps => 993,
+            Protocol::Pop3 => 110,
+            Protocol::Pop3s => 995,
         }
     }
 }
@@ -69,6 +85,10 @@ pub struct Config {
     pub password_policy: PasswordPolicyConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
+    #[serde(default)]
+    pub imap: ImapConfig,
+    #[serde(default)]
+    pub pop3: Pop3Config,
     #[serde(default)]
     pub logging: LoggingConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
@@ -256,6 +276,101 @@ impl Default for SmtpConfig {
     }
 }
 
+/// IMAP limits (RFC 3501, RFC 9051). Connection caps are shared by IMAP and POP3 listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// Largest message APPEND accepts, in octets (announced as APPENDLIMIT).
+    #[serde(default = "d_msg_size")]
+    pub max_append_size: usize,
+    /// Largest command line (and non-APPEND literal), in octets.
+    #[serde(default = "d_imap_cmd")]
+    pub max_command_size: usize,
+    /// Idle timeout once logged in; RFC 3501 5.4 asks for at least 30 minutes.
+    #[serde(default = "d_imap_idle")]
+    pub idle_timeout_secs: u64,
+    /// Idle timeout before login.
+    #[serde(default = "d_pre_to")]
+    pub login_timeout_secs: u64,
+    /// Failed logins in one session before the server says BYE.
+    #[serde(default = "d_auth_fail")]
+    pub max_auth_failures: u32,
+    /// Open IMAP and POP3 connections, in total and from one IP address.
+    #[serde(default = "d_mbx_conns")]
+    pub max_connections: usize,
+    #[serde(default = "d_conns_ip")]
+    pub max_connections_per_ip: usize,
+    /// Concurrent IMAP sessions of one account.
+    #[serde(default = "d_conns_ip")]
+    pub max_sessions_per_account: usize,
+    /// Invalid commands in one session before the server says BYE.
+    #[serde(default = "d_errors")]
+    pub max_errors: u32,
+}
+
+fn d_imap_cmd() -> usize {
+    65536
+}
+fn d_imap_idle() -> u64 {
+    1800
+}
+fn d_mbx_conns() -> usize {
+    10000
+}
+
+impl Default for ImapConfig {
+    fn default() -> Self {
+        ImapConfig {
+            max_append_size: d_msg_size(),
+            max_command_size: d_imap_cmd(),
+            idle_timeout_secs: d_imap_idle(),
+            login_timeout_secs: d_pre_to(),
+            max_auth_failures: d_auth_fail(),
+            max_connections: d_mbx_conns(),
+            max_connections_per_ip: d_conns_ip(),
+            max_sessions_per_account: d_conns_ip(),
+            max_errors: d_errors(),
+        }
+    }
+}
+
+/// POP3 settings. "Prefer IMAP over POP3": `enabled = false` switches POP3 off server-wide even if
+/// listeners are configured; `postern user pop3 ADDRESS off` does it per account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pop3Config {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Idle timeout; RFC 1939 asks for at least 10 minutes once logged in.
+    #[serde(default = "d_pop_idle")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "d_pre_to")]
+    pub login_timeout_secs: u64,
+    #[serde(default = "d_auth_fail")]
+    pub max_auth_failures: u32,
+    #[serde(default = "d_errors")]
+    pub max_errors: u32,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_pop_idle() -> u64 {
+    600
+}
+
+impl Default for Pop3Config {
+    fn default() -> Self {
+        Pop3Config {
+            enabled: true,
+            idle_timeout_secs: d_pop_idle(),
+            login_timeout_secs: d_pre_to(),
+            max_auth_failures: d_auth_fail(),
+            max_errors: d_errors(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -408,6 +523,25 @@ impl Config {
         if s.max_connections_per_ip == 0 || s.max_auth_failures == 0 || s.max_errors == 0 {
             return Err("smtp.max_connections_per_ip, smtp.max_auth_failures and smtp.max_errors must be at least 1".into());
         }
+        let i = &self.imap;
+        if i.max_command_size < 8192 || i.max_append_size < 1024 {
+            return Err("imap.max_command_size must be at least 8192 and imap.max_append_size at least 1024".into());
+        }
+        if i.idle_timeout_secs < 60
+            || i.max_connections == 0
+            || i.max_connections_per_ip == 0
+            || i.max_sessions_per_account == 0
+            || i.max_auth_failures == 0
+            || i.max_errors == 0
+        {
+            return Err(
+                "imap.idle_timeout_secs must be at least 60 and the imap.max_* limits at least 1"
+                    .into(),
+            );
+        }
+        if self.pop3.max_auth_failures == 0 || self.pop3.max_errors == 0 {
+            return Err("pop3.max_auth_failures and pop3.max_errors must be at least 1".into());
+        }
         if self.password_policy.min_score > 4 {
             return Err("password_policy.min_score must be between 0 and 4".into());
         }
@@ -448,7 +582,15 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n\n\
          [storage]\ndatabase = \"postern.db\"\nblobs = \"blobs\"\n\n"
     );
-    for proto in [Protocol::Smtp, Protocol::Submission, Protocol::Submissions] {
+    for proto in [
+        Protocol::Smtp,
+        Protocol::Submission,
+        Protocol::Submissions,
+        Protocol::Imap,
+        Protocol::Imaps,
+        Protocol::Pop3,
+        Protocol::Pop3s,
+    ] {
         let port = proto.standard_port().saturating_add(port_offset);
         let addr = SocketAddr::new(ip, port);
         out.push_str(&format!(
@@ -459,7 +601,10 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
     out.push_str(
         "[password_policy]\nmin_length = 12\nmin_score = 3\n\
          # breached_passwords_file = \"/var/lib/postern/pwned-passwords-sha1-ordered-by-hash.txt\"\n\n\
-         [smtp]\nmax_message_size = 52428800\nmax_recipients = 100\n",
+         [smtp]\nmax_message_size = 52428800\nmax_recipients = 100\n\n\
+         [imap]\nmax_append_size = 52428800\n\n\
+         # Set enabled = false to switch POP3 off everywhere (prefer IMAP).\n\
+         [pop3]\nenabled = true\n",
     );
     out
 }
@@ -473,7 +618,9 @@ mod tests {
         let text = initial_config_text("mail.example.test", "127.0.0.1".parse().unwrap(), 10000);
         let cfg = Config::parse(&text).unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.listeners.len(), 3);
+        assert_eq!(cfg.listeners.len(), 7);
+        assert_eq!(cfg.listeners[3].address.port(), 10143);
+        assert_eq!(cfg.listeners[6].address.port(), 10995);
         assert_eq!(cfg.listeners[0].address.port(), 10025);
         assert_eq!(cfg.listeners[1].address.port(), 10587);
         assert_eq!(cfg.listeners[2].address.port(), 10465);

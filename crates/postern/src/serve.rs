@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use postern_auth::{Authenticator, HashPool, TracingAudit};
-use postern_config::{Config, LogFormat};
+use postern_config::{Config, LogFormat, Protocol};
 use postern_net::ConnLimiter;
 use postern_smtp::SmtpServer;
 use postern_store::Store;
@@ -72,8 +72,24 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         backend: Arc::new(StoreBackend {
             store: store.clone(),
         }),
-        auth,
-        tls,
+        auth: auth.clone(),
+        tls: tls.clone(),
+    });
+    let imap = Arc::new(postern_imap::ImapServer {
+        hostname: cfg.server.hostname.clone(),
+        config: cfg.imap.clone(),
+        store: store.clone(),
+        auth: auth.clone(),
+        tls: tls.clone(),
+        sessions: Default::default(),
+    });
+    let pop3 = Arc::new(postern_pop3::Pop3Server {
+        hostname: cfg.server.hostname.clone(),
+        config: cfg.pop3.clone(),
+        store: store.clone(),
+        auth: auth.clone(),
+        tls: tls.clone(),
+        locks: Default::default(),
     });
     if cfg.listeners.is_empty() {
         anyhow::bail!("no [[listener]] in the configuration: nothing to serve");
@@ -81,6 +97,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // Bind everything before serving anything: a taken port is a start-up error, not a half server.
     let mut bound = Vec::new();
     for l in &cfg.listeners {
+        if matches!(l.protocol, Protocol::Pop3 | Protocol::Pop3s) && !cfg.pop3.enabled {
+            tracing::info!(address = %l.address, "POP3 is switched off ([pop3] enabled = false): not listening");
+            continue;
+        }
         let listener = TcpListener::bind(l.address).await.with_context(|| {
             format!(
                 "cannot listen on {} ({} listener)",
@@ -92,29 +112,74 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     }
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let limiter = ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip);
+    let smtp_limiter = ConnLimiter::new(cfg.smtp.max_connections, cfg.smtp.max_connections_per_ip);
+    // IMAP and POP3 share one cap: both are mailbox access.
+    let mbx_limiter = ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip);
     let mut loops = Vec::new();
     for (protocol, listener) in bound {
         let addr = listener.local_addr()?;
         tracing::info!(protocol = protocol.name(), address = %addr, "listening");
-        let smtp = smtp.clone();
         let token = shutdown.clone();
-        loops.push(tokio::spawn(postern_net::accept_loop(
-            listener,
-            limiter.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-            move |tcp, peer, admission| {
-                postern_smtp::handle_connection(
-                    smtp.clone(),
-                    protocol,
-                    tcp,
-                    peer,
-                    admission,
-                    token.clone(),
-                )
-            },
-        )));
+        let task = match protocol {
+            Protocol::Smtp | Protocol::Submission | Protocol::Submissions => {
+                let smtp = smtp.clone();
+                tokio::spawn(postern_net::accept_loop(
+                    listener,
+                    smtp_limiter.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                    move |tcp, peer, admission| {
+                        postern_smtp::handle_connection(
+                            smtp.clone(),
+                            protocol,
+                            tcp,
+                            peer,
+                            admission,
+                            token.clone(),
+                        )
+                    },
+                ))
+            }
+            Protocol::Imap | Protocol::Imaps => {
+                let imap = imap.clone();
+                tokio::spawn(postern_net::accept_loop(
+                    listener,
+                    mbx_limiter.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                    move |tcp, peer, admission| {
+                        postern_imap::handle_connection(
+                            imap.clone(),
+                            protocol,
+                            tcp,
+                            peer,
+                            admission,
+                            token.clone(),
+                        )
+                    },
+                ))
+            }
+            Protocol::Pop3 | Protocol::Pop3s => {
+                let pop3 = pop3.clone();
+                tokio::spawn(postern_net::accept_loop(
+                    listener,
+                    mbx_limiter.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                    move |tcp, peer, admission| {
+                        postern_pop3::handle_connection(
+                            pop3.clone(),
+                            protocol,
+                            tcp,
+                            peer,
+                            admission,
+                            token.clone(),
+                        )
+                    },
+                ))
+            }
+        };
+        loops.push(task);
     }
     if let Some(b) = banner {
         println!("{b}");

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod mailbox;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use postern_auth::{CredentialStore, CredentialStoreError, StoredCredential};
 use postern_types::{Domain, EmailAddress};
 
 pub use blob::BlobStore;
+pub use mailbox::{ChangeBus, FlagOp, Mailbox, MailboxCounts, MessageMeta, DELIMITER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,7 +51,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -108,6 +110,7 @@ pub struct Store {
     read: SqlitePool,
     write: SqlitePool,
     blobs: BlobStore,
+    changes: std::sync::Arc<ChangeBus>,
 }
 
 impl Store {
@@ -130,7 +133,12 @@ impl Store {
             .connect_with(opts.read_only(true))
             .await?;
         let blobs = BlobStore::open(blob_dir)?;
-        Ok(Store { read, write, blobs })
+        Ok(Store {
+            read,
+            write,
+            blobs,
+            changes: Default::default(),
+        })
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -581,6 +589,10 @@ impl Store {
         .await;
         if res.is_err() {
             let _ = self.blobs.remove(&blob);
+        } else {
+            for &a in accounts {
+                self.changes.notify(a);
+            }
         }
         res
     }
@@ -673,6 +685,17 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             .execute(&mut *tx)
             .await?;
         sqlx::query("PRAGMA user_version = 1")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    if version < 2 {
+        // v2: per-account POP3 switch ("prefer IMAP over POP3").
+        let mut tx = pool.begin().await?;
+        sqlx::query("ALTER TABLE accounts ADD COLUMN pop3_enabled INTEGER NOT NULL DEFAULT 1")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("PRAGMA user_version = 2")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -1,0 +1,72 @@
+//! IMAP server (RFC 3501 IMAP4rev1 with the extensions clients rely on) on ports 143 (STARTTLS)
+//! and 993 (implicit TLS).
+//!
+//! Commands are framed by `imap-codec`'s [`Fragmentizer`](imap_codec::fragmentizer::Fragmentizer)
+//! (lines and literals, with a size cap) and decoded by its `CommandCodec`; responses are written
+//! by [`wire`]. Logins go through the auth core, mailboxes through `postern-store`.
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod mime;
+pub mod search;
+pub mod session;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use postern_auth::Authenticator;
+use postern_config::ImapConfig;
+use postern_net::TlsAcceptor;
+use postern_store::Store;
+
+pub use session::handle_connection;
+
+/// Everything an IMAP session needs, shared by all sessions of all IMAP listeners.
+pub struct ImapServer {
+    pub hostname: String,
+    pub config: ImapConfig,
+    pub store: Store,
+    pub auth: Arc<Authenticator>,
+    pub tls: TlsAcceptor,
+    pub sessions: Arc<AccountSessions>,
+}
+
+/// Counts open sessions per account, to enforce `imap.max_sessions_per_account`.
+#[derive(Default)]
+pub struct AccountSessions {
+    open: Mutex<HashMap<i64, usize>>,
+}
+
+/// Held while a session is logged in; releases its slot when dropped.
+pub struct AccountSlot {
+    owner: Arc<AccountSessions>,
+    account: i64,
+}
+
+impl AccountSessions {
+    pub fn acquire(self: &Arc<Self>, account: i64, max: usize) -> Option<AccountSlot> {
+        let mut m = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(account).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AccountSlot {
+            owner: self.clone(),
+            account,
+        })
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let mut m = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.account);
+            }
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! Message structure for FETCH: ENVELOPE, BODYSTRUCTURE and BODY[section] (RFC 3501 6.4.5, 7.4.2),
+//! computed from `mail-parser`'s part tree and byte offsets. Section bytes are always sliced from
+//! the stored message, never re-encoded, so BODY[] is byte for byte what was delivered.
+
+use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};
+
+use crate::wire::{nstring, string};
+
+/// A parsed message plus the bytes it was parsed from.
+pub struct Parsed<'a> {
+    raw: &'a [u8],
+    msg: Option<Message<'a>>,
+}
+
+/// Where a section points to: a part of some (possibly nested) message.
+#[derive(Clone, Copy)]
+struct Node<'m, 'a> {
+    msg: &'m Message<'a>,
+    idx: usize,
+}
+
+impl<'m, 'a> Node<'m, 'a> {
+    fn part(&self) -> &'m mail_parser::MessagePart<'a> {
+        &self.msg.parts[self.idx]
+    }
+}
+
+/// What BODY[...] asks for after the part path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// The whole message or, with a path, the part's content.
+    Full,
+    Header,
+    HeaderFields(Vec<String>),
+    HeaderFieldsNot(Vec<String>),
+    Text,
+    Mime,
+}
+
+impl<'a> Parsed<'a> {
+    pub fn new(raw: &'a [u8]) -> Parsed<'a> {
+        let msg = MessageParser::default().parse(raw);
+        Parsed { raw, msg }
+    }
+
+    fn root(&self) -> Option<Node<'_, 'a>> {
+        self.msg.as_ref().map(|m| Node { msg: m, idx: 0 })
+    }
+
+    /// The bytes of a section, or None if the section does not exist (the reply is then empty,
+    /// as other servers do, rather than an error for the whole FETCH).
+    pub fn section(&self, path: &[u32], spec: &Spec) -> Option<Vec<u8>> {
+        let Some(root) = self.root() else {
+            // Not parseable as a message at all: treat it as a body without a header.
+            return match (path, spec) {
+                ([], Spec::Full | Spec::Text) | ([1], Spec::Full) => Some(self.raw.to_vec()),
+                ([], Spec::Header | Spec::HeaderFields(_) | Spec::HeaderFieldsNot(_)) => {
+                    Some(b"\r\n".to_vec())
+                }
+                _ => None,
+            };
+        };
+        if path.is_empty() {
+            return match spec {
+                Spec::Full => Some(self.raw.to_vec()),
+                Spec::Mime => None,
+                _ => message_section(root, spec),
+            };
+        }
+        let mut node = root;
+        for &n in path {
+            node = child(node, n)?;
+        }
+        match spec {
+            Spec::Full => Some(body_bytes(node).to_vec()),
+            Spec::Mime => Some(header_bytes(node).to_vec()),
+            _ => match &node.part().body {
+                PartType::Message(nested) => message_section(
+                    Node {
+                        msg: nested,
+                        idx: 0,
+                    },
+                    spec,
+                ),
+                _ => None,
+            },
+        }
+    }
+
+    /// The ENVELOPE of the top-level message.
+    pub fn envelope(&self, out: &mut Vec<u8>) {
+        match &self.msg {
+            Some(m) => envelope(out, m),
+            None => out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
+        }
+    }
+
+    /// BODYSTRUCTURE (`extended`) or BODY.
+    pub fn body_structure(&self, out: &mut Vec<u8>, extended: bool) {
+        match self.root() {
+            Some(root) => structure(out, root, extended, 0),
+            None => {
+                out.extend_from_slice(
+                    b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" ",
+                );
+                out.extend_from_slice(
+                    format!("{} {})", self.raw.len(), count_lines(self.raw)).as_bytes(),
+                );
+            }
+        }
+    }
+
+    /// Header field value (unfolded, raw) of the top-level message, for SEARCH HEADER/SUBJECT...
+    pub fn header_text(&self, name: &str) -> Option<String> {
+        let m = self.msg.as_ref()?;
+        let mut all = String::new();
+        for h in m.parts.first()?.headers.iter() {
+            if h.name.as_str().eq_ignore_ascii_case(name) {
+                let raw = &self.raw[h.offset_start as usize..h.offset_end as usize];
+                if !all.is_empty() {
+                    all.push(' ');
+                }
+                all.push_str(
+                    &String::from_utf8_lossy(raw)
+                        .replace("\r\n", "")
+                        .replace('\n', ""),
+                );
+            }
+        }
+        if all.is_empty()
+            && !m.parts[0]
+                .headers
+                .iter()
+                .any(|h| h.name.as_str().eq_ignore_ascii_case(name))
+        {
+            return None;
+        }
+        Some(all)
+    }
+
+    /// Decoded text of every text part, for SEARCH BODY/TEXT.
+    pub fn body_text(&self) -> String {
+        let Some(m) = &self.msg else {
+            return String::from_utf8_lossy(self.raw).into_owned();
+        };
+        let mut out = String::new();
+        for p in &m.parts {
+            match &p.body {
+                PartType::Text(t) | PartType::Html(t) => {
+                    out.push_str(t);
+                    out.push('\n');
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The header block of the top-level message as text, for SEARCH TEXT.
+    pub fn header_block(&self) -> String {
+        let end = self
+            .msg
+            .as_ref()
+            .map_or(0, |m| m.parts[0].offset_body as usize)
+            .min(self.raw.len());
+        String::from_utf8_lossy(&self.raw[..end]).into_owned()
+    }
+
+    /// The Date header as a Unix timestamp, for SENTBEFORE/SENTON/SENTSINCE.
+    pub fn sent_date(&self) -> Option<i64> {
+        self.msg.as_ref()?.date().map(|d| d.to_timestamp())
+    }
+
+    /// Address header rendered as text ("Name <a@b>, ..."), for SEARCH FROM/TO/CC/BCC.
+    pub fn address_text(&self, name: &str) -> Option<String> {
+        self.header_text(name)
+    }
+}
+
+fn child<'m, 'a>(node: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
+    if n == 0 {
+        return None;
+    }
+    match &node.part().body {
+        PartType::Multipart(ids) => ids.get(n as usize - 1).map(|&id| Node {
+            msg: node.msg,
+            idx: id as usize,
+        }),
+        PartType::Message(nested) => child(
+            Node {
+                msg: nested,
+                idx: 0,
+            },
+            n,
+        ),
+        _ if n == 1 => Some(node),
+        _ => None,
+    }
+}
+
+fn raw_of<'m>(node: Node<'m, '_>) -> &'m [u8] {
+    node.msg.raw_message.as_ref()
+}
+
+fn slice(raw: &[u8], a: u32, b: u32) -> &[u8] {
+    let (a, b) = (a as usize, b as usize);
+    raw.get(a.min(raw.len())..b.min(raw.len()))
+        .unwrap_or_default()
+}
+
+/// The MIME header block of a part, including the blank line that ends it.
+fn header_bytes<'m>(node: Node<'m, '_>) -> &'m [u8] {
+    let p = node.part();
+    slice(raw_of(node), p.offset_header, p.offset_body)
+}
+
+fn body_bytes<'m>(node: Node<'m, '_>) -> &'m [u8] {
+    let p = node.part();
+    slice(raw_of(node), p.offset_body, p.offset_end)
+}
+
+/// HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT of a message whose root part is `root`.
+fn message_section(root: Node<'_, '_>, spec: &Spec) -> Option<Vec<u8>> {
+    let header = header_bytes(root);
+    match spec {
+        Spec::Header => Some(header.to_vec()),
+        Spec::Text => Some(body_bytes(root).to_vec()),
+        Spec::HeaderFields(names) => Some(filter_headers(header, names, true)),
+        Spec::HeaderFieldsNot(names) => Some(filter_headers(header, names, false)),
+        Spec::Full | Spec::Mime => None,
+    }
+}
+
+/// Keeps (or drops) the header fields named in `names`, with their continuation lines; always
+/// ends with the blank line (RFC 3501 6.4.5).
+pub fn filter_headers(header: &[u8], names: &[String], keep: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut include = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            let name = String::from_utf8_lossy(&line[..name_end]);
+            let listed = names.iter().any(|n| n.eq_ignore_ascii_case(name.trim()));
+            include = listed == keep;
+        }
+        if include {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn count_lines(b: &[u8]) -> usize {
+    let n = b.iter().filter(|&&c| c == b'\n').count();
+    if b.last().is_some_and(|&c| c != b'\n') {
+        n + 1
+    } else {
+        n
+    }
+}
+
+fn upper_quoted(out: &mut Vec<u8>, s: &str) {
+    string(out, s.to_ascii_uppercase().as_bytes());
+}
+
+fn params(out: &mut Vec<u8>, ct: Option<&mail_parser::ContentType<'_>>, default_text: bool) {
+    let attrs = ct.and_then(|c| c.attributes());
+    match attrs {
+        Some(a) if !a.is_empty() => {
+            out.push(b'(');
+            for (i, at) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                upper_quoted(out, &at.name);
+                out.push(b' ');
+                string(out, encode_word(&at.value).as_bytes());
+            }
+            out.push(b')');
+        }
+        _ if default_text => out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")"),
+        _ => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn disposition(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>) {
+    match part.content_disposition() {
+        Some(d) => {
+            out.push(b'(');
+            upper_quoted(out, d.ctype());
+            out.push(b' ');
+            params(out, Some(d), false);
+            out.push(b')');
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn language_location(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>) {
+    let langs: Vec<String> = match part.content_language() {
+        mail_parser::HeaderValue::Text(t) => vec![t.to_string()],
+        mail_parser::HeaderValue::TextList(l) => l.iter().map(|s| s.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    out.push(b' ');
+    match langs.len() {
+        0 => out.extend_from_slice(b"NIL"),
+        1 => string(out, langs[0].as_bytes()),
+        _ => {
+            out.push(b'(');
+            for (i, l) in langs.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                string(out, l.as_bytes());
+            }
+            out.push(b')');
+        }
+    }
+    out.push(b' ');
+    nstring(out, part.content_location().map(str::as_bytes));
+}
+
+/// Nesting is bounded by mail-parser's own limits; `depth` is a second guard for output size.
+fn structure(out: &mut Vec<u8>, node: Node<'_, '_>, ext: bool, depth: usize) {
+    let part = node.part();
+    let ct = part.content_type();
+    if let PartType::Multipart(ids) = &part.body {
+        out.push(b'(');
+        if ids.is_empty() || depth > 50 {
+            // A multipart without parts is not valid IMAP; describe it as an empty text part.
+            out.extend_from_slice(
+                b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0)",
+            );
+        }
+        for &id in ids.iter().take(if depth > 50 { 0 } else { usize::MAX }) {
+            structure(
+                out,
+                Node {
+                    msg: node.msg,
+                    idx: id as usize,
+                },
+                ext,
+                depth + 1,
+            );
+        }
+        out.push(b' ');
+        upper_quoted(out, ct.and_then(|c| c.subtype()).unwrap_or("MIXED"));
+        if ext {
+            out.push(b' ');
+            params(out, ct, false);
+            out.push(b' ');
+            disposition(out, part);
+            language_location(out, part);
+        }
+        out.push(b')');
+        return;
+    }
+    let (t, st) = match ct {
+        Some(c) => (
+            c.ctype().to_owned(),
+            c.subtype()
+                .unwrap_or(if c.ctype().eq_ignore_ascii_case("text") {
+                    "plain"
+                } else {
+                    "octet-stream"
+                })
+                .to_owned(),
+        ),
+        None => ("text".to_owned(), "plain".to_owned()),
+    };
+    let is_text = t.eq_ignore_ascii_case("text");
+    let body = body_bytes(node);
+    out.push(b'(');
+    upper_quoted(out, &t);
+    out.push(b' ');
+    upper_quoted(out, &st);
+    out.push(b' ');
+    params(out, ct, is_text && ct.is_none());
+    out.push(b' ');
+    nstring(
+        out,
+        part.content_id()
+            .map(|s| format!("<{s}>"))
+            .as_deref()
+            .map(str::as_bytes),
+    );
+    out.push(b' ');
+    nstring(out, part.content_description().map(str::as_bytes));
+    out.push(b' ');
+    upper_quoted(out, part.content_transfer_encoding().unwrap_or("7BIT"));
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    match &part.body {
+        PartType::Message(nested) if t.eq_ignore_ascii_case("message") => {
+            out.push(b' ');
+            envelope(out, nested);
+            out.push(b' ');
+            structure(
+                out,
+                Node {
+                    msg: nested,
+                    idx: 0,
+                },
+                ext,
+                depth + 1,
+            );
+            out.extend_from_slice(format!(" {}", count_lines(body)).as_bytes());
+        }
+        _ if is_text => out.extend_from_slice(format!(" {}", count_lines(body)).as_bytes()),
+        _ => {}
+    }
+    if ext {
+        out.extend_from_slice(b" NIL ");
+        disposition(out, part);
+        language_location(out, part);
+    }
+    out.push(b')');
+}
+
+fn raw_header(m: &Message<'_>, name: &str) -> Option<String> {
+    let raw = m.raw_message.as_ref();
+    let h = m
+        .parts
+        .first()?
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let v = slice(raw, h.offset_start, h.offset_end);
+    Some(
+        String::from_utf8_lossy(v)
+            .replace("\r\n", "")
+            .replace('\n', "")
+            .trim()
+            .to_owned(),
+    )
+}
+
+fn envelope(out: &mut Vec<u8>, m: &Message<'_>) {
+    out.push(b'(');
+    let text = |out: &mut Vec<u8>, name: &str| {
+        nstring(out, raw_header(m, name).as_deref().map(str::as_bytes));
+    };
+    text(out, "Date");
+    out.push(b' ');
+    text(out, "Subject");
+    let from = m.from();
+    for (i, addr) in [
+        from,
+        m.sender().or(from),
+        m.reply_to().or(from),
+        m.to(),
+        m.cc(),
+        m.bcc(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = i;
+        out.push(b' ');
+        address_list(out, addr);
+    }
+    out.push(b' ');
+    text(out, "In-Reply-To");
+    out.push(b' ');
+    text(out, "Message-ID");
+    out.push(b')');
+}
+
+/// RFC 2047 B-encodes text that is not 7-bit, so that IMAP4rev1 clients see ASCII only.
+fn encode_word(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_owned();
+    }
+    use base64::Engine;
+    format!(
+        "=?utf-8?b?{}?=",
+        base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+    )
+}
+
+fn one_address(out: &mut Vec<u8>, name: Option<&str>, address: Option<&str>) {
+    out.push(b'(');
+    nstring(out, name.map(encode_word).as_deref().map(str::as_bytes));
+    out.extend_from_slice(b" NIL ");
+    let (local, host) = match address {
+        Some(a) => match a.rsplit_once('@') {
+            Some((l, h)) => (Some(l), Some(h)),
+            None => (Some(a), None),
+        },
+        None => (None, None),
+    };
+    nstring(out, local.map(str::as_bytes));
+    out.push(b' ');
+    nstring(out, host.map(str::as_bytes));
+    out.push(b')');
+}
+
+fn address_list(out: &mut Vec<u8>, addr: Option<&Address<'_>>) {
+    let Some(addr) = addr else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    let mut inner = Vec::new();
+    match addr {
+        Address::List(list) => {
+            for a in list {
+                one_address(&mut inner, a.name.as_deref(), a.address.as_deref());
+            }
+        }
+        Address::Group(groups) => {
+            for g in groups {
+                if let Some(name) = &g.name {
+                    // Group start: (NIL NIL "name" NIL) ... end: (NIL NIL NIL NIL)  (RFC 3501 7.4.2)
+                    inner.extend_from_slice(b"(NIL NIL ");
+                    string(&mut inner, encode_word(name).as_bytes());
+                    inner.extend_from_slice(b" NIL)");
+                }
+                for a in &g.addresses {
+                    one_address(&mut inner, a.name.as_deref(), a.address.as_deref());
+                }
+                if g.name.is_some() {
+                    inner.extend_from_slice(b"(NIL NIL NIL NIL)");
+                }
+            }
+        }
+    }
+    if inner.is_empty() {
+        out.extend_from_slice(b"NIL");
+    } else {
+        out.push(b'(');
+        out.extend_from_slice(&inner);
+        out.push(b')');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIMPLE: &[u8] = b"From: Ann <ann@example.test>\r\nTo: bob@example.test\r\nSubject: hi\r\nMessage-ID: <1@x>\r\n\r\nline one\r\nline two\r\n";
+
+    const MULTI: &[u8] = b"From: a@x.test\r\nSubject: m\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@y.test\r\nSubject: inner\r\n\r\ninner body\r\n--b1--\r\n";
+
+    fn s(v: Option<Vec<u8>>) -> String {
+        String::from_utf8(v.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn simple_sections() {
+        let p = Parsed::new(SIMPLE);
+        assert_eq!(s(p.section(&[], &Spec::Full)).as_bytes(), SIMPLE);
+        assert!(s(p.section(&[], &Spec::Header)).ends_with("<1@x>\r\n\r\n"));
+        assert_eq!(s(p.section(&[], &Spec::Text)), "line one\r\nline two\r\n");
+        assert_eq!(s(p.section(&[1], &Spec::Full)), "line one\r\nline two\r\n");
+        assert_eq!(
+            s(p.section(
+                &[],
+                &Spec::HeaderFields(vec!["subject".into(), "TO".into()])
+            )),
+            "To: bob@example.test\r\nSubject: hi\r\n\r\n"
+        );
+        assert!(p.section(&[2], &Spec::Full).is_none());
+        let mut e = Vec::new();
+        p.envelope(&mut e);
+        assert_eq!(
+            String::from_utf8(e).unwrap(),
+            "(NIL \"hi\" ((\"Ann\" NIL \"ann\" \"example.test\")) ((\"Ann\" NIL \"ann\" \"example.test\")) ((\"Ann\" NIL \"ann\" \"example.test\")) ((NIL NIL \"bob\" \"example.test\")) NIL NIL NIL \"<1@x>\")"
+        );
+        let mut b = Vec::new();
+        p.body_structure(&mut b, false);
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 20 2)"
+        );
+    }
+
+    #[test]
+    fn multipart_sections() {
+        let p = Parsed::new(MULTI);
+        assert_eq!(s(p.section(&[1], &Spec::Full)), "hello");
+        assert_eq!(
+            s(p.section(&[1], &Spec::Mime)),
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        );
+        assert_eq!(s(p.section(&[2, 1], &Spec::Full)), "inner body");
+        assert!(s(p.section(&[2], &Spec::Header)).starts_with("From: c@y.test\r\nSubject: inner"));
+        assert_eq!(s(p.section(&[2], &Spec::Text)), "inner body");
+        let mut b = Vec::new();
+        p.body_structure(&mut b, true);
+        let b = String::from_utf8(b).unwrap();
+        assert!(b.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 1 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{b}");
+        assert!(
+            b.ends_with(" \"MIXED\" (\"BOUNDARY\" \"b1\") NIL NIL NIL)"),
+            "{b}"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! SEARCH evaluation (RFC 3501 6.4.4) over a mailbox snapshot. Keys that need the message
+//! (headers, body, sent date) parse it once, lazily, per message.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use postern_store::MessageMeta;
+
+use crate::mime::Parsed;
+
+/// Resolves a sequence set against a snapshot: returns the 0-based indices it names, ascending,
+/// deduplicated. `uid` selects UID semantics (RFC 3501 6.4.8: UIDs not present are ignored).
+pub fn resolve(set: &SequenceSet, msgs: &[MessageMeta], uid: bool) -> Vec<usize> {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let mut out = Vec::new();
+    if msgs.is_empty() {
+        return out;
+    }
+    let largest = if uid {
+        msgs.last().map_or(0, |m| m.uid)
+    } else {
+        msgs.len() as u32
+    };
+    let val = |s: &SeqOrUid| match s {
+        SeqOrUid::Asterisk => largest,
+        SeqOrUid::Value(v) => v.get(),
+    };
+    for seq in set.0.as_ref() {
+        let (a, b) = match seq {
+            Sequence::Single(s) => (val(s), val(s)),
+            Sequence::Range(x, y) => {
+                let (x, y) = (val(x), val(y));
+                (x.min(y), x.max(y))
+            }
+        };
+        if uid {
+            let start = msgs.partition_point(|m| m.uid < a);
+            let end = msgs.partition_point(|m| m.uid <= b);
+            out.extend(start..end);
+        } else {
+            let a = a.max(1) as usize;
+            let b = (b as usize).min(msgs.len());
+            if a <= b {
+                out.extend(a - 1..b);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Context for evaluating keys on one message.
+pub struct Candidate<'a> {
+    pub index: usize,
+    pub meta: &'a MessageMeta,
+    pub all: &'a [MessageMeta],
+    /// Loads the raw message (None if its blob cannot be read).
+    pub body: &'a dyn Fn(&MessageMeta) -> Option<Vec<u8>>,
+}
+
+struct Lazy<'a> {
+    c: &'a Candidate<'a>,
+    raw: Option<Option<Vec<u8>>>,
+}
+
+impl Lazy<'_> {
+    fn raw(&mut self) -> Option<&[u8]> {
+        if self.raw.is_none() {
+            self.raw = Some((self.c.body)(self.c.meta));
+        }
+        self.raw.as_ref().and_then(|r| r.as_deref())
+    }
+}
+
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    hay.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn astr(a: &imap_codec::imap_types::core::AString<'_>) -> String {
+    String::from_utf8_lossy(a.as_ref()).into_owned()
+}
+
+fn date_of(ts: i64) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp(ts, 0)
+        .map(|d| d.date_naive())
+        .unwrap_or_default()
+}
+
+pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
+    let mut lazy = Lazy { c, raw: None };
+    eval(key, c, &mut lazy)
+}
+
+fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
+    let m = c.meta;
+    let header = |lazy: &mut Lazy<'_>, name: &str, needle: &str| -> bool {
+        lazy.raw()
+            .and_then(|r| Parsed::new(r).header_text(name))
+            .is_some_and(|v| contains_ci(&v, needle))
+    };
+    match key {
+        SearchKey::And(keys) => keys.as_ref().iter().all(|k| eval(k, c, lazy)),
+        SearchKey::SequenceSet(set) => resolve(set, c.all, false).binary_search(&c.index).is_ok(),
+        SearchKey::Uid(set) => resolve(set, c.all, true).binary_search(&c.index).is_ok(),
+        SearchKey::All => true,
+        SearchKey::Answered => m.has_flag("\\Answered"),
+        SearchKey::Deleted => m.has_flag("\\Deleted"),
+        SearchKey::Draft => m.has_flag("\\Draft"),
+        SearchKey::Flagged => m.has_flag("\\Flagged"),
+        SearchKey::Seen => m.has_flag("\\Seen"),
+        SearchKey::Unanswered => !m.has_flag("\\Answered"),
+        SearchKey::Undeleted => !m.has_flag("\\Deleted"),
+        SearchKey::Undraft => !m.has_flag("\\Draft"),
+        SearchKey::Unflagged => !m.has_flag("\\Flagged"),
+        SearchKey::Unseen => !m.has_flag("\\Seen"),
+        SearchKey::Keyword(k) => m.has_flag(k.inner()),
+        SearchKey::Unkeyword(k) => !m.has_flag(k.inner()),
+        // This server does not track \Recent (RFC 9051 removed it): no message is recent, so
+        // NEW matches nothing and OLD everything.
+        SearchKey::Recent | SearchKey::New => false,
+        SearchKey::Old => true,
+        SearchKey::Larger(n) => m.size > u64::from(*n),
+        SearchKey::Smaller(n) => m.size < u64::from(*n),
+        SearchKey::Before(d) => date_of(m.internal_date) < *d.as_ref(),
+        SearchKey::On(d) => date_of(m.internal_date) == *d.as_ref(),
+        SearchKey::Since(d) => date_of(m.internal_date) >= *d.as_ref(),
+        SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
+            let sent = lazy.raw().and_then(|r| Parsed::new(r).sent_date());
+            let Some(sent) = sent.map(date_of) else {
+                return false;
+            };
+            match key {
+                SearchKey::SentBefore(_) => sent < *d.as_ref(),
+                SearchKey::SentOn(_) => sent == *d.as_ref(),
+                _ => sent >= *d.as_ref(),
+            }
+        }
+        SearchKey::From(s) => header(lazy, "From", &astr(s)),
+        SearchKey::To(s) => header(lazy, "To", &astr(s)),
+        SearchKey::Cc(s) => header(lazy, "Cc", &astr(s)),
+        SearchKey::Bcc(s) => header(lazy, "Bcc", &astr(s)),
+        SearchKey::Subject(s) => header(lazy, "Subject", &astr(s)),
+        SearchKey::Header(name, value) => header(lazy, &astr(name), &astr(value)),
+        SearchKey::Body(s) => {
+            let needle = astr(s);
+            lazy.raw()
+                .is_some_and(|r| contains_ci(&Parsed::new(r).body_text(), &needle))
+        }
+        SearchKey::Text(s) => {
+            let needle = astr(s);
+            lazy.raw().is_some_and(|r| {
+                let p = Parsed::new(r);
+                contains_ci(&p.header_block(), &needle) || contains_ci(&p.body_text(), &needle)
+            })
+        }
+        SearchKey::Not(k) => !eval(k, c, lazy),
+        SearchKey::Or(a, b) => eval(a, c, lazy) || eval(b, c, lazy),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metas(uids: &[u32]) -> Vec<MessageMeta> {
+        uids.iter()
+            .map(|&uid| MessageMeta {
+                uid,
+                flags: vec![],
+                modseq: 1,
+                size: 10,
+                internal_date: 0,
+                blob_id: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequence_sets() {
+        let m = metas(&[3, 5, 9, 10]);
+        let s = |t: &str| SequenceSet::try_from(t).unwrap();
+        assert_eq!(resolve(&s("1:*"), &m, false), vec![0, 1, 2, 3]);
+        assert_eq!(resolve(&s("*:2"), &m, false), vec![1, 2, 3]);
+        assert_eq!(resolve(&s("2,2,9"), &m, false), vec![1]);
+        assert_eq!(resolve(&s("4:9"), &m, true), vec![1, 2]);
+        assert_eq!(resolve(&s("*"), &m, true), vec![3]);
+        // "n:*" with n larger than every UID still names the last message (RFC 3501 6.4.8)
+        assert_eq!(resolve(&s("100:*"), &m, true), vec![3]);
+        assert!(resolve(&s("1"), &[], true).is_empty());
+    }
+}

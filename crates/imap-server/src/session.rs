@@ -1,0 +1,1548 @@
+//! One IMAP session: states (RFC 3501 3), commands, and the untagged updates that keep several
+//! sessions on one mailbox in step.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::AString;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
+use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::CommandCodec;
+use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_config::Protocol;
+use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
+use postern_store::{FlagOp, Mailbox, MessageMeta, StoreError, DELIMITER};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{Conn, Input};
+use crate::mime::{Parsed, Spec};
+use crate::search::{matches, resolve, Candidate};
+use crate::wire;
+use crate::{AccountSlot, ImapServer};
+
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
+struct Selected {
+    mailbox: Mailbox,
+    read_only: bool,
+    msgs: Vec<MessageMeta>,
+    modseq: u64,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub struct Session {
+    srv: Arc<ImapServer>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    conn: Conn,
+    tls: Option<TlsInfo>,
+    principal: Option<Principal>,
+    _slot: Option<AccountSlot>,
+    selected: Option<Selected>,
+    shutdown: CancellationToken,
+    auth_failures: u32,
+    errors: u32,
+    commands: u64,
+}
+
+pub async fn handle_connection(
+    srv: Arc<ImapServer>,
+    protocol: Protocol,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Result<ConnPermit, Refusal>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let implicit = protocol == Protocol::Imaps;
+    let _permit = match admission {
+        Ok(p) => p,
+        Err(r) => {
+            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
+            if !implicit {
+                let mut c = Conn::new(MailStream::Plain(tcp), 1024, 1024);
+                c.line("* BYE [UNAVAILABLE] Too many connections, try again later");
+                c.shutdown().await;
+            }
+            return;
+        }
+    };
+    let stream = if implicit {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            MailStream::accept_tls(tcp, &srv.tls),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        MailStream::Plain(tcp)
+    };
+    let early = !implicit && stream.has_early_data().await;
+    let tls = stream.tls_info();
+    let conn = Conn::new(
+        stream,
+        srv.config.max_command_size,
+        srv.config.max_append_size,
+    );
+    let mut s = Session {
+        srv,
+        protocol,
+        peer,
+        conn,
+        tls,
+        principal: None,
+        _slot: None,
+        selected: None,
+        shutdown,
+        auth_failures: 0,
+        errors: 0,
+        commands: 0,
+    };
+    if early {
+        // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
+        s.conn.line("* BYE Command received before greeting");
+        s.conn.shutdown().await;
+        tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "client spoke before the greeting");
+        return;
+    }
+    let caps = s.capabilities();
+    s.conn.line(&format!(
+        "* OK [CAPABILITY {caps}] {} Postern IMAP ready",
+        s.srv.hostname
+    ));
+    s.run().await;
+    s.conn.shutdown().await;
+    tracing::info!(
+        event = "connection",
+        protocol = protocol.name(),
+        ip = %peer.ip(),
+        tls = s.tls.map_or("none", |t| t.version),
+        user = s.principal.as_ref().map(|p| p.address.as_str()),
+        commands = s.commands,
+        errors = s.errors,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+fn mailbox_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
+    let raw: &[u8] = match m {
+        ImapMailbox::Inbox => return Ok("INBOX".to_owned()),
+        ImapMailbox::Other(o) => o.as_ref(),
+    };
+    let s = std::str::from_utf8(raw).map_err(|_| "Mailbox name is not valid UTF-8")?;
+    // Names arrive in modified UTF-7 (RFC 3501 5.1.3); stored in UTF-8.
+    let name = if s.contains('&') {
+        wire::utf7_decode(s).ok_or("Mailbox name is not valid modified UTF-7")?
+    } else {
+        s.to_owned()
+    };
+    if name.eq_ignore_ascii_case("INBOX") {
+        return Ok("INBOX".to_owned());
+    }
+    if name.is_empty()
+        || name.len() > 255
+        || name.starts_with(DELIMITER)
+        || name.ends_with(DELIMITER)
+        || name.contains("//")
+        || name.chars().any(|c| c.is_control())
+        || name.split(DELIMITER).count() > 16
+        || name.contains('*')
+        || name.contains('%')
+    {
+        return Err("Invalid mailbox name");
+    }
+    if name.len() > 5 && name[..6].eq_ignore_ascii_case("INBOX/") {
+        return Ok(format!("INBOX{}", &name[5..]));
+    }
+    Ok(name)
+}
+
+fn display_name(name: &str) -> String {
+    wire::utf7_encode(name)
+}
+
+fn flag_string(f: &Flag<'_>) -> String {
+    f.to_string()
+}
+
+fn flags_list(flags: &[String]) -> String {
+    format!("({})", flags.join(" "))
+}
+
+/// LIST pattern matching: `*` matches anything, `%` anything but the delimiter.
+fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        Some('*') => (0..=name.len()).any(|i| pattern_matches(&pattern[1..], &name[i..])),
+        Some('%') => {
+            let mut i = 0;
+            loop {
+                if pattern_matches(&pattern[1..], &name[i..]) {
+                    return true;
+                }
+                if i >= name.len() || name[i] == DELIMITER {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+        Some(&c) => {
+            name.first().is_some_and(|&n| n == c) && pattern_matches(&pattern[1..], &name[1..])
+        }
+    }
+}
+
+impl Session {
+    fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN");
+        caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
+        if self.tls.is_none() {
+            // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
+            caps.push_str(" STARTTLS LOGINDISABLED");
+        } else if self.principal.is_none() {
+            caps.push_str(" AUTH=PLAIN");
+        }
+        caps
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        if self.principal.is_some() {
+            Duration::from_secs(self.srv.config.idle_timeout_secs)
+        } else {
+            Duration::from_secs(self.srv.config.login_timeout_secs)
+        }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            if self.conn.flush().await.is_err() {
+                return;
+            }
+            let input = tokio::select! {
+                i = self.conn.read_message(self.idle_timeout()) => i,
+                _ = self.shutdown.cancelled() => {
+                    self.conn.line("* BYE [UNAVAILABLE] Server shutting down");
+                    return;
+                }
+            };
+            let bytes = match input {
+                Input::Message(b) => b,
+                Input::LiteralRefused { tag, append } => {
+                    let tag = tag.unwrap_or_else(|| "*".into());
+                    if append {
+                        self.conn.line(&format!(
+                            "{tag} NO [TOOBIG] Message larger than APPENDLIMIT"
+                        ));
+                    } else {
+                        self.conn.line(&format!("{tag} BAD Literal too large"));
+                    }
+                    if self.error() {
+                        return;
+                    }
+                    continue;
+                }
+                Input::TooLong => {
+                    self.conn.line("* BYE Command line or literal too long");
+                    return;
+                }
+                Input::Timeout => {
+                    self.conn.line("* BYE Autologout; idle for too long");
+                    return;
+                }
+                Input::Closed => return,
+            };
+            self.commands += 1;
+            let codec = CommandCodec::default();
+            let cmd = match codec.decode(&bytes) {
+                Ok((b"", cmd)) => cmd.into_static(),
+                _ => {
+                    let tag = bytes
+                        .split(|&b| b == b' ')
+                        .next()
+                        .filter(|t| {
+                            !t.is_empty()
+                                && t.len() < 64
+                                && t.iter().all(|&c| {
+                                    c.is_ascii_graphic()
+                                        && c != b'+'
+                                        && c != b'{'
+                                        && c != b'('
+                                        && c != b'*'
+                                })
+                        })
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                        .unwrap_or_else(|| "*".into());
+                    self.conn
+                        .line(&format!("{tag} BAD Syntax error or unknown command"));
+                    if self.error() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match self.command(cmd).await {
+                Flow::Continue => {}
+                Flow::Close => return,
+            }
+        }
+    }
+
+    /// Counts a protocol error; true if the session must end.
+    fn error(&mut self) -> bool {
+        self.errors += 1;
+        if self.errors >= self.srv.config.max_errors {
+            self.conn.line("* BYE Too many errors");
+            return true;
+        }
+        false
+    }
+
+    fn ok(&mut self, tag: &str, text: &str) -> Flow {
+        self.conn.line(&format!("{tag} OK {text}"));
+        Flow::Continue
+    }
+
+    fn no(&mut self, tag: &str, text: &str) -> Flow {
+        self.conn.line(&format!("{tag} NO {text}"));
+        Flow::Continue
+    }
+
+    fn bad(&mut self, tag: &str, text: &str) -> Flow {
+        self.conn.line(&format!("{tag} BAD {text}"));
+        if self.error() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn store_failed(&mut self, tag: &str, e: StoreError) -> Flow {
+        match e {
+            StoreError::NotFound(_) => self.no(tag, "[NONEXISTENT] No such mailbox"),
+            StoreError::Exists(_) => self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
+            e => {
+                tracing::error!(error = %e, "store error in IMAP session");
+                self.no(tag, "[SERVERBUG] Temporary server failure, try again")
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command<'static>) -> Flow {
+        let tag = cmd.tag.inner().to_owned();
+        let authed = self.principal.is_some();
+        match cmd.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.conn.line(&format!("* CAPABILITY {caps}"));
+                self.ok(&tag, "CAPABILITY completed")
+            }
+            CommandBody::Noop => {
+                self.refresh(true).await;
+                self.ok(&tag, "NOOP completed")
+            }
+            CommandBody::Check => {
+                if self.selected.is_none() {
+                    return self.bad(&tag, "No mailbox selected");
+                }
+                self.refresh(true).await;
+                self.ok(&tag, "CHECK completed")
+            }
+            CommandBody::Logout => {
+                self.conn.line("* BYE Logging out");
+                self.conn.line(&format!("{tag} OK LOGOUT completed"));
+                Flow::Close
+            }
+            CommandBody::Id { .. } => {
+                self.conn.line("* ID (\"name\" \"Postern\")");
+                self.ok(&tag, "ID completed")
+            }
+            CommandBody::StartTLS => self.starttls(&tag).await,
+            CommandBody::Login { username, password } => {
+                if authed {
+                    return self.bad(&tag, "Already authenticated");
+                }
+                if self.tls.is_none() {
+                    return self.no(&tag, "[PRIVACYREQUIRED] LOGIN is disabled until STARTTLS");
+                }
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = SecretString::from(
+                    String::from_utf8_lossy(password.declassify().as_ref()).into_owned(),
+                );
+                self.login(&tag, &user, &pass, "LOGIN").await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if authed {
+                    return self.bad(&tag, "Already authenticated");
+                }
+                if self.tls.is_none() {
+                    return self.no(
+                        &tag,
+                        "[PRIVACYREQUIRED] Authentication is disabled until STARTTLS",
+                    );
+                }
+                if !mechanism.as_ref().eq_ignore_ascii_case("PLAIN") {
+                    return self.no(&tag, "Unsupported authentication mechanism");
+                }
+                let ir = initial_response.map(|r| r.declassify().to_vec());
+                self.authenticate_plain(&tag, ir).await
+            }
+            CommandBody::Enable { .. } if authed => {
+                // No extension that needs enabling is implemented; say so by enabling nothing.
+                self.conn.line("* ENABLED");
+                self.ok(&tag, "ENABLE completed")
+            }
+            CommandBody::Namespace if authed => {
+                self.conn.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                self.ok(&tag, "NAMESPACE completed")
+            }
+            CommandBody::Select { mailbox, .. } if authed => {
+                self.select(&tag, &mailbox, false).await
+            }
+            CommandBody::Examine { mailbox, .. } if authed => {
+                self.select(&tag, &mailbox, true).await
+            }
+            CommandBody::Create { mailbox } if authed => self.create(&tag, &mailbox).await,
+            CommandBody::Delete { mailbox } if authed => self.delete(&tag, &mailbox).await,
+            CommandBody::Rename { from, to } if authed => self.rename(&tag, &from, &to).await,
+            CommandBody::Subscribe { mailbox } if authed => {
+                self.subscribe(&tag, &mailbox, true).await
+            }
+            CommandBody::Unsubscribe { mailbox } if authed => {
+                self.subscribe(&tag, &mailbox, false).await
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } if authed => self.list(&tag, &reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } if authed => self.list(&tag, &reference, &mailbox_wildcard, true).await,
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } if authed => self.status(&tag, &mailbox, &item_names).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } if authed => {
+                let data: Vec<u8> = match &message {
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal(l) => {
+                        l.as_ref().to_vec()
+                    }
+                    imap_codec::imap_types::extensions::binary::LiteralOrLiteral8::Literal8(l) => {
+                        l.data.to_vec()
+                    }
+                };
+                let flags: Vec<String> = flags.iter().map(flag_string).collect();
+                let date = date.map(|d| d.as_ref().timestamp());
+                self.append(&tag, &mailbox, flags, date, data).await
+            }
+            CommandBody::Idle if authed => self.idle(&tag).await,
+            CommandBody::Unselect | CommandBody::Close if self.selected.is_some() => {
+                let close = matches!(cmd.body, CommandBody::Close);
+                if close {
+                    let sel = self.selected.as_ref().expect("selected");
+                    if !sel.read_only {
+                        let (acct, id) = (self.account(), sel.mailbox.id);
+                        if let Err(e) = self.srv.store.expunge(acct, id, None, false).await {
+                            return self.store_failed(&tag, e);
+                        }
+                    }
+                }
+                self.selected = None;
+                self.ok(
+                    &tag,
+                    if close {
+                        "CLOSE completed"
+                    } else {
+                        "UNSELECT completed"
+                    },
+                )
+            }
+            CommandBody::Expunge if self.selected.is_some() => self.expunge(&tag, None).await,
+            CommandBody::ExpungeUid { sequence_set } if self.selected.is_some() => {
+                let sel = self.selected.as_ref().expect("selected");
+                let uids: Vec<u32> = resolve(&sequence_set, &sel.msgs, true)
+                    .into_iter()
+                    .map(|i| sel.msgs[i].uid)
+                    .collect();
+                self.expunge(&tag, Some(uids)).await
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } if self.selected.is_some() => {
+                if let Some(cs) = charset {
+                    let cs = cs.as_ref().to_ascii_uppercase();
+                    if cs != "UTF-8" && cs != "US-ASCII" {
+                        return self.no(&tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                    }
+                }
+                let key = imap_codec::imap_types::search::SearchKey::And(criteria);
+                self.search(&tag, &key, uid).await
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } if self.selected.is_some() => {
+                let items = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => {
+                        m.expand().into_iter().map(|i| i.into_static()).collect()
+                    }
+                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+                };
+                self.fetch(&tag, &sequence_set, &items, uid).await
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } if self.selected.is_some() => {
+                let op = match kind {
+                    StoreType::Add => FlagOp::Add,
+                    StoreType::Remove => FlagOp::Remove,
+                    StoreType::Replace => FlagOp::Replace,
+                };
+                let flags: Vec<String> = flags.iter().map(flag_string).collect();
+                self.store(
+                    &tag,
+                    &sequence_set,
+                    op,
+                    &flags,
+                    response == StoreResponse::Silent,
+                    uid,
+                )
+                .await
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } if self.selected.is_some() => {
+                self.copy(&tag, &sequence_set, &mailbox, uid, false).await
+            }
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } if self.selected.is_some() => {
+                self.copy(&tag, &sequence_set, &mailbox, uid, true).await
+            }
+            _ if !authed => self.bad(&tag, "Command not valid before login"),
+            CommandBody::Unselect
+            | CommandBody::Close
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. } => self.bad(&tag, "No mailbox selected"),
+            _ => self.bad(&tag, "Command not supported"),
+        }
+    }
+
+    fn account(&self) -> i64 {
+        self.principal.as_ref().map_or(0, |p| p.account_id)
+    }
+
+    async fn starttls(&mut self, tag: &str) -> Flow {
+        if self.tls.is_some() {
+            return self.bad(tag, "TLS is already active");
+        }
+        if self.protocol != Protocol::Imap {
+            return self.bad(tag, "STARTTLS not available here");
+        }
+        self.conn
+            .line(&format!("{tag} OK Begin TLS negotiation now"));
+        match self
+            .conn
+            .start_tls(&self.srv.tls, Duration::from_secs(10))
+            .await
+        {
+            Ok(()) => {
+                self.tls = self.conn.tls_info();
+                Flow::Continue
+            }
+            Err(_) => Flow::Close,
+        }
+    }
+
+    async fn authenticate_plain(&mut self, tag: &str, ir: Option<Vec<u8>>) -> Flow {
+        let response = match ir {
+            Some(r) => r,
+            None => {
+                self.conn.line("+ ");
+                if self.conn.flush().await.is_err() {
+                    return Flow::Close;
+                }
+                match self.conn.read_line(self.idle_timeout(), 8192).await {
+                    Input::Message(line) => {
+                        let line = line.trim_ascii();
+                        if line == b"*" {
+                            return self.bad(tag, "Authentication cancelled");
+                        }
+                        match postern_auth::sasl::decode_response(line) {
+                            Ok(d) => d.to_vec(),
+                            Err(_) => return self.bad(tag, "Invalid base64"),
+                        }
+                    }
+                    _ => return Flow::Close,
+                }
+            }
+        };
+        let creds = match postern_auth::sasl::decode_plain(&response) {
+            Ok(c) => c,
+            Err(_) => return self.bad(tag, "Malformed PLAIN response"),
+        };
+        let user = creds.username.clone();
+        self.login(tag, &user, &creds.password, "PLAIN").await
+    }
+
+    async fn login(
+        &mut self,
+        tag: &str,
+        user: &str,
+        pass: &SecretString,
+        mech: &'static str,
+    ) -> Flow {
+        if pass.expose_secret().is_empty() {
+            return self.no(tag, "[AUTHENTICATIONFAILED] Authentication failed");
+        }
+        let outcome = self
+            .srv
+            .auth
+            .authenticate(LoginAttempt {
+                username: user,
+                password: pass,
+                protocol: "imap",
+                mechanism: mech,
+                remote_ip: self.peer.ip(),
+                tls: self.tls.map(|t| t.version),
+            })
+            .await;
+        match outcome {
+            AuthOutcome::Success(p) => {
+                let Some(slot) = self
+                    .srv
+                    .sessions
+                    .acquire(p.account_id, self.srv.config.max_sessions_per_account)
+                else {
+                    tracing::warn!(event = "imap_session_cap", account = %p.address, ip = %self.peer.ip(), "too many IMAP sessions for account");
+                    return self.no(tag, "[LIMIT] Too many sessions for this account");
+                };
+                self._slot = Some(slot);
+                self.principal = Some(p);
+                let caps = self.capabilities();
+                self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))
+            }
+            AuthOutcome::TemporaryFailure => self.no(
+                tag,
+                "[UNAVAILABLE] Temporary authentication failure, try again later",
+            ),
+            AuthOutcome::Failure => {
+                self.auth_failures += 1;
+                self.conn.line(&format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Authentication failed"
+                ));
+                if self.auth_failures >= self.srv.config.max_auth_failures {
+                    self.conn.line("* BYE Too many failed logins");
+                    return Flow::Close;
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn find_mailbox(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Result<Mailbox, Flow> {
+        let name = match mailbox_name(m) {
+            Ok(n) => n,
+            Err(e) => return Err(self.no(tag, e)),
+        };
+        match self.srv.store.get_mailbox(self.account(), &name).await {
+            Ok(Some(mb)) => Ok(mb),
+            Ok(None) => Err(self.no(tag, "[NONEXISTENT] No such mailbox")),
+            Err(e) => Err(self.store_failed(tag, e)),
+        }
+    }
+
+    async fn select(&mut self, tag: &str, m: &ImapMailbox<'_>, read_only: bool) -> Flow {
+        // RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
+        self.selected = None;
+        let mb = match self.find_mailbox(tag, m).await {
+            Ok(mb) => mb,
+            Err(f) => return f,
+        };
+        let msgs = match self.srv.store.message_list(mb.id).await {
+            Ok(v) => v,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let c = match self.srv.store.mailbox_counts(mb.id).await {
+            Ok(c) => c,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        self.conn.line(&format!("* FLAGS ({SYSTEM_FLAGS})"));
+        self.conn.line(&format!(
+            "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS} \\*)] Flags permitted"
+        ));
+        self.conn.line(&format!("* {} EXISTS", msgs.len()));
+        self.conn.line("* 0 RECENT");
+        if let Some(first) = msgs.iter().position(|m| !m.has_flag("\\Seen")) {
+            self.conn
+                .line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
+        }
+        self.conn
+            .line(&format!("* OK [UIDVALIDITY {}] UIDs valid", c.uidvalidity));
+        self.conn
+            .line(&format!("* OK [UIDNEXT {}] Predicted next UID", c.uidnext));
+        self.selected = Some(Selected {
+            mailbox: mb,
+            read_only,
+            msgs,
+            modseq: c.highest_modseq,
+        });
+        if read_only {
+            self.ok(tag, "[READ-ONLY] EXAMINE completed")
+        } else {
+            self.ok(tag, "[READ-WRITE] SELECT completed")
+        }
+    }
+
+    async fn create(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Flow {
+        let name = match mailbox_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        if name == "INBOX" {
+            return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
+        }
+        // Create missing parents too (RFC 3501 6.3.3 says the server SHOULD).
+        let parts: Vec<&str> = name.split(DELIMITER).collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            match self.srv.store.create_mailbox(self.account(), &parent).await {
+                Ok(()) | Err(StoreError::Exists(_)) => {}
+                Err(e) => return self.store_failed(tag, e),
+            }
+        }
+        match self.srv.store.create_mailbox(self.account(), &name).await {
+            Ok(()) => self.ok(tag, "CREATE completed"),
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn delete(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Flow {
+        let name = match mailbox_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        if name == "INBOX" {
+            return self.no(tag, "[CANNOT] INBOX cannot be deleted");
+        }
+        let all = match self.srv.store.list_mailboxes(self.account()).await {
+            Ok(v) => v,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let prefix = format!("{name}{DELIMITER}");
+        if all.iter().any(|b| b.name.starts_with(&prefix)) {
+            return self.no(tag, "[INUSE] Mailbox has children; delete them first");
+        }
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.mailbox.name == name)
+        {
+            self.selected = None;
+        }
+        match self.srv.store.delete_mailbox(self.account(), &name).await {
+            Ok(()) => self.ok(tag, "DELETE completed"),
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn rename(&mut self, tag: &str, from: &ImapMailbox<'_>, to: &ImapMailbox<'_>) -> Flow {
+        let (from, to) = match (mailbox_name(from), mailbox_name(to)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return self.no(tag, e),
+        };
+        if to == "INBOX" {
+            return self.no(tag, "[ALREADYEXISTS] INBOX always exists");
+        }
+        match self
+            .srv
+            .store
+            .rename_mailbox(self.account(), &from, &to)
+            .await
+        {
+            Ok(()) => self.ok(tag, "RENAME completed"),
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn subscribe(&mut self, tag: &str, m: &ImapMailbox<'_>, on: bool) -> Flow {
+        let name = match mailbox_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        match self
+            .srv
+            .store
+            .set_subscribed(self.account(), &name, on)
+            .await
+        {
+            Ok(()) => self.ok(
+                tag,
+                if on {
+                    "SUBSCRIBE completed"
+                } else {
+                    "UNSUBSCRIBE completed"
+                },
+            ),
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn list(
+        &mut self,
+        tag: &str,
+        reference: &ImapMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+    ) -> Flow {
+        let cmd = if lsub { "LSUB" } else { "LIST" };
+        let reference = match reference {
+            ImapMailbox::Inbox => "INBOX".to_owned(),
+            ImapMailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        if pattern.is_empty() {
+            // RFC 3501 6.3.8: the hierarchy delimiter and root name.
+            self.conn.line(&format!("* {cmd} (\\Noselect) \"/\" \"\""));
+            return self.ok(tag, &format!("{cmd} completed"));
+        }
+        let full = format!("{reference}{pattern}");
+        let full = wire::utf7_decode(&full).unwrap_or(full);
+        let pat: Vec<char> = full.chars().collect();
+        let all = match self.srv.store.list_mailboxes(self.account()).await {
+            Ok(v) => v,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        for b in &all {
+            let name: Vec<char> = b.name.chars().collect();
+            let inbox_match = b.name == "INBOX"
+                && pattern_matches(
+                    &full.to_ascii_uppercase().chars().collect::<Vec<_>>(),
+                    &name,
+                );
+            if !(pattern_matches(&pat, &name) || inbox_match) {
+                continue;
+            }
+            if lsub && !b.subscribed {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", b.name);
+            let mut attrs = vec![if all.iter().any(|o| o.name.starts_with(&prefix)) {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            }];
+            if let Some(su) = &b.special_use {
+                attrs.push(su);
+            }
+            let mut line = format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).into_bytes();
+            wire::mailbox(&mut line, &display_name(&b.name));
+            self.conn.out().extend_from_slice(&line);
+            self.conn.out().extend_from_slice(b"\r\n");
+        }
+        self.ok(tag, &format!("{cmd} completed"))
+    }
+
+    async fn status(
+        &mut self,
+        tag: &str,
+        m: &ImapMailbox<'_>,
+        items: &[StatusDataItemName],
+    ) -> Flow {
+        let mb = match self.find_mailbox(tag, m).await {
+            Ok(mb) => mb,
+            Err(f) => return f,
+        };
+        let c = match self.srv.store.mailbox_counts(mb.id).await {
+            Ok(c) => c,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let mut parts = Vec::new();
+        for i in items {
+            match i {
+                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", c.messages)),
+                StatusDataItemName::Recent => parts.push("RECENT 0".to_owned()),
+                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", c.uidnext)),
+                StatusDataItemName::UidValidity => {
+                    parts.push(format!("UIDVALIDITY {}", c.uidvalidity))
+                }
+                StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", c.unseen)),
+                StatusDataItemName::Deleted => parts.push(format!("DELETED {}", c.deleted)),
+                _ => {}
+            }
+        }
+        let mut line = b"* STATUS ".to_vec();
+        wire::mailbox(&mut line, &display_name(&mb.name));
+        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        self.conn.out().extend_from_slice(&line);
+        self.ok(tag, "STATUS completed")
+    }
+
+    async fn append(
+        &mut self,
+        tag: &str,
+        m: &ImapMailbox<'_>,
+        flags: Vec<String>,
+        date: Option<i64>,
+        data: Vec<u8>,
+    ) -> Flow {
+        let mb = match self.find_mailbox(tag, m).await {
+            Ok(mb) => mb,
+            Err(_) => {
+                // find_mailbox already replied NO [NONEXISTENT]; RFC 3501 asks for TRYCREATE.
+                return Flow::Continue;
+            }
+        };
+        if data.len() > self.srv.config.max_append_size {
+            return self.no(tag, "[TOOBIG] Message larger than APPENDLIMIT");
+        }
+        let flags: Vec<String> = flags
+            .into_iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .collect();
+        let when = date.unwrap_or_else(postern_store::now);
+        match self
+            .srv
+            .store
+            .append(self.account(), mb.id, &data, &flags, when)
+            .await
+        {
+            Ok((validity, uid)) => {
+                self.refresh(true).await;
+                self.ok(
+                    tag,
+                    &format!("[APPENDUID {validity} {uid}] APPEND completed"),
+                )
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    /// Brings the selected mailbox's view up to date and reports the differences as untagged
+    /// responses. With `allow_expunge` false (during FETCH, STORE, SEARCH: RFC 3501 7.4.1) expunged
+    /// messages stay in the view until a later command may report them.
+    async fn refresh(&mut self, allow_expunge: bool) {
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let Ok(Some(modseq)) = self.srv.store.mailbox_modseq(sel.mailbox.id).await else {
+            return;
+        };
+        if modseq == sel.modseq {
+            return;
+        }
+        let Ok(fresh) = self.srv.store.message_list(sel.mailbox.id).await else {
+            return;
+        };
+        let mut out = Vec::new();
+        // Expunges, highest sequence number first so that the numbers stay right.
+        let mut kept = Vec::with_capacity(sel.msgs.len());
+        let mut any_deferred = false;
+        for i in (0..sel.msgs.len()).rev() {
+            let uid = sel.msgs[i].uid;
+            if fresh.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                if allow_expunge {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    continue;
+                }
+                any_deferred = true;
+            }
+            kept.push(sel.msgs[i].clone());
+        }
+        kept.reverse();
+        // Flag changes of messages still present.
+        for (i, m) in kept.iter_mut().enumerate() {
+            if let Ok(j) = fresh.binary_search_by_key(&m.uid, |f| f.uid) {
+                if fresh[j].flags != m.flags {
+                    m.flags = fresh[j].flags.clone();
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS {})\r\n",
+                            i + 1,
+                            m.uid,
+                            flags_list(&m.flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        // New messages.
+        let last = kept.last().map_or(0, |m| m.uid);
+        let before = kept.len();
+        kept.extend(fresh.iter().filter(|m| m.uid > last).cloned());
+        if kept.len() != before || (allow_expunge && !out.is_empty()) {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
+        }
+        sel.msgs = kept;
+        if !any_deferred {
+            sel.modseq = modseq;
+        }
+        self.conn.out().extend_from_slice(&out);
+    }
+
+    async fn expunge(&mut self, tag: &str, only: Option<Vec<u32>>) -> Flow {
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        let id = sel.mailbox.id;
+        let mut only = only;
+        if let Some(o) = only.as_mut() {
+            o.sort_unstable();
+        }
+        match self
+            .srv
+            .store
+            .expunge(self.account(), id, only.as_deref(), false)
+            .await
+        {
+            Ok(_) => {
+                self.refresh(true).await;
+                self.ok(tag, "EXPUNGE completed")
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        let blobs = self.srv.store.blobs().clone();
+        let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
+        let mut hits = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            let c = Candidate {
+                index: i,
+                meta: m,
+                all: &sel.msgs,
+                body: &load,
+            };
+            if matches(key, &c) {
+                hits.push(if uid { m.uid } else { i as u32 + 1 });
+            }
+        }
+        let mut line = String::from("* SEARCH");
+        for h in hits {
+            line.push(' ');
+            line.push_str(&h.to_string());
+        }
+        self.conn.line(&line);
+        self.ok(tag, "SEARCH completed")
+    }
+
+    async fn fetch(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        items: &[MessageDataItemName<'static>],
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        let read_only = sel.read_only;
+        let indices = resolve(set, &sel.msgs, uid);
+        if !uid && indices.is_empty() && !sel.msgs.is_empty() {
+            return self.bad(tag, "Invalid message sequence number");
+        }
+        let needs_body = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Body
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Envelope
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let sets_seen = !read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        // Mark \Seen first, in one transaction, so the FLAGS we report are the stored ones.
+        if sets_seen {
+            let unseen: Vec<u32> = indices
+                .iter()
+                .map(|&i| sel.msgs[i].uid)
+                .filter(|u| {
+                    sel.msgs
+                        .iter()
+                        .find(|m| m.uid == *u)
+                        .is_some_and(|m| !m.has_flag("\\Seen"))
+                })
+                .collect();
+            if !unseen.is_empty() {
+                let (acct, id) = (self.account(), sel.mailbox.id);
+                match self
+                    .srv
+                    .store
+                    .store_flags(acct, id, &unseen, FlagOp::Add, &["\\Seen".to_owned()])
+                    .await
+                {
+                    Ok(changed) => {
+                        let sel = self.selected.as_mut().expect("selected");
+                        for (u, flags, _) in changed {
+                            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
+                                sel.msgs[i].flags = flags;
+                            }
+                        }
+                    }
+                    Err(e) => return self.store_failed(tag, e),
+                }
+            }
+        }
+        let sel = self.selected.as_ref().expect("selected");
+        let mut flags_reported = false;
+        for &i in &indices {
+            let m = &sel.msgs[i];
+            let raw = if needs_body {
+                match self.srv.store.blobs().get(&m.blob_id) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let parsed = raw.as_deref().map(Parsed::new);
+            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            let mut first = true;
+            let mut sep = |out: &mut Vec<u8>| {
+                if !first {
+                    out.push(b' ');
+                }
+                first = false;
+            };
+            if uid {
+                sep(&mut out);
+                out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
+            }
+            for item in items {
+                match item {
+                    MessageDataItemName::Uid if !uid => {
+                        sep(&mut out);
+                        out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
+                    }
+                    MessageDataItemName::Flags => {
+                        sep(&mut out);
+                        flags_reported = true;
+                        out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+                    }
+                    MessageDataItemName::InternalDate => {
+                        sep(&mut out);
+                        out.extend_from_slice(
+                            format!("INTERNALDATE \"{}\"", wire::internal_date(m.internal_date))
+                                .as_bytes(),
+                        );
+                    }
+                    MessageDataItemName::Rfc822Size => {
+                        sep(&mut out);
+                        out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes());
+                    }
+                    MessageDataItemName::Envelope => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"ENVELOPE ");
+                        match &parsed {
+                            Some(p) => p.envelope(&mut out),
+                            None => {
+                                out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                            }
+                        }
+                    }
+                    MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                        let ext = matches!(item, MessageDataItemName::BodyStructure);
+                        sep(&mut out);
+                        out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                        match &parsed {
+                            Some(p) => p.body_structure(&mut out, ext),
+                            None => out.extend_from_slice(
+                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
+                            ),
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::literal(&mut out, raw.as_deref().unwrap_or_default());
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        let h = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&[], &Spec::Header))
+                            .unwrap_or_default();
+                        wire::literal(&mut out, &h);
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        let t = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&[], &Spec::Text))
+                            .unwrap_or_default();
+                        wire::literal(&mut out, &t);
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        sep(&mut out);
+                        let (path, spec, label) = section_spec(section.as_ref());
+                        let data = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&path, &spec))
+                            .unwrap_or_default();
+                        match partial {
+                            Some((origin, len)) => {
+                                let start = (*origin as usize).min(data.len());
+                                let end = start.saturating_add(len.get() as usize).min(data.len());
+                                out.extend_from_slice(
+                                    format!("BODY[{label}]<{origin}> ").as_bytes(),
+                                );
+                                wire::literal(&mut out, &data[start..end]);
+                            }
+                            None => {
+                                out.extend_from_slice(format!("BODY[{label}] ").as_bytes());
+                                wire::literal(&mut out, &data);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if sets_seen && !flags_reported {
+                sep(&mut out);
+                out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+            }
+            out.extend_from_slice(b")\r\n");
+            self.conn.out().extend_from_slice(&out);
+            if self.conn.out().len() > 1 << 20 && self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+        }
+        self.ok(
+            tag,
+            if uid {
+                "UID FETCH completed"
+            } else {
+                "FETCH completed"
+            },
+        )
+    }
+
+    async fn store(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        op: FlagOp,
+        flags: &[String],
+        silent: bool,
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        let indices = resolve(set, &sel.msgs, uid);
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let flags: Vec<String> = flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .cloned()
+            .collect();
+        let (acct, id) = (self.account(), sel.mailbox.id);
+        let changed = match self
+            .srv
+            .store
+            .store_flags(acct, id, &uids, op, &flags)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let sel = self.selected.as_mut().expect("selected");
+        let mut out = Vec::new();
+        for (u, new_flags, _) in changed {
+            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
+                sel.msgs[i].flags = new_flags;
+                if !silent {
+                    let uid_part = if uid {
+                        format!("UID {u} ")
+                    } else {
+                        String::new()
+                    };
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH ({uid_part}FLAGS {})\r\n",
+                            i + 1,
+                            flags_list(&sel.msgs[i].flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        self.conn.out().extend_from_slice(&out);
+        self.ok(tag, "STORE completed")
+    }
+
+    async fn copy(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        dest: &ImapMailbox<'_>,
+        uid: bool,
+        move_: bool,
+    ) -> Flow {
+        if move_ && self.selected.as_ref().is_some_and(|s| s.read_only) {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        let name = match mailbox_name(dest) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        let dst = match self.srv.store.get_mailbox(self.account(), &name).await {
+            Ok(Some(mb)) => mb,
+            Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let sel = self.selected.as_ref().expect("selected");
+        let indices = resolve(set, &sel.msgs, uid);
+        if !uid && indices.is_empty() && !sel.msgs.is_empty() {
+            return self.bad(tag, "Invalid message sequence number");
+        }
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let (acct, src) = (self.account(), sel.mailbox.id);
+        match self
+            .srv
+            .store
+            .copy_messages(acct, src, &uids, dst.id, move_)
+            .await
+        {
+            Ok((validity, pairs)) => {
+                let code = if pairs.is_empty() {
+                    String::new()
+                } else {
+                    let s: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
+                    let d: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
+                    format!("[COPYUID {validity} {} {}] ", s.join(","), d.join(","))
+                };
+                if move_ {
+                    // RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+                    if !code.is_empty() {
+                        self.conn.line(&format!("* OK {}Moved", code));
+                    }
+                    self.refresh(true).await;
+                    self.ok(tag, "MOVE completed")
+                } else {
+                    self.refresh(uid).await;
+                    self.ok(tag, &format!("{code}COPY completed"))
+                }
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    async fn idle(&mut self, tag: &str) -> Flow {
+        let mut changes = self.srv.store.changes().subscribe(self.account());
+        self.refresh(true).await;
+        self.conn.line("+ idling");
+        let timeout = Duration::from_secs(self.srv.config.idle_timeout_secs);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                input = self.conn.read_line(remaining, 64) => {
+                    return match input {
+                        Input::Message(line) if line.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                            self.ok(tag, "IDLE terminated")
+                        }
+                        Input::Message(_) => self.bad(tag, "Expected DONE"),
+                        Input::Timeout => {
+                            self.conn.line("* BYE Autologout; idle for too long");
+                            Flow::Close
+                        }
+                        _ => Flow::Close,
+                    };
+                }
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Flow::Close;
+                    }
+                    self.refresh(true).await;
+                }
+                _ = self.shutdown.cancelled() => {
+                    self.conn.line("* BYE [UNAVAILABLE] Server shutting down");
+                    return Flow::Close;
+                }
+            }
+        }
+    }
+}
+
+fn astring_text(a: &AString<'_>) -> String {
+    String::from_utf8_lossy(a.as_ref()).into_owned()
+}
+
+/// Turns a FETCH section into (part path, what, the label to echo in the response).
+fn section_spec(section: Option<&Section<'_>>) -> (Vec<u32>, Spec, String) {
+    fn path_of(p: Option<&imap_codec::imap_types::fetch::Part>) -> Vec<u32> {
+        p.map(|p| p.0.as_ref().iter().map(|n| n.get()).collect())
+            .unwrap_or_default()
+    }
+    fn label(path: &[u32], what: &str) -> String {
+        let mut s: Vec<String> = path.iter().map(u32::to_string).collect();
+        if !what.is_empty() {
+            s.push(what.to_owned());
+        }
+        s.join(".")
+    }
+    let names = |v: &imap_codec::imap_types::core::Vec1<AString<'_>>| -> Vec<String> {
+        v.as_ref().iter().map(astring_text).collect()
+    };
+    match section {
+        None => (Vec::new(), Spec::Full, String::new()),
+        Some(Section::Part(p)) => {
+            let path = path_of(Some(p));
+            let l = label(&path, "");
+            (path, Spec::Full, l)
+        }
+        Some(Section::Header(p)) => {
+            let path = path_of(p.as_ref());
+            let l = label(&path, "HEADER");
+            (path, Spec::Header, l)
+        }
+        Some(Section::HeaderFields(p, f)) => {
+            let path = path_of(p.as_ref());
+            let n = names(f);
+            let l = label(
+                &path,
+                &format!("HEADER.FIELDS ({})", n.join(" ").to_ascii_uppercase()),
+            );
+            (path, Spec::HeaderFields(n), l)
+        }
+        Some(Section::HeaderFieldsNot(p, f)) => {
+            let path = path_of(p.as_ref());
+            let n = names(f);
+            let l = label(
+                &path,
+                &format!("HEADER.FIELDS.NOT ({})", n.join(" ").to_ascii_uppercase()),
+            );
+            (path, Spec::HeaderFieldsNot(n), l)
+        }
+        Some(Section::Text(p)) => {
+            let path = path_of(p.as_ref());
+            let l = label(&path, "TEXT");
+            (path, Spec::Text, l)
+        }
+        Some(Section::Mime(p)) => {
+            let path = path_of(Some(p));
+            let l = label(&path, "MIME");
+            (path, Spec::Mime, l)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, n: &str) -> bool {
+        pattern_matches(
+            &p.chars().collect::<Vec<_>>(),
+            &n.chars().collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn list_patterns() {
+        assert!(m("*", "a/b/c"));
+        assert!(m("%", "Sent"));
+        assert!(!m("%", "a/b"));
+        assert!(m("a/%", "a/b"));
+        assert!(!m("a/%", "a/b/c"));
+        assert!(m("a/*", "a/b/c"));
+        assert!(!m("Sent", "sent"));
+    }
+
+    #[test]
+    fn mailbox_names() {
+        let mk = |s: &str| mailbox_name(&ImapMailbox::try_from(s).unwrap());
+        assert_eq!(mk("inbox").unwrap(), "INBOX");
+        assert_eq!(mk("INBOX/x").unwrap(), "INBOX/x");
+        assert_eq!(mk("&ZeVnLIqe-").unwrap(), "日本語");
+        assert!(mk("a//b").is_err());
+        assert!(mk("/a").is_err());
+        assert!(mk("&Jjo").is_err());
+    }
+}

@@ -1,0 +1,642 @@
+//! One POP3 session: AUTHORIZATION, TRANSACTION and UPDATE states (RFC 1939 3).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_config::Protocol;
+use postern_net::{ConnPermit, MailStream, Refusal, TlsAcceptor, TlsInfo};
+use postern_store::MessageMeta;
+use secrecy::SecretString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::parse::{parse, Command, ParseError};
+use crate::{MaildropLock, Pop3Server};
+
+/// RFC 2449 4: command lines are at most 255 octets; allow some slack for long AUTH responses.
+const MAX_LINE: usize = 2048;
+
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+    Timeout,
+    Closed,
+}
+
+struct Conn {
+    stream: Option<MailStream>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn send(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let Some(s) = self.stream.as_mut() else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        if !self.out.is_empty() {
+            s.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        s.flush().await
+    }
+
+    async fn read_line(&mut self, idle: Duration) -> Line {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                if line.len() > MAX_LINE {
+                    return Line::TooLong;
+                }
+                return Line::Text(line);
+            }
+            if self.buf.len() > MAX_LINE {
+                return Line::TooLong;
+            }
+            let Some(s) = self.stream.as_mut() else {
+                return Line::Closed;
+            };
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+                Err(_) => return Line::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return Line::Closed,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> std::io::Result<()> {
+        self.flush().await?;
+        // Drop plaintext pipelined after STLS (command injection, CVE-2011-0411 and kin).
+        self.buf.clear();
+        let stream = self.stream.take().ok_or(std::io::ErrorKind::NotConnected)?;
+        let tcp = stream
+            .into_plain()
+            .map_err(|_| std::io::Error::other("TLS is already active"))?;
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            MailStream::accept_tls(tcp, acceptor),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        self.stream = Some(tls);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        if let Some(s) = self.stream.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+        }
+    }
+}
+
+struct Maildrop {
+    _lock: MaildropLock,
+    mailbox_id: i64,
+    uidvalidity: u32,
+    msgs: Vec<MessageMeta>,
+    deleted: Vec<bool>,
+}
+
+struct Session {
+    srv: Arc<Pop3Server>,
+    protocol: Protocol,
+    peer: SocketAddr,
+    conn: Conn,
+    tls: Option<TlsInfo>,
+    user: Option<String>,
+    principal: Option<Principal>,
+    drop: Option<Maildrop>,
+    shutdown: CancellationToken,
+    auth_failures: u32,
+    errors: u32,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub async fn handle_connection(
+    srv: Arc<Pop3Server>,
+    protocol: Protocol,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Result<ConnPermit, Refusal>,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let implicit = protocol == Protocol::Pop3s;
+    let _permit = match admission {
+        Ok(p) => p,
+        Err(r) => {
+            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
+            if !implicit {
+                let mut c = Conn {
+                    stream: Some(MailStream::Plain(tcp)),
+                    buf: Vec::new(),
+                    out: Vec::new(),
+                };
+                c.send("-ERR [SYS/TEMP] Too many connections, try again later");
+                c.shutdown().await;
+            }
+            return;
+        }
+    };
+    let stream = if implicit {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            MailStream::accept_tls(tcp, &srv.tls),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake failed or timed out");
+                return;
+            }
+        }
+    } else {
+        MailStream::Plain(tcp)
+    };
+    let early = !implicit && stream.has_early_data().await;
+    let tls = stream.tls_info();
+    let mut s = Session {
+        srv,
+        protocol,
+        peer,
+        conn: Conn {
+            stream: Some(stream),
+            buf: Vec::new(),
+            out: Vec::new(),
+        },
+        tls,
+        user: None,
+        principal: None,
+        drop: None,
+        shutdown,
+        auth_failures: 0,
+        errors: 0,
+    };
+    if early {
+        s.conn.send("-ERR Command received before greeting");
+        s.conn.shutdown().await;
+        return;
+    }
+    s.conn
+        .send(&format!("+OK {} Postern POP3 ready", s.srv.hostname));
+    s.run().await;
+    s.conn.shutdown().await;
+    tracing::info!(
+        event = "connection",
+        protocol = protocol.name(),
+        ip = %peer.ip(),
+        tls = s.tls.map_or("none", |t| t.version),
+        user = s.principal.as_ref().map(|p| p.address.as_str()),
+        errors = s.errors,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+/// Writes `data` dot-stuffed (RFC 1939 3), ending with the terminating ".".
+fn multiline(out: &mut Vec<u8>, data: &[u8]) {
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    if !data.is_empty() && !data.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// TOP: the header, the blank line, and the first `n` lines of the body.
+fn top(data: &[u8], n: u32) -> Vec<u8> {
+    let split = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(data.len());
+    let mut out = data[..split].to_vec();
+    for line in data[split..]
+        .split_inclusive(|&b| b == b'\n')
+        .take(n as usize)
+    {
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+impl Session {
+    fn idle(&self) -> Duration {
+        if self.principal.is_some() {
+            Duration::from_secs(self.srv.config.idle_timeout_secs)
+        } else {
+            Duration::from_secs(self.srv.config.login_timeout_secs)
+        }
+    }
+
+    fn err(&mut self, text: &str) -> Flow {
+        self.conn.send(&format!("-ERR {text}"));
+        self.errors += 1;
+        if self.errors >= self.srv.config.max_errors {
+            self.conn.send("-ERR Too many errors, closing");
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn run(&mut self) {
+        loop {
+            if self.conn.flush().await.is_err() {
+                return;
+            }
+            let idle = self.idle();
+            let line = tokio::select! {
+                l = self.conn.read_line(idle) => l,
+                _ = self.shutdown.cancelled() => {
+                    self.conn.send("-ERR [SYS/TEMP] Server shutting down");
+                    return;
+                }
+            };
+            let line = match line {
+                Line::Text(l) => l,
+                Line::TooLong => {
+                    self.conn.send("-ERR Line too long");
+                    return;
+                }
+                Line::Timeout => {
+                    self.conn.send("-ERR Autologout; idle for too long");
+                    return;
+                }
+                Line::Closed => return,
+            };
+            let flow = match parse(&line) {
+                Ok(cmd) => self.command(cmd).await,
+                Err(ParseError::Unknown) => self.err("Unknown command"),
+                Err(ParseError::Syntax) => self.err("Syntax error"),
+            };
+            if let Flow::Close = flow {
+                return;
+            }
+        }
+    }
+
+    fn capa(&mut self) {
+        let mut lines = vec![
+            "+OK Capability list follows",
+            "TOP",
+            "UIDL",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+        ];
+        if self.tls.is_none() {
+            lines.push("STLS");
+        } else if self.principal.is_none() {
+            lines.push("USER");
+            lines.push("SASL PLAIN");
+        }
+        lines.push("EXPIRE NEVER");
+        lines.push("IMPLEMENTATION Postern");
+        lines.push(".");
+        for l in lines {
+            self.conn.send(l);
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) -> Flow {
+        if self.drop.is_none() {
+            return self.authorization(cmd).await;
+        }
+        let d = self.drop.as_mut().expect("maildrop");
+        let get = |d: &Maildrop, n: u32| -> Option<usize> {
+            let i = (n as usize).checked_sub(1)?;
+            (i < d.msgs.len() && !d.deleted[i]).then_some(i)
+        };
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                Flow::Continue
+            }
+            Command::Stat => {
+                let (n, size) = d
+                    .msgs
+                    .iter()
+                    .zip(&d.deleted)
+                    .filter(|(_, del)| !**del)
+                    .fold((0u64, 0u64), |(n, s), (m, _)| (n + 1, s + m.size));
+                self.conn.send(&format!("+OK {n} {size}"));
+                Flow::Continue
+            }
+            Command::List(None) | Command::Uidl(None) => {
+                let uidl = matches!(cmd, Command::Uidl(_));
+                let mut lines = vec![if uidl {
+                    "+OK unique-id listing follows".to_owned()
+                } else {
+                    "+OK scan listing follows".to_owned()
+                }];
+                for (i, m) in d.msgs.iter().enumerate() {
+                    if d.deleted[i] {
+                        continue;
+                    }
+                    lines.push(if uidl {
+                        format!("{} {}.{}", i + 1, d.uidvalidity, m.uid)
+                    } else {
+                        format!("{} {}", i + 1, m.size)
+                    });
+                }
+                lines.push(".".to_owned());
+                for l in lines {
+                    self.conn.send(&l);
+                }
+                Flow::Continue
+            }
+            Command::List(Some(n)) | Command::Uidl(Some(n)) => match get(d, n) {
+                Some(i) => {
+                    let line = if matches!(cmd, Command::Uidl(_)) {
+                        format!("+OK {n} {}.{}", d.uidvalidity, d.msgs[i].uid)
+                    } else {
+                        format!("+OK {n} {}", d.msgs[i].size)
+                    };
+                    self.conn.send(&line);
+                    Flow::Continue
+                }
+                None => self.err("No such message"),
+            },
+            Command::Retr(n) | Command::Top(n, _) => {
+                let Some(i) = get(d, n) else {
+                    return self.err("No such message");
+                };
+                let m = d.msgs[i].clone();
+                let data = match self.srv.store.blobs().get(&m.blob_id) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
+                        self.conn
+                            .send("-ERR [SYS/TEMP] Message temporarily unavailable");
+                        return Flow::Continue;
+                    }
+                };
+                let body = match cmd {
+                    Command::Top(_, lines) => top(&data, lines),
+                    _ => data,
+                };
+                self.conn.send(&format!("+OK {} octets", m.size));
+                multiline(&mut self.conn.out, &body);
+                if self.conn.flush().await.is_err() {
+                    return Flow::Close;
+                }
+                Flow::Continue
+            }
+            Command::Dele(n) => match get(d, n) {
+                Some(i) => {
+                    d.deleted[i] = true;
+                    self.conn.send(&format!("+OK message {n} deleted"));
+                    Flow::Continue
+                }
+                None => self.err("No such message"),
+            },
+            Command::Rset => {
+                d.deleted.iter_mut().for_each(|x| *x = false);
+                let n = d.msgs.len();
+                self.conn.send(&format!("+OK maildrop has {n} messages"));
+                Flow::Continue
+            }
+            Command::Noop => {
+                self.conn.send("+OK");
+                Flow::Continue
+            }
+            Command::Quit => {
+                // UPDATE state (RFC 1939 6): remove the messages marked deleted.
+                let uids: Vec<u32> = d
+                    .msgs
+                    .iter()
+                    .zip(&d.deleted)
+                    .filter(|(_, del)| **del)
+                    .map(|(m, _)| m.uid)
+                    .collect();
+                let (id, acct) = (
+                    d.mailbox_id,
+                    self.principal.as_ref().map_or(0, |p| p.account_id),
+                );
+                if !uids.is_empty() {
+                    if let Err(e) = self.srv.store.expunge(acct, id, Some(&uids), true).await {
+                        tracing::error!(error = %e, "POP3 UPDATE failed");
+                        self.conn
+                            .send("-ERR [SYS/TEMP] Some deleted messages not removed");
+                        return Flow::Close;
+                    }
+                }
+                self.conn.send(&format!(
+                    "+OK {} POP3 server signing off",
+                    self.srv.hostname
+                ));
+                Flow::Close
+            }
+            _ => self.err("Command not valid in this state"),
+        }
+    }
+
+    async fn authorization(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Capa => {
+                self.capa();
+                Flow::Continue
+            }
+            Command::Quit => {
+                self.conn.send(&format!(
+                    "+OK {} POP3 server signing off",
+                    self.srv.hostname
+                ));
+                Flow::Close
+            }
+            Command::Noop => {
+                self.conn.send("+OK");
+                Flow::Continue
+            }
+            Command::Stls => {
+                if self.tls.is_some() || self.protocol != Protocol::Pop3 {
+                    return self.err("TLS is already active");
+                }
+                self.conn.send("+OK Begin TLS negotiation");
+                match self.conn.start_tls(&self.srv.tls).await {
+                    Ok(()) => {
+                        self.tls = self.conn.stream.as_ref().and_then(|s| s.tls_info());
+                        self.user = None;
+                        Flow::Continue
+                    }
+                    Err(_) => Flow::Close,
+                }
+            }
+            Command::Apop => {
+                self.err("APOP is not supported; use USER/PASS or AUTH PLAIN over TLS")
+            }
+            Command::User(_) | Command::Pass(_) | Command::Auth(..) if self.tls.is_none() => {
+                self.err("[AUTH] Authentication requires TLS; use STLS first")
+            }
+            Command::User(u) => {
+                self.user = Some(u);
+                self.conn.send("+OK send PASS");
+                Flow::Continue
+            }
+            Command::Pass(p) => {
+                let Some(user) = self.user.take() else {
+                    return self.err("USER first");
+                };
+                let pass = SecretString::from(p);
+                self.login(&user, &pass, "USER").await
+            }
+            Command::Auth(None, _) => {
+                // Not in RFC 5034, but widely used by clients to probe mechanisms.
+                self.conn.send("+OK");
+                self.conn.send("PLAIN");
+                self.conn.send(".");
+                Flow::Continue
+            }
+            Command::Auth(Some(mech), ir) => {
+                if !mech.eq_ignore_ascii_case("PLAIN") {
+                    return self.err("Unsupported mechanism");
+                }
+                let resp = match ir {
+                    Some(r) => r.into_bytes(),
+                    None => {
+                        self.conn.send("+ ");
+                        if self.conn.flush().await.is_err() {
+                            return Flow::Close;
+                        }
+                        match self.conn.read_line(self.idle()).await {
+                            Line::Text(l) => l,
+                            _ => return Flow::Close,
+                        }
+                    }
+                };
+                let decoded = match postern_auth::sasl::decode_response(&resp) {
+                    Ok(d) => d,
+                    Err(postern_auth::sasl::SaslError::Cancelled) => {
+                        return self.err("Authentication cancelled")
+                    }
+                    Err(_) => return self.err("Invalid base64"),
+                };
+                let creds = match postern_auth::sasl::decode_plain(&decoded) {
+                    Ok(c) => c,
+                    Err(_) => return self.err("Malformed PLAIN response"),
+                };
+                let user = creds.username.clone();
+                self.login(&user, &creds.password, "PLAIN").await
+            }
+            _ => self.err("Command not valid before login"),
+        }
+    }
+
+    async fn login(&mut self, user: &str, pass: &SecretString, mech: &'static str) -> Flow {
+        let outcome = self
+            .srv
+            .auth
+            .authenticate(LoginAttempt {
+                username: user,
+                password: pass,
+                protocol: "pop3",
+                mechanism: mech,
+                remote_ip: self.peer.ip(),
+                tls: self.tls.map(|t| t.version),
+            })
+            .await;
+        let p = match outcome {
+            AuthOutcome::Success(p) => p,
+            AuthOutcome::TemporaryFailure => {
+                self.conn
+                    .send("-ERR [SYS/TEMP] Temporary authentication failure, try again later");
+                return Flow::Continue;
+            }
+            AuthOutcome::Failure => {
+                self.auth_failures += 1;
+                self.conn.send("-ERR [AUTH] Authentication failed");
+                if self.auth_failures >= self.srv.config.max_auth_failures {
+                    self.conn.send("-ERR Too many failed logins, closing");
+                    return Flow::Close;
+                }
+                return Flow::Continue;
+            }
+        };
+        match self.srv.store.pop3_enabled(p.account_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.conn
+                    .send("-ERR [AUTH] POP3 is disabled for this account; use IMAP");
+                return Flow::Close;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store error at POP3 login");
+                self.conn
+                    .send("-ERR [SYS/TEMP] Temporary failure, try again later");
+                return Flow::Close;
+            }
+        }
+        let Some(lock) = self.srv.locks.try_lock(p.account_id) else {
+            self.conn
+                .send("-ERR [IN-USE] Maildrop is locked by another POP3 session");
+            return Flow::Close;
+        };
+        let inbox = match self.srv.store.get_mailbox(p.account_id, "INBOX").await {
+            Ok(Some(b)) => b,
+            other => {
+                if let Err(e) = other {
+                    tracing::error!(error = %e, "store error at POP3 login");
+                }
+                self.conn.send("-ERR [SYS/TEMP] Maildrop unavailable");
+                return Flow::Close;
+            }
+        };
+        let msgs = match self.srv.store.message_list(inbox.id).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "store error at POP3 login");
+                self.conn.send("-ERR [SYS/TEMP] Maildrop unavailable");
+                return Flow::Close;
+            }
+        };
+        let n = msgs.len();
+        let size: u64 = msgs.iter().map(|m| m.size).sum();
+        self.drop = Some(Maildrop {
+            _lock: lock,
+            mailbox_id: inbox.id,
+            uidvalidity: inbox.uidvalidity,
+            deleted: vec![false; n],
+            msgs,
+        });
+        self.principal = Some(p);
+        self.conn.send(&format!(
+            "+OK maildrop locked and ready, {n} messages ({size} octets)"
+        ));
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_and_top() {
+        let mut out = Vec::new();
+        multiline(&mut out, b"a\r\n.b\r\n..\r\nend");
+        assert_eq!(out, b"a\r\n..b\r\n...\r\nend\r\n.\r\n");
+        let m = b"H: 1\r\nI: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
+        assert_eq!(top(m, 0), b"H: 1\r\nI: 2\r\n\r\n");
+        assert_eq!(top(m, 2), b"H: 1\r\nI: 2\r\n\r\nl1\r\nl2\r\n");
+    }
+}

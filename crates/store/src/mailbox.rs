@@ -1,0 +1,700 @@
+//! Mailbox operations for IMAP and POP3: listing, create/delete/rename, append, flags, expunge,
+//! copy/move, and change polling. Knows no protocol: names, UIDs, flags and byte counts only.
+//!
+//! Invariants (RFC 3501 2.3.1.1): within a mailbox, UIDs are handed out from `uidnext` inside the
+//! same write transaction that inserts the row, so they are strictly ascending and never reused
+//! while `uidvalidity` stays the same. Every change to a mailbox's messages (new message, flag
+//! change, expunge) bumps its `highest_modseq`, which is what sessions poll to notice changes made
+//! by other sessions and by SMTP delivery.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sqlx::Row;
+use tokio::sync::watch;
+
+use crate::{now, Result, Store, StoreError};
+
+/// Hierarchy delimiter of mailbox names.
+pub const DELIMITER: char = '/';
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: i64,
+    pub name: String,
+    pub special_use: Option<String>,
+    pub subscribed: bool,
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+}
+
+/// What a session needs to know about one message without reading its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    pub size: u64,
+    pub internal_date: i64,
+    pub blob_id: String,
+}
+
+impl MessageMeta {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
+    }
+}
+
+/// Counters for STATUS and cheap change polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxCounts {
+    pub messages: u32,
+    pub unseen: u32,
+    pub deleted: u32,
+    pub size: u64,
+    pub uidnext: u32,
+    pub uidvalidity: u32,
+    pub highest_modseq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// Per-account change signals: a session in IDLE waits on its account's channel instead of
+/// polling the database in a loop. In-process only; a cluster would carry these over Redis.
+#[derive(Default)]
+pub struct ChangeBus {
+    accounts: Mutex<HashMap<i64, watch::Sender<u64>>>,
+}
+
+impl ChangeBus {
+    pub fn subscribe(&self, account_id: i64) -> watch::Receiver<u64> {
+        let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(account_id)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    pub fn notify(&self, account_id: i64) {
+        let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&account_id) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+fn parse_flags(s: &str) -> Vec<String> {
+    s.split(' ')
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn join_flags(flags: &[String]) -> String {
+    flags.join(" ")
+}
+
+fn apply_flags(current: &[String], op: FlagOp, flags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = match op {
+        FlagOp::Replace => Vec::new(),
+        _ => current.to_vec(),
+    };
+    match op {
+        FlagOp::Add | FlagOp::Replace => {
+            for f in flags {
+                if !out.iter().any(|o| o.eq_ignore_ascii_case(f)) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        FlagOp::Remove => out.retain(|o| !flags.iter().any(|f| f.eq_ignore_ascii_case(o))),
+    }
+    out
+}
+
+fn mailbox_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mailbox> {
+    Ok(Mailbox {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        special_use: r.try_get("special_use")?,
+        subscribed: r.try_get::<i64, _>("subscribed")? != 0,
+        uidvalidity: r.try_get::<i64, _>("uidvalidity")? as u32,
+        uidnext: r.try_get::<i64, _>("uidnext")? as u32,
+        highest_modseq: r.try_get::<i64, _>("highest_modseq")? as u64,
+    })
+}
+
+fn meta_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<MessageMeta> {
+    Ok(MessageMeta {
+        uid: r.try_get::<i64, _>("uid")? as u32,
+        flags: parse_flags(&r.try_get::<String, _>("flags")?),
+        modseq: r.try_get::<i64, _>("modseq")? as u64,
+        size: r.try_get::<i64, _>("size")? as u64,
+        internal_date: r.try_get("internal_date")?,
+        blob_id: r.try_get("blob_id")?,
+    })
+}
+
+/// A fresh UIDVALIDITY: seconds since the epoch, so a mailbox deleted and created again in a later
+/// second gets a larger value. Kept in u32 range.
+fn new_uidvalidity() -> i64 {
+    (now() & 0x7fff_ffff).max(1)
+}
+
+// Column lists as macros so that queries stay `&'static str` (sqlx refuses built strings).
+macro_rules! mailbox_cols {
+    () => {
+        "id, name, special_use, subscribed, uidvalidity, uidnext, highest_modseq"
+    };
+}
+macro_rules! meta_cols {
+    () => {
+        "uid, flags, modseq, size, internal_date, blob_id"
+    };
+}
+
+impl Store {
+    pub fn changes(&self) -> &ChangeBus {
+        &self.changes
+    }
+
+    pub async fn list_mailboxes(&self, account_id: i64) -> Result<Vec<Mailbox>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            mailbox_cols!(),
+            " FROM mailboxes WHERE account_id = ? ORDER BY name = 'INBOX' DESC, name"
+        ))
+        .bind(account_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(mailbox_from_row).collect()
+    }
+
+    pub async fn get_mailbox(&self, account_id: i64, name: &str) -> Result<Option<Mailbox>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            mailbox_cols!(),
+            " FROM mailboxes WHERE account_id = ? AND name = ?"
+        ))
+        .bind(account_id)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(mailbox_from_row).transpose()
+    }
+
+    pub async fn create_mailbox(&self, account_id: i64, name: &str) -> Result<()> {
+        let res =
+            sqlx::query("INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?, ?, ?)")
+                .bind(account_id)
+                .bind(name)
+                .bind(new_uidvalidity())
+                .execute(&self.write)
+                .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("mailbox {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a mailbox and its messages (blobs no longer referenced are removed).
+    pub async fn delete_mailbox(&self, account_id: i64, name: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let id: i64 = sqlx::query("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+            .bind(account_id)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {name}")))?
+            .try_get(0)?;
+        let blobs: Vec<String> =
+            sqlx::query("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+        sqlx::query("DELETE FROM messages WHERE mailbox_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM mailboxes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let orphans = orphaned_blobs(&mut tx, blobs).await?;
+        tx.commit().await?;
+        self.remove_blobs(&orphans);
+        self.changes.notify(account_id);
+        Ok(())
+    }
+
+    /// Renames a mailbox and its children (`from/...` become `to/...`). Renaming INBOX moves its
+    /// messages into a new mailbox and leaves INBOX empty (RFC 3501 6.3.5).
+    pub async fn rename_mailbox(&self, account_id: i64, from: &str, to: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let exists = |name: String| {
+            sqlx::query("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+                .bind(account_id)
+                .bind(name)
+        };
+        let src: i64 = exists(from.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {from}")))?
+            .try_get(0)?;
+        if exists(to.to_owned())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Exists(format!("mailbox {to}")));
+        }
+        if from == "INBOX" {
+            let row = sqlx::query(
+                "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?, ?, ?) RETURNING id",
+            )
+            .bind(account_id)
+            .bind(to)
+            .bind(new_uidvalidity())
+            .fetch_one(&mut *tx)
+            .await?;
+            let dst: i64 = row.try_get(0)?;
+            // Renumber from 1 in the new mailbox, keeping order.
+            let uids: Vec<i64> =
+                sqlx::query("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid")
+                    .bind(src)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<std::result::Result<_, _>>()?;
+            for (i, uid) in uids.iter().enumerate() {
+                sqlx::query(
+                    "UPDATE messages SET mailbox_id = ?, uid = ? WHERE mailbox_id = ? AND uid = ?",
+                )
+                .bind(dst)
+                .bind(i as i64 + 1)
+                .bind(src)
+                .bind(uid)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("UPDATE mailboxes SET uidnext = ? WHERE id = ?")
+                .bind(uids.len() as i64 + 1)
+                .bind(dst)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
+                .bind(src)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            let children = sqlx::query("SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)")
+                .bind(account_id)
+                .bind(from)
+                .bind(from.len() as i64 + 1)
+                .bind(format!("{from}{DELIMITER}"))
+                .fetch_all(&mut *tx)
+                .await?;
+            for c in &children {
+                let id: i64 = c.try_get("id")?;
+                let name: String = c.try_get("name")?;
+                let new = format!("{to}{}", &name[from.len()..]);
+                if exists(new.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some()
+                    && name != from
+                {
+                    return Err(StoreError::Exists(format!("mailbox {new}")));
+                }
+                sqlx::query("UPDATE mailboxes SET name = ? WHERE id = ?")
+                    .bind(new)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.changes.notify(account_id);
+        Ok(())
+    }
+
+    pub async fn set_subscribed(&self, account_id: i64, name: &str, on: bool) -> Result<()> {
+        let n =
+            sqlx::query("UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?")
+                .bind(on as i64)
+                .bind(account_id)
+                .bind(name)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("mailbox {name}")));
+        }
+        Ok(())
+    }
+
+    pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
+        let r = sqlx::query(
+            "SELECT b.uidnext, b.uidvalidity, b.highest_modseq, COUNT(m.id) AS n,
+                    COALESCE(SUM(m.size), 0) AS bytes,
+                    COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Seen %' THEN 0 ELSE 1 END), 0) AS unseen,
+                    COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Deleted %' THEN 1 ELSE 0 END), 0) AS deleted
+             FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = ? GROUP BY b.id",
+        )
+        .bind(mailbox_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox_id}")))?;
+        Ok(MailboxCounts {
+            messages: r.try_get::<i64, _>("n")? as u32,
+            unseen: r.try_get::<i64, _>("unseen")? as u32,
+            deleted: r.try_get::<i64, _>("deleted")? as u32,
+            size: r.try_get::<i64, _>("bytes")? as u64,
+            uidnext: r.try_get::<i64, _>("uidnext")? as u32,
+            uidvalidity: r.try_get::<i64, _>("uidvalidity")? as u32,
+            highest_modseq: r.try_get::<i64, _>("highest_modseq")? as u64,
+        })
+    }
+
+    /// The mailbox's current HIGHESTMODSEQ (one indexed row: the cheap "anything new?" poll).
+    /// None if the mailbox is gone.
+    pub async fn mailbox_modseq(&self, mailbox_id: i64) -> Result<Option<u64>> {
+        Ok(
+            sqlx::query("SELECT highest_modseq FROM mailboxes WHERE id = ?")
+                .bind(mailbox_id)
+                .fetch_optional(&self.read)
+                .await?
+                .map(|r| r.try_get::<i64, _>(0))
+                .transpose()?
+                .map(|v| v as u64),
+        )
+    }
+
+    /// Every message of a mailbox in UID order.
+    pub async fn message_list(&self, mailbox_id: i64) -> Result<Vec<MessageMeta>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            meta_cols!(),
+            " FROM messages WHERE mailbox_id = ? ORDER BY uid"
+        ))
+        .bind(mailbox_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(meta_from_row).collect()
+    }
+
+    /// Appends a message to a mailbox; returns (UIDVALIDITY, UID). Durable when it returns.
+    pub async fn append(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        message: &[u8],
+        flags: &[String],
+        internal_date: i64,
+    ) -> Result<(u32, u32)> {
+        let blob = self.put_blob(vec![message.to_vec()]).await?;
+        let res = async {
+            let mut tx = self.write.begin().await?;
+            let row = sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
+                 WHERE id = ? AND account_id = ? RETURNING uidvalidity, uidnext - 1 AS uid, highest_modseq",
+            )
+            .bind(mailbox_id)
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox_id}")))?;
+            let (uidvalidity, uid, modseq): (i64, i64, i64) = (
+                row.try_get("uidvalidity")?,
+                row.try_get("uid")?,
+                row.try_get("highest_modseq")?,
+            );
+            sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(mailbox_id)
+                .bind(uid)
+                .bind(&blob)
+                .bind(message.len() as i64)
+                .bind(internal_date)
+                .bind(join_flags(flags))
+                .bind(modseq)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>((uidvalidity as u32, uid as u32))
+        }
+        .await;
+        if res.is_err() {
+            let _ = self.blobs.remove(&blob);
+        } else {
+            self.changes.notify(account_id);
+        }
+        res
+    }
+
+    /// Changes flags of the given UIDs; returns the new flags of each message that still exists.
+    pub async fn store_flags(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+    ) -> Result<Vec<(u32, Vec<String>, u64)>> {
+        let mut tx = self.write.begin().await?;
+        let mut out = Vec::with_capacity(uids.len());
+        let mut modseq: Option<i64> = None;
+        for &uid in uids {
+            let Some(row) =
+                sqlx::query("SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?")
+                    .bind(mailbox_id)
+                    .bind(uid as i64)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            else {
+                continue;
+            };
+            let current = parse_flags(&row.try_get::<String, _>(0)?);
+            let new = apply_flags(&current, op, flags);
+            if new == current {
+                out.push((uid, new, 0));
+                continue;
+            }
+            let m = match modseq {
+                Some(m) => m,
+                None => {
+                    let m: i64 = sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq")
+                        .bind(mailbox_id)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get(0)?;
+                    modseq = Some(m);
+                    m
+                }
+            };
+            sqlx::query(
+                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+            )
+            .bind(join_flags(&new))
+            .bind(m)
+            .bind(mailbox_id)
+            .bind(uid as i64)
+            .execute(&mut *tx)
+            .await?;
+            out.push((uid, new, m as u64));
+        }
+        tx.commit().await?;
+        if modseq.is_some() {
+            self.changes.notify(account_id);
+        }
+        Ok(out)
+    }
+
+    /// Removes messages: those with \Deleted (restricted to `only` if given) or, with
+    /// `force`, exactly the UIDs in `only`. Returns the removed UIDs in ascending order.
+    pub async fn expunge(
+        &self,
+        account_id: i64,
+        mailbox_id: i64,
+        only: Option<&[u32]>,
+        force: bool,
+    ) -> Result<Vec<u32>> {
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query(
+            "SELECT uid, flags, blob_id FROM messages WHERE mailbox_id = ? ORDER BY uid",
+        )
+        .bind(mailbox_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut gone = Vec::new();
+        let mut blobs = Vec::new();
+        for r in &rows {
+            let uid = r.try_get::<i64, _>("uid")? as u32;
+            let deleted = parse_flags(&r.try_get::<String, _>("flags")?)
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case("\\Deleted"));
+            let selected = only.is_none_or(|o| o.binary_search(&uid).is_ok());
+            if selected && (deleted || force) {
+                gone.push(uid);
+                blobs.push(r.try_get::<String, _>("blob_id")?);
+            }
+        }
+        for &uid in &gone {
+            sqlx::query("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?")
+                .bind(mailbox_id)
+                .bind(uid as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !gone.is_empty() {
+            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
+                .bind(mailbox_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let orphans = orphaned_blobs(&mut tx, blobs).await?;
+        tx.commit().await?;
+        self.remove_blobs(&orphans);
+        if !gone.is_empty() {
+            self.changes.notify(account_id);
+        }
+        Ok(gone)
+    }
+
+    /// Copies (or moves) messages to another mailbox of the same account, sharing their blobs.
+    /// Returns the destination's UIDVALIDITY and (source UID, destination UID) pairs.
+    pub async fn copy_messages(
+        &self,
+        account_id: i64,
+        src: i64,
+        uids: &[u32],
+        dst: i64,
+        move_: bool,
+    ) -> Result<(u32, Vec<(u32, u32)>)> {
+        let mut tx = self.write.begin().await?;
+        let uidvalidity: i64 =
+            sqlx::query("SELECT uidvalidity FROM mailboxes WHERE id = ? AND account_id = ?")
+                .bind(dst)
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("mailbox #{dst}")))?
+                .try_get(0)?;
+        let mut pairs = Vec::new();
+        for &uid in uids {
+            let Some(r) = sqlx::query(concat!(
+                "SELECT ",
+                meta_cols!(),
+                " FROM messages WHERE mailbox_id = ? AND uid = ?"
+            ))
+            .bind(src)
+            .bind(uid as i64)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                continue;
+            };
+            let m = meta_from_row(&r)?;
+            let row = sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
+                 WHERE id = ? RETURNING uidnext - 1 AS uid, highest_modseq",
+            )
+            .bind(dst)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (new_uid, modseq): (i64, i64) =
+                (row.try_get("uid")?, row.try_get("highest_modseq")?);
+            sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                .bind(dst)
+                .bind(new_uid)
+                .bind(&m.blob_id)
+                .bind(m.size as i64)
+                .bind(m.internal_date)
+                .bind(join_flags(&m.flags))
+                .bind(modseq)
+                .execute(&mut *tx)
+                .await?;
+            if move_ {
+                sqlx::query("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?")
+                    .bind(src)
+                    .bind(uid as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            pairs.push((uid, new_uid as u32));
+        }
+        if move_ && !pairs.is_empty() {
+            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
+                .bind(src)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if !pairs.is_empty() {
+            self.changes.notify(account_id);
+        }
+        Ok((uidvalidity as u32, pairs))
+    }
+
+    /// Whether POP3 is allowed for this account (the "prefer IMAP" switch).
+    pub async fn pop3_enabled(&self, account_id: i64) -> Result<bool> {
+        let v: i64 = sqlx::query("SELECT pop3_enabled FROM accounts WHERE id = ?")
+            .bind(account_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account #{account_id}")))?
+            .try_get(0)?;
+        Ok(v != 0)
+    }
+
+    pub(crate) fn remove_blobs(&self, ids: &[String]) {
+        for id in ids {
+            if let Err(e) = self.blobs.remove(id) {
+                tracing::warn!(blob = %id, error = %e, "could not remove an unreferenced blob");
+            }
+        }
+    }
+
+    /// Used by tests and `postern` maintenance: the current time, for APPEND without a date.
+    pub fn now(&self) -> i64 {
+        now()
+    }
+}
+
+/// Of `candidates`, the blobs no message and no queue entry references any more.
+async fn orphaned_blobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mut candidates: Vec<String>,
+) -> Result<Vec<String>> {
+    candidates.sort();
+    candidates.dedup();
+    let mut out = Vec::new();
+    for b in candidates {
+        let used = sqlx::query(
+            "SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1",
+        )
+        .bind(&b)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+        if !used {
+            out.push(b);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_ops() {
+        let cur = vec!["\\Seen".to_owned(), "$Label".to_owned()];
+        let f = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            apply_flags(&cur, FlagOp::Add, &f(&["\\seen", "\\Flagged"])),
+            f(&["\\Seen", "$Label", "\\Flagged"])
+        );
+        assert_eq!(
+            apply_flags(&cur, FlagOp::Remove, &f(&["\\SEEN"])),
+            f(&["$Label"])
+        );
+        assert_eq!(
+            apply_flags(&cur, FlagOp::Replace, &f(&["\\Draft"])),
+            f(&["\\Draft"])
+        );
+        assert_eq!(parse_flags(" a  b "), f(&["a", "b"]));
+    }
+}
