@@ -1023,7 +1023,7 @@ impl Session {
         let last = kept.last().map_or(0, |m| m.uid);
         let before = kept.len();
         kept.extend(fresh.iter().filter(|m| m.uid > last).cloned());
-        if kept.len() != before || (allow_expunge && !out.is_empty()) {
+        if kept.len() != before {
             out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
         }
         sel.msgs = kept;

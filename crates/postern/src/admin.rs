@@ -121,17 +121,25 @@ pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()>
          SMTP (MX, no auth)         127.0.0.1:{}\n\
          submission (STARTTLS+AUTH) 127.0.0.1:{}\n\
          submissions (TLS+AUTH)     127.0.0.1:{}\n\
+         IMAP (STARTTLS) / IMAPS    127.0.0.1:{} / {}\n\
+         POP3 (STLS) / POP3S        127.0.0.1:{} / {}\n\
          data directory: {}\n\
          Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
          \x20      --from {user} --to {user} --tls-verify=no\n\
+         Then: curl -k --user '{user}:<password>' 'imaps://127.0.0.1:{}/INBOX;MAILINDEX=1'\n\
          Stop with Ctrl-C.\n\
          ======================================================",
         pw.expose_secret(),
         port(postern_config::Protocol::Smtp),
         port(postern_config::Protocol::Submission),
         port(postern_config::Protocol::Submissions),
+        port(postern_config::Protocol::Imap),
+        port(postern_config::Protocol::Imaps),
+        port(postern_config::Protocol::Pop3),
+        port(postern_config::Protocol::Pop3s),
         dir.display(),
         port(postern_config::Protocol::Submission),
+        port(postern_config::Protocol::Imaps),
     );
     drop(pw);
     crate::serve::serve(cfg, format, Some(banner)).await
@@ -222,6 +230,14 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 "received details: {}",
                 if info.received_details { "on" } else { "off" }
             );
+            println!(
+                "POP3:             {}",
+                if store.pop3_enabled(info.id).await? {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
             let owned = store.owned_addresses(info.id).await?;
             let aliases: Vec<_> = owned.into_iter().filter(|o| *o != info.address).collect();
             println!(
@@ -265,6 +281,11 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 "received details for {a}: {}",
                 if *on { "on" } else { "off" }
             );
+        }
+        UserCmd::Pop3 { address: a, on } => {
+            let a = address(a)?;
+            store.set_pop3_enabled(&a, *on).await?;
+            println!("POP3 for {a}: {}", if *on { "on" } else { "off" });
         }
     }
     store.close().await;

@@ -123,6 +123,12 @@ pub enum UserCmd {
         #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         on: bool,
     },
+    /// Allow or refuse POP3 for this account ("prefer IMAP"; IMAP is unaffected).
+    Pop3 {
+        address: String,
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+        on: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

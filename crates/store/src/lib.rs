@@ -317,6 +317,18 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_pop3_enabled(&self, address: &EmailAddress, on: bool) -> Result<()> {
+        let r = sqlx::query("UPDATE accounts SET pop3_enabled = ? WHERE address = ?")
+            .bind(on)
+            .bind(address.as_str())
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
     /// Removes an account, its aliases, mailboxes and messages, and the bodies no longer referenced.
     pub async fn remove_account(&self, address: &EmailAddress) -> Result<()> {
         let mut tx = self.write.begin().await?;

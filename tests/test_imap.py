@@ -1,0 +1,420 @@
+"""IMAP on 143 (STARTTLS) and 993 (implicit TLS) with real clients: imaplib, imapclient, curl,
+mbsync; several sessions on one mailbox; hostile input."""
+import imaplib
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import ALICE, ALICE_PW, BOB, BOB_PW, CAROL, CAROL_PW, plain_b64, tls_client_context
+
+MSG = (
+    "From: Alice <alice@example.test>\r\n"
+    "To: Bob <bob@example.test>\r\n"
+    "Subject: end to end\r\n"
+    "Message-ID: <e2e@example.test>\r\n"
+    "Date: Sun, 22 Nov 2026 10:00:00 +0000\r\n"
+    "\r\n"
+    "Hello Bob,\r\n"
+    ".a dotted line\r\n"
+    "bye\r\n"
+)
+
+MULTIPART = (
+    b"From: a@example.test\r\nTo: bob@example.test\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+    b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nfirst part\r\n"
+    b"--XX\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n"
+    b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAEC\r\n"
+    b"--XX--\r\n"
+)
+
+
+def flat(data):
+    """All bytes of an imaplib FETCH answer (tuples hold the literal), joined."""
+    out = b""
+    for d in data:
+        out += b"".join(d) if isinstance(d, tuple) else (d or b"")
+    return out
+
+
+def imaps(server, user=BOB, pw=BOB_PW):
+    m = imaplib.IMAP4_SSL("127.0.0.1", server.imaps, ssl_context=tls_client_context(), timeout=15)
+    m.login(user, pw)
+    return m
+
+
+def send(server, msg=MSG, to=BOB):
+    with smtplib.SMTP("127.0.0.1", server.submission, timeout=10) as s:
+        s.starttls(context=tls_client_context())
+        s.login(ALICE, ALICE_PW)
+        s.sendmail(ALICE, [to], msg)
+
+
+class RawImap:
+    def __init__(self, port, tls=False, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = tls_client_context().wrap_socket(self.sock)
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode(errors="replace")
+
+    def until_tagged(self, tag):
+        lines = []
+        while True:
+            l = self.line()
+            lines.append(l)
+            if l.startswith(tag + " ") or l.startswith("* BYE"):
+                return lines
+
+    def closed(self, timeout=10):
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, ssl.SSLError):
+            return True
+        except socket.timeout:
+            return False
+
+
+# ---------------------------------------------------------------- TLS rules
+
+def test_no_credentials_before_starttls(server):
+    m = imaplib.IMAP4("127.0.0.1", server.imap, timeout=10)
+    caps = m.capabilities
+    assert "LOGINDISABLED" in caps and "STARTTLS" in caps
+    assert not any(c.startswith("AUTH=") for c in caps)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login(BOB, BOB_PW)
+    m.starttls(ssl_context=tls_client_context())
+    assert "AUTH=PLAIN" in m.capabilities and "LOGINDISABLED" not in m.capabilities
+    assert m.login(BOB, BOB_PW)[0] == "OK"
+    m.logout()
+
+
+def test_authenticate_refused_in_clear_and_plain_with_sasl_ir_after_tls(server):
+    r = RawImap(server.imap)
+    assert r.line().startswith("* OK")
+    r.send(f"a AUTHENTICATE PLAIN {plain_b64(BOB, BOB_PW)}\r\n".encode())
+    assert r.line().startswith("a NO [PRIVACYREQUIRED]")
+    r2 = RawImap(server.imaps, tls=True)
+    assert r2.line().startswith("* OK")
+    r2.send(f"b AUTHENTICATE PLAIN {plain_b64(BOB, BOB_PW)}\r\n".encode())
+    assert r2.until_tagged("b")[-1].startswith("b OK")
+    # without SASL-IR: continuation then the response line
+    r3 = RawImap(server.imaps, tls=True)
+    r3.line()
+    r3.send(b"c AUTHENTICATE PLAIN\r\n")
+    assert r3.line().startswith("+")
+    r3.send(plain_b64(BOB, BOB_PW).encode() + b"\r\n")
+    assert r3.until_tagged("c")[-1].startswith("c OK")
+
+
+def test_failures_are_uniform_and_capped(server):
+    replies = []
+    for user, pw in ((BOB, "wrong-password-1"), ("nobody@example.test", "wrong-password-1"), (CAROL, CAROL_PW)):
+        r = RawImap(server.imaps, tls=True)
+        r.line()
+        r.send(f'a LOGIN "{user}" "{pw}"\r\n'.encode())
+        replies.append(r.line())
+    assert replies[0] == replies[1] == replies[2] == "a NO [AUTHENTICATIONFAILED] Authentication failed"
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    for i in range(3):
+        r.send(f'{i} LOGIN "{BOB}" "bad-{i}"\r\n'.encode())
+        assert r.line().startswith(f"{i} NO")
+    assert r.line().startswith("* BYE")
+    assert r.closed()
+    log = server.log()
+    assert "wrong-password-1" not in log and "bad-0" not in log and BOB_PW not in log
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_smtp_to_imap_byte_for_byte(server):
+    send(server)
+    stored = server.inbox(BOB)[-1]
+    m = imaps(server)
+    typ, data = m.select("INBOX")
+    n = int(data[0])
+    typ, data = m.fetch(str(n), "(BODY.PEEK[] RFC822.SIZE FLAGS)")
+    assert data[0][1] == stored
+    assert f"RFC822.SIZE {len(stored)}".encode() in flat(data)
+    assert b"\\Seen" not in flat(data)
+    # BODY[] (not PEEK) sets \Seen and reports it
+    typ, data = m.fetch(str(n), "(BODY[TEXT])")
+    assert data[0][1] == b"Hello Bob,\r\n.a dotted line\r\nbye\r\n"
+    assert b"\\Seen" in flat(data)
+    typ, data = m.fetch(str(n), "(ENVELOPE)")
+    env = flat(data)
+    assert b'"end to end"' in env and b'"<e2e@example.test>"' in env and b'("Bob" NIL "bob" "example.test")' in env
+    m.logout()
+
+
+def test_imapclient_folders_append_search_flags_move_expunge(server):
+    imapclient = pytest.importorskip("imapclient")
+    c = imapclient.IMAPClient("127.0.0.1", port=server.imaps, ssl=True, ssl_context=tls_client_context(), timeout=15)
+    c.login(BOB, BOB_PW)
+    folders = {name: flags for flags, _d, name in c.list_folders()}
+    for name, use in (("Sent", b"\\Sent"), ("Drafts", b"\\Drafts"), ("Trash", b"\\Trash"),
+                      ("Junk", b"\\Junk"), ("Archive", b"\\Archive")):
+        assert use in folders[name], (name, folders[name])
+    assert "INBOX" in folders
+    c.create_folder("Lists/rust")
+    assert c.folder_exists("Lists/rust") and c.folder_exists("Lists")
+    c.select_folder("Lists/rust")
+    r1 = c.append("Lists/rust", MULTIPART, flags=[b"$Important"])
+    r2 = c.append("Lists/rust", b"Subject: second\r\nFrom: x@example.test\r\n\r\nneedle in body\r\n")
+    assert b"APPENDUID" in r1 and b"APPENDUID" in r2
+    c.noop()
+    uids = c.search(["ALL"])
+    assert len(uids) == 2 and uids[0] < uids[1]
+    assert c.search(["BODY", "needle"]) == [uids[1]]
+    assert c.search(["SUBJECT", "PARTS"]) == [uids[0]]
+    assert c.search(["KEYWORD", "$Important"]) == [uids[0]]
+    assert c.search(["OR", "SUBJECT", "second", "LARGER", "100000"]) == [uids[1]]
+    assert c.search(["NOT", "SUBJECT", "second"]) == [uids[0]]
+    bs = c.fetch([uids[0]], ["BODYSTRUCTURE", "BODY.PEEK[2]", "BODY.PEEK[1.MIME]", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])[uids[0]]
+    assert bs[b"BODY[2]"] == b"AAEC"
+    assert bs[b"BODY[1.MIME]"].startswith(b"Content-Type: text/plain")
+    assert bs[b"BODY[HEADER.FIELDS (SUBJECT)]"] == b"Subject: parts\r\n\r\n"
+    assert bs[b"BODYSTRUCTURE"].is_multipart
+    c.add_flags([uids[1]], [b"\\Flagged"])
+    assert c.search(["FLAGGED"]) == [uids[1]]
+    c.move([uids[1]], "Archive")
+    assert c.search(["ALL"]) == [uids[0]]
+    c.set_flags([uids[0]], [b"\\Deleted"])
+    c.expunge()
+    assert c.search(["ALL"]) == []
+    st = c.folder_status("Archive", ["MESSAGES", "UIDNEXT", "UIDVALIDITY"])
+    assert st[b"MESSAGES"] >= 1
+    c.rename_folder("Lists", "Groups")
+    assert c.folder_exists("Groups/rust") and not c.folder_exists("Lists/rust")
+    c.unselect_folder() if hasattr(c, "unselect_folder") else c.close_folder()
+    c.delete_folder("Groups/rust")
+    c.delete_folder("Groups")
+    assert not c.folder_exists("Groups")
+    c.logout()
+
+
+def test_uids_strictly_ascending_and_never_reused(server):
+    m = imaps(server)
+    m.create("Seq")
+    m.select("Seq")
+    uids = []
+    for i in range(3):
+        typ, data = m.append("Seq", None, None, f"Subject: {i}\r\n\r\nx\r\n".encode())
+        uids.append(int(data[0].split()[2].rstrip(b"]")))
+    m.store("1:*", "+FLAGS", "(\\Deleted)")
+    m.expunge()
+    typ, data = m.append("Seq", None, None, b"Subject: again\r\n\r\nx\r\n")
+    new = int(data[0].split()[2].rstrip(b"]"))
+    assert uids == sorted(uids) and len(set(uids)) == 3 and new > uids[-1]
+    m.logout()
+
+
+# ---------------------------------------------------------------- several sessions
+
+def test_sessions_see_each_others_changes_noop_and_idle(server):
+    a = imaps(server)
+    b = imaps(server)
+    a.create("Shared")
+    a.select("Shared")
+    b.select("Shared")
+    a.append("Shared", None, None, b"Subject: one\r\n\r\n1\r\n")
+    b.response("EXISTS")  # forget the EXISTS of SELECT
+    b.noop()
+    assert b.response("EXISTS")[1][-1] == b"1"
+    # flag change by A is reported to B as FETCH FLAGS
+    a.store("1", "+FLAGS", "(\\Flagged)")
+    b.noop()
+    fetches = b.response("FETCH")[1]
+    assert any(b"\\Flagged" in f for f in fetches if f), fetches
+    # IDLE in a raw session sees a delivery from another session without polling
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    r.send(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+    r.until_tagged("a")
+    r.send(b"b SELECT Shared\r\n")
+    r.until_tagged("b")
+    r.send(b"c IDLE\r\n")
+    assert r.line().startswith("+")
+    t0 = time.time()
+    a.append("Shared", None, None, b"Subject: two\r\n\r\n2\r\n")
+    assert r.line() == "* 2 EXISTS"
+    assert time.time() - t0 < 5
+    # expunge by A shows up as EXPUNGE during IDLE
+    a.store("1", "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    lines = []
+    while "* 1 EXPUNGE" not in lines and len(lines) < 5:
+        lines.append(r.line())
+    assert "* 1 EXPUNGE" in lines, lines
+    r.send(b"DONE\r\n")
+    assert r.until_tagged("c")[-1].startswith("c OK")
+    a.logout()
+    b.logout()
+
+
+# ---------------------------------------------------------------- hostile input
+
+def test_command_before_greeting_is_refused(server):
+    s = socket.create_connection(("127.0.0.1", server.imap), timeout=10)
+    s.sendall(b"a LOGIN x y\r\n")
+    time.sleep(0.3)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    assert b"BYE" in data and b"* OK" not in data
+
+
+def test_literal_caps(server):
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    r.send(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+    r.until_tagged("a")
+    # APPEND above APPENDLIMIT: refused before any byte of it is sent
+    r.send(b"b APPEND INBOX {999999999}\r\n")
+    assert r.line().startswith("b NO [TOOBIG]")
+    # a literal in a non-APPEND command above the command cap
+    r.send(b"c SELECT {100000}\r\n")
+    assert r.line().startswith("c BAD")
+    # the session is still in step
+    r.send(b"d NOOP\r\n")
+    assert r.until_tagged("d")[-1].startswith("d OK")
+    # non-synchronizing literal above the cap: no way to stay in step -> BYE
+    r.send(b"e APPEND INBOX {999999999+}\r\n")
+    assert r.line().startswith("* BYE")
+    assert r.closed()
+
+
+def test_endless_line_and_unterminated_literal(server):
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    r.send(b"a NOOP " + b"x" * 70000)
+    assert r.line().startswith("* BYE")
+    r2 = RawImap(server.imaps, tls=True)
+    r2.line()
+    r2.send(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+    r2.until_tagged("a")
+    r2.send(b"b APPEND INBOX {50}\r\n")
+    assert r2.line().startswith("+")
+    r2.send(b"only a few bytes")
+    r2.sock.close()
+    # the server is fine
+    m = imaps(server)
+    assert m.noop()[0] == "OK"
+    m.logout()
+
+
+def test_nesting_bad_names_and_garbage(server):
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    r.send(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+    r.until_tagged("a")
+    r.send(b"b SELECT INBOX\r\n")
+    r.until_tagged("b")
+    r.send(b"c SEARCH " + b"(" * 500 + b"ALL" + b")" * 500 + b"\r\n")
+    assert r.until_tagged("c")[-1].startswith("c BAD")
+    r.send(b"d FETCH 1 (" + b"(" * 500 + b"FLAGS" + b")" * 500 + b")\r\n")
+    assert r.until_tagged("d")[-1].startswith("d BAD")
+    r.send(b'e CREATE "bad\xff\xfename"\r\n')
+    assert r.until_tagged("e")[-1].startswith(("e NO", "e BAD"))
+    r.send(b"f CREATE &Jjo\r\n")
+    assert r.until_tagged("f")[-1].startswith(("f NO", "f BAD"))
+    r.send(b"\x00\x01\x02 garbage\r\n")
+    assert "BAD" in r.line()
+    r.send(b"g NOOP\r\n")
+    assert r.until_tagged("g")[-1].startswith("g OK")
+
+
+# ---------------------------------------------------------------- other real clients
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")
+def test_curl_imaps_and_starttls(server):
+    send(server, MSG.replace("end to end", "for curl"))
+    url = f"imaps://127.0.0.1:{server.imaps}/INBOX"
+    out = subprocess.run(["curl", "-sS", "-k", "--user", f"{BOB}:{BOB_PW}", url, "-X", 'SEARCH SUBJECT "for curl"'],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    uid = out.stdout.split()[-1]
+    out = subprocess.run(["curl", "-sS", "-k", "--user", f"{BOB}:{BOB_PW}", f"{url};MAILINDEX={uid}"],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert b"Subject: for curl" in out.stdout
+    # imap:// with --ssl-reqd goes through STARTTLS
+    out = subprocess.run(["curl", "-sS", "-k", "--ssl-reqd", "--user", f"{BOB}:{BOB_PW}",
+                          f"imap://127.0.0.1:{server.imap}/"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "INBOX" in out.stdout and "Archive" in out.stdout
+
+
+@pytest.mark.skipif(not shutil.which("mbsync"), reason="mbsync (isync) not installed")
+def test_mbsync_both_ways(server, tmp_path):
+    send(server, MSG.replace("end to end", "for mbsync"))
+    maildir = tmp_path / "mail"
+    maildir.mkdir()
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(BOB_PW)
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""IMAPAccount postern
+Host 127.0.0.1
+Port {server.imaps}
+User {BOB}
+PassCmd "cat {pwfile}"
+SSLType IMAPS
+CertificateFile {server.dir / 'tls' / 'cert.pem'}
+AuthMechs PLAIN
+
+IMAPStore remote
+Account postern
+
+MaildirStore local
+Path {maildir}/
+Inbox {maildir}/INBOX
+SubFolders Verbatim
+
+Channel sync
+Far :remote:
+Near :local:
+Patterns INBOX Archive
+Create Both
+SyncState *
+""")
+    p = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0 and "certificate" in (p.stderr + p.stdout).lower():
+        pytest.skip("mbsync refuses the self-signed certificate name: " + p.stderr[-300:])
+    assert p.returncode == 0, p.stdout + p.stderr
+    new = list((maildir / "INBOX" / "cur").iterdir()) + list((maildir / "INBOX" / "new").iterdir())
+    assert any(b"Subject: for mbsync" in f.read_bytes() for f in new)
+    # local -> remote
+    target = maildir / "Archive" / "new"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "1700000000.1.local").write_bytes(b"From: bob@example.test\r\nSubject: from maildir\r\n\r\nup\r\n")
+    p = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert any(b"Subject: from maildir" in m for m in server.inbox(BOB, "Archive"))
