@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 pub mod breached;
+pub mod guard;
+use guard::Clock as _;
 pub mod hasher;
 pub mod policy;
 pub mod sasl;
@@ -84,6 +86,9 @@ pub enum AuthOutcome {
     Failure,
     /// The server could not decide now (verification slots busy, store unavailable).
     TemporaryFailure,
+    /// The source is banned (now or by this very failure): answer with a temporary failure and
+    /// disconnect. No password was hashed for it.
+    Refused,
 }
 
 /// Why an attempt failed; for the audit log only, never for the client.
@@ -94,6 +99,10 @@ pub enum FailureReason {
     Disabled,
     Busy,
     StoreError,
+    /// The source is banned.
+    Banned,
+    /// The account is locked for unknown clients.
+    Locked,
 }
 
 impl FailureReason {
@@ -104,6 +113,8 @@ impl FailureReason {
             FailureReason::Disabled => "disabled",
             FailureReason::Busy => "busy",
             FailureReason::StoreError => "store_error",
+            FailureReason::Banned => "banned",
+            FailureReason::Locked => "locked",
         }
     }
 }
@@ -124,6 +135,10 @@ pub struct AuthEvent {
 /// Receives auth events. The default sink writes them to the structured log (target `postern::audit`).
 pub trait AuditSink: Send + Sync {
     fn auth(&self, event: &AuthEvent);
+    /// Other security events: bans, lockouts. Default: the log only.
+    fn note(&self, event: &'static str, ip: Option<IpAddr>, username: Option<&str>, detail: &str) {
+        tracing::warn!(target: "postern::audit", event, ip = ?ip, user = ?username, detail, "security event");
+    }
 }
 
 /// Writes audit events as structured log lines.
@@ -170,6 +185,87 @@ pub struct Authenticator {
     audit: Arc<dyn AuditSink>,
     /// A PHC string of a random password, verified against for unknown users.
     dummy_hash: String,
+    cache: VerifiedCache,
+    guard: Arc<guard::Guard>,
+}
+
+/// Recently verified credentials, so that clients that reconnect often (IMAP clients, apps that
+/// send mail) do not pay an argon2 verification each time. An entry holds only a keyed hash
+/// (HMAC-SHA-256 with a random per-process key) of login and password, never the password or an
+/// unkeyed hash of it, plus the PHC string it was verified against: a password change (new PHC),
+/// a disabled account (checked on every attempt) or the TTL ends its use.
+struct VerifiedCache {
+    key: zeroize::Zeroizing<[u8; 32]>,
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, CacheEntry>>,
+}
+
+struct CacheEntry {
+    mac: [u8; 32],
+    phc: String,
+    expires: std::time::Instant,
+}
+
+/// Upper bound on cached entries (about 150 bytes each).
+const CACHE_MAX: usize = 100_000;
+
+impl VerifiedCache {
+    fn new(ttl: std::time::Duration) -> Self {
+        VerifiedCache {
+            key: zeroize::Zeroizing::new(rand::random()),
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    fn mac(&self, login: &str, password: &SecretString) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key[..])
+            .expect("HMAC takes any key length");
+        m.update(login.as_bytes());
+        m.update(&[0]);
+        m.update(secrecy::ExposeSecret::expose_secret(password).as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    fn hit(&self, login: &str, password: &SecretString, phc: &str) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let mac = self.mac(login, password);
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(login) {
+            Some(e) if e.expires <= std::time::Instant::now() || e.phc != phc => {
+                map.remove(login);
+                false
+            }
+            Some(e) => subtle::ConstantTimeEq::ct_eq(&e.mac[..], &mac[..]).into(),
+            None => false,
+        }
+    }
+
+    fn insert(&self, login: &str, password: &SecretString, phc: &str) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mac = self.mac(login, password);
+        let now = std::time::Instant::now();
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CACHE_MAX {
+            map.retain(|_, e| e.expires > now);
+            if map.len() >= CACHE_MAX {
+                return;
+            }
+        }
+        map.insert(
+            login.to_owned(),
+            CacheEntry {
+                mac,
+                phc: phc.to_owned(),
+                expires: now + self.ttl,
+            },
+        );
+    }
 }
 
 impl Authenticator {
@@ -185,7 +281,33 @@ impl Authenticator {
             pool,
             audit,
             dummy_hash,
+            cache: VerifiedCache::new(std::time::Duration::from_secs(300)),
+            guard: Arc::new(guard::Guard::new(
+                guard::GuardConfig::default(),
+                Arc::new(guard::SystemClock),
+                None,
+            )),
         })
+    }
+
+    /// Uses this throttling/ban guard instead of the default one.
+    pub fn with_guard(mut self, guard: Arc<guard::Guard>) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    pub fn guard(&self) -> &Arc<guard::Guard> {
+        &self.guard
+    }
+
+    fn guard_now(&self) -> u64 {
+        guard::SystemClock.now()
+    }
+
+    /// Sets how long a verified password is remembered (0 turns the cache off).
+    pub fn with_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.cache = VerifiedCache::new(ttl);
+        self
     }
 
     pub fn pool(&self) -> &HashPool {
@@ -195,7 +317,51 @@ impl Authenticator {
     /// Decides one login attempt and records it in the audit log.
     pub async fn authenticate(&self, attempt: LoginAttempt<'_>) -> AuthOutcome {
         let login = attempt.username.trim().to_lowercase();
-        let (outcome, account_id, result) = self.decide(&login, attempt.password).await;
+        let ip = attempt.remote_ip;
+        // The guard decides before any hashing: a banned source or a locked account (for an
+        // unknown source) costs no argon2 work.
+        let (mut outcome, account_id, result) = match self.guard.check(ip, &login) {
+            guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
+            guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
+            guard::Verdict::Allow => self.decide(&login, attempt.password).await,
+        };
+        match (&outcome, result) {
+            (AuthOutcome::Success(_), _) => self.guard.success(ip, &login),
+            (AuthOutcome::Failure, Err(r)) if r != FailureReason::Locked => {
+                let effect = self.guard.failure(ip, &login, attempt.password).await;
+                if let Some(ban) = &effect.banned {
+                    self.audit.note(
+                        "ban",
+                        Some(ip),
+                        Some(&loggable_username(&login)),
+                        &format!(
+                            "{} banned for {} s (offence {}): {}",
+                            ban.target,
+                            ban.until.saturating_sub(self.guard_now()),
+                            ban.offences,
+                            ban.reason
+                        ),
+                    );
+                    outcome = AuthOutcome::Refused;
+                }
+                if effect.locked {
+                    self.audit.note(
+                        "lockout",
+                        Some(ip),
+                        Some(&loggable_username(&login)),
+                        "account locked for unknown clients",
+                    );
+                }
+                if effect.delay_ms > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(effect.delay_ms)).await;
+                }
+            }
+            (AuthOutcome::Failure, _) => {
+                let d = self.guard.config().failure_delay_max_ms;
+                tokio::time::sleep(std::time::Duration::from_millis(d)).await;
+            }
+            _ => {}
+        }
         self.audit.auth(&AuthEvent {
             protocol: attempt.protocol,
             mechanism: attempt.mechanism,
@@ -224,6 +390,18 @@ impl Authenticator {
                 );
             }
         };
+        if let Some(c) = &cred {
+            if !c.disabled && self.cache.hit(login, password, &c.password_hash) {
+                return (
+                    AuthOutcome::Success(Principal {
+                        account_id: c.account_id,
+                        address: c.address.clone(),
+                    }),
+                    Some(c.account_id),
+                    Ok(()),
+                );
+            }
+        }
         let (phc, account) = match &cred {
             Some(c) => (c.password_hash.clone(), Some(c.account_id)),
             None => (self.dummy_hash.clone(), None),
@@ -251,14 +429,17 @@ impl Authenticator {
                 Some(c.account_id),
                 Err(FailureReason::Disabled),
             ),
-            Some(c) => (
-                AuthOutcome::Success(Principal {
-                    account_id: c.account_id,
-                    address: c.address,
-                }),
-                Some(c.account_id),
-                Ok(()),
-            ),
+            Some(c) => {
+                self.cache.insert(login, password, &c.password_hash);
+                (
+                    AuthOutcome::Success(Principal {
+                        account_id: c.account_id,
+                        address: c.address,
+                    }),
+                    Some(c.account_id),
+                    Ok(()),
+                )
+            }
         }
     }
 }
@@ -354,6 +535,95 @@ mod tests {
                 Err(FailureReason::Disabled)
             ]
         );
+    }
+
+    /// A store whose credential can be changed between attempts.
+    struct MutStore(Mutex<StoredCredential>);
+    #[async_trait::async_trait]
+    impl CredentialStore for MutStore {
+        async fn credential(
+            &self,
+            login: &str,
+        ) -> Result<Option<StoredCredential>, CredentialStoreError> {
+            let c = self.0.lock().unwrap().clone();
+            Ok((c.address == login).then_some(c))
+        }
+    }
+
+    /// Counts verifications, to see the cache at work.
+    struct Counting(Argon2Hasher, std::sync::atomic::AtomicUsize);
+    impl PasswordHasher for Counting {
+        fn hash(&self, pw: &[u8]) -> Result<String, HashError> {
+            self.0.hash(pw)
+        }
+        fn verify(&self, pw: &[u8], phc: &str) -> bool {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.verify(pw, phc)
+        }
+    }
+
+    #[tokio::test]
+    async fn cache_skips_argon2_and_is_void_after_change_or_disable() {
+        let hasher = Arc::new(Counting(
+            Argon2Hasher::new(64, 1, 1).unwrap(),
+            Default::default(),
+        ));
+        let old = hasher.hash(b"old password").unwrap();
+        let store = Arc::new(MutStore(Mutex::new(StoredCredential {
+            account_id: 1,
+            address: "a@x.test".into(),
+            password_hash: old,
+            disabled: false,
+        })));
+        let auth = Authenticator::new(
+            store.clone(),
+            HashPool::new(hasher.clone(), 2, Duration::from_secs(1)),
+            Arc::new(TracingAudit),
+        )
+        .unwrap()
+        .with_cache_ttl(Duration::from_secs(60));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let login = |pw: &'static str| {
+            let auth = &auth;
+            async move {
+                let pw = SecretString::from(pw);
+                auth.authenticate(LoginAttempt {
+                    username: "a@x.test",
+                    password: &pw,
+                    protocol: "imap",
+                    mechanism: "PLAIN",
+                    remote_ip: ip,
+                    tls: Some("TLSv1.3"),
+                })
+                .await
+            }
+        };
+        let count = || hasher.1.load(std::sync::atomic::Ordering::SeqCst);
+        let base = count();
+        assert!(matches!(
+            login("old password").await,
+            AuthOutcome::Success(_)
+        ));
+        assert_eq!(count(), base + 1);
+        assert!(matches!(
+            login("old password").await,
+            AuthOutcome::Success(_)
+        ));
+        assert_eq!(count(), base + 1, "second login must come from the cache");
+        // a wrong password is never answered from the cache
+        assert_eq!(login("other password").await, AuthOutcome::Failure);
+        assert_eq!(count(), base + 2);
+        // disabled: refused although cached
+        store.0.lock().unwrap().disabled = true;
+        assert_eq!(login("old password").await, AuthOutcome::Failure);
+        store.0.lock().unwrap().disabled = false;
+        // password changed: the old one no longer works, cache or not
+        store.0.lock().unwrap().password_hash = hasher.hash(b"new password").unwrap();
+        assert_eq!(login("old password").await, AuthOutcome::Failure);
+        assert!(matches!(
+            login("new password").await,
+            AuthOutcome::Success(_)
+        ));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct Config {
     #[serde(default)]
     pub smtp: SmtpConfig,
     #[serde(default)]
+    pub defence: DefenceConfig,
+    #[serde(default)]
     pub imap: ImapConfig,
     #[serde(default)]
     pub pop3: Pop3Config,
@@ -171,6 +173,14 @@ pub struct AuthConfig {
     /// How long an attempt waits for a free verification slot before a temporary failure.
     #[serde(default = "d_verify_wait")]
     pub verification_queue_ms: u64,
+    /// How long a successfully verified password is remembered (as a keyed hash) so that
+    /// reconnecting clients skip argon2; 0 turns the cache off.
+    #[serde(default = "d_cache")]
+    pub credential_cache_secs: u64,
+}
+
+fn d_cache() -> u64 {
+    300
 }
 
 impl Default for AuthConfig {
@@ -181,6 +191,7 @@ impl Default for AuthConfig {
             argon2_parallelism: d_p(),
             max_concurrent_verifications: 0,
             verification_queue_ms: d_verify_wait(),
+            credential_cache_secs: d_cache(),
         }
     }
 }
@@ -272,6 +283,120 @@ impl Default for SmtpConfig {
             max_connections: d_conns(),
             max_connections_per_ip: d_conns_ip(),
             received_tls_details: false,
+        }
+    }
+}
+
+/// Throttling, bans and lockout (one mechanism for SMTP, IMAP and POP3), checked before any
+/// password hashing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefenceConfig {
+    /// Window of the per-IP, per-network and short per-account failure counters.
+    #[serde(default = "d_def_window")]
+    pub window_secs: u64,
+    /// Failures from one IP address within the window before it is banned.
+    #[serde(default = "d_def_ip")]
+    pub ip_max_failures: u32,
+    /// Failures from one network (IPv4 /24, IPv6 /64) within the window before it is banned.
+    #[serde(default = "d_def_net")]
+    pub network_max_failures: u32,
+    /// Failures against one account from unknown clients within the window before the account
+    /// is locked for unknown clients.
+    #[serde(default = "d_def_ip")]
+    pub account_max_failures: u32,
+    /// The long window that catches slow attacks on one account, and its limit.
+    #[serde(default = "d_def_long")]
+    pub account_long_window_secs: u64,
+    #[serde(default = "d_def_long_max")]
+    pub account_long_max_failures: u32,
+    /// How long an account stays locked for unknown clients.
+    #[serde(default = "d_def_window")]
+    pub account_lockout_secs: u64,
+    /// First ban; each repeat offence within `offender_memory_secs` doubles it, up to the cap.
+    #[serde(default = "d_def_ban")]
+    pub ban_secs: u64,
+    #[serde(default = "d_def_long")]
+    pub ban_max_secs: u64,
+    #[serde(default = "d_def_offender")]
+    pub offender_memory_secs: u64,
+    /// A source that logged in to an account within this period is a known client of it and is
+    /// not locked out by attacks on the account from elsewhere.
+    #[serde(default = "d_def_known")]
+    pub known_client_days: u64,
+    /// The same wrong password from the same source within this period counts once.
+    #[serde(default = "d_def_same")]
+    pub same_password_secs: u64,
+    /// Delay before answering a failed login: base doubling per failure of the source, capped.
+    #[serde(default = "d_def_delay")]
+    pub failure_delay_ms: u64,
+    #[serde(default = "d_def_delay_max")]
+    pub failure_delay_max_ms: u64,
+    /// Networks (CIDR) never throttled or banned, e.g. the admins' office.
+    #[serde(default)]
+    pub allowlist: Vec<String>,
+    /// Audit log rows older than this are deleted (0 keeps everything).
+    #[serde(default = "d_def_retention")]
+    pub audit_retention_days: u64,
+}
+
+fn d_def_retention() -> u64 {
+    365
+}
+
+fn d_def_window() -> u64 {
+    900
+}
+fn d_def_ip() -> u32 {
+    10
+}
+fn d_def_net() -> u32 {
+    30
+}
+fn d_def_long() -> u64 {
+    86400
+}
+fn d_def_long_max() -> u32 {
+    50
+}
+fn d_def_ban() -> u64 {
+    600
+}
+fn d_def_offender() -> u64 {
+    7 * 86400
+}
+fn d_def_known() -> u64 {
+    30
+}
+fn d_def_same() -> u64 {
+    3600
+}
+fn d_def_delay() -> u64 {
+    250
+}
+fn d_def_delay_max() -> u64 {
+    4000
+}
+
+impl Default for DefenceConfig {
+    fn default() -> Self {
+        DefenceConfig {
+            window_secs: d_def_window(),
+            ip_max_failures: d_def_ip(),
+            network_max_failures: d_def_net(),
+            account_max_failures: d_def_ip(),
+            account_long_window_secs: d_def_long(),
+            account_long_max_failures: d_def_long_max(),
+            account_lockout_secs: d_def_window(),
+            ban_secs: d_def_ban(),
+            ban_max_secs: d_def_long(),
+            offender_memory_secs: d_def_offender(),
+            known_client_days: d_def_known(),
+            same_password_secs: d_def_same(),
+            failure_delay_ms: d_def_delay(),
+            failure_delay_max_ms: d_def_delay_max(),
+            allowlist: Vec::new(),
+            audit_retention_days: d_def_retention(),
         }
     }
 }
@@ -523,6 +648,24 @@ impl Config {
         if s.max_connections_per_ip == 0 || s.max_auth_failures == 0 || s.max_errors == 0 {
             return Err("smtp.max_connections_per_ip, smtp.max_auth_failures and smtp.max_errors must be at least 1".into());
         }
+        let d = &self.defence;
+        if d.window_secs == 0
+            || d.ip_max_failures == 0
+            || d.network_max_failures == 0
+            || d.account_max_failures == 0
+            || d.account_long_max_failures == 0
+            || d.ban_secs == 0
+            || d.ban_max_secs < d.ban_secs
+        {
+            return Err("defence: windows, limits and ban_secs must be at least 1, and ban_max_secs at least ban_secs".into());
+        }
+        for a in &d.allowlist {
+            if !valid_cidr(a) {
+                return Err(format!(
+                    "defence.allowlist: {a:?} is not an IP address or CIDR network"
+                ));
+            }
+        }
         let i = &self.imap;
         if i.max_command_size < 8192 || i.max_append_size < 1024 {
             return Err("imap.max_command_size must be at least 8192 and imap.max_append_size at least 1024".into());
@@ -574,6 +717,20 @@ impl Config {
 }
 
 /// The file `postern init` writes: every listener on `ip` at its standard port plus `port_offset`.
+fn valid_cidr(s: &str) -> bool {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    match a.trim().parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            p.is_none_or(|p| p.trim().parse::<u8>().is_ok_and(|p| p <= max))
+        }
+        Err(_) => false,
+    }
+}
+
 pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u16) -> String {
     let mut out = format!(
         "# Postern configuration. Every key and its default is described in docs/configuration.md.\n\

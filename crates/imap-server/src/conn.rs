@@ -38,6 +38,9 @@ pub struct Conn {
     max_append: usize,
     line_start: usize,
     in_literal: bool,
+    /// Read buffer: small while waiting for a command (10,000 idle sessions must stay cheap),
+    /// larger while a literal streams in.
+    rbuf: Vec<u8>,
 }
 
 fn is_append(line: &[u8]) -> bool {
@@ -54,12 +57,13 @@ impl Conn {
         Conn {
             stream: Some(stream),
             frag: Fragmentizer::new((max_append + max_line) as u32),
-            out: Vec::with_capacity(4096),
+            out: Vec::new(),
             max_line,
             max_literal: max_line,
             max_append,
             line_start: 0,
             in_literal: false,
+            rbuf: Vec::new(),
         }
     }
 
@@ -126,8 +130,8 @@ impl Conn {
         if !self.out.is_empty() {
             stream.write_all(&self.out).await?;
             self.out.clear();
-            if self.out.capacity() > 1 << 20 {
-                self.out = Vec::with_capacity(4096);
+            if self.out.capacity() > 1 << 16 {
+                self.out = Vec::new();
             }
         }
         stream.flush().await
@@ -149,7 +153,6 @@ impl Conn {
     /// Reads the next complete message, sending continuation requests for accepted synchronizing
     /// literals. `idle` bounds the wait for each chunk of input.
     pub async fn read_message(&mut self, idle: Duration) -> Input {
-        let mut buf = [0u8; 16384];
         loop {
             match self.frag.progress() {
                 Some(FragmentInfo::Line {
@@ -206,15 +209,19 @@ impl Conn {
                     {
                         return Input::TooLong;
                     }
-                    let Ok(stream) = self.stream() else {
+                    let want = if self.in_literal { 16384 } else { 1024 };
+                    if self.rbuf.len() != want {
+                        self.rbuf = vec![0; want];
+                    }
+                    let Some(stream) = self.stream.as_mut() else {
                         return Input::Closed;
                     };
-                    let n = match tokio::time::timeout(idle, stream.read(&mut buf)).await {
+                    let n = match tokio::time::timeout(idle, stream.read(&mut self.rbuf)).await {
                         Err(_) => return Input::Timeout,
                         Ok(Err(_)) | Ok(Ok(0)) => return Input::Closed,
                         Ok(Ok(n)) => n,
                     };
-                    self.frag.enqueue_bytes(&buf[..n]);
+                    self.frag.enqueue_bytes(&self.rbuf[..n]);
                 }
             }
         }

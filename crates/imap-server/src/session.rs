@@ -303,9 +303,17 @@ impl Session {
                     continue;
                 }
             };
-            match self.command(cmd).await {
-                Flow::Continue => {}
-                Flow::Close => return,
+            // IDLE runs here, unboxed and small, because sessions spend their lives in it; every
+            // other command runs as a boxed future, so that the large state of FETCH or SEARCH is
+            // allocated only while one runs (10,000 idle sessions stay cheap).
+            let flow = if matches!(cmd.body, CommandBody::Idle) && self.principal.is_some() {
+                let tag = cmd.tag.inner().to_owned();
+                self.idle(&tag).await
+            } else {
+                Box::pin(self.command(cmd)).await
+            };
+            if let Flow::Close = flow {
+                return;
             }
         }
     }
@@ -670,6 +678,13 @@ impl Session {
                 self.principal = Some(p);
                 let caps = self.capabilities();
                 self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))
+            }
+            AuthOutcome::Refused => {
+                self.conn.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Too many failed logins from your address; try again later"
+                ));
+                self.conn.line("* BYE Try again later");
+                Flow::Close
             }
             AuthOutcome::TemporaryFailure => self.no(
                 tag,

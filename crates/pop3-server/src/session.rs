@@ -557,6 +557,12 @@ impl Session {
             .await;
         let p = match outcome {
             AuthOutcome::Success(p) => p,
+            AuthOutcome::Refused => {
+                self.conn.send(
+                    "-ERR [SYS/TEMP] Too many failed logins from your address; try again later",
+                );
+                return Flow::Close;
+            }
             AuthOutcome::TemporaryFailure => {
                 self.conn
                     .send("-ERR [SYS/TEMP] Temporary authentication failure, try again later");

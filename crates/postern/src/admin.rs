@@ -282,6 +282,30 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 if *on { "on" } else { "off" }
             );
         }
+        UserCmd::Logins { address: a, limit } => {
+            let a = address(a)?;
+            let rows = store
+                .query_audit(&postern_store::audit::AuditQuery {
+                    account: Some(a.as_str().to_owned()),
+                    success_only: true,
+                    limit: *limit,
+                    ..Default::default()
+                })
+                .await?;
+            if rows.is_empty() {
+                println!("no recorded logins for {a}");
+            }
+            for r in rows {
+                println!(
+                    "{}  {:<15}  {:<11} {:<6} {}",
+                    date(r.ts),
+                    r.ip.unwrap_or_default(),
+                    r.protocol.unwrap_or_default(),
+                    r.mechanism.unwrap_or_default(),
+                    r.tls.unwrap_or_else(|| "no TLS".into())
+                );
+            }
+        }
         UserCmd::Pop3 { address: a, on } => {
             let a = address(a)?;
             store.set_pop3_enabled(&a, *on).await?;
@@ -334,6 +358,171 @@ pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
                     e.sender,
                     e.recipients.join(", ")
                 );
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// "90s", "10m", "2h", "7d", or plain seconds.
+pub fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (n, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('d') => (&s[..s.len() - 1], 86400),
+        Some('y') => (&s[..s.len() - 1], 365 * 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("invalid duration {s:?} (use e.g. 90s, 10m, 2h, 7d)"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("duration {s:?} is too long"))
+}
+
+pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
+    use crate::cli::BanCmd;
+    use postern_auth::guard::{Ban, Cidr};
+    let store = open_store(cfg).await?;
+    let target = |t: &str| Cidr::parse(t).map_err(anyhow::Error::msg);
+    match cmd {
+        BanCmd::List => {
+            let bans = store.list_bans().await?;
+            if bans.is_empty() {
+                println!("no active bans");
+            }
+            for b in bans {
+                println!(
+                    "{:<20} until {}  offences {}  {}",
+                    b.target.to_string(),
+                    date(b.until as i64),
+                    b.offences,
+                    b.reason
+                );
+            }
+        }
+        BanCmd::Add {
+            target: t,
+            duration,
+            reason,
+        } => {
+            let t = target(t)?;
+            let secs = parse_duration(duration)?;
+            let until = postern_store::now() as u64 + secs;
+            store
+                .put_ban(&Ban {
+                    target: t,
+                    until,
+                    reason: reason.clone(),
+                    offences: 1,
+                })
+                .await?;
+            store
+                .append_audit(&[postern_store::audit::NewAudit {
+                    ts: postern_store::now(),
+                    event: "ban".into(),
+                    ip: Some(t.to_string()),
+                    result: "admin".into(),
+                    reason: Some(reason.clone()),
+                    ..Default::default()
+                }])
+                .await?;
+            println!("{t} banned until {}", date(until as i64));
+        }
+        BanCmd::Remove { target: t } => {
+            let t = target(t)?;
+            if !store.remove_ban(&t).await? {
+                anyhow::bail!("no ban on {t}");
+            }
+            store
+                .append_audit(&[postern_store::audit::NewAudit {
+                    ts: postern_store::now(),
+                    event: "unban".into(),
+                    ip: Some(t.to_string()),
+                    result: "admin".into(),
+                    ..Default::default()
+                }])
+                .await?;
+            println!("ban on {t} lifted (the server applies it within 2 seconds)");
+        }
+        BanCmd::Clear => {
+            let n = store.clear_bans().await?;
+            store
+                .append_audit(&[postern_store::audit::NewAudit {
+                    ts: postern_store::now(),
+                    event: "unban".into(),
+                    ip: Some("*".into()),
+                    result: "admin".into(),
+                    ..Default::default()
+                }])
+                .await?;
+            println!("{n} ban(s) lifted");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()> {
+    use crate::cli::AuditLogCmd;
+    let store = open_store(cfg).await?;
+    match cmd {
+        AuditLogCmd::Verify => match store.verify_audit().await? {
+            Ok(n) => println!("audit log intact: {n} row(s) checked"),
+            Err(e) => {
+                store.close().await;
+                anyhow::bail!("audit log tampered with: {e}");
+            }
+        },
+        AuditLogCmd::Query {
+            account,
+            ip,
+            since,
+            result,
+            limit,
+            json,
+        } => {
+            let since = match since {
+                None => None,
+                Some(s) if s.chars().all(|c| c.is_ascii_digit()) && s.len() > 6 => {
+                    Some(s.parse::<i64>()?)
+                }
+                Some(s) => Some(postern_store::now() - parse_duration(s)? as i64),
+            };
+            let rows = store
+                .query_audit(&postern_store::audit::AuditQuery {
+                    account: account.clone(),
+                    ip: ip.clone(),
+                    since,
+                    failed_only: result.as_deref() == Some("failed"),
+                    success_only: result.as_deref() == Some("ok"),
+                    limit: *limit,
+                })
+                .await?;
+            for r in rows {
+                if *json {
+                    let o = serde_json::json!({
+                        "id": r.id, "ts": r.ts, "time": date(r.ts), "event": r.event,
+                        "protocol": r.protocol, "ip": r.ip, "username": r.username,
+                        "account_id": r.account_id, "mechanism": r.mechanism, "tls": r.tls,
+                        "result": r.result, "reason": r.reason,
+                    });
+                    println!("{o}");
+                } else {
+                    println!(
+                        "{}  {:<6} {:<7} {:<11} {:<15} {:<30} {}",
+                        date(r.ts),
+                        r.event,
+                        r.result,
+                        r.protocol.unwrap_or_default(),
+                        r.ip.unwrap_or_default(),
+                        r.username.unwrap_or_default(),
+                        r.reason.unwrap_or_default()
+                    );
+                }
             }
         }
     }

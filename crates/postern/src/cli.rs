@@ -71,8 +71,57 @@ pub enum Command {
     /// The outbound queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// Bans of source addresses and networks; works while the server runs.
+    #[command(subcommand)]
+    Ban(BanCmd),
+    /// The append-only, hash-chained audit log of authentication events.
+    #[command(subcommand, name = "audit-log")]
+    AuditLog(AuditLogCmd),
     /// Load and validate the configuration, then print a summary.
     CheckConfig,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BanCmd {
+    /// Active bans.
+    List,
+    /// Ban an address or CIDR network.
+    Add {
+        target: String,
+        /// Duration: 90s, 10m, 2h, 7d.
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        #[arg(long, default_value = "banned by the administrator")]
+        reason: String,
+    },
+    /// Lift a ban (an admin who banned themselves recovers from the host's shell).
+    Remove { target: String },
+    /// Lift every ban.
+    Clear,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditLogCmd {
+    /// Check the hash chain: finds an edited or deleted row.
+    Verify,
+    /// Search the audit log.
+    Query {
+        /// Login name as typed (normalised to lower case).
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        /// Unix time, or a duration back from now (30m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only failed attempts.
+        #[arg(long, value_parser = ["failed", "ok"])]
+        result: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +171,12 @@ pub enum UserCmd {
         address: String,
         #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         on: bool,
+    },
+    /// Recent successful logins: when, from where, through which door.
+    Logins {
+        address: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
     },
     /// Allow or refuse POP3 for this account ("prefer IMAP"; IMAP is unaffected).
     Pop3 {
@@ -195,6 +250,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::User(c) => crate::admin::user(&cli.load_config()?, c).await,
         Command::Alias(c) => crate::admin::alias(&cli.load_config()?, c).await,
         Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
+        Command::Ban(c) => crate::admin::ban(&cli.load_config()?, c).await,
+        Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use postern_auth::{Authenticator, HashPool, TracingAudit};
+use postern_auth::{Authenticator, HashPool};
 use postern_config::{Config, LogFormat, Protocol};
 use postern_net::ConnLimiter;
 use postern_smtp::SmtpServer;
@@ -61,11 +61,39 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         a.max_concurrent_verifications,
         Duration::from_millis(a.verification_queue_ms),
     );
-    let auth = Arc::new(Authenticator::new(
-        Arc::new(store.clone()),
-        pool,
-        Arc::new(TracingAudit),
-    )?);
+    let audit = postern_store::audit::AuditWriter::start(store.clone());
+    let guard = Arc::new(postern_auth::guard::Guard::new(
+        guard_config(&cfg)?,
+        Arc::new(postern_auth::guard::SystemClock),
+        Some(Arc::new(store.clone())),
+    ));
+    guard.sync_bans().await;
+    let auth = Arc::new(
+        Authenticator::new(Arc::new(store.clone()), pool, audit.clone())?
+            .with_cache_ttl(Duration::from_secs(a.credential_cache_secs))
+            .with_guard(guard.clone()),
+    );
+    // Bans added or lifted with `postern ban` reach the running server within 2 s; the audit
+    // log is trimmed to its retention once an hour.
+    {
+        let guard = guard.clone();
+        let store = store.clone();
+        let retention = cfg.defence.audit_retention_days;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut n: u64 = 0;
+            loop {
+                tick.tick().await;
+                guard.sync_bans().await;
+                n += 1;
+                if n % 1800 == 1 {
+                    if let Err(e) = store.prune_audit(retention).await {
+                        tracing::warn!(error = %e, "audit log retention failed");
+                    }
+                }
+            }
+        });
+    }
     let smtp = Arc::new(SmtpServer {
         hostname: cfg.server.hostname.clone(),
         config: cfg.smtp.clone(),
@@ -120,6 +148,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let addr = listener.local_addr()?;
         tracing::info!(protocol = protocol.name(), address = %addr, "listening");
         let token = shutdown.clone();
+        let guard = guard.clone();
         let task = match protocol {
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => {
                 let smtp = smtp.clone();
@@ -129,14 +158,18 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     shutdown.clone(),
                     tracker.clone(),
                     move |tcp, peer, admission| {
-                        postern_smtp::handle_connection(
-                            smtp.clone(),
-                            protocol,
-                            tcp,
-                            peer,
-                            admission,
-                            token.clone(),
-                        )
+                        let srv = smtp.clone();
+                        let token = token.clone();
+                        let guard = guard.clone();
+                        async move {
+                            if refuse_banned(&guard, protocol, peer) {
+                                return;
+                            }
+                            postern_smtp::handle_connection(
+                                srv, protocol, tcp, peer, admission, token,
+                            )
+                            .await
+                        }
                     },
                 ))
             }
@@ -148,14 +181,18 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     shutdown.clone(),
                     tracker.clone(),
                     move |tcp, peer, admission| {
-                        postern_imap::handle_connection(
-                            imap.clone(),
-                            protocol,
-                            tcp,
-                            peer,
-                            admission,
-                            token.clone(),
-                        )
+                        let srv = imap.clone();
+                        let token = token.clone();
+                        let guard = guard.clone();
+                        async move {
+                            if refuse_banned(&guard, protocol, peer) {
+                                return;
+                            }
+                            postern_imap::handle_connection(
+                                srv, protocol, tcp, peer, admission, token,
+                            )
+                            .await
+                        }
                     },
                 ))
             }
@@ -167,14 +204,18 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     shutdown.clone(),
                     tracker.clone(),
                     move |tcp, peer, admission| {
-                        postern_pop3::handle_connection(
-                            pop3.clone(),
-                            protocol,
-                            tcp,
-                            peer,
-                            admission,
-                            token.clone(),
-                        )
+                        let srv = pop3.clone();
+                        let token = token.clone();
+                        let guard = guard.clone();
+                        async move {
+                            if refuse_banned(&guard, protocol, peer) {
+                                return;
+                            }
+                            postern_pop3::handle_connection(
+                                srv, protocol, tcp, peer, admission, token,
+                            )
+                            .await
+                        }
                     },
                 ))
             }
@@ -206,6 +247,48 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     store.close().await;
     tracing::info!("postern stopped");
     Ok(())
+}
+
+/// Bans are enforced at accept: the TCP connection is closed before any greeting or TLS work.
+fn refuse_banned(
+    guard: &postern_auth::guard::Guard,
+    protocol: Protocol,
+    peer: std::net::SocketAddr,
+) -> bool {
+    match guard.ban_of(peer.ip()) {
+        Some(b) => {
+            tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), ban = %b.target, "connection from a banned source closed");
+            true
+        }
+        None => false,
+    }
+}
+
+fn guard_config(cfg: &Config) -> Result<postern_auth::guard::GuardConfig> {
+    use postern_auth::guard::{Cidr, GuardConfig};
+    let d = &cfg.defence;
+    Ok(GuardConfig {
+        window_secs: d.window_secs,
+        ip_max_failures: d.ip_max_failures,
+        network_max_failures: d.network_max_failures,
+        account_max_failures: d.account_max_failures,
+        account_long_window_secs: d.account_long_window_secs,
+        account_long_max_failures: d.account_long_max_failures,
+        account_lockout_secs: d.account_lockout_secs,
+        ban_secs: d.ban_secs,
+        ban_max_secs: d.ban_max_secs,
+        offender_memory_secs: d.offender_memory_secs,
+        known_client_secs: d.known_client_days.saturating_mul(86400),
+        same_password_secs: d.same_password_secs,
+        failure_delay_ms: d.failure_delay_ms,
+        failure_delay_max_ms: d.failure_delay_max_ms,
+        allowlist: d
+            .allowlist
+            .iter()
+            .map(|a| Cidr::parse(a).map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()
+            .context("defence.allowlist")?,
+    })
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -510,6 +510,13 @@ impl Session {
             AuthOutcome::TemporaryFailure => {
                 self.error("454 4.7.0 Temporary authentication failure, try again later")
             }
+            AuthOutcome::Refused => {
+                let h = self.host().to_owned();
+                self.conn.reply(&format!(
+                    "421 4.7.0 {h} Too many failed logins from your address; try again later"
+                ));
+                Flow::Close(Close::TooManyAuthFailures)
+            }
             AuthOutcome::Failure => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.srv.config.max_auth_failures {

@@ -7,6 +7,7 @@
 //! 250 only after [`Store::deliver_local`] or [`Store::enqueue`] returned.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod blob;
 pub mod mailbox;
 
@@ -51,7 +52,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -708,6 +709,16 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             .execute(&mut *tx)
             .await?;
         sqlx::query("PRAGMA user_version = 2")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    if version < 3 {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(include_str!("schema_v3.sql"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("PRAGMA user_version = 3")
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -1,0 +1,774 @@
+//! Throttling, bans and lockout, decided before any password hashing.
+//!
+//! One mechanism for SMTP, IMAP and POP3, kept in memory (a cluster would put the same counters in
+//! Redis behind [`Guard`]'s methods). Every decision takes the time from an injected [`Clock`], so
+//! windows, escalation and expiry are unit-tested without sleeping.
+//!
+//! * Per source IP, per network (IPv4 /24, IPv6 /64) and per account failure counters over a short
+//!   window, plus a long window per account for slow attacks.
+//! * A source over its limit is banned; repeat offenders get longer bans (doubling, capped); bans
+//!   expire. Allowlisted networks are never throttled or banned.
+//! * Account lockout applies to **unknown clients only**: a source from which the account logged in
+//!   successfully within `known_client_days` is not locked out by an attack from elsewhere.
+//! * The same wrong password from the same source counts once: a short-lived HMAC (per-process
+//!   key) of (account, source, password) remembers recent failures; neither the password nor an
+//!   unkeyed hash of it is kept.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Seconds since the Unix epoch.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+
+    /// The network a source counts in: /24 for IPv4, /64 for IPv6.
+    pub fn network_of(ip: IpAddr) -> Cidr {
+        let ip = canonical(ip);
+        let prefix = if ip.is_ipv4() { 24 } else { 64 };
+        Cidr {
+            addr: mask(ip, prefix),
+            prefix,
+        }
+    }
+
+    pub fn host(ip: IpAddr) -> Cidr {
+        let ip = canonical(ip);
+        Cidr {
+            addr: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == host {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// Limits, from `[defence]` in the configuration.
+#[derive(Debug, Clone)]
+pub struct GuardConfig {
+    pub window_secs: u64,
+    pub ip_max_failures: u32,
+    pub network_max_failures: u32,
+    pub account_max_failures: u32,
+    pub account_long_window_secs: u64,
+    pub account_long_max_failures: u32,
+    pub account_lockout_secs: u64,
+    pub ban_secs: u64,
+    pub ban_max_secs: u64,
+    pub offender_memory_secs: u64,
+    pub known_client_secs: u64,
+    pub same_password_secs: u64,
+    pub failure_delay_ms: u64,
+    pub failure_delay_max_ms: u64,
+    pub allowlist: Vec<Cidr>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            window_secs: 900,
+            ip_max_failures: 10,
+            network_max_failures: 30,
+            account_max_failures: 10,
+            account_long_window_secs: 86400,
+            account_long_max_failures: 50,
+            account_lockout_secs: 900,
+            ban_secs: 600,
+            ban_max_secs: 86400,
+            offender_memory_secs: 7 * 86400,
+            known_client_secs: 30 * 86400,
+            same_password_secs: 3600,
+            failure_delay_ms: 250,
+            failure_delay_max_ms: 4000,
+            allowlist: Vec::new(),
+        }
+    }
+}
+
+/// A ban on a host or a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub target: Cidr,
+    pub until: u64,
+    pub reason: String,
+    /// How many bans this target has had within `offender_memory_secs` (for escalation).
+    pub offences: u32,
+}
+
+/// Where bans live so that the CLI sees and lifts them while the server runs.
+#[async_trait::async_trait]
+pub trait BanStore: Send + Sync {
+    async fn save_ban(&self, ban: &Ban) -> Result<(), String>;
+    async fn load_bans(&self, now: u64) -> Result<Vec<Ban>, String>;
+}
+
+/// What the guard says before a password is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// The source (or its network) is banned: no hashing, temporary failure, disconnect.
+    Banned,
+    /// The account is locked for this (unknown) source: treated as a failure without hashing.
+    Locked,
+}
+
+/// What the guard decided after a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureEffect {
+    /// Delay before answering the failure.
+    pub delay_ms: u64,
+    /// A ban that this failure caused.
+    pub banned: Option<Ban>,
+    /// The account became locked for unknown sources.
+    pub locked: bool,
+    /// The failure repeated a recent identical wrong password and was not counted.
+    pub repeat: bool,
+}
+
+#[derive(Default)]
+struct Window {
+    /// Failure times, oldest first; trimmed to the window on every use.
+    times: Vec<u64>,
+}
+
+impl Window {
+    fn count(&mut self, now: u64, window: u64) -> u32 {
+        let cut = now.saturating_sub(window);
+        self.times.retain(|&t| t > cut);
+        self.times.len() as u32
+    }
+    fn add(&mut self, now: u64, window: u64, cap: usize) -> u32 {
+        self.count(now, window);
+        if self.times.len() < cap {
+            self.times.push(now);
+        }
+        self.times.len() as u32
+    }
+}
+
+#[derive(Default)]
+struct State {
+    ip: HashMap<IpAddr, Window>,
+    net: HashMap<Cidr, Window>,
+    account: HashMap<String, Window>,
+    account_long: HashMap<String, Window>,
+    locked_until: HashMap<String, u64>,
+    /// (account, source) -> last successful login.
+    known: HashMap<(String, IpAddr), u64>,
+    /// HMAC of (account, source, password) -> time of the failure.
+    recent_wrong: HashMap<[u8; 32], u64>,
+    bans: HashMap<Cidr, Ban>,
+    /// target -> (offences, last ban time), for escalation.
+    offenders: HashMap<Cidr, (u32, u64)>,
+    last_sweep: u64,
+}
+
+pub struct Guard {
+    cfg: GuardConfig,
+    clock: Arc<dyn Clock>,
+    key: zeroize::Zeroizing<[u8; 32]>,
+    state: Mutex<State>,
+    store: Option<Arc<dyn BanStore>>,
+}
+
+/// Bound on every per-key history, so that an attack cannot grow memory without limit.
+const MAX_TIMES: usize = 4096;
+
+impl Guard {
+    pub fn new(cfg: GuardConfig, clock: Arc<dyn Clock>, store: Option<Arc<dyn BanStore>>) -> Guard {
+        Guard {
+            cfg,
+            clock,
+            key: zeroize::Zeroizing::new(rand::random()),
+            state: Mutex::new(State::default()),
+            store,
+        }
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn allowlisted(&self, ip: IpAddr) -> bool {
+        self.cfg.allowlist.iter().any(|c| c.contains(ip))
+    }
+
+    /// The ban that applies to `ip`, if any (host or network).
+    pub fn ban_of(&self, ip: IpAddr) -> Option<Ban> {
+        if self.allowlisted(ip) {
+            return None;
+        }
+        let now = self.clock.now();
+        let st = self.lock();
+        st.bans
+            .values()
+            .find(|b| b.until > now && b.target.contains(ip))
+            .cloned()
+    }
+
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.ban_of(ip).is_some()
+    }
+
+    /// Replaces the in-memory bans with the stored ones (the CLI adds and lifts bans there).
+    pub async fn sync_bans(&self) {
+        let Some(store) = &self.store else { return };
+        let now = self.clock.now();
+        match store.load_bans(now).await {
+            Ok(bans) => {
+                let mut st = self.lock();
+                st.bans = bans.into_iter().map(|b| (b.target, b)).collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not load bans"),
+        }
+    }
+
+    fn fingerprint(&self, account: &str, ip: IpAddr, password: &SecretString) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.key[..])
+            .expect("HMAC takes any key length");
+        m.update(account.as_bytes());
+        m.update(&[0]);
+        m.update(canonical(ip).to_string().as_bytes());
+        m.update(&[0]);
+        m.update(password.expose_secret().as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    fn is_known(st: &State, cfg: &GuardConfig, account: &str, ip: IpAddr, now: u64) -> bool {
+        st.known
+            .get(&(account.to_owned(), canonical(ip)))
+            .is_some_and(|&t| now.saturating_sub(t) <= cfg.known_client_secs)
+    }
+
+    /// Before hashing: may `ip` try a password for `account`?
+    pub fn check(&self, ip: IpAddr, account: &str) -> Verdict {
+        if self.allowlisted(ip) {
+            return Verdict::Allow;
+        }
+        if self.is_banned(ip) {
+            return Verdict::Banned;
+        }
+        let now = self.clock.now();
+        let st = self.lock();
+        if st.locked_until.get(account).is_some_and(|&u| u > now)
+            && !Self::is_known(&st, &self.cfg, account, ip, now)
+        {
+            return Verdict::Locked;
+        }
+        Verdict::Allow
+    }
+
+    /// Records a successful login: the source becomes a known client of the account.
+    pub fn success(&self, ip: IpAddr, account: &str) {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.known.insert((account.to_owned(), canonical(ip)), now);
+        self.sweep(&mut st, now);
+    }
+
+    /// Records a failed login and returns what follows from it. `account` is the normalised login
+    /// name as typed (it need not exist: unknown names count the same).
+    pub async fn failure(
+        &self,
+        ip: IpAddr,
+        account: &str,
+        password: &SecretString,
+    ) -> FailureEffect {
+        let now = self.clock.now();
+        let fp = self.fingerprint(account, ip, password);
+        let mut effect = FailureEffect {
+            delay_ms: 0,
+            banned: None,
+            locked: false,
+            repeat: false,
+        };
+        let ban = {
+            let mut st = self.lock();
+            self.sweep(&mut st, now);
+            if st
+                .recent_wrong
+                .get(&fp)
+                .is_some_and(|&t| now.saturating_sub(t) <= self.cfg.same_password_secs)
+            {
+                // The same wrong password again (a phone with an old password): counted once.
+                effect.repeat = true;
+                st.recent_wrong.insert(fp, now);
+                let n = st
+                    .ip
+                    .entry(canonical(ip))
+                    .or_default()
+                    .count(now, self.cfg.window_secs);
+                effect.delay_ms = self.delay(n.max(1));
+                return effect;
+            }
+            st.recent_wrong.insert(fp, now);
+            if self.allowlisted(ip) {
+                effect.delay_ms = self.cfg.failure_delay_ms;
+                return effect;
+            }
+            let w = self.cfg.window_secs;
+            let n_ip = st
+                .ip
+                .entry(canonical(ip))
+                .or_default()
+                .add(now, w, MAX_TIMES);
+            let net = Cidr::network_of(ip);
+            let n_net = st.net.entry(net).or_default().add(now, w, MAX_TIMES);
+            if !Self::is_known(&st, &self.cfg, account, ip, now) {
+                let n_acc = st
+                    .account
+                    .entry(account.to_owned())
+                    .or_default()
+                    .add(now, w, MAX_TIMES);
+                let n_long = st.account_long.entry(account.to_owned()).or_default().add(
+                    now,
+                    self.cfg.account_long_window_secs,
+                    MAX_TIMES,
+                );
+                if n_acc >= self.cfg.account_max_failures
+                    || n_long >= self.cfg.account_long_max_failures
+                {
+                    let until = now + self.cfg.account_lockout_secs;
+                    if st.locked_until.get(account).is_none_or(|&u| u < until) {
+                        st.locked_until.insert(account.to_owned(), until);
+                        effect.locked = true;
+                    }
+                }
+            }
+            effect.delay_ms = self.delay(n_ip);
+            if n_ip >= self.cfg.ip_max_failures {
+                Some(self.ban_locked(&mut st, Cidr::host(ip), now, "too many failed logins"))
+            } else if n_net >= self.cfg.network_max_failures {
+                Some(self.ban_locked(&mut st, net, now, "too many failed logins from the network"))
+            } else {
+                None
+            }
+        };
+        if let Some(b) = ban {
+            if let Some(store) = &self.store {
+                if let Err(e) = store.save_ban(&b).await {
+                    tracing::error!(error = %e, "could not store a ban");
+                }
+            }
+            effect.banned = Some(b);
+        }
+        effect
+    }
+
+    /// Progressive delay: base × 2^(n−1), capped.
+    fn delay(&self, n: u32) -> u64 {
+        let shift = n.saturating_sub(1).min(20);
+        self.cfg
+            .failure_delay_ms
+            .saturating_mul(1u64 << shift)
+            .min(self.cfg.failure_delay_max_ms)
+    }
+
+    fn ban_locked(&self, st: &mut State, target: Cidr, now: u64, reason: &str) -> Ban {
+        let (prev, last) = st.offenders.get(&target).copied().unwrap_or((0, 0));
+        let offences = if prev > 0 && now.saturating_sub(last) <= self.cfg.offender_memory_secs {
+            prev + 1
+        } else {
+            1
+        };
+        let secs = self
+            .cfg
+            .ban_secs
+            .saturating_mul(1u64 << (offences - 1).min(30))
+            .min(self.cfg.ban_max_secs);
+        let ban = Ban {
+            target,
+            until: now + secs,
+            reason: reason.to_owned(),
+            offences,
+        };
+        st.offenders.insert(target, (offences, now));
+        st.bans.insert(target, ban.clone());
+        // A banned source starts from zero when the ban ends.
+        match target.prefix {
+            32 | 128 => {
+                st.ip.remove(&target.addr);
+            }
+            _ => {
+                st.net.remove(&target);
+            }
+        }
+        ban
+    }
+
+    /// Adds a ban by hand (`postern ban add` goes through the store; this is for tests and the
+    /// server's own use).
+    pub fn ban(&self, target: Cidr, secs: u64, reason: &str) -> Ban {
+        let now = self.clock.now();
+        let ban = Ban {
+            target,
+            until: now + secs,
+            reason: reason.to_owned(),
+            offences: 1,
+        };
+        self.lock().bans.insert(target, ban.clone());
+        ban
+    }
+
+    pub fn unban(&self, target: &Cidr) -> bool {
+        self.lock().bans.remove(target).is_some()
+    }
+
+    /// Drops expired entries once a minute so that memory follows the attack, not its history.
+    fn sweep(&self, st: &mut State, now: u64) {
+        if now.saturating_sub(st.last_sweep) < 60 {
+            return;
+        }
+        st.last_sweep = now;
+        let w = self.cfg.window_secs;
+        let lw = self.cfg.account_long_window_secs;
+        st.ip.retain(|_, v| v.count(now, w) > 0);
+        st.net.retain(|_, v| v.count(now, w) > 0);
+        st.account.retain(|_, v| v.count(now, w) > 0);
+        st.account_long.retain(|_, v| v.count(now, lw) > 0);
+        st.locked_until.retain(|_, &mut u| u > now);
+        let kc = self.cfg.known_client_secs;
+        st.known.retain(|_, &mut t| now.saturating_sub(t) <= kc);
+        let sp = self.cfg.same_password_secs;
+        st.recent_wrong
+            .retain(|_, &mut t| now.saturating_sub(t) <= sp);
+        st.bans.retain(|_, b| b.until > now);
+        let om = self.cfg.offender_memory_secs;
+        st.offenders
+            .retain(|_, &mut (_, t)| now.saturating_sub(t) <= om);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Fake(AtomicU64);
+    impl Clock for Fake {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+    impl Fake {
+        fn advance(&self, s: u64) {
+            self.0.fetch_add(s, Ordering::SeqCst);
+        }
+    }
+
+    fn guard(cfg: GuardConfig) -> (Guard, Arc<Fake>) {
+        let clock = Arc::new(Fake(AtomicU64::new(1_000_000)));
+        (Guard::new(cfg, clock.clone(), None), clock)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn pw(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("10.1.2.3/8").unwrap();
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains(ip("10.200.0.1")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.0.0.9")));
+        assert_eq!(
+            Cidr::network_of(ip("192.0.2.77")).to_string(),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            Cidr::network_of(ip("2001:db8:1:2:3::4")).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense").is_err());
+        assert_eq!(Cidr::parse("127.0.0.1").unwrap().prefix, 32);
+    }
+
+    #[tokio::test]
+    async fn ip_ban_escalates_and_expires() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 3,
+            ban_secs: 100,
+            ban_max_secs: 350,
+            ..Default::default()
+        });
+        let a = ip("192.0.2.1");
+        for i in 0..2 {
+            let e = g
+                .failure(a, &format!("u{i}@x"), &pw(&format!("p{i}")))
+                .await;
+            assert!(e.banned.is_none());
+        }
+        let e = g.failure(a, "u9@x", &pw("p9")).await;
+        assert_eq!(e.banned.as_ref().unwrap().until, clock.now() + 100);
+        assert_eq!(g.check(a, "any@x"), Verdict::Banned);
+        clock.advance(101);
+        assert_eq!(g.check(a, "any@x"), Verdict::Allow);
+        // second offence: 200 s, third: 350 (capped)
+        for i in 0..3 {
+            g.failure(a, "v@x", &pw(&format!("q{i}"))).await;
+        }
+        assert_eq!(g.ban_of(a).unwrap().until, clock.now() + 200);
+        clock.advance(201);
+        for i in 0..3 {
+            g.failure(a, "w@x", &pw(&format!("r{i}"))).await;
+        }
+        assert_eq!(g.ban_of(a).unwrap().until, clock.now() + 350);
+        // other addresses are not affected
+        assert_eq!(g.check(ip("192.0.2.2"), "any@x"), Verdict::Allow);
+        assert!(g.unban(&Cidr::host(a)));
+        assert_eq!(g.check(a, "any@x"), Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn window_forgets_old_failures() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 3,
+            window_secs: 60,
+            ..Default::default()
+        });
+        let a = ip("192.0.2.1");
+        g.failure(a, "u@x", &pw("1")).await;
+        g.failure(a, "u@x", &pw("2")).await;
+        clock.advance(61);
+        let e = g.failure(a, "u@x", &pw("3")).await;
+        assert!(e.banned.is_none());
+    }
+
+    #[tokio::test]
+    async fn network_counter_bans_the_network() {
+        let (g, _) = guard(GuardConfig {
+            ip_max_failures: 100,
+            network_max_failures: 5,
+            ..Default::default()
+        });
+        for i in 1..=5 {
+            g.failure(ip(&format!("198.51.100.{i}")), "u@x", &pw(&format!("p{i}")))
+                .await;
+        }
+        assert_eq!(g.check(ip("198.51.100.200"), "z@x"), Verdict::Banned);
+        assert_eq!(g.check(ip("198.51.101.1"), "z@x"), Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn lockout_spares_known_clients() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 100,
+            network_max_failures: 100,
+            account_max_failures: 5,
+            account_lockout_secs: 300,
+            ..Default::default()
+        });
+        let home = ip("203.0.113.5");
+        g.success(home, "alice@x");
+        // distributed attack: one failure each from many addresses
+        for i in 1..=5 {
+            g.failure(
+                ip(&format!("10.{i}.0.1")),
+                "alice@x",
+                &pw(&format!("guess{i}")),
+            )
+            .await;
+        }
+        assert_eq!(g.check(ip("10.99.0.1"), "alice@x"), Verdict::Locked);
+        assert_eq!(
+            g.check(home, "alice@x"),
+            Verdict::Allow,
+            "the real user keeps working"
+        );
+        assert_eq!(g.check(ip("10.99.0.1"), "bob@x"), Verdict::Allow);
+        clock.advance(301);
+        assert_eq!(g.check(ip("10.99.0.1"), "alice@x"), Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn known_client_failures_do_not_lock_the_account() {
+        let (g, _) = guard(GuardConfig {
+            ip_max_failures: 100,
+            network_max_failures: 100,
+            account_max_failures: 3,
+            ..Default::default()
+        });
+        let home = ip("203.0.113.5");
+        g.success(home, "alice@x");
+        for i in 0..5 {
+            g.failure(home, "alice@x", &pw(&format!("typo{i}"))).await;
+        }
+        assert_eq!(g.check(ip("198.51.100.1"), "alice@x"), Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn slow_attack_caught_by_long_window() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 1000,
+            network_max_failures: 1000,
+            account_max_failures: 5,
+            window_secs: 600,
+            account_long_max_failures: 8,
+            account_long_window_secs: 86400,
+            ..Default::default()
+        });
+        for i in 0..8 {
+            clock.advance(3600); // one try an hour: never 5 in 10 minutes
+            g.failure(
+                ip(&format!("10.0.{i}.1")),
+                "alice@x",
+                &pw(&format!("slow{i}")),
+            )
+            .await;
+        }
+        assert_eq!(g.check(ip("10.50.0.1"), "alice@x"), Verdict::Locked);
+    }
+
+    #[tokio::test]
+    async fn same_wrong_password_counts_once() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 3,
+            account_max_failures: 3,
+            ..Default::default()
+        });
+        let phone = ip("192.0.2.9");
+        for _ in 0..50 {
+            let e = g.failure(phone, "alice@x", &pw("old password")).await;
+            assert!(e.banned.is_none() && !e.locked);
+        }
+        assert_eq!(g.check(phone, "alice@x"), Verdict::Allow);
+        // after the memory period it counts again, once
+        clock.advance(3601);
+        let e = g.failure(phone, "alice@x", &pw("old password")).await;
+        assert!(!e.repeat);
+    }
+
+    #[tokio::test]
+    async fn allowlisted_sources_are_never_banned() {
+        let (g, _) = guard(GuardConfig {
+            ip_max_failures: 2,
+            allowlist: vec![Cidr::parse("192.0.2.0/24").unwrap()],
+            ..Default::default()
+        });
+        let admin = ip("192.0.2.10");
+        for i in 0..20 {
+            let e = g.failure(admin, "root@x", &pw(&format!("x{i}"))).await;
+            assert!(e.banned.is_none());
+        }
+        g.ban(Cidr::host(admin), 100, "by hand");
+        assert_eq!(g.check(admin, "root@x"), Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn delays_grow_and_are_capped() {
+        let (g, _) = guard(GuardConfig {
+            ip_max_failures: 100,
+            failure_delay_ms: 100,
+            failure_delay_max_ms: 1000,
+            ..Default::default()
+        });
+        let a = ip("192.0.2.1");
+        let mut d = Vec::new();
+        for i in 0..6 {
+            d.push(g.failure(a, "u@x", &pw(&format!("{i}"))).await.delay_ms);
+        }
+        assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+}
