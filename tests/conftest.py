@@ -119,7 +119,7 @@ def wait_port(port, proc, timeout=20):
     raise RuntimeError(f"port {port} never opened")
 
 
-def init_dir(tmp_path, smtp_extra="", with_users=True):
+def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
     d = tmp_path / "data"
     off = free_offset()
     run_cli(d, "init", "--dir", str(d), "--domain", "example.test", "--hostname", "mail.example.test",
@@ -131,6 +131,9 @@ def init_dir(tmp_path, smtp_extra="", with_users=True):
         lines = [l for l in cfg.read_text().splitlines() if l.split("=")[0].strip() not in keys]
         text = "\n".join(lines) + "\n"
         cfg.write_text(text.replace("[smtp]\n", "[smtp]\n" + "\n".join(extra) + "\n"))
+    if toml_extra:
+        cfg = d / "postern.toml"
+        cfg.write_text(cfg.read_text() + "\n" + toml_extra.strip() + "\n")
     if with_users:
         run_cli(d, "user", "add", ALICE, "--password-stdin", stdin=ALICE_PW + "\n")
         run_cli(d, "user", "add", BOB, "--password-stdin", stdin=BOB_PW + "\n")
@@ -155,10 +158,10 @@ def make_server(tmp_path):
     """Factory: make_server(smtp_extra="max_recipients = 5") -> a running Server."""
     servers = []
 
-    def factory(smtp_extra="", extra_args=()):
+    def factory(smtp_extra="", extra_args=(), toml_extra=""):
         sub = tmp_path / f"s{len(servers)}"
         sub.mkdir()
-        d, off = init_dir(sub, smtp_extra)
+        d, off = init_dir(sub, smtp_extra, toml_extra=toml_extra)
         srv = start(d, off, extra_args)
         servers.append(srv)
         return srv

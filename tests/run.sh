@@ -13,6 +13,7 @@ command -v nmap >/dev/null 2>&1 || missing+=(nmap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+command -v hydra >/dev/null 2>&1 || missing+=(hydra)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
