@@ -210,3 +210,73 @@ def test_audit_log_chain_query_logins_and_tamper_detection(make_server):
         c.execute("DELETE FROM audit_log WHERE id = (SELECT MIN(id) + 1 FROM audit_log)")
     bad = srv.cli("audit-log", "verify", check=False)
     assert bad.returncode != 0 and "deleted" in bad.stderr
+
+
+def test_listener_allow_and_deny_lists(tmp_path):
+    from conftest import init_dir, start
+    d, off = init_dir(tmp_path)
+    cfg = d / "postern.toml"
+    text = cfg.read_text()
+    imaps = f'protocol = "imaps"\naddress = "127.0.0.1:{993 + off}"\n'
+    smtp = f'protocol = "smtp"\naddress = "127.0.0.1:{25 + off}"\n'
+    assert imaps in text and smtp in text
+    text = text.replace(imaps, imaps + 'deny = ["127.0.5.0/24"]\n')
+    text = text.replace(smtp, smtp + 'allow = ["127.0.0.0/24"]\n')
+    cfg.write_text(text)
+    srv = start(d, off)
+    try:
+        assert imap_login(srv.imaps, BOB, BOB_PW, "127.0.5.9") == "closed"
+        assert imap_login(srv.imaps, BOB, BOB_PW, "127.0.6.9") == "ok"
+        s = socket.create_connection(("127.0.0.1", srv.smtp), timeout=5, source_address=("127.0.9.1", 0))
+        s.settimeout(5)
+        assert s.recv(100) == b""
+        s.close()
+        s = socket.create_connection(("127.0.0.1", srv.smtp), timeout=5, source_address=("127.0.0.3", 0))
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"220")
+        s.close()
+    finally:
+        assert srv.stop() == 0
+    bad = cfg.read_text().replace('deny = ["127.0.5.0/24"]', 'deny = ["127.0.5.0/40"]')
+    cfg.write_text(bad)
+    p = subprocess.run([srv.proc.args[0], "--dir", str(d), "check-config"], capture_output=True, text=True)
+    assert p.returncode != 0 and "127.0.5.0/40" in p.stderr
+
+
+def test_account_allowed_networks(make_server):
+    srv = make_server()
+    srv.cli("user", "networks", BOB, "127.0.3.0/24")
+    assert "127.0.3.0/24" in srv.cli("user", "show", BOB).stdout
+    assert imap_login(srv.imaps, BOB, BOB_PW, "127.0.3.7") == "ok"
+    # the right password from elsewhere gets the same reply as a wrong one
+    assert imap_login(srv.imaps, BOB, BOB_PW, "127.0.4.7") == "fail"
+    rows = wait_audit(srv, 1, "reason = 'network_not_allowed'")
+    assert rows and rows[0][1] == "127.0.4.7"
+    srv.cli("user", "networks", BOB)
+    assert imap_login(srv.imaps, BOB, BOB_PW, "127.0.4.8") == "ok"
+
+
+def test_send_limits_per_account(make_server):
+    srv = make_server()
+    srv.cli("user", "send-limits", ALICE, "--messages-per-hour", "3", "--recipients-per-hour", "4")
+    msg = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: limit\r\n\r\nx\r\n"
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=10) as s:
+        s.login(ALICE, ALICE_PW)
+        s.sendmail(ALICE, [BOB], msg)
+        s.sendmail(ALICE, [BOB, "postmaster@example.test"], msg)
+        # 3 recipients used of 4: a message to two more is refused at the second RCPT
+        s.mail(ALICE)
+        assert s.rcpt(BOB)[0] == 250
+        code, text = s.rcpt("postmaster@example.test")
+        assert code == 451 and b"4.7.1" in text
+        s.rset()
+        s.sendmail(ALICE, [BOB], msg)  # the 4th recipient, 3rd message
+        s.mail(ALICE)
+        code, _ = s.rcpt(BOB)
+        assert code == 451
+    rows = wait_audit(srv, 1, "event = 'send_limit'")
+    assert rows and rows[0][2] == ALICE
+    # other accounts keep the defaults
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=10) as s:
+        s.login(BOB, BOB_PW)
+        s.sendmail(BOB, [ALICE], msg.replace("alice@", "x@").replace("From: x@", "From: bob@"))

@@ -32,6 +32,8 @@ pub struct StoredCredential {
     /// PHC string.
     pub password_hash: String,
     pub disabled: bool,
+    /// If not empty, logins are accepted only from these networks.
+    pub allowed_networks: Vec<guard::Cidr>,
 }
 
 impl std::fmt::Debug for StoredCredential {
@@ -103,6 +105,8 @@ pub enum FailureReason {
     Banned,
     /// The account is locked for unknown clients.
     Locked,
+    /// The password was right but the source is outside the account's allowed networks.
+    NetworkNotAllowed,
 }
 
 impl FailureReason {
@@ -115,6 +119,7 @@ impl FailureReason {
             FailureReason::StoreError => "store_error",
             FailureReason::Banned => "banned",
             FailureReason::Locked => "locked",
+            FailureReason::NetworkNotAllowed => "network_not_allowed",
         }
     }
 }
@@ -300,6 +305,17 @@ impl Authenticator {
         &self.guard
     }
 
+    /// Records a security event other than a login (send limit hit, ...) in the audit log.
+    pub fn note(
+        &self,
+        event: &'static str,
+        ip: Option<IpAddr>,
+        username: Option<&str>,
+        detail: &str,
+    ) {
+        self.audit.note(event, ip, username, detail);
+    }
+
     fn guard_now(&self) -> u64 {
         guard::SystemClock.now()
     }
@@ -323,7 +339,7 @@ impl Authenticator {
         let (mut outcome, account_id, result) = match self.guard.check(ip, &login) {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
-            guard::Verdict::Allow => self.decide(&login, attempt.password).await,
+            guard::Verdict::Allow => self.decide(&login, attempt.password, ip).await,
         };
         match (&outcome, result) {
             (AuthOutcome::Success(_), _) => self.guard.success(ip, &login),
@@ -378,6 +394,7 @@ impl Authenticator {
         &self,
         login: &str,
         password: &SecretString,
+        ip: IpAddr,
     ) -> (AuthOutcome, Option<i64>, Result<(), FailureReason>) {
         let cred = match self.store.credential(login).await {
             Ok(c) => c,
@@ -390,8 +407,11 @@ impl Authenticator {
                 );
             }
         };
+        let outside = |c: &StoredCredential| {
+            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip))
+        };
         if let Some(c) = &cred {
-            if !c.disabled && self.cache.hit(login, password, &c.password_hash) {
+            if !c.disabled && !outside(c) && self.cache.hit(login, password, &c.password_hash) {
                 return (
                     AuthOutcome::Success(Principal {
                         account_id: c.account_id,
@@ -428,6 +448,13 @@ impl Authenticator {
                 AuthOutcome::Failure,
                 Some(c.account_id),
                 Err(FailureReason::Disabled),
+            ),
+            // Checked after the hash so that the reply and its timing are those of a wrong
+            // password: an outsider learns nothing about the restriction.
+            Some(c) if outside(&c) => (
+                AuthOutcome::Failure,
+                Some(c.account_id),
+                Err(FailureReason::NetworkNotAllowed),
             ),
             Some(c) => {
                 self.cache.insert(login, password, &c.password_hash);
@@ -478,12 +505,14 @@ mod tests {
                 address: "a@x.test".into(),
                 password_hash: phc.clone(),
                 disabled: false,
+                allowed_networks: vec![],
             },
             StoredCredential {
                 account_id: 2,
                 address: "d@x.test".into(),
                 password_hash: phc,
                 disabled: true,
+                allowed_networks: vec![],
             },
         ]);
         let events = Arc::new(Events::default());
@@ -574,6 +603,7 @@ mod tests {
             address: "a@x.test".into(),
             password_hash: old,
             disabled: false,
+            allowed_networks: vec![],
         })));
         let auth = Authenticator::new(
             store.clone(),

@@ -133,6 +133,12 @@ impl Default for TlsConfig {
 pub struct ListenerConfig {
     pub protocol: Protocol,
     pub address: SocketAddr,
+    /// If not empty, only these networks (CIDR) may connect to this listener.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// These networks (CIDR) may not connect to this listener (checked after `allow`).
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +270,13 @@ pub struct SmtpConfig {
     /// Write the TLS version and cipher of inbound (port 25) connections into Received headers.
     #[serde(default)]
     pub received_tls_details: bool,
+    /// Messages an authenticated account may submit per hour (per-account override:
+    /// `postern user send-limits`). Beyond it: 451 4.7.1, the client keeps the message.
+    #[serde(default = "d_msgs_hour")]
+    pub max_messages_per_hour: u32,
+    /// Recipients an authenticated account may submit to per hour.
+    #[serde(default = "d_rcpts_hour")]
+    pub max_recipients_per_hour: u32,
 }
 
 impl Default for SmtpConfig {
@@ -283,8 +296,17 @@ impl Default for SmtpConfig {
             max_connections: d_conns(),
             max_connections_per_ip: d_conns_ip(),
             received_tls_details: false,
+            max_messages_per_hour: d_msgs_hour(),
+            max_recipients_per_hour: d_rcpts_hour(),
         }
     }
+}
+
+fn d_msgs_hour() -> u32 {
+    200
+}
+fn d_rcpts_hour() -> u32 {
+    1000
 }
 
 /// Throttling, bans and lockout (one mechanism for SMTP, IMAP and POP3), checked before any
@@ -658,6 +680,16 @@ impl Config {
             || d.ban_max_secs < d.ban_secs
         {
             return Err("defence: windows, limits and ban_secs must be at least 1, and ban_max_secs at least ban_secs".into());
+        }
+        for l in &self.listeners {
+            for a in l.allow.iter().chain(&l.deny) {
+                if !valid_cidr(a) {
+                    return Err(format!(
+                        "listener {}: {a:?} is not an IP address or CIDR network",
+                        l.address
+                    ));
+                }
+            }
         }
         for a in &d.allowlist {
             if !valid_cidr(a) {

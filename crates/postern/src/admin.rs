@@ -230,6 +230,15 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 "received details: {}",
                 if info.received_details { "on" } else { "off" }
             );
+            let nets = store.allowed_networks(info.id).await?;
+            println!(
+                "login from:       {}",
+                if nets.is_empty() {
+                    "anywhere".to_owned()
+                } else {
+                    nets.join(", ")
+                }
+            );
             println!(
                 "POP3:             {}",
                 if store.pop3_enabled(info.id).await? {
@@ -280,6 +289,39 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             println!(
                 "received details for {a}: {}",
                 if *on { "on" } else { "off" }
+            );
+        }
+        UserCmd::Networks {
+            address: a,
+            networks,
+        } => {
+            let a = address(a)?;
+            let mut nets = Vec::new();
+            for n in networks {
+                let c = postern_auth::guard::Cidr::parse(n).map_err(anyhow::Error::msg)?;
+                nets.push(c.to_string());
+            }
+            store.set_allowed_networks(&a, &nets).await?;
+            if nets.is_empty() {
+                println!("{a} may log in from anywhere");
+            } else {
+                println!("{a} may log in only from {}", nets.join(", "));
+            }
+        }
+        UserCmd::SendLimits {
+            address: a,
+            messages_per_hour,
+            recipients_per_hour,
+        } => {
+            let a = address(a)?;
+            store
+                .set_send_limits(&a, *messages_per_hour, *recipients_per_hour)
+                .await?;
+            let show = |v: &Option<u32>| v.map_or("default".to_owned(), |n| n.to_string());
+            println!(
+                "send limits for {a}: {} messages/hour, {} recipients/hour",
+                show(messages_per_hour),
+                show(recipients_per_hour)
             );
         }
         UserCmd::Logins { address: a, limit } => {

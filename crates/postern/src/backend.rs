@@ -36,6 +36,13 @@ impl MailBackend for StoreBackend {
             .received_details)
     }
 
+    async fn send_limits(
+        &self,
+        account_id: i64,
+    ) -> Result<(Option<u32>, Option<u32>), BackendError> {
+        self.store.send_limits(account_id).await.map_err(err)
+    }
+
     async fn deliver(&self, d: Delivery) -> Result<(), BackendError> {
         let Delivery {
             sender,

@@ -172,6 +172,19 @@ pub enum UserCmd {
         #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         on: bool,
     },
+    /// Restrict where the account may log in from (CIDR networks); no network: anywhere.
+    Networks {
+        address: String,
+        networks: Vec<String>,
+    },
+    /// Hourly send limits of this account (submission); without options: back to the defaults.
+    SendLimits {
+        address: String,
+        #[arg(long)]
+        messages_per_hour: Option<u32>,
+        #[arg(long)]
+        recipients_per_hour: Option<u32>,
+    },
     /// Recent successful logins: when, from where, through which door.
     Logins {
         address: String,

@@ -102,6 +102,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }),
         auth: auth.clone(),
         tls: tls.clone(),
+        send_limiter: Default::default(),
     });
     let imap = Arc::new(postern_imap::ImapServer {
         hostname: cfg.server.hostname.clone(),
@@ -136,7 +137,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 l.protocol.name()
             )
         })?;
-        bound.push((l.protocol, listener));
+        let access = Arc::new(Access {
+            allow: parse_cidrs(&l.allow).with_context(|| format!("listener {}", l.address))?,
+            deny: parse_cidrs(&l.deny).with_context(|| format!("listener {}", l.address))?,
+        });
+        bound.push((l.protocol, listener, access));
     }
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -144,7 +149,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // IMAP and POP3 share one cap: both are mailbox access.
     let mbx_limiter = ConnLimiter::new(cfg.imap.max_connections, cfg.imap.max_connections_per_ip);
     let mut loops = Vec::new();
-    for (protocol, listener) in bound {
+    for (protocol, listener, access) in bound {
         let addr = listener.local_addr()?;
         tracing::info!(protocol = protocol.name(), address = %addr, "listening");
         let token = shutdown.clone();
@@ -161,8 +166,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let srv = smtp.clone();
                         let token = token.clone();
                         let guard = guard.clone();
+                        let access = access.clone();
                         async move {
-                            if refuse_banned(&guard, protocol, peer) {
+                            if !access.admits(protocol, peer)
+                                || refuse_banned(&guard, protocol, peer)
+                            {
                                 return;
                             }
                             postern_smtp::handle_connection(
@@ -184,8 +192,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let srv = imap.clone();
                         let token = token.clone();
                         let guard = guard.clone();
+                        let access = access.clone();
                         async move {
-                            if refuse_banned(&guard, protocol, peer) {
+                            if !access.admits(protocol, peer)
+                                || refuse_banned(&guard, protocol, peer)
+                            {
                                 return;
                             }
                             postern_imap::handle_connection(
@@ -207,8 +218,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let srv = pop3.clone();
                         let token = token.clone();
                         let guard = guard.clone();
+                        let access = access.clone();
                         async move {
-                            if refuse_banned(&guard, protocol, peer) {
+                            if !access.admits(protocol, peer)
+                                || refuse_banned(&guard, protocol, peer)
+                            {
                                 return;
                             }
                             postern_pop3::handle_connection(
@@ -247,6 +261,30 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     store.close().await;
     tracing::info!("postern stopped");
     Ok(())
+}
+
+/// A listener's allow and deny lists, evaluated at accept.
+struct Access {
+    allow: Vec<postern_auth::guard::Cidr>,
+    deny: Vec<postern_auth::guard::Cidr>,
+}
+
+impl Access {
+    fn admits(&self, protocol: Protocol, peer: std::net::SocketAddr) -> bool {
+        let ip = peer.ip();
+        let ok = (self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip)))
+            && !self.deny.iter().any(|c| c.contains(ip));
+        if !ok {
+            tracing::info!(event = "connection", protocol = protocol.name(), ip = %ip, "connection refused by the listener's access list");
+        }
+        ok
+    }
+}
+
+fn parse_cidrs(v: &[String]) -> Result<Vec<postern_auth::guard::Cidr>> {
+    v.iter()
+        .map(|a| postern_auth::guard::Cidr::parse(a).map_err(anyhow::Error::msg))
+        .collect()
 }
 
 /// Bans are enforced at accept: the TCP connection is closed before any greeting or TLS work.

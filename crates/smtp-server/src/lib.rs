@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod data;
+pub mod limits;
 pub mod session;
 
 use std::sync::Arc;
@@ -51,6 +52,13 @@ pub trait MailBackend: Send + Sync {
     /// Stores the message durably (local mailboxes and/or the outbound queue). When this returns
     /// Ok, the message must survive a crash.
     async fn deliver(&self, delivery: Delivery) -> Result<(), BackendError>;
+    /// Per-account overrides of the hourly send limits (messages, recipients); None = default.
+    async fn send_limits(
+        &self,
+        _account_id: i64,
+    ) -> Result<(Option<u32>, Option<u32>), BackendError> {
+        Ok((None, None))
+    }
 }
 
 /// Everything a session needs, shared by all sessions of all SMTP listeners.
@@ -60,6 +68,7 @@ pub struct SmtpServer {
     pub backend: Arc<dyn MailBackend>,
     pub auth: Arc<Authenticator>,
     pub tls: TlsAcceptor,
+    pub send_limiter: limits::SendLimiter,
 }
 
 /// The policy of one listener, derived from its protocol.

@@ -581,6 +581,19 @@ impl Session {
         self.ok("250 2.1.0 Sender OK")
     }
 
+    async fn send_limits(&self, account: i64) -> crate::limits::SendLimits {
+        let (m, r) = self
+            .srv
+            .backend
+            .send_limits(account)
+            .await
+            .unwrap_or((None, None));
+        crate::limits::SendLimits {
+            messages_per_hour: m.unwrap_or(self.srv.config.max_messages_per_hour),
+            recipients_per_hour: r.unwrap_or(self.srv.config.max_recipients_per_hour),
+        }
+    }
+
     async fn rcpt(&mut self, address: String) -> Flow {
         if self.mail_from.is_none() {
             return self.error("503 5.5.1 Need MAIL command first");
@@ -588,6 +601,27 @@ impl Session {
         if self.rcpts.len() >= self.srv.config.max_recipients {
             // RFC 5321 4.5.3.1.10
             return self.error("452 4.5.3 Too many recipients");
+        }
+        if let Some(p) = &self.principal {
+            let limits = self.send_limits(p.account_id).await;
+            if !self.srv.send_limiter.allows_recipient(
+                p.account_id,
+                limits,
+                self.rcpts.len() as u32,
+            ) {
+                let user = p.address.clone();
+                self.srv.auth.note(
+                    "send_limit",
+                    Some(self.peer.ip()),
+                    Some(&user),
+                    &format!(
+                        "hourly send limit reached ({} messages, {} recipients per hour)",
+                        limits.messages_per_hour, limits.recipients_per_hour
+                    ),
+                );
+                return self
+                    .error("451 4.7.1 Sending limit reached for this account; try again later");
+            }
         }
         if !address.is_ascii() && !self.smtputf8 {
             return self.error("553 5.6.7 Non-ASCII address requires SMTPUTF8");
@@ -786,9 +820,13 @@ impl Session {
             body,
         };
         let rcpts = self.rcpts.len();
+        let account = self.principal.as_ref().map(|p| p.account_id);
         match self.srv.backend.deliver(delivery).await {
             Ok(()) => {
                 self.accepted += 1;
+                if let Some(a) = account {
+                    self.srv.send_limiter.record(a, rcpts as u32);
+                }
                 tracing::info!(
                     event = "message",
                     session = %self.id,

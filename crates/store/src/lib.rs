@@ -52,7 +52,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -316,6 +316,67 @@ impl Store {
             return Err(StoreError::NotFound(format!("account {address}")));
         }
         Ok(())
+    }
+
+    /// Networks the account may log in from (empty: anywhere).
+    pub async fn set_allowed_networks(
+        &self,
+        address: &EmailAddress,
+        nets: &[String],
+    ) -> Result<()> {
+        let r = sqlx::query("UPDATE accounts SET allowed_networks = ? WHERE address = ?")
+            .bind(nets.join(","))
+            .bind(address.as_str())
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    pub async fn set_send_limits(
+        &self,
+        address: &EmailAddress,
+        messages: Option<u32>,
+        recipients: Option<u32>,
+    ) -> Result<()> {
+        let r = sqlx::query("UPDATE accounts SET send_messages_per_hour = ?, send_recipients_per_hour = ? WHERE address = ?")
+            .bind(messages.map(i64::from))
+            .bind(recipients.map(i64::from))
+            .bind(address.as_str())
+            .execute(&self.write)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        Ok(())
+    }
+
+    /// Per-account overrides of the hourly send limits (messages, recipients).
+    pub async fn send_limits(&self, account_id: i64) -> Result<(Option<u32>, Option<u32>)> {
+        let r = sqlx::query(
+            "SELECT send_messages_per_hour, send_recipients_per_hour FROM accounts WHERE id = ?",
+        )
+        .bind(account_id)
+        .fetch_one(&self.read)
+        .await?;
+        Ok((
+            r.try_get::<Option<i64>, _>(0)?.map(|v| v as u32),
+            r.try_get::<Option<i64>, _>(1)?.map(|v| v as u32),
+        ))
+    }
+
+    pub async fn allowed_networks(&self, account_id: i64) -> Result<Vec<String>> {
+        let v: String = sqlx::query("SELECT allowed_networks FROM accounts WHERE id = ?")
+            .bind(account_id)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        Ok(v.split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect())
     }
 
     pub async fn set_pop3_enabled(&self, address: &EmailAddress, on: bool) -> Result<()> {
@@ -723,6 +784,24 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             .await?;
         tx.commit().await?;
     }
+    if version < 4 {
+        // v4: per-account allowed networks (comma-separated CIDRs; empty = anywhere).
+        let mut tx = pool.begin().await?;
+        sqlx::query("ALTER TABLE accounts ADD COLUMN allowed_networks TEXT NOT NULL DEFAULT ''")
+            .execute(&mut *tx)
+            .await?;
+        // per-account send limit overrides (NULL: the [smtp] defaults)
+        sqlx::query("ALTER TABLE accounts ADD COLUMN send_messages_per_hour INTEGER")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("ALTER TABLE accounts ADD COLUMN send_recipients_per_hour INTEGER")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("PRAGMA user_version = 4")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -733,7 +812,7 @@ impl CredentialStore for Store {
         login: &str,
     ) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
         let row = sqlx::query(
-            "SELECT id, address, password_hash, disabled FROM accounts WHERE address = ?",
+            "SELECT id, address, password_hash, disabled, allowed_networks FROM accounts WHERE address = ?",
         )
         .bind(login)
         .fetch_optional(&self.read)
@@ -746,6 +825,12 @@ impl CredentialStore for Store {
                 address: r.try_get("address")?,
                 password_hash: r.try_get("password_hash")?,
                 disabled: r.try_get("disabled")?,
+                allowed_networks: r
+                    .try_get::<String, _>("allowed_networks")?
+                    .split(',')
+                    .filter(|n| !n.trim().is_empty())
+                    .filter_map(|n| postern_auth::guard::Cidr::parse(n).ok())
+                    .collect(),
             })
         };
         get()
