@@ -52,6 +52,18 @@ def imap_login(port, user, pw, source="127.0.0.1", timeout=15):
     return "fail"
 
 
+def closed_without_reply(s):
+    """True if the server closed the connection (FIN or RST) without sending anything."""
+    s.settimeout(10)
+    try:
+        data = s.recv(100)
+    except ConnectionResetError:
+        data = b""
+    finally:
+        s.close()
+    return data == b""
+
+
 def audit_rows(server, where="1=1", args=()):
     with sqlite3.connect(f"file:{server.dir / 'postern.db'}?mode=ro", uri=True) as c:
         return c.execute(f"SELECT event, ip, username, result, reason FROM audit_log WHERE {where} ORDER BY id", args).fetchall()
@@ -280,3 +292,61 @@ def test_send_limits_per_account(make_server):
     with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=10) as s:
         s.login(BOB, BOB_PW)
         s.sendmail(BOB, [ALICE], msg.replace("alice@", "x@").replace("From: x@", "From: bob@"))
+
+
+def test_proxy_protocol_v1_and_v2(tmp_path):
+    import struct
+    from conftest import init_dir, start
+    d, off = init_dir(tmp_path)
+    cfg = d / "postern.toml"
+    text = cfg.read_text()
+    imaps = f'protocol = "imaps"\naddress = "127.0.0.1:{993 + off}"\n'
+    smtp = f'protocol = "smtp"\naddress = "127.0.0.1:{25 + off}"\n'
+    text = text.replace(imaps, imaps + 'proxy_from = ["127.0.0.1/32"]\n')
+    text = text.replace(smtp, smtp + 'proxy_from = ["127.0.0.1/32"]\n')
+    cfg.write_text(text)
+    srv = start(d, off)
+    try:
+        def via_proxy(header):
+            raw = socket.create_connection(("127.0.0.1", srv.imaps), timeout=10)
+            raw.sendall(header)
+            s = tls_client_context().wrap_socket(raw)
+            f = s.makefile("rb")
+            f.readline()
+            s.sendall(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+            line = f.readline()
+            s.close()
+            return line
+        assert via_proxy(b"PROXY TCP4 203.0.113.77 127.0.0.1 40000 993\r\n").startswith(b"a OK")
+        v2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+              + bytes([198, 51, 100, 23, 127, 0, 0, 1]) + struct.pack("!HH", 40001, 993))
+        assert via_proxy(v2).startswith(b"a OK")
+        time.sleep(0.5)
+        logins = srv.cli("user", "logins", BOB).stdout
+        assert "203.0.113.77" in logins and "198.51.100.23" in logins
+        # the announced address is what bans see: ban it, and the proxy's other clients still pass
+        srv.cli("ban", "add", "203.0.113.77", "--for", "1h")
+        time.sleep(2.5)
+        with pytest.raises((ssl.SSLError, OSError, ConnectionError)):
+            via_proxy(b"PROXY TCP4 203.0.113.77 127.0.0.1 40002 993\r\n")
+        assert via_proxy(b"PROXY TCP4 203.0.113.78 127.0.0.1 40003 993\r\n").startswith(b"a OK")
+        # SMTP behind the proxy: greeting only after a valid header; garbage is dropped
+        s = socket.create_connection(("127.0.0.1", srv.smtp), timeout=10)
+        s.sendall(b"PROXY TCP4 192.0.2.44 127.0.0.1 1234 25\r\n")
+        assert s.recv(100).startswith(b"220")
+        s.close()
+        s = socket.create_connection(("127.0.0.1", srv.smtp), timeout=10)
+        s.sendall(b"EHLO no-proxy-header\r\n")
+        assert closed_without_reply(s)
+    finally:
+        assert srv.stop() == 0
+    # only trusted proxies may connect at all
+    text = cfg.read_text().replace('proxy_from = ["127.0.0.1/32"]', 'proxy_from = ["127.0.0.2/32"]')
+    cfg.write_text(text)
+    srv = start(d, off)
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.smtp), timeout=10)
+        s.sendall(b"PROXY TCP4 192.0.2.44 127.0.0.1 1234 25\r\n")
+        assert closed_without_reply(s)
+    finally:
+        assert srv.stop() == 0

@@ -139,6 +139,11 @@ pub struct ListenerConfig {
     /// These networks (CIDR) may not connect to this listener (checked after `allow`).
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Trusted proxies (CIDR). If set, the listener sits behind a load balancer: only these
+    /// addresses may connect, each connection must start with a PROXY protocol v1/v2 header,
+    /// and limits, bans, access lists and logs use the client address it announces.
+    #[serde(default)]
+    pub proxy_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,6 +365,14 @@ pub struct DefenceConfig {
     /// Audit log rows older than this are deleted (0 keeps everything).
     #[serde(default = "d_def_retention")]
     pub audit_retention_days: u64,
+    /// Failed-login rows kept per login name per day; the rest is counted in a summary row, so
+    /// an attack cannot fill the disk (0: no cap).
+    #[serde(default = "d_def_audit_cap")]
+    pub audit_max_failures_per_account_day: u64,
+}
+
+fn d_def_audit_cap() -> u64 {
+    1000
 }
 
 fn d_def_retention() -> u64 {
@@ -419,6 +432,7 @@ impl Default for DefenceConfig {
             failure_delay_max_ms: d_def_delay_max(),
             allowlist: Vec::new(),
             audit_retention_days: d_def_retention(),
+            audit_max_failures_per_account_day: d_def_audit_cap(),
         }
     }
 }
@@ -682,7 +696,7 @@ impl Config {
             return Err("defence: windows, limits and ban_secs must be at least 1, and ban_max_secs at least ban_secs".into());
         }
         for l in &self.listeners {
-            for a in l.allow.iter().chain(&l.deny) {
+            for a in l.allow.iter().chain(&l.deny).chain(&l.proxy_from) {
                 if !valid_cidr(a) {
                     return Err(format!(
                         "listener {}: {a:?} is not an IP address or CIDR network",

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod limits;
+pub mod proxy;
 pub mod stream;
 pub mod tls;
 

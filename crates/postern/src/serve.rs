@@ -47,7 +47,9 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
 /// Runs the server. `banner` is printed to stdout once every listener is bound (used by `demo`).
 pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String>) -> Result<()> {
     init_logging(&cfg, format);
-    let store = open_store(&cfg).await?;
+    let store = open_store(&cfg)
+        .await?
+        .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
     let a = &cfg.auth;
     let hasher = postern_auth::Argon2Hasher::new(
@@ -140,6 +142,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let access = Arc::new(Access {
             allow: parse_cidrs(&l.allow).with_context(|| format!("listener {}", l.address))?,
             deny: parse_cidrs(&l.deny).with_context(|| format!("listener {}", l.address))?,
+            proxy_from: parse_cidrs(&l.proxy_from)
+                .with_context(|| format!("listener {}", l.address))?,
         });
         bound.push((l.protocol, listener, access));
     }
@@ -157,6 +161,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let task = match protocol {
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => {
                 let smtp = smtp.clone();
+                let limiter = smtp_limiter.clone();
                 tokio::spawn(postern_net::accept_loop(
                     listener,
                     smtp_limiter.clone(),
@@ -167,12 +172,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let token = token.clone();
                         let guard = guard.clone();
                         let access = access.clone();
+                        let limiter = limiter.clone();
                         async move {
-                            if !access.admits(protocol, peer)
-                                || refuse_banned(&guard, protocol, peer)
-                            {
+                            let Some((tcp, peer, admission)) =
+                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
+                                    .await
+                            else {
                                 return;
-                            }
+                            };
                             postern_smtp::handle_connection(
                                 srv, protocol, tcp, peer, admission, token,
                             )
@@ -183,6 +190,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             }
             Protocol::Imap | Protocol::Imaps => {
                 let imap = imap.clone();
+                let limiter = mbx_limiter.clone();
                 tokio::spawn(postern_net::accept_loop(
                     listener,
                     mbx_limiter.clone(),
@@ -193,12 +201,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let token = token.clone();
                         let guard = guard.clone();
                         let access = access.clone();
+                        let limiter = limiter.clone();
                         async move {
-                            if !access.admits(protocol, peer)
-                                || refuse_banned(&guard, protocol, peer)
-                            {
+                            let Some((tcp, peer, admission)) =
+                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
+                                    .await
+                            else {
                                 return;
-                            }
+                            };
                             postern_imap::handle_connection(
                                 srv, protocol, tcp, peer, admission, token,
                             )
@@ -209,6 +219,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             }
             Protocol::Pop3 | Protocol::Pop3s => {
                 let pop3 = pop3.clone();
+                let limiter = mbx_limiter.clone();
                 tokio::spawn(postern_net::accept_loop(
                     listener,
                     mbx_limiter.clone(),
@@ -219,12 +230,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                         let token = token.clone();
                         let guard = guard.clone();
                         let access = access.clone();
+                        let limiter = limiter.clone();
                         async move {
-                            if !access.admits(protocol, peer)
-                                || refuse_banned(&guard, protocol, peer)
-                            {
+                            let Some((tcp, peer, admission)) =
+                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
+                                    .await
+                            else {
                                 return;
-                            }
+                            };
                             postern_pop3::handle_connection(
                                 srv, protocol, tcp, peer, admission, token,
                             )
@@ -267,6 +280,48 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
 struct Access {
     allow: Vec<postern_auth::guard::Cidr>,
     deny: Vec<postern_auth::guard::Cidr>,
+    proxy_from: Vec<postern_auth::guard::Cidr>,
+}
+
+/// Everything decided at accept, before a protocol session starts: the PROXY header (on listeners
+/// behind a load balancer), the listener's access lists, and bans; all on the real client address.
+async fn gate(
+    access: &Access,
+    guard: &postern_auth::guard::Guard,
+    limiter: &Arc<ConnLimiter>,
+    protocol: Protocol,
+    mut tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    admission: Result<postern_net::ConnPermit, postern_net::Refusal>,
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    Result<postern_net::ConnPermit, postern_net::Refusal>,
+)> {
+    let (peer, admission) = if access.proxy_from.is_empty() {
+        (peer, admission)
+    } else {
+        if !access.proxy_from.iter().any(|c| c.contains(peer.ip())) {
+            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "direct connection to a PROXY-protocol listener from an untrusted address closed");
+            return None;
+        }
+        match postern_net::proxy::read_header(&mut tcp, Duration::from_secs(10)).await {
+            Ok(Some(real)) => {
+                // The caps count clients, not the proxy.
+                drop(admission);
+                (real, limiter.admit(real.ip()))
+            }
+            Ok(None) => (peer, admission),
+            Err(e) => {
+                tracing::warn!(event = "connection", protocol = protocol.name(), proxy = %peer.ip(), error = %e, "bad PROXY protocol header");
+                return None;
+            }
+        }
+    };
+    if !access.admits(protocol, peer) || refuse_banned(guard, protocol, peer) {
+        return None;
+    }
+    Some((tcp, peer, admission))
 }
 
 impl Access {

@@ -98,6 +98,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
+        let mut suppressed: std::collections::BTreeMap<String, u64> = Default::default();
         let mut tx = self.write.begin().await?;
         let mut prev: String = sqlx::query("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -106,6 +107,24 @@ impl Store {
             .transpose()?
             .unwrap_or_default();
         for e in events {
+            // An attack must not fill the disk: failed attempts per login name are capped per
+            // day; what goes over is counted in one summary row per batch.
+            if self.audit_failure_cap > 0 && e.event == "auth" && e.result != "ok" {
+                if let Some(u) = &e.username {
+                    let n: i64 = sqlx::query(
+                        "SELECT COUNT(*) FROM audit_log WHERE username = ? AND result = 'failed' AND ts > ?",
+                    )
+                    .bind(u)
+                    .bind(e.ts - 86400)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                    if n >= self.audit_failure_cap as i64 {
+                        *suppressed.entry(u.clone()).or_insert(0u64) += 1;
+                        continue;
+                    }
+                }
+            }
             let hash = chain(&prev, e);
             sqlx::query(
                 "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash)
@@ -119,6 +138,33 @@ impl Store {
             .bind(e.account_id)
             .bind(&e.mechanism)
             .bind(&e.tls)
+            .bind(&e.result)
+            .bind(&e.reason)
+            .bind(&prev)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = hash;
+        }
+        for (user, n) in suppressed {
+            let e = NewAudit {
+                ts: now(),
+                event: "suppressed".into(),
+                username: Some(user),
+                result: "capped".into(),
+                reason: Some(format!(
+                    "{n} failed attempt(s) over the daily cap not recorded"
+                )),
+                ..Default::default()
+            };
+            let hash = chain(&prev, &e);
+            sqlx::query(
+                "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash)
+                 VALUES (?, ?, NULL, NULL, ?, NULL, NULL, NULL, ?, ?, ?, ?)",
+            )
+            .bind(e.ts)
+            .bind(&e.event)
+            .bind(&e.username)
             .bind(&e.result)
             .bind(&e.reason)
             .bind(&prev)

@@ -112,6 +112,8 @@ pub struct Store {
     write: SqlitePool,
     blobs: BlobStore,
     changes: std::sync::Arc<ChangeBus>,
+    /// Failed auth rows kept per login name per day (0: no cap).
+    audit_failure_cap: u64,
 }
 
 impl Store {
@@ -139,7 +141,14 @@ impl Store {
             write,
             blobs,
             changes: Default::default(),
+            audit_failure_cap: 1000,
         })
+    }
+
+    /// Sets the daily cap of failed-attempt rows per login name in the audit log (0: none).
+    pub fn with_audit_failure_cap(mut self, cap: u64) -> Self {
+        self.audit_failure_cap = cap;
+        self
     }
 
     pub fn blobs(&self) -> &BlobStore {
@@ -911,6 +920,32 @@ mod tests {
         assert_eq!(s.resolve_recipient(&alias).await.unwrap(), None);
         s.remove_domain(&dom).await.unwrap();
         assert_eq!(s.integrity_check().await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn audit_chain_and_failure_cap() {
+        let (_d, s) = store().await;
+        let s = s.with_audit_failure_cap(3);
+        let ev = |r: &str| crate::audit::NewAudit {
+            ts: now(),
+            event: "auth".into(),
+            username: Some("x@example.test".into()),
+            ip: Some("192.0.2.1".into()),
+            result: r.into(),
+            ..Default::default()
+        };
+        let batch: Vec<_> = (0..10).map(|_| ev("failed")).collect();
+        s.append_audit(&batch).await.unwrap();
+        s.append_audit(&[ev("ok")]).await.unwrap();
+        let rows = s
+            .query_audit(&crate::audit::AuditQuery::default())
+            .await
+            .unwrap();
+        // 3 failures kept, one summary row for the 7 others, the success
+        assert_eq!(rows.len(), 5, "{rows:?}");
+        assert_eq!(rows[3].event, "suppressed");
+        assert!(rows[3].reason.as_deref().unwrap().starts_with("7 "));
+        assert_eq!(s.verify_audit().await.unwrap(), Ok(5));
     }
 
     #[tokio::test]
