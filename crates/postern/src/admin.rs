@@ -125,7 +125,7 @@ pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()>
          POP3 (STLS) / POP3S        127.0.0.1:{} / {}\n\
          data directory: {}\n\
          Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
-         \x20      --from {user} --to {user} --tls-verify=no\n\
+         \x20      --from {user} --to {user}\n\
          Then: curl -k --user '{user}:<password>' 'imaps://127.0.0.1:{}/INBOX;MAILINDEX=1'\n\
          Stop with Ctrl-C.\n\
          ======================================================",
