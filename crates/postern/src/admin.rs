@@ -571,3 +571,110 @@ pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()
     store.close().await;
     Ok(())
 }
+
+pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Result<()> {
+    use crate::cli::AppPasswordCmd;
+    let store = open_store(cfg).await?;
+    match cmd {
+        AppPasswordCmd::Create {
+            address: a,
+            name,
+            protocols,
+            expires,
+            from,
+            json,
+        } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+                anyhow::bail!("invalid app password name {name:?}");
+            }
+            let mut protos: Vec<String> = Vec::new();
+            for p in protocols
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                if !matches!(p, "smtp" | "imap" | "pop3") {
+                    anyhow::bail!("unknown protocol {p:?} (use smtp, imap, pop3)");
+                }
+                if !protos.iter().any(|x| x == p) {
+                    protos.push(p.to_owned());
+                }
+            }
+            if protos.is_empty() {
+                anyhow::bail!("--protocols names no protocol");
+            }
+            let mut nets = Vec::new();
+            for n in from {
+                nets.push(
+                    postern_auth::guard::Cidr::parse(n)
+                        .map_err(anyhow::Error::msg)?
+                        .to_string(),
+                );
+            }
+            let expires_at = match expires {
+                Some(e) => Some(postern_store::now() + parse_duration(e)? as i64),
+                None => None,
+            };
+            let secret = password::generate();
+            let digest = postern_auth::app_password_digest(secret.expose_secret());
+            store
+                .add_app_password(info.id, name, &digest, &protos, &nets, expires_at)
+                .await?;
+            if *json {
+                let o = serde_json::json!({
+                    "address": a.as_str(), "name": name, "secret": secret.expose_secret(),
+                    "protocols": protos, "networks": nets, "expires_at": expires_at,
+                });
+                println!("{o}");
+            } else {
+                println!("app password {name:?} for {a} (shown once; only a digest is stored):");
+                println!("  {}", secret.expose_secret());
+                println!(
+                    "  protocols: {}  networks: {}  expires: {}",
+                    protos.join(","),
+                    if nets.is_empty() {
+                        "any".to_owned()
+                    } else {
+                        nets.join(",")
+                    },
+                    expires_at.map_or("never".to_owned(), date)
+                );
+            }
+        }
+        AppPasswordCmd::List { address: a } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            let list = store.list_app_passwords(info.id).await?;
+            if list.is_empty() {
+                println!("no app passwords for {a}");
+            }
+            for p in list {
+                println!(
+                    "{:<20} {:<15} from {:<18} expires {:<24} last used {}",
+                    p.name,
+                    p.protocols.join(","),
+                    if p.networks.is_empty() {
+                        "any".to_owned()
+                    } else {
+                        p.networks.join(",")
+                    },
+                    p.expires_at.map_or("never".to_owned(), date),
+                    match (p.last_used_at, p.last_used_ip) {
+                        (Some(t), Some(ip)) => format!("{} from {ip}", date(t)),
+                        _ => "never".to_owned(),
+                    }
+                );
+            }
+        }
+        AppPasswordCmd::Revoke { address: a, name } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            store.revoke_app_password(info.id, name).await?;
+            println!("app password {name:?} of {a} revoked");
+        }
+    }
+    store.close().await;
+    Ok(())
+}

@@ -71,6 +71,9 @@ pub enum Command {
     /// The outbound queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// App passwords for mail clients: generated, shown once, scoped (protocols, networks, expiry).
+    #[command(subcommand, name = "app-password")]
+    AppPassword(AppPasswordCmd),
     /// Bans of source addresses and networks; works while the server runs.
     #[command(subcommand)]
     Ban(BanCmd),
@@ -79,6 +82,32 @@ pub enum Command {
     AuditLog(AuditLogCmd),
     /// Load and validate the configuration, then print a summary.
     CheckConfig,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppPasswordCmd {
+    /// Generate an app password and print it once.
+    Create {
+        address: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: smtp, imap, pop3.
+        #[arg(long, default_value = "smtp,imap,pop3")]
+        protocols: String,
+        /// Lifetime: 30d, 12h, 1y ...
+        #[arg(long)]
+        expires: Option<String>,
+        /// Usable only from this network (CIDR); repeatable.
+        #[arg(long = "from")]
+        from: Vec<String>,
+        /// Print a JSON object with a `secret` field.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List app passwords (never their secrets).
+    List { address: String },
+    /// Revoke an app password.
+    Revoke { address: String, name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -264,6 +293,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Alias(c) => crate::admin::alias(&cli.load_config()?, c).await,
         Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
         Command::Ban(c) => crate::admin::ban(&cli.load_config()?, c).await,
+        Command::AppPassword(c) => crate::admin::app_password(&cli.load_config()?, c).await,
         Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }

@@ -7,6 +7,7 @@
 //! 250 only after [`Store::deliver_local`] or [`Store::enqueue`] returned.
 #![forbid(unsafe_code)]
 
+pub mod apppw;
 pub mod audit;
 pub mod blob;
 pub mod mailbox;
@@ -52,7 +53,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -811,6 +812,29 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             .await?;
         tx.commit().await?;
     }
+    if version < 5 {
+        // v5: app passwords (generated secrets, stored as SHA-256 digests).
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE app_passwords (
+                id            INTEGER PRIMARY KEY,
+                account_id    INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                name          TEXT NOT NULL,
+                digest        TEXT NOT NULL,
+                protocols     TEXT NOT NULL,
+                networks      TEXT NOT NULL DEFAULT '',
+                expires_at    INTEGER,
+                created_at    INTEGER NOT NULL,
+                last_used_at  INTEGER,
+                last_used_ip  TEXT,
+                UNIQUE (account_id, name)
+            );
+            PRAGMA user_version = 5;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -828,6 +852,13 @@ impl CredentialStore for Store {
         .await
         .map_err(|e| CredentialStoreError(e.to_string()))?;
         let Some(r) = row else { return Ok(None) };
+        let id: i64 = r
+            .try_get("id")
+            .map_err(|e| CredentialStoreError(e.to_string()))?;
+        let app_passwords = self
+            .app_password_creds(id)
+            .await
+            .map_err(|e| CredentialStoreError(e.to_string()))?;
         let get = || -> std::result::Result<StoredCredential, sqlx::Error> {
             Ok(StoredCredential {
                 account_id: r.try_get("id")?,
@@ -840,11 +871,25 @@ impl CredentialStore for Store {
                     .filter(|n| !n.trim().is_empty())
                     .filter_map(|n| postern_auth::guard::Cidr::parse(n).ok())
                     .collect(),
+                app_passwords: app_passwords.clone(),
             })
         };
         get()
             .map(Some)
             .map_err(|e| CredentialStoreError(e.to_string()))
+    }
+
+    async fn app_password_used(&self, id: i64, ip: std::net::IpAddr) {
+        let r =
+            sqlx::query("UPDATE app_passwords SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
+                .bind(now())
+                .bind(ip.to_string())
+                .bind(id)
+                .execute(&self.write)
+                .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record app password use");
+        }
     }
 }
 

@@ -1,0 +1,131 @@
+//! App passwords: generated secrets for mail clients, scoped to protocols, networks and a
+//! lifetime. Only a SHA-256 digest is stored (the secret is shown once at creation).
+
+use postern_auth::guard::Cidr;
+use postern_auth::AppPasswordCred;
+use sqlx::Row;
+
+use crate::{now, Result, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct AppPasswordInfo {
+    pub name: String,
+    pub protocols: Vec<String>,
+    pub networks: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub last_used_ip: Option<String>,
+}
+
+impl Store {
+    pub async fn add_app_password(
+        &self,
+        account_id: i64,
+        name: &str,
+        digest: &[u8; 32],
+        protocols: &[String],
+        networks: &[String],
+        expires_at: Option<i64>,
+    ) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO app_passwords (account_id, name, digest, protocols, networks, expires_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(hex::encode(digest))
+        .bind(protocols.join(","))
+        .bind(networks.join(","))
+        .bind(expires_at)
+        .bind(now())
+        .execute(&self.write)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::Exists(format!("app password {name:?}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_app_passwords(&self, account_id: i64) -> Result<Vec<AppPasswordInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, protocols, networks, expires_at, created_at, last_used_at, last_used_ip
+             FROM app_passwords WHERE account_id = ? ORDER BY name",
+        )
+        .bind(account_id)
+        .fetch_all(&self.read)
+        .await?;
+        let split = |s: String| -> Vec<String> {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(AppPasswordInfo {
+                    name: r.try_get("name")?,
+                    protocols: split(r.try_get("protocols")?),
+                    networks: split(r.try_get("networks")?),
+                    expires_at: r.try_get("expires_at")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    last_used_ip: r.try_get("last_used_ip")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn revoke_app_password(&self, account_id: i64, name: &str) -> Result<()> {
+        let n = sqlx::query("DELETE FROM app_passwords WHERE account_id = ? AND name = ?")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("app password {name:?}")));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn app_password_creds(&self, account_id: i64) -> Result<Vec<AppPasswordCred>> {
+        let rows = sqlx::query(
+            "SELECT id, name, digest, protocols, networks, expires_at FROM app_passwords WHERE account_id = ?",
+        )
+        .bind(account_id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut digest = [0u8; 32];
+            let hexd: String = r.try_get("digest")?;
+            if hex::decode_to_slice(&hexd, &mut digest).is_err() {
+                continue;
+            }
+            let protocols: String = r.try_get("protocols")?;
+            let networks: String = r.try_get("networks")?;
+            out.push(AppPasswordCred {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                digest,
+                protocols: protocols
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                networks: networks
+                    .split(',')
+                    .filter_map(|n| Cidr::parse(n).ok())
+                    .collect(),
+                expires_at: r
+                    .try_get::<Option<i64>, _>("expires_at")?
+                    .map(|e| e.max(0) as u64),
+            });
+        }
+        Ok(out)
+    }
+}
