@@ -72,3 +72,53 @@ def test_app_password_lifecycle_and_scopes(make_server):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
         reasons = {r[0] for r in c.execute("SELECT reason FROM audit_log WHERE reason IS NOT NULL")}
     assert "app_password_scope" in reasons
+
+
+def test_forced_change_expiry_and_history(make_server):
+    srv = make_server()
+    app = create(srv, "--name", "laptop")
+    srv.cli("user", "expire-password", BOB)
+    assert "a change was forced" in srv.cli("user", "show", BOB).stdout
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match="EXPIRED"):
+        m.login(BOB, BOB_PW)
+    # a wrong password still gets the uniform reply, not EXPIRED
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        m.login(BOB, "Not-The-Password-42")
+    with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=10) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login(BOB, BOB_PW)
+        assert b"expired" in e.value.smtp_error
+    # app passwords keep working
+    assert imap_ok(srv, app)
+    # the same password again is refused (history), a new one works
+    again = srv.cli("user", "passwd", BOB, "--password-stdin", stdin=BOB_PW + "\n", check=False)
+    assert again.returncode != 0 and "last 5 passwords" in again.stderr
+    new = "Lantern#Quiver-Osprey-91"
+    srv.cli("user", "passwd", BOB, "--password-stdin", stdin=new + "\n")
+    assert imap_ok(srv, new) and not imap_ok(srv, BOB_PW)
+    back = srv.cli("user", "passwd", BOB, "--password-stdin", stdin=BOB_PW + "\n", check=False)
+    assert back.returncode != 0
+
+
+def test_max_password_age(make_server, tmp_path):
+    srv = make_server(toml_extra="")
+    srv.stop()
+    cfg = srv.dir / "postern.toml"
+    cfg.write_text(cfg.read_text().replace("[password_policy]\n", "[password_policy]\nmax_age_days = 30\n"))
+    with sqlite3.connect(srv.dir / "postern.db") as c:
+        c.execute("UPDATE accounts SET password_changed_at = password_changed_at - 31 * 86400 WHERE address = ?", (BOB,))
+    from conftest import start
+    srv2 = start(srv.dir, srv.offset)
+    try:
+        assert "password expires:" in srv2.cli("user", "show", BOB).stdout
+        m = imaplib.IMAP4_SSL("127.0.0.1", srv2.imaps, ssl_context=tls_client_context(), timeout=10)
+        with pytest.raises(imaplib.IMAP4.error, match="EXPIRED"):
+            m.login(BOB, BOB_PW)
+        from conftest import ALICE, ALICE_PW
+        m = imaplib.IMAP4_SSL("127.0.0.1", srv2.imaps, ssl_context=tls_client_context(), timeout=10)
+        m.login(ALICE, ALICE_PW)
+        m.logout()
+    finally:
+        assert srv2.stop() == 0

@@ -218,6 +218,16 @@ pub struct PasswordPolicyConfig {
     /// Have I Been Pwned "Pwned Passwords" file (SHA-1, sorted by hash, `HASH:COUNT` lines).
     #[serde(default)]
     pub breached_passwords_file: Option<PathBuf>,
+    /// Maximum password age in days; 0 = passwords do not expire (recommended: 365).
+    #[serde(default)]
+    pub max_age_days: u64,
+    /// A new password may not be any of the last N (0 = no history).
+    #[serde(default = "d_history")]
+    pub history: u32,
+}
+
+fn d_history() -> u32 {
+    5
 }
 
 impl Default for PasswordPolicyConfig {
@@ -226,6 +236,8 @@ impl Default for PasswordPolicyConfig {
             min_length: d_min_len(),
             min_score: d_min_score(),
             breached_passwords_file: None,
+            max_age_days: 0,
+            history: d_history(),
         }
     }
 }

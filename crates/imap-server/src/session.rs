@@ -679,6 +679,10 @@ impl Session {
                 let caps = self.capabilities();
                 self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))
             }
+            AuthOutcome::PasswordExpired => self.no(
+                tag,
+                "[EXPIRED] Password expired; change it, or use an app password",
+            ),
             AuthOutcome::Refused => {
                 self.conn.line(&format!(
                     "{tag} NO [UNAVAILABLE] Too many failed logins from your address; try again later"

@@ -557,6 +557,11 @@ impl Session {
             .await;
         let p = match outcome {
             AuthOutcome::Success(p) => p,
+            AuthOutcome::PasswordExpired => {
+                self.conn
+                    .send("-ERR [AUTH] Password expired; change it, or use an app password");
+                return Flow::Continue;
+            }
             AuthOutcome::Refused => {
                 self.conn.send(
                     "-ERR [SYS/TEMP] Too many failed logins from your address; try again later",

@@ -203,8 +203,15 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             let a = address(a)?;
             store.account(&a).await?;
             let pw = password::read_new(*password_stdin)?;
+            let n = cfg.password_policy.history;
             let hash = password::check_and_hash(cfg, &pw, a.as_str())?;
-            store.set_password(&a, &hash).await?;
+            if n > 0 {
+                let recent = store.recent_password_hashes(&a, n).await?;
+                if password::matches_any(&pw, &recent) {
+                    bail!("password refused: it is one of the last {n} passwords of this account");
+                }
+            }
+            store.set_password_keeping(&a, &hash, n).await?;
             println!("password of {a} changed");
         }
         UserCmd::List => {
@@ -226,6 +233,15 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             );
             println!("created:          {}", date(info.created_at));
             println!("password changed: {}", date(info.password_changed_at));
+            let days = cfg.password_policy.max_age_days;
+            if store.must_change_password(info.id).await? {
+                println!("password expires: now (a change was forced)");
+            } else if days > 0 {
+                println!(
+                    "password expires: {}",
+                    date(info.password_changed_at + days as i64 * 86400)
+                );
+            }
             println!(
                 "received details: {}",
                 if info.received_details { "on" } else { "off" }
@@ -267,6 +283,13 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                     m.special_use.unwrap_or_default()
                 );
             }
+        }
+        UserCmd::ExpirePassword { address: a } => {
+            let a = address(a)?;
+            store.expire_password(&a).await?;
+            println!(
+                "{a} must change the password: logins with it fail until `postern user passwd`"
+            );
         }
         UserCmd::Disable { address: a } => {
             let a = address(a)?;

@@ -214,6 +214,11 @@ pub enum UserCmd {
         #[arg(long)]
         recipients_per_hour: Option<u32>,
     },
+    /// Force a password change: the current password stops working for logins (app passwords
+    /// keep working) until `user passwd` sets a new one.
+    ExpirePassword {
+        address: String,
+    },
     /// Recent successful logins: when, from where, through which door.
     Logins {
         address: String,

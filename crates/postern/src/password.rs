@@ -94,6 +94,18 @@ pub fn hash(cfg: &Config, password: &SecretString) -> Result<String> {
     Ok(hasher.hash(password.expose_secret().as_bytes())?)
 }
 
+/// True if `password` matches any of the PHC strings (the no-reuse check).
+pub fn matches_any(password: &SecretString, hashes: &[String]) -> bool {
+    use postern_auth::PasswordHasher;
+    // Verification reads the parameters from each PHC string; these only build the hasher.
+    let Ok(hasher) = postern_auth::Argon2Hasher::new(19456, 2, 1) else {
+        return false;
+    };
+    hashes
+        .iter()
+        .any(|h| hasher.verify(password.expose_secret().as_bytes(), h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     let auth = Arc::new(
         Authenticator::new(Arc::new(store.clone()), pool, audit.clone())?
             .with_cache_ttl(Duration::from_secs(a.credential_cache_secs))
+            .with_max_password_age(Duration::from_secs(
+                cfg.password_policy.max_age_days.saturating_mul(86400),
+            ))
             .with_guard(guard.clone()),
     );
     // Bans added or lifted with `postern ban` reach the running server within 2 s; the audit

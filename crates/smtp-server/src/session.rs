@@ -510,6 +510,9 @@ impl Session {
             AuthOutcome::TemporaryFailure => {
                 self.error("454 4.7.0 Temporary authentication failure, try again later")
             }
+            AuthOutcome::PasswordExpired => {
+                self.error("535 5.7.8 Password expired; change it, or use an app password")
+            }
             AuthOutcome::Refused => {
                 let h = self.host().to_owned();
                 self.conn.reply(&format!(

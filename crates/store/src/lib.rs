@@ -53,7 +53,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -289,15 +289,97 @@ impl Store {
         Ok(id)
     }
 
+    /// Sets a new password hash; the old one goes into the history, which keeps the last `keep`.
     pub async fn set_password(&self, address: &EmailAddress, password_hash: &str) -> Result<()> {
-        let r = sqlx::query(
-            "UPDATE accounts SET password_hash = ?, password_changed_at = ? WHERE address = ?",
+        self.set_password_keeping(address, password_hash, 5).await
+    }
+
+    pub async fn set_password_keeping(
+        &self,
+        address: &EmailAddress,
+        password_hash: &str,
+        keep: u32,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query("SELECT id, password_hash FROM accounts WHERE address = ?")
+            .bind(address.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        let (id, old): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+        if keep > 0 {
+            sqlx::query(
+                "INSERT INTO password_history (account_id, hash, replaced_at) VALUES (?, ?, ?)",
+            )
+            .bind(id)
+            .bind(&old)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "DELETE FROM password_history WHERE account_id = ?1 AND rowid NOT IN
+             (SELECT rowid FROM password_history WHERE account_id = ?1 ORDER BY replaced_at DESC, rowid DESC LIMIT ?2)",
+        )
+        .bind(id)
+        .bind(keep as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE accounts SET password_hash = ?, password_changed_at = ?, must_change_password = 0 WHERE id = ?",
         )
         .bind(password_hash)
         .bind(now())
-        .bind(address.as_str())
-        .execute(&self.write)
+        .bind(id)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The current hash and up to `n` previous ones, newest first (for the no-reuse check).
+    pub async fn recent_password_hashes(
+        &self,
+        address: &EmailAddress,
+        n: u32,
+    ) -> Result<Vec<String>> {
+        let id = self.account(address).await?.id;
+        let mut out: Vec<String> =
+            vec![
+                sqlx::query("SELECT password_hash FROM accounts WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(&self.read)
+                    .await?
+                    .try_get(0)?,
+            ];
+        let rows = sqlx::query(
+            "SELECT hash FROM password_history WHERE account_id = ? ORDER BY replaced_at DESC, rowid DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(n as i64)
+        .fetch_all(&self.read)
+        .await?;
+        for r in rows {
+            out.push(r.try_get(0)?);
+        }
+        Ok(out)
+    }
+
+    pub async fn must_change_password(&self, account_id: i64) -> Result<bool> {
+        let v: i64 = sqlx::query("SELECT must_change_password FROM accounts WHERE id = ?")
+            .bind(account_id)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        Ok(v != 0)
+    }
+
+    /// Forces a password change at the next login (`postern user expire-password`).
+    pub async fn expire_password(&self, address: &EmailAddress) -> Result<()> {
+        let r = sqlx::query("UPDATE accounts SET must_change_password = 1 WHERE address = ?")
+            .bind(address.as_str())
+            .execute(&self.write)
+            .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("account {address}")));
         }
@@ -835,6 +917,23 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .await?;
         tx.commit().await?;
     }
+    if version < 6 {
+        // v6: forced password change and password history (no reuse of the last N).
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(
+            "ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+            CREATE TABLE password_history (
+                account_id  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                hash        TEXT NOT NULL,
+                replaced_at INTEGER NOT NULL
+            );
+            CREATE INDEX password_history_account ON password_history(account_id, replaced_at);
+            PRAGMA user_version = 6;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -845,7 +944,8 @@ impl CredentialStore for Store {
         login: &str,
     ) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
         let row = sqlx::query(
-            "SELECT id, address, password_hash, disabled, allowed_networks FROM accounts WHERE address = ?",
+            "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password
+             FROM accounts WHERE address = ?",
         )
         .bind(login)
         .fetch_optional(&self.read)
@@ -872,6 +972,8 @@ impl CredentialStore for Store {
                     .filter_map(|n| postern_auth::guard::Cidr::parse(n).ok())
                     .collect(),
                 app_passwords: app_passwords.clone(),
+                password_changed_at: r.try_get("password_changed_at")?,
+                must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
             })
         };
         get()
