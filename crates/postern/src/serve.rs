@@ -159,95 +159,48 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     for (protocol, listener, access) in bound {
         let addr = listener.local_addr()?;
         tracing::info!(protocol = protocol.name(), address = %addr, "listening");
-        let token = shutdown.clone();
-        let guard = guard.clone();
+        let gate = Gate {
+            access,
+            guard: guard.clone(),
+            protocol,
+            shutdown: shutdown.clone(),
+        };
         let task = match protocol {
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => {
-                let smtp = smtp.clone();
-                let limiter = smtp_limiter.clone();
-                tokio::spawn(postern_net::accept_loop(
+                let srv = smtp.clone();
+                spawn_listener(
                     listener,
                     smtp_limiter.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                    move |tcp, peer, admission| {
-                        let srv = smtp.clone();
-                        let token = token.clone();
-                        let guard = guard.clone();
-                        let access = access.clone();
-                        let limiter = limiter.clone();
-                        async move {
-                            let Some((tcp, peer, admission)) =
-                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
-                                    .await
-                            else {
-                                return;
-                            };
-                            postern_smtp::handle_connection(
-                                srv, protocol, tcp, peer, admission, token,
-                            )
-                            .await
-                        }
+                    &tracker,
+                    gate,
+                    move |t, p, a, s| {
+                        postern_smtp::handle_connection(srv.clone(), protocol, t, p, a, s)
                     },
-                ))
+                )
             }
             Protocol::Imap | Protocol::Imaps => {
-                let imap = imap.clone();
-                let limiter = mbx_limiter.clone();
-                tokio::spawn(postern_net::accept_loop(
+                let srv = imap.clone();
+                spawn_listener(
                     listener,
                     mbx_limiter.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                    move |tcp, peer, admission| {
-                        let srv = imap.clone();
-                        let token = token.clone();
-                        let guard = guard.clone();
-                        let access = access.clone();
-                        let limiter = limiter.clone();
-                        async move {
-                            let Some((tcp, peer, admission)) =
-                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
-                                    .await
-                            else {
-                                return;
-                            };
-                            postern_imap::handle_connection(
-                                srv, protocol, tcp, peer, admission, token,
-                            )
-                            .await
-                        }
+                    &tracker,
+                    gate,
+                    move |t, p, a, s| {
+                        postern_imap::handle_connection(srv.clone(), protocol, t, p, a, s)
                     },
-                ))
+                )
             }
             Protocol::Pop3 | Protocol::Pop3s => {
-                let pop3 = pop3.clone();
-                let limiter = mbx_limiter.clone();
-                tokio::spawn(postern_net::accept_loop(
+                let srv = pop3.clone();
+                spawn_listener(
                     listener,
                     mbx_limiter.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                    move |tcp, peer, admission| {
-                        let srv = pop3.clone();
-                        let token = token.clone();
-                        let guard = guard.clone();
-                        let access = access.clone();
-                        let limiter = limiter.clone();
-                        async move {
-                            let Some((tcp, peer, admission)) =
-                                gate(&access, &guard, &limiter, protocol, tcp, peer, admission)
-                                    .await
-                            else {
-                                return;
-                            };
-                            postern_pop3::handle_connection(
-                                srv, protocol, tcp, peer, admission, token,
-                            )
-                            .await
-                        }
+                    &tracker,
+                    gate,
+                    move |t, p, a, s| {
+                        postern_pop3::handle_connection(srv.clone(), protocol, t, p, a, s)
                     },
-                ))
+                )
             }
         };
         loops.push(task);
@@ -277,6 +230,54 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     store.close().await;
     tracing::info!("postern stopped");
     Ok(())
+}
+
+/// What every listener checks at accept, whatever its protocol.
+struct Gate {
+    access: Arc<Access>,
+    guard: Arc<postern_auth::guard::Guard>,
+    protocol: Protocol,
+    shutdown: CancellationToken,
+}
+
+type Admission = Result<postern_net::ConnPermit, postern_net::Refusal>;
+
+/// Runs the accept loop of one listener: each connection passes the [`gate`] (PROXY header,
+/// access lists, bans) before `session` runs the protocol.
+fn spawn_listener<F, Fut>(
+    listener: TcpListener,
+    limiter: Arc<ConnLimiter>,
+    tracker: &TaskTracker,
+    g: Gate,
+    session: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Admission, CancellationToken) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let g = Arc::new(g);
+    let session = Arc::new(session);
+    let lim = limiter.clone();
+    tokio::spawn(postern_net::accept_loop(
+        listener,
+        limiter,
+        g.shutdown.clone(),
+        tracker.clone(),
+        move |tcp, peer, admission| {
+            let (g, session, lim) = (g.clone(), session.clone(), lim.clone());
+            async move {
+                let Some((tcp, peer, admission)) =
+                    gate(&g.access, &g.guard, &lim, g.protocol, tcp, peer, admission).await
+                else {
+                    return;
+                };
+                session(tcp, peer, admission, g.shutdown.clone()).await
+            }
+        },
+    ))
 }
 
 /// A listener's allow and deny lists, evaluated at accept.
