@@ -16,7 +16,7 @@ use imap_codec::imap_types::IntoStatic;
 use imap_codec::CommandCodec;
 use postern_auth::{AuthOutcome, LoginAttempt, Principal};
 use postern_config::Protocol;
-use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
+use postern_net::{ConnPermit, Refusal, TlsInfo};
 use postern_store::{FlagOp, Mailbox, MessageMeta, StoreError, DELIMITER};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpStream;
@@ -67,37 +67,17 @@ pub async fn handle_connection(
 ) {
     let started = Instant::now();
     let implicit = protocol == Protocol::Imaps;
-    let _permit = match admission {
-        Ok(p) => p,
-        Err(r) => {
-            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
-            if !implicit {
-                let mut c = Conn::new(MailStream::Plain(tcp), 1024, 1024);
-                c.line("* BYE [UNAVAILABLE] Too many connections, try again later");
-                c.shutdown().await;
-            }
-            return;
-        }
-    };
-    let stream = if implicit {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            MailStream::accept_tls(tcp, &srv.tls),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake timed out");
-                return;
-            }
-        }
-    } else {
-        MailStream::Plain(tcp)
+    let Some((_permit, stream)) = postern_net::open_session(
+        tcp,
+        peer,
+        admission,
+        protocol.name(),
+        implicit.then_some((&srv.tls, Duration::from_secs(10))),
+        "* BYE [UNAVAILABLE] Too many connections, try again later",
+    )
+    .await
+    else {
+        return;
     };
     let early = !implicit && stream.has_early_data().await;
     let tls = stream.tls_info();

@@ -52,3 +52,49 @@ pub async fn accept_loop<F, Fut>(
         }
     }
 }
+
+/// The start every protocol session shares: a connection over the caps gets `busy_line` (on
+/// plain listeners; implicit-TLS clients would not understand it) and is closed; on implicit-TLS
+/// listeners the handshake runs under `handshake` deadline. None if no session is to run.
+pub async fn open_session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Result<ConnPermit, Refusal>,
+    protocol: &'static str,
+    implicit_tls: Option<(&TlsAcceptor, std::time::Duration)>,
+    busy_line: &str,
+) -> Option<(ConnPermit, MailStream)> {
+    use tokio::io::AsyncWriteExt;
+    let permit = match admission {
+        Ok(p) => p,
+        Err(r) => {
+            tracing::warn!(event = "connection", protocol, ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
+            if implicit_tls.is_none() {
+                let mut tcp = tcp;
+                let bye = async {
+                    let _ = tcp.write_all(format!("{busy_line}\r\n").as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), bye).await;
+            }
+            return None;
+        }
+    };
+    let stream = match implicit_tls {
+        None => MailStream::Plain(tcp),
+        Some((acceptor, deadline)) => {
+            match tokio::time::timeout(deadline, MailStream::accept_tls(tcp, acceptor)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(event = "connection", protocol, ip = %peer.ip(), error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::info!(event = "connection", protocol, ip = %peer.ip(), "TLS handshake timed out");
+                    return None;
+                }
+            }
+        }
+    };
+    Some((permit, stream))
+}

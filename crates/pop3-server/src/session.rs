@@ -136,37 +136,17 @@ pub async fn handle_connection(
 ) {
     let started = Instant::now();
     let implicit = protocol == Protocol::Pop3s;
-    let _permit = match admission {
-        Ok(p) => p,
-        Err(r) => {
-            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
-            if !implicit {
-                let mut c = Conn {
-                    stream: Some(MailStream::Plain(tcp)),
-                    buf: Vec::new(),
-                    out: Vec::new(),
-                };
-                c.send("-ERR [SYS/TEMP] Too many connections, try again later");
-                c.shutdown().await;
-            }
-            return;
-        }
-    };
-    let stream = if implicit {
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            MailStream::accept_tls(tcp, &srv.tls),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake failed or timed out");
-                return;
-            }
-        }
-    } else {
-        MailStream::Plain(tcp)
+    let Some((_permit, stream)) = postern_net::open_session(
+        tcp,
+        peer,
+        admission,
+        protocol.name(),
+        implicit.then_some((&srv.tls, Duration::from_secs(10))),
+        "-ERR [SYS/TEMP] Too many connections, try again later",
+    )
+    .await
+    else {
+        return;
     };
     let early = !implicit && stream.has_early_data().await;
     let tls = stream.tls_info();

@@ -89,36 +89,22 @@ pub async fn handle_connection(
 ) {
     let kind = ListenerKind { protocol };
     let started = Instant::now();
-    let _permit = match admission {
-        Ok(p) => p,
-        Err(r) => {
-            tracing::warn!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
-            if !kind.implicit_tls() {
-                let mut conn = Conn::new(MailStream::Plain(tcp));
-                conn.reply(&format!(
-                    "421 4.7.0 {} Too many connections, try again later",
-                    srv.hostname
-                ));
-                conn.shutdown().await;
-            }
-            return;
-        }
-    };
-    let stream = if kind.implicit_tls() {
-        let t = Duration::from_secs(srv.config.tls_handshake_timeout_secs);
-        match tokio::time::timeout(t, MailStream::accept_tls(tcp, &srv.tls)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "TLS handshake timed out");
-                return;
-            }
-        }
-    } else {
-        MailStream::Plain(tcp)
+    let tls_deadline = Duration::from_secs(srv.config.tls_handshake_timeout_secs);
+    let busy = format!(
+        "421 4.7.0 {} Too many connections, try again later",
+        srv.hostname
+    );
+    let Some((_permit, stream)) = postern_net::open_session(
+        tcp,
+        peer,
+        admission,
+        protocol.name(),
+        kind.implicit_tls().then_some((&srv.tls, tls_deadline)),
+        &busy,
+    )
+    .await
+    else {
+        return;
     };
     let tls = stream.tls_info();
     let mut s = Session {

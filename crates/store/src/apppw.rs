@@ -41,13 +41,7 @@ impl Store {
         .bind(now())
         .execute(&self.write)
         .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Exists(format!("app password {name:?}")))
-            }
-            Err(e) => Err(e.into()),
-        }
+        crate::inserted(r, format!("app password {name:?}"))
     }
 
     pub async fn list_app_passwords(&self, account_id: i64) -> Result<Vec<AppPasswordInfo>> {

@@ -53,6 +53,23 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+impl From<&AuditRow> for NewAudit {
+    fn from(a: &AuditRow) -> NewAudit {
+        NewAudit {
+            ts: a.ts,
+            event: a.event.clone(),
+            protocol: a.protocol.clone(),
+            ip: a.ip.clone(),
+            username: a.username.clone(),
+            account_id: a.account_id,
+            mechanism: a.mechanism.clone(),
+            tls: a.tls.clone(),
+            result: a.result.clone(),
+            reason: a.reason.clone(),
+        }
+    }
+}
+
 fn chain(prev: &str, e: &NewAudit) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -185,7 +202,7 @@ impl Store {
             .await?;
         let mut prev: Option<String> = None;
         let mut prev_id = 0i64;
-        for (i, r) in rows.iter().enumerate() {
+        for r in &rows {
             let a = row(r)?;
             let stored_prev: String = r.try_get("prev_hash")?;
             let stored: String = r.try_get("hash")?;
@@ -197,25 +214,13 @@ impl Store {
                     )));
                 }
             }
-            let e = NewAudit {
-                ts: a.ts,
-                event: a.event.clone(),
-                protocol: a.protocol.clone(),
-                ip: a.ip.clone(),
-                username: a.username.clone(),
-                account_id: a.account_id,
-                mechanism: a.mechanism.clone(),
-                tls: a.tls.clone(),
-                result: a.result.clone(),
-                reason: a.reason.clone(),
-            };
+            let e = NewAudit::from(&a);
             if chain(&stored_prev, &e) != stored {
                 return Ok(Err(format!(
                     "row {} was edited (its hash does not match its fields)",
                     a.id
                 )));
             }
-            let _ = i;
             prev = Some(stored);
             prev_id = a.id;
         }

@@ -43,6 +43,15 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The result of an INSERT whose UNIQUE constraint names an existing `what`.
+pub(crate) fn inserted<T>(r: std::result::Result<T, sqlx::Error>, what: String) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Exists(what)),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The mailboxes every account gets, with their RFC 6154 special-use attributes.
 pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("INBOX", None),
@@ -374,40 +383,43 @@ impl Store {
         Ok(v != 0)
     }
 
-    /// Forces a password change at the next login (`postern user expire-password`).
-    pub async fn expire_password(&self, address: &EmailAddress) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET must_change_password = 1 WHERE address = ?")
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
+    /// Runs an `UPDATE accounts ... WHERE address = ?` whose other parameters are bound; the
+    /// address is bound last. An address that names no account is NotFound.
+    async fn update_account<'q>(
+        &self,
+        address: &'q EmailAddress,
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<()> {
+        let r = q.bind(address.as_str()).execute(&self.write).await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("account {address}")));
         }
         Ok(())
+    }
+
+    /// Forces a password change at the next login (`postern user expire-password`).
+    pub async fn expire_password(&self, address: &EmailAddress) -> Result<()> {
+        self.update_account(
+            address,
+            sqlx::query("UPDATE accounts SET must_change_password = 1 WHERE address = ?"),
+        )
+        .await
     }
 
     pub async fn set_disabled(&self, address: &EmailAddress, disabled: bool) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET disabled = ? WHERE address = ?")
-            .bind(disabled)
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {address}")));
-        }
-        Ok(())
+        self.update_account(
+            address,
+            sqlx::query("UPDATE accounts SET disabled = ? WHERE address = ?").bind(disabled),
+        )
+        .await
     }
 
     pub async fn set_received_details(&self, address: &EmailAddress, on: bool) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET received_details = ? WHERE address = ?")
-            .bind(on)
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {address}")));
-        }
-        Ok(())
+        self.update_account(
+            address,
+            sqlx::query("UPDATE accounts SET received_details = ? WHERE address = ?").bind(on),
+        )
+        .await
     }
 
     /// Networks the account may log in from (empty: anywhere).
@@ -416,15 +428,12 @@ impl Store {
         address: &EmailAddress,
         nets: &[String],
     ) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET allowed_networks = ? WHERE address = ?")
-            .bind(nets.join(","))
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {address}")));
-        }
-        Ok(())
+        self.update_account(
+            address,
+            sqlx::query("UPDATE accounts SET allowed_networks = ? WHERE address = ?")
+                .bind(nets.join(",")),
+        )
+        .await
     }
 
     pub async fn set_send_limits(
@@ -433,16 +442,10 @@ impl Store {
         messages: Option<u32>,
         recipients: Option<u32>,
     ) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET send_messages_per_hour = ?, send_recipients_per_hour = ? WHERE address = ?")
+        self.update_account(address, sqlx::query("UPDATE accounts SET send_messages_per_hour = ?, send_recipients_per_hour = ? WHERE address = ?")
             .bind(messages.map(i64::from))
-            .bind(recipients.map(i64::from))
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {address}")));
-        }
-        Ok(())
+            .bind(recipients.map(i64::from)))
+            .await
     }
 
     /// Per-account overrides of the hourly send limits (messages, recipients).
@@ -472,15 +475,11 @@ impl Store {
     }
 
     pub async fn set_pop3_enabled(&self, address: &EmailAddress, on: bool) -> Result<()> {
-        let r = sqlx::query("UPDATE accounts SET pop3_enabled = ? WHERE address = ?")
-            .bind(on)
-            .bind(address.as_str())
-            .execute(&self.write)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("account {address}")));
-        }
-        Ok(())
+        self.update_account(
+            address,
+            sqlx::query("UPDATE accounts SET pop3_enabled = ? WHERE address = ?").bind(on),
+        )
+        .await
     }
 
     /// Removes an account, its aliases, mailboxes and messages, and the bodies no longer referenced.

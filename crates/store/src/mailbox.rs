@@ -196,13 +196,7 @@ impl Store {
                 .bind(new_uidvalidity())
                 .execute(&self.write)
                 .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Exists(format!("mailbox {name}")))
-            }
-            Err(e) => Err(e.into()),
-        }
+        crate::inserted(res, format!("mailbox {name}"))
     }
 
     /// Deletes a mailbox and its messages (blobs no longer referenced are removed).
