@@ -276,6 +276,12 @@ impl Guard {
         }
     }
 
+    /// The current time on the guard's clock (Unix seconds); the auth core uses it for every
+    /// expiry so that tests can move one fake clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
     pub fn config(&self) -> &GuardConfig {
         &self.cfg
     }

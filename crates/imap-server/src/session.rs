@@ -663,6 +663,10 @@ impl Session {
                 tag,
                 "[EXPIRED] Password expired; change it, or use an app password",
             ),
+            AuthOutcome::AppPasswordRequired => self.no(
+                tag,
+                "[AUTHENTICATIONFAILED] Two-factor authentication is on: an app password is required",
+            ),
             AuthOutcome::Refused => {
                 self.conn.line(&format!(
                     "{tag} NO [UNAVAILABLE] Too many failed logins from your address; try again later"

@@ -542,6 +542,12 @@ impl Session {
                     .send("-ERR [AUTH] Password expired; change it, or use an app password");
                 return Flow::Continue;
             }
+            AuthOutcome::AppPasswordRequired => {
+                self.conn.send(
+                    "-ERR [AUTH] Two-factor authentication is on: an app password is required",
+                );
+                return Flow::Continue;
+            }
             AuthOutcome::Refused => {
                 self.conn.send(
                     "-ERR [SYS/TEMP] Too many failed logins from your address; try again later",

@@ -1,6 +1,7 @@
 //! Adapts the store to the SMTP server's [`MailBackend`]: local delivery gets a Return-Path header
 //! (RFC 5321 4.4), the outbound queue keeps the message as submitted plus our Received header.
 
+use postern_auth::{Principal, PrincipalKind};
 use postern_smtp::{BackendError, Delivery, MailBackend};
 use postern_store::Store;
 use postern_types::EmailAddress;
@@ -23,24 +24,42 @@ impl MailBackend for StoreBackend {
         self.store.resolve_recipient(address).await.map_err(err)
     }
 
-    async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>, BackendError> {
-        self.store.owned_addresses(account_id).await.map_err(err)
+    async fn allowed_senders(&self, p: &Principal) -> Result<Vec<String>, BackendError> {
+        match p.kind {
+            PrincipalKind::Account => self.store.owned_addresses(p.account_id).await,
+            PrincipalKind::Application => self
+                .store
+                .application_by_id(p.account_id)
+                .await
+                .map(|a| a.allow_from),
+        }
+        .map_err(err)
     }
 
-    async fn received_details(&self, account_id: i64) -> Result<bool, BackendError> {
-        Ok(self
-            .store
-            .account_by_id(account_id)
-            .await
-            .map_err(err)?
-            .received_details)
+    async fn received_details(&self, p: &Principal) -> Result<bool, BackendError> {
+        match p.kind {
+            PrincipalKind::Account => Ok(self
+                .store
+                .account_by_id(p.account_id)
+                .await
+                .map_err(err)?
+                .received_details),
+            PrincipalKind::Application => Ok(false),
+        }
     }
 
-    async fn send_limits(
-        &self,
-        account_id: i64,
-    ) -> Result<(Option<u32>, Option<u32>), BackendError> {
-        self.store.send_limits(account_id).await.map_err(err)
+    async fn send_limits(&self, p: &Principal) -> Result<(Option<u32>, Option<u32>), BackendError> {
+        match p.kind {
+            PrincipalKind::Account => self.store.send_limits(p.account_id).await.map_err(err),
+            PrincipalKind::Application => {
+                let a = self
+                    .store
+                    .application_by_id(p.account_id)
+                    .await
+                    .map_err(err)?;
+                Ok((a.send_messages_per_hour, a.send_recipients_per_hour))
+            }
+        }
     }
 
     async fn deliver(&self, d: Delivery) -> Result<(), BackendError> {

@@ -74,6 +74,9 @@ pub enum Command {
     /// App passwords for mail clients: generated, shown once, scoped (protocols, networks, expiry).
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCmd),
+    /// Application credentials: programs that may only submit mail, as listed senders.
+    #[command(subcommand)]
+    App(AppCmd),
     /// Bans of source addresses and networks; works while the server runs.
     #[command(subcommand)]
     Ban(BanCmd),
@@ -108,6 +111,64 @@ pub enum AppPasswordCmd {
     List { address: String },
     /// Revoke an app password.
     Revoke { address: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCmd {
+    /// Create an application credential and print its secret once.
+    Create {
+        /// The login name: lower-case letters, digits, '.', '_', '-' (no '@').
+        name: String,
+        /// A sender address or @domain it may use (local domains only); repeatable.
+        #[arg(long = "allow-from", required = true)]
+        allow_from: Vec<String>,
+        /// Usable only from this network (CIDR); repeatable.
+        #[arg(long = "from")]
+        from: Vec<String>,
+        /// Lifetime: 90d, 1y ...
+        #[arg(long)]
+        expires: Option<String>,
+        /// Messages per hour (default: [smtp] max_messages_per_hour).
+        #[arg(long)]
+        messages_per_hour: Option<u32>,
+        /// Recipients per hour (default: [smtp] max_recipients_per_hour).
+        #[arg(long)]
+        recipients_per_hour: Option<u32>,
+        /// Print a JSON object with a `secret` field.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a new secret; the old one keeps working for the grace period, then stops.
+    Rotate {
+        name: String,
+        /// How long the old secret keeps working: 24h, 7d, 0s ...
+        #[arg(long, default_value = "24h")]
+        grace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List applications (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one application.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an application's logins (its secret is kept).
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    /// Delete an application and its secrets.
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,6 +360,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
         Command::Ban(c) => crate::admin::ban(&cli.load_config()?, c).await,
         Command::AppPassword(c) => crate::admin::app_password(&cli.load_config()?, c).await,
+        Command::App(c) => crate::apps::run(&cli.load_config()?, c).await,
         Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }

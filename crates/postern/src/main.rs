@@ -1,7 +1,9 @@
 //! The `postern` binary: command line, start-up, wiring, signals and graceful shutdown.
 #![forbid(unsafe_code)]
 
+mod actor;
 mod admin;
+mod apps;
 mod backend;
 mod cli;
 mod password;

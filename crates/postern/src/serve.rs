@@ -78,8 +78,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             ))
             .with_guard(guard.clone()),
     );
-    // Bans added or lifted with `postern ban` reach the running server within 2 s; the audit
-    // log is trimmed to its retention once an hour.
+    // Bans added or lifted with `postern ban` reach the running server within 2 s, rotated
+    // application secrets are retired (and audited) within 2 s of their grace period's end; the
+    // audit log is trimmed to its retention once an hour.
     {
         let guard = guard.clone();
         let store = store.clone();
@@ -90,6 +91,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             loop {
                 tick.tick().await;
                 guard.sync_bans().await;
+                if let Err(e) = crate::apps::retire_previous_secrets(&store).await {
+                    tracing::warn!(error = %e, "retiring rotated application secrets failed");
+                }
                 n += 1;
                 if n % 1800 == 1 {
                     if let Err(e) = store.prune_audit(retention).await {

@@ -12,7 +12,7 @@ pub mod session;
 
 use std::sync::Arc;
 
-use postern_auth::Authenticator;
+use postern_auth::{Authenticator, Principal};
 use postern_config::{Protocol, SmtpConfig};
 use postern_net::TlsAcceptor;
 use postern_types::EmailAddress;
@@ -45,17 +45,18 @@ pub trait MailBackend: Send + Sync {
     async fn is_local_domain(&self, domain: &str) -> Result<bool, BackendError>;
     /// The account that receives mail for `address` (account address or alias).
     async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>, BackendError>;
-    /// Addresses the account may use as envelope sender and in From.
-    async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>, BackendError>;
+    /// What the principal may use as envelope sender and in From: addresses, or "@domain" for
+    /// every address of a domain (see [`postern_types::sender_allowed`]).
+    async fn allowed_senders(&self, principal: &Principal) -> Result<Vec<String>, BackendError>;
     /// Whether the account opted in to TLS and login details in Received headers.
-    async fn received_details(&self, account_id: i64) -> Result<bool, BackendError>;
+    async fn received_details(&self, principal: &Principal) -> Result<bool, BackendError>;
     /// Stores the message durably (local mailboxes and/or the outbound queue). When this returns
     /// Ok, the message must survive a crash.
     async fn deliver(&self, delivery: Delivery) -> Result<(), BackendError>;
-    /// Per-account overrides of the hourly send limits (messages, recipients); None = default.
+    /// Per-principal overrides of the hourly send limits (messages, recipients); None = default.
     async fn send_limits(
         &self,
-        _account_id: i64,
+        _principal: &Principal,
     ) -> Result<(Option<u32>, Option<u32>), BackendError> {
         Ok((None, None))
     }

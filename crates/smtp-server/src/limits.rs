@@ -15,9 +15,12 @@ pub struct SendLimits {
     pub recipients_per_hour: u32,
 }
 
+/// Whose sending is counted: accounts and applications have separate id spaces.
+pub type Sender = (postern_auth::PrincipalKind, i64);
+
 #[derive(Default)]
 pub struct SendLimiter {
-    sent: Mutex<HashMap<i64, VecDeque<(Instant, u32)>>>,
+    sent: Mutex<HashMap<Sender, VecDeque<(Instant, u32)>>>,
 }
 
 impl SendLimiter {
@@ -32,11 +35,11 @@ impl SendLimiter {
     }
 
     /// May the account add one more recipient (it already has `pending` in this transaction)?
-    pub fn allows_recipient(&self, account: i64, limits: SendLimits, pending: u32) -> bool {
+    pub fn allows_recipient(&self, account: Sender, limits: SendLimits, pending: u32) -> bool {
         self.allows_at(account, limits, pending, Instant::now())
     }
 
-    fn allows_at(&self, account: i64, limits: SendLimits, pending: u32, now: Instant) -> bool {
+    fn allows_at(&self, account: Sender, limits: SendLimits, pending: u32, now: Instant) -> bool {
         let mut m = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let q = m.entry(account).or_default();
         let (msgs, rcpts) = Self::usage(q, now);
@@ -44,11 +47,11 @@ impl SendLimiter {
     }
 
     /// Records a message accepted for `recipients` recipients.
-    pub fn record(&self, account: i64, recipients: u32) {
+    pub fn record(&self, account: Sender, recipients: u32) {
         self.record_at(account, recipients, Instant::now());
     }
 
-    fn record_at(&self, account: i64, recipients: u32, now: Instant) {
+    fn record_at(&self, account: Sender, recipients: u32, now: Instant) {
         let mut m = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let q = m.entry(account).or_default();
         Self::usage(q, now);
@@ -72,18 +75,18 @@ mod tests {
             recipients_per_hour: 5,
         };
         let t0 = Instant::now();
-        assert!(l.allows_at(1, lim, 0, t0));
-        l.record_at(1, 2, t0);
-        l.record_at(1, 2, t0);
+        assert!(l.allows_at((postern_auth::PrincipalKind::Account, 1), lim, 0, t0));
+        l.record_at((postern_auth::PrincipalKind::Account, 1), 2, t0);
+        l.record_at((postern_auth::PrincipalKind::Account, 1), 2, t0);
         // 4 recipients used: one more is fine, a second in the same message is not
-        assert!(l.allows_at(1, lim, 0, t0));
-        assert!(!l.allows_at(1, lim, 1, t0));
-        l.record_at(1, 1, t0);
+        assert!(l.allows_at((postern_auth::PrincipalKind::Account, 1), lim, 0, t0));
+        assert!(!l.allows_at((postern_auth::PrincipalKind::Account, 1), lim, 1, t0));
+        l.record_at((postern_auth::PrincipalKind::Account, 1), 1, t0);
         // 3 messages used
-        assert!(!l.allows_at(1, lim, 0, t0));
+        assert!(!l.allows_at((postern_auth::PrincipalKind::Account, 1), lim, 0, t0));
         // another account is not affected
-        assert!(l.allows_at(2, lim, 0, t0));
+        assert!(l.allows_at((postern_auth::PrincipalKind::Account, 2), lim, 0, t0));
         // an hour later the window is empty again
-        assert!(l.allows_at(1, lim, 0, t0 + HOUR));
+        assert!(l.allows_at((postern_auth::PrincipalKind::Account, 1), lim, 0, t0 + HOUR));
     }
 }

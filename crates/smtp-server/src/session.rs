@@ -499,6 +499,9 @@ impl Session {
             AuthOutcome::PasswordExpired => {
                 self.error("535 5.7.8 Password expired; change it, or use an app password")
             }
+            AuthOutcome::AppPasswordRequired => {
+                self.error("535 5.7.8 Two-factor authentication is on: an app password is required")
+            }
             AuthOutcome::Refused => {
                 let h = self.host().to_owned();
                 self.conn.reply(&format!(
@@ -551,9 +554,8 @@ impl Session {
             }
         };
         if let Some(p) = &self.principal {
-            let account = p.account_id;
-            match self.srv.backend.owned_addresses(account).await {
-                Ok(owned) if owned.contains(&sender) => {}
+            match self.srv.backend.allowed_senders(p).await {
+                Ok(allowed) if postern_types::sender_allowed(&allowed, &sender) => {}
                 Ok(_) => {
                     return self
                         .error("553 5.7.1 Sender address not owned by the authenticated user")
@@ -570,11 +572,11 @@ impl Session {
         self.ok("250 2.1.0 Sender OK")
     }
 
-    async fn send_limits(&self, account: i64) -> crate::limits::SendLimits {
+    async fn send_limits(&self, principal: &Principal) -> crate::limits::SendLimits {
         let (m, r) = self
             .srv
             .backend
-            .send_limits(account)
+            .send_limits(principal)
             .await
             .unwrap_or((None, None));
         crate::limits::SendLimits {
@@ -592,9 +594,9 @@ impl Session {
             return self.error("452 4.5.3 Too many recipients");
         }
         if let Some(p) = &self.principal {
-            let limits = self.send_limits(p.account_id).await;
+            let limits = self.send_limits(p).await;
             if !self.srv.send_limiter.allows_recipient(
-                p.account_id,
+                (p.kind, p.account_id),
                 limits,
                 self.rcpts.len() as u32,
             ) {
@@ -703,7 +705,11 @@ impl Session {
     }
 
     /// Checks the headers of a submitted message against the authenticated account.
-    async fn check_submission_headers(&mut self, body: &[u8], account: i64) -> Result<(), Flow> {
+    async fn check_submission_headers(
+        &mut self,
+        body: &[u8],
+        principal: &Principal,
+    ) -> Result<(), Flow> {
         let Some(msg) = mail_parser::MessageParser::new().parse_headers(body) else {
             return Err(self.error("550 5.6.0 Message refused: headers cannot be parsed"));
         };
@@ -726,14 +732,17 @@ impl Session {
         if claimed.is_empty() {
             return Err(self.error("550 5.6.0 Message refused: the From header has no address"));
         }
-        let owned = match self.srv.backend.owned_addresses(account).await {
+        let owned = match self.srv.backend.allowed_senders(principal).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "owned addresses look-up failed");
                 return Err(self.error("451 4.3.0 Temporary failure, please try again later"));
             }
         };
-        if claimed.iter().all(|c| owned.contains(c)) {
+        if claimed
+            .iter()
+            .all(|c| postern_types::sender_allowed(&owned, c))
+        {
             Ok(())
         } else {
             Err(self.error("550 5.7.1 From header address not owned by the authenticated user"))
@@ -742,12 +751,7 @@ impl Session {
 
     async fn received_header(&self, msg_id: &str) -> String {
         let details = match &self.principal {
-            Some(p) => self
-                .srv
-                .backend
-                .received_details(p.account_id)
-                .await
-                .unwrap_or(false),
+            Some(p) => self.srv.backend.received_details(p).await.unwrap_or(false),
             None => self.srv.config.received_tls_details,
         };
         // RFC 3848 "with" keywords.
@@ -783,7 +787,7 @@ impl Session {
 
     async fn accept(&mut self, body: Vec<u8>) -> Flow {
         if let Some(p) = self.principal.clone() {
-            if let Err(f) = self.check_submission_headers(&body, p.account_id).await {
+            if let Err(f) = self.check_submission_headers(&body, &p).await {
                 return f;
             }
         }
@@ -802,14 +806,18 @@ impl Session {
         let sender = self.mail_from.clone().unwrap_or_default();
         let delivery = Delivery {
             sender: sender.clone(),
-            account_id: self.principal.as_ref().map(|p| p.account_id),
+            account_id: self
+                .principal
+                .as_ref()
+                .filter(|p| !p.is_application())
+                .map(|p| p.account_id),
             local,
             remote,
             received,
             body,
         };
         let rcpts = self.rcpts.len();
-        let account = self.principal.as_ref().map(|p| p.account_id);
+        let account = self.principal.as_ref().map(|p| (p.kind, p.account_id));
         match self.srv.backend.deliver(delivery).await {
             Ok(()) => {
                 self.accepted += 1;

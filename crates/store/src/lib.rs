@@ -7,10 +7,13 @@
 //! 250 only after [`Store::deliver_local`] or [`Store::enqueue`] returned.
 #![forbid(unsafe_code)]
 
+pub mod admins;
 pub mod apppw;
+pub mod apps;
 pub mod audit;
 pub mod blob;
 pub mod mailbox;
+pub mod totp;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -62,7 +65,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -933,6 +936,13 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .await?;
         tx.commit().await?;
     }
+    if version < 7 {
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(include_str!("schema_v7.sql"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
     Ok(())
 }
 
@@ -942,6 +952,13 @@ impl CredentialStore for Store {
         &self,
         login: &str,
     ) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
+        if !login.contains('@') {
+            // Application names have no '@', account addresses always do.
+            return self
+                .application_credential(login)
+                .await
+                .map_err(|e| CredentialStoreError(e.to_string()));
+        }
         let row = sqlx::query(
             "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password
              FROM accounts WHERE address = ?",
@@ -956,6 +973,10 @@ impl CredentialStore for Store {
             .map_err(|e| CredentialStoreError(e.to_string()))?;
         let app_passwords = self
             .app_password_creds(id)
+            .await
+            .map_err(|e| CredentialStoreError(e.to_string()))?;
+        let second_factor = self
+            .second_factor_confirmed(&crate::totp::account_owner(id))
             .await
             .map_err(|e| CredentialStoreError(e.to_string()))?;
         let get = || -> std::result::Result<StoredCredential, sqlx::Error> {
@@ -973,6 +994,8 @@ impl CredentialStore for Store {
                 app_passwords: app_passwords.clone(),
                 password_changed_at: r.try_get("password_changed_at")?,
                 must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
+                second_factor,
+                ..StoredCredential::account(0, "", "")
             })
         };
         get()
@@ -990,6 +1013,19 @@ impl CredentialStore for Store {
                 .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not record app password use");
+        }
+    }
+
+    async fn application_used(&self, id: i64, ip: std::net::IpAddr) {
+        let r =
+            sqlx::query("UPDATE applications SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
+                .bind(now())
+                .bind(ip.to_string())
+                .bind(id)
+                .execute(&self.write)
+                .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record application use");
         }
     }
 }

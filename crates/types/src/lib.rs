@@ -135,6 +135,19 @@ impl fmt::Debug for EmailAddress {
     }
 }
 
+/// Whether `sender` matches an allow-from entry: the same address, or "@domain" for any address
+/// of that domain (not its subdomains).
+pub fn sender_allowed(allow_from: &[String], sender: &str) -> bool {
+    let sender = sender.to_ascii_lowercase();
+    allow_from.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.strip_prefix('@') {
+            Some(domain) => sender.rsplit_once('@').is_some_and(|(_, d)| d == domain),
+            None => a == sender,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +188,16 @@ mod tests {
         // `user%remote.test@example.test` is a local part containing '%': it never routes anywhere.
         let a = EmailAddress::parse("user%remote.test@example.test").unwrap();
         assert_eq!(a.domain(), "example.test");
+    }
+
+    #[test]
+    fn allow_from_matching() {
+        let allow = vec!["billing@a.test".to_owned(), "@b.test".to_owned()];
+        assert!(sender_allowed(&allow, "billing@a.test"));
+        assert!(sender_allowed(&allow, "Billing@A.test"));
+        assert!(!sender_allowed(&allow, "other@a.test"));
+        assert!(sender_allowed(&allow, "anyone@b.test"));
+        assert!(!sender_allowed(&allow, "x@sub.b.test"));
+        assert!(!sender_allowed(&allow, "x@evilb.test"));
     }
 }

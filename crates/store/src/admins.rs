@@ -1,0 +1,1 @@
+//! Administrators, their sessions and API keys (filled in below).
