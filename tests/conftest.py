@@ -43,7 +43,7 @@ def free_offset():
     for _ in range(200):
         off = random.randrange(20000, 50000)
         ok = True
-        for base in (25, 587, 465, 143, 993, 110, 995):
+        for base in (25, 587, 465, 143, 993, 110, 995, 8080):
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", base + off))

@@ -64,7 +64,7 @@ def test_app_password_lifecycle_and_scopes(make_server):
     # revoke takes effect at once
     srv.cli("app-password", "revoke", BOB, "phone")
     assert not imap_ok(srv, phone)
-    # the account password keeps working (2FA, which turns it off for mail, is not in yet)
+    # the account password keeps working (2FA is off for this account)
     assert imap_ok(srv, BOB_PW)
     # duplicate names and bad protocols are refused
     assert srv.cli("app-password", "create", BOB, "--name", "bookkeeping", check=False).returncode != 0

@@ -93,6 +93,10 @@ pub struct Config {
     pub pop3: Pop3Config,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -144,6 +148,63 @@ pub struct ListenerConfig {
     /// and limits, bans, access lists and logs use the client address it announces.
     #[serde(default)]
     pub proxy_from: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Where the master key comes from: `file:PATH` (base64, mode 0600; `postern init` makes
+    /// one) or `env:NAME` (base64 of 32 bytes). It seals TOTP seeds and keys recovery codes.
+    #[serde(default = "d_master_key")]
+    pub master_key: String,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            master_key: d_master_key(),
+        }
+    }
+}
+
+fn d_master_key() -> String {
+    "file:master.key".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin HTTP API (HTTPS, same certificate as the mail listeners). Empty: no API.
+    /// Loopback by default; put it elsewhere only behind `allow`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// If not empty, only these networks (CIDR) may connect to the API.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Lifetime of a login session token, in seconds.
+    #[serde(default = "d_session_secs")]
+    pub session_secs: u64,
+    /// Largest request body, in bytes.
+    #[serde(default = "d_admin_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: None,
+            allow: Vec::new(),
+            session_secs: d_session_secs(),
+            max_body_bytes: d_admin_body(),
+        }
+    }
+}
+
+fn d_session_secs() -> u64 {
+    900
+}
+fn d_admin_body() -> usize {
+    65536
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -755,7 +816,26 @@ impl Config {
         {
             return Err("auth.argon2_* parameters are out of range".into());
         }
+        let m = &self.secrets.master_key;
+        if !(m.starts_with("file:") || m.starts_with("env:")) || m.len() < 6 {
+            return Err(format!(
+                "secrets.master_key {m:?} must be file:PATH or env:NAME"
+            ));
+        }
+        for a in &self.admin.allow {
+            if !valid_cidr(a) {
+                return Err(format!(
+                    "admin.allow: {a:?} is not an IP address or CIDR network"
+                ));
+            }
+        }
+        if self.admin.session_secs < 60 || self.admin.session_secs > 86400 {
+            return Err("admin.session_secs must be between 60 and 86400".into());
+        }
         let mut seen = std::collections::HashSet::new();
+        if let Some(a) = self.admin.listen {
+            seen.insert(a);
+        }
         for l in &self.listeners {
             if !seen.insert(l.address) {
                 return Err(format!("two listeners use the address {}", l.address));
@@ -819,8 +899,22 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          [smtp]\nmax_message_size = 52428800\nmax_recipients = 100\n\n\
          [imap]\nmax_append_size = 52428800\n\n\
          # Set enabled = false to switch POP3 off everywhere (prefer IMAP).\n\
-         [pop3]\nenabled = true\n",
+         [pop3]\nenabled = true\n\n\
+         # The master key seals TOTP seeds (and later relay passwords and DKIM keys).\n\
+         [secrets]\nmaster_key = \"file:master.key\"\n\n",
     );
+    let admin_port = 8080u16.saturating_add(port_offset);
+    // The admin API stays on loopback even if the mail listeners face the world.
+    let ip = if ip.is_loopback() {
+        ip
+    } else {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    };
+    out.push_str(&format!(
+        "# The admin HTTP API (HTTPS). Create the first administrator with `postern admin bootstrap`.\n\
+         [admin]\nlisten = \"{}\"\n",
+        SocketAddr::new(ip, admin_port)
+    ));
     out
 }
 

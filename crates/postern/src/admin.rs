@@ -40,7 +40,7 @@ pub async fn init(
         .map(str::to_owned)
         .unwrap_or_else(|| format!("mail.{domain}"));
     Domain::parse(&hostname).with_context(|| format!("invalid --hostname {hostname:?}"))?;
-    if port_offset > 65535 - 587 {
+    if port_offset > 65535 - 8080 {
         bail!("--port-offset {port_offset} would push ports past 65535");
     }
     let config_path = dir.join("postern.toml");
@@ -65,6 +65,12 @@ pub async fn init(
     let (cert, key) = (cfg.path(&cfg.tls.cert), cfg.path(&cfg.tls.key));
     if !cert.exists() {
         postern_net::tls::generate_self_signed(&hostname, &cert, &key)?;
+    }
+    if let Some(p) = cfg.secrets.master_key.strip_prefix("file:") {
+        let path = cfg.path(Path::new(p));
+        if !path.exists() {
+            postern_secrets::MasterKey::generate_file(&path)?;
+        }
     }
     let store = open_store(&cfg).await?;
     store.add_domain(&domain).await?;
@@ -283,6 +289,9 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                     m.special_use.unwrap_or_default()
                 );
             }
+        }
+        UserCmd::TwoFa(c) => {
+            crate::twofactor::cli(cfg, &store, c).await?;
         }
         UserCmd::ExpirePassword { address: a } => {
             let a = address(a)?;

@@ -292,6 +292,37 @@ pub enum UserCmd {
         #[arg(action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
         on: bool,
     },
+    /// Two-factor authentication (TOTP). Once on, the password alone no longer opens SMTP,
+    /// IMAP or POP3: mail clients need app passwords.
+    #[command(subcommand, name = "2fa")]
+    TwoFa(TwoFaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TwoFaCmd {
+    /// Print an otpauth:// URI and QR code, then read a code from the app on stdin to confirm;
+    /// prints the recovery codes once.
+    Enroll {
+        address: String,
+        /// Print the URI and secret as one JSON line instead of the QR code.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish a pending enrolment: reads a code from stdin.
+    Confirm { address: String },
+    /// Whether 2FA is on, and how many recovery codes are left.
+    Status { address: String },
+    /// Turn 2FA off: reads a current code (or a recovery code) from stdin, or, for the host's
+    /// administrator, --admin-override with a --reason (audited).
+    Disable {
+        address: String,
+        #[arg(long)]
+        admin_override: bool,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// New recovery codes (the old ones stop working): reads a current code from stdin.
+    RecoveryCodes { address: String },
 }
 
 #[derive(Subcommand, Debug)]

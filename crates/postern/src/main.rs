@@ -8,6 +8,7 @@ mod backend;
 mod cli;
 mod password;
 mod serve;
+mod twofactor;
 
 use std::process::ExitCode;
 

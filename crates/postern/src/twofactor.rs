@@ -1,0 +1,343 @@
+//! Second factor (TOTP, RFC 6238): enrolment, confirmation, verification and recovery codes.
+//!
+//! Seeds are 160 random bits, sealed under the master key (purpose `totp:OWNER`) and opened only
+//! to check a code. A code is accepted once: the store keeps the last accepted time step and
+//! refuses that step or an earlier one (RFC 6238 5.2). Ten recovery codes are shown once at
+//! confirmation and stored as keyed digests (HMAC under the master key), each usable once.
+//! With a confirmed second factor, an account's password no longer opens SMTP, IMAP or POP3:
+//! only its app passwords do (enforced by the auth core).
+
+use anyhow::{bail, Context, Result};
+use postern_config::Config;
+use postern_secrets::MasterKey;
+use postern_store::Store;
+use rand::seq::IndexedRandom;
+use totp_rs::{Algorithm, Builder, Secret, Totp};
+use zeroize::Zeroizing;
+
+/// Loads the master key the config names, with a message that says what to do.
+pub fn master_key(cfg: &Config) -> Result<MasterKey> {
+    MasterKey::load(&cfg.secrets.master_key, &cfg.base_dir).with_context(|| {
+        format!(
+            "cannot load the master key ({}); it seals TOTP seeds",
+            cfg.secrets.master_key
+        )
+    })
+}
+
+fn purpose(owner: &str) -> String {
+    format!("totp:{owner}")
+}
+
+fn totp(seed: &[u8], issuer: &str, account: &str) -> Result<Totp> {
+    Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(30)
+        .with_secret(Secret::from(seed.to_vec()))
+        .with_issuer(Some(issuer.replace(':', "")))
+        .with_account_name(account.replace(':', ""))
+        .build()
+        .map_err(|e| anyhow::anyhow!("TOTP setup failed: {e}"))
+}
+
+/// What the user needs to add the account to an authenticator app.
+pub struct Enrolment {
+    pub uri: Zeroizing<String>,
+    pub secret_base32: Zeroizing<String>,
+}
+
+impl Enrolment {
+    /// The otpauth URI as a QR code for a terminal (Unicode half blocks).
+    pub fn qr(&self) -> Result<String> {
+        let code = qrcode::QrCode::new(self.uri.as_bytes())?;
+        Ok(code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build())
+    }
+}
+
+/// Starts (or restarts) an enrolment: a new seed, sealed and stored unconfirmed.
+pub async fn begin(
+    store: &Store,
+    key: &MasterKey,
+    owner: &str,
+    issuer: &str,
+    account: &str,
+) -> Result<Enrolment> {
+    let seed: Zeroizing<[u8; 20]> = Zeroizing::new(rand::random());
+    let t = totp(&seed[..], issuer, account)?;
+    store
+        .begin_second_factor(owner, &key.seal(&purpose(owner), &seed[..]))
+        .await
+        .map_err(|e| match e {
+            postern_store::StoreError::Exists(_) => {
+                anyhow::anyhow!("two-factor authentication is already on; disable it first")
+            }
+            e => e.into(),
+        })?;
+    Ok(Enrolment {
+        uri: Zeroizing::new(
+            t.to_url()
+                .map_err(|e| anyhow::anyhow!("otpauth URI: {e}"))?,
+        ),
+        secret_base32: Zeroizing::new(t.secret().to_base32()),
+    })
+}
+
+/// Checks a TOTP code against the stored seed (confirmed or pending) and uses up its time step.
+async fn check_code(store: &Store, key: &MasterKey, owner: &str, code: &str) -> Result<bool> {
+    let Some(sf) = store.second_factor(owner).await? else {
+        return Ok(false);
+    };
+    let seed = key.open(&purpose(owner), &sf.sealed_secret)?;
+    let t = totp(&seed, "postern", "check")?;
+    let now = postern_store::now().max(0) as u64;
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    match t.check(&code, now) {
+        Some(step) if (step as i64) > sf.last_step => {
+            Ok(store.accept_totp_step(owner, step as i64).await?)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn recovery_digest(key: &MasterKey, owner: &str, code: &str) -> String {
+    let norm: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    hex::encode(key.mac("recovery-code", format!("{owner}:{norm}").as_bytes()))
+}
+
+/// Ten recovery codes of 12 characters (about 60 bits each) in groups of four.
+fn new_recovery_codes() -> Vec<String> {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| {
+            let s: String = (0..12)
+                .map(|_| *ALPHABET.choose(&mut rng).expect("alphabet is not empty") as char)
+                .collect();
+            format!("{}-{}-{}", &s[0..4], &s[4..8], &s[8..12])
+        })
+        .collect()
+}
+
+/// Confirms a pending enrolment with a code from the app; returns the recovery codes (shown once).
+pub async fn confirm(
+    store: &Store,
+    key: &MasterKey,
+    owner: &str,
+    code: &str,
+) -> Result<Vec<String>> {
+    match store.second_factor(owner).await? {
+        None => bail!("no enrolment in progress; start one with `2fa enroll`"),
+        Some(sf) if sf.confirmed => bail!("two-factor authentication is already on"),
+        Some(_) => {}
+    }
+    if !check_code(store, key, owner, code).await? {
+        bail!("the code is not valid (check the device's clock, then try the next code)");
+    }
+    let codes = new_recovery_codes();
+    let digests: Vec<String> = codes
+        .iter()
+        .map(|c| recovery_digest(key, owner, c))
+        .collect();
+    store.confirm_second_factor(owner, &digests).await?;
+    Ok(codes)
+}
+
+/// How a second factor was proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    Totp,
+    RecoveryCode,
+}
+
+/// Verifies a TOTP code or, failing that, a recovery code of a confirmed second factor. Each
+/// code works once.
+pub async fn verify(
+    store: &Store,
+    key: &MasterKey,
+    owner: &str,
+    code: &str,
+) -> Result<Option<Proof>> {
+    match store.second_factor(owner).await? {
+        Some(sf) if sf.confirmed => {}
+        _ => return Ok(None),
+    }
+    let digits = code.trim();
+    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(check_code(store, key, owner, digits)
+            .await?
+            .then_some(Proof::Totp));
+    }
+    let d = recovery_digest(key, owner, code);
+    Ok(store
+        .use_recovery_code(owner, &d)
+        .await?
+        .then_some(Proof::RecoveryCode))
+}
+
+fn read_code(prompt: &str) -> Result<Option<Zeroizing<String>>> {
+    use std::io::{BufRead, Write};
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = Zeroizing::new(String::new());
+    let n = std::io::stdin().lock().read_line(&mut line)?;
+    let code = Zeroizing::new(line.trim().to_owned());
+    Ok((n > 0 && !code.is_empty()).then_some(code))
+}
+
+fn print_recovery(codes: &[String]) {
+    println!("Two-factor authentication is on. Recovery codes (shown once; each works once):");
+    for c in codes {
+        println!("  {c}");
+    }
+    println!(
+        "Mail clients now need app passwords: `postern app-password create ADDRESS --name NAME`."
+    );
+}
+
+/// `postern user 2fa ...`
+pub async fn cli(cfg: &Config, store: &Store, cmd: &crate::cli::TwoFaCmd) -> Result<()> {
+    use crate::actor::{record, Actor};
+    use crate::cli::TwoFaCmd;
+    let actor = Actor::cli();
+    let account = |a: &str| {
+        let a = a.to_owned();
+        async move {
+            let addr = postern_types::EmailAddress::parse(&a)
+                .with_context(|| format!("invalid address {a:?}"))?;
+            let info = store.account(&addr).await?;
+            Ok::<_, anyhow::Error>((
+                postern_store::totp::account_owner(info.id),
+                addr.as_str().to_owned(),
+            ))
+        }
+    };
+    let key = master_key(cfg)?;
+    match cmd {
+        TwoFaCmd::Enroll { address, json } => {
+            let (owner, addr) = account(address).await?;
+            let e = begin(store, &key, &owner, &cfg.server.hostname, &addr).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::json!({"uri": e.uri.as_str(), "secret": e.secret_base32.as_str()})
+                );
+            } else {
+                println!("Scan this with an authenticator app (or enter the secret by hand):");
+                println!("{}", e.qr()?);
+                println!("{}", e.uri.as_str());
+                println!("secret: {}", e.secret_base32.as_str());
+            }
+            {
+                use std::io::Write;
+                std::io::stdout().flush()?;
+            }
+            match read_code("Code from the app: ")? {
+                None => {
+                    println!("Enrolment pending: finish it with `postern user 2fa confirm {addr}`.")
+                }
+                Some(code) => {
+                    let codes = confirm(store, &key, &owner, &code).await?;
+                    record(store, &actor, "2fa_enabled", &addr, "").await?;
+                    print_recovery(&codes);
+                }
+            }
+        }
+        TwoFaCmd::Confirm { address } => {
+            let (owner, addr) = account(address).await?;
+            let Some(code) = read_code("Code from the app: ")? else {
+                bail!("no code given");
+            };
+            let codes = confirm(store, &key, &owner, &code).await?;
+            record(store, &actor, "2fa_enabled", &addr, "").await?;
+            print_recovery(&codes);
+        }
+        TwoFaCmd::Status { address } => {
+            let (owner, addr) = account(address).await?;
+            match store.second_factor(&owner).await? {
+                Some(sf) if sf.confirmed => println!(
+                    "{addr}: two-factor authentication on; {} recovery code(s) left",
+                    store.recovery_codes_left(&owner).await?
+                ),
+                Some(_) => println!("{addr}: enrolment pending (not yet confirmed)"),
+                None => println!("{addr}: two-factor authentication off"),
+            }
+        }
+        TwoFaCmd::Disable {
+            address,
+            admin_override,
+            reason,
+        } => {
+            let (owner, addr) = account(address).await?;
+            let detail = if *admin_override {
+                let Some(r) = reason.as_deref().filter(|r| !r.trim().is_empty()) else {
+                    bail!("--admin-override needs --reason (it goes to the audit log)");
+                };
+                format!("admin override: {r}")
+            } else {
+                let Some(code) = read_code("Current code or a recovery code: ")? else {
+                    bail!("no code given (or use --admin-override --reason ...)");
+                };
+                if verify(store, &key, &owner, &code).await?.is_none() {
+                    record(store, &actor, "2fa_code_refused", &addr, "disable").await?;
+                    bail!("the code is not valid");
+                }
+                "with a valid code".to_owned()
+            };
+            if !store.remove_second_factor(&owner).await? {
+                bail!("two-factor authentication is not on for {addr}");
+            }
+            record(store, &actor, "2fa_disabled", &addr, &detail).await?;
+            println!("two-factor authentication off for {addr}; the password works for mail again");
+        }
+        TwoFaCmd::RecoveryCodes { address } => {
+            let (owner, addr) = account(address).await?;
+            let Some(code) = read_code("Current code: ")? else {
+                bail!("no code given");
+            };
+            if verify(store, &key, &owner, &code).await? != Some(Proof::Totp) {
+                bail!("the code is not valid");
+            }
+            let codes = new_recovery_codes();
+            let digests: Vec<String> = codes
+                .iter()
+                .map(|c| recovery_digest(&key, &owner, c))
+                .collect();
+            store.confirm_second_factor(&owner, &digests).await?;
+            record(store, &actor, "2fa_recovery_codes_renewed", &addr, "").await?;
+            print_recovery(&codes);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_codes_are_distinct_and_normalised() {
+        let codes = new_recovery_codes();
+        assert_eq!(codes.len(), 10);
+        assert_eq!(codes[0].len(), 14);
+        let k = MasterKey::from_bytes([3; 32]);
+        assert_eq!(
+            recovery_digest(&k, "account:1", "abcd-efgh-jkmn"),
+            recovery_digest(&k, "account:1", " ABCD EFGH JKMN ")
+        );
+        assert_ne!(
+            recovery_digest(&k, "account:1", "abcd-efgh-jkmn"),
+            recovery_digest(&k, "account:2", "abcd-efgh-jkmn")
+        );
+    }
+}
