@@ -69,6 +69,7 @@ class Server:
         self.imaps = 993 + offset
         self.pop3 = 110 + offset
         self.pop3s = 995 + offset
+        self.admin = 8080 + offset
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")

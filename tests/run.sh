@@ -2,8 +2,9 @@
 # The whole Postern test suite, as the README gives it and as CI runs it:
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
-# imaplib, imapclient, poplib, curl, mbsync, fetchmail).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, pytest, imapclient).
+# imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra; pytest,
+# imapclient and schemathesis from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ if ((${#missing[@]})); then
 fi
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
+command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -35,6 +37,8 @@ if cargo tree --workspace --locked -i aws-lc-rs 2>/dev/null | grep -q aws-lc-rs;
   echo "aws-lc-rs is in the dependency tree" >&2
   exit 1
 fi
+echo "== the checked-in OpenAPI description is generated from tools/openapi.py"
+python3 tools/openapi.py --check
 echo "== unit tests"
 cargo test --workspace --locked
 echo "== build"

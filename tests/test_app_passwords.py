@@ -109,6 +109,9 @@ def test_max_password_age(make_server, tmp_path):
     cfg.write_text(cfg.read_text().replace("[password_policy]\n", "[password_policy]\nmax_age_days = 30\n"))
     with sqlite3.connect(srv.dir / "postern.db") as c:
         c.execute("UPDATE accounts SET password_changed_at = password_changed_at - 31 * 86400 WHERE address = ?", (BOB,))
+        # Alice's password expires in about 5 days: within the default 14-day warning period
+        c.execute("UPDATE accounts SET password_changed_at = password_changed_at - 25 * 86400 - 60 WHERE address = ?",
+                  ("alice@example.test",))
     from conftest import start
     srv2 = start(srv.dir, srv.offset)
     try:
@@ -119,6 +122,15 @@ def test_max_password_age(make_server, tmp_path):
         from conftest import ALICE, ALICE_PW
         m = imaplib.IMAP4_SSL("127.0.0.1", srv2.imaps, ssl_context=tls_client_context(), timeout=10)
         m.login(ALICE, ALICE_PW)
+        alerts = [r.decode() for r in m.untagged_responses.get("OK", [])]
+        assert any("[ALERT] your password expires in 4 days" in a for a in alerts), alerts
         m.logout()
+        with smtplib.SMTP_SSL("127.0.0.1", srv2.submissions, context=tls_client_context(), timeout=10) as s:
+            code, text = s.login(ALICE, ALICE_PW)
+            assert code == 235 and b"expires in 4 days" in text
+        p = poplib.POP3_SSL("127.0.0.1", srv2.pop3s, context=tls_client_context(), timeout=10)
+        p.user(ALICE)
+        assert b"expires in 4 days" in p.pass_(ALICE_PW)
+        p.quit()
     finally:
         assert srv2.stop() == 0

@@ -360,6 +360,27 @@ impl Guard {
         Verdict::Allow
     }
 
+    /// Lifts an account's lockout and forgets its failure counts (helpdesk "unlock").
+    /// Returns whether it was locked.
+    pub fn unlock(&self, account: &str) -> bool {
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.account.remove(account);
+        st.account_long.remove(account);
+        st.locked_until
+            .remove(account)
+            .is_some_and(|until| until > now)
+    }
+
+    /// Whether the account is locked for unknown clients now.
+    pub fn is_locked(&self, account: &str) -> bool {
+        let now = self.clock.now();
+        self.lock()
+            .locked_until
+            .get(account)
+            .is_some_and(|&u| u > now)
+    }
+
     /// Records a successful login: the source becomes a known client of the account.
     pub fn success(&self, ip: IpAddr, account: &str) {
         let now = self.clock.now();

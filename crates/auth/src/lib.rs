@@ -158,6 +158,9 @@ pub struct Principal {
     pub account_id: i64,
     /// The account address, or the application name.
     pub address: String,
+    /// Set when the account password was used and expires within the warning period: whole
+    /// days left (0 = today). The session tells the user.
+    pub password_expires_in_days: Option<u64>,
 }
 
 impl Principal {
@@ -166,7 +169,17 @@ impl Principal {
             kind: PrincipalKind::Account,
             account_id,
             address: address.into(),
+            password_expires_in_days: None,
         }
+    }
+
+    /// The warning to show after login, if the password expires soon.
+    pub fn expiry_warning(&self) -> Option<String> {
+        self.password_expires_in_days.map(|d| match d {
+            0 => "your password expires today; change it".to_owned(),
+            1 => "your password expires in 1 day; change it".to_owned(),
+            d => format!("your password expires in {d} days; change it"),
+        })
     }
     pub fn is_application(&self) -> bool {
         self.kind == PrincipalKind::Application
@@ -320,6 +333,8 @@ pub struct Authenticator {
     guard: Arc<guard::Guard>,
     /// Maximum password age in seconds (0: no expiry).
     max_password_age: u64,
+    /// Warning period before expiry, in seconds.
+    expiry_warning: u64,
 }
 
 /// Recently verified credentials, so that clients that reconnect often (IMAP clients, apps that
@@ -421,6 +436,7 @@ impl Authenticator {
                 None,
             )),
             max_password_age: 0,
+            expiry_warning: 0,
         })
     }
 
@@ -428,6 +444,29 @@ impl Authenticator {
     pub fn with_max_password_age(mut self, age: std::time::Duration) -> Self {
         self.max_password_age = age.as_secs();
         self
+    }
+
+    /// Logins with a password this close to its maximum age carry a warning.
+    pub fn with_expiry_warning(mut self, period: std::time::Duration) -> Self {
+        self.expiry_warning = period.as_secs();
+        self
+    }
+
+    /// Whole days left before the account password expires, if within the warning period.
+    fn days_left(&self, c: &StoredCredential) -> Option<u64> {
+        if self.max_password_age == 0 || self.expiry_warning == 0 {
+            return None;
+        }
+        let expires = (c.password_changed_at.max(0) as u64).saturating_add(self.max_password_age);
+        let left = expires.saturating_sub(self.guard_now());
+        (left <= self.expiry_warning).then_some(left / 86400)
+    }
+
+    fn account_success(&self, c: &StoredCredential) -> AuthOutcome {
+        AuthOutcome::Success(Principal {
+            password_expires_in_days: self.days_left(c),
+            ..Principal::account(c.account_id, c.address.clone())
+        })
     }
 
     fn password_expired(&self, c: &StoredCredential) -> bool {
@@ -603,11 +642,7 @@ impl Authenticator {
                 && !c.second_factor
                 && self.cache.hit(login, password, &c.password_hash)
             {
-                return (
-                    AuthOutcome::Success(Principal::account(c.account_id, c.address.clone())),
-                    Some(c.account_id),
-                    Ok(()),
-                );
+                return (self.account_success(c), Some(c.account_id), Ok(()));
             }
         }
         let (phc, account) = match &cred {
@@ -658,11 +693,7 @@ impl Authenticator {
             ),
             Some(c) => {
                 self.cache.insert(login, password, &c.password_hash);
-                (
-                    AuthOutcome::Success(Principal::account(c.account_id, c.address)),
-                    Some(c.account_id),
-                    Ok(()),
-                )
+                (self.account_success(&c), Some(c.account_id), Ok(()))
             }
         }
     }
@@ -709,6 +740,7 @@ impl Authenticator {
                 kind: PrincipalKind::Application,
                 account_id: c.account_id,
                 address: c.address.clone(),
+                password_expires_in_days: None,
             }),
             Some(c.account_id),
             Ok(()),
@@ -945,8 +977,7 @@ mod tests {
         )));
         let ok = AuthOutcome::Success(Principal {
             kind: PrincipalKind::Application,
-            account_id: 7,
-            address: "billing".into(),
+            ..Principal::account(7, "billing")
         });
         assert_eq!(
             attempt(&auth, "billing", "new-secret", "submission").await,
@@ -1005,6 +1036,64 @@ mod tests {
                 Ok(()),
                 Err(FailureReason::ApplicationScope),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_warning_period() {
+        let hasher = Arc::new(Argon2Hasher::new(64, 1, 1).unwrap());
+        let phc = hasher.hash(b"account password").unwrap();
+        let t0 = 10_000_000u64;
+        let clock = Arc::new(FakeClock(t0.into()));
+        let cred = StoredCredential {
+            password_changed_at: t0 as i64,
+            ..StoredCredential::account(1, "a@x.test", &phc)
+        };
+        let auth = Authenticator::new(
+            Arc::new(MemStore(vec![cred])),
+            HashPool::new(hasher, 2, Duration::from_secs(1)),
+            Arc::new(TracingAudit),
+        )
+        .unwrap()
+        .with_guard(Arc::new(guard::Guard::new(
+            guard::GuardConfig::default(),
+            clock.clone(),
+            None,
+        )))
+        .with_max_password_age(Duration::from_secs(30 * 86400))
+        .with_expiry_warning(Duration::from_secs(14 * 86400));
+        let days = |o: AuthOutcome| match o {
+            AuthOutcome::Success(p) => p.password_expires_in_days,
+            other => panic!("{other:?}"),
+        };
+        // 10 days in: no warning; 20 days in: 10 days left; last day: 0 ("today")
+        clock
+            .0
+            .store(t0 + 10 * 86400, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            days(attempt(&auth, "a@x.test", "account password", "imap").await),
+            None
+        );
+        clock
+            .0
+            .store(t0 + 20 * 86400, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            days(attempt(&auth, "a@x.test", "account password", "imap").await),
+            Some(10)
+        );
+        clock
+            .0
+            .store(t0 + 30 * 86400 - 100, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            days(attempt(&auth, "a@x.test", "account password", "imap").await),
+            Some(0)
+        );
+        clock
+            .0
+            .store(t0 + 30 * 86400 + 1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            attempt(&auth, "a@x.test", "account password", "imap").await,
+            AuthOutcome::PasswordExpired
         );
     }
 

@@ -282,6 +282,10 @@ pub struct PasswordPolicyConfig {
     /// Maximum password age in days; 0 = passwords do not expire (recommended: 365).
     #[serde(default)]
     pub max_age_days: u64,
+    /// Days before expiry during which a successful login carries a warning (IMAP `[ALERT]`,
+    /// SMTP 235 text, POP3 +OK text). Only with `max_age_days`.
+    #[serde(default = "d_warn_days")]
+    pub warn_days: u64,
     /// A new password may not be any of the last N (0 = no history).
     #[serde(default = "d_history")]
     pub history: u32,
@@ -289,6 +293,9 @@ pub struct PasswordPolicyConfig {
 
 fn d_history() -> u32 {
     5
+}
+fn d_warn_days() -> u64 {
+    14
 }
 
 impl Default for PasswordPolicyConfig {
@@ -298,6 +305,7 @@ impl Default for PasswordPolicyConfig {
             min_score: d_min_score(),
             breached_passwords_file: None,
             max_age_days: 0,
+            warn_days: d_warn_days(),
             history: d_history(),
         }
     }

@@ -655,6 +655,10 @@ impl Session {
                     return self.no(tag, "[LIMIT] Too many sessions for this account");
                 };
                 self._slot = Some(slot);
+                if let Some(w) = p.expiry_warning() {
+                    // RFC 3501 7.1: ALERT text must be shown to the user.
+                    self.conn.line(&format!("* OK [ALERT] {w}"));
+                }
                 self.principal = Some(p);
                 let caps = self.capabilities();
                 self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))

@@ -615,9 +615,13 @@ impl Session {
             deleted: vec![false; n],
             msgs,
         });
+        let warning = p
+            .expiry_warning()
+            .map(|w| format!("; {w}"))
+            .unwrap_or_default();
         self.principal = Some(p);
         self.conn.send(&format!(
-            "+OK maildrop locked and ready, {n} messages ({size} octets)"
+            "+OK maildrop locked and ready, {n} messages ({size} octets){warning}"
         ));
         Flow::Continue
     }

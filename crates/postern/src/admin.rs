@@ -187,19 +187,11 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             password_stdin,
         } => {
             let a = address(a)?;
-            if !store.is_local_domain(a.domain()).await? {
-                bail!(
-                    "domain {} is not served here; add it first with `postern domain add {}`",
-                    a.domain(),
-                    a.domain()
-                );
-            }
             if store.resolve_recipient(&a).await?.is_some() {
                 bail!("{a} already exists (as an account or an alias)");
             }
             let pw = password::read_new(*password_stdin)?;
-            let hash = password::check_and_hash(cfg, &pw, a.as_str())?;
-            store.add_account(&a, &hash).await?;
+            password::create_account(cfg, &store, &a, &pw).await?;
             println!("account {a} created");
         }
         UserCmd::Passwd {
@@ -209,15 +201,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             let a = address(a)?;
             store.account(&a).await?;
             let pw = password::read_new(*password_stdin)?;
-            let n = cfg.password_policy.history;
-            let hash = password::check_and_hash(cfg, &pw, a.as_str())?;
-            if n > 0 {
-                let recent = store.recent_password_hashes(&a, n).await?;
-                if password::matches_any(&pw, &recent) {
-                    bail!("password refused: it is one of the last {n} passwords of this account");
-                }
-            }
-            store.set_password_keeping(&a, &hash, n).await?;
+            password::change_account_password(cfg, &store, &a, &pw).await?;
             println!("password of {a} changed");
         }
         UserCmd::List => {
@@ -604,6 +588,52 @@ pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()
     Ok(())
 }
 
+/// Creates an app password (shared by the CLI and the API); returns its normalised scope and
+/// the secret, which is shown once. Audited as `app_password_created`.
+pub async fn create_app_password(
+    store: &postern_store::Store,
+    actor: &crate::actor::Actor,
+    a: &EmailAddress,
+    name: &str,
+    protocols: &[String],
+    expires_in: Option<u64>,
+    from: &[String],
+) -> Result<(Vec<String>, Vec<String>, Option<i64>, secrecy::SecretString)> {
+    let info = store.account(a).await?;
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        bail!("invalid app password name {name:?}");
+    }
+    let mut protos: Vec<String> = Vec::new();
+    for p in protocols.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        if !matches!(p, "smtp" | "imap" | "pop3") {
+            bail!("unknown protocol {p:?} (use smtp, imap, pop3)");
+        }
+        if !protos.iter().any(|x| x == p) {
+            protos.push(p.to_owned());
+        }
+    }
+    if protos.is_empty() {
+        bail!("no protocol given (use smtp, imap, pop3)");
+    }
+    let nets = crate::apps::check_networks(from)?;
+    let expires_at =
+        expires_in.map(|e| postern_store::now().saturating_add(e.min(i64::MAX as u64 / 2) as i64));
+    let secret = password::generate();
+    let digest = postern_auth::app_password_digest(secret.expose_secret());
+    store
+        .add_app_password(info.id, name, &digest, &protos, &nets, expires_at)
+        .await?;
+    crate::actor::record(
+        store,
+        actor,
+        "app_password_created",
+        a.as_str(),
+        &format!("name={name} protocols={}", protos.join(",")),
+    )
+    .await?;
+    Ok((protos, nets, expires_at, secret))
+}
+
 pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Result<()> {
     use crate::cli::AppPasswordCmd;
     let store = open_store(cfg).await?;
@@ -617,43 +647,18 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
             json,
         } => {
             let a = address(a)?;
-            let info = store.account(&a).await?;
-            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-                anyhow::bail!("invalid app password name {name:?}");
-            }
-            let mut protos: Vec<String> = Vec::new();
-            for p in protocols
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-            {
-                if !matches!(p, "smtp" | "imap" | "pop3") {
-                    anyhow::bail!("unknown protocol {p:?} (use smtp, imap, pop3)");
-                }
-                if !protos.iter().any(|x| x == p) {
-                    protos.push(p.to_owned());
-                }
-            }
-            if protos.is_empty() {
-                anyhow::bail!("--protocols names no protocol");
-            }
-            let mut nets = Vec::new();
-            for n in from {
-                nets.push(
-                    postern_auth::guard::Cidr::parse(n)
-                        .map_err(anyhow::Error::msg)?
-                        .to_string(),
-                );
-            }
-            let expires_at = match expires {
-                Some(e) => Some(postern_store::now() + parse_duration(e)? as i64),
-                None => None,
-            };
-            let secret = password::generate();
-            let digest = postern_auth::app_password_digest(secret.expose_secret());
-            store
-                .add_app_password(info.id, name, &digest, &protos, &nets, expires_at)
-                .await?;
+            let protos: Vec<String> = protocols.split(',').map(str::to_owned).collect();
+            let expires_in = expires.as_deref().map(parse_duration).transpose()?;
+            let (protos, nets, expires_at, secret) = create_app_password(
+                &store,
+                &crate::actor::Actor::cli(),
+                &a,
+                name,
+                &protos,
+                expires_in,
+                from,
+            )
+            .await?;
             if *json {
                 let o = serde_json::json!({
                     "address": a.as_str(), "name": name, "secret": secret.expose_secret(),
@@ -704,6 +709,14 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
             let a = address(a)?;
             let info = store.account(&a).await?;
             store.revoke_app_password(info.id, name).await?;
+            crate::actor::record(
+                &store,
+                &crate::actor::Actor::cli(),
+                "app_password_revoked",
+                a.as_str(),
+                &format!("name={name}"),
+            )
+            .await?;
             println!("app password {name:?} of {a} revoked");
         }
     }

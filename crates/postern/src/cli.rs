@@ -74,6 +74,9 @@ pub enum Command {
     /// App passwords for mail clients: generated, shown once, scoped (protocols, networks, expiry).
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCmd),
+    /// Administrators of the admin API (there is none until `admin bootstrap`).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Application credentials: programs that may only submit mail, as listed senders.
     #[command(subcommand)]
     App(AppCmd),
@@ -111,6 +114,39 @@ pub enum AppPasswordCmd {
     List { address: String },
     /// Revoke an app password.
     Revoke { address: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCmd {
+    /// Create the first administrator (a superadmin) with a generated password, shown once.
+    /// Refused if any administrator exists. TOTP enrolment is required at its first API login.
+    Bootstrap {
+        #[arg(long, default_value = "admin")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an administrator with a generated password (shown once).
+    Add {
+        name: String,
+        /// superadmin, domain-admin, helpdesk or auditor.
+        #[arg(long)]
+        role: String,
+        /// A domain a domain-admin manages; repeatable.
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    List,
+    /// Remove an administrator; its sessions end at once.
+    Remove {
+        name: String,
+    },
+    /// Forget an administrator's TOTP (lost device): the next login enrols again.
+    Reset2fa {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -392,6 +428,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Ban(c) => crate::admin::ban(&cli.load_config()?, c).await,
         Command::AppPassword(c) => crate::admin::app_password(&cli.load_config()?, c).await,
         Command::App(c) => crate::apps::run(&cli.load_config()?, c).await,
+        Command::Admin(c) => crate::admins::run(&cli.load_config()?, c).await,
         Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }

@@ -3,10 +3,13 @@
 
 mod actor;
 mod admin;
+mod admins;
+mod api;
 mod apps;
 mod backend;
 mod cli;
 mod password;
+mod roles;
 mod serve;
 mod twofactor;
 

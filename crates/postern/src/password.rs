@@ -106,6 +106,56 @@ pub fn matches_any(password: &SecretString, hashes: &[String]) -> bool {
         .any(|h| hasher.verify(password.expose_secret().as_bytes(), h))
 }
 
+/// Creates an account after the checks the CLI and the API share: the domain is served here,
+/// the address is free, the password passes the policy.
+pub async fn create_account(
+    cfg: &Config,
+    store: &postern_store::Store,
+    a: &postern_types::EmailAddress,
+    pw: &SecretString,
+) -> Result<i64> {
+    if !store.is_local_domain(a.domain()).await? {
+        anyhow::bail!(
+            "domain {} is not served here; add it first with `postern domain add {}`",
+            a.domain(),
+            a.domain()
+        );
+    }
+    if store.resolve_recipient(a).await?.is_some() {
+        anyhow::bail!("{a} already exists (as an account or an alias)");
+    }
+    let (cfg2, pw2, addr) = (cfg.clone(), pw.clone(), a.as_str().to_owned());
+    let hash = tokio::task::spawn_blocking(move || check_and_hash(&cfg2, &pw2, &addr)).await??;
+    Ok(store.add_account(a, &hash).await?)
+}
+
+/// Sets a new account password: policy, then no reuse of the last N, then stored with history.
+pub async fn change_account_password(
+    cfg: &Config,
+    store: &postern_store::Store,
+    a: &postern_types::EmailAddress,
+    pw: &SecretString,
+) -> Result<()> {
+    store.account(a).await?;
+    let n = cfg.password_policy.history;
+    let recent = if n > 0 {
+        store.recent_password_hashes(a, n).await?
+    } else {
+        Vec::new()
+    };
+    let (cfg2, pw2, addr) = (cfg.clone(), pw.clone(), a.as_str().to_owned());
+    let hash = tokio::task::spawn_blocking(move || -> Result<String> {
+        let hash = check_and_hash(&cfg2, &pw2, &addr)?;
+        if matches_any(&pw2, &recent) {
+            anyhow::bail!("password refused: it is one of the last {n} passwords of this account");
+        }
+        Ok(hash)
+    })
+    .await??;
+    store.set_password_keeping(a, &hash, n).await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

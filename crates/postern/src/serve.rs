@@ -47,6 +47,9 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
 /// Runs the server. `banner` is printed to stdout once every listener is bound (used by `demo`).
 pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String>) -> Result<()> {
     init_logging(&cfg, format);
+    // Installed first: a SIGTERM that arrives while the server is still starting is kept and
+    // handled as a graceful stop once it is up, instead of killing the process.
+    let signals = Signals::install()?;
     let store = open_store(&cfg)
         .await?
         .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
@@ -75,6 +78,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             .with_cache_ttl(Duration::from_secs(a.credential_cache_secs))
             .with_max_password_age(Duration::from_secs(
                 cfg.password_policy.max_age_days.saturating_mul(86400),
+            ))
+            .with_expiry_warning(Duration::from_secs(
+                cfg.password_policy.warn_days.saturating_mul(86400),
             ))
             .with_guard(guard.clone()),
     );
@@ -209,12 +215,42 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         };
         loops.push(task);
     }
+    let api_task = match cfg.admin.listen {
+        Some(addr) => {
+            let key = match crate::twofactor::master_key(&cfg) {
+                Ok(k) => Some(Arc::new(k)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "admin API logins refused until the master key is available");
+                    None
+                }
+            };
+            let random: [u8; 32] = rand::random();
+            let state = Arc::new(crate::api::ApiState {
+                cfg: cfg.clone(),
+                store: store.clone(),
+                auth: auth.clone(),
+                key,
+                dummy_hash: auth.pool().hasher().hash(&random)?,
+            });
+            let sd = shutdown.clone();
+            Some(
+                crate::api::serve(
+                    state,
+                    addr,
+                    tls.clone(),
+                    async move { sd.cancelled().await },
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     if let Some(b) = banner {
         println!("{b}");
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), hostname = %cfg.server.hostname, "postern started");
 
-    wait_for_signal().await?;
+    signals.wait().await;
     tracing::info!(
         open_sessions = tracker.len(),
         "shutting down: no new connections; draining sessions"
@@ -222,6 +258,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     shutdown.cancel();
     for l in loops {
         let _ = l.await;
+    }
+    if let Some(t) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     tracker.close();
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
@@ -392,13 +431,24 @@ fn guard_config(cfg: &Config) -> Result<postern_auth::guard::GuardConfig> {
     })
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
 }

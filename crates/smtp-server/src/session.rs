@@ -490,8 +490,12 @@ impl Session {
         drop(creds);
         match outcome {
             AuthOutcome::Success(p) => {
+                let reply = match p.expiry_warning() {
+                    Some(w) => format!("235 2.7.0 Authentication successful; {w}"),
+                    None => "235 2.7.0 Authentication successful".to_owned(),
+                };
                 self.principal = Some(p);
-                self.ok("235 2.7.0 Authentication successful")
+                self.ok(&reply)
             }
             AuthOutcome::TemporaryFailure => {
                 self.error("454 4.7.0 Temporary authentication failure, try again later")

@@ -51,10 +51,12 @@ CREATE TABLE admins (
     created_by     TEXT NOT NULL
 );
 
--- Admin API sessions (bearer tokens, stored as SHA-256 digests).
+-- Admin API sessions (bearer tokens, stored as SHA-256 digests). kind 'session' is a logged-in
+-- session; 'enroll' only lets a first login finish its TOTP enrolment.
 CREATE TABLE admin_sessions (
     digest      TEXT PRIMARY KEY,
     admin_id    INTEGER NOT NULL REFERENCES admins(id) ON DELETE CASCADE,
+    kind        TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
     expires_at  INTEGER NOT NULL,
     ip          TEXT NOT NULL

@@ -1,0 +1,139 @@
+//! Least-privilege roles of the admin API and what each may do. One table, [`allows`], decides;
+//! every handler asks it before doing anything, then checks the domain scope of a domain-admin.
+//!
+//! | permission            | superadmin | domain-admin (its domains) | helpdesk | auditor |
+//! |-----------------------|:---:|:---:|:---:|:---:|
+//! | read domains/users    |  ✓  |  ✓  |  ✓  |  ✓  |
+//! | manage domains        |  ✓  |     |     |     |
+//! | create/remove users   |  ✓  |  ✓  |     |     |
+//! | reset password, unlock, reset 2FA | ✓ | ✓ | ✓ |  |
+//! | read app passwords / applications | ✓ | ✓ | ✓ | ✓ |
+//! | create app passwords / applications (secrets) | ✓ | ✓ |  |  |
+//! | revoke app passwords  |  ✓  |  ✓  |  ✓  |     |
+//! | read bans             |  ✓  |     |  ✓  |  ✓  |
+//! | add/lift bans         |  ✓  |     |  ✓  |     |
+//! | read the audit log    |  ✓  |     |     |  ✓  |
+//! | administrators, roles, API keys | ✓ |  |  |  |
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Superadmin,
+    DomainAdmin,
+    Helpdesk,
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Superadmin,
+        Role::DomainAdmin,
+        Role::Helpdesk,
+        Role::Auditor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Superadmin => "superadmin",
+            Role::DomainAdmin => "domain-admin",
+            Role::Helpdesk => "helpdesk",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Perm {
+    ReadDirectory,
+    ManageDomains,
+    ManageUsers,
+    ResetCredentials,
+    ReadCredentials,
+    IssueSecrets,
+    RevokeAppPasswords,
+    ReadBans,
+    ManageBans,
+    ReadAudit,
+    ManageAdmins,
+}
+
+/// Whether `role` may do `perm` at all (a domain-admin is further limited to its domains).
+pub fn allows(role: Role, perm: Perm) -> bool {
+    use Perm::*;
+    match role {
+        Role::Superadmin => true,
+        Role::DomainAdmin => matches!(
+            perm,
+            ReadDirectory
+                | ManageUsers
+                | ResetCredentials
+                | ReadCredentials
+                | IssueSecrets
+                | RevokeAppPasswords
+        ),
+        Role::Helpdesk => matches!(
+            perm,
+            ReadDirectory
+                | ResetCredentials
+                | ReadCredentials
+                | RevokeAppPasswords
+                | ReadBans
+                | ManageBans
+        ),
+        Role::Auditor => matches!(perm, ReadDirectory | ReadCredentials | ReadBans | ReadAudit),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix() {
+        use Perm::*;
+        let all = [
+            ReadDirectory,
+            ManageDomains,
+            ManageUsers,
+            ResetCredentials,
+            ReadCredentials,
+            IssueSecrets,
+            RevokeAppPasswords,
+            ReadBans,
+            ManageBans,
+            ReadAudit,
+            ManageAdmins,
+        ];
+        assert!(all.iter().all(|p| allows(Role::Superadmin, *p)));
+        // nobody but a superadmin manages administrators or domains
+        for r in [Role::DomainAdmin, Role::Helpdesk, Role::Auditor] {
+            assert!(!allows(r, ManageAdmins) && !allows(r, ManageDomains));
+            assert!(allows(r, ReadDirectory));
+        }
+        // helpdesk: resets and unlocks, never issues secrets
+        assert!(allows(Role::Helpdesk, ResetCredentials) && !allows(Role::Helpdesk, IssueSecrets));
+        assert!(!allows(Role::Helpdesk, ReadAudit) && !allows(Role::Helpdesk, ManageUsers));
+        // auditor: read-only, including the audit log
+        assert!(allows(Role::Auditor, ReadAudit));
+        for p in [
+            ManageUsers,
+            ResetCredentials,
+            IssueSecrets,
+            RevokeAppPasswords,
+            ManageBans,
+        ] {
+            assert!(!allows(Role::Auditor, p));
+        }
+        // domain-admin: no bans, no audit log
+        assert!(!allows(Role::DomainAdmin, ManageBans) && !allows(Role::DomainAdmin, ReadAudit));
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+}
