@@ -54,6 +54,10 @@ def test_application_sends_only_as_its_senders_and_never_reads_mail(make_server)
     narrow = create(srv, "crm", "--allow-from", "crm@example.test")["secret"]
     code, _ = send(srv, "crm", narrow, "alice@example.test")
     assert code == 553
+    # another local domain is refused too, and so is a remote one
+    srv.cli("domain", "add", "other.test")
+    assert send(srv, "crm", narrow, "crm@other.test")[0] == 553
+    assert send(srv, "billing", secret, "billing@elsewhere.test")[0] == 553
     # envelope allowed but the From header claims someone else
     code, _ = send(srv, "crm", narrow, "crm@example.test", header_from="alice@example.test")
     assert code == 550
