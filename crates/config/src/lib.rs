@@ -100,6 +100,9 @@ pub struct Config {
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config file itself (re-read after a master key rotation). Not part of the file.
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,17 +157,49 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
     /// Where the master key comes from: `file:PATH` (base64, mode 0600; `postern init` makes
-    /// one) or `env:NAME` (base64 of 32 bytes). It seals TOTP seeds and keys recovery codes.
+    /// one), `env:NAME` (base64 of 32 bytes), `vault:MOUNT/PATH#FIELD` (a KV v2 field) or
+    /// `transit:KEY` (data keys wrapped by Vault/OpenBao Transit; the key never leaves it).
     #[serde(default = "d_master_key")]
     pub master_key: String,
+    /// Vault/OpenBao address, e.g. `https://vault.example.net:8200` (http only on loopback).
+    #[serde(default)]
+    pub vault_addr: Option<String>,
+    /// CA certificate (PEM) that signed the Vault server's certificate (required for https).
+    #[serde(default)]
+    pub vault_ca_file: Option<PathBuf>,
+    /// Reference to the Vault token: `env:NAME` or `file:PATH`.
+    #[serde(default)]
+    pub vault_token: Option<String>,
+    /// AppRole login instead of a token: the role id, and a reference to the secret id.
+    #[serde(default)]
+    pub vault_role_id: Option<String>,
+    #[serde(default)]
+    pub vault_secret_id: Option<String>,
+    /// Mount of the Transit engine.
+    #[serde(default = "d_transit")]
+    pub transit_mount: String,
+    /// Accept a secret written in clear in this file (e.g. a relay password). Off: refused.
+    #[serde(default)]
+    pub allow_plaintext_secrets: bool,
 }
 
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
             master_key: d_master_key(),
+            vault_addr: None,
+            vault_ca_file: None,
+            vault_token: None,
+            vault_role_id: None,
+            vault_secret_id: None,
+            transit_mount: d_transit(),
+            allow_plaintext_secrets: false,
         }
     }
+}
+
+fn d_transit() -> String {
+    "transit".into()
 }
 
 fn d_master_key() -> String {
@@ -735,6 +770,7 @@ impl Config {
             })
             .unwrap_or(Path::new("."))
             .to_owned();
+        cfg.file = path.to_owned();
         cfg.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -825,10 +861,18 @@ impl Config {
             return Err("auth.argon2_* parameters are out of range".into());
         }
         let m = &self.secrets.master_key;
-        if !(m.starts_with("file:") || m.starts_with("env:")) || m.len() < 6 {
+        let ok = ["file:", "env:", "vault:", "transit:"]
+            .iter()
+            .any(|p| m.strip_prefix(p).is_some_and(|r| !r.is_empty()));
+        if !ok {
             return Err(format!(
-                "secrets.master_key {m:?} must be file:PATH or env:NAME"
+                "secrets.master_key {m:?} must be file:PATH, env:NAME, vault:MOUNT/PATH#FIELD or transit:KEY"
             ));
+        }
+        if (m.starts_with("vault:") || m.starts_with("transit:"))
+            && self.secrets.vault_addr.is_none()
+        {
+            return Err(format!("secrets.master_key {m:?} needs secrets.vault_addr"));
         }
         for a in &self.admin.allow {
             if !valid_cidr(a) {

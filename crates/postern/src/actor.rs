@@ -28,6 +28,15 @@ impl Actor {
         }
     }
 
+    /// The server itself (rotation sweeps, configuration look-ups, TOTP checks).
+    pub fn system(what: &str) -> Actor {
+        Actor {
+            door: "server",
+            name: what.to_owned(),
+            ip: None,
+        }
+    }
+
     /// "cli:root", "api:alice", "apikey:deploy".
     pub fn label(&self) -> String {
         format!("{}:{}", self.door, self.name)

@@ -24,7 +24,6 @@ use base64::Engine as _;
 use postern_auth::guard::{Ban, Cidr, Verdict};
 use postern_auth::Authenticator;
 use postern_config::Config;
-use postern_secrets::MasterKey;
 use postern_store::audit::{AuditQuery, NewAudit};
 use postern_store::{Store, StoreError};
 use postern_types::{Domain, EmailAddress};
@@ -42,8 +41,8 @@ pub struct ApiState {
     pub cfg: Config,
     pub store: Store,
     pub auth: Arc<Authenticator>,
-    /// None if the master key cannot be loaded: logins then fail with 503 (TOTP needs it).
-    pub key: Option<Arc<MasterKey>>,
+    /// The master key and secret store (TOTP seeds are sealed under it).
+    pub keys: Arc<crate::keys::Keys>,
     /// A PHC string of a random password, verified against for unknown administrator names.
     pub dummy_hash: String,
 }
@@ -342,10 +341,7 @@ async fn login(
     Body(req): Body<LoginReq>,
 ) -> ApiResult<Response> {
     let ip = addr.ip();
-    let key = st
-        .key
-        .clone()
-        .ok_or(ApiError::Unavailable("the master key is unavailable"))?;
+    let key = st.keys.clone();
     let guard = st.auth.guard().clone();
     let login = format!("admin:{}", req.name.trim().to_lowercase());
     match guard.check(ip, &login) {
@@ -482,10 +478,7 @@ async fn login_enroll(
     ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
     Body(req): Body<EnrollReq>,
 ) -> ApiResult<Response> {
-    let key = st
-        .key
-        .clone()
-        .ok_or(ApiError::Unavailable("the master key is unavailable"))?;
+    let key = st.keys.clone();
     let d = digest(req.enrollment_token.expose_secret());
     let Some(admin) = st.store.admin_session(&d, "enroll").await? else {
         return Err(ApiError::Unauthorized(

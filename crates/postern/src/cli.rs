@@ -74,6 +74,9 @@ pub enum Command {
     /// App passwords for mail clients: generated, shown once, scoped (protocols, networks, expiry).
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCmd),
+    /// The internal secret store (relay passwords, keys), sealed under the master key.
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Administrators of the admin API (there is none until `admin bootstrap`).
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -114,6 +117,42 @@ pub enum AppPasswordCmd {
     List { address: String },
     /// Revoke an app password.
     Revoke { address: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Store a secret read from standard input (all of it, without the final newline).
+    Set {
+        name: String,
+        /// Must be given: secrets are never accepted on the command line.
+        #[arg(long, required = true)]
+        stdin: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Names and metadata (never values).
+    List,
+    /// One secret's metadata (never its value).
+    Show {
+        name: String,
+    },
+    /// Print a secret's value (host administrator only; audited).
+    Reveal {
+        name: String,
+    },
+    Remove {
+        name: String,
+    },
+    /// Re-wrap every sealed secret under a new master key and point the configuration at it.
+    /// The running server picks the new key up by itself; the old key then opens nothing.
+    RotateMasterKey {
+        /// The new key's reference (file:, env:, vault:, transit:).
+        #[arg(long, conflicts_with = "generate")]
+        to: Option<String>,
+        /// Generate a new key file at this path (mode 0600) and use it.
+        #[arg(long)]
+        generate: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -429,6 +468,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::AppPassword(c) => crate::admin::app_password(&cli.load_config()?, c).await,
         Command::App(c) => crate::apps::run(&cli.load_config()?, c).await,
         Command::Admin(c) => crate::admins::run(&cli.load_config()?, c).await,
+        Command::Secret(c) => crate::secret_cli::run(&cli.load_config()?, c).await,
         Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }

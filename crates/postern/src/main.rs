@@ -8,8 +8,10 @@ mod api;
 mod apps;
 mod backend;
 mod cli;
+mod keys;
 mod password;
 mod roles;
+mod secret_cli;
 mod serve;
 mod twofactor;
 

@@ -54,6 +54,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         .await?
         .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
+    // Fail closed: without its master key (file, env, Vault/OpenBao) the server does not start.
+    let keys = crate::keys::Keys::load(&cfg, &store).await?;
     let a = &cfg.auth;
     let hasher = postern_auth::Argon2Hasher::new(
         a.argon2_memory_kib,
@@ -217,19 +219,12 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     }
     let api_task = match cfg.admin.listen {
         Some(addr) => {
-            let key = match crate::twofactor::master_key(&cfg) {
-                Ok(k) => Some(Arc::new(k)),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "admin API logins refused until the master key is available");
-                    None
-                }
-            };
             let random: [u8; 32] = rand::random();
             let state = Arc::new(crate::api::ApiState {
                 cfg: cfg.clone(),
                 store: store.clone(),
                 auth: auth.clone(),
-                key,
+                keys: keys.clone(),
                 dummy_hash: auth.pool().hasher().hash(&random)?,
             });
             let sd = shutdown.clone();

@@ -9,21 +9,12 @@
 
 use anyhow::{bail, Context, Result};
 use postern_config::Config;
-use postern_secrets::MasterKey;
 use postern_store::Store;
+
+use crate::keys::Keys;
 use rand::seq::IndexedRandom;
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use zeroize::Zeroizing;
-
-/// Loads the master key the config names, with a message that says what to do.
-pub fn master_key(cfg: &Config) -> Result<MasterKey> {
-    MasterKey::load(&cfg.secrets.master_key, &cfg.base_dir).with_context(|| {
-        format!(
-            "cannot load the master key ({}); it seals TOTP seeds",
-            cfg.secrets.master_key
-        )
-    })
-}
 
 fn purpose(owner: &str) -> String {
     format!("totp:{owner}")
@@ -64,7 +55,7 @@ impl Enrolment {
 /// Starts (or restarts) an enrolment: a new seed, sealed and stored unconfirmed.
 pub async fn begin(
     store: &Store,
-    key: &MasterKey,
+    key: &Keys,
     owner: &str,
     issuer: &str,
     account: &str,
@@ -72,7 +63,7 @@ pub async fn begin(
     let seed: Zeroizing<[u8; 20]> = Zeroizing::new(rand::random());
     let t = totp(&seed[..], issuer, account)?;
     store
-        .begin_second_factor(owner, &key.seal(&purpose(owner), &seed[..]))
+        .begin_second_factor(owner, &key.seal(&purpose(owner), &seed[..]).await?)
         .await
         .map_err(|e| match e {
             postern_store::StoreError::Exists(_) => {
@@ -90,11 +81,18 @@ pub async fn begin(
 }
 
 /// Checks a TOTP code against the stored seed (confirmed or pending) and uses up its time step.
-async fn check_code(store: &Store, key: &MasterKey, owner: &str, code: &str) -> Result<bool> {
+async fn check_code(store: &Store, key: &Keys, owner: &str, code: &str) -> Result<bool> {
     let Some(sf) = store.second_factor(owner).await? else {
         return Ok(false);
     };
-    let seed = key.open(&purpose(owner), &sf.sealed_secret)?;
+    let seed = key
+        .open(
+            &purpose(owner),
+            &sf.sealed_secret,
+            "check a TOTP code",
+            &crate::actor::Actor::system("totp"),
+        )
+        .await?;
     let t = totp(&seed, "postern", "check")?;
     let now = postern_store::now().max(0) as u64;
     let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
@@ -106,13 +104,27 @@ async fn check_code(store: &Store, key: &MasterKey, owner: &str, code: &str) -> 
     }
 }
 
-fn recovery_digest(key: &MasterKey, owner: &str, code: &str) -> String {
-    let norm: String = code
-        .chars()
+fn normalise_code(code: &str) -> String {
+    code.chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_lowercase())
-        .collect();
-    hex::encode(key.mac("recovery-code", format!("{owner}:{norm}").as_bytes()))
+        .collect()
+}
+
+async fn recovery_digest(key: &Keys, owner: &str, code: &str) -> Result<String> {
+    let norm = normalise_code(code);
+    Ok(hex::encode(
+        key.mac("recovery-code", format!("{owner}:{norm}").as_bytes())
+            .await?,
+    ))
+}
+
+async fn recovery_digests(key: &Keys, owner: &str, codes: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(codes.len());
+    for c in codes {
+        out.push(recovery_digest(key, owner, c).await?);
+    }
+    Ok(out)
 }
 
 /// Ten recovery codes of 12 characters (about 60 bits each) in groups of four.
@@ -130,12 +142,7 @@ fn new_recovery_codes() -> Vec<String> {
 }
 
 /// Confirms a pending enrolment with a code from the app; returns the recovery codes (shown once).
-pub async fn confirm(
-    store: &Store,
-    key: &MasterKey,
-    owner: &str,
-    code: &str,
-) -> Result<Vec<String>> {
+pub async fn confirm(store: &Store, key: &Keys, owner: &str, code: &str) -> Result<Vec<String>> {
     match store.second_factor(owner).await? {
         None => bail!("no enrolment in progress; start one with `2fa enroll`"),
         Some(sf) if sf.confirmed => bail!("two-factor authentication is already on"),
@@ -145,10 +152,7 @@ pub async fn confirm(
         bail!("the code is not valid (check the device's clock, then try the next code)");
     }
     let codes = new_recovery_codes();
-    let digests: Vec<String> = codes
-        .iter()
-        .map(|c| recovery_digest(key, owner, c))
-        .collect();
+    let digests = recovery_digests(key, owner, &codes).await?;
     store.confirm_second_factor(owner, &digests).await?;
     Ok(codes)
 }
@@ -162,12 +166,7 @@ pub enum Proof {
 
 /// Verifies a TOTP code or, failing that, a recovery code of a confirmed second factor. Each
 /// code works once.
-pub async fn verify(
-    store: &Store,
-    key: &MasterKey,
-    owner: &str,
-    code: &str,
-) -> Result<Option<Proof>> {
+pub async fn verify(store: &Store, key: &Keys, owner: &str, code: &str) -> Result<Option<Proof>> {
     match store.second_factor(owner).await? {
         Some(sf) if sf.confirmed => {}
         _ => return Ok(None),
@@ -178,7 +177,7 @@ pub async fn verify(
             .await?
             .then_some(Proof::Totp));
     }
-    let d = recovery_digest(key, owner, code);
+    let d = recovery_digest(key, owner, code).await?;
     Ok(store
         .use_recovery_code(owner, &d)
         .await?
@@ -222,7 +221,7 @@ pub async fn cli(cfg: &Config, store: &Store, cmd: &crate::cli::TwoFaCmd) -> Res
             ))
         }
     };
-    let key = master_key(cfg)?;
+    let key = Keys::load(cfg, store).await?;
     match cmd {
         TwoFaCmd::Enroll { address, json } => {
             let (owner, addr) = account(address).await?;
@@ -309,10 +308,7 @@ pub async fn cli(cfg: &Config, store: &Store, cmd: &crate::cli::TwoFaCmd) -> Res
                 bail!("the code is not valid");
             }
             let codes = new_recovery_codes();
-            let digests: Vec<String> = codes
-                .iter()
-                .map(|c| recovery_digest(&key, &owner, c))
-                .collect();
+            let digests = recovery_digests(&key, &owner, &codes).await?;
             store.confirm_second_factor(&owner, &digests).await?;
             record(store, &actor, "2fa_recovery_codes_renewed", &addr, "").await?;
             print_recovery(&codes);
@@ -330,14 +326,7 @@ mod tests {
         let codes = new_recovery_codes();
         assert_eq!(codes.len(), 10);
         assert_eq!(codes[0].len(), 14);
-        let k = MasterKey::from_bytes([3; 32]);
-        assert_eq!(
-            recovery_digest(&k, "account:1", "abcd-efgh-jkmn"),
-            recovery_digest(&k, "account:1", " ABCD EFGH JKMN ")
-        );
-        assert_ne!(
-            recovery_digest(&k, "account:1", "abcd-efgh-jkmn"),
-            recovery_digest(&k, "account:2", "abcd-efgh-jkmn")
-        );
+        assert_ne!(codes[0], codes[1]);
+        assert_eq!(normalise_code(" ABCD-efgh JKMN "), "abcdefghjkmn");
     }
 }

@@ -1,14 +1,19 @@
 //! Recoverable secrets at rest: envelope encryption under a master key.
 //!
-//! Each secret is sealed with its own random data key (AES-256-GCM), and the data key is wrapped
-//! by the master key (AES-256-GCM); both use the secret's purpose (e.g. `totp:account:12`) as
-//! associated data, so a sealed blob moved to another row or purpose does not open. Nothing
-//! recoverable is stored unwrapped. The master key comes from a reference:
-//! `file:PATH` (refused if group or others can read it) or `env:NAME` (base64 of 32 bytes).
-//! Later providers (Vault/OpenBao KV and Transit) plug in behind the same [`MasterKey`].
+//! Each secret is sealed with its own random data key (AES-256-GCM, the secret's purpose, e.g.
+//! `totp:account:12` or `secret:relay`, as associated data, so a sealed blob moved to another
+//! row or purpose does not open), and the data key is wrapped by a [`KeyWrap`]:
+//! - a local [`MasterKey`] from `file:PATH` (refused if group or others can read it), `env:NAME`
+//!   (base64 of 32 bytes) or `vault:MOUNT/PATH#FIELD` (a Vault/OpenBao KV v2 field);
+//! - or Vault/OpenBao **Transit** (`transit:KEY`), where the master key never leaves the secret
+//!   manager: data keys are wrapped and unwrapped remotely.
+//!
+//! Nothing recoverable is stored unwrapped. Rotating the master key re-wraps the data keys only.
 //!
 //! AES-GCM comes from `ring`, already in the tree through rustls: no second crypto library.
 #![forbid(unsafe_code)]
+
+pub mod vault;
 
 use std::path::{Path, PathBuf};
 
@@ -40,9 +45,10 @@ pub enum SecretsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("secret manager: {0}")]
+    Vault(String),
 }
 
-const VERSION: u8 = 1;
 const TAG: usize = 16;
 const KEY_ID: usize = 8;
 
@@ -114,7 +120,7 @@ impl MasterKey {
         hex::encode(self.id)
     }
 
-    fn decode(text: &str, origin: &str) -> Result<MasterKey, SecretsError> {
+    pub fn decode(text: &str, origin: &str) -> Result<MasterKey, SecretsError> {
         let bytes = Zeroizing::new(
             base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
@@ -172,52 +178,6 @@ impl MasterKey {
         Ok(())
     }
 
-    /// Seals `plaintext` for `purpose` under a fresh data key wrapped by this master key.
-    /// Layout: version, key id (8), wrapped data key (12 + 32 + 16), nonce (12), ciphertext+tag.
-    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Vec<u8> {
-        let dek: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
-        let wrapped = seal_with(&self.key, &wrap_aad(purpose), &dek[..]);
-        let body = seal_with(&dek, purpose.as_bytes(), plaintext);
-        let mut out = Vec::with_capacity(1 + KEY_ID + wrapped.len() + body.len());
-        out.push(VERSION);
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&wrapped);
-        out.extend_from_slice(&body);
-        out
-    }
-
-    /// Opens what [`seal`](Self::seal) made for the same purpose.
-    pub fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
-        let wrapped_len = NONCE_LEN + 32 + TAG;
-        if sealed.len() < 1 + KEY_ID + wrapped_len + NONCE_LEN + TAG || sealed[0] != VERSION {
-            return Err(SecretsError::Open);
-        }
-        let id = &sealed[1..1 + KEY_ID];
-        if id != self.id {
-            return Err(SecretsError::WrongKey {
-                found: hex::encode(id),
-                current: self.id(),
-            });
-        }
-        let rest = &sealed[1 + KEY_ID..];
-        let dek = open_with(&self.key, &wrap_aad(purpose), &rest[..wrapped_len])?;
-        let dek: Zeroizing<[u8; 32]> =
-            Zeroizing::new(dek[..].try_into().map_err(|_| SecretsError::Open)?);
-        open_with(&dek, purpose.as_bytes(), &rest[wrapped_len..])
-    }
-
-    /// Re-wraps a sealed secret's data key under `new` (master key rotation): the secret itself
-    /// is not re-encrypted.
-    pub fn rewrap(
-        &self,
-        new: &MasterKey,
-        purpose: &str,
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, SecretsError> {
-        let plain = self.open(purpose, sealed)?;
-        Ok(new.seal(purpose, &plain))
-    }
-
     /// A keyed digest (HMAC-SHA-256 under a key derived from the master key for `purpose`), for
     /// values that must be recognised but never recovered, such as recovery codes.
     pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
@@ -235,6 +195,202 @@ impl MasterKey {
 
 fn wrap_aad(purpose: &str) -> Vec<u8> {
     format!("postern data key: {purpose}").into_bytes()
+}
+
+/// Wraps and unwraps data keys: the master key, wherever it lives.
+#[async_trait::async_trait]
+pub trait KeyWrap: Send + Sync {
+    /// A public identifier of the key, stored with each sealed secret (never the key itself).
+    fn key_id(&self) -> String;
+    async fn wrap(&self, aad: &[u8], dek: &[u8]) -> Result<Vec<u8>, SecretsError>;
+    async fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretsError>;
+}
+
+#[async_trait::async_trait]
+impl KeyWrap for MasterKey {
+    fn key_id(&self) -> String {
+        format!("local:{}", self.id())
+    }
+    async fn wrap(&self, aad: &[u8], dek: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        Ok(seal_with(&self.key, aad, dek))
+    }
+    async fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+        open_with(&self.key, aad, wrapped)
+    }
+}
+
+/// Seals and opens secrets under a [`KeyWrap`].
+///
+/// Layout of a sealed secret: version (2), key id length (1) and key id, wrapped data key length
+/// (2, big-endian) and wrapped data key, nonce (12), ciphertext and tag.
+#[derive(Clone)]
+pub struct Sealer {
+    wrap: std::sync::Arc<dyn KeyWrap>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealer({})", self.wrap.key_id())
+    }
+}
+
+const VERSION2: u8 = 2;
+
+struct Parts<'a> {
+    key_id: &'a str,
+    wrapped: &'a [u8],
+    body: &'a [u8],
+}
+
+fn parse(sealed: &[u8]) -> Result<Parts<'_>, SecretsError> {
+    let bad = || SecretsError::Open;
+    if sealed.first() != Some(&VERSION2) || sealed.len() < 2 {
+        return Err(bad());
+    }
+    let idl = sealed[1] as usize;
+    let rest = sealed.get(2..).ok_or_else(bad)?;
+    let key_id = std::str::from_utf8(rest.get(..idl).ok_or_else(bad)?).map_err(|_| bad())?;
+    let rest = &rest[idl..];
+    let wl = u16::from_be_bytes([
+        *rest.first().ok_or_else(bad)?,
+        *rest.get(1).ok_or_else(bad)?,
+    ]) as usize;
+    let wrapped = rest.get(2..2 + wl).ok_or_else(bad)?;
+    let body = &rest[2 + wl..];
+    if body.len() < NONCE_LEN + TAG {
+        return Err(bad());
+    }
+    Ok(Parts {
+        key_id,
+        wrapped,
+        body,
+    })
+}
+
+impl Sealer {
+    pub fn new(wrap: std::sync::Arc<dyn KeyWrap>) -> Sealer {
+        Sealer { wrap }
+    }
+
+    pub fn local(key: MasterKey) -> Sealer {
+        Sealer::new(std::sync::Arc::new(key))
+    }
+
+    pub fn key_id(&self) -> String {
+        self.wrap.key_id()
+    }
+
+    fn assemble(&self, wrapped: &[u8], body: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        let id = self.wrap.key_id();
+        if id.len() > 255 || wrapped.len() > u16::MAX as usize {
+            return Err(SecretsError::Vault("key id or wrapped key too long".into()));
+        }
+        let mut out = Vec::with_capacity(4 + id.len() + wrapped.len() + body.len());
+        out.push(VERSION2);
+        out.push(id.len() as u8);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&(wrapped.len() as u16).to_be_bytes());
+        out.extend_from_slice(wrapped);
+        out.extend_from_slice(body);
+        Ok(out)
+    }
+
+    /// Seals `plaintext` for `purpose` under a fresh data key.
+    pub async fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, SecretsError> {
+        let dek: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+        let wrapped = self.wrap.wrap(&wrap_aad(purpose), &dek[..]).await?;
+        let body = seal_with(&dek, purpose.as_bytes(), plaintext);
+        self.assemble(&wrapped, &body)
+    }
+
+    /// Opens what [`seal`](Self::seal) made for the same purpose.
+    pub async fn open(
+        &self,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SecretsError> {
+        let p = parse(sealed)?;
+        let current = self.wrap.key_id();
+        if p.key_id != current {
+            return Err(SecretsError::WrongKey {
+                found: p.key_id.to_owned(),
+                current,
+            });
+        }
+        let dek = self.wrap.unwrap(&wrap_aad(purpose), p.wrapped).await?;
+        let dek: Zeroizing<[u8; 32]> =
+            Zeroizing::new(dek[..].try_into().map_err(|_| SecretsError::Open)?);
+        open_with(&dek, purpose.as_bytes(), p.body)
+    }
+
+    /// The key id a sealed secret was made with.
+    pub fn sealed_key_id(sealed: &[u8]) -> Option<String> {
+        parse(sealed).ok().map(|p| p.key_id.to_owned())
+    }
+
+    /// Moves a sealed secret's data key under `new` (master key rotation); the secret's own
+    /// ciphertext is kept as is.
+    pub async fn rewrap(
+        &self,
+        new: &Sealer,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, SecretsError> {
+        let p = parse(sealed)?;
+        if p.key_id != self.wrap.key_id() {
+            return Err(SecretsError::WrongKey {
+                found: p.key_id.to_owned(),
+                current: self.wrap.key_id(),
+            });
+        }
+        let aad = wrap_aad(purpose);
+        let dek = self.wrap.unwrap(&aad, p.wrapped).await?;
+        let wrapped = new.wrap.wrap(&aad, &dek).await?;
+        new.assemble(&wrapped, p.body)
+    }
+}
+
+/// How to reach a Vault/OpenBao server.
+#[derive(Debug, Clone, Default)]
+pub struct VaultSettings {
+    /// e.g. `https://vault.example.net:8200` (plain http only to a loopback address).
+    pub addr: String,
+    /// CA certificate (PEM) to trust for the server, in addition to none other.
+    pub ca_file: Option<PathBuf>,
+    /// The token, already resolved from its reference.
+    pub token: Option<zeroize::Zeroizing<String>>,
+    /// AppRole credentials (role id, secret id), used if no token.
+    pub approle: Option<(String, zeroize::Zeroizing<String>)>,
+    /// Mount of the Transit engine.
+    pub transit_mount: String,
+}
+
+/// Opens the master key a reference names: `file:PATH`, `env:NAME`, `vault:MOUNT/PATH#FIELD`
+/// (a base64 32-byte key in a KV v2 field) or `transit:KEY` (wrapping done by Vault Transit).
+pub async fn sealer(
+    reference: &str,
+    base: &Path,
+    vault: Option<&VaultSettings>,
+) -> Result<Sealer, SecretsError> {
+    if reference.starts_with("file:") || reference.starts_with("env:") {
+        return Ok(Sealer::local(MasterKey::load(reference, base)?));
+    }
+    let need = || SecretsError::Vault(format!("{reference} needs [secrets] vault_addr"));
+    if let Some(r) = reference.strip_prefix("vault:") {
+        let v = vault.ok_or_else(need)?;
+        let client = vault::Client::connect(v).await?;
+        let text = client.kv2_field(r).await?;
+        return Ok(Sealer::local(MasterKey::decode(&text, reference)?));
+    }
+    if let Some(key) = reference.strip_prefix("transit:") {
+        let v = vault.ok_or_else(need)?;
+        let client = vault::Client::connect(v).await?;
+        let t = vault::Transit::new(client, &v.transit_mount, key);
+        // Fail closed at start-up rather than at the first secret.
+        t.check().await?;
+        return Ok(Sealer::new(std::sync::Arc::new(t)));
+    }
+    Err(SecretsError::BadReference(reference.to_owned()))
 }
 
 /// Refuses a key file that group or others may read (or write).
@@ -257,33 +413,41 @@ fn check_private(path: &Path) -> Result<(), SecretsError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn seal_open_round_trip_and_binding() {
-        let k = MasterKey::from_bytes([7; 32]);
-        let s = k.seal("totp:account:1", b"seed bytes");
-        assert_eq!(&k.open("totp:account:1", &s).unwrap()[..], b"seed bytes");
+    #[tokio::test]
+    async fn seal_open_round_trip_and_binding() {
+        let k = Sealer::local(MasterKey::from_bytes([7; 32]));
+        let s = k.seal("totp:account:1", b"seed bytes").await.unwrap();
+        assert_eq!(
+            &k.open("totp:account:1", &s).await.unwrap()[..],
+            b"seed bytes"
+        );
         // another purpose, another key, a flipped bit: all refused
         assert!(matches!(
-            k.open("totp:account:2", &s),
+            k.open("totp:account:2", &s).await,
             Err(SecretsError::Open)
         ));
-        let other = MasterKey::from_bytes([8; 32]);
+        let other = Sealer::local(MasterKey::from_bytes([8; 32]));
         assert!(matches!(
-            other.open("totp:account:1", &s),
+            other.open("totp:account:1", &s).await,
             Err(SecretsError::WrongKey { .. })
         ));
         let mut bad = s.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(k.open("totp:account:1", &bad).is_err());
+        assert!(k.open("totp:account:1", &bad).await.is_err());
+        assert!(k.open("totp:account:1", &s[..10]).await.is_err());
         // two seals of the same plaintext differ (fresh data key and nonce)
-        assert_ne!(s, k.seal("totp:account:1", b"seed bytes"));
+        assert_ne!(s, k.seal("totp:account:1", b"seed bytes").await.unwrap());
         // the plaintext does not appear in the sealed form
         assert!(!s.windows(10).any(|w| w == b"seed bytes"));
-        // rewrap moves it under a new key
-        let moved = k.rewrap(&other, "p", &k.seal("p", b"x")).unwrap();
-        assert_eq!(&other.open("p", &moved).unwrap()[..], b"x");
-        assert!(k.open("p", &moved).is_err());
+        // rewrap moves it under a new key; the old key no longer opens it
+        let moved = k
+            .rewrap(&other, "p", &k.seal("p", b"x").await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(&other.open("p", &moved).await.unwrap()[..], b"x");
+        assert!(k.open("p", &moved).await.is_err());
+        assert_eq!(Sealer::sealed_key_id(&moved), Some(other.key_id()));
     }
 
     #[test]

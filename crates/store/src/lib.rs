@@ -13,6 +13,7 @@ pub mod apps;
 pub mod audit;
 pub mod blob;
 pub mod mailbox;
+pub mod secrets;
 pub mod totp;
 
 use std::path::Path;
@@ -65,7 +66,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -941,6 +942,24 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         sqlx::raw_sql(include_str!("schema_v7.sql"))
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+    }
+    if version < 8 {
+        // v8: the internal secret store (sealed values only).
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE secrets (
+                name        TEXT PRIMARY KEY,
+                description TEXT NOT NULL DEFAULT '',
+                key_id      TEXT NOT NULL,
+                sealed      BLOB NOT NULL,
+                created_at  INTEGER NOT NULL,
+                updated_at  INTEGER NOT NULL
+            );
+            PRAGMA user_version = 8;",
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
     }
     Ok(())

