@@ -132,9 +132,12 @@ def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
         lines = [l for l in cfg.read_text().splitlines() if l.split("=")[0].strip() not in keys]
         text = "\n".join(lines) + "\n"
         cfg.write_text(text.replace("[smtp]\n", "[smtp]\n" + "\n".join(extra) + "\n"))
-    if toml_extra:
-        cfg = d / "postern.toml"
-        cfg.write_text(cfg.read_text() + "\n" + toml_extra.strip() + "\n")
+    if "[delivery]" not in toml_extra:
+        # No outbound delivery unless a test asks for it: remote domains in tests must never
+        # reach the system's resolver or anything outside 127.0.0.0/8.
+        toml_extra = toml_extra + "\n[delivery]\nenabled = false\n"
+    cfg = d / "postern.toml"
+    cfg.write_text(cfg.read_text() + "\n" + toml_extra.strip() + "\n")
     if with_users:
         run_cli(d, "user", "add", ALICE, "--password-stdin", stdin=ALICE_PW + "\n")
         run_cli(d, "user", "add", BOB, "--password-stdin", stdin=BOB_PW + "\n")

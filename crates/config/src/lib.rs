@@ -96,6 +96,11 @@ pub struct Config {
     #[serde(default)]
     pub secrets: SecretsConfig,
     #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Smarthost routes for outbound mail.
+    #[serde(default, rename = "relay")]
+    pub relays: Vec<RelayConfig>,
+    #[serde(default)]
     pub admin: AdminConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
@@ -204,6 +209,121 @@ fn d_transit() -> String {
 
 fn d_master_key() -> String {
     "file:master.key".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Run the delivery workers (off: messages stay queued).
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Delivery attempts running at once.
+    #[serde(default = "d_workers")]
+    pub workers: usize,
+    /// Attempts at once to one destination (a relay, or a recipient domain).
+    #[serde(default = "d_per_dest")]
+    pub per_destination: usize,
+    /// Seconds to wait before each retry; the last one repeats (RFC 5321 4.5.4.1: at least 30
+    /// minutes between retries is usual; the default starts faster).
+    #[serde(default = "d_schedule")]
+    pub retry_schedule_secs: Vec<u64>,
+    /// Give up and bounce after this many seconds in the queue (default 5 days).
+    #[serde(default = "d_give_up")]
+    pub give_up_after_secs: u64,
+    /// Send one delay warning after this many seconds (0: never).
+    #[serde(default = "d_warn_after")]
+    pub warn_after_secs: u64,
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Per-command timeout (RFC 5321 4.5.3.2 suggests minutes).
+    #[serde(default = "d_command_timeout")]
+    pub command_timeout_secs: u64,
+    /// One DNS server to ask (`IP:PORT`) instead of the system's resolvers.
+    #[serde(default)]
+    pub dns_server: Option<SocketAddr>,
+    /// Port of remote MX hosts (25; tests use a high port).
+    #[serde(default = "d_mx_port")]
+    pub mx_port: u16,
+    /// Domains whose MX hosts must offer STARTTLS with a valid certificate.
+    #[serde(default)]
+    pub require_tls: Vec<String>,
+    /// CA file for `require_tls` checks (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn d_workers() -> usize {
+    16
+}
+fn d_per_dest() -> usize {
+    4
+}
+fn d_schedule() -> Vec<u64> {
+    vec![60, 300, 900, 1800, 3600, 7200, 14400]
+}
+fn d_give_up() -> u64 {
+    5 * 86400
+}
+fn d_warn_after() -> u64 {
+    4 * 3600
+}
+fn d_connect_timeout() -> u64 {
+    30
+}
+fn d_command_timeout() -> u64 {
+    300
+}
+fn d_mx_port() -> u16 {
+    25
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            enabled: true,
+            workers: d_workers(),
+            per_destination: d_per_dest(),
+            retry_schedule_secs: d_schedule(),
+            give_up_after_secs: d_give_up(),
+            warn_after_secs: d_warn_after(),
+            connect_timeout_secs: d_connect_timeout(),
+            command_timeout_secs: d_command_timeout(),
+            dns_server: None,
+            mx_port: d_mx_port(),
+            require_tls: Vec::new(),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// STARTTLS, required (port 587).
+    Starttls,
+}
+
+/// A smarthost route: mail for `domains` (or "*" for everything not local) goes through it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub domains: Vec<String>,
+    pub host: String,
+    pub port: u16,
+    pub tls: RelayTls,
+    /// The name the certificate must carry (default: `host`).
+    #[serde(default)]
+    pub tls_name: Option<String>,
+    /// CA (PEM) to trust for this relay instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A secret reference: `secret:NAME`, `env:NAME`, `file:PATH`, `vault:MOUNT/PATH#FIELD`.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -883,6 +1003,43 @@ impl Config {
         }
         if self.admin.session_secs < 60 || self.admin.session_secs > 86400 {
             return Err("admin.session_secs must be between 60 and 86400".into());
+        }
+        let dl = &self.delivery;
+        if dl.retry_schedule_secs.is_empty() || dl.retry_schedule_secs.contains(&0) {
+            return Err(
+                "delivery.retry_schedule_secs needs at least one value, none of them 0".into(),
+            );
+        }
+        if dl.workers == 0 || dl.per_destination == 0 || dl.give_up_after_secs == 0 {
+            return Err(
+                "delivery.workers, per_destination and give_up_after_secs must be at least 1"
+                    .into(),
+            );
+        }
+        for r in &self.relays {
+            if r.domains.is_empty() || r.host.is_empty() || r.port == 0 {
+                return Err(format!(
+                    "relay {}: domains, host and port are required",
+                    r.host
+                ));
+            }
+            if r.username.is_some() != r.password.is_some() {
+                return Err(format!(
+                    "relay {}: username and password go together",
+                    r.host
+                ));
+            }
+            if let Some(p) = &r.password {
+                let is_ref = ["secret:", "env:", "file:", "vault:"]
+                    .iter()
+                    .any(|x| p.starts_with(x));
+                if !is_ref && !self.secrets.allow_plaintext_secrets {
+                    return Err(format!(
+                        "relay {}: the password is written in clear; store it with `postern secret set NAME --stdin` and write password = \"secret:NAME\" (or env:, file:, vault:)",
+                        r.host
+                    ));
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(a) = self.admin.listen {

@@ -418,6 +418,54 @@ pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
                 );
             }
         }
+        QueueCmd::Show { id, json } => {
+            let m = store.queued_message(*id).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!("message {} ({} bytes), from <{}>", m.id, m.size, m.sender);
+                println!(
+                    "  queued {}  state {}  attempts {}",
+                    date(m.created_at),
+                    m.status,
+                    m.attempts
+                );
+                println!("  next attempt {}", date(m.next_attempt_at));
+                for r in &m.recipients {
+                    println!(
+                        "  {:<32} {:<9} {}",
+                        r.address,
+                        r.status,
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        QueueCmd::Retry { id } => {
+            store.retry_now(*id).await?;
+            println!("message {id} will be attempted now");
+        }
+        QueueCmd::Remove { id } => {
+            store.remove_queued(*id).await?;
+            crate::actor::record(
+                &store,
+                &crate::actor::Actor::cli(),
+                "queue_removed",
+                &id.to_string(),
+                "",
+            )
+            .await?;
+            println!("message {id} removed from the queue (no bounce)");
+        }
+        QueueCmd::Hold { id } => {
+            store.set_queue_held(*id, true).await?;
+            println!("message {id} held");
+        }
+        QueueCmd::Release { id } => {
+            store.set_queue_held(*id, false).await?;
+            store.retry_now(*id).await?;
+            println!("message {id} released");
+        }
     }
     store.close().await;
     Ok(())

@@ -8,6 +8,8 @@ use postern_types::EmailAddress;
 
 pub struct StoreBackend {
     pub store: Store,
+    /// The delivery workers, woken when a message is queued.
+    pub delivery: Option<std::sync::Arc<postern_queue::Delivery>>,
 }
 
 fn err(e: postern_store::StoreError) -> BackendError {
@@ -87,6 +89,9 @@ impl MailBackend for StoreBackend {
                 )
                 .await
                 .map_err(err)?;
+            if let Some(d) = &self.delivery {
+                d.wake();
+            }
         }
         if !local.is_empty() {
             let return_path = format!("Return-Path: <{sender}>\r\n").into_bytes();

@@ -410,6 +410,27 @@ pub enum AliasCmd {
 #[derive(Subcommand, Debug)]
 pub enum QueueCmd {
     List,
+    /// One message: sender, recipients with their state and last reply, next attempt.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attempt delivery now (the running server picks it up within seconds).
+    Retry {
+        id: i64,
+    },
+    /// Delete a message from the queue without a bounce.
+    Remove {
+        id: i64,
+    },
+    /// Stop delivery attempts for a message until `release`.
+    Hold {
+        id: i64,
+    },
+    Release {
+        id: i64,
+    },
 }
 
 impl Cli {

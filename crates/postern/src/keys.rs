@@ -197,7 +197,6 @@ impl Keys {
 
     /// Resolves a secret reference from the configuration to its value (audited for the
     /// internal store and Vault).
-    #[allow(dead_code)] // the smarthost relay (next step) is its first user
     pub async fn resolve(&self, reference: &str, why: &str) -> Result<Zeroizing<String>> {
         let system = Actor::system("config");
         if reference.starts_with("env:") || reference.starts_with("file:") {
@@ -242,5 +241,15 @@ impl Keys {
         self.store.replace_sealed(&rows, &id).await?;
         *self.sealer.write().await = new;
         Ok((id, rows.len()))
+    }
+}
+
+/// The delivery workers resolve relay passwords through the same audited path.
+pub struct QueueSecrets(pub Arc<Keys>);
+
+#[async_trait::async_trait]
+impl postern_queue::Secrets for QueueSecrets {
+    async fn resolve(&self, reference: &str, why: &str) -> anyhow::Result<Zeroizing<String>> {
+        self.0.resolve(reference, why).await
     }
 }

@@ -111,11 +111,29 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             }
         });
     }
+    let delivery = if cfg.delivery.enabled {
+        Some(
+            postern_queue::Delivery::new(
+                store.clone(),
+                cfg.server.hostname.clone(),
+                cfg.delivery.clone(),
+                cfg.relays.clone(),
+                Arc::new(crate::keys::QueueSecrets(keys.clone())),
+            )
+            .context("setting up outbound delivery")?,
+        )
+    } else {
+        tracing::info!(
+            "outbound delivery is off ([delivery] enabled = false): messages stay queued"
+        );
+        None
+    };
     let smtp = Arc::new(SmtpServer {
         hostname: cfg.server.hostname.clone(),
         config: cfg.smtp.clone(),
         backend: Arc::new(StoreBackend {
             store: store.clone(),
+            delivery: delivery.clone(),
         }),
         auth: auth.clone(),
         tls: tls.clone(),
@@ -240,6 +258,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }
         None => None,
     };
+    let delivery_task = delivery.as_ref().map(|d| {
+        let (d, sd) = (d.clone(), shutdown.clone());
+        tokio::spawn(async move { d.run(sd).await })
+    });
     if let Some(b) = banner {
         println!("{b}");
     }
@@ -256,6 +278,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     }
     if let Some(t) = api_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(t) = delivery_task {
+        let _ = tokio::time::timeout(Duration::from_secs(35), t).await;
     }
     tracker.close();
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);

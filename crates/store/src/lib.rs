@@ -13,6 +13,7 @@ pub mod apps;
 pub mod audit;
 pub mod blob;
 pub mod mailbox;
+pub mod queue;
 pub mod secrets;
 pub mod totp;
 
@@ -66,7 +67,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -957,6 +958,20 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
                 updated_at  INTEGER NOT NULL
             );
             PRAGMA user_version = 8;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    if version < 9 {
+        // v9: delivery state per recipient, delay warnings.
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(
+            "ALTER TABLE queue_recipients ADD COLUMN last_error TEXT;
+            ALTER TABLE queue_recipients ADD COLUMN updated_at INTEGER;
+            ALTER TABLE queue ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
+            CREATE INDEX IF NOT EXISTS queue_due ON queue(status, next_attempt_at);
+            PRAGMA user_version = 9;",
         )
         .execute(&mut *tx)
         .await?;

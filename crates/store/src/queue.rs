@@ -1,0 +1,204 @@
+//! The outbound queue as the delivery workers see it: due messages, per-recipient outcomes,
+//! rescheduling with backoff, holding and releasing, and removal once every recipient has an
+//! outcome (the message blob is removed with it).
+
+use sqlx::Row;
+
+use crate::{now, Result, Store, StoreError};
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueuedRecipient {
+    pub address: String,
+    /// pending, delivered, failed (permanent), expired (gave up).
+    pub status: String,
+    pub last_error: Option<String>,
+    pub updated_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueuedMessage {
+    pub id: i64,
+    pub blob_id: String,
+    pub size: i64,
+    pub sender: String,
+    pub account_id: Option<i64>,
+    pub created_at: i64,
+    pub next_attempt_at: i64,
+    pub attempts: i64,
+    /// queued or held.
+    pub status: String,
+    pub last_error: Option<String>,
+    /// A delay warning (DSN "delayed") was sent.
+    pub warned: bool,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
+impl Store {
+    /// Ids of queued (not held) messages whose next attempt is due, oldest first.
+    pub async fn due_messages(&self, at: i64, limit: i64) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT id FROM queue WHERE status = 'queued' AND next_attempt_at <= ?
+             ORDER BY next_attempt_at, id LIMIT ?",
+        )
+        .bind(at)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get("id").ok()).collect())
+    }
+
+    /// The earliest next attempt of a queued message (for the scheduler's sleep).
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query("SELECT MIN(next_attempt_at) AS t FROM queue WHERE status = 'queued'")
+                .fetch_one(&self.read)
+                .await?
+                .try_get("t")?,
+        )
+    }
+
+    pub async fn queued_message(&self, id: i64) -> Result<QueuedMessage> {
+        let r = sqlx::query(
+            "SELECT id, blob_id, size, sender, account_id, created_at, next_attempt_at, attempts,
+                    status, last_error, warned FROM queue WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
+        let rcpts = sqlx::query(
+            "SELECT address, status, last_error, updated_at FROM queue_recipients
+             WHERE queue_id = ? ORDER BY address",
+        )
+        .bind(id)
+        .fetch_all(&self.write)
+        .await?;
+        Ok(QueuedMessage {
+            id: r.try_get("id")?,
+            blob_id: r.try_get("blob_id")?,
+            size: r.try_get("size")?,
+            sender: r.try_get("sender")?,
+            account_id: r.try_get("account_id")?,
+            created_at: r.try_get("created_at")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
+            attempts: r.try_get("attempts")?,
+            status: r.try_get("status")?,
+            last_error: r.try_get("last_error")?,
+            warned: r.try_get::<i64, _>("warned")? != 0,
+            recipients: rcpts
+                .iter()
+                .map(|x| {
+                    Ok(QueuedRecipient {
+                        address: x.try_get("address")?,
+                        status: x.try_get("status")?,
+                        last_error: x.try_get("last_error")?,
+                        updated_at: x.try_get("updated_at")?,
+                    })
+                })
+                .collect::<std::result::Result<_, sqlx::Error>>()?,
+        })
+    }
+
+    /// The message bytes of a queued message.
+    pub async fn queued_body(&self, blob_id: &str) -> Result<Vec<u8>> {
+        let blobs = self.blobs.clone();
+        let id = blob_id.to_owned();
+        Ok(tokio::task::spawn_blocking(move || blobs.get(&id))
+            .await
+            .map_err(|e| StoreError::Conflict(e.to_string()))??)
+    }
+
+    /// Records one recipient's outcome: delivered, failed or expired (with the reply).
+    pub async fn set_recipient_status(
+        &self,
+        id: i64,
+        address: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE queue_recipients SET status = ?, last_error = ?, updated_at = ?
+             WHERE queue_id = ? AND address = ?",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(now())
+        .bind(id)
+        .bind(address)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts an attempt and sets the next one.
+    pub async fn reschedule(&self, id: i64, next: i64, error: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE queue SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(next)
+        .bind(error)
+        .bind(id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_warned(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE queue SET warned = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a message from the queue and its blob.
+    pub async fn remove_queued(&self, id: i64) -> Result<()> {
+        let blob: Option<String> = sqlx::query("DELETE FROM queue WHERE id = ? RETURNING blob_id")
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await?
+            .map(|r| r.try_get("blob_id"))
+            .transpose()?;
+        let Some(blob) = blob else {
+            return Err(StoreError::NotFound(format!("queued message {id}")));
+        };
+        let blobs = self.blobs.clone();
+        let _ = tokio::task::spawn_blocking(move || blobs.remove(&blob)).await;
+        Ok(())
+    }
+
+    /// Holds (no delivery attempts) or releases a message.
+    pub async fn set_queue_held(&self, id: i64, held: bool) -> Result<()> {
+        let (from, to) = if held {
+            ("queued", "held")
+        } else {
+            ("held", "queued")
+        };
+        let n = sqlx::query("UPDATE queue SET status = ? WHERE id = ? AND status = ?")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("{from} message {id}")));
+        }
+        Ok(())
+    }
+
+    /// Makes a message due now.
+    pub async fn retry_now(&self, id: i64) -> Result<()> {
+        let n = sqlx::query("UPDATE queue SET next_attempt_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("queued message {id}")));
+        }
+        Ok(())
+    }
+}
