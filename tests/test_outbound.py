@@ -131,3 +131,63 @@ def test_hold_release_remove(make_server):
     assert srv.queue() == []
     # nothing bounced for a removed message
     assert not [m for m in srv.inbox(ALICE) if b"delivery-status" in m]
+
+
+def dkim_verify(message: bytes, records):
+    import dkim  # dkimpy, an independent implementation
+
+    def dnsfunc(name, timeout=5):
+        name = name.decode() if isinstance(name, bytes) else name
+        for r in records:
+            if r["type"] == "TXT" and r["name"].rstrip(".") == name.rstrip("."):
+                # zone-file form: "chunk" "chunk" -> one string
+                return "".join(part for part in r["value"].split('"')[1::2]).encode()
+        return None
+
+    return dkim.verify(message, dnsfunc=dnsfunc)
+
+
+def test_dkim_signed_verified_and_rotated(make_server):
+    relay, secret = make_relay(make_server)
+    srv = make_server(toml_extra=sender_config(relay))
+    srv.cli("secret", "set", "relay", "--stdin", stdin=secret + "\n")
+    out = srv.cli("dkim", "generate", "example.test", "--selector", "one").stdout
+    assert "one._domainkey.example.test. TXT" in out and "k=ed25519" in out
+    submit(srv, [RCPT], subject="signed with ed25519")
+    got = wait_for(lambda: relay.inbox(RCPT), what="the signed message")[0]
+    assert b"DKIM-Signature:" in got and b"s=one" in got and b"a=ed25519-sha256" in got
+    records = json.loads(srv.cli("dns", "example.test", "--json").stdout)
+    assert dkim_verify(got, records)
+    # a tampered body does not verify (the check can fail)
+    assert not dkim_verify(got.replace(b"Numbers attached.", b"Numbers changed!!"), records)
+    # rotation to an RSA key under a new selector: both published during the overlap
+    srv.cli("dkim", "generate", "example.test", "--algorithm", "rsa", "--selector", "two")
+    records = json.loads(srv.cli("dns", "example.test", "--json").stdout)
+    names = {r["name"] for r in records if r["type"] == "TXT"}
+    assert {"one._domainkey.example.test.", "two._domainkey.example.test."} <= names
+    submit(srv, [RCPT], subject="signed with rsa")
+    got = wait_for(lambda: [m for m in relay.inbox(RCPT) if b"signed with rsa" in m], what="the second message")[0]
+    assert b"s=two" in got and b"a=rsa-sha256" in got
+    assert dkim_verify(got, records)
+    # the old selector can be retired, the signing one cannot
+    assert srv.cli("dkim", "retire", "example.test", "two", check=False).returncode != 0
+    srv.cli("dkim", "retire", "example.test", "one")
+    names = {r["name"] for r in json.loads(srv.cli("dns", "example.test", "--json").stdout)}
+    assert "one._domainkey.example.test." not in names
+    # the private keys are sealed: no PKCS#8 key material in clear anywhere but the TLS key file
+    ed25519_oid, rsa_oid = bytes.fromhex("06032b6570"), bytes.fromhex("2a864886f70d010101")
+    for needle in (ed25519_oid, rsa_oid, b"PRIVATE KEY"):
+        assert [p for p in grep_tree(srv.dir, needle) if "/tls/" not in p] == []
+
+
+def test_dns_records(make_server):
+    srv = make_server()
+    recs = json.loads(srv.cli("dns", "example.test", "--json").stdout)
+    by = {(r["name"], r["type"]): r["value"] for r in recs}
+    assert by[("example.test.", "MX")] == "10 mail.example.test."
+    assert by[("example.test.", "TXT")] == '"v=spf1 mx -all"'
+    assert "v=DMARC1; p=quarantine" in by[("_dmarc.example.test.", "TXT")]
+    assert "rua=mailto:" in by[("_dmarc.example.test.", "TXT")]
+    assert by[("_submissions._tcp.example.test.", "SRV")] == "0 1 465 mail.example.test."
+    assert by[("_imaps._tcp.example.test.", "SRV")] == "0 1 993 mail.example.test."
+    assert srv.cli("dns", "elsewhere.test", check=False).returncode != 0

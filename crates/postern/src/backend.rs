@@ -10,6 +10,8 @@ pub struct StoreBackend {
     pub store: Store,
     /// The delivery workers, woken when a message is queued.
     pub delivery: Option<std::sync::Arc<postern_queue::Delivery>>,
+    /// DKIM signing of submitted mail that leaves the server.
+    pub dkim: Option<std::sync::Arc<crate::dkim::Signer>>,
 }
 
 fn err(e: postern_store::StoreError) -> BackendError {
@@ -68,6 +70,7 @@ impl MailBackend for StoreBackend {
         let Delivery {
             sender,
             account_id,
+            authenticated,
             local,
             remote,
             received,
@@ -80,13 +83,19 @@ impl MailBackend for StoreBackend {
             } else {
                 body.clone()
             };
+            // Submitted mail (an authenticated sender) is signed for its From domain.
+            let signature = match &self.dkim {
+                Some(s) if authenticated => s.sign(&queued).await,
+                _ => None,
+            };
+            let mut parts = Vec::with_capacity(3);
+            if let Some(sig) = signature {
+                parts.push(sig.into_bytes());
+            }
+            parts.push(received.clone().into_bytes());
+            parts.push(queued);
             self.store
-                .enqueue(
-                    vec![received.clone().into_bytes(), queued],
-                    &sender,
-                    account_id,
-                    &remote,
-                )
+                .enqueue(parts, &sender, account_id, &remote)
                 .await
                 .map_err(err)?;
             if let Some(d) = &self.delivery {

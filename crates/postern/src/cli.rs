@@ -74,6 +74,15 @@ pub enum Command {
     /// App passwords for mail clients: generated, shown once, scoped (protocols, networks, expiry).
     #[command(subcommand, name = "app-password")]
     AppPassword(AppPasswordCmd),
+    /// DKIM signing keys (sealed in the secret store) and their rotation.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
+    /// The DNS records to publish for a domain: MX, SPF, DKIM, DMARC, client autoconfiguration.
+    Dns {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The internal secret store (relay passwords, keys), sealed under the master key.
     #[command(subcommand)]
     Secret(SecretCmd),
@@ -117,6 +126,27 @@ pub enum AppPasswordCmd {
     List { address: String },
     /// Revoke an app password.
     Revoke { address: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DkimCmd {
+    /// A new key (the domain's signing key from now on; the previous selector stays published).
+    Generate {
+        domain: String,
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "rsa"])]
+        algorithm: String,
+        /// Default: pstYYYYMMDD.
+        #[arg(long)]
+        selector: Option<String>,
+    },
+    List {
+        domain: Option<String>,
+    },
+    /// Stop publishing an old selector (its key is destroyed).
+    Retire {
+        domain: String,
+        selector: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -490,6 +520,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::App(c) => crate::apps::run(&cli.load_config()?, c).await,
         Command::Admin(c) => crate::admins::run(&cli.load_config()?, c).await,
         Command::Secret(c) => crate::secret_cli::run(&cli.load_config()?, c).await,
+        Command::Dkim(c) => crate::dkim::cli(&cli.load_config()?, c).await,
+        Command::Dns { domain, json } => {
+            crate::dkim::dns_cli(&cli.load_config()?, domain, *json).await
+        }
         Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
     }
 }

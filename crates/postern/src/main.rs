@@ -8,6 +8,7 @@ mod api;
 mod apps;
 mod backend;
 mod cli;
+mod dkim;
 mod keys;
 mod password;
 mod roles;

@@ -134,6 +134,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         backend: Arc::new(StoreBackend {
             store: store.clone(),
             delivery: delivery.clone(),
+            dkim: Some(Arc::new(crate::dkim::Signer::new(
+                store.clone(),
+                keys.clone(),
+            ))),
         }),
         auth: auth.clone(),
         tls: tls.clone(),

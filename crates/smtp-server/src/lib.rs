@@ -29,6 +29,8 @@ pub struct Delivery {
     pub sender: String,
     /// The authenticated account that submitted it, if any.
     pub account_id: Option<i64>,
+    /// Submitted by an authenticated principal (an account or an application): DKIM-signed.
+    pub authenticated: bool,
     /// Local accounts to deliver to (deduplicated).
     pub local: Vec<i64>,
     /// Remote recipients to queue.

@@ -815,6 +815,7 @@ impl Session {
                 .as_ref()
                 .filter(|p| !p.is_application())
                 .map(|p| p.account_id),
+            authenticated: self.principal.is_some(),
             local,
             remote,
             received,

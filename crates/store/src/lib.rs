@@ -12,6 +12,7 @@ pub mod apppw;
 pub mod apps;
 pub mod audit;
 pub mod blob;
+pub mod dkim;
 pub mod mailbox;
 pub mod queue;
 pub mod secrets;
@@ -67,7 +68,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -972,6 +973,25 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             ALTER TABLE queue ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
             CREATE INDEX IF NOT EXISTS queue_due ON queue(status, next_attempt_at);
             PRAGMA user_version = 9;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+    }
+    if version < 10 {
+        // v10: DKIM keys (the private key is a sealed secret named dkim:DOMAIN:SELECTOR).
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE dkim_keys (
+                domain      TEXT NOT NULL,
+                selector    TEXT NOT NULL,
+                algorithm   TEXT NOT NULL,
+                public_key  TEXT NOT NULL,
+                active      INTEGER NOT NULL DEFAULT 0,
+                created_at  INTEGER NOT NULL,
+                PRIMARY KEY (domain, selector)
+            );
+            PRAGMA user_version = 10;",
         )
         .execute(&mut *tx)
         .await?;
