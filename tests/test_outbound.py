@@ -191,3 +191,16 @@ def test_dns_records(make_server):
     assert by[("_submissions._tcp.example.test.", "SRV")] == "0 1 465 mail.example.test."
     assert by[("_imaps._tcp.example.test.", "SRV")] == "0 1 993 mail.example.test."
     assert srv.cli("dns", "elsewhere.test", check=False).returncode != 0
+
+
+def test_give_up_bounces_with_4_4_7(make_server):
+    relay, secret = make_relay(make_server)
+    assert relay.stop() == 0  # nothing listens there any more
+    cfg = sender_config(relay).replace("give_up_after_secs = 3600", "give_up_after_secs = 3")
+    srv = make_server(toml_extra=cfg)
+    srv.cli("secret", "set", "relay", "--stdin", stdin=secret + "\n")
+    submit(srv, [RCPT], subject="never arrives")
+    dsn = wait_for(lambda: [m for m in srv.inbox(ALICE) if b"delivery-status" in m], timeout=40, what="an expiry DSN")
+    text = dsn[0].decode()
+    assert "Status: 4.4.7" in text and "Action: failed" in text and "gave up after" in text
+    wait_for(lambda: not srv.queue(), what="an empty queue")

@@ -87,6 +87,10 @@ def test_file_key_seal_reveal_rotate(make_server):
     p = srv.cli("secret", "reveal", "relay", check=False)
     assert p.returncode != 0 and "chmod 600" in p.stderr
     os.chmod(d / "master2.key", 0o600)
+    # no core dumps of a process that holds secrets
+    limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+    core = [l for l in limits.splitlines() if l.startswith("Max core file size")][0]
+    assert core.split()[4:6] == ["0", "0"], core
 
 
 def test_env_key_and_fail_closed(tmp_path):
@@ -184,6 +188,21 @@ def test_openbao_kv_and_transit(tmp_path, bao):
     assert b"vault:v1:" in sealed and VALUE.encode() not in sealed
     assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
     assert grep_tree(d, VALUE.encode()) == []
+    # AppRole instead of a token: a role limited to the transit key
+    bao.call("POST", "/v1/sys/auth/approle", {"type": "approle"})
+    bao.call("POST", "/v1/sys/policies/acl/postern",
+             {"policy": 'path "transit/encrypt/postern" { capabilities = ["update"] }\n'
+                        'path "transit/decrypt/postern" { capabilities = ["update"] }\n'
+                        'path "transit/keys/postern" { capabilities = ["read"] }'})
+    bao.call("POST", "/v1/auth/approle/role/postern", {"token_policies": ["postern"]})
+    role_id = bao.call("GET", "/v1/auth/approle/role/postern/role-id")["data"]["role_id"]
+    secret_id = bao.call("POST", "/v1/auth/approle/role/postern/secret-id", {})["data"]["secret_id"]
+    (d / "approle-secret").write_text(secret_id)
+    os.chmod(d / "approle-secret", 0o600)
+    cfg = d / "postern.toml"
+    cfg.write_text("\n".join(l for l in cfg.read_text().splitlines() if not l.startswith("vault_token")) + "\n")
+    set_config(d, vault_role_id=role_id, vault_secret_id="file:approle-secret")
+    assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
     # the server starts with the Transit key and serves
     srv = start(d, off)
     try:
@@ -196,3 +215,20 @@ def test_openbao_kv_and_transit(tmp_path, bao):
     assert p.returncode != 0 and "cannot reach" in p.stderr
     p = subprocess.run([BIN, "--dir", str(d), "serve"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "master key" in p.stderr and "cannot reach" in p.stderr
+
+
+def test_plaintext_relay_password_refused(tmp_path):
+    d, off = init_dir(tmp_path, with_users=False, toml_extra="""
+[[relay]]
+domains = ["*"]
+host = "127.0.0.1"
+port = 2525
+tls = "implicit"
+username = "u"
+password = "hunter2-in-clear"
+""")
+    p = run_cli(d, "check-config", check=False)
+    assert p.returncode != 0 and "in clear" in p.stderr and "hunter2" not in p.stderr
+    # explicitly allowed: accepted (and warned about at each use)
+    set_config(d, allow_plaintext_secrets=True)
+    assert run_cli(d, "check-config").returncode == 0

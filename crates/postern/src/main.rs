@@ -23,6 +23,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (see CRATES.md: ring only).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // No core dumps: a dump would hold passwords in flight and opened secrets.
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
+        eprintln!("postern: warning: could not disable core dumps: {e}");
+    }
     let args = cli::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
