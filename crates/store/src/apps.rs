@@ -115,28 +115,31 @@ impl Store {
     }
 
     pub async fn application(&self, name: &str) -> Result<ApplicationInfo> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM applications WHERE name = ?"
-        )))
-        .bind(name)
-        .fetch_optional(&self.read)
-        .await?;
-        match row {
-            Some(r) => Ok(info(&r)?),
-            None => Err(StoreError::NotFound(format!("application {name:?}"))),
-        }
+        self.find_application("name", name.to_owned()).await
     }
 
     pub async fn application_by_id(&self, id: i64) -> Result<ApplicationInfo> {
+        self.find_application("id", id).await
+    }
+
+    async fn find_application<T>(&self, column: &'static str, key: T) -> Result<ApplicationInfo>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>
+            + Send
+            + std::fmt::Debug
+            + 'static,
+    {
+        let what = format!("application {key:?}");
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM applications WHERE id = ?"
+            "SELECT {COLUMNS} FROM applications WHERE {column} = ?"
         )))
-        .bind(id)
+        .bind(key)
         .fetch_optional(&self.read)
         .await?;
         match row {
             Some(r) => Ok(info(&r)?),
-            None => Err(StoreError::NotFound(format!("application {id}"))),
+            None => Err(StoreError::NotFound(what)),
         }
     }
 

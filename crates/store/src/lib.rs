@@ -68,6 +68,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
+/// The newest schema step (the last of [`MIGRATIONS`]).
 const SCHEMA_VERSION: i64 = 10;
 
 pub fn now() -> i64 {
@@ -840,6 +841,88 @@ impl Store {
     }
 }
 
+/// Schema steps, applied in order in one transaction each; step N leaves `user_version = N`.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("schema.sql")),
+    // v2: per-account POP3 switch ("prefer IMAP over POP3").
+    (
+        2,
+        "ALTER TABLE accounts ADD COLUMN pop3_enabled INTEGER NOT NULL DEFAULT 1;",
+    ),
+    (3, include_str!("schema_v3.sql")),
+    // v4: per-account allowed networks (comma-separated CIDRs; empty = anywhere) and send
+    // limit overrides (NULL: the [smtp] defaults).
+    (
+        4,
+        "ALTER TABLE accounts ADD COLUMN allowed_networks TEXT NOT NULL DEFAULT '';
+        ALTER TABLE accounts ADD COLUMN send_messages_per_hour INTEGER;
+        ALTER TABLE accounts ADD COLUMN send_recipients_per_hour INTEGER;",
+    ),
+    // v5: app passwords (generated secrets, stored as SHA-256 digests).
+    (
+        5,
+        "CREATE TABLE app_passwords (
+            id            INTEGER PRIMARY KEY,
+            account_id    INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            name          TEXT NOT NULL,
+            digest        TEXT NOT NULL,
+            protocols     TEXT NOT NULL,
+            networks      TEXT NOT NULL DEFAULT '',
+            expires_at    INTEGER,
+            created_at    INTEGER NOT NULL,
+            last_used_at  INTEGER,
+            last_used_ip  TEXT,
+            UNIQUE (account_id, name)
+        );",
+    ),
+    // v6: forced password change and password history (no reuse of the last N).
+    (
+        6,
+        "ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE password_history (
+            account_id  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+            hash        TEXT NOT NULL,
+            replaced_at INTEGER NOT NULL
+        );
+        CREATE INDEX password_history_account ON password_history(account_id, replaced_at);",
+    ),
+    // v7: applications, second factors, recovery codes, administrators, sessions, API keys.
+    (7, include_str!("schema_v7.sql")),
+    // v8: the internal secret store (sealed values only).
+    (
+        8,
+        "CREATE TABLE secrets (
+            name        TEXT PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            key_id      TEXT NOT NULL,
+            sealed      BLOB NOT NULL,
+            created_at  INTEGER NOT NULL,
+            updated_at  INTEGER NOT NULL
+        );",
+    ),
+    // v9: delivery state per recipient, delay warnings.
+    (
+        9,
+        "ALTER TABLE queue_recipients ADD COLUMN last_error TEXT;
+        ALTER TABLE queue_recipients ADD COLUMN updated_at INTEGER;
+        ALTER TABLE queue ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX IF NOT EXISTS queue_due ON queue(status, next_attempt_at);",
+    ),
+    // v10: DKIM keys (the private key is a sealed secret named dkim:DOMAIN:SELECTOR).
+    (
+        10,
+        "CREATE TABLE dkim_keys (
+            domain      TEXT NOT NULL,
+            selector    TEXT NOT NULL,
+            algorithm   TEXT NOT NULL,
+            public_key  TEXT NOT NULL,
+            active      INTEGER NOT NULL DEFAULT 0,
+            created_at  INTEGER NOT NULL,
+            PRIMARY KEY (domain, selector)
+        );",
+    ),
+];
+
 async fn migrate(pool: &SqlitePool) -> Result<()> {
     let version: i64 = sqlx::query("PRAGMA user_version")
         .fetch_one(pool)
@@ -850,151 +933,12 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             "the database has schema version {version}, newer than this postern ({SCHEMA_VERSION}); upgrade postern"
         )));
     }
-    if version < 1 {
+    for &(step, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
         let mut tx = pool.begin().await?;
-        sqlx::raw_sql(include_str!("schema.sql"))
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))
             .execute(&mut *tx)
             .await?;
-        sqlx::query("PRAGMA user_version = 1")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    if version < 2 {
-        // v2: per-account POP3 switch ("prefer IMAP over POP3").
-        let mut tx = pool.begin().await?;
-        sqlx::query("ALTER TABLE accounts ADD COLUMN pop3_enabled INTEGER NOT NULL DEFAULT 1")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("PRAGMA user_version = 2")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    if version < 3 {
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(include_str!("schema_v3.sql"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("PRAGMA user_version = 3")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    if version < 4 {
-        // v4: per-account allowed networks (comma-separated CIDRs; empty = anywhere).
-        let mut tx = pool.begin().await?;
-        sqlx::query("ALTER TABLE accounts ADD COLUMN allowed_networks TEXT NOT NULL DEFAULT ''")
-            .execute(&mut *tx)
-            .await?;
-        // per-account send limit overrides (NULL: the [smtp] defaults)
-        sqlx::query("ALTER TABLE accounts ADD COLUMN send_messages_per_hour INTEGER")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("ALTER TABLE accounts ADD COLUMN send_recipients_per_hour INTEGER")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("PRAGMA user_version = 4")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    if version < 5 {
-        // v5: app passwords (generated secrets, stored as SHA-256 digests).
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(
-            "CREATE TABLE app_passwords (
-                id            INTEGER PRIMARY KEY,
-                account_id    INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-                name          TEXT NOT NULL,
-                digest        TEXT NOT NULL,
-                protocols     TEXT NOT NULL,
-                networks      TEXT NOT NULL DEFAULT '',
-                expires_at    INTEGER,
-                created_at    INTEGER NOT NULL,
-                last_used_at  INTEGER,
-                last_used_ip  TEXT,
-                UNIQUE (account_id, name)
-            );
-            PRAGMA user_version = 5;",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    if version < 6 {
-        // v6: forced password change and password history (no reuse of the last N).
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(
-            "ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
-            CREATE TABLE password_history (
-                account_id  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-                hash        TEXT NOT NULL,
-                replaced_at INTEGER NOT NULL
-            );
-            CREATE INDEX password_history_account ON password_history(account_id, replaced_at);
-            PRAGMA user_version = 6;",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    if version < 7 {
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(include_str!("schema_v7.sql"))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
-    if version < 8 {
-        // v8: the internal secret store (sealed values only).
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(
-            "CREATE TABLE secrets (
-                name        TEXT PRIMARY KEY,
-                description TEXT NOT NULL DEFAULT '',
-                key_id      TEXT NOT NULL,
-                sealed      BLOB NOT NULL,
-                created_at  INTEGER NOT NULL,
-                updated_at  INTEGER NOT NULL
-            );
-            PRAGMA user_version = 8;",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    if version < 9 {
-        // v9: delivery state per recipient, delay warnings.
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(
-            "ALTER TABLE queue_recipients ADD COLUMN last_error TEXT;
-            ALTER TABLE queue_recipients ADD COLUMN updated_at INTEGER;
-            ALTER TABLE queue ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
-            CREATE INDEX IF NOT EXISTS queue_due ON queue(status, next_attempt_at);
-            PRAGMA user_version = 9;",
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-    }
-    if version < 10 {
-        // v10: DKIM keys (the private key is a sealed secret named dkim:DOMAIN:SELECTOR).
-        let mut tx = pool.begin().await?;
-        sqlx::raw_sql(
-            "CREATE TABLE dkim_keys (
-                domain      TEXT NOT NULL,
-                selector    TEXT NOT NULL,
-                algorithm   TEXT NOT NULL,
-                public_key  TEXT NOT NULL,
-                active      INTEGER NOT NULL DEFAULT 0,
-                created_at  INTEGER NOT NULL,
-                PRIMARY KEY (domain, selector)
-            );
-            PRAGMA user_version = 10;",
-        )
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
     }
     Ok(())
@@ -1094,6 +1038,45 @@ mod tests {
             .await
             .unwrap();
         (d, s)
+    }
+
+    #[tokio::test]
+    async fn upgrade_from_an_older_schema_keeps_data() {
+        assert_eq!(MIGRATIONS.last().unwrap().0, SCHEMA_VERSION);
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            // a database as the v6 release left it
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true);
+            let pool = SqlitePool::connect_with(opts).await.unwrap();
+            for &(step, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
+                sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            sqlx::raw_sql(
+                "INSERT INTO domains (id, name, created_at) VALUES (1, 'a.test', 0);
+                 INSERT INTO accounts (address, domain_id, password_hash, created_at, password_changed_at)
+                 VALUES ('x@a.test', 1, '$argon2id$x', 0, 0);",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+        let a = EmailAddress::parse("x@a.test").unwrap();
+        let s = Store::open(&path, &d.path().join("blobs")).await.unwrap();
+        assert_eq!(s.account(&a).await.unwrap().address, "x@a.test");
+        s.close().await;
+        // reopening is a no-op and the data is still there
+        let s = Store::open(&path, &d.path().join("blobs")).await.unwrap();
+        assert_eq!(s.account(&a).await.unwrap().address, "x@a.test");
+        assert!(s.list_secrets().await.unwrap().is_empty());
+        assert!(s.dkim_keys(None).await.unwrap().is_empty());
     }
 
     #[tokio::test]

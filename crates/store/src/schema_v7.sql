@@ -75,4 +75,3 @@ CREATE TABLE api_keys (
     last_used_at  INTEGER
 );
 
-PRAGMA user_version = 7;
