@@ -131,3 +131,13 @@ def test_bad_config_is_one_clear_line(tmp_path):
 def test_version():
     p = subprocess.run([BIN, "--version"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("postern ")
+
+
+def test_version_names_the_commit():
+    import subprocess as sp
+    from conftest import BIN, ROOT
+    out = sp.run([BIN, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    head = sp.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert out.startswith("postern 0.1.0 (commit ")
+    if head.returncode == 0:
+        assert f"(commit {head.stdout.strip()}" in out, out

@@ -11,7 +11,7 @@ use postern_config::{Config, LogFormat};
 #[derive(Parser, Debug)]
 #[command(
     name = "postern",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("POSTERN_COMMIT"), ")"),
     about = "A self-hosted mail server with secure defaults"
 )]
 pub struct Cli {

@@ -269,7 +269,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     if let Some(b) = banner {
         println!("{b}");
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), hostname = %cfg.server.hostname, "postern started");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), commit = env!("POSTERN_COMMIT"), hostname = %cfg.server.hostname, "postern started");
 
     signals.wait().await;
     tracing::info!(

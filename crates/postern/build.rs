@@ -1,0 +1,40 @@
+//! Records the git commit the binary is built from, for `postern --version`.
+//! Order: $POSTERN_GIT_COMMIT (for builds from a tarball), then `git rev-parse`, else "unknown".
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=POSTERN_GIT_COMMIT");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let git = root.join(".git");
+    if git.exists() {
+        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        println!("cargo:rerun-if-changed={}", git.join("refs").display());
+        println!("cargo:rerun-if-changed={}", git.join("packed-refs").display());
+        println!("cargo:rerun-if-changed={}", git.join("index").display());
+    }
+    let commit = std::env::var("POSTERN_GIT_COMMIT").ok().or_else(|| {
+        let out = Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(&root)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let mut c = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        let dirty = Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(&root)
+            .output()
+            .ok()
+            .is_some_and(|o| !o.stdout.is_empty());
+        if dirty {
+            c.push_str("-dirty");
+        }
+        Some(c)
+    });
+    println!(
+        "cargo:rustc-env=POSTERN_COMMIT={}",
+        commit.unwrap_or_else(|| "unknown".into())
+    );
+}
