@@ -54,6 +54,17 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         .await?
         .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
+    // Blob files a crash left without a database row (written, never committed) are removed in
+    // the background; files written by this process are never touched.
+    {
+        let (store, started) = (store.clone(), std::time::SystemTime::now());
+        tokio::spawn(async move {
+            match store.sweep_orphan_blobs(started).await {
+                Ok(n) => tracing::info!(removed = n, "orphan blobs swept"),
+                Err(e) => tracing::warn!(error = %e, "sweeping orphan blobs failed"),
+            }
+        });
+    }
     // Fail closed: without its master key (file, env, Vault/OpenBao) the server does not start.
     let keys = crate::keys::Keys::load(&cfg, &store).await?;
     let a = &cfg.auth;

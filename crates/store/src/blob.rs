@@ -59,6 +59,28 @@ impl BlobStore {
         fs::read(self.path_of(id)?)
     }
 
+    /// Ids of the blobs last modified before `before` (blocking).
+    pub fn list_before(&self, before: std::time::SystemTime) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.dir)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if self.path_of(&name).is_err() {
+                    continue;
+                }
+                if f.metadata()?.modified()? < before {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn remove(&self, id: &str) -> io::Result<()> {
         match fs::remove_file(self.path_of(id)?) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -769,6 +769,31 @@ impl Store {
         res
     }
 
+    /// Removes blob files that no message and no queue entry points at and that were written
+    /// before `before` (the start of this process): what a crash between "blob written" and
+    /// "row committed" leaves behind. Returns how many were removed.
+    pub async fn sweep_orphan_blobs(&self, before: std::time::SystemTime) -> Result<usize> {
+        let blobs = self.blobs.clone();
+        let ids = tokio::task::spawn_blocking(move || blobs.list_before(before))
+            .await
+            .map_err(|e| StoreError::Conflict(e.to_string()))??;
+        let mut removed = 0;
+        for id in ids {
+            let used = sqlx::query(
+                "SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1",
+            )
+            .bind(&id)
+            .fetch_optional(&self.write)
+            .await?
+            .is_some();
+            if !used {
+                self.blobs.remove(&id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Durably queues one message for remote delivery. Returns the queue id.
     pub async fn enqueue(
         &self,
