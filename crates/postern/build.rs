@@ -9,7 +9,10 @@ fn main() {
     if git.exists() {
         println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
         println!("cargo:rerun-if-changed={}", git.join("refs").display());
-        println!("cargo:rerun-if-changed={}", git.join("packed-refs").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            git.join("packed-refs").display()
+        );
         println!("cargo:rerun-if-changed={}", git.join("index").display());
     }
     let commit = std::env::var("POSTERN_GIT_COMMIT").ok().or_else(|| {

@@ -331,6 +331,10 @@ impl Session {
         match e {
             StoreError::NotFound(_) => self.no(tag, "[NONEXISTENT] No such mailbox"),
             StoreError::Exists(_) => self.no(tag, "[ALREADYEXISTS] Mailbox already exists"),
+            e if e.is_storage_full() => {
+                tracing::error!(error = %e, "storage full in IMAP session");
+                self.no(tag, "[UNAVAILABLE] Server storage is full, try again later")
+            }
             e => {
                 tracing::error!(error = %e, "store error in IMAP session");
                 self.no(tag, "[SERVERBUG] Temporary server failure, try again")

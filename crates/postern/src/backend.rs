@@ -15,7 +15,10 @@ pub struct StoreBackend {
 }
 
 fn err(e: postern_store::StoreError) -> BackendError {
-    BackendError(e.to_string())
+    BackendError {
+        storage_full: e.is_storage_full(),
+        message: e.to_string(),
+    }
 }
 
 #[async_trait::async_trait]

@@ -20,8 +20,21 @@ use postern_types::EmailAddress;
 pub use session::handle_connection;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+#[error("{message}")]
+pub struct BackendError {
+    pub message: String,
+    /// Storage is full: the reply is 452 4.3.1 (RFC 3463 "mail system full").
+    pub storage_full: bool,
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>) -> BackendError {
+        BackendError {
+            message: message.into(),
+            storage_full: false,
+        }
+    }
+}
 
 /// A message accepted by a session, ready to be stored durably.
 pub struct Delivery {

@@ -842,6 +842,10 @@ impl Session {
                 );
                 self.ok(&format!("250 2.0.0 Message accepted as {msg_id}"))
             }
+            Err(e) if e.storage_full => {
+                tracing::error!(session = %self.id, id = %msg_id, error = %e, "storage full: message refused for now");
+                self.error("452 4.3.1 Insufficient system storage, try again later")
+            }
             Err(e) => {
                 tracing::error!(session = %self.id, id = %msg_id, error = %e, "storing a message failed");
                 self.error("451 4.3.0 Temporary failure, please try again later")

@@ -47,6 +47,25 @@ pub enum StoreError {
     Conflict(String),
 }
 
+impl StoreError {
+    /// The disk (or quota) is full: a temporary condition the client should retry later.
+    pub fn is_storage_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        let io_full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT));
+        match self {
+            StoreError::Io(e) => io_full(e),
+            StoreError::Db(sqlx::Error::Io(e)) => io_full(e),
+            // SQLITE_FULL (13) and its extended codes
+            StoreError::Db(sqlx::Error::Database(d)) => d
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 13),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The result of an INSERT whose UNIQUE constraint names an existing `what`.
