@@ -41,6 +41,9 @@ if cargo tree --workspace --locked -i aws-lc-rs 2>/dev/null | grep -q aws-lc-rs;
   echo "aws-lc-rs is in the dependency tree" >&2
   exit 1
 fi
+echo "== cargo deny (licences, banned crates such as a second TLS provider, sources)"
+command -v cargo-deny >/dev/null 2>&1 || cargo install -q --locked cargo-deny
+cargo deny --locked check licenses bans sources
 echo "== the checked-in OpenAPI description is generated from tools/openapi.py"
 python3 tools/openapi.py --check
 echo "== unit tests"
@@ -50,3 +53,5 @@ cargo build --locked -p postern
 echo "== black-box tests (real clients on loopback)"
 export POSTERN_BIN="$PWD/target/debug/postern"
 python3 -m pytest -q -p no:cacheprovider tests "$@"
+echo "== fuzz targets, briefly (long runs: bench/fuzz-long.sh)"
+bash fuzz/run-short.sh "${FUZZ_SECS:-20}"
