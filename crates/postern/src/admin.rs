@@ -129,6 +129,7 @@ pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()>
          submissions (TLS+AUTH)     127.0.0.1:{}\n\
          IMAP (STARTTLS) / IMAPS    127.0.0.1:{} / {}\n\
          POP3 (STLS) / POP3S        127.0.0.1:{} / {}\n\
+         admin API (HTTPS)          {} (first: postern --dir {} admin bootstrap)\n\
          data directory: {}\n\
          Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
          \x20      --from {user} --to {user}\n\
@@ -143,6 +144,10 @@ pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()>
         port(postern_config::Protocol::Imaps),
         port(postern_config::Protocol::Pop3),
         port(postern_config::Protocol::Pop3s),
+        cfg.admin
+            .listen
+            .map_or("off".to_owned(), |a| format!("https://{a}/api/v1")),
+        dir.display(),
         dir.display(),
         port(postern_config::Protocol::Submission),
         port(postern_config::Protocol::Imaps),

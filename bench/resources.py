@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Bounded resources under hostile load, measured (issue: robustness). Starts a Postern on
+127.0.0.1 high ports and reports its RSS and behaviour with:
+  1. 10,000 idle connections (SMTP, IMAP, POP3) from 200 loopback addresses, 50 each;
+  2. an active client sending mail meanwhile (latency);
+  3. the per-IP cap (a 51st connection from one address);
+  4. a slowloris client (one byte a second);
+  5. 200 MB of DATA against a 50 MB limit;
+  6. a million pipelined RCPT commands;
+  7. 2,000 TLS connections that never send a ClientHello, while a real IMAPS login is timed.
+Usage: python3 bench/resources.py [--bin target/release/postern] [--conns 10000]
+"""
+import argparse
+import os
+import random
+import resource
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PW = "Resource-Bench-Pass-9!x"
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hwm_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cli(binary, d, *args, stdin=None):
+    return subprocess.run([binary, "--dir", str(d), *args], input=stdin, capture_output=True, text=True,
+                          check=True)
+
+
+def connect_from(ip, port, timeout=10):
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((ip, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "postern"))
+    ap.add_argument("--conns", type=int, default=10000)
+    a = ap.parse_args()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    tmp = Path(tempfile.mkdtemp(prefix="postern-res-"))
+    d = tmp / "data"
+    off = random.randrange(20000, 40000)
+    cli(a.bin, d, "init", "--dir", str(d), "--domain", "example.test", "--listen-ip", "127.0.0.1",
+        "--port-offset", str(off))
+    cfg = d / "postern.toml"
+    text = cfg.read_text().replace(
+        "[smtp]\n", "[smtp]\nmax_connections = 12000\nmax_connections_per_ip = 50\ncommand_timeout_secs = 10\n"
+    ).replace("[imap]\n", "[imap]\nmax_connections = 12000\nmax_connections_per_ip = 50\n")
+    text += "\n[delivery]\nenabled = false\n"
+    cfg.write_text(text)
+    cli(a.bin, d, "user", "add", "rcpt@example.test", "--password-stdin", stdin=PW + "\n")
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([a.bin, "--dir", str(d), "serve"], stdout=log, stderr=subprocess.STDOUT)
+    smtp, imap, pop3, imaps = 25 + off, 143 + off, 110 + off, 993 + off
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", imaps), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(0.5)
+    pid = proc.pid
+    out = {}
+    out["rss_idle_server"] = rss_mib(pid)
+
+    # 1. 10,000 idle connections, 50 per source address
+    socks = []
+    t0 = time.time()
+    ports = [smtp, imap, pop3]
+    for i in range(a.conns):
+        ip = f"127.{1 + (i // 50) // 250}.{(i // 50) % 250 + 1}.1"
+        s = connect_from(ip, ports[i % 3])
+        socks.append(s)
+    # every one got its greeting
+    greeted = 0
+    for s in socks:
+        try:
+            if s.recv(64):
+                greeted += 1
+        except OSError:
+            pass
+    out["conns_open"] = len(socks)
+    out["conns_greeted"] = greeted
+    out["open_secs"] = time.time() - t0
+    time.sleep(1)
+    out["rss_10k"] = rss_mib(pid)
+
+    # 2. an active client meanwhile
+    lat = []
+    for i in range(20):
+        t = time.time()
+        with smtplib.SMTP("127.0.0.1", smtp, timeout=10, source_address=("127.250.0.1", 0)) as c:
+            c.sendmail("x@remote.test", ["rcpt@example.test"], f"Subject: {i}\r\n\r\nhello\r\n")
+        lat.append((time.time() - t) * 1000)
+    lat.sort()
+    out["active_p50_ms"] = lat[len(lat) // 2]
+    out["active_max_ms"] = lat[-1]
+
+    # 3. per-IP cap: the first address already holds 50 connections
+    extra = connect_from("127.1.1.1", smtp)
+    try:
+        data = extra.recv(200)
+    except OSError:
+        data = b""
+    out["51st_from_one_ip"] = data.decode(errors="replace").strip()[:60] or "closed"
+    extra.close()
+
+    # 4. slowloris: one byte a second is cut off by the command deadline
+    sl = connect_from("127.251.0.1", smtp, timeout=60)
+    sl.recv(200)
+    t = time.time()
+    cut = None
+    for ch in b"EHLO slowly.example.test":
+        try:
+            sl.send(bytes([ch]))
+            sl.settimeout(1.0)
+            r = sl.recv(200)
+            if r == b"" or r.startswith(b"421"):
+                cut = time.time() - t
+                break
+        except socket.timeout:
+            continue
+        except OSError:
+            cut = time.time() - t
+            break
+    out["slowloris_cut_after_s"] = round(cut, 1) if cut else "not cut"
+    sl.close()
+
+    for s in socks:
+        s.close()
+    socks.clear()
+    time.sleep(2)
+    out["rss_after_close"] = rss_mib(pid)
+
+    # 5. 200 MB of DATA against the 50 MB limit
+    big = connect_from("127.252.0.1", smtp, timeout=60)
+    f = big.makefile("rwb")
+    f.readline()
+    for cmd in (b"EHLO big.example\r\n", b"MAIL FROM:<x@remote.test>\r\n", b"RCPT TO:<rcpt@example.test>\r\n",
+                b"DATA\r\n"):
+        f.write(cmd)
+        f.flush()
+        while True:
+            line = f.readline()
+            if line[3:4] != b"-":
+                break
+    chunk = (b"x" * 998 + b"\r\n") * 1000  # 1 MB
+    peak = 0.0
+    sent = 0
+    try:
+        for _ in range(200):
+            big.sendall(chunk)
+            sent += len(chunk)
+            peak = max(peak, rss_mib(pid))
+        big.sendall(b".\r\n")
+        reply = f.readline().decode(errors="replace").strip()
+    except OSError as e:
+        reply = f"connection closed after {sent // 1_000_000} MB ({e.__class__.__name__})"
+    out["big_data_reply"] = reply[:70]
+    out["big_data_rss_peak"] = peak
+    big.close()
+
+    # 6. a million pipelined RCPT commands
+    m = connect_from("127.253.0.1", smtp, timeout=30)
+    m.recv(200)
+    m.sendall(b"EHLO many.example\r\nMAIL FROM:<x@remote.test>\r\n")
+    sent_rcpt = 0
+    try:
+        batch = b"RCPT TO:<rcpt@example.test>\r\n" * 10000
+        for _ in range(100):
+            m.sendall(batch)
+            sent_rcpt += 10000
+    except OSError:
+        pass
+    out["million_rcpt_sent_before_close"] = sent_rcpt
+    out["million_rcpt_rss"] = rss_mib(pid)
+    m.close()
+
+    # 7. TLS handshake flood: 2,000 connections to 993 that never say hello
+    flood = []
+    for i in range(2000):
+        flood.append(connect_from(f"127.254.{i // 50 % 250 + 1}.1", imaps))
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    import imaplib
+    t = time.time()
+    im = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=ctx, timeout=30)
+    im.login("rcpt@example.test", PW)
+    im.logout()
+    out["imaps_login_during_flood_ms"] = (time.time() - t) * 1000
+    t = time.time()
+    closed = 0
+    for s in flood:
+        s.settimeout(max(0.1, 40 - (time.time() - t)))
+        try:
+            if s.recv(10) == b"":
+                closed += 1
+        except OSError:
+            closed += 1
+    out["flood_closed_by_server"] = closed
+    out["flood_all_closed_after_s"] = round(time.time() - t, 1)
+    for s in flood:
+        s.close()
+    out["rss_end"] = rss_mib(pid)
+    out["rss_peak_hwm"] = hwm_mib(pid)
+    proc.send_signal(signal.SIGTERM)
+    out["exit"] = proc.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)
+    for k, v in out.items():
+        print(f"{k:32} {round(v, 1) if isinstance(v, float) else v}")
+
+
+if __name__ == "__main__":
+    main()
