@@ -5,7 +5,7 @@
   2. an active client sending mail meanwhile (latency);
   3. the per-IP cap (a 51st connection from one address);
   4. a slowloris client (one byte a second);
-  5. 200 MB of DATA against a 50 MB limit;
+  5. 200 MB of DATA against a 50 MB limit (--data-mb);
   6. a million pipelined RCPT commands;
   7. 2,000 TLS connections that never send a ClientHello, while a real IMAPS login is timed.
 Usage: python3 bench/resources.py [--bin target/release/postern] [--conns 10000]
@@ -61,8 +61,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "postern"))
     ap.add_argument("--conns", type=int, default=10000)
+    ap.add_argument("--data-mb", type=int, default=200, help="DATA sent against the 50 MB limit")
+    ap.add_argument("--json", action="store_true", help="print one JSON object (for the test suite)")
     a = ap.parse_args()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="postern-res-"))
     d = tmp / "data"
     off = random.randrange(20000, 40000)
@@ -70,7 +73,7 @@ def main():
         "--port-offset", str(off))
     cfg = d / "postern.toml"
     text = cfg.read_text().replace(
-        "[smtp]\n", "[smtp]\nmax_connections = 12000\nmax_connections_per_ip = 50\ncommand_timeout_secs = 10\n"
+        "[smtp]\n", "[smtp]\nmax_connections = 12000\nmax_connections_per_ip = 50\ncommand_timeout_secs = 10\nidle_timeout_secs = 10\n"
     ).replace("[imap]\n", "[imap]\nmax_connections = 12000\nmax_connections_per_ip = 50\n")
     text += "\n[delivery]\nenabled = false\n"
     cfg.write_text(text)
@@ -87,6 +90,13 @@ def main():
     time.sleep(0.5)
     pid = proc.pid
     out = {}
+    phase_t = time.time()
+
+    def phase(name):
+        nonlocal_t = time.time()
+        out[f"t_{name}"] = round(nonlocal_t - phase_t_box[0], 1)
+        phase_t_box[0] = nonlocal_t
+    phase_t_box = [phase_t]
     out["rss_idle_server"] = rss_mib(pid)
 
     # 1. 10,000 idle connections, 50 per source address
@@ -111,6 +121,7 @@ def main():
     time.sleep(1)
     out["rss_10k"] = rss_mib(pid)
 
+    phase("open")
     # 2. an active client meanwhile
     lat = []
     for i in range(20):
@@ -122,21 +133,28 @@ def main():
     out["active_p50_ms"] = lat[len(lat) // 2]
     out["active_max_ms"] = lat[-1]
 
-    # 3. per-IP cap: the first address already holds 50 connections
-    extra = connect_from("127.1.1.1", smtp)
+    phase("active")
+    # 3. per-IP cap: 50 SMTP connections from one address, then a 51st
+    held = [connect_from("127.249.0.1", smtp) for _ in range(50)]
+    for h in held:
+        h.recv(200)
+    extra = connect_from("127.249.0.1", smtp)
     try:
         data = extra.recv(200)
     except OSError:
         data = b""
     out["51st_from_one_ip"] = data.decode(errors="replace").strip()[:60] or "closed"
     extra.close()
+    for h in held:
+        h.close()
 
+    phase("cap")
     # 4. slowloris: one byte a second is cut off by the command deadline
     sl = connect_from("127.251.0.1", smtp, timeout=60)
     sl.recv(200)
     t = time.time()
     cut = None
-    for ch in b"EHLO slowly.example.test":
+    for ch in b"EHLO slowly.example.test.and.a.long.tail.of.bytes":
         try:
             sl.send(bytes([ch]))
             sl.settimeout(1.0)
@@ -152,12 +170,14 @@ def main():
     out["slowloris_cut_after_s"] = round(cut, 1) if cut else "not cut"
     sl.close()
 
+    phase("slowloris")
     for s in socks:
         s.close()
     socks.clear()
     time.sleep(2)
     out["rss_after_close"] = rss_mib(pid)
 
+    phase("close")
     # 5. 200 MB of DATA against the 50 MB limit
     big = connect_from("127.252.0.1", smtp, timeout=60)
     f = big.makefile("rwb")
@@ -174,7 +194,7 @@ def main():
     peak = 0.0
     sent = 0
     try:
-        for _ in range(200):
+        for _ in range(a.data_mb):
             big.sendall(chunk)
             sent += len(chunk)
             peak = max(peak, rss_mib(pid))
@@ -186,10 +206,24 @@ def main():
     out["big_data_rss_peak"] = peak
     big.close()
 
+    phase("data")
     # 6. a million pipelined RCPT commands
     m = connect_from("127.253.0.1", smtp, timeout=30)
     m.recv(200)
     m.sendall(b"EHLO many.example\r\nMAIL FROM:<x@remote.test>\r\n")
+    replies = []
+
+    def drain():  # read the replies, so that only the server's own limits end this
+        try:
+            while True:
+                r = m.recv(65536)
+                if not r:
+                    return
+                replies.append(r[-200:])
+        except OSError:
+            return
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     sent_rcpt = 0
     try:
         batch = b"RCPT TO:<rcpt@example.test>\r\n" * 10000
@@ -198,10 +232,13 @@ def main():
             sent_rcpt += 10000
     except OSError:
         pass
+    reader.join(timeout=30)
     out["million_rcpt_sent_before_close"] = sent_rcpt
+    out["million_rcpt_last_reply"] = (replies[-1].decode(errors="replace").strip().splitlines() or [""])[-1][:60] if replies else ""
     out["million_rcpt_rss"] = rss_mib(pid)
     m.close()
 
+    phase("rcpt")
     # 7. TLS handshake flood: 2,000 connections to 993 that never say hello
     flood = []
     for i in range(2000):
@@ -228,11 +265,16 @@ def main():
     out["flood_all_closed_after_s"] = round(time.time() - t, 1)
     for s in flood:
         s.close()
+    phase("flood")
     out["rss_end"] = rss_mib(pid)
     out["rss_peak_hwm"] = hwm_mib(pid)
     proc.send_signal(signal.SIGTERM)
     out["exit"] = proc.wait(timeout=60)
     shutil.rmtree(tmp, ignore_errors=True)
+    if a.json:
+        import json
+        print(json.dumps(out))
+        return
     for k, v in out.items():
         print(f"{k:32} {round(v, 1) if isinstance(v, float) else v}")
 

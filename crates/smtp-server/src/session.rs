@@ -68,6 +68,9 @@ struct Session {
     mail_from: Option<String>,
     smtputf8: bool,
     rcpts: Vec<Recipient>,
+    /// RCPT commands in this transaction, repeats included: repeating one address must not
+    /// buy unlimited look-ups.
+    rcpt_commands: usize,
     errors: u32,
     idle_commands: u32,
     auth_failures: u32,
@@ -121,6 +124,7 @@ pub async fn handle_connection(
         mail_from: None,
         smtputf8: false,
         rcpts: Vec::new(),
+        rcpt_commands: 0,
         errors: 0,
         idle_commands: 0,
         auth_failures: 0,
@@ -245,6 +249,7 @@ impl Session {
         self.mail_from = None;
         self.smtputf8 = false;
         self.rcpts.clear();
+        self.rcpt_commands = 0;
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
@@ -593,7 +598,10 @@ impl Session {
         if self.mail_from.is_none() {
             return self.error("503 5.5.1 Need MAIL command first");
         }
-        if self.rcpts.len() >= self.srv.config.max_recipients {
+        self.rcpt_commands += 1;
+        if self.rcpts.len() >= self.srv.config.max_recipients
+            || self.rcpt_commands > self.srv.config.max_recipients.saturating_mul(2)
+        {
             // RFC 5321 4.5.3.1.10
             return self.error("452 4.5.3 Too many recipients");
         }
