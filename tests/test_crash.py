@@ -1,7 +1,8 @@
 """Nothing acknowledged is lost: the server is killed with SIGKILL at random moments under SMTP
 and IMAP load, 20 times; after each restart every message that got a 250 (or an APPEND OK) is
-present exactly once, MOVEd messages are in exactly one mailbox, UIDs only grow, the database
-passes its integrity check, and no blob file is left without its row."""
+present exactly once unless an EXPUNGE of it was answered OK (then it is gone; one cut off
+before its answer may be either), MOVEd messages are in exactly one mailbox, UIDs only grow, the
+database passes its integrity check, and no blob file is left without its row."""
 import imaplib
 import random
 import signal
@@ -51,6 +52,35 @@ def imap_load(srv, stop, appended, lock):
             time.sleep(0.05)
 
 
+def expunge_load(srv, stop, pending, expunged, lock):
+    """Alice deletes her oldest message again and again: STORE \\Deleted + UID EXPUNGE of that UID."""
+    while not stop.is_set():
+        try:
+            m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=5)
+            m.login(ALICE, ALICE_PW)
+            while not stop.is_set():
+                m.select("INBOX")
+                typ, data = m.uid("SEARCH", None, "ALL")
+                uids = data[0].split() if typ == "OK" else []
+                if len(uids) < 5:
+                    time.sleep(0.05)
+                    continue
+                uid = uids[0].decode()
+                typ, data = m.uid("FETCH", uid, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                if typ != "OK" or not data or not isinstance(data[0], tuple):
+                    continue
+                token = data[0][1].split(b"Subject: ")[1][:32].decode()
+                with lock:
+                    pending.add(token)
+                m.uid("STORE", uid, "+FLAGS.SILENT", "(\\Deleted)")
+                typ, _ = m.uid("EXPUNGE", uid)
+                if typ == "OK":
+                    with lock:
+                        expunged.add(token)
+        except (OSError, imaplib.IMAP4.error, imaplib.IMAP4.abort, ValueError, IndexError):
+            time.sleep(0.05)
+
+
 def mailbox_tokens(srv, address, mailbox):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
         rows = c.execute(
@@ -69,6 +99,7 @@ def mailbox_tokens(srv, address, mailbox):
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
     d, off = init_dir(tmp_path)
     confirmed, appended, lock = [], [], threading.Lock()
+    pending, expunged = set(), set()
     rng = random.Random(7)
     max_uid = {}
     for rnd in range(ROUNDS):
@@ -76,6 +107,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
         stop = threading.Event()
         threads = [threading.Thread(target=smtp_load, args=(srv, stop, confirmed, lock)) for _ in range(3)]
         threads.append(threading.Thread(target=imap_load, args=(srv, stop, appended, lock)))
+        threads.append(threading.Thread(target=expunge_load, args=(srv, stop, pending, expunged, lock)))
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.3, 1.2))
@@ -95,6 +127,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
             max_uid[(addr, box)] = nxt
     assert len(confirmed) > ROUNDS * 5, f"too little load to mean anything: {len(confirmed)}"
     assert len(appended) > ROUNDS
+    assert len(expunged) > ROUNDS, f"too few expunges to mean anything: {len(expunged)}"
     # a clean start recovers and sweeps what the crashes left
     srv = start(d, off)
     try:
@@ -109,15 +142,19 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
         on_disk = {p.name for p in (d / "blobs").rglob("*") if p.is_file()}
         assert on_disk == referenced, f"{len(on_disk - referenced)} orphan blob(s)"
         inbox = [t for _, t in mailbox_tokens(srv, ALICE, "INBOX")]
-        # every 250 is there exactly once
-        missing = [t for t in confirmed if t not in set(inbox)]
+        # every 250 is there exactly once, unless its EXPUNGE was answered OK: then it is gone
+        present = set(inbox)
+        missing = [t for t in confirmed if t not in present and t not in pending]
         assert not missing, f"{len(missing)} acknowledged message(s) lost"
+        back = [t for t in expunged if t in present]
+        assert not back, f"{len(back)} expunged message(s) came back"
         assert len(inbox) == len(set(inbox)), "a message stored twice"
         # APPEND OK: present once, in INBOX or (moved) in Archive, never in both
         bob = [t for _, t in mailbox_tokens(srv, BOB, "INBOX")] + [t for _, t in mailbox_tokens(srv, BOB, "Archive")]
         assert len(bob) == len(set(bob)), "a moved message is in two mailboxes"
         lost = [t for t in appended if t not in set(bob)]
         assert not lost, f"{len(lost)} appended message(s) lost"
-        print(f"{ROUNDS} kills: {len(confirmed)} messages acknowledged, {len(appended)} appends, none lost")
+        print(f"{ROUNDS} kills: {len(confirmed)} messages acknowledged, {len(appended)} appends, "
+              f"{len(expunged)} expunges, none lost or resurrected")
     finally:
         assert srv.stop() == 0
