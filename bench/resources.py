@@ -5,9 +5,12 @@
   2. an active client sending mail meanwhile (latency);
   3. the per-IP cap (a 51st connection from one address);
   4. a slowloris client (one byte a second);
-  5. 200 MB of DATA against a 50 MB limit (--data-mb);
+  5. 1 GB of DATA against a 50 MB limit (--data-mb);
   6. a million pipelined RCPT commands;
-  7. 2,000 TLS connections that never send a ClientHello, while a real IMAPS login is timed.
+  7. endless lines (SMTP, IMAP, POP3) and an endless IMAP literal (before and after login),
+     1 GB each, sent as fast as the server reads;
+  8. 2,000 TLS connections that never send a ClientHello, while a real IMAPS login is timed;
+  9. a second wave of the same idle connections (does the RSS grow again?).
 Usage: python3 bench/resources.py [--bin target/release/postern] [--conns 10000]
 """
 import argparse
@@ -57,11 +60,56 @@ def connect_from(ip, port, timeout=10):
     return s
 
 
+def stream_until_closed(sock, prefix, mb, pid, piece=b"a" * 1_000_000, suffix=b"", until=None):
+    """Sends `prefix`, then `piece` (1 MB) `mb` times as fast as the peer reads, then `suffix`; a
+    reader thread keeps the replies meanwhile (and stops early once `until` arrives). Returns (MB
+    sent before the server cut the session or the end, last reply line, peak server RSS)."""
+    replies = []
+    seen = threading.Event()
+
+    def drain():
+        try:
+            while True:
+                r = sock.recv(65536)
+                if not r:
+                    return
+                replies.append(r[-300:])
+                if until and until in b"".join(replies[-2:]):
+                    return
+        except OSError:
+            return
+        finally:
+            seen.set()
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    sent, peak = 0, 0.0
+    sock.settimeout(20)
+    try:
+        sock.sendall(prefix)
+        for _ in range(mb):
+            if seen.is_set():
+                break
+            sock.sendall(piece)
+            sent += 1
+            if sent % 10 == 0:
+                peak = max(peak, rss_mib(pid))
+        if not seen.is_set():
+            sock.sendall(suffix)
+    except OSError:
+        pass
+    peak = max(peak, rss_mib(pid))
+    reader.join(timeout=20)
+    last = b"".join(replies).decode(errors="replace").strip().splitlines()
+    sock.close()
+    return sent, (" | ".join(last[-2:])[:150] if last else "closed, no reply"), peak
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "postern"))
     ap.add_argument("--conns", type=int, default=10000)
-    ap.add_argument("--data-mb", type=int, default=200, help="DATA sent against the 50 MB limit")
+    ap.add_argument("--data-mb", type=int, default=1000, help="DATA sent against the 50 MB limit")
+    ap.add_argument("--endless-mb", type=int, default=1000, help="size of each endless line or literal")
     ap.add_argument("--json", action="store_true", help="print one JSON object (for the test suite)")
     a = ap.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -178,7 +226,7 @@ def main():
     out["rss_after_close"] = rss_mib(pid)
 
     phase("close")
-    # 5. 200 MB of DATA against the 50 MB limit
+    # 5. DATA (1 GB by default) against the 50 MB limit
     big = connect_from("127.252.0.1", smtp, timeout=60)
     f = big.makefile("rwb")
     f.readline()
@@ -190,22 +238,11 @@ def main():
             line = f.readline()
             if line[3:4] != b"-":
                 break
-    chunk = (b"x" * 998 + b"\r\n") * 1000  # 1 MB
-    peak = 0.0
-    sent = 0
-    try:
-        for _ in range(a.data_mb):
-            big.sendall(chunk)
-            sent += len(chunk)
-            peak = max(peak, rss_mib(pid))
-        big.sendall(b".\r\n")
-        reply = f.readline().decode(errors="replace").strip()
-    except OSError as e:
-        reply = f"connection closed after {sent // 1_000_000} MB ({e.__class__.__name__})"
-    out["big_data_reply"] = reply[:70]
+    sent, reply, peak = stream_until_closed(big, b"", a.data_mb, pid, piece=(b"x" * 998 + b"\r\n") * 1000,
+                                            suffix=b".\r\n", until=b"552 ")
+    out["big_data_sent_mb"] = sent
+    out["big_data_reply"] = reply
     out["big_data_rss_peak"] = peak
-    big.close()
-
     phase("data")
     # 6. a million pipelined RCPT commands
     m = connect_from("127.253.0.1", smtp, timeout=30)
@@ -239,7 +276,34 @@ def main():
     m.close()
 
     phase("rcpt")
-    # 7. TLS handshake flood: 2,000 connections to 993 that never say hello
+    # 7. endless lines and literals: each cut off without buffering, whatever the client pushes
+    s = connect_from("127.248.0.1", smtp, timeout=20)
+    s.recv(200)
+    out["endless_smtp_line"] = stream_until_closed(s, b"EHLO ", a.endless_mb, pid)
+    s = connect_from("127.248.0.2", imap, timeout=20)
+    s.recv(200)
+    out["endless_imap_line"] = stream_until_closed(s, b"a1 NOOP ", a.endless_mb, pid)
+    s = connect_from("127.248.0.3", pop3, timeout=20)
+    s.recv(200)
+    out["endless_pop3_line"] = stream_until_closed(s, b"USER ", a.endless_mb, pid)
+    lit = str(a.endless_mb * 1_000_000).encode()
+    s = connect_from("127.248.0.4", imap, timeout=20)
+    s.recv(200)
+    out["endless_imap_literal_prelogin"] = stream_until_closed(s, b"a1 LOGIN {" + lit + b"+}\r\n", a.endless_mb, pid)
+    ctx0 = ssl.create_default_context()
+    ctx0.check_hostname = False
+    ctx0.verify_mode = ssl.CERT_NONE
+    raw = connect_from("127.248.0.5", imaps, timeout=20)
+    t = ctx0.wrap_socket(raw)
+    t.recv(300)
+    t.sendall(f'a1 LOGIN "rcpt@example.test" "{PW}"\r\n'.encode())
+    buf = b""
+    while b"a1 " not in buf:
+        buf += t.recv(4096)
+    out["endless_imap_literal_append"] = stream_until_closed(t, b"a2 APPEND INBOX {" + lit + b"+}\r\n", a.endless_mb, pid)
+
+    phase("endless")
+    # 8. TLS handshake flood: 2,000 connections to 993 that never say hello
     flood = []
     for i in range(2000):
         flood.append(connect_from(f"127.254.{i // 50 % 250 + 1}.1", imaps))
@@ -266,6 +330,23 @@ def main():
     for s in flood:
         s.close()
     phase("flood")
+    out["rss_before_second_wave"] = rss_mib(pid)
+    # 9. the same idle connections again: freed memory is reused, not added to
+    socks = [connect_from(f"127.{1 + (i // 50) // 250}.{(i // 50) % 250 + 1}.1", ports[i % 3]) for i in range(a.conns)]
+    greeted = 0
+    for s in socks:
+        try:
+            if s.recv(64):
+                greeted += 1
+        except OSError:
+            pass
+    out["second_wave_greeted"] = greeted
+    time.sleep(1)
+    out["rss_second_wave"] = rss_mib(pid)
+    for s in socks:
+        s.close()
+    time.sleep(2)
+    phase("second_wave")
     out["rss_end"] = rss_mib(pid)
     out["rss_peak_hwm"] = hwm_mib(pid)
     proc.send_signal(signal.SIGTERM)

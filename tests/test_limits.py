@@ -1,6 +1,7 @@
 """Configurable limits: line length, recipients, size, error and idle-command caps, timeouts,
 connection caps, clients that talk before the greeting, slow clients."""
 import socket
+import threading
 import time
 
 from conftest import ALICE, BOB, Raw
@@ -23,7 +24,45 @@ def test_line_too_long(server):
     r.send(b"NOOP " + b"y" * 200_000 + b"\r\n")
     assert r.reply()[0] == 500
     assert r.cmd("NOOP")[0] == 250
-    r.close()
+    # A line that does not end is not read until the deadline: cut off after 1 MiB, with a 421
+    # the client sees while it is still sending.
+    sent = send_until_reply(r, b"NOOP ", b"z" * 100_000, b"421 ")
+    assert sent < 20_000_000, "20 MB of one line were read"
+    assert b"500 5.5.2" in r.buf and b"Line without end" in r.buf
+
+
+def send_until_reply(r, first, piece, marker, limit=20_000_000):
+    """Sends `first`, then `piece` again and again until `marker` arrives from the server (read
+    by a thread meanwhile) or `limit` bytes went out; returns the bytes sent."""
+    seen = threading.Event()
+
+    def read():
+        try:
+            while True:
+                d = r.sock.recv(65536)
+                if not d:
+                    return
+                r.buf += d
+                if marker in r.buf:
+                    seen.set()
+        except OSError:
+            return
+        finally:
+            seen.set()
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    sent = 0
+    try:
+        r.send(first)
+        while sent < limit and not seen.is_set():
+            r.send(piece)
+            sent += len(piece)
+    except OSError:
+        pass
+    seen.wait(10)
+    t.join(10)
+    assert marker in r.buf, r.buf[-300:]
+    return sent
 
 
 def test_recipient_limit(make_server):
@@ -52,6 +91,20 @@ def test_size_limit(make_server):
     assert code == 552
     assert r.cmd("NOOP")[0] == 250
     r.close()
+    assert srv.inbox(ALICE) == []
+
+
+def test_endless_data_is_cut_off(make_server):
+    """Past the cap DATA is dropped until the dot (so the sender gets a 552 it can bounce), but
+    not forever: past twice the cap (at least cap + 1 MiB) the session is answered and closed."""
+    srv = make_server("max_message_size = 100000")
+    r = session(srv)
+    assert r.cmd("MAIL FROM:<a@remote.test>")[0] == 250
+    assert r.cmd(f"RCPT TO:<{ALICE}>")[0] == 250
+    assert r.cmd("DATA")[0] == 354
+    sent = send_until_reply(r, b"", (b"w" * 998 + b"\r\n") * 100, b"421 ", limit=50_000_000)
+    assert sent < 50_000_000
+    assert b"552 5.3.4" in r.buf and b"too big" in r.buf
     assert srv.inbox(ALICE) == []
 
 

@@ -22,7 +22,15 @@ pub enum Line {
     Ok(Vec<u8>),
     /// The line exceeded the cap; its bytes were discarded up to the next LF.
     TooLong,
+    /// The line exceeded the cap and no LF came within [`SKIP_BUDGET`] more bytes: an endless
+    /// line. The session closes rather than reading (and discarding) it until the deadline.
+    Endless,
 }
+
+/// How much of an over-long line is read and dropped while looking for its end, so that a
+/// slightly long command gets a 500 and the session goes on, but a client streaming bytes
+/// without a line end is cut off at once instead of being read until the command deadline.
+pub const SKIP_BUDGET: usize = 1024 * 1024;
 
 pub struct Conn {
     stream: Option<MailStream>,
@@ -90,18 +98,22 @@ impl Conn {
     /// elapses (so a client trickling one byte at a time is cut off too).
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ReadError> {
         let deadline = Instant::now() + timeout;
-        let mut skipping = false;
+        let mut skipped: Option<usize> = None;
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                if skipping || line.len() > max {
+                if skipped.is_some() || line.len() > max {
                     return Ok(Line::TooLong);
                 }
                 return Ok(Line::Ok(line));
             }
-            if self.buf.len() > max {
-                skipping = true;
+            if self.buf.len() > max || skipped.is_some() {
+                let n = skipped.unwrap_or(0) + self.buf.len();
                 self.buf.clear();
+                if n > SKIP_BUDGET.max(max) {
+                    return Ok(Line::Endless);
+                }
+                skipped = Some(n);
             }
             self.fill(deadline).await?;
         }
@@ -129,6 +141,23 @@ impl Conn {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         self.stream = Some(tls);
         Ok(discarded)
+    }
+
+    /// After [`Conn::shutdown`] of a session cut off while the client was still sending: reads
+    /// and drops what keeps coming for a short while (at most 2 s and 1 MiB) before the socket is
+    /// closed. Closing with unread input makes the kernel send a reset, which can destroy the
+    /// final replies before the client reads them ("lingering close", as web servers do).
+    pub async fn linger(&mut self) {
+        let Ok(s) = self.stream() else { return };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut total = 0usize;
+        while total < 1024 * 1024 {
+            match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => return,
+            }
+        }
     }
 
     pub async fn shutdown(&mut self) {

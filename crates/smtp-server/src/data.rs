@@ -56,6 +56,9 @@ impl DataReader {
         self.size = self.size.saturating_add(bytes.len());
         if self.size <= self.max_size {
             self.body.extend_from_slice(bytes);
+        } else if self.body.capacity() > 0 {
+            // over the cap: the message will be refused, so its bytes are not kept
+            self.body = Vec::new();
         }
     }
 
@@ -224,6 +227,23 @@ mod tests {
         assert!(done);
         assert_eq!(n, input.len());
         assert!(r.body.len() <= 100);
+        assert_eq!(r.finish().unwrap_err(), DataProblem::TooBig);
+    }
+
+    #[test]
+    fn past_the_cap_what_was_kept_is_freed() {
+        let mut r = DataReader::new(1000);
+        r.feed(&[b'a'; 900]);
+        assert_eq!(r.body.len(), 900);
+        r.feed(&[b'a'; 200]);
+        assert_eq!(
+            r.body.capacity(),
+            0,
+            "an oversized message's bytes are not kept"
+        );
+        assert_eq!(r.size(), 1100);
+        let (_, done) = r.feed(b"\r\n.\r\n");
+        assert!(done);
         assert_eq!(r.finish().unwrap_err(), DataProblem::TooBig);
     }
 

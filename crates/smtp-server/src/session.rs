@@ -42,6 +42,7 @@ enum Close {
     IoError,
     TlsFailed,
     EarlyTalker,
+    EndlessInput,
 }
 
 enum Flow {
@@ -132,6 +133,9 @@ pub async fn handle_connection(
     };
     let close = s.run().await;
     s.conn.shutdown().await;
+    if matches!(close, Close::EndlessInput | Close::TooManyErrors) {
+        s.conn.linger().await;
+    }
     tracing::info!(
         event = "connection",
         session = %s.id,
@@ -197,6 +201,13 @@ impl Session {
                         return c;
                     }
                     continue;
+                }
+                Ok(Line::Endless) => {
+                    self.conn.reply("500 5.5.2 Line too long");
+                    self.conn.reply(&format!(
+                        "421 4.7.0 {h} Line without end, closing connection"
+                    ));
+                    return Close::EndlessInput;
                 }
                 Err(ReadError::Timeout) => {
                     self.conn
@@ -403,6 +414,15 @@ impl Session {
             Ok(Line::Ok(l)) => Ok(l),
             Ok(Line::TooLong) => {
                 Err(self.error("500 5.5.6 Authentication exchange line is too long"))
+            }
+            Ok(Line::Endless) => {
+                let h = self.host().to_owned();
+                self.conn
+                    .reply("500 5.5.6 Authentication exchange line is too long");
+                self.conn.reply(&format!(
+                    "421 4.7.0 {h} Line without end, closing connection"
+                ));
+                Err(Flow::Close(Close::EndlessInput))
             }
             Err(ReadError::Timeout) => {
                 let h = self.host().to_owned();
@@ -681,11 +701,25 @@ impl Session {
             .reply("354 Start mail input; end with <CRLF>.<CRLF>");
         let mut reader = DataReader::new(self.srv.config.max_message_size);
         let timeout = Duration::from_secs(self.srv.config.data_timeout_secs);
+        // Past the cap the rest is read and dropped, so that the sender gets its 552 after the
+        // final dot (a permanent failure it can bounce) - but only up to twice the cap: a client
+        // that goes on and on (1 GB against 50 MB) is answered and cut off there.
+        let cap = self.srv.config.max_message_size;
+        let hard_stop = cap.saturating_mul(2).max(cap.saturating_add(1024 * 1024));
         loop {
             let (used, done) = reader.feed(&self.conn.buf);
             self.conn.buf.drain(..used);
             if done {
                 break;
+            }
+            if reader.size() > hard_stop {
+                let h = self.host().to_owned();
+                self.conn
+                    .reply("552 5.3.4 Message size exceeds fixed maximum message size");
+                self.conn.reply(&format!(
+                    "421 4.7.0 {h} Message far too big, closing connection"
+                ));
+                return Flow::Close(Close::EndlessInput);
             }
             let deadline = tokio::time::Instant::now() + timeout;
             match self.conn.fill(deadline).await {
