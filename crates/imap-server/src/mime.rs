@@ -98,7 +98,10 @@ impl<'a> Parsed<'a> {
     /// BODYSTRUCTURE (`extended`) or BODY.
     pub fn body_structure(&self, out: &mut Vec<u8>, extended: bool) {
         match self.root() {
-            Some(root) => structure(out, root, extended, 0),
+            Some(root) => {
+                let mut budget = MAX_STRUCTURE_PARTS;
+                structure(out, root, extended, 0, &mut budget)
+            }
             None => {
                 out.extend_from_slice(
                     b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" ",
@@ -177,14 +180,29 @@ impl<'a> Parsed<'a> {
     }
 }
 
+/// The parts of a multipart that can be walked into. mail-parser (0.11) can return a part list
+/// that points back at the multipart itself or at its parents (found by fuzzing: a 305-byte
+/// message made BODYSTRUCTURE grow past 4 GB, `tests/fuzz_regressions/oom-25107ae7…`); a real
+/// child always comes after its parent in `parts`, so anything else is skipped.
+fn children<'i>(node: Node<'_, '_>, ids: &'i [u32]) -> impl Iterator<Item = usize> + 'i {
+    let (me, len) = (node.idx, node.msg.parts.len());
+    ids.iter()
+        .map(|&id| id as usize)
+        .filter(move |&id| id > me && id < len)
+}
+
+/// Most parts one BODYSTRUCTURE describes; past it a part is described as empty text. Bounds
+/// the work and the output however the part lists are linked.
+const MAX_STRUCTURE_PARTS: usize = 5000;
+
 fn child<'m, 'a>(node: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
     if n == 0 {
         return None;
     }
     match &node.part().body {
-        PartType::Multipart(ids) => ids.get(n as usize - 1).map(|&id| Node {
+        PartType::Multipart(ids) => children(node, ids).nth(n as usize - 1).map(|id| Node {
             msg: node.msg,
-            idx: id as usize,
+            idx: id,
         }),
         PartType::Message(nested) => child(
             Node {
@@ -326,27 +344,37 @@ fn language_location(out: &mut Vec<u8>, part: &mail_parser::MessagePart<'_>) {
     nstring(out, part.content_location().map(str::as_bytes));
 }
 
-/// Nesting is bounded by mail-parser's own limits; `depth` is a second guard for output size.
-fn structure(out: &mut Vec<u8>, node: Node<'_, '_>, ext: bool, depth: usize) {
+/// Nesting is bounded by mail-parser's own limits; `depth` is a second guard for output size,
+/// and `budget` (parts left to describe) bounds the whole walk.
+fn structure(out: &mut Vec<u8>, node: Node<'_, '_>, ext: bool, depth: usize, budget: &mut usize) {
     let part = node.part();
     let ct = part.content_type();
+    *budget = budget.saturating_sub(1);
     if let PartType::Multipart(ids) = &part.body {
         out.push(b'(');
-        if ids.is_empty() || depth > 50 {
+        let mut described = 0;
+        if depth <= 50 {
+            for id in children(node, ids) {
+                if *budget == 0 {
+                    break;
+                }
+                structure(
+                    out,
+                    Node {
+                        msg: node.msg,
+                        idx: id,
+                    },
+                    ext,
+                    depth + 1,
+                    budget,
+                );
+                described += 1;
+            }
+        }
+        if described == 0 {
             // A multipart without parts is not valid IMAP; describe it as an empty text part.
             out.extend_from_slice(
                 b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0)",
-            );
-        }
-        for &id in ids.iter().take(if depth > 50 { 0 } else { usize::MAX }) {
-            structure(
-                out,
-                Node {
-                    msg: node.msg,
-                    idx: id as usize,
-                },
-                ext,
-                depth + 1,
             );
         }
         out.push(b' ');
@@ -408,6 +436,7 @@ fn structure(out: &mut Vec<u8>, node: Node<'_, '_>, ext: bool, depth: usize) {
                 },
                 ext,
                 depth + 1,
+                budget,
             );
             out.extend_from_slice(format!(" {}", count_lines(body)).as_bytes());
         }
