@@ -1,9 +1,10 @@
 """Nothing acknowledged is lost: the server is killed with SIGKILL at random moments under SMTP
 and IMAP load, 20 times; after each restart every message that got a 250 (or an APPEND OK) is
-present exactly once unless an EXPUNGE of it was answered OK (then it is gone; one cut off
-before its answer may be either), MOVEd messages are in exactly one mailbox, UIDs only grow, the
+present exactly once unless an EXPUNGE (IMAP) or a DELE + QUIT (POP3) of it was answered OK
+(then it is gone; one cut off before its answer may be either), MOVEd messages are in exactly one mailbox, UIDs only grow, the
 database passes its integrity check, and no blob file is left without its row."""
 import imaplib
+import poplib
 import random
 import signal
 import smtplib
@@ -12,19 +13,21 @@ import threading
 import time
 import uuid
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, init_dir, start, tls_client_context
+from conftest import ALICE, ALICE_PW, BOB, BOB_PW, init_dir, run_cli, start, tls_client_context
+
+DAVE, DAVE_PW = "dave@example.test", "Crash-Kill-Pop3-Drop-7!q"
 
 ROUNDS = 20
 
 
-def smtp_load(srv, stop, confirmed, lock):
+def smtp_load(srv, stop, confirmed, lock, to=ALICE):
     while not stop.is_set():
         try:
             with smtplib.SMTP("127.0.0.1", srv.smtp, timeout=5) as s:
                 while not stop.is_set():
                     token = uuid.uuid4().hex
-                    body = f"From: x@remote.test\r\nTo: {ALICE}\r\nSubject: {token}\r\n\r\n" + ("line\r\n" * 50) + f"end {token}\r\n"
-                    s.sendmail("x@remote.test", [ALICE], body)
+                    body = f"From: x@remote.test\r\nTo: {to}\r\nSubject: {token}\r\n\r\n" + ("line\r\n" * 50) + f"end {token}\r\n"
+                    s.sendmail("x@remote.test", [to], body)
                     with lock:
                         confirmed.append(token)
         except (OSError, smtplib.SMTPException):
@@ -81,6 +84,30 @@ def expunge_load(srv, stop, pending, expunged, lock):
             time.sleep(0.05)
 
 
+def pop3_load(srv, stop, pending, deleted, lock):
+    """Dave reads and deletes his oldest message over POP3S: RETR 1, DELE 1, QUIT (UPDATE)."""
+    while not stop.is_set():
+        try:
+            p = poplib.POP3_SSL("127.0.0.1", srv.pop3s, context=tls_client_context(), timeout=5)
+            p.user(DAVE)
+            p.pass_(DAVE_PW)
+            count, _ = p.stat()
+            if count < 5:
+                p.quit()
+                time.sleep(0.05)
+                continue
+            _, lines, _ = p.retr(1)
+            token = next(l for l in lines if l.startswith(b"Subject: "))[9:41].decode()
+            with lock:
+                pending.add(token)
+            p.dele(1)
+            if p.quit().startswith(b"+OK"):
+                with lock:
+                    deleted.add(token)
+        except (OSError, poplib.error_proto, StopIteration, ValueError):
+            time.sleep(0.05)
+
+
 def mailbox_tokens(srv, address, mailbox):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
         rows = c.execute(
@@ -98,14 +125,18 @@ def mailbox_tokens(srv, address, mailbox):
 
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
     d, off = init_dir(tmp_path)
+    run_cli(d, "user", "add", DAVE, "--password-stdin", stdin=DAVE_PW + "\n")
     confirmed, appended, lock = [], [], threading.Lock()
     pending, expunged = set(), set()
+    for_dave, pop_pending, pop_deleted = [], set(), set()
     rng = random.Random(7)
     max_uid = {}
     for rnd in range(ROUNDS):
         srv = start(d, off)
         stop = threading.Event()
-        threads = [threading.Thread(target=smtp_load, args=(srv, stop, confirmed, lock)) for _ in range(3)]
+        threads = [threading.Thread(target=smtp_load, args=(srv, stop, confirmed, lock)) for _ in range(2)]
+        threads.append(threading.Thread(target=smtp_load, args=(srv, stop, for_dave, lock, DAVE)))
+        threads.append(threading.Thread(target=pop3_load, args=(srv, stop, pop_pending, pop_deleted, lock)))
         threads.append(threading.Thread(target=imap_load, args=(srv, stop, appended, lock)))
         threads.append(threading.Thread(target=expunge_load, args=(srv, stop, pending, expunged, lock)))
         for t in threads:
@@ -117,7 +148,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
         for t in threads:
             t.join(timeout=15)
         # after each crash: UIDs only grow (a restart never reuses one)
-        for addr, box in ((ALICE, "INBOX"), (BOB, "INBOX"), (BOB, "Archive")):
+        for addr, box in ((ALICE, "INBOX"), (BOB, "INBOX"), (BOB, "Archive"), (DAVE, "INBOX")):
             uids = [u for u, _ in mailbox_tokens(srv, addr, box)]
             assert uids == sorted(set(uids))
             with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
@@ -128,6 +159,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
     assert len(confirmed) > ROUNDS * 5, f"too little load to mean anything: {len(confirmed)}"
     assert len(appended) > ROUNDS
     assert len(expunged) > ROUNDS, f"too few expunges to mean anything: {len(expunged)}"
+    assert len(pop_deleted) > ROUNDS, f"too few POP3 deletions to mean anything: {len(pop_deleted)}"
     # a clean start recovers and sweeps what the crashes left
     srv = start(d, off)
     try:
@@ -154,6 +186,14 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
         assert len(bob) == len(set(bob)), "a moved message is in two mailboxes"
         lost = [t for t in appended if t not in set(bob)]
         assert not lost, f"{len(lost)} appended message(s) lost"
+        # POP3: a DELE committed by a QUIT answered +OK is gone; everything else acknowledged stays
+        dave = [t for _, t in mailbox_tokens(srv, DAVE, "INBOX")]
+        assert len(dave) == len(set(dave)), "a message stored twice"
+        missing = [t for t in for_dave if t not in set(dave) and t not in pop_pending]
+        assert not missing, f"{len(missing)} acknowledged message(s) lost from the POP3 maildrop"
+        back = [t for t in pop_deleted if t in set(dave)]
+        assert not back, f"{len(back)} POP3-deleted message(s) came back"
+        print(f"POP3: {len(for_dave)} delivered, {len(pop_deleted)} deleted by QUIT")
         print(f"{ROUNDS} kills: {len(confirmed)} messages acknowledged, {len(appended)} appends, "
               f"{len(expunged)} expunges, none lost or resurrected")
     finally:
