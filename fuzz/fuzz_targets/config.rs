@@ -1,5 +1,6 @@
 //! The configuration loader: TOML parsing into the typed config, then validation.
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

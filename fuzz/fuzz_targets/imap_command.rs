@@ -1,6 +1,7 @@
 //! IMAP input as the server frames and decodes it: imap-codec's Fragmentizer (lines and
 //! literals, capped) then the CommandCodec on each complete message.
 #![no_main]
+#![forbid(unsafe_code)]
 use imap_codec::decode::Decoder;
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer};
 use imap_codec::imap_types::IntoStatic;

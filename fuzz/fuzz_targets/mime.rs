@@ -1,5 +1,6 @@
 //! Message parsing as FETCH uses it: BODYSTRUCTURE, ENVELOPE, sections and header filters.
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 use postern_imap::mime::{filter_headers, Parsed, Spec};
 

@@ -1,5 +1,6 @@
 //! The POP3 command parser (hand-written: no crate of the field parses POP3).
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

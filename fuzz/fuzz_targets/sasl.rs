@@ -1,5 +1,6 @@
 //! SASL responses: base64 decoding, PLAIN (authzid NUL authcid NUL password) and LOGIN fields.
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 use postern_auth::sasl;
 

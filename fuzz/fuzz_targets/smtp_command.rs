@@ -1,5 +1,6 @@
 //! The SMTP command parser as the session uses it (smtp-proto's `Request::parse` on one line).
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,7 @@
 //! The DATA reader: dot-unstuffing, the end-of-data marker, bare CR/LF (smuggling), the size cap.
 //! The input is cut into chunks at the positions its first byte chooses, as a network would.
 #![no_main]
+#![forbid(unsafe_code)]
 use libfuzzer_sys::fuzz_target;
 use postern_smtp::data::DataReader;
 
