@@ -2,7 +2,7 @@
 """Bounded resources under hostile load, measured (issue: robustness). Starts a Postern on
 127.0.0.1 high ports and reports its RSS and behaviour with:
   1. 10,000 idle connections (SMTP, IMAP, POP3) from 200 loopback addresses, 50 each;
-  2. an active client sending mail meanwhile (latency);
+  2. an active client sending mail meanwhile (latency), while a tenth of them trickle a byte a second;
   3. the per-IP cap (a 51st connection from one address);
   4. a slowloris client (one byte a second);
   5. 1 GB of DATA against a 50 MB limit (--data-mb);
@@ -170,7 +170,21 @@ def main():
     out["rss_10k"] = rss_mib(pid)
 
     phase("open")
-    # 2. an active client meanwhile
+    # 2. an active client meanwhile, while every tenth connection turns slow (a byte a second)
+    slow_stop = threading.Event()
+    slow = socks[1::10]
+
+    def trickle():
+        while not slow_stop.is_set():
+            for s in slow:
+                try:
+                    s.send(b"N")
+                except OSError:
+                    pass
+            slow_stop.wait(1.0)
+    slow_thread = threading.Thread(target=trickle, daemon=True)
+    slow_thread.start()
+    out["slow_clients"] = len(slow)
     lat = []
     for i in range(20):
         t = time.time()
@@ -180,6 +194,10 @@ def main():
     lat.sort()
     out["active_p50_ms"] = lat[len(lat) // 2]
     out["active_max_ms"] = lat[-1]
+    time.sleep(max(0.0, 3 - (time.time() - phase_t_box[0])))
+    out["rss_mixed"] = rss_mib(pid)
+    slow_stop.set()
+    slow_thread.join()
 
     phase("active")
     # 3. per-IP cap: 50 SMTP connections from one address, then a 51st
