@@ -92,6 +92,10 @@ impl EmailAddress {
         if local.contains('@') {
             return Err(AddressError::Shape);
         }
+        // The checks apply to the form that is kept and compared: lower-casing can lengthen a
+        // UTF-8 local part ('Ⱦ', 2 octets, becomes 'ⱦ', 3), and a canonical address must parse
+        // again (found by the `address` fuzz target, see tests/fuzz_regressions.rs).
+        let local = local.to_lowercase();
         if local.is_empty()
             || local.len() > 64
             || local.starts_with('.')
@@ -102,7 +106,6 @@ impl EmailAddress {
             return Err(AddressError::LocalPart);
         }
         let domain = Domain::parse(domain)?;
-        let local = local.to_lowercase();
         let full = format!("{local}@{}", domain.as_str());
         Ok(EmailAddress {
             at: local.len(),
