@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +244,40 @@ class Raw:
 
     def close(self):
         self.sock.close()
+
+
+def send_until_reply(r, first, piece, marker, limit=20_000_000):
+    """Sends `first`, then `piece` again and again until `marker` arrives from the server (read
+    by a thread meanwhile) or `limit` bytes went out; returns the bytes sent."""
+    seen = threading.Event()
+
+    def read():
+        try:
+            while True:
+                d = r.sock.recv(65536)
+                if not d:
+                    return
+                r.buf += d
+                if marker in r.buf:
+                    seen.set()
+        except OSError:
+            return
+        finally:
+            seen.set()
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    sent = 0
+    try:
+        r.send(first)
+        while sent < limit and not seen.is_set():
+            r.send(piece)
+            sent += len(piece)
+    except OSError:
+        pass
+    seen.wait(10)
+    t.join(10)
+    assert marker in r.buf, r.buf[-300:]
+    return sent
 
 
 def plain_b64(user, pw):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, CAROL, CAROL_PW, plain_b64, tls_client_context
+from conftest import ALICE, ALICE_PW, BOB, BOB_PW, CAROL, CAROL_PW, plain_b64, send_until_reply, tls_client_context
 
 MSG = (
     "From: Alice <alice@example.test>\r\n"
@@ -309,6 +309,17 @@ def test_literal_caps(server):
     # non-synchronizing literal above the cap: no way to stay in step -> BYE
     r.send(b"e APPEND INBOX {999999999+}\r\n")
     assert r.line().startswith("* BYE")
+    assert r.closed()
+
+
+def test_line_without_end_is_cut_off_and_told_why(server):
+    """A command line that never ends (pushed as fast as the server reads, before login) is cut
+    off at the command size cap, and the BYE reaches the client: the server drains what is still
+    in flight before closing instead of resetting the connection over its own reply."""
+    r = RawImap(server.imap)
+    r.line()
+    sent = send_until_reply(r, b"a NOOP ", b"x" * 65536, b"* BYE Command line or literal too long")
+    assert sent < 20_000_000
     assert r.closed()
 
 

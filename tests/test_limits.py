@@ -1,10 +1,9 @@
 """Configurable limits: line length, recipients, size, error and idle-command caps, timeouts,
 connection caps, clients that talk before the greeting, slow clients."""
 import socket
-import threading
 import time
 
-from conftest import ALICE, BOB, Raw
+from conftest import ALICE, BOB, Raw, send_until_reply
 
 
 def session(srv):
@@ -29,40 +28,6 @@ def test_line_too_long(server):
     sent = send_until_reply(r, b"NOOP ", b"z" * 100_000, b"421 ")
     assert sent < 20_000_000, "20 MB of one line were read"
     assert b"500 5.5.2" in r.buf and b"Line without end" in r.buf
-
-
-def send_until_reply(r, first, piece, marker, limit=20_000_000):
-    """Sends `first`, then `piece` again and again until `marker` arrives from the server (read
-    by a thread meanwhile) or `limit` bytes went out; returns the bytes sent."""
-    seen = threading.Event()
-
-    def read():
-        try:
-            while True:
-                d = r.sock.recv(65536)
-                if not d:
-                    return
-                r.buf += d
-                if marker in r.buf:
-                    seen.set()
-        except OSError:
-            return
-        finally:
-            seen.set()
-    t = threading.Thread(target=read, daemon=True)
-    t.start()
-    sent = 0
-    try:
-        r.send(first)
-        while sent < limit and not seen.is_set():
-            r.send(piece)
-            sent += len(piece)
-    except OSError:
-        pass
-    seen.wait(10)
-    t.join(10)
-    assert marker in r.buf, r.buf[-300:]
-    return sent
 
 
 def test_recipient_limit(make_server):

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, CAROL, CAROL_PW, init_dir, plain_b64, start, tls_client_context
+from conftest import (ALICE, ALICE_PW, BOB, BOB_PW, CAROL, CAROL_PW, Raw, init_dir, plain_b64, send_until_reply, start,
+                      tls_client_context)
 
 MSG = (
     "From: Alice <alice@example.test>\r\n"
@@ -139,6 +140,16 @@ def test_pop3_switched_off_server_wide(tmp_path):
         assert "POP3 is switched off" in srv.log()
     finally:
         assert srv.stop() == 0
+
+
+def test_line_without_end_is_cut_off_and_told_why(server):
+    """A line without end is cut off at the line cap and the -ERR reaches the client (the server
+    drains what is still in flight before closing, so no reset destroys the reply)."""
+    r = Raw(server.pop3)
+    r.line()
+    sent = send_until_reply(r, b"USER ", b"x" * 65536, b"-ERR Line too long")
+    assert sent < 20_000_000
+    assert r.closed()
 
 
 def test_hostile_pop3_input(server):

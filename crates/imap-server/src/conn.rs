@@ -137,6 +137,13 @@ impl Conn {
         stream.flush().await
     }
 
+    /// After [`Conn::shutdown`]: see `MailStream::linger`.
+    pub async fn linger(&mut self) {
+        if let Ok(s) = self.stream() {
+            s.linger().await;
+        }
+    }
+
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
         if let Ok(s) = self.stream() {

@@ -55,6 +55,9 @@ pub struct Session {
     auth_failures: u32,
     errors: u32,
     commands: u64,
+    /// Cut off while the client may still be sending (input abuse): linger before closing so the
+    /// final reply is not destroyed by a reset (see `MailStream::linger`).
+    linger: bool,
 }
 
 pub async fn handle_connection(
@@ -99,11 +102,13 @@ pub async fn handle_connection(
         auth_failures: 0,
         errors: 0,
         commands: 0,
+        linger: false,
     };
     if early {
         // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
         s.conn.line("* BYE Command received before greeting");
         s.conn.shutdown().await;
+        s.conn.linger().await;
         tracing::info!(event = "connection", protocol = protocol.name(), ip = %peer.ip(), "client spoke before the greeting");
         return;
     }
@@ -114,6 +119,9 @@ pub async fn handle_connection(
     ));
     s.run().await;
     s.conn.shutdown().await;
+    if s.linger {
+        s.conn.linger().await;
+    }
     tracing::info!(
         event = "connection",
         protocol = protocol.name(),
@@ -246,6 +254,7 @@ impl Session {
                 }
                 Input::TooLong => {
                     self.conn.line("* BYE Command line or literal too long");
+                    self.linger = true;
                     return;
                 }
                 Input::Timeout => {
@@ -303,6 +312,7 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.srv.config.max_errors {
             self.conn.line("* BYE Too many errors");
+            self.linger = true;
             return true;
         }
         false

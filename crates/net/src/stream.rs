@@ -22,6 +22,24 @@ pub struct TlsInfo {
 }
 
 impl MailStream {
+    /// After the final reply and a shutdown of our side, reads and discards what the client is
+    /// still sending, for at most 2 s and 1 MiB. Closing a socket with unread input makes the
+    /// kernel send a reset, which can destroy the final reply (421, BYE, -ERR) before the client
+    /// reads it: a client pushing an endless line would never learn why it was cut off
+    /// ("lingering close", as web servers do).
+    pub async fn linger(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut chunk = [0u8; 16 * 1024];
+        let mut total = 0usize;
+        while total < 1024 * 1024 {
+            match tokio::time::timeout_at(deadline, self.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => total += n,
+                _ => return,
+            }
+        }
+    }
+
     /// Runs a TLS handshake over a plain stream (implicit TLS, or after STARTTLS).
     pub async fn accept_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<MailStream> {
         let tls = acceptor.accept(tcp).await?;

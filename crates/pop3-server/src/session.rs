@@ -91,6 +91,13 @@ impl Conn {
         Ok(())
     }
 
+    /// After [`Conn::shutdown`]: see `MailStream::linger`.
+    async fn linger(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            s.linger().await;
+        }
+    }
+
     async fn shutdown(&mut self) {
         let _ = self.flush().await;
         if let Some(s) = self.stream.as_mut() {
@@ -119,6 +126,9 @@ struct Session {
     shutdown: CancellationToken,
     auth_failures: u32,
     errors: u32,
+    /// Cut off while the client may still be sending (input abuse): linger before closing so the
+    /// final reply is not destroyed by a reset (see `MailStream::linger`).
+    linger: bool,
 }
 
 enum Flow {
@@ -166,16 +176,21 @@ pub async fn handle_connection(
         shutdown,
         auth_failures: 0,
         errors: 0,
+        linger: false,
     };
     if early {
         s.conn.send("-ERR Command received before greeting");
         s.conn.shutdown().await;
+        s.conn.linger().await;
         return;
     }
     s.conn
         .send(&format!("+OK {} Postern POP3 ready", s.srv.hostname));
     s.run().await;
     s.conn.shutdown().await;
+    if s.linger {
+        s.conn.linger().await;
+    }
     tracing::info!(
         event = "connection",
         protocol = protocol.name(),
@@ -234,6 +249,7 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.srv.config.max_errors {
             self.conn.send("-ERR Too many errors, closing");
+            self.linger = true;
             return Flow::Close;
         }
         Flow::Continue
@@ -256,6 +272,7 @@ impl Session {
                 Line::Text(l) => l,
                 Line::TooLong => {
                     self.conn.send("-ERR Line too long");
+                    self.linger = true;
                     return;
                 }
                 Line::Timeout => {

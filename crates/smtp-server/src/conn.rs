@@ -148,15 +148,8 @@ impl Conn {
     /// closed. Closing with unread input makes the kernel send a reset, which can destroy the
     /// final replies before the client reads them ("lingering close", as web servers do).
     pub async fn linger(&mut self) {
-        let Ok(s) = self.stream() else { return };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut total = 0usize;
-        while total < 1024 * 1024 {
-            match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => total += n,
-                _ => return,
-            }
+        if let Ok(s) = self.stream() {
+            s.linger().await;
         }
     }
 

@@ -133,7 +133,10 @@ pub async fn handle_connection(
     };
     let close = s.run().await;
     s.conn.shutdown().await;
-    if matches!(close, Close::EndlessInput | Close::TooManyErrors) {
+    if matches!(
+        close,
+        Close::EndlessInput | Close::TooManyErrors | Close::TooManyCommands | Close::EarlyTalker
+    ) {
         s.conn.linger().await;
     }
     tracing::info!(
