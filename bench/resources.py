@@ -168,6 +168,7 @@ def main():
     out["open_secs"] = time.time() - t0
     time.sleep(1)
     out["rss_10k"] = rss_mib(pid)
+    out["kib_per_idle_conn"] = round((out["rss_10k"] - out["rss_idle_server"]) * 1024 / max(len(socks), 1), 1)
 
     phase("open")
     # 2. an active client meanwhile, while every tenth connection turns slow (a byte a second)

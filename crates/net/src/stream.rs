@@ -30,7 +30,9 @@ impl MailStream {
     pub async fn linger(&mut self) {
         use tokio::io::AsyncReadExt;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut chunk = [0u8; 16 * 1024];
+        // On the heap, and only here: an array would sit in every session's future for its
+        // whole life, lingering or not (16 KiB × 10,000 idle connections).
+        let mut chunk = vec![0u8; 16 * 1024];
         let mut total = 0usize;
         while total < 1024 * 1024 {
             match tokio::time::timeout_at(deadline, self.read(&mut chunk)).await {

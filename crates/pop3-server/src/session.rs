@@ -64,11 +64,13 @@ impl Conn {
             let Some(s) = self.stream.as_mut() else {
                 return Line::Closed;
             };
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(idle, s.read(&mut chunk)).await {
+            // Into the buffer's spare capacity, not through an array that would live (zeroed)
+            // in every session's future while it waits.
+            self.buf.reserve(4096);
+            match tokio::time::timeout(idle, s.read_buf(&mut self.buf)).await {
                 Err(_) => return Line::Timeout,
                 Ok(Ok(0)) | Ok(Err(_)) => return Line::Closed,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
             }
         }
     }
