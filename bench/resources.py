@@ -104,6 +104,20 @@ def stream_until_closed(sock, prefix, mb, pid, piece=b"a" * 1_000_000, suffix=b"
     return sent, (" | ".join(last[-2:])[:150] if last else "closed, no reply"), peak
 
 
+def idle_wave(n, ports):
+    """Opens n connections, 50 per source address, over the ports in turn; returns them and how
+    many got their greeting."""
+    socks = [connect_from(f"127.{1 + (i // 50) // 250}.{(i // 50) % 250 + 1}.1", ports[i % 3]) for i in range(n)]
+    greeted = 0
+    for s in socks:
+        try:
+            if s.recv(64):
+                greeted += 1
+        except OSError:
+            pass
+    return socks, greeted
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=str(ROOT / "target" / "release" / "postern"))
@@ -148,21 +162,8 @@ def main():
     out["rss_idle_server"] = rss_mib(pid)
 
     # 1. 10,000 idle connections, 50 per source address
-    socks = []
     t0 = time.time()
-    ports = [smtp, imap, pop3]
-    for i in range(a.conns):
-        ip = f"127.{1 + (i // 50) // 250}.{(i // 50) % 250 + 1}.1"
-        s = connect_from(ip, ports[i % 3])
-        socks.append(s)
-    # every one got its greeting
-    greeted = 0
-    for s in socks:
-        try:
-            if s.recv(64):
-                greeted += 1
-        except OSError:
-            pass
+    socks, greeted = idle_wave(a.conns, [smtp, imap, pop3])
     out["conns_open"] = len(socks)
     out["conns_greeted"] = greeted
     out["open_secs"] = time.time() - t0
@@ -351,14 +352,7 @@ def main():
     phase("flood")
     out["rss_before_second_wave"] = rss_mib(pid)
     # 9. the same idle connections again: freed memory is reused, not added to
-    socks = [connect_from(f"127.{1 + (i // 50) // 250}.{(i // 50) % 250 + 1}.1", ports[i % 3]) for i in range(a.conns)]
-    greeted = 0
-    for s in socks:
-        try:
-            if s.recv(64):
-                greeted += 1
-        except OSError:
-            pass
+    socks, greeted = idle_wave(a.conns, [smtp, imap, pop3])
     out["second_wave_greeted"] = greeted
     time.sleep(1)
     out["rss_second_wave"] = rss_mib(pid)
