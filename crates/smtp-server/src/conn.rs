@@ -32,6 +32,10 @@ pub enum Line {
 /// without a line end is cut off at once instead of being read until the command deadline.
 pub const SKIP_BUDGET: usize = 1024 * 1024;
 
+fn stream_taken() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream taken")
+}
+
 pub struct Conn {
     stream: Option<MailStream>,
     /// Input read from the socket and not consumed yet.
@@ -49,9 +53,7 @@ impl Conn {
     }
 
     fn stream(&mut self) -> io::Result<&mut MailStream> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "stream taken"))
+        self.stream.as_mut().ok_or_else(stream_taken)
     }
 
     pub fn stream_ref(&self) -> Option<&MailStream> {
@@ -84,12 +86,10 @@ impl Conn {
         // Straight into the buffer's spare capacity: a chunk array here would be part of every
         // session's future, and zeroed, while it waits (16 KiB resident per idle connection).
         self.buf.reserve(READ_CHUNK);
-        let Some(s) = self.stream.as_mut() else {
-            return Err(ReadError::Io(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "stream taken",
-            )));
-        };
+        let s = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| ReadError::Io(stream_taken()))?;
         match tokio::time::timeout_at(deadline, s.read_buf(&mut self.buf)).await {
             Err(_) => Err(ReadError::Timeout),
             Ok(Err(e)) => Err(ReadError::Io(e)),

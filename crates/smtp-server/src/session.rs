@@ -159,6 +159,16 @@ impl Session {
         &self.srv.hostname
     }
 
+    /// Endless input (a line without end, DATA far past the cap): the reply to what was sent,
+    /// then 421 and the close, so the client is not read until a deadline.
+    fn cut_off(&mut self, reply: &str, why: &str) -> Close {
+        self.conn.reply(reply);
+        let h = self.host().to_owned();
+        self.conn
+            .reply(&format!("421 4.7.0 {h} {why}, closing connection"));
+        Close::EndlessInput
+    }
+
     async fn run(&mut self) -> Close {
         let delay = self.srv.config.greeting_delay_ms;
         if delay > 0 {
@@ -206,11 +216,7 @@ impl Session {
                     continue;
                 }
                 Ok(Line::Endless) => {
-                    self.conn.reply("500 5.5.2 Line too long");
-                    self.conn.reply(&format!(
-                        "421 4.7.0 {h} Line without end, closing connection"
-                    ));
-                    return Close::EndlessInput;
+                    return self.cut_off("500 5.5.2 Line too long", "Line without end");
                 }
                 Err(ReadError::Timeout) => {
                     self.conn
@@ -418,15 +424,10 @@ impl Session {
             Ok(Line::TooLong) => {
                 Err(self.error("500 5.5.6 Authentication exchange line is too long"))
             }
-            Ok(Line::Endless) => {
-                let h = self.host().to_owned();
-                self.conn
-                    .reply("500 5.5.6 Authentication exchange line is too long");
-                self.conn.reply(&format!(
-                    "421 4.7.0 {h} Line without end, closing connection"
-                ));
-                Err(Flow::Close(Close::EndlessInput))
-            }
+            Ok(Line::Endless) => Err(Flow::Close(self.cut_off(
+                "500 5.5.6 Authentication exchange line is too long",
+                "Line without end",
+            ))),
             Err(ReadError::Timeout) => {
                 let h = self.host().to_owned();
                 self.conn
@@ -716,13 +717,10 @@ impl Session {
                 break;
             }
             if reader.size() > hard_stop {
-                let h = self.host().to_owned();
-                self.conn
-                    .reply("552 5.3.4 Message size exceeds fixed maximum message size");
-                self.conn.reply(&format!(
-                    "421 4.7.0 {h} Message far too big, closing connection"
+                return Flow::Close(self.cut_off(
+                    "552 5.3.4 Message size exceeds fixed maximum message size",
+                    "Message far too big",
                 ));
-                return Flow::Close(Close::EndlessInput);
             }
             let deadline = tokio::time::Instant::now() + timeout;
             match self.conn.fill(deadline).await {
