@@ -13,7 +13,7 @@ command -v hydra >/dev/null || apt-get install -y -qq hydra >/dev/null
 bash "$SHARED/peers/dovecot.sh" setup >/dev/null
 bash "$SHARED/peers/dovecot.sh" stop >/dev/null 2>&1 || true
 cargo build --release --locked -p postern >/dev/null 2>&1
-BIN=$ROOT/target/release/postern
+BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
 D=$(mktemp -d /tmp/postern-defbench.XXXXXX)
 PID=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null; bash "$SHARED/peers/dovecot.sh" stop >/dev/null 2>&1 || true; rm -rf "$D"' EXIT

@@ -27,7 +27,7 @@ bash "$SHARED/peers/dovecot.sh" stop >/dev/null 2>&1 || true
 
 echo "== building postern (release)"
 cargo build --release --locked -p postern >/dev/null 2>&1
-BIN=$ROOT/target/release/postern
+BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
 
 D=$(mktemp -d /tmp/postern-imapbench.XXXXXX)
 PID=

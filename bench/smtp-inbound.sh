@@ -23,7 +23,7 @@ bash "$SHARED/peers/postfix.sh" setup >/dev/null
 
 echo "== building postern (release)"
 cargo build --release --locked -p postern >/dev/null 2>&1
-BIN=$ROOT/target/release/postern
+BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
 
 echo "== Postern"
 D=$(mktemp -d /tmp/postern-bench.XXXXXX)

@@ -18,8 +18,14 @@ command -v hydra >/dev/null 2>&1 || missing+=(hydra)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # Another apt (unattended upgrades, a second session) may hold the dpkg or lists lock: wait
+    # for it instead of failing at once.
+    for i in $(seq 1 60); do
+      apt-get -o DPkg::Lock::Timeout=600 update -qq && break
+      echo "apt-get update failed (try $i); waiting for the apt lock" >&2
+      sleep 10
+    done
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
   else
     echo "warning: ${missing[*]} not installed; the tests that use them will be skipped" >&2
   fi
@@ -51,7 +57,10 @@ cargo test --workspace --locked
 echo "== build"
 cargo build --locked -p postern
 echo "== black-box tests (real clients on loopback)"
-export POSTERN_BIN="$PWD/target/debug/postern"
+# Where cargo put the binary: honours CARGO_TARGET_DIR and .cargo/config.toml.
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export POSTERN_BIN="$target_dir/debug/postern"
 python3 -m pytest -q -p no:cacheprovider tests "$@"
 echo "== fuzz targets, briefly (long runs: bench/fuzz-long.sh)"
 bash fuzz/run-short.sh "${FUZZ_SECS:-20}"

@@ -7,13 +7,13 @@ fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let git = root.join(".git");
     if git.exists() {
-        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
-        println!("cargo:rerun-if-changed={}", git.join("refs").display());
-        println!(
-            "cargo:rerun-if-changed={}",
-            git.join("packed-refs").display()
-        );
-        println!("cargo:rerun-if-changed={}", git.join("index").display());
+        // Only files that exist: cargo treats a missing one as changed on every build.
+        for f in ["HEAD", "refs", "packed-refs", "index"] {
+            let p = git.join(f);
+            if p.exists() {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
     }
     let commit = std::env::var("POSTERN_GIT_COMMIT").ok().or_else(|| {
         let out = Command::new("git")
@@ -25,7 +25,10 @@ fn main() {
             return None;
         }
         let mut c = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        // GIT_OPTIONAL_LOCKS=0: `git status` must not refresh and rewrite .git/index, which is
+        // one of this script's rebuild triggers (a second `cargo run` would rebuild for nothing).
         let dirty = Command::new("git")
+            .env("GIT_OPTIONAL_LOCKS", "0")
             .args(["status", "--porcelain", "--untracked-files=no"])
             .current_dir(&root)
             .output()

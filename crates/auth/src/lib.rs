@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod breached;
+pub mod common;
 pub mod guard;
 pub mod hasher;
 pub mod policy;

@@ -19,6 +19,8 @@ pub enum PolicyViolation {
     },
     #[error("password found in the breached-password list: it is known to attackers")]
     Breached,
+    #[error("password too guessable: {0}")]
+    Common(&'static str),
     #[error("the breached-password list could not be read: {0}")]
     ListUnreadable(String),
 }
@@ -62,21 +64,36 @@ impl PasswordPolicy {
                 return Err(PolicyViolation::ContainsUserInfo((*input).to_owned()));
             }
         }
+        if let Some(why) = crate::common::common_reason(password) {
+            return Err(PolicyViolation::Common(why));
+        }
         let estimate = zxcvbn::zxcvbn(password, &inputs);
         let score = estimate.score() as u8;
         if score < self.min_score {
-            let mut feedback = String::new();
+            // ": This is a very common password. Add another word or two." — one sentence each.
+            let mut sentences: Vec<String> = Vec::new();
             if let Some(fb) = estimate.feedback() {
                 if let Some(w) = fb.warning() {
-                    feedback.push_str(&format!(": {w}"));
+                    sentences.push(w.to_string());
                 }
-                for s in fb.suggestions() {
-                    feedback.push_str(&format!(
-                        "{} {s}",
-                        if feedback.is_empty() { ":" } else { ";" }
-                    ));
-                }
+                sentences.extend(fb.suggestions().iter().map(|s| s.to_string()));
             }
+            let feedback: String = sentences
+                .iter()
+                .map(|s| {
+                    let s = s.trim();
+                    if s.ends_with(['.', '!', '?']) {
+                        format!(" {s}")
+                    } else {
+                        format!(" {s}.")
+                    }
+                })
+                .collect();
+            let feedback = if feedback.is_empty() {
+                feedback
+            } else {
+                format!(":{feedback}")
+            };
             return Err(PolicyViolation::TooGuessable {
                 score,
                 min: self.min_score,
@@ -107,6 +124,10 @@ mod tests {
         ));
         assert!(matches!(
             p.check("password1234", "alice@example.test"),
+            Err(PolicyViolation::Common(_))
+        ));
+        assert!(matches!(
+            p.check("qwertyuiopasdf", "alice@example.test"),
             Err(PolicyViolation::TooGuessable { .. })
         ));
         assert!(matches!(
@@ -118,6 +139,15 @@ mod tests {
             Err(PolicyViolation::ContainsUserInfo(_))
         ));
         p.check("vT9#qLm2!xWp4Rz", "alice@example.test").unwrap();
+        for weak in ["Summer2024!!", "Autumn2025!?", "December2023##", "Password2024!"] {
+            assert!(
+                matches!(
+                    p.check(weak, "alice@example.test"),
+                    Err(PolicyViolation::Common(_) | PolicyViolation::TooGuessable { .. })
+                ),
+                "{weak}"
+            );
+        }
         p.check("correct horse battery staple orbit", "alice@example.test")
             .unwrap();
     }
@@ -129,6 +159,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("too guessable"), "{err}");
+        assert!(!err.contains(".;") && !err.contains(". ;"), "{err}");
         assert!(
             err.len() > "password too guessable (strength 0 of 4, at least 3 required)".len(),
             "{err}"

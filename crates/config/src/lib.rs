@@ -12,15 +12,52 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {error}{}", read_hint(error))]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+fn read_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        "\nhint: create a data directory with `postern init --dir DIR --domain DOMAIN`, then \
+         name it with `--dir DIR` (or the file with `--config FILE` / $POSTERN_CONFIG)"
+    } else {
+        ""
+    }
+}
+
+/// `IP:PORT`, with a message that says what is wrong (a port past 65535 is "out of range", not
+/// "invalid socket address syntax").
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (ip, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not IP:PORT (for example 0.0.0.0:25 or [::]:25)"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    if ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("{s:?}: {ip:?} is not an IP address"));
+    }
+    match port.parse::<u64>() {
+        Ok(p) if p > 65535 => Err(format!("{s:?}: port {p} is out of range (1-65535)")),
+        _ => Err(format!("{s:?}: {port:?} is not a port number (1-65535)")),
+    }
+}
+
+fn de_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    socket_addr(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => socket_addr(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// The protocol a listener speaks. Only the SMTP family is served so far.
@@ -144,6 +181,7 @@ impl Default for TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub protocol: Protocol,
+    #[serde(deserialize_with = "de_addr")]
     pub address: SocketAddr,
     /// If not empty, only these networks (CIDR) may connect to this listener.
     #[serde(default)]
@@ -331,7 +369,7 @@ pub struct RelayConfig {
 pub struct AdminConfig {
     /// The admin HTTP API (HTTPS, same certificate as the mail listeners). Empty: no API.
     /// Loopback by default; put it elsewhere only behind `allow`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_addr")]
     pub listen: Option<SocketAddr>,
     /// If not empty, only these networks (CIDR) may connect to the API.
     #[serde(default)]
@@ -689,6 +727,10 @@ pub struct ImapConfig {
     /// Idle timeout before login.
     #[serde(default = "d_pre_to")]
     pub login_timeout_secs: u64,
+    /// On the STARTTLS port: how long the server watches for a client that talks before the
+    /// greeting (it gets BYE and is disconnected); a real client waits this long for it.
+    #[serde(default = "d_greet")]
+    pub greeting_delay_ms: u64,
     /// Failed logins in one session before the server says BYE.
     #[serde(default = "d_auth_fail")]
     pub max_auth_failures: u32,
@@ -722,6 +764,7 @@ impl Default for ImapConfig {
             max_command_size: d_imap_cmd(),
             idle_timeout_secs: d_imap_idle(),
             login_timeout_secs: d_pre_to(),
+            greeting_delay_ms: d_greet(),
             max_auth_failures: d_auth_fail(),
             max_connections: d_mbx_conns(),
             max_connections_per_ip: d_conns_ip(),
@@ -743,10 +786,18 @@ pub struct Pop3Config {
     pub idle_timeout_secs: u64,
     #[serde(default = "d_pre_to")]
     pub login_timeout_secs: u64,
+    /// On the STLS port: how long the server watches for a client that talks before the
+    /// greeting (it gets -ERR and is disconnected).
+    #[serde(default = "d_greet")]
+    pub greeting_delay_ms: u64,
     #[serde(default = "d_auth_fail")]
     pub max_auth_failures: u32,
     #[serde(default = "d_errors")]
     pub max_errors: u32,
+}
+
+fn d_greet() -> u64 {
+    50
 }
 
 fn d_true() -> bool {
@@ -762,6 +813,7 @@ impl Default for Pop3Config {
             enabled: true,
             idle_timeout_secs: d_pop_idle(),
             login_timeout_secs: d_pre_to(),
+            greeting_delay_ms: d_greet(),
             max_auth_failures: d_auth_fail(),
             max_errors: d_errors(),
         }
@@ -871,9 +923,9 @@ fn d_level() -> String {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
@@ -900,7 +952,9 @@ impl Config {
 
     /// Parses TOML text (no validation, no base directory).
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+        // toml's message is several lines: where, the line with a caret under the fault, and
+        // what is wrong. Kept as it is, starting on a line of its own.
+        toml::from_str(text).map_err(|e| format!("\n{}", e.to_string().trim_end()))
     }
 
     /// Checks values that parse but make no sense; the message names the key.
@@ -1143,6 +1197,30 @@ mod tests {
         assert_eq!(cfg.listeners[1].address.port(), 10587);
         assert_eq!(cfg.listeners[2].address.port(), 10465);
         assert_eq!(cfg.smtp.max_line_length, 1000);
+    }
+
+    #[test]
+    fn addresses_say_what_is_wrong() {
+        let listener = |a: &str| {
+            Config::parse(&format!(
+                "[server]\nhostname='a.test'\n[[listener]]\nprotocol='smtp'\naddress='{a}'\n"
+            ))
+        };
+        assert!(listener("127.0.0.1:99999")
+            .unwrap_err()
+            .contains("port 99999 is out of range"));
+        assert!(listener("localhost:25")
+            .unwrap_err()
+            .contains("is not an IP address"));
+        let e = listener("127.0.0.1:x").unwrap_err();
+        assert!(e.contains("not a port number"), "{e}");
+        // the caret diagram keeps its lines
+        assert!(e.lines().count() >= 3, "{e}");
+        assert_eq!(listener("[::1]:25").unwrap().listeners[0].address.port(), 25);
+        let err = Config::load(Path::new("/nonexistent/postern.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("postern init"), "{text}");
+        assert!(std::error::Error::source(&err).is_none(), "printed once, not twice");
     }
 
     #[test]

@@ -72,16 +72,24 @@ impl MailStream {
         }
     }
 
-    /// True if the peer has already sent bytes that nobody read (used to catch clients that talk
-    /// before the greeting). Only meaningful on a plain stream.
-    pub async fn has_early_data(&self) -> bool {
+    /// True if the peer sends anything within `wait` before it was greeted (RFC 5321 4.3.1,
+    /// RFC 3501 7.1, RFC 1939 4: the server speaks first). The check is a deadline, not a single
+    /// look: a zero-time peek races with a client that sends a millisecond after connecting, and
+    /// greets it. Returns as soon as data arrives; a well-behaved client waits `wait` for its
+    /// greeting. Only meaningful on a plain stream.
+    pub async fn talks_before(&self, wait: std::time::Duration) -> bool {
         match self {
             MailStream::Plain(t) => {
                 let mut b = [0u8; 1];
-                matches!(
-                    tokio::time::timeout(std::time::Duration::ZERO, t.peek(&mut b)).await,
-                    Ok(Ok(n)) if n > 0
-                )
+                let peek = t.peek(&mut b);
+                if wait.is_zero() {
+                    // Still one look: data already queued counts.
+                    return matches!(
+                        tokio::time::timeout(std::time::Duration::ZERO, peek).await,
+                        Ok(Ok(n)) if n > 0
+                    );
+                }
+                matches!(tokio::time::timeout(wait, peek).await, Ok(Ok(n)) if n > 0)
             }
             MailStream::Tls(_) => false,
         }

@@ -71,11 +71,32 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Writes a self-signed certificate for `hostname` (and `localhost`) and its key (mode 0600).
-pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let names = vec![hostname.to_owned(), "localhost".to_owned()];
-    let ck =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+/// Writes a self-signed certificate for `hostname` (and `localhost`) and its key (mode 0600):
+/// subject CN = the host name, valid from yesterday for two years. Returns the certificate's
+/// SHA-256 fingerprint (colon-separated hex), which a user can pin in a mail client.
+pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<String, TlsError> {
+    use chrono::Datelike;
+    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params =
+        rcgen::CertificateParams::new(vec![hostname.to_owned(), "localhost".to_owned()])
+            .map_err(gen)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    // A day of slack for clocks that are behind; two years, after which `postern audit` and the
+    // certificate-expiry metric say to renew (a real installation uses its own certificate).
+    let start = chrono::Utc::now() - chrono::Duration::days(1);
+    let ymd = |y: i32, m: u32, d: u32| rcgen::date_time_ymd(y, m as u8, d.min(28) as u8);
+    params.not_before = ymd(start.year(), start.month(), start.day());
+    params.not_after = ymd(start.year() + 2, start.month(), start.day());
+    let signing_key = rcgen::KeyPair::generate().map_err(gen)?;
+    let certificate = params.self_signed(&signing_key).map_err(gen)?;
+    let fingerprint = fingerprint(certificate.der());
+    let ck = rcgen::CertifiedKey {
+        cert: certificate,
+        signing_key,
+    };
     let write = |path: &Path, data: &[u8], mode: u32| -> Result<(), TlsError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -97,7 +118,38 @@ pub fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(
         f.sync_all().map_err(werr)
     };
     write(key, ck.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    write(cert, ck.cert.pem().as_bytes(), 0o644)
+    write(cert, ck.cert.pem().as_bytes(), 0o644)?;
+    Ok(fingerprint)
+}
+
+/// SHA-256 fingerprint of a DER certificate, as `AB:CD:…` (what browsers and `openssl x509
+/// -fingerprint -sha256` show).
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The fingerprint and expiry (Unix time) of the first certificate of a PEM file.
+pub fn certificate_summary(cert: &Path) -> Result<(String, i64), TlsError> {
+    let cert_err = |m: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        message: m,
+    };
+    let first = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .next()
+        .ok_or_else(|| cert_err("no certificate in the file".into()))?
+        .map_err(|e| cert_err(e.to_string()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(first.as_ref())
+        .map_err(|e| cert_err(format!("not an X.509 certificate: {e}")))?;
+    Ok((
+        fingerprint(first.as_ref()),
+        parsed.validity().not_after.timestamp(),
+    ))
 }
 
 /// "TLSv1.3" / "TLSv1.2" for logs and Received headers.
@@ -118,8 +170,17 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let d = tempfile::tempdir().unwrap();
         let (c, k) = (d.path().join("tls/cert.pem"), d.path().join("tls/key.pem"));
-        generate_self_signed("mail.example.test", &c, &k).unwrap();
+        let fp = generate_self_signed("mail.example.test", &c, &k).unwrap();
         load_acceptor(&c, &k).unwrap();
+        let (fp2, not_after) = certificate_summary(&c).unwrap();
+        assert_eq!(fp, fp2);
+        assert_eq!(fp.len(), 32 * 3 - 1);
+        let days = (not_after - chrono::Utc::now().timestamp()) / 86400;
+        assert!((700..=731).contains(&days), "{days}");
+        let pem = std::fs::read(&c).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        assert_eq!(x.subject().to_string(), "CN=mail.example.test");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(

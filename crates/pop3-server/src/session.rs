@@ -160,7 +160,10 @@ pub async fn handle_connection(
     else {
         return;
     };
-    let early = !implicit && stream.has_early_data().await;
+    let early = !implicit
+        && stream
+            .talks_before(Duration::from_millis(srv.config.greeting_delay_ms))
+            .await;
     let tls = stream.tls_info();
     let mut s = Session {
         srv,

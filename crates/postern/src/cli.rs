@@ -56,8 +56,10 @@ pub enum Command {
     },
     /// Run every configured listener until SIGTERM or SIGINT.
     Serve,
-    /// A first look: a throw-away server on 127.0.0.1 (ports 10025, 10587, 10465), domain
-    /// example.test, one user with a generated password printed once.
+    /// A first look: a throw-away server on 127.0.0.1 for the domain example.test, with one user
+    /// whose generated password is printed once. Ports: SMTP 10025, submission 10587,
+    /// submissions 10465, IMAP 10143, IMAPS 10993, POP3 10110, POP3S 10995, admin API (HTTPS)
+    /// 18080. Its data directory is removed when it stops (unless given with --dir).
     Demo,
     /// Mail domains served by this server.
     #[command(subcommand)]
@@ -98,7 +100,8 @@ pub enum Command {
     /// The append-only, hash-chained audit log of authentication events.
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCmd),
-    /// Load and validate the configuration, then print a summary.
+    /// Load everything `serve` loads (configuration, certificate and key, database, master key,
+    /// secret references) without binding a port, then print a summary.
     CheckConfig,
 }
 
@@ -346,7 +349,9 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Every account and whether it is active or disabled.
     List,
+    /// One account: status, password age, login restrictions, aliases and mailboxes.
     Show {
         address: String,
     },
@@ -354,6 +359,7 @@ pub enum UserCmd {
     Disable {
         address: String,
     },
+    /// Let a disabled account log in again.
     Enable {
         address: String,
     },
@@ -480,7 +486,37 @@ impl Cli {
     }
 }
 
+/// "serve", "user add" …: the subcommand path, for the data directory's lock file.
+fn command_name() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a.starts_with('-') {
+            // a global option with a separate value
+            if matches!(a.as_str(), "--config" | "--dir" | "--log-format") {
+                i += 1;
+            }
+        } else if let Some(sub) = cmd.find_subcommand(a).cloned() {
+            names.push(a.clone());
+            cmd = sub;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if names.is_empty() {
+        "cli".into()
+    } else {
+        names.join(" ")
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
+    let _ = crate::serve::COMMAND.set(command_name());
     let log_format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,
         LogFormatArg::Json => LogFormat::Json,
@@ -493,10 +529,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             listen_ip,
             port_offset,
         } => {
-            crate::admin::init(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
+            crate::admin::init_cli(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
                 .await
-                .with_context(|| format!("init of {}", dir.display()))?;
-            Ok(())
+                .with_context(|| format!("init of {}", dir.display()))
         }
         Command::Serve => {
             let cfg = cli.load_config()?;
@@ -505,11 +540,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Demo => crate::admin::demo(cli.dir.clone(), log_format).await,
         Command::CheckConfig => {
             let cfg = cli.load_config()?;
-            println!("{}: ok", cli.config_path().display());
-            for l in &cfg.listeners {
-                println!("  listener {:<12} {}", l.protocol.name(), l.address);
-            }
-            Ok(())
+            crate::admin::check_config(&cfg).await
         }
         Command::Domain(c) => crate::admin::domain(&cli.load_config()?, c).await,
         Command::User(c) => crate::admin::user(&cli.load_config()?, c).await,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use postern_types::EmailAddress;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -244,11 +245,14 @@ fn txt(value: &str) -> String {
 }
 
 /// The records to publish for a domain: (name, type, value).
+/// The records to publish for a local domain, and notes on what is missing (no DKIM key yet, no
+/// mailbox for DMARC reports).
 pub async fn records(
     store: &Store,
     hostname: &str,
     domain: &str,
-) -> Result<Vec<(String, &'static str, String)>> {
+) -> Result<(Vec<(String, &'static str, String)>, Vec<String>)> {
+    let mut notes = Vec::new();
     if !store.is_local_domain(domain).await? {
         bail!("{domain} is not a local domain");
     }
@@ -259,7 +263,13 @@ pub async fn records(
         // Only the MX hosts send for the domain; anything else fails SPF.
         (d.clone(), "TXT", txt("v=spf1 mx -all")),
     ];
-    for k in store.dkim_keys(Some(domain)).await? {
+    let keys = store.dkim_keys(Some(domain)).await?;
+    if keys.is_empty() {
+        notes.push(format!(
+            "no DKIM key for {domain} yet: create one with `postern dkim generate {domain}`, then publish its record"
+        ));
+    }
+    for k in keys {
         let kt = if k.algorithm == "ed25519" {
             "ed25519"
         } else {
@@ -271,12 +281,30 @@ pub async fn records(
             txt(&format!("v=DKIM1; k={kt}; p={}", k.public_key)),
         ));
     }
+    // Aggregate reports go to an address that exists: dmarc-reports@ if it was made, else
+    // postmaster@; with neither, no rua (reports to nowhere would bounce) and a note says how.
+    let mut rua = None;
+    for local in ["dmarc-reports", "postmaster"] {
+        let a = EmailAddress::parse(&format!("{local}@{domain}"))?;
+        if store.resolve_recipient(&a).await?.is_some() {
+            rua = Some(a);
+            break;
+        }
+    }
+    let rua = match rua {
+        Some(a) => format!("; rua=mailto:{a}"),
+        None => {
+            notes.push(format!(
+                "no rua in the DMARC record: neither dmarc-reports@{domain} nor postmaster@{domain} receives mail; \
+                 add one, e.g. `postern alias add dmarc-reports@{domain} ACCOUNT`, to get aggregate reports"
+            ));
+            String::new()
+        }
+    };
     out.push((
         format!("_dmarc.{d}"),
         "TXT",
-        txt(&format!(
-            "v=DMARC1; p=quarantine; adkim=s; aspf=s; rua=mailto:dmarc-reports@{domain}"
-        )),
+        txt(&format!("v=DMARC1; p=quarantine; adkim=s; aspf=s{rua}")),
     ));
     // RFC 6186 / RFC 8314: mail clients find the implicit-TLS ports; no clear-text ones.
     for (svc, port) in [
@@ -294,7 +322,7 @@ pub async fn records(
     out.push((format!("_imap._tcp.{d}"), "SRV", "0 0 0 .".to_owned()));
     out.push((format!("_pop3._tcp.{d}"), "SRV", "0 0 0 .".to_owned()));
     out.push((format!("autoconfig.{d}"), "CNAME", host.clone()));
-    Ok(out)
+    Ok((out, notes))
 }
 
 /// `postern dkim ...`
@@ -366,15 +394,22 @@ pub async fn cli(cfg: &postern_config::Config, cmd: &crate::cli::DkimCmd) -> Res
 /// `postern dns DOMAIN`
 pub async fn dns_cli(cfg: &postern_config::Config, domain: &str, json: bool) -> Result<()> {
     let store = crate::serve::open_store(cfg).await?;
-    let recs = records(&store, &cfg.server.hostname, &domain.to_ascii_lowercase()).await?;
+    let (recs, notes) =
+        records(&store, &cfg.server.hostname, &domain.to_ascii_lowercase()).await?;
     if json {
         let v: Vec<serde_json::Value> = recs
             .iter()
             .map(|(n, t, v)| serde_json::json!({"name": n, "type": t, "value": v}))
             .collect();
         println!("{}", serde_json::to_string(&v)?);
+        for n in &notes {
+            eprintln!("note: {n}");
+        }
     } else {
         println!("; records to publish for {domain} (zone-file syntax)");
+        for n in &notes {
+            println!("; note: {n}");
+        }
         for (n, t, v) in recs {
             println!("{n:<40} 3600 IN {t:<5} {v}");
         }

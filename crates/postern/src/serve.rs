@@ -36,12 +36,41 @@ pub fn init_logging(cfg: &Config, format: Option<LogFormat>) {
     let _ = res;
 }
 
+/// What this process is, for the data directory's lock file ("serve", "user add" …); set once
+/// by the command line.
+pub static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Opens the store for a CLI command. If no server runs on this data directory, the command holds
+/// its lock while it runs (and may bring the schema up to date); beside a running server it works
+/// through the database as before, but never migrates.
 pub async fn open_store(cfg: &Config) -> Result<Store> {
     let db = cfg.path(&cfg.storage.database);
     let blobs = cfg.path(&cfg.storage.blobs);
-    Store::open(&db, &blobs)
+    let what = COMMAND.get().map_or("cli", String::as_str);
+    let ctx = || format!("opening the database {}", db.display());
+    match postern_store::lock::DataLock::exclusive(&db, what) {
+        Ok(lock) => Ok(Store::open(&db, &blobs)
+            .await
+            .with_context(ctx)?
+            .with_lock(lock)),
+        Err(postern_store::lock::LockError::Held { .. }) => Store::open_beside_server(&db, &blobs)
+            .await
+            .with_context(ctx),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the store for `serve`/`demo`: the data directory's lock first (a second server on the
+/// same directory stops here, before it touches anything), then migrations.
+async fn open_store_exclusive(cfg: &Config, what: &str) -> Result<Store> {
+    let db = cfg.path(&cfg.storage.database);
+    let blobs = cfg.path(&cfg.storage.blobs);
+    // A CLI command may hold the lock for a moment: wait for it, never for another server.
+    let lock = postern_store::lock::DataLock::exclusive_waiting(&db, what, Duration::from_secs(10))?;
+    Ok(Store::open(&db, &blobs)
         .await
-        .with_context(|| format!("opening the database {}", db.display()))
+        .with_context(|| format!("opening the database {}", db.display()))?
+        .with_lock(lock))
 }
 
 /// Runs the server. `banner` is printed to stdout once every listener is bound (used by `demo`).
@@ -50,7 +79,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // Installed first: a SIGTERM that arrives while the server is still starting is kept and
     // handled as a graceful stop once it is up, instead of killing the process.
     let signals = Signals::install()?;
-    let store = open_store(&cfg)
+    let store = open_store_exclusive(&cfg, COMMAND.get().map_or("serve", String::as_str))
         .await?
         .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
@@ -418,7 +447,7 @@ impl Access {
     }
 }
 
-fn parse_cidrs(v: &[String]) -> Result<Vec<postern_auth::guard::Cidr>> {
+pub fn parse_cidrs(v: &[String]) -> Result<Vec<postern_auth::guard::Cidr>> {
     v.iter()
         .map(|a| postern_auth::guard::Cidr::parse(a).map_err(anyhow::Error::msg))
         .collect()
@@ -439,7 +468,7 @@ fn refuse_banned(
     }
 }
 
-fn guard_config(cfg: &Config) -> Result<postern_auth::guard::GuardConfig> {
+pub fn guard_config(cfg: &Config) -> Result<postern_auth::guard::GuardConfig> {
     use postern_auth::guard::{Cidr, GuardConfig};
     let d = &cfg.defence;
     Ok(GuardConfig {

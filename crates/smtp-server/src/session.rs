@@ -170,14 +170,14 @@ impl Session {
     }
 
     async fn run(&mut self) -> Close {
-        let delay = self.srv.config.greeting_delay_ms;
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
         // RFC 5321 4.3.1: the client waits for the greeting. One that talks first is a bot.
+        let delay = Duration::from_millis(self.srv.config.greeting_delay_ms);
         let early = match self.conn.stream_ref() {
-            Some(s) => s.has_early_data().await,
-            None => false,
+            Some(s) => s.talks_before(delay).await,
+            None => {
+                tokio::time::sleep(delay).await;
+                false
+            }
         };
         if early {
             let h = self.host().to_owned();

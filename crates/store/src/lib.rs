@@ -13,6 +13,7 @@ pub mod apps;
 pub mod audit;
 pub mod blob;
 pub mod dkim;
+pub mod lock;
 pub mod mailbox;
 pub mod queue;
 pub mod secrets;
@@ -150,11 +151,24 @@ pub struct Store {
     changes: std::sync::Arc<ChangeBus>,
     /// Failed auth rows kept per login name per day (0: no cap).
     audit_failure_cap: u64,
+    /// The data directory's lock, when this process holds it (see [`lock`]).
+    lock: Option<std::sync::Arc<lock::DataLock>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database and blob directory, and brings the schema up to date.
+    /// The caller should hold the data directory's [`lock::DataLock`] (see [`Store::with_lock`]).
     pub async fn open(db: &Path, blob_dir: &Path) -> Result<Store> {
+        Store::open_mode(db, blob_dir, true).await
+    }
+
+    /// Opens the database of a running server (whose process holds the data directory's lock):
+    /// never migrates, and refuses a schema other than this binary's.
+    pub async fn open_beside_server(db: &Path, blob_dir: &Path) -> Result<Store> {
+        Store::open_mode(db, blob_dir, false).await
+    }
+
+    async fn open_mode(db: &Path, blob_dir: &Path, may_migrate: bool) -> Result<Store> {
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(db)
             .create_if_missing(true)
@@ -166,7 +180,18 @@ impl Store {
             .max_connections(1)
             .connect_with(opts.clone())
             .await?;
-        migrate(&write).await?;
+        if may_migrate {
+            migrate(&write).await?;
+        } else {
+            let version = schema_version(&write).await?;
+            if version != SCHEMA_VERSION {
+                write.close().await;
+                return Err(StoreError::Conflict(format!(
+                    "the database has schema version {version} and this postern needs {SCHEMA_VERSION}; \
+                     stop the running server first, so that the schema can be brought up to date"
+                )));
+            }
+        }
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.read_only(true))
@@ -178,7 +203,19 @@ impl Store {
             blobs,
             changes: Default::default(),
             audit_failure_cap: 1000,
+            lock: None,
         })
+    }
+
+    /// Keeps the data directory's lock for as long as this store (or a clone) lives.
+    pub fn with_lock(mut self, lock: lock::DataLock) -> Self {
+        self.lock = Some(std::sync::Arc::new(lock));
+        self
+    }
+
+    /// Whether this process holds the data directory's lock (false beside a running server).
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Sets the daily cap of failed-attempt rows per login name in the audit log (0: none).
@@ -791,7 +828,16 @@ impl Store {
     /// Removes blob files that no message and no queue entry points at and that were written
     /// before `before` (the start of this process): what a crash between "blob written" and
     /// "row committed" leaves behind. Returns how many were removed.
+    ///
+    /// Only the holder of the data directory's lock may sweep: beside another process, a blob that
+    /// process wrote and fsynced but has not yet committed would look orphaned, and removing it
+    /// would lose a message that is acknowledged a moment later.
     pub async fn sweep_orphan_blobs(&self, before: std::time::SystemTime) -> Result<usize> {
+        if !self.holds_lock() {
+            return Err(StoreError::Conflict(
+                "the orphan-blob sweep needs the data directory's lock".into(),
+            ));
+        }
         let blobs = self.blobs.clone();
         let ids = tokio::task::spawn_blocking(move || blobs.list_before(before))
             .await
@@ -967,11 +1013,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-async fn migrate(pool: &SqlitePool) -> Result<()> {
-    let version: i64 = sqlx::query("PRAGMA user_version")
+async fn schema_version(pool: &SqlitePool) -> Result<i64> {
+    Ok(sqlx::query("PRAGMA user_version")
         .fetch_one(pool)
         .await?
-        .try_get(0)?;
+        .try_get(0)?)
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let version = schema_version(pool).await?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Conflict(format!(
             "the database has schema version {version}, newer than this postern ({SCHEMA_VERSION}); upgrade postern"
