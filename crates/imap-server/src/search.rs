@@ -50,6 +50,19 @@ pub fn resolve(set: &SequenceSet, msgs: &[MessageMeta], uid: bool) -> Vec<usize>
     out
 }
 
+/// True if a message sequence set names a number past the last message: RFC 3501 9
+/// (seq-number) makes such a set invalid (BAD), not an empty match. A range with `*` (`1:*`,
+/// `5:*`) always names the last message and stays valid, also in an empty mailbox.
+pub fn seq_out_of_range(set: &SequenceSet, exists: usize) -> bool {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let past = |s: &SeqOrUid| matches!(s, SeqOrUid::Value(v) if v.get() as usize > exists);
+    set.0.as_ref().iter().any(|seq| match seq {
+        Sequence::Single(s) => past(s),
+        Sequence::Range(SeqOrUid::Asterisk, _) | Sequence::Range(_, SeqOrUid::Asterisk) => false,
+        Sequence::Range(a, b) => past(a) || past(b),
+    })
+}
+
 /// Context for evaluating keys on one message.
 pub struct Candidate<'a> {
     pub index: usize,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Conn, Input};
 use crate::mime::{Parsed, Spec};
-use crate::search::{matches, resolve, Candidate};
+use crate::search::{matches, resolve, seq_out_of_range, Candidate};
 use crate::wire;
 use crate::{AccountSlot, ImapServer};
 
@@ -33,8 +33,12 @@ const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 struct Selected {
     mailbox: Mailbox,
     read_only: bool,
+    /// This session's view: what it has been told about, in sequence-number order. Messages that
+    /// another session expunged stay here (and readable) until this session may be told.
     msgs: Vec<MessageMeta>,
     modseq: u64,
+    /// Keeps the bodies of the messages in `msgs` on disk while they are listed here.
+    pin: postern_store::views::ViewPin,
 }
 
 enum Flow {
@@ -358,6 +362,11 @@ impl Session {
     async fn command(&mut self, cmd: Command<'static>) -> Flow {
         let tag = cmd.tag.inner().to_owned();
         let authed = self.principal.is_some();
+        // RFC 2180 3: the selected mailbox was deleted (or renamed away) by another session.
+        // Nothing done on it may report success: the session is told and ends, as Dovecot does.
+        if self.selected.is_some() && acts_on_selected(&cmd.body) && self.selected_gone().await {
+            return self.bye_gone();
+        }
         match cmd.body {
             CommandBody::Capability => {
                 let caps = self.capabilities();
@@ -586,6 +595,24 @@ impl Session {
         self.principal.as_ref().map_or(0, |p| p.account_id)
     }
 
+    /// Whether the selected mailbox no longer exists (deleted or renamed by another session).
+    async fn selected_gone(&self) -> bool {
+        match &self.selected {
+            Some(sel) => matches!(
+                self.srv.store.mailbox_modseq(sel.mailbox.id).await,
+                Ok(None)
+            ),
+            None => false,
+        }
+    }
+
+    fn bye_gone(&mut self) -> Flow {
+        self.selected = None;
+        self.conn
+            .line("* BYE The selected mailbox was deleted by another session");
+        Flow::Close
+    }
+
     async fn starttls(&mut self, tag: &str) -> Flow {
         if self.tls.is_some() {
             return self.bad(tag, "TLS is already active");
@@ -732,10 +759,13 @@ impl Session {
             Ok(mb) => mb,
             Err(f) => return f,
         };
+        let pin = self.srv.store.pin_view();
+        let mark = pin.mark();
         let msgs = match self.srv.store.message_list(mb.id).await {
             Ok(v) => v,
             Err(e) => return self.store_failed(tag, e),
         };
+        pin.synced_at(mark);
         let c = match self.srv.store.mailbox_counts(mb.id).await {
             Ok(c) => c,
             Err(e) => return self.store_failed(tag, e),
@@ -759,6 +789,7 @@ impl Session {
             read_only,
             msgs,
             modseq: c.highest_modseq,
+            pin,
         });
         if read_only {
             self.ok(tag, "[READ-ONLY] EXAMINE completed")
@@ -977,6 +1008,9 @@ impl Session {
             .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
             .collect();
         let when = date.unwrap_or_else(postern_store::now);
+        // Stored with CRLF line ends only, so that every reader (POP3 above all) gets framing it
+        // can trust and RFC822.SIZE is the size sent.
+        let data = postern_types::crlf(&data);
         match self
             .srv
             .store
@@ -1007,6 +1041,7 @@ impl Session {
         if modseq == sel.modseq {
             return;
         }
+        let mark = sel.pin.mark();
         let Ok(fresh) = self.srv.store.message_list(sel.mailbox.id).await else {
             return;
         };
@@ -1053,6 +1088,8 @@ impl Session {
         sel.msgs = kept;
         if !any_deferred {
             sel.modseq = modseq;
+            // Nothing expunged is listed any more: its bodies may go.
+            sel.pin.synced_at(mark);
         }
         self.conn.out().extend_from_slice(&out);
     }
@@ -1123,7 +1160,10 @@ impl Session {
         let sel = self.selected.as_ref().expect("selected");
         let read_only = sel.read_only;
         let indices = resolve(set, &sel.msgs, uid);
-        if !uid && indices.is_empty() && !sel.msgs.is_empty() {
+        if !uid
+            && (seq_out_of_range(set, sel.msgs.len())
+                || (!sel.msgs.is_empty() && indices.is_empty()))
+        {
             return self.bad(tag, "Invalid message sequence number");
         }
         let needs_body = items.iter().any(|i| {
@@ -1181,6 +1221,9 @@ impl Session {
         }
         let sel = self.selected.as_ref().expect("selected");
         let mut flags_reported = false;
+        // Bodies of messages this session still lists are kept for it (see ViewPin), so a read
+        // fails only on a real fault; that message gets no FETCH response, never an empty body.
+        let mut unreadable = 0usize;
         for &i in &indices {
             let m = &sel.msgs[i];
             let raw = if needs_body {
@@ -1188,7 +1231,8 @@ impl Session {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
-                        None
+                        unreadable += 1;
+                        continue;
                     }
                 }
             } else {
@@ -1310,6 +1354,12 @@ impl Session {
                 return Flow::Close;
             }
         }
+        if unreadable > 0 {
+            return self.no(
+                tag,
+                "[SERVERBUG] Some messages could not be read; try again",
+            );
+        }
         self.ok(
             tag,
             if uid {
@@ -1334,6 +1384,9 @@ impl Session {
         if sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
+        if !uid && seq_out_of_range(set, sel.msgs.len()) {
+            return self.bad(tag, "Invalid message sequence number");
+        }
         let indices = resolve(set, &sel.msgs, uid);
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
         let flags: Vec<String> = flags
@@ -1353,6 +1406,7 @@ impl Session {
         };
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
+        let expunged = uids.len().saturating_sub(changed.len());
         for (u, new_flags, _) in changed {
             if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
                 sel.msgs[i].flags = new_flags;
@@ -1374,6 +1428,13 @@ impl Session {
             }
         }
         self.conn.out().extend_from_slice(&out);
+        if expunged > 0 {
+            // RFC 2180 4.2.1: the others were changed; these could not be.
+            return self.no(
+                tag,
+                "[EXPUNGEISSUED] Some of the messages were expunged by another session; the others were updated",
+            );
+        }
         self.ok(tag, "STORE completed")
     }
 
@@ -1398,10 +1459,13 @@ impl Session {
             Err(e) => return self.store_failed(tag, e),
         };
         let sel = self.selected.as_ref().expect("selected");
-        let indices = resolve(set, &sel.msgs, uid);
-        if !uid && indices.is_empty() && !sel.msgs.is_empty() {
+        if !uid
+            && (seq_out_of_range(set, sel.msgs.len())
+                || (!sel.msgs.is_empty() && resolve(set, &sel.msgs, uid).is_empty()))
+        {
             return self.bad(tag, "Invalid message sequence number");
         }
+        let indices = resolve(set, &sel.msgs, uid);
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
         let (acct, src) = (self.account(), sel.mailbox.id);
         match self
@@ -1429,6 +1493,14 @@ impl Session {
                     self.refresh(uid).await;
                     self.ok(tag, &format!("{code}COPY completed"))
                 }
+            }
+            Err(StoreError::Expunged(_)) => {
+                // RFC 2180 4.4.1: all or nothing, and the client is told.
+                self.refresh(uid).await;
+                self.no(
+                    tag,
+                    "[EXPUNGEISSUED] Some of the messages were expunged by another session; nothing was copied",
+                )
             }
             Err(e) => self.store_failed(tag, e),
         }
@@ -1463,6 +1535,9 @@ impl Session {
                     if r.is_err() {
                         return Flow::Close;
                     }
+                    if self.selected_gone().await {
+                        return self.bye_gone();
+                    }
                     self.refresh(true).await;
                 }
                 _ = self.shutdown.cancelled() => {
@@ -1472,6 +1547,24 @@ impl Session {
             }
         }
     }
+}
+
+/// Commands that work on the selected mailbox (RFC 3501 6.4) or report on it (NOOP, CHECK, IDLE).
+fn acts_on_selected(body: &CommandBody<'_>) -> bool {
+    matches!(
+        body,
+        CommandBody::Noop
+            | CommandBody::Check
+            | CommandBody::Close
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. }
+            | CommandBody::Idle
+    )
 }
 
 fn astring_text(a: &AString<'_>) -> String {

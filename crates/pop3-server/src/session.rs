@@ -113,7 +113,30 @@ struct Maildrop {
     mailbox_id: i64,
     uidvalidity: u32,
     msgs: Vec<MessageMeta>,
+    /// Marked with DELE, or gone (below).
     deleted: Vec<bool>,
+    /// Expunged by another session (IMAP) since login: treated as deleted for good, so that
+    /// LIST, UIDL, DELE, RETR and RSET agree about it for the rest of the session.
+    gone: Vec<bool>,
+    /// The mailbox's HIGHESTMODSEQ when `gone` was last brought up to date.
+    modseq: Option<u64>,
+}
+
+impl Maildrop {
+    /// The index of message `n`, or the -ERR text for it.
+    fn get(&self, n: u32) -> Result<usize, &'static str> {
+        let i = (n as usize)
+            .checked_sub(1)
+            .filter(|&i| i < self.msgs.len())
+            .ok_or("No such message")?;
+        if self.gone[i] {
+            return Err("Message was deleted");
+        }
+        if self.deleted[i] {
+            return Err("Message already deleted");
+        }
+        Ok(i)
+    }
 }
 
 struct Session {
@@ -208,8 +231,12 @@ pub async fn handle_connection(
     );
 }
 
-/// Writes `data` dot-stuffed (RFC 1939 3), ending with the terminating ".".
+/// Writes `data` with CRLF line ends (a message stored with bare LF would otherwise end in
+/// `\n.\r\n`, and a client waiting for CRLF.CRLF would wait forever), dot-stuffed (RFC 1939 3),
+/// ending with the terminating ".".
 fn multiline(out: &mut Vec<u8>, data: &[u8]) {
+    let data = postern_types::crlf(data);
+    let data: &[u8] = &data;
     for line in data.split_inclusive(|&b| b == b'\n') {
         if line.first() == Some(&b'.') {
             out.push(b'.');
@@ -320,15 +347,41 @@ impl Session {
         }
     }
 
+    /// Marks the messages another session expunged since the last look as gone (one cheap
+    /// HIGHESTMODSEQ read when nothing changed).
+    async fn sync_gone(&mut self) {
+        let Some(d) = self.drop.as_mut() else { return };
+        let Ok(now) = self.srv.store.mailbox_modseq(d.mailbox_id).await else {
+            return;
+        };
+        if now.is_some() && now == d.modseq {
+            return;
+        }
+        let exists = match now {
+            None => Vec::new(),
+            Some(_) => match self.srv.store.existing_uids(d.mailbox_id).await {
+                Ok(u) => u,
+                Err(_) => return,
+            },
+        };
+        for (i, m) in d.msgs.iter().enumerate() {
+            if exists.binary_search(&m.uid).is_err() {
+                d.gone[i] = true;
+                d.deleted[i] = true;
+            }
+        }
+        d.modseq = now;
+    }
+
     async fn command(&mut self, cmd: Command) -> Flow {
         if self.drop.is_none() {
             return self.authorization(cmd).await;
         }
+        if !matches!(cmd, Command::Capa | Command::Noop | Command::Quit) {
+            self.sync_gone().await;
+        }
         let d = self.drop.as_mut().expect("maildrop");
-        let get = |d: &Maildrop, n: u32| -> Option<usize> {
-            let i = (n as usize).checked_sub(1)?;
-            (i < d.msgs.len() && !d.deleted[i]).then_some(i)
-        };
+        let get = |d: &Maildrop, n: u32| d.get(n);
         match cmd {
             Command::Capa => {
                 self.capa();
@@ -368,7 +421,7 @@ impl Session {
                 Flow::Continue
             }
             Command::List(Some(n)) | Command::Uidl(Some(n)) => match get(d, n) {
-                Some(i) => {
+                Ok(i) => {
                     let line = if matches!(cmd, Command::Uidl(_)) {
                         format!("+OK {n} {}.{}", d.uidvalidity, d.msgs[i].uid)
                     } else {
@@ -377,27 +430,35 @@ impl Session {
                     self.conn.send(&line);
                     Flow::Continue
                 }
-                None => self.err("No such message"),
+                Err(why) => self.err(why),
             },
             Command::Retr(n) | Command::Top(n, _) => {
-                let Some(i) = get(d, n) else {
-                    return self.err("No such message");
+                let i = match get(d, n) {
+                    Ok(i) => i,
+                    Err(why) => return self.err(why),
                 };
                 let m = d.msgs[i].clone();
                 let data = match self.srv.store.blobs().get(&m.blob_id) {
                     Ok(b) => b,
                     Err(e) => {
+                        // Expunged by another session between the check and the read: gone
+                        // for good, not a temporary fault.
+                        self.sync_gone().await;
+                        if self.drop.as_ref().is_some_and(|d| d.gone[i]) {
+                            return self.err("Message was deleted");
+                        }
                         tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
                         self.conn
                             .send("-ERR [SYS/TEMP] Message temporarily unavailable");
                         return Flow::Continue;
                     }
                 };
+                let size = postern_types::crlf(&data).len();
                 let body = match cmd {
                     Command::Top(_, lines) => top(&data, lines),
                     _ => data,
                 };
-                self.conn.send(&format!("+OK {} octets", m.size));
+                self.conn.send(&format!("+OK {size} octets"));
                 multiline(&mut self.conn.out, &body);
                 if self.conn.flush().await.is_err() {
                     return Flow::Close;
@@ -405,16 +466,17 @@ impl Session {
                 Flow::Continue
             }
             Command::Dele(n) => match get(d, n) {
-                Some(i) => {
+                Ok(i) => {
                     d.deleted[i] = true;
                     self.conn.send(&format!("+OK message {n} deleted"));
                     Flow::Continue
                 }
-                None => self.err("No such message"),
+                Err(why) => self.err(why),
             },
             Command::Rset => {
-                d.deleted.iter_mut().for_each(|x| *x = false);
-                let n = d.msgs.len();
+                // What another session expunged stays deleted.
+                d.deleted.clone_from(&d.gone);
+                let n = d.gone.iter().filter(|g| !**g).count();
                 self.conn.send(&format!("+OK maildrop has {n} messages"));
                 Flow::Continue
             }
@@ -427,9 +489,9 @@ impl Session {
                 let uids: Vec<u32> = d
                     .msgs
                     .iter()
-                    .zip(&d.deleted)
-                    .filter(|(_, del)| **del)
-                    .map(|(m, _)| m.uid)
+                    .enumerate()
+                    .filter(|&(i, _)| d.deleted[i] && !d.gone[i])
+                    .map(|(_, m)| m.uid)
                     .collect();
                 let (id, acct) = (
                     d.mailbox_id,
@@ -635,6 +697,8 @@ impl Session {
             mailbox_id: inbox.id,
             uidvalidity: inbox.uidvalidity,
             deleted: vec![false; n],
+            gone: vec![false; n],
+            modseq: Some(inbox.highest_modseq),
             msgs,
         });
         let warning = p
@@ -658,6 +722,9 @@ mod tests {
         let mut out = Vec::new();
         multiline(&mut out, b"a\r\n.b\r\n..\r\nend");
         assert_eq!(out, b"a\r\n..b\r\n...\r\nend\r\n.\r\n");
+        let mut bare = Vec::new();
+        multiline(&mut bare, b"Subject: t\n\nline1\n.\nafter\n");
+        assert_eq!(bare, b"Subject: t\r\n\r\nline1\r\n..\r\nafter\r\n.\r\n");
         let m = b"H: 1\r\nI: 2\r\n\r\nl1\r\nl2\r\nl3\r\n";
         assert_eq!(top(m, 0), b"H: 1\r\nI: 2\r\n\r\n");
         assert_eq!(top(m, 2), b"H: 1\r\nI: 2\r\n\r\nl1\r\nl2\r\n");

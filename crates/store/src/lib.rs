@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod queue;
 pub mod secrets;
 pub mod totp;
+pub mod views;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -46,6 +47,9 @@ pub enum StoreError {
     Exists(String),
     #[error("{0}")]
     Conflict(String),
+    /// Messages named by the caller were expunged (by another session) before the operation.
+    #[error("{0} message(s) no longer exist")]
+    Expunged(usize),
 }
 
 impl StoreError {
@@ -153,6 +157,8 @@ pub struct Store {
     audit_failure_cap: u64,
     /// The data directory's lock, when this process holds it (see [`lock`]).
     lock: Option<std::sync::Arc<lock::DataLock>>,
+    /// Bodies of expunged messages that open views may still read (see [`views`]).
+    trash: std::sync::Arc<views::Trash>,
 }
 
 impl Store {
@@ -204,6 +210,7 @@ impl Store {
             changes: Default::default(),
             audit_failure_cap: 1000,
             lock: None,
+            trash: Default::default(),
         })
     }
 
@@ -211,6 +218,16 @@ impl Store {
     pub fn with_lock(mut self, lock: lock::DataLock) -> Self {
         self.lock = Some(std::sync::Arc::new(lock));
         self
+    }
+
+    /// A session's view of a mailbox: bodies of messages it lists stay readable until it syncs.
+    pub fn pin_view(&self) -> views::ViewPin {
+        views::ViewPin::new(self.trash.clone(), self.blobs.clone())
+    }
+
+    /// Bodies of expunged messages kept for views that have not synced yet.
+    pub fn trashed_bodies(&self) -> usize {
+        self.trash.pending()
     }
 
     /// Whether this process holds the data directory's lock (false beside a running server).
@@ -591,11 +608,7 @@ impl Store {
             }
         }
         tx.commit().await?;
-        for b in orphans {
-            if let Err(e) = self.blobs.remove(&b) {
-                tracing::warn!(blob = %b, error = %e, "could not remove an unreferenced blob");
-            }
-        }
+        self.remove_blobs(&orphans);
         Ok(())
     }
 

@@ -547,7 +547,10 @@ impl Store {
     }
 
     /// Copies (or moves) messages to another mailbox of the same account, sharing their blobs.
-    /// Returns the destination's UIDVALIDITY and (source UID, destination UID) pairs.
+    /// Returns the destination's UIDVALIDITY and (source UID, destination UID) pairs. All or
+    /// nothing: if a message was expunged meanwhile (by another session), nothing is copied and
+    /// the answer is [`StoreError::Expunged`] (RFC 2180 4.4.1: the client must not believe a
+    /// copy exists).
     pub async fn copy_messages(
         &self,
         account_id: i64,
@@ -566,6 +569,7 @@ impl Store {
                 .ok_or_else(|| StoreError::NotFound(format!("mailbox #{dst}")))?
                 .try_get(0)?;
         let mut pairs = Vec::new();
+        let mut missing = 0usize;
         for &uid in uids {
             let Some(r) = sqlx::query(concat!(
                 "SELECT ",
@@ -577,8 +581,12 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?
             else {
+                missing += 1;
                 continue;
             };
+            if missing > 0 {
+                continue;
+            }
             let m = meta_from_row(&r)?;
             let row = sqlx::query(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
@@ -608,6 +616,10 @@ impl Store {
             }
             pairs.push((uid, new_uid as u32));
         }
+        if missing > 0 {
+            // dropped without commit: rolled back
+            return Err(StoreError::Expunged(missing));
+        }
         if move_ && !pairs.is_empty() {
             sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
                 .bind(src)
@@ -632,12 +644,20 @@ impl Store {
         Ok(v != 0)
     }
 
+    /// Bodies no row references any more: removed once no open session view lists them.
     pub(crate) fn remove_blobs(&self, ids: &[String]) {
-        for id in ids {
-            if let Err(e) = self.blobs.remove(id) {
-                tracing::warn!(blob = %id, error = %e, "could not remove an unreferenced blob");
-            }
-        }
+        self.trash.defer(&self.blobs, ids);
+    }
+
+    /// The UIDs a mailbox holds now (POP3 checks its maildrop against it).
+    pub async fn existing_uids(&self, mailbox_id: i64) -> Result<Vec<u32>> {
+        let rows = sqlx::query("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid")
+            .bind(mailbox_id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64, _>(0)? as u32))
+            .collect()
     }
 
     /// Used by tests and `postern` maintenance: the current time, for APPEND without a date.

@@ -204,3 +204,58 @@ mod tests {
         assert!(!sender_allowed(&allow, "x@evilb.test"));
     }
 }
+
+/// Line endings as the mail protocols frame them: every bare LF and bare CR becomes CRLF
+/// (RFC 5322 2.3: CR and LF appear only together). Borrowed when the text already is so.
+///
+/// Applied once, where a message enters the store from a source that may not follow the rule
+/// (IMAP APPEND), so that stored sizes are the sizes sent; POP3 output applies it again for
+/// messages stored before, since a client scanning for CRLF.CRLF would otherwise never see the end.
+pub fn crlf(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut clean = true;
+    for (i, &b) in data.iter().enumerate() {
+        let bare = match b {
+            b'\n' => i == 0 || data[i - 1] != b'\r',
+            b'\r' => data.get(i + 1) != Some(&b'\n'),
+            _ => false,
+        };
+        if bare {
+            clean = false;
+            break;
+        }
+    }
+    if clean {
+        return std::borrow::Cow::Borrowed(data);
+    }
+    let mut out = Vec::with_capacity(data.len() + data.len() / 32 + 2);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod crlf_tests {
+    use super::crlf;
+
+    #[test]
+    fn bare_line_ends_become_crlf() {
+        assert!(matches!(crlf(b"a\r\nb\r\n"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*crlf(b"a\nb\n.\nc"), b"a\r\nb\r\n.\r\nc");
+        assert_eq!(&*crlf(b"a\rb\r\n\n"), b"a\r\nb\r\n\r\n");
+        assert_eq!(&*crlf(b"\n"), b"\r\n");
+        assert_eq!(&*crlf(b"x\r"), b"x\r\n");
+        assert_eq!(&*crlf(b""), b"");
+    }
+}
