@@ -117,15 +117,20 @@ def test_domains(datadir):
         assert p.returncode != 0, bad
 
 
-def test_bad_config_is_one_clear_line(tmp_path):
+def test_bad_config_names_the_file_and_shows_where(tmp_path):
     cfg = tmp_path / "postern.toml"
     cfg.write_text('[server]\nhostname = "mail.example.test"\nhostnam = "typo"\n')
     p = subprocess.run([BIN, "--config", str(cfg), "serve"], capture_output=True, text=True, timeout=30)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(cfg) in lines[0] and "hostnam" in lines[0], p.stderr
+    # first line: which file; then toml's own diagram: the line, a caret under the fault, what
+    assert str(cfg) in lines[0], p.stderr
+    assert any("hostnam" in l and "|" in l for l in lines), p.stderr
+    assert any(l.strip().startswith("|") and "^" in l for l in lines), p.stderr
+    assert any("unknown field" in l for l in lines), p.stderr
     p = subprocess.run([BIN, "--config", str(tmp_path / "missing.toml"), "serve"], capture_output=True, text=True)
-    assert p.returncode != 0 and "missing.toml" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.returncode != 0 and "missing.toml" in p.stderr
+    assert p.stderr.count("No such file or directory") == 1 and "postern init" in p.stderr, p.stderr
 
 
 def test_version():

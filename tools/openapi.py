@@ -73,8 +73,13 @@ SCHEMAS = {
                           required=["name", "allow_from"]),
     "Rotate": obj({"grace_secs": {"type": "integer", "minimum": 0}}, required=[]),
     "Ban": obj({"target": S(), "until": I(), "reason": S(), "offences": I()}),
-    "NewBan": obj({"target": S(description="IP address or CIDR network"),
-                   "duration_secs": {"type": "integer", "minimum": 0}, "reason": NS}, required=["target"]),
+    "NewBan": obj({"target": S(description="IP address or CIDR network; wider than /16 (IPv4) or /48 (IPv6) "
+                                          "only for a superadmin with force; never the caller's own address or "
+                                          "an allowlisted network"),
+                   "duration_secs": {"type": "integer", "minimum": 0,
+                                     "description": "at most 1 day (helpdesk), 7 days (domain-admin), "
+                                                    "1 year (superadmin)"},
+                   "reason": NS, "force": {"type": "boolean"}}, required=["target"]),
     "LiftBan": obj({"target": S()}),
     "AuditRow": obj({"id": I(), "ts": I(), "event": S(), "protocol": NS, "ip": NS, "username": NS,
                      "mechanism": NS, "tls": NS, "result": S(), "reason": NS}),

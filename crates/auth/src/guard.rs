@@ -13,6 +13,13 @@
 //! * The same wrong password from the same source counts once: a short-lived HMAC (per-process
 //!   key) of (account, source, password) remembers recent failures; neither the password nor an
 //!   unkeyed hash of it is kept.
+//! * A wrong second-factor code (TOTP or recovery code) after the right password is a failure of
+//!   its own ([`Guard::code_failure`]): never deduplicated (the password is the same each time,
+//!   by design), counted toward the source's ban, and `code_max_failures` of them within
+//!   `code_window_secs` lock the account's second factor for sources that are not known clients,
+//!   for `account_lockout_secs`, doubling with each repeat (capped at `ban_max_secs`).
+//! * An attempt against a locked account still counts toward its source's ban
+//!   ([`Guard::locked_attempt`]): a lockout does not give an attacker free guesses elsewhere.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -152,6 +159,10 @@ pub struct GuardConfig {
     pub failure_delay_ms: u64,
     pub failure_delay_max_ms: u64,
     pub allowlist: Vec<Cidr>,
+    /// Wrong second-factor codes per account (from sources that are not known clients) within
+    /// `code_window_secs` that lock its second factor.
+    pub code_max_failures: u32,
+    pub code_window_secs: u64,
 }
 
 impl Default for GuardConfig {
@@ -172,6 +183,8 @@ impl Default for GuardConfig {
             failure_delay_ms: 250,
             failure_delay_max_ms: 4000,
             allowlist: Vec::new(),
+            code_max_failures: 5,
+            code_window_secs: 900,
         }
     }
 }
@@ -251,6 +264,10 @@ struct State {
     bans: HashMap<Cidr, Ban>,
     /// target -> (offences, last ban time), for escalation.
     offenders: HashMap<Cidr, (u32, u64)>,
+    /// Wrong second-factor codes per account.
+    code: HashMap<String, Window>,
+    /// account -> (second factor locked until, how many locks in a row, time of the last lock).
+    code_locked: HashMap<String, (u64, u32, u64)>,
     last_sweep: u64,
 }
 
@@ -360,6 +377,160 @@ impl Guard {
         Verdict::Allow
     }
 
+    /// Before checking a second-factor code: is the source banned, or the account's second factor
+    /// locked for this (unknown) source?
+    pub fn check_code(&self, ip: IpAddr, account: &str) -> Verdict {
+        if self.is_banned(ip) {
+            return Verdict::Banned;
+        }
+        if self.allowlisted(ip) {
+            return Verdict::Allow;
+        }
+        let now = self.clock.now();
+        let st = self.lock();
+        if st.code_locked.get(account).is_some_and(|&(u, _, _)| u > now)
+            && !Self::is_known(&st, &self.cfg, account, ip, now)
+        {
+            return Verdict::Locked;
+        }
+        Verdict::Allow
+    }
+
+    /// Whether the account's second factor is locked for unknown sources now.
+    pub fn is_code_locked(&self, account: &str) -> bool {
+        let now = self.clock.now();
+        self.lock()
+            .code_locked
+            .get(account)
+            .is_some_and(|&(u, _, _)| u > now)
+    }
+
+    /// Counts one source failure (its address and network windows); bans past the limits.
+    fn count_source(&self, st: &mut State, ip: IpAddr, now: u64) -> (u32, Option<Ban>) {
+        let w = self.cfg.window_secs;
+        let n_ip = st
+            .ip
+            .entry(canonical(ip))
+            .or_default()
+            .add(now, w, MAX_TIMES);
+        let net = Cidr::network_of(ip);
+        let n_net = st.net.entry(net).or_default().add(now, w, MAX_TIMES);
+        let ban = if n_ip >= self.cfg.ip_max_failures {
+            Some(self.ban_locked(st, Cidr::host(ip), now, "too many failed logins"))
+        } else if n_net >= self.cfg.network_max_failures {
+            Some(self.ban_locked(st, net, now, "too many failed logins from the network"))
+        } else {
+            None
+        };
+        (n_ip, ban)
+    }
+
+    async fn persist(&self, ban: Option<Ban>, effect: &mut FailureEffect) {
+        if let Some(b) = ban {
+            if let Some(store) = &self.store {
+                if let Err(e) = store.save_ban(&b).await {
+                    tracing::error!(error = %e, "could not store a ban");
+                }
+            }
+            effect.banned = Some(b);
+        }
+    }
+
+    /// A wrong (or missing) second-factor code after the right password. Not deduplicated: the
+    /// password is the same on every try, so "same password, counted once" would give an
+    /// attacker who knows it unlimited guesses. `effect.locked` says the second factor just
+    /// became locked (the owner should be told: someone knows the password).
+    pub async fn code_failure(&self, ip: IpAddr, account: &str) -> FailureEffect {
+        let now = self.clock.now();
+        let mut effect = FailureEffect {
+            delay_ms: 0,
+            banned: None,
+            locked: false,
+            repeat: false,
+        };
+        let ban = {
+            let mut st = self.lock();
+            self.sweep(&mut st, now);
+            if self.allowlisted(ip) {
+                effect.delay_ms = self.cfg.failure_delay_ms;
+                return effect;
+            }
+            let (n_ip, ban) = self.count_source(&mut st, ip, now);
+            if !Self::is_known(&st, &self.cfg, account, ip, now) {
+                let n = st.code.entry(account.to_owned()).or_default().add(
+                    now,
+                    self.cfg.code_window_secs,
+                    MAX_TIMES,
+                );
+                let locked_now = st
+                    .code_locked
+                    .get(account)
+                    .is_some_and(|&(u, _, _)| u > now);
+                if n >= self.cfg.code_max_failures && !locked_now {
+                    let (_, level, last) =
+                        st.code_locked.get(account).copied().unwrap_or((0, 0, 0));
+                    let level = if level > 0
+                        && now.saturating_sub(last) <= self.cfg.offender_memory_secs
+                    {
+                        level + 1
+                    } else {
+                        1
+                    };
+                    let secs = self
+                        .cfg
+                        .account_lockout_secs
+                        .saturating_mul(1u64 << (level - 1).min(30))
+                        .min(self.cfg.ban_max_secs.max(self.cfg.account_lockout_secs));
+                    st.code_locked
+                        .insert(account.to_owned(), (now + secs, level, now));
+                    st.code.remove(account);
+                    effect.locked = true;
+                }
+            }
+            effect.delay_ms = self.delay(n_ip);
+            ban
+        };
+        self.persist(ban, &mut effect).await;
+        effect
+    }
+
+    /// An attempt against a locked account: no password was checked, but the source is charged
+    /// for it (the same wrong password from the same source still counts once), so that a
+    /// lockout does not become a free pass to keep guessing.
+    pub async fn locked_attempt(
+        &self,
+        ip: IpAddr,
+        account: &str,
+        password: &SecretString,
+    ) -> FailureEffect {
+        let now = self.clock.now();
+        let fp = self.fingerprint(account, ip, password);
+        let mut effect = FailureEffect {
+            delay_ms: self.cfg.failure_delay_ms,
+            banned: None,
+            locked: false,
+            repeat: false,
+        };
+        let ban = {
+            let mut st = self.lock();
+            self.sweep(&mut st, now);
+            let repeat = st
+                .recent_wrong
+                .get(&fp)
+                .is_some_and(|&t| now.saturating_sub(t) <= self.cfg.same_password_secs);
+            st.recent_wrong.insert(fp, now);
+            if repeat || self.allowlisted(ip) {
+                effect.repeat = repeat;
+                return effect;
+            }
+            let (n_ip, ban) = self.count_source(&mut st, ip, now);
+            effect.delay_ms = self.delay(n_ip);
+            ban
+        };
+        self.persist(ban, &mut effect).await;
+        effect
+    }
+
     /// Lifts an account's lockout and forgets its failure counts (helpdesk "unlock").
     /// Returns whether it was locked.
     pub fn unlock(&self, account: &str) -> bool {
@@ -367,9 +538,15 @@ impl Guard {
         let mut st = self.lock();
         st.account.remove(account);
         st.account_long.remove(account);
+        st.code.remove(account);
+        let code = st
+            .code_locked
+            .remove(account)
+            .is_some_and(|(until, _, _)| until > now);
         st.locked_until
             .remove(account)
             .is_some_and(|until| until > now)
+            || code
     }
 
     /// Whether the account is locked for unknown clients now.
@@ -430,13 +607,7 @@ impl Guard {
                 return effect;
             }
             let w = self.cfg.window_secs;
-            let n_ip = st
-                .ip
-                .entry(canonical(ip))
-                .or_default()
-                .add(now, w, MAX_TIMES);
-            let net = Cidr::network_of(ip);
-            let n_net = st.net.entry(net).or_default().add(now, w, MAX_TIMES);
+            let (n_ip, ban) = self.count_source(&mut st, ip, now);
             if !Self::is_known(&st, &self.cfg, account, ip, now) {
                 let n_acc = st
                     .account
@@ -459,22 +630,9 @@ impl Guard {
                 }
             }
             effect.delay_ms = self.delay(n_ip);
-            if n_ip >= self.cfg.ip_max_failures {
-                Some(self.ban_locked(&mut st, Cidr::host(ip), now, "too many failed logins"))
-            } else if n_net >= self.cfg.network_max_failures {
-                Some(self.ban_locked(&mut st, net, now, "too many failed logins from the network"))
-            } else {
-                None
-            }
+            ban
         };
-        if let Some(b) = ban {
-            if let Some(store) = &self.store {
-                if let Err(e) = store.save_ban(&b).await {
-                    tracing::error!(error = %e, "could not store a ban");
-                }
-            }
-            effect.banned = Some(b);
-        }
+        self.persist(ban, &mut effect).await;
         effect
     }
 
@@ -559,6 +717,10 @@ impl Guard {
         let om = self.cfg.offender_memory_secs;
         st.offenders
             .retain(|_, &mut (_, t)| now.saturating_sub(t) <= om);
+        let cw = self.cfg.code_window_secs;
+        st.code.retain(|_, v| v.count(now, cw) > 0);
+        st.code_locked
+            .retain(|_, &mut (u, _, last)| u > now || now.saturating_sub(last) <= om);
     }
 }
 
@@ -590,6 +752,69 @@ mod tests {
 
     fn pw(s: &str) -> SecretString {
         SecretString::from(s.to_owned())
+    }
+
+    #[tokio::test]
+    async fn wrong_codes_are_never_deduplicated_and_lock_the_second_factor() {
+        let (g, clock) = guard(GuardConfig {
+            ip_max_failures: 20,
+            network_max_failures: 1000,
+            ..GuardConfig::default()
+        });
+        let attacker = ip("203.0.113.9");
+        let owner = ip("198.51.100.7");
+        g.success(owner, "admin:root");
+        // 20 wrong codes from one address: every one counts, the address is banned.
+        let mut banned = false;
+        let mut locked = 0;
+        for _ in 0..20 {
+            let e = g.code_failure(attacker, "admin:root").await;
+            banned |= e.banned.is_some();
+            locked += e.locked as u32;
+        }
+        assert!(banned, "20 wrong codes from one source ban it");
+        assert_eq!(locked, 1, "the second factor locks once, at the fifth wrong code");
+        assert_eq!(g.check_code(attacker, "admin:root"), Verdict::Banned);
+        // from other addresses: locked for unknown sources, not for the owner's known one
+        assert_eq!(g.check_code(ip("192.0.2.1"), "admin:root"), Verdict::Locked);
+        assert_eq!(g.check_code(owner, "admin:root"), Verdict::Allow);
+        // escalates: the next lock lasts twice as long
+        clock.advance(901);
+        assert_eq!(g.check_code(ip("192.0.2.1"), "admin:root"), Verdict::Allow);
+        for i in 0..5 {
+            g.code_failure(ip(&format!("192.0.2.{}", 10 + i)), "admin:root")
+                .await;
+        }
+        clock.advance(1000);
+        assert_eq!(
+            g.check_code(ip("192.0.2.99"), "admin:root"),
+            Verdict::Locked,
+            "second lock: 1800 s"
+        );
+        clock.advance(801);
+        assert_eq!(g.check_code(ip("192.0.2.99"), "admin:root"), Verdict::Allow);
+        assert!(g.unlock("admin:root") || !g.is_code_locked("admin:root"));
+    }
+
+    #[tokio::test]
+    async fn attempts_on_a_locked_account_count_toward_the_source() {
+        let (g, _clock) = guard(GuardConfig {
+            ip_max_failures: 5,
+            ..GuardConfig::default()
+        });
+        let src = ip("203.0.113.50");
+        let mut banned = false;
+        for i in 0..5 {
+            let e = g.locked_attempt(src, "victim@x.test", &pw(&format!("guess{i}"))).await;
+            banned |= e.banned.is_some();
+        }
+        assert!(banned);
+        // the same password again from the same source counts once
+        let other = ip("203.0.113.51");
+        for _ in 0..10 {
+            let e = g.locked_attempt(other, "victim@x.test", &pw("same")).await;
+            assert!(e.banned.is_none());
+        }
     }
 
     #[test]

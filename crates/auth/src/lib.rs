@@ -559,6 +559,31 @@ impl Authenticator {
                     tokio::time::sleep(std::time::Duration::from_millis(effect.delay_ms)).await;
                 }
             }
+            (AuthOutcome::Failure, Err(FailureReason::Locked)) => {
+                // No password was checked, but the source pays for the attempt: a lockout must
+                // not become a free pass for guessing elsewhere.
+                let effect = self
+                    .guard
+                    .locked_attempt(ip, &login, attempt.password)
+                    .await;
+                if let Some(ban) = &effect.banned {
+                    self.audit.note(
+                        "ban",
+                        Some(ip),
+                        Some(&loggable_username(&login)),
+                        &format!(
+                            "{} banned for {} s (offence {}): {} (attempts on a locked account)",
+                            ban.target,
+                            ban.until.saturating_sub(self.guard_now()),
+                            ban.offences,
+                            ban.reason
+                        ),
+                    );
+                    outcome = AuthOutcome::Refused;
+                }
+                let d = self.guard.config().failure_delay_max_ms;
+                tokio::time::sleep(std::time::Duration::from_millis(d)).await;
+            }
             (AuthOutcome::Failure, _) => {
                 let d = self.guard.config().failure_delay_max_ms;
                 tokio::time::sleep(std::time::Duration::from_millis(d)).await;

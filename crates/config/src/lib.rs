@@ -636,6 +636,14 @@ pub struct DefenceConfig {
     /// Networks (CIDR) never throttled or banned, e.g. the admins' office.
     #[serde(default)]
     pub allowlist: Vec<String>,
+    /// Wrong second-factor codes (TOTP or recovery code) for one account, from sources that are
+    /// not its known clients, within `code_window_secs`, that lock its second factor for those
+    /// sources (for `account_lockout_secs`, doubling with each repeat). Every wrong code also
+    /// counts toward its source's ban.
+    #[serde(default = "d_code_max")]
+    pub code_max_failures: u32,
+    #[serde(default = "d_code_window")]
+    pub code_window_secs: u64,
     /// Audit log rows older than this are deleted (0 keeps everything).
     #[serde(default = "d_def_retention")]
     pub audit_retention_days: u64,
@@ -705,6 +713,8 @@ impl Default for DefenceConfig {
             failure_delay_ms: d_def_delay(),
             failure_delay_max_ms: d_def_delay_max(),
             allowlist: Vec::new(),
+            code_max_failures: d_code_max(),
+            code_window_secs: d_code_window(),
             audit_retention_days: d_def_retention(),
             audit_max_failures_per_account_day: d_def_audit_cap(),
         }
@@ -794,6 +804,13 @@ pub struct Pop3Config {
     pub max_auth_failures: u32,
     #[serde(default = "d_errors")]
     pub max_errors: u32,
+}
+
+fn d_code_max() -> u32 {
+    5
+}
+fn d_code_window() -> u64 {
+    900
 }
 
 fn d_greet() -> u64 {
@@ -981,6 +998,8 @@ impl Config {
             || d.network_max_failures == 0
             || d.account_max_failures == 0
             || d.account_long_max_failures == 0
+            || d.code_max_failures == 0
+            || d.code_window_secs == 0
             || d.ban_secs == 0
             || d.ban_max_secs < d.ban_secs
         {

@@ -667,9 +667,19 @@ pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
             target: t,
             duration,
             reason,
+            force,
         } => {
             let t = target(t)?;
             let secs = parse_duration(duration)?;
+            crate::banpolicy::check(
+                &t,
+                secs,
+                crate::banpolicy::Asker::Host,
+                *force,
+                None,
+                &crate::banpolicy::protected(cfg),
+            )
+            .map_err(anyhow::Error::msg)?;
             let until = postern_store::now() as u64 + secs;
             store
                 .put_ban(&Ban {

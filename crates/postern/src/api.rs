@@ -348,6 +348,12 @@ async fn login(
         Verdict::Banned => return Err(ApiError::TooMany),
         Verdict::Locked => {
             audit_login(&st, &req.name, ip, false, "locked").await;
+            // The source pays for attempts on a locked account too.
+            let effect = guard.locked_attempt(ip, &login, &req.password).await;
+            tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
+            if effect.banned.is_some() {
+                return Err(ApiError::TooMany);
+            }
             return Err(ApiError::Unauthorized("invalid credentials"));
         }
         Verdict::Allow => {}
@@ -424,15 +430,46 @@ async fn login(
         )
             .into_response());
     }
+    // The second factor. Its failures are failures: every wrong or missing code counts
+    // against the source and the account (never deduplicated by the password, which is the same
+    // each time), a few lock the second factor for unknown sources, and the reply is the one a
+    // wrong password gets, so the password step is no oracle.
+    let code_fail = |reason: &'static str| {
+        let (st, guard, login, name) = (
+            st.clone(),
+            guard.clone(),
+            login.clone(),
+            admin.name.clone(),
+        );
+        async move {
+            audit_login(&st, &name, ip, false, reason).await;
+            let effect = guard.code_failure(ip, &login).await;
+            if effect.locked {
+                second_factor_locked(&st, &name, ip).await;
+            }
+            if effect.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
+            }
+            if effect.banned.is_some() {
+                ApiError::TooMany
+            } else {
+                ApiError::Unauthorized("invalid credentials")
+            }
+        }
+    };
+    match guard.check_code(ip, &login) {
+        Verdict::Banned => return Err(ApiError::TooMany),
+        Verdict::Locked => return Err(code_fail("second_factor_locked").await),
+        Verdict::Allow => {}
+    }
     let Some(code) = req.totp.as_ref() else {
-        audit_login(&st, &admin.name, ip, false, "totp_missing").await;
-        return Err(ApiError::Unauthorized("a TOTP code is required"));
+        return Err(code_fail("totp_missing").await);
     };
     let proof = crate::twofactor::verify(&st.store, &key, &owner, code.expose_secret())
         .await
         .map_err(|_| ApiError::Internal)?;
     if proof.is_none() {
-        return Err(fail("bad_totp").await);
+        return Err(code_fail("bad_totp").await);
     }
     guard.success(ip, &login);
     let detail = match proof {
@@ -441,6 +478,62 @@ async fn login(
     };
     audit_login(&st, &admin.name, ip, true, detail).await;
     session_reply(&st, admin.id, &admin.role, ip, None).await
+}
+
+/// A second factor was just locked by wrong codes: whoever sent them knew the password. An audit
+/// event and an alert in the log, and a mail to the owner when the administrator's name is a
+/// local mail address.
+async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) {
+    let system = Actor::system("guard");
+    let detail = format!(
+        "second factor locked for unknown sources after wrong codes from {ip}: the password is known to someone"
+    );
+    tracing::error!(target: "postern::alert", event = "second_factor_locked", admin = %postern_auth::loggable_username(name), ip = %ip, "wrong second-factor codes after the right password: the password is known; change it");
+    if let Err(e) = record(
+        &st.store,
+        &system,
+        "second_factor_locked",
+        &format!("admin:{name}"),
+        &detail,
+    )
+    .await
+    {
+        tracing::error!(error = %e, "admin API: could not write the audit log");
+    }
+    let Ok(addr) = EmailAddress::parse(name) else {
+        return;
+    };
+    let Ok(Some(account)) = st.store.resolve_recipient(&addr).await else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    let msg = format!(
+        "From: Postern <postmaster@{host}>\r\n\
+         To: <{addr}>\r\n\
+         Subject: Someone knows your administrator password\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{id}@{host}>\r\n\
+         Auto-Submitted: auto-generated\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         Wrong two-factor codes were sent for the administrator {name} together with the\r\n\
+         right password, from {ip}, at {date}.\r\n\
+         \r\n\
+         Your second factor is now locked for addresses you have not logged in from.\r\n\
+         If this was not you, your password is known to someone: change it now\r\n\
+         (postern admin passwd {name}, or ask another administrator).\r\n",
+        host = st.cfg.server.hostname,
+        date = now.to_rfc2822(),
+        id = hex::encode(rand::random::<[u8; 12]>()),
+    );
+    if let Err(e) = st
+        .store
+        .deliver_local(vec![msg.into_bytes()], &[account], now.timestamp())
+        .await
+    {
+        tracing::error!(error = %e, "could not deliver the second-factor notice");
+    }
 }
 
 async fn session_reply(
@@ -940,6 +1033,9 @@ pub struct BanReq {
     duration_secs: u64,
     #[serde(default)]
     reason: Option<String>,
+    /// Needed (with the superadmin role) for a network wider than /16 or /48.
+    #[serde(default)]
+    force: bool,
 }
 
 fn d_ban() -> u64 {
@@ -963,11 +1059,15 @@ async fn add_ban(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::ManageBans)?;
     let t = cidr(&req.target)?;
-    if req.duration_secs == 0 || req.duration_secs > 10 * 365 * 86400 {
-        return Err(ApiError::Unprocessable(
-            "duration_secs must be between 1 and 315360000".into(),
-        ));
-    }
+    crate::banpolicy::check(
+        &t,
+        req.duration_secs,
+        crate::banpolicy::Asker::Api(c.role),
+        req.force,
+        c.actor.ip,
+        &crate::banpolicy::protected(&st.cfg),
+    )
+    .map_err(ApiError::Unprocessable)?;
     let reason: String = req
         .reason
         .unwrap_or_else(|| format!("banned by {}", c.actor.label()))

@@ -291,6 +291,9 @@ pub enum BanCmd {
         duration: String,
         #[arg(long, default_value = "banned by the administrator")]
         reason: String,
+        /// Needed to ban a network wider than /16 (IPv4) or /48 (IPv6).
+        #[arg(long)]
+        force: bool,
     },
     /// Lift a ban (an admin who banned themselves recovers from the host's shell).
     Remove { target: String },

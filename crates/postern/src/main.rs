@@ -7,6 +7,7 @@ mod admins;
 mod api;
 mod apps;
 mod backend;
+mod banpolicy;
 mod cli;
 mod dkim;
 mod keys;

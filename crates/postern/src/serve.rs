@@ -486,12 +486,17 @@ pub fn guard_config(cfg: &Config) -> Result<postern_auth::guard::GuardConfig> {
         same_password_secs: d.same_password_secs,
         failure_delay_ms: d.failure_delay_ms,
         failure_delay_max_ms: d.failure_delay_max_ms,
+        // The admin API's allowed networks are never banned either: a ban must not lock the
+        // administrators out of the one door that lifts it.
         allowlist: d
             .allowlist
             .iter()
+            .chain(&cfg.admin.allow)
             .map(|a| Cidr::parse(a).map_err(anyhow::Error::msg))
             .collect::<Result<_>>()
-            .context("defence.allowlist")?,
+            .context("defence.allowlist / admin.allow")?,
+        code_max_failures: d.code_max_failures,
+        code_window_secs: d.code_window_secs,
     })
 }
 
