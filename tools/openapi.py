@@ -43,6 +43,8 @@ SCHEMAS = {
     "Enrollment": obj({"status": S(enum=["enrollment_required"]), "enrollment_token": S(), "otpauth_uri": S(),
                        "secret": S()}),
     "EnrollRequest": obj({"enrollment_token": S(), "code": S()}),
+    "OwnPasswordRequest": obj({"old_password": S(), "totp": S(description="TOTP code or a recovery code"),
+                               "new_password": S(description="checked against the password policy")}),
     "Me": obj({"name": S(), "via": S(enum=["api", "apikey"]), "role": ROLE, "domains": STRS}),
     "Domain": obj({"name": S(), "accounts": I()}),
     "DomainRequest": obj({"name": HOST}),
@@ -152,6 +154,9 @@ PATHS = {
                                         tag="session")},
     "/api/v1/logout": {"post": op("End this session", 204, tag="session")},
     "/api/v1/me": {"get": op("Who am I", 200, ref("Me"), tag="session")},
+    "/api/v1/me/password": {"post": op("Change my own password (old password and a second-factor code); "
+                                       "every session of mine ends", 204, body=ref("OwnPasswordRequest"),
+                                       extra=(422, 429, 503), tag="session")},
     "/api/v1/domains": {
         "get": op("List domains", 200, arr(ref("Domain"))),
         "post": op("Add a domain (superadmin)", 201, ref("Domain"), body=ref("DomainRequest"), extra=(409, 422)),

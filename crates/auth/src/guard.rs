@@ -388,7 +388,10 @@ impl Guard {
         }
         let now = self.clock.now();
         let st = self.lock();
-        if st.code_locked.get(account).is_some_and(|&(u, _, _)| u > now)
+        if st
+            .code_locked
+            .get(account)
+            .is_some_and(|&(u, _, _)| u > now)
             && !Self::is_known(&st, &self.cfg, account, ip, now)
         {
             return Verdict::Locked;
@@ -469,13 +472,12 @@ impl Guard {
                 if n >= self.cfg.code_max_failures && !locked_now {
                     let (_, level, last) =
                         st.code_locked.get(account).copied().unwrap_or((0, 0, 0));
-                    let level = if level > 0
-                        && now.saturating_sub(last) <= self.cfg.offender_memory_secs
-                    {
-                        level + 1
-                    } else {
-                        1
-                    };
+                    let level =
+                        if level > 0 && now.saturating_sub(last) <= self.cfg.offender_memory_secs {
+                            level + 1
+                        } else {
+                            1
+                        };
                     let secs = self
                         .cfg
                         .account_lockout_secs
@@ -773,7 +775,10 @@ mod tests {
             locked += e.locked as u32;
         }
         assert!(banned, "20 wrong codes from one source ban it");
-        assert_eq!(locked, 1, "the second factor locks once, at the fifth wrong code");
+        assert_eq!(
+            locked, 1,
+            "the second factor locks once, at the fifth wrong code"
+        );
         assert_eq!(g.check_code(attacker, "admin:root"), Verdict::Banned);
         // from other addresses: locked for unknown sources, not for the owner's known one
         assert_eq!(g.check_code(ip("192.0.2.1"), "admin:root"), Verdict::Locked);
@@ -805,7 +810,9 @@ mod tests {
         let src = ip("203.0.113.50");
         let mut banned = false;
         for i in 0..5 {
-            let e = g.locked_attempt(src, "victim@x.test", &pw(&format!("guess{i}"))).await;
+            let e = g
+                .locked_attempt(src, "victim@x.test", &pw(&format!("guess{i}")))
+                .await;
             banned |= e.banned.is_some();
         }
         assert!(banned);

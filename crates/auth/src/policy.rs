@@ -139,7 +139,12 @@ mod tests {
             Err(PolicyViolation::ContainsUserInfo(_))
         ));
         p.check("vT9#qLm2!xWp4Rz", "alice@example.test").unwrap();
-        for weak in ["Summer2024!!", "Autumn2025!?", "December2023##", "Password2024!"] {
+        for weak in [
+            "Summer2024!!",
+            "Autumn2025!?",
+            "December2023##",
+            "Password2024!",
+        ] {
             assert!(
                 matches!(
                     p.check(weak, "alice@example.test"),

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}{}", read_hint(error))]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
@@ -139,6 +142,8 @@ pub struct Config {
     pub relays: Vec<RelayConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -845,6 +850,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// Anchors of the audit chain outside the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file (best on another volume, or a file the database's writer cannot change) to which
+    /// signed checkpoints of the audit chain are appended, one JSON object per line.
+    /// `postern audit-log verify --checkpoint FILE` proves the chain against them. Checkpoints
+    /// always go to the log too (target `postern::audit::checkpoint`).
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// How often a checkpoint is written (and at every shutdown).
+    #[serde(default = "d_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            checkpoint_file: None,
+            checkpoint_secs: d_checkpoint_secs(),
+        }
+    }
+}
+
+fn d_checkpoint_secs() -> u64 {
+    3600
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
@@ -1074,6 +1107,9 @@ impl Config {
                 ));
             }
         }
+        if self.audit.checkpoint_secs < 10 {
+            return Err("audit.checkpoint_secs must be at least 10".into());
+        }
         if self.admin.session_secs < 60 || self.admin.session_secs > 86400 {
             return Err("admin.session_secs must be between 60 and 86400".into());
         }
@@ -1235,11 +1271,17 @@ mod tests {
         assert!(e.contains("not a port number"), "{e}");
         // the caret diagram keeps its lines
         assert!(e.lines().count() >= 3, "{e}");
-        assert_eq!(listener("[::1]:25").unwrap().listeners[0].address.port(), 25);
+        assert_eq!(
+            listener("[::1]:25").unwrap().listeners[0].address.port(),
+            25
+        );
         let err = Config::load(Path::new("/nonexistent/postern.toml")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("postern init"), "{text}");
-        assert!(std::error::Error::source(&err).is_none(), "printed once, not twice");
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "printed once, not twice"
+        );
     }
 
     #[test]

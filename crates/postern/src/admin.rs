@@ -128,9 +128,9 @@ pub fn self_path() -> String {
         std::env::split_paths(&p).any(|d| {
             let c = d.join("postern");
             c.is_file()
-                && exe
-                    .as_ref()
-                    .is_some_and(|e| std::fs::canonicalize(&c).ok() == std::fs::canonicalize(e).ok())
+                && exe.as_ref().is_some_and(|e| {
+                    std::fs::canonicalize(&c).ok() == std::fs::canonicalize(e).ok()
+                })
         })
     });
     match exe {
@@ -146,7 +146,11 @@ pub async fn check_config(cfg: &Config) -> Result<()> {
     let (fp, not_after) = postern_net::tls::certificate_summary(&cert)?;
     let days = (not_after - postern_store::now()) / 86400;
     if days < 0 {
-        bail!("the TLS certificate {} expired on {}", cert.display(), date(not_after));
+        bail!(
+            "the TLS certificate {} expired on {}",
+            cert.display(),
+            date(not_after)
+        );
     }
     for l in &cfg.listeners {
         crate::serve::parse_cidrs(&l.allow)
@@ -166,7 +170,7 @@ pub async fn check_config(cfg: &Config) -> Result<()> {
         std::fs::metadata(&f)
             .with_context(|| format!("password_policy.breached_passwords_file {}", f.display()))?;
     }
-    let store = open_store(cfg).await?;
+    let store = crate::serve::open_store_plain(cfg).await?;
     // The master key: the server fails closed without it. A missing key file with nothing sealed
     // yet is made by `serve`; that is said, not done, here.
     let master = &cfg.secrets.master_key;
@@ -739,12 +743,49 @@ pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()
     use crate::cli::AuditLogCmd;
     let store = open_store(cfg).await?;
     match cmd {
-        AuditLogCmd::Verify => match store.verify_audit().await? {
-            Ok(n) => println!("audit log intact: {n} row(s) checked"),
-            Err(e) => {
-                store.close().await;
-                anyhow::bail!("audit log tampered with: {e}");
+        AuditLogCmd::Verify { checkpoint } => {
+            let rows = match store.verify_audit().await? {
+                Ok(n) => n,
+                Err(e) => {
+                    store.close().await;
+                    anyhow::bail!("audit log tampered with: {e}");
+                }
+            };
+            // Checkpoints kept outside the database: the file given, else the configured one.
+            let file = checkpoint
+                .clone()
+                .or_else(|| cfg.audit.checkpoint_file.as_ref().map(|f| cfg.path(f)));
+            let mut checked = 0;
+            if let Some(f) = file.filter(|f| checkpoint.is_some() || f.exists()) {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading the checkpoints {}", f.display()))?;
+                let mut cps = Vec::new();
+                for (i, l) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    cps.push(
+                        serde_json::from_str::<postern_store::audit::Checkpoint>(l).with_context(
+                            || format!("{} line {}: not a checkpoint", f.display(), i + 1),
+                        )?,
+                    );
+                }
+                match store.verify_checkpoints(&cps).await? {
+                    Ok(n) => checked = n,
+                    Err(e) => {
+                        store.close().await;
+                        anyhow::bail!("audit log tampered with: {e}");
+                    }
+                }
             }
+            println!("audit log intact: {rows} row(s) checked, {checked} checkpoint(s) matched");
+        }
+        AuditLogCmd::Checkpoint => match crate::serve::write_checkpoint(cfg, &store).await {
+            Some(line) => println!("{line}"),
+            None => anyhow::bail!(
+                "no checkpoint written: the audit log is empty or its key could not be opened"
+            ),
         },
         AuditLogCmd::Query {
             account,

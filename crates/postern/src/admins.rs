@@ -110,6 +110,56 @@ pub async fn run(cfg: &Config, cmd: &AdminCmd) -> Result<()> {
             .await?;
             println!("administrator {name:?} removed");
         }
+        AdminCmd::Passwd { name, json } => {
+            store.admin(name).await?;
+            let pw = crate::password::generate();
+            let hash = crate::password::hash(cfg, &pw)?;
+            store.set_admin_password(name, &hash).await?;
+            record(
+                &store,
+                &actor,
+                "admin_password_reset",
+                &format!("admin:{name}"),
+                "new generated password; sessions ended",
+            )
+            .await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": name, "password": pw.expose_secret()})
+                );
+            } else {
+                println!(
+                    "new password of {name:?} (shown once): {}",
+                    pw.expose_secret()
+                );
+                println!("its sessions have ended; its TOTP is unchanged");
+            }
+        }
+        AdminCmd::Disable { name } | AdminCmd::Enable { name } => {
+            let off = matches!(cmd, AdminCmd::Disable { .. });
+            store.set_admin_disabled(name, off).await?;
+            record(
+                &store,
+                &actor,
+                if off {
+                    "admin_disabled"
+                } else {
+                    "admin_enabled"
+                },
+                &format!("admin:{name}"),
+                "",
+            )
+            .await?;
+            println!(
+                "administrator {name:?} {}",
+                if off {
+                    "disabled (its sessions have ended)"
+                } else {
+                    "enabled"
+                }
+            );
+        }
         AdminCmd::Reset2fa { name } => {
             let a = store.admin(name).await?;
             store

@@ -61,22 +61,64 @@ pub enum ApiError {
     Conflict(String),
     Unprocessable(String),
     TooMany,
+    TooLarge,
     Unavailable(&'static str),
     Internal,
+}
+
+/// A message for the client: no control characters, every quoted piece of the client's input
+/// cut to a short excerpt, and the whole bounded (a 5,000-character address must not come back
+/// whole, nor anything a log viewer could be tricked by).
+fn client_text(m: &str) -> String {
+    const QUOTE_MAX: usize = 40;
+    const TOTAL_MAX: usize = 300;
+    let mut out = String::with_capacity(m.len().min(TOTAL_MAX + 8));
+    let mut in_quote = false;
+    let mut quoted = 0usize;
+    for c in m.chars() {
+        if c.is_control() {
+            continue;
+        }
+        if c == '"' {
+            if in_quote && quoted > QUOTE_MAX {
+                out.push('…');
+            }
+            in_quote = !in_quote;
+            quoted = 0;
+            out.push(c);
+            continue;
+        }
+        if in_quote {
+            quoted += 1;
+            if quoted > QUOTE_MAX {
+                continue;
+            }
+        }
+        out.push(c);
+        if out.chars().count() >= TOTAL_MAX {
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, msg) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, client_text(&m)),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.to_owned()),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "your role does not allow this".to_owned(),
             ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
-            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, client_text(&m)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, client_text(&m)),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, client_text(&m)),
+            ApiError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large".to_owned(),
+            ),
             ApiError::TooMany => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed logins from your address; try again later".to_owned(),
@@ -129,11 +171,23 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge),
             Err(e) => Err(ApiError::BadRequest(match e {
                 JsonRejection::MissingJsonContentType(_) => {
                     "expected Content-Type: application/json".to_owned()
                 }
-                other => other.body_text(),
+                JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON".to_owned(),
+                // serde's own words name the field and what it expected; axum's prefix about
+                // "the target type" is dropped.
+                JsonRejection::JsonDataError(d) => {
+                    let t = d.body_text();
+                    let t = t
+                        .split_once(": ")
+                        .map_or(t.as_str(), |(_, rest)| rest)
+                        .to_owned();
+                    format!("the JSON body does not fit the request: {t}")
+                }
+                _ => "the body could not be read".to_owned(),
             })),
         }
     }
@@ -435,12 +489,8 @@ async fn login(
     // each time), a few lock the second factor for unknown sources, and the reply is the one a
     // wrong password gets, so the password step is no oracle.
     let code_fail = |reason: &'static str| {
-        let (st, guard, login, name) = (
-            st.clone(),
-            guard.clone(),
-            login.clone(),
-            admin.name.clone(),
-        );
+        let (st, guard, login, name) =
+            (st.clone(), guard.clone(), login.clone(), admin.name.clone());
         async move {
             audit_login(&st, &name, ip, false, reason).await;
             let effect = guard.code_failure(ip, &login).await;
@@ -481,8 +531,7 @@ async fn login(
 }
 
 /// A second factor was just locked by wrong codes: whoever sent them knew the password. An audit
-/// event and an alert in the log, and a mail to the owner when the administrator's name is a
-/// local mail address.
+/// event, an alert in the log, and a mail to the postmaster of each local domain.
 async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) {
     let system = Actor::system("guard");
     let detail = format!(
@@ -500,16 +549,26 @@ async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) {
     {
         tracing::error!(error = %e, "admin API: could not write the audit log");
     }
-    let Ok(addr) = EmailAddress::parse(name) else {
+    // Administrators have no mailbox of their own: the notice goes to the postmaster of each
+    // local domain (RFC 2142), the operators' address.
+    let mut accounts: Vec<i64> = Vec::new();
+    for d in st.store.list_domains().await.unwrap_or_default() {
+        let Ok(a) = EmailAddress::parse(&format!("postmaster@{}", d.name)) else {
+            continue;
+        };
+        if let Ok(Some(id)) = st.store.resolve_recipient(&a).await {
+            if !accounts.contains(&id) {
+                accounts.push(id);
+            }
+        }
+    }
+    if accounts.is_empty() {
         return;
-    };
-    let Ok(Some(account)) = st.store.resolve_recipient(&addr).await else {
-        return;
-    };
+    }
     let now = chrono::Utc::now();
     let msg = format!(
         "From: Postern <postmaster@{host}>\r\n\
-         To: <{addr}>\r\n\
+         To: undisclosed-recipients:;\r\n\
          Subject: Someone knows your administrator password\r\n\
          Date: {date}\r\n\
          Message-ID: <{id}@{host}>\r\n\
@@ -520,16 +579,16 @@ async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) {
          Wrong two-factor codes were sent for the administrator {name} together with the\r\n\
          right password, from {ip}, at {date}.\r\n\
          \r\n\
-         Your second factor is now locked for addresses you have not logged in from.\r\n\
-         If this was not you, your password is known to someone: change it now\r\n\
-         (postern admin passwd {name}, or ask another administrator).\r\n",
+         The second factor of {name} is now locked for addresses it has not logged in from.\r\n\
+         If this was not {name}, the password is known to someone: change it now\r\n\
+         (postern admin passwd {name}).\r\n",
         host = st.cfg.server.hostname,
         date = now.to_rfc2822(),
         id = hex::encode(rand::random::<[u8; 12]>()),
     );
     if let Err(e) = st
         .store
-        .deliver_local(vec![msg.into_bytes()], &[account], now.timestamp())
+        .deliver_local(vec![msg.into_bytes()], &accounts, now.timestamp())
         .await
     {
         tracing::error!(error = %e, "could not deliver the second-factor notice");
@@ -597,6 +656,11 @@ async fn login_enroll(
     )
     .await?;
     audit_login(&st, &admin.name, addr.ip(), true, "totp enrolled").await;
+    // Password and a code from the new authenticator: a full login, so the source becomes a
+    // known client (a second-factor lock does not shut it out).
+    st.auth
+        .guard()
+        .success(addr.ip(), &format!("admin:{}", admin.name.to_lowercase()));
     session_reply(&st, admin.id, &admin.role, addr.ip(), Some(codes)).await
 }
 
@@ -604,6 +668,102 @@ async fn logout(State(st): St, c: Caller) -> ApiResult<StatusCode> {
     if let Some(d) = c.session {
         st.store.end_admin_session(&d).await?;
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnPasswordReq {
+    old_password: SecretString,
+    totp: SecretString,
+    new_password: SecretString,
+}
+
+/// An administrator changes its own password: the old one and a second-factor code prove it is
+/// the owner (both throttled like a login); the new one must pass the password policy. Every
+/// session of the administrator ends, this one too: log in again with the new password.
+async fn change_own_password(
+    State(st): St,
+    c: Caller,
+    Body(req): Body<OwnPasswordReq>,
+) -> ApiResult<StatusCode> {
+    if c.session.is_none() {
+        return Err(ApiError::Unprocessable(
+            "an API key has no password; log in as the administrator".into(),
+        ));
+    }
+    let ip = c.actor.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let guard = st.auth.guard().clone();
+    let login = format!("admin:{}", c.actor.name.to_lowercase());
+    match guard.check(ip, &login) {
+        Verdict::Banned => return Err(ApiError::TooMany),
+        Verdict::Locked => return Err(ApiError::Unauthorized("invalid credentials")),
+        Verdict::Allow => {}
+    }
+    let Some((admin, phc)) = st.store.admin_login(&c.actor.name).await? else {
+        return Err(ApiError::Unauthorized("invalid credentials"));
+    };
+    let matched = st
+        .auth
+        .pool()
+        .verify(&req.old_password, phc)
+        .await
+        .map_err(|_| ApiError::Unavailable("busy; try again"))?;
+    if !matched {
+        audit_login(
+            &st,
+            &admin.name,
+            ip,
+            false,
+            "bad_password (password change)",
+        )
+        .await;
+        let e = guard.failure(ip, &login, &req.old_password).await;
+        tokio::time::sleep(Duration::from_millis(e.delay_ms)).await;
+        return Err(if e.banned.is_some() {
+            ApiError::TooMany
+        } else {
+            ApiError::Unauthorized("invalid credentials")
+        });
+    }
+    // The new password is checked before the code, so that a refused choice does not use up
+    // the code the administrator typed.
+    if req.new_password.expose_secret() == req.old_password.expose_secret() {
+        return Err(ApiError::Unprocessable(
+            "the new password must differ from the old one".into(),
+        ));
+    }
+    let hash = crate::password::check_and_hash(&st.cfg, &req.new_password, &admin.name)
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    if guard.check_code(ip, &login) != Verdict::Allow {
+        return Err(ApiError::Unauthorized("invalid credentials"));
+    }
+    let owner = postern_store::totp::admin_owner(admin.id);
+    let proof = crate::twofactor::verify(&st.store, &st.keys, &owner, req.totp.expose_secret())
+        .await
+        .map_err(|_| ApiError::Internal)?;
+    if proof.is_none() {
+        audit_login(&st, &admin.name, ip, false, "bad_totp (password change)").await;
+        let e = guard.code_failure(ip, &login).await;
+        if e.locked {
+            second_factor_locked(&st, &admin.name, ip).await;
+        }
+        tokio::time::sleep(Duration::from_millis(e.delay_ms)).await;
+        return Err(if e.banned.is_some() {
+            ApiError::TooMany
+        } else {
+            ApiError::Unauthorized("invalid credentials")
+        });
+    }
+    st.store.set_admin_password(&admin.name, &hash).await?;
+    record(
+        &st.store,
+        &c.actor,
+        "admin_password_changed",
+        &format!("admin:{}", admin.name),
+        "by the administrator; every session ended",
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1355,6 +1515,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/login/enroll", post(login_enroll))
         .route("/logout", post(logout))
         .route("/me", get(me))
+        .route("/me/password", post(change_own_password))
         .route("/domains", get(list_domains).post(add_domain))
         .route("/domains/{name}", delete(remove_domain))
         .route("/users", get(list_users).post(add_user))
@@ -1405,7 +1566,20 @@ async fn security_headers(mut r: Response) -> Response {
     );
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,
-        "max-age=31536000".parse().expect("static"),
+        "max-age=31536000; includeSubDomains"
+            .parse()
+            .expect("static"),
+    );
+    // JSON only: nothing in a reply may run, load or be framed, should a browser render it.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'"
+            .parse()
+            .expect("static"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        "no-referrer".parse().expect("static"),
     );
     r
 }
@@ -1492,4 +1666,20 @@ pub async fn serve(
             tracing::error!(error = %e, "admin API stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_text_quotes_only_an_excerpt() {
+        let long = "a".repeat(5000);
+        let m = super::client_text(&format!("invalid address \"{long}@x.test\"\n"));
+        assert!(m.len() < 120, "{m}");
+        assert!(
+            m.starts_with("invalid address \"aaaa") && m.ends_with("…\""),
+            "{m}"
+        );
+        assert_eq!(super::client_text("plain"), "plain");
+        assert!(super::client_text(&"b".repeat(1000)).chars().count() <= 301);
+    }
 }

@@ -128,12 +128,23 @@ mod tests {
             assert!(check(&c(wide), 3600, sa, false, None, &[]).is_err());
         }
         assert!(check(&c("10.0.0.0/8"), 3600, sa, true, None, &[]).is_ok());
-        assert!(check(&c("0.0.0.0/0"), 3600, sa, true, Some(me), &[]).is_err(), "covers the caller");
+        assert!(
+            check(&c("0.0.0.0/0"), 3600, sa, true, Some(me), &[]).is_err(),
+            "covers the caller"
+        );
         assert!(check(&c("192.0.2.0/24"), 3600, helpdesk, false, Some(me), &[]).is_err());
         assert!(check(&c("198.51.0.0/16"), 3600, sa, false, None, &prot).is_err());
         assert!(check(&c("198.51.100.7"), 3600, sa, false, None, &prot).is_err());
         assert!(check(&c("203.0.113.7"), 3600, helpdesk, false, Some(me), &prot).is_ok());
-        assert!(check(&c("203.0.113.7"), 10 * 365 * 86400, helpdesk, false, None, &[]).is_err());
+        assert!(check(
+            &c("203.0.113.7"),
+            10 * 365 * 86400,
+            helpdesk,
+            false,
+            None,
+            &[]
+        )
+        .is_err());
         assert!(check(&c("2001:db8::/48"), 3600, helpdesk, false, None, &[]).is_ok());
         assert!(check(&c("2001:db8::/32"), 3600, helpdesk, false, None, &[]).is_err());
         assert!(check(&c("10.0.0.0/8"), 3600, Asker::Host, true, None, &[]).is_ok());

@@ -219,6 +219,20 @@ pub enum AdminCmd {
     Reset2fa {
         name: String,
     },
+    /// Give an administrator a new generated password (shown once); its sessions end.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an administrator's logins (its sessions end at once).
+    Disable {
+        name: String,
+    },
+    /// Let a disabled administrator log in again.
+    Enable {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,8 +317,17 @@ pub enum BanCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditLogCmd {
-    /// Check the hash chain: finds an edited or deleted row.
-    Verify,
+    /// Check the keyed hash chain: names the first edited, forged or re-chained row, or the
+    /// range of deleted ones; with checkpoints (the file given, else `audit.checkpoint_file`),
+    /// also a truncated tail.
+    Verify {
+        /// A file of signed checkpoints written by the server (one JSON object per line).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Write a signed checkpoint of the chain's head now (to the log, and to
+    /// `audit.checkpoint_file` when configured) and print it.
+    Checkpoint,
     /// Search the audit log.
     Query {
         /// Login name as typed (normalised to lower case).
@@ -355,21 +378,13 @@ pub enum UserCmd {
     /// Every account and whether it is active or disabled.
     List,
     /// One account: status, password age, login restrictions, aliases and mailboxes.
-    Show {
-        address: String,
-    },
+    Show { address: String },
     /// Stop the account from logging in (mail is still delivered).
-    Disable {
-        address: String,
-    },
+    Disable { address: String },
     /// Let a disabled account log in again.
-    Enable {
-        address: String,
-    },
+    Enable { address: String },
     /// Delete the account with its mailboxes and messages.
-    Remove {
-        address: String,
-    },
+    Remove { address: String },
     /// Opt in or out of TLS and login details in the Received headers of submitted mail.
     ReceivedDetails {
         address: String,
@@ -391,9 +406,7 @@ pub enum UserCmd {
     },
     /// Force a password change: the current password stops working for logins (app passwords
     /// keep working) until `user passwd` sets a new one.
-    ExpirePassword {
-        address: String,
-    },
+    ExpirePassword { address: String },
     /// Recent successful logins: when, from where, through which door.
     Logins {
         address: String,
@@ -531,11 +544,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             hostname,
             listen_ip,
             port_offset,
-        } => {
-            crate::admin::init_cli(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
-                .await
-                .with_context(|| format!("init of {}", dir.display()))
-        }
+        } => crate::admin::init_cli(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
+            .await
+            .with_context(|| format!("init of {}", dir.display())),
         Command::Serve => {
             let cfg = cli.load_config()?;
             crate::serve::serve(cfg, log_format, None).await

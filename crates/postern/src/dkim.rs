@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postern_types::EmailAddress;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -13,6 +12,7 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{DkimSigner, Done};
 use postern_store::dkim::DkimKeyInfo;
 use postern_store::Store;
+use postern_types::EmailAddress;
 use tokio::sync::RwLock;
 
 use crate::actor::{record, Actor};
@@ -394,8 +394,7 @@ pub async fn cli(cfg: &postern_config::Config, cmd: &crate::cli::DkimCmd) -> Res
 /// `postern dns DOMAIN`
 pub async fn dns_cli(cfg: &postern_config::Config, domain: &str, json: bool) -> Result<()> {
     let store = crate::serve::open_store(cfg).await?;
-    let (recs, notes) =
-        records(&store, &cfg.server.hostname, &domain.to_ascii_lowercase()).await?;
+    let (recs, notes) = records(&store, &cfg.server.hostname, &domain.to_ascii_lowercase()).await?;
     if json {
         let v: Vec<serde_json::Value> = recs
             .iter()

@@ -92,6 +92,8 @@ pub struct Keys {
 
 /// The internal secret that keys recovery-code digests (created on first use).
 const MAC_KEY: &str = "postern:mac-key";
+/// The internal secret that keys the audit chain's HMAC (created on first use).
+const AUDIT_KEY: &str = "postern:audit-key";
 
 impl Keys {
     pub async fn load(cfg: &Config, store: &Store) -> Result<Arc<Keys>> {
@@ -171,6 +173,48 @@ impl Keys {
         let sealed = self.store.sealed_secret(name).await?;
         self.open(&format!("secret:{name}"), &sealed, why, actor)
             .await
+    }
+
+    /// Opens (or makes, the first time) the audit chain's key and gives it to the store, so that
+    /// every row from now on is HMAC-chained. The opening itself is then audited, keyed.
+    pub async fn load_audit_key(&self) -> Result<()> {
+        if self.store.has_audit_key() {
+            return Ok(());
+        }
+        let purpose = format!("secret:{AUDIT_KEY}");
+        let (key, made) = match self.store.sealed_secret(AUDIT_KEY).await {
+            Ok(sealed) => {
+                let first = self.sealer.read().await.open(&purpose, &sealed).await;
+                let v = match first {
+                    Err(SecretsError::WrongKey { .. }) => {
+                        self.reload().await?;
+                        self.sealer.read().await.open(&purpose, &sealed).await?
+                    }
+                    other => other?,
+                };
+                let k: [u8; 32] = v[..]
+                    .try_into()
+                    .context("the audit key in the secret store is not 32 bytes")?;
+                (k, false)
+            }
+            Err(postern_store::StoreError::NotFound(_)) => {
+                let k: Zeroizing<[u8; 32]> = Zeroizing::new(rand::random());
+                self.put_secret(AUDIT_KEY, "keys the audit log's hash chain", &k[..])
+                    .await?;
+                (*k, true)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.store
+            .set_audit_key(postern_store::audit::AuditKey::new(key));
+        let system = Actor::system("audit");
+        let detail = if made {
+            "audit chain key created"
+        } else {
+            "audit chain key opened"
+        };
+        record(&self.store, &system, "secret_read", &purpose, detail).await?;
+        Ok(())
     }
 
     /// HMAC-SHA-256 under an internal key kept in the secret store (for recovery codes: values

@@ -44,6 +44,24 @@ pub static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// its lock while it runs (and may bring the schema up to date); beside a running server it works
 /// through the database as before, but never migrates.
 pub async fn open_store(cfg: &Config) -> Result<Store> {
+    let store = open_store_plain(cfg).await?;
+    // The audit chain's key, so that what this command records is chained like the server's
+    // rows. Without the master key, reading still works; recording fails closed.
+    let keyed = match crate::keys::Keys::load(cfg, &store).await {
+        Ok(k) => k.load_audit_key().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = keyed {
+        eprintln!(
+            "postern: warning: the master key could not be opened ({e:#}); nothing can be recorded in the audit log, so changes will fail"
+        );
+    }
+    Ok(store)
+}
+
+/// [`open_store`] without opening the master key (for `check-config`, which says what it finds
+/// instead of creating anything).
+pub async fn open_store_plain(cfg: &Config) -> Result<Store> {
     let db = cfg.path(&cfg.storage.database);
     let blobs = cfg.path(&cfg.storage.blobs);
     let what = COMMAND.get().map_or("cli", String::as_str);
@@ -66,7 +84,8 @@ async fn open_store_exclusive(cfg: &Config, what: &str) -> Result<Store> {
     let db = cfg.path(&cfg.storage.database);
     let blobs = cfg.path(&cfg.storage.blobs);
     // A CLI command may hold the lock for a moment: wait for it, never for another server.
-    let lock = postern_store::lock::DataLock::exclusive_waiting(&db, what, Duration::from_secs(10))?;
+    let lock =
+        postern_store::lock::DataLock::exclusive_waiting(&db, what, Duration::from_secs(10))?;
     Ok(Store::open(&db, &blobs)
         .await
         .with_context(|| format!("opening the database {}", db.display()))?
@@ -96,6 +115,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     }
     // Fail closed: without its master key (file, env, Vault/OpenBao) the server does not start.
     let keys = crate::keys::Keys::load(&cfg, &store).await?;
+    // From here on every audit row is HMAC-chained under a key the master key seals.
+    keys.load_audit_key()
+        .await
+        .context("opening the audit chain's key")?;
+    let checkpoints = spawn_checkpoints(&cfg, &store);
     let a = &cfg.auth;
     let hasher = postern_auth::Argon2Hasher::new(
         a.argon2_memory_kib,
@@ -334,9 +358,53 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             "grace period over: closing the remaining sessions"
         );
     }
+    checkpoints.abort();
+    write_checkpoint(&cfg, &store).await;
     store.close().await;
     tracing::info!("postern stopped");
     Ok(())
+}
+
+/// Writes a signed checkpoint of the audit chain outside the database: to the log (journald or
+/// syslog keep it), and appended to `audit.checkpoint_file` when configured.
+pub async fn write_checkpoint(cfg: &Config, store: &Store) -> Option<String> {
+    let cp = match store.audit_checkpoint().await {
+        Ok(Some(cp)) => cp,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "audit checkpoint failed");
+            return None;
+        }
+    };
+    let line = serde_json::to_string(&cp).ok()?;
+    tracing::info!(target: "postern::audit::checkpoint", id = cp.id, head = %cp.head, time = cp.time, sig = %cp.sig, "audit checkpoint {line}");
+    if let Some(f) = &cfg.audit.checkpoint_file {
+        let f = cfg.path(f);
+        let res = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&f)?;
+            writeln!(file, "{line}")?;
+            file.sync_all()
+        })();
+        if let Err(e) = res {
+            tracing::error!(file = %f.display(), error = %e, "could not write the audit checkpoint file");
+        }
+    }
+    Some(line)
+}
+
+fn spawn_checkpoints(cfg: &Config, store: &Store) -> tokio::task::JoinHandle<()> {
+    let (cfg, store) = (cfg.clone(), store.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(cfg.audit.checkpoint_secs));
+        loop {
+            tick.tick().await;
+            write_checkpoint(&cfg, &store).await;
+        }
+    })
 }
 
 /// What every listener checks at accept, whatever its protocol.

@@ -131,6 +131,41 @@ impl Store {
             .collect::<std::result::Result<_, _>>()?)
     }
 
+    /// A new password hash for an administrator; its sessions end (they were opened with the
+    /// old password).
+    pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<()> {
+        let n = sqlx::query("UPDATE admins SET password_hash = ? WHERE name = ?")
+            .bind(password_hash)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("administrator {name:?}")));
+        }
+        let a = self.admin(name).await?;
+        self.end_admin_sessions_of(a.id).await?;
+        Ok(())
+    }
+
+    /// Stops (or allows again) an administrator's logins; disabling ends its sessions.
+    pub async fn set_admin_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        let n = sqlx::query("UPDATE admins SET disabled = ? WHERE name = ?")
+            .bind(disabled as i64)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("administrator {name:?}")));
+        }
+        if disabled {
+            let a = self.admin(name).await?;
+            self.end_admin_sessions_of(a.id).await?;
+        }
+        Ok(())
+    }
+
     /// Removes an administrator and ends its sessions.
     pub async fn remove_admin(&self, name: &str) -> Result<()> {
         let n = sqlx::query("DELETE FROM admins WHERE name = ?")

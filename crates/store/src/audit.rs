@@ -1,9 +1,21 @@
 //! Bans (shared by the server and the CLI) and the append-only audit log.
 //!
-//! Every audit row carries `hash = SHA-256(prev_hash | fields)`, where `prev_hash` is the hash of
-//! the row before it, so `postern audit-log verify` finds a row that was edited or deleted (a
-//! deletion breaks the link of the row after it). Rows are appended by one writer task in batches
-//! (see [`AuditWriter`]), so logging an attempt never waits for the disk.
+//! Every audit row carries `hash = HMAC-SHA-256(key, prev_hash | fields)`, where `prev_hash` is
+//! the hash of the row before it and the key is sealed under the master key (never in the
+//! database in clear). Whoever can write the database but has no key cannot edit, delete or
+//! re-chain rows without `postern audit-log verify` finding it:
+//! * an edited row fails its MAC; a deleted row breaks the link of the row after it;
+//! * deleting the oldest rows is told from retention: pruning first appends a keyed
+//!   `audit_pruned` row that names the last row removed and its hash, which the first remaining
+//!   row must follow;
+//! * deleting the newest rows leaves a shorter, valid chain: signed checkpoints (row id, head
+//!   hash, time) written outside the database (the log, and `audit.checkpoint_file` on another
+//!   volume) show the rows that are missing ([`Store::verify_checkpoints`]).
+//!
+//! Databases from before the key: their rows stay SHA-256 chained (`keyed = 0`); the first keyed
+//! row is an `audit_keyed` marker chained to the last of them, so re-chaining the old rows breaks
+//! the link to a row the key protects. Rows are appended by one writer task in batches (see
+//! [`AuditWriter`]), so logging an attempt never waits for the disk.
 
 use postern_auth::guard::{Ban, BanStore, Cidr};
 use postern_auth::{AuditSink, AuthEvent};
@@ -70,6 +82,79 @@ impl From<&AuditRow> for NewAudit {
     }
 }
 
+/// The audit chain's HMAC key (32 bytes, zeroed when dropped).
+pub struct AuditKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl AuditKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        AuditKey(zeroize::Zeroizing::new(bytes))
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut m = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&self.0[..])
+            .expect("HMAC takes any key length");
+        for p in parts {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        hex::encode(m.finalize().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey([REDACTED])")
+    }
+}
+
+/// A signed statement, kept outside the database, that the chain had `rows` rows ending at row
+/// `id` with hash `head` at time `time`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub id: i64,
+    pub head: String,
+    pub time: i64,
+    pub sig: String,
+}
+
+impl Checkpoint {
+    fn signature(key: &AuditKey, id: i64, head: &str, time: i64) -> String {
+        key.mac(&[
+            b"postern-audit-checkpoint",
+            id.to_string().as_bytes(),
+            head.as_bytes(),
+            time.to_string().as_bytes(),
+        ])
+    }
+}
+
+/// The fields of a row as the chain covers them, with `prev` in front.
+fn fields(prev: &str, e: &NewAudit) -> Vec<String> {
+    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+    vec![
+        prev.to_owned(),
+        e.ts.to_string(),
+        e.event.clone(),
+        opt(&e.protocol),
+        opt(&e.ip),
+        opt(&e.username),
+        e.account_id.map(|a| a.to_string()).unwrap_or_default(),
+        opt(&e.mechanism),
+        opt(&e.tls),
+        e.result.clone(),
+        opt(&e.reason),
+    ]
+}
+
+/// A keyed row's hash.
+fn keyed_chain(key: &AuditKey, prev: &str, e: &NewAudit) -> String {
+    let f = fields(prev, e);
+    let parts: Vec<&[u8]> = f.iter().map(|x| x.as_bytes()).collect();
+    key.mac(&parts)
+}
+
+/// A row's hash from before the key (SHA-256, no secret: verifiable, not tamper-proof alone).
 fn chain(prev: &str, e: &NewAudit) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -91,6 +176,46 @@ fn chain(prev: &str, e: &NewAudit) -> String {
         h.update(f.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// "retention: rows up to N removed; head H" -> (N, H).
+fn parse_pruned(text: &str) -> Option<(i64, String)> {
+    let rest = text.strip_prefix("retention: rows up to ")?;
+    let (n, rest) = rest.split_once(" removed; head ")?;
+    Some((n.parse().ok()?, rest.trim().to_owned()))
+}
+
+/// Inserts one row chained to `prev` (keyed when a key is given); returns its hash.
+async fn insert_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    key: Option<&AuditKey>,
+    prev: &str,
+    e: &NewAudit,
+) -> Result<String> {
+    let hash = match key {
+        Some(k) => keyed_chain(k, prev, e),
+        None => chain(prev, e),
+    };
+    sqlx::query(
+        "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash, keyed)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.ts)
+    .bind(&e.event)
+    .bind(&e.protocol)
+    .bind(&e.ip)
+    .bind(&e.username)
+    .bind(e.account_id)
+    .bind(&e.mechanism)
+    .bind(&e.tls)
+    .bind(&e.result)
+    .bind(&e.reason)
+    .bind(prev)
+    .bind(&hash)
+    .bind(key.is_some() as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(hash)
 }
 
 fn row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
@@ -116,13 +241,38 @@ impl Store {
             return Ok(());
         }
         let mut suppressed: std::collections::BTreeMap<String, u64> = Default::default();
+        let key = self.audit_key.get();
         let mut tx = self.write.begin().await?;
-        let mut prev: String = sqlx::query("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        let last = sqlx::query("SELECT hash, keyed FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or_default();
+            .await?;
+        let (mut prev, last_keyed): (String, bool) = match &last {
+            Some(r) => (r.try_get(0)?, r.try_get::<i64, _>(1)? != 0),
+            None => (String::new(), false),
+        };
+        if key.is_none() && last_keyed {
+            return Err(StoreError::Conflict(
+                "the audit log is keyed and its key is not loaded (the master key could not be opened)"
+                    .into(),
+            ));
+        }
+        if let (Some(k), Some(_), false) = (key, &last, last_keyed) {
+            // The first keyed row after unkeyed ones: a marker that binds the old chain's head.
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let marker = NewAudit {
+                ts: now(),
+                event: "audit_keyed".into(),
+                result: "ok".into(),
+                reason: Some(format!(
+                    "from here on rows are HMAC-chained; {n} earlier SHA-256-chained row(s), head {prev}"
+                )),
+                ..Default::default()
+            };
+            prev = insert_row(&mut tx, Some(k), &prev, &marker).await?;
+        }
         for e in events {
             // An attack must not fill the disk: failed attempts per login name are capped per
             // day; what goes over is counted in one summary row per batch.
@@ -142,26 +292,7 @@ impl Store {
                     }
                 }
             }
-            let hash = chain(&prev, e);
-            sqlx::query(
-                "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(e.ts)
-            .bind(&e.event)
-            .bind(&e.protocol)
-            .bind(&e.ip)
-            .bind(&e.username)
-            .bind(e.account_id)
-            .bind(&e.mechanism)
-            .bind(&e.tls)
-            .bind(&e.result)
-            .bind(&e.reason)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            prev = hash;
+            prev = insert_row(&mut tx, key, &prev, e).await?;
         }
         for (user, n) in suppressed {
             let e = NewAudit {
@@ -174,55 +305,193 @@ impl Store {
                 )),
                 ..Default::default()
             };
-            let hash = chain(&prev, &e);
-            sqlx::query(
-                "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash)
-                 VALUES (?, ?, NULL, NULL, ?, NULL, NULL, NULL, ?, ?, ?, ?)",
-            )
-            .bind(e.ts)
-            .bind(&e.event)
-            .bind(&e.username)
-            .bind(&e.result)
-            .bind(&e.reason)
-            .bind(&prev)
-            .bind(&hash)
-            .execute(&mut *tx)
-            .await?;
-            prev = hash;
+            prev = insert_row(&mut tx, key, &prev, &e).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Walks the whole chain. Ok(rows checked) or Err(description of the first broken row).
-    /// Rows removed by retention leave the chain starting at the first kept row.
+    /// The audit chain's key, once the master key is open. Set once per process; every clone of
+    /// this store shares it.
+    pub fn set_audit_key(&self, key: AuditKey) {
+        let _ = self.audit_key.set(key);
+    }
+
+    pub fn has_audit_key(&self) -> bool {
+        self.audit_key.get().is_some()
+    }
+
+    /// A signed checkpoint of the chain's head now (None while the log is empty or unkeyed).
+    pub async fn audit_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let Some(key) = self.audit_key.get() else {
+            return Ok(None);
+        };
+        let Some(r) = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (id, head): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+        let time = now();
+        Ok(Some(Checkpoint {
+            sig: Checkpoint::signature(key, id, &head, time),
+            id,
+            head,
+            time,
+        }))
+    }
+
+    /// Checks checkpoints kept outside the database against the chain: each must be signed with
+    /// the key, and the row it names must still be there with the same hash, unless retention
+    /// pruned it. Ok(number checked) or Err(what was changed).
+    pub async fn verify_checkpoints(
+        &self,
+        checkpoints: &[Checkpoint],
+    ) -> Result<std::result::Result<usize, String>> {
+        let Some(key) = self.audit_key.get() else {
+            return Err(StoreError::Conflict(
+                "checkpoints need the audit key (the master key could not be opened)".into(),
+            ));
+        };
+        let pruned_upto = self.pruned_upto().await?.map_or(0, |(d, _)| d);
+        let last: Option<i64> = sqlx::query("SELECT MAX(id) FROM audit_log")
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        let last = last.unwrap_or(0);
+        let mut n = 0;
+        for c in checkpoints {
+            if Checkpoint::signature(key, c.id, &c.head, c.time) != c.sig {
+                return Ok(Err(format!(
+                    "the checkpoint of row {} (time {}) is not signed with this installation's key",
+                    c.id, c.time
+                )));
+            }
+            n += 1;
+            if c.id <= pruned_upto {
+                continue;
+            }
+            let row = sqlx::query("SELECT hash FROM audit_log WHERE id = ?")
+                .bind(c.id)
+                .fetch_optional(&self.read)
+                .await?;
+            match row {
+                None if c.id > last => {
+                    return Ok(Err(format!(
+                        "the log ends at row {last}, but a checkpoint at time {} recorded row {}: rows {}..={} were deleted (the tail was truncated)",
+                        c.time,
+                        c.id,
+                        last + 1,
+                        c.id
+                    )))
+                }
+                None => {
+                    return Ok(Err(format!(
+                        "row {} named by the checkpoint at time {} is missing",
+                        c.id, c.time
+                    )))
+                }
+                Some(r) => {
+                    let h: String = r.try_get(0)?;
+                    if h != c.head {
+                        return Ok(Err(format!(
+                            "row {} differs from the checkpoint at time {}: the rows from there on were deleted (the tail was truncated) and new ones written, or the chain was rewritten",
+                            c.id, c.time
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Ok(n))
+    }
+
+    /// The latest retention marker: (last row removed, its hash).
+    async fn pruned_upto(&self) -> Result<Option<(i64, String)>> {
+        let r = sqlx::query(
+            "SELECT reason FROM audit_log WHERE event = 'audit_pruned' AND keyed = 1 ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(
+            r.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten())
+                .and_then(|t| parse_pruned(&t)),
+        )
+    }
+
+    /// Walks the whole chain. Ok(rows checked) or Err(description of the first broken row or the
+    /// missing range). Keyed rows need the key ([`Store::set_audit_key`]).
     pub async fn verify_audit(&self) -> Result<std::result::Result<u64, String>> {
+        let key = self.audit_key.get();
         let rows = sqlx::query("SELECT * FROM audit_log ORDER BY id")
             .fetch_all(&self.read)
             .await?;
-        let mut prev: Option<String> = None;
-        let mut prev_id = 0i64;
+        let pruned = self.pruned_upto().await?;
+        let mut prev: Option<(i64, String)> = None;
+        let mut seen_keyed = false;
         for r in &rows {
             let a = row(r)?;
             let stored_prev: String = r.try_get("prev_hash")?;
             let stored: String = r.try_get("hash")?;
-            if let Some(p) = &prev {
-                if *p != stored_prev {
+            let keyed = r.try_get::<i64, _>("keyed")? != 0;
+            match &prev {
+                None if !stored_prev.is_empty() => {
+                    // The oldest rows are gone: only retention may have removed them, and it
+                    // says so first in a keyed marker.
+                    let ok = pruned
+                        .as_ref()
+                        .is_some_and(|(d, h)| a.id == d + 1 && *h == stored_prev);
+                    if !ok {
+                        return Ok(Err(format!(
+                            "the log starts at row {}: the rows before it were deleted without a retention checkpoint",
+                            a.id
+                        )));
+                    }
+                }
+                Some((pid, ph)) if *ph != stored_prev => {
                     return Ok(Err(format!(
-                        "row {} does not follow row {prev_id}: a row between them was deleted or row {prev_id} was edited",
+                        "row {} does not follow row {pid}: rows {}..{} were deleted, or row {pid} was edited",
+                        a.id,
+                        pid + 1,
+                        a.id
+                    )));
+                }
+                _ => {}
+            }
+            let e = NewAudit::from(&a);
+            if keyed {
+                let Some(k) = key else {
+                    return Err(StoreError::Conflict(
+                        "the audit log is keyed: verifying it needs the master key".into(),
+                    ));
+                };
+                if keyed_chain(k, &stored_prev, &e) != stored {
+                    return Ok(Err(format!(
+                        "row {} was edited, forged or re-chained (its MAC does not match; the chain needs the key)",
+                        a.id
+                    )));
+                }
+                seen_keyed = true;
+            } else {
+                if seen_keyed {
+                    return Ok(Err(format!(
+                        "row {} is not keyed although keyed rows come before it: it was forged or re-chained",
+                        a.id
+                    )));
+                }
+                if chain(&stored_prev, &e) != stored {
+                    return Ok(Err(format!(
+                        "row {} was edited (its hash does not match its fields)",
                         a.id
                     )));
                 }
             }
-            let e = NewAudit::from(&a);
-            if chain(&stored_prev, &e) != stored {
-                return Ok(Err(format!(
-                    "row {} was edited (its hash does not match its fields)",
-                    a.id
-                )));
-            }
-            prev = Some(stored);
-            prev_id = a.id;
+            prev = Some((a.id, stored));
+        }
+        if key.is_some() && !rows.is_empty() && !seen_keyed {
+            return Ok(Err(
+                "no row of the log is keyed although this installation has an audit key: the chain was rewritten".into(),
+            ));
         }
         Ok(Ok(rows.len() as u64))
     }
@@ -263,15 +532,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes audit rows older than `days` (0 keeps everything). The chain restarts at the
-    /// first kept row, which `verify_audit` accepts.
+    /// Deletes audit rows older than `days` (0 keeps everything). First appends a keyed
+    /// `audit_pruned` row naming the last row removed and its hash, which `verify_audit` then
+    /// requires of the first row left, so that retention is told from deletion.
     pub async fn prune_audit(&self, days: u64) -> Result<u64> {
         if days == 0 {
             return Ok(0);
         }
         let cut = now() - (days as i64) * 86400;
-        Ok(sqlx::query("DELETE FROM audit_log WHERE ts < ?")
+        let upto: Option<i64> = sqlx::query("SELECT MAX(id) FROM audit_log WHERE ts < ?")
             .bind(cut)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        let Some(upto) = upto else { return Ok(0) };
+        let head: String = sqlx::query("SELECT hash FROM audit_log WHERE id = ?")
+            .bind(upto)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?;
+        if self.audit_key.get().is_some() {
+            self.append_audit(&[NewAudit {
+                ts: now(),
+                event: "audit_pruned".into(),
+                result: "ok".into(),
+                reason: Some(format!("retention: rows up to {upto} removed; head {head}")),
+                ..Default::default()
+            }])
+            .await?;
+        }
+        Ok(sqlx::query("DELETE FROM audit_log WHERE id <= ?")
+            .bind(upto)
             .execute(&self.write)
             .await?
             .rows_affected())

@@ -93,7 +93,7 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
 ];
 
 /// The newest schema step (the last of [`MIGRATIONS`]).
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -159,6 +159,8 @@ pub struct Store {
     lock: Option<std::sync::Arc<lock::DataLock>>,
     /// Bodies of expunged messages that open views may still read (see [`views`]).
     trash: std::sync::Arc<views::Trash>,
+    /// The key of the audit chain's HMAC, set once the master key is open (see [`audit`]).
+    audit_key: std::sync::Arc<std::sync::OnceLock<audit::AuditKey>>,
 }
 
 impl Store {
@@ -211,6 +213,7 @@ impl Store {
             audit_failure_cap: 1000,
             lock: None,
             trash: Default::default(),
+            audit_key: Default::default(),
         })
     }
 
@@ -1023,6 +1026,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
             created_at  INTEGER NOT NULL,
             PRIMARY KEY (domain, selector)
         );",
+    ),
+    // v11: audit rows chained with an HMAC under a key sealed by the master key (keyed = 1);
+    // rows from before stay SHA-256 chained (keyed = 0) behind an `audit_keyed` marker.
+    (
+        11,
+        "ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 

@@ -142,7 +142,11 @@ mod tests {
         let b = blobs.put(&[b"b"]).unwrap();
         let old_view = ViewPin::new(trash.clone(), blobs.clone());
         trash.defer(&blobs, std::slice::from_ref(&a));
-        assert_eq!(blobs.get(&a).unwrap(), b"a", "an older view may still read it");
+        assert_eq!(
+            blobs.get(&a).unwrap(),
+            b"a",
+            "an older view may still read it"
+        );
         let new_view = ViewPin::new(trash.clone(), blobs.clone());
         new_view.synced();
         assert!(blobs.get(&a).is_ok(), "the older view still holds it");
@@ -152,7 +156,10 @@ mod tests {
         trash.defer(&blobs, std::slice::from_ref(&b));
         assert!(blobs.get(&b).is_ok());
         drop(old_view);
-        assert!(blobs.get(&b).is_ok(), "new_view synced before b was trashed");
+        assert!(
+            blobs.get(&b).is_ok(),
+            "new_view synced before b was trashed"
+        );
         drop(new_view);
         assert!(blobs.get(&b).is_err());
         assert_eq!(trash.pending(), 0);
