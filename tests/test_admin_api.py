@@ -61,7 +61,7 @@ def first_login(api, name, password):
 
 def audit_rows(srv, event):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
-        return c.execute("SELECT username, mechanism, ip, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
+        return c.execute("SELECT username, actor, ip, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def send(srv, user, secret, sender, to=BOB, header_from=None):
 
 def audit(srv, event):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
-        return c.execute("SELECT username, mechanism, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
+        return c.execute("SELECT username, actor, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
 def test_application_sends_only_as_its_senders_and_never_reads_mail(make_server):

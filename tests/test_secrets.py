@@ -35,7 +35,7 @@ def grep_tree(root: Path, needle: bytes):
 
 def audit(d, event):
     with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
-        return c.execute("SELECT username, mechanism, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
+        return c.execute("SELECT username, actor, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
 def set_config(d, **kv):

@@ -84,7 +84,7 @@ SCHEMAS = {
                    "reason": NS, "force": {"type": "boolean"}}, required=["target"]),
     "LiftBan": obj({"target": S()}),
     "AuditRow": obj({"id": I(), "ts": I(), "event": S(), "protocol": NS, "ip": NS, "username": NS,
-                     "mechanism": NS, "tls": NS, "result": S(), "reason": NS}),
+                     "mechanism": NS, "tls": NS, "result": S(), "reason": NS, "actor": NS}),
     "Admin": obj({"id": I(), "name": S(), "role": ROLE, "domains": STRS, "disabled": {"type": "boolean"},
                   "created_at": I(), "created_by": S(), "password": S(description="shown once, at creation")},
                  required=["id", "name", "role", "domains", "disabled", "created_at", "created_by"]),

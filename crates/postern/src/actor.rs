@@ -16,11 +16,14 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The host shell's user (from $USER or $LOGNAME; "unknown" if neither is set).
+    /// The host shell's user: $USER or $LOGNAME, else the name of the effective user (from
+    /// /etc/passwd), else `uid:N`. Never "unknown".
     pub fn cli() -> Actor {
         let name = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(effective_user);
         Actor {
             door: "cli",
             name: postern_auth::loggable_username(&name),
@@ -43,9 +46,29 @@ impl Actor {
     }
 }
 
+/// The name of the user this process runs as. /proc/self belongs to the process's effective uid;
+/// its name comes from /etc/passwd (no libc call: the crate forbids unsafe code).
+fn effective_user() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "uid:?".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?.parse::<u32>().ok()?;
+                (id == uid).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
 /// Appends an admin event to the audit log: `event` (e.g. "app_created"), the subject it
 /// concerns (an address, an application, an admin) and a detail that never holds a secret.
-/// Stored with protocol = the door, mechanism = the actor, result = "ok".
+/// Stored with protocol = the door, actor = `door:name`, result = "ok".
 pub async fn record(
     store: &Store,
     actor: &Actor,
@@ -60,7 +83,7 @@ pub async fn record(
             protocol: Some(actor.door.to_owned()),
             ip: actor.ip.map(|i| i.to_string()),
             username: Some(postern_auth::loggable_username(subject)),
-            mechanism: Some(actor.label()),
+            actor: Some(actor.label()),
             result: "ok".into(),
             reason: (!detail.is_empty()).then(|| detail.to_owned()),
             ..Default::default()

@@ -9,7 +9,9 @@ use postern_config::{Config, LogFormat};
 use postern_types::{Domain, EmailAddress};
 use secrecy::ExposeSecret;
 
+use crate::actor::Actor;
 use crate::cli::{AliasCmd, DomainCmd, QueueCmd, UserCmd};
+use crate::ops;
 use crate::password;
 use crate::serve::open_store;
 
@@ -315,10 +317,11 @@ fn hex_id() -> String {
 
 pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
     let store = open_store(cfg).await?;
+    let actor = Actor::cli();
     match cmd {
         DomainCmd::Add { domain } => {
             let d = domain_arg(domain)?;
-            store.add_domain(&d).await?;
+            ops::domains::add(&store, &actor, &d).await?;
             println!("domain {d} added");
         }
         DomainCmd::List => {
@@ -328,7 +331,7 @@ pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
         }
         DomainCmd::Remove { domain } => {
             let d = domain_arg(domain)?;
-            store.remove_domain(&d).await?;
+            ops::domains::remove(&store, &actor, &d).await?;
             println!("domain {d} removed");
         }
     }
@@ -338,6 +341,7 @@ pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
 
 pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
     let store = open_store(cfg).await?;
+    let actor = Actor::cli();
     match cmd {
         UserCmd::Add {
             address: a,
@@ -348,7 +352,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 bail!("{a} already exists (as an account or an alias)");
             }
             let pw = password::read_new(*password_stdin)?;
-            password::create_account(cfg, &store, &a, &pw).await?;
+            ops::accounts::create(cfg, &store, &actor, &a, &pw).await?;
             println!("account {a} created");
         }
         UserCmd::Passwd {
@@ -358,7 +362,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             let a = address(a)?;
             store.account(&a).await?;
             let pw = password::read_new(*password_stdin)?;
-            password::change_account_password(cfg, &store, &a, &pw).await?;
+            ops::accounts::set_password(cfg, &store, &actor, &a, &pw).await?;
             println!("password of {a} changed");
         }
         UserCmd::List => {
@@ -436,29 +440,29 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         }
         UserCmd::ExpirePassword { address: a } => {
             let a = address(a)?;
-            store.expire_password(&a).await?;
+            ops::accounts::expire_password(&store, &actor, &a).await?;
             println!(
                 "{a} must change the password: logins with it fail until `postern user passwd`"
             );
         }
         UserCmd::Disable { address: a } => {
             let a = address(a)?;
-            store.set_disabled(&a, true).await?;
+            ops::accounts::set_disabled(&store, &actor, &a, true).await?;
             println!("account {a} disabled");
         }
         UserCmd::Enable { address: a } => {
             let a = address(a)?;
-            store.set_disabled(&a, false).await?;
+            ops::accounts::set_disabled(&store, &actor, &a, false).await?;
             println!("account {a} enabled");
         }
         UserCmd::Remove { address: a } => {
             let a = address(a)?;
-            store.remove_account(&a).await?;
+            ops::accounts::remove(&store, &actor, &a).await?;
             println!("account {a} removed with its mail");
         }
         UserCmd::ReceivedDetails { address: a, on } => {
             let a = address(a)?;
-            store.set_received_details(&a, *on).await?;
+            ops::accounts::set_received_details(&store, &actor, &a, *on).await?;
             println!(
                 "received details for {a}: {}",
                 if *on { "on" } else { "off" }
@@ -469,12 +473,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             networks,
         } => {
             let a = address(a)?;
-            let mut nets = Vec::new();
-            for n in networks {
-                let c = postern_auth::guard::Cidr::parse(n).map_err(anyhow::Error::msg)?;
-                nets.push(c.to_string());
-            }
-            store.set_allowed_networks(&a, &nets).await?;
+            let nets = ops::accounts::set_networks(&store, &actor, &a, networks).await?;
             if nets.is_empty() {
                 println!("{a} may log in from anywhere");
             } else {
@@ -487,9 +486,14 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             recipients_per_hour,
         } => {
             let a = address(a)?;
-            store
-                .set_send_limits(&a, *messages_per_hour, *recipients_per_hour)
-                .await?;
+            ops::accounts::set_send_limits(
+                &store,
+                &actor,
+                &a,
+                *messages_per_hour,
+                *recipients_per_hour,
+            )
+            .await?;
             let show = |v: &Option<u32>| v.map_or("default".to_owned(), |n| n.to_string());
             println!(
                 "send limits for {a}: {} messages/hour, {} recipients/hour",
@@ -523,7 +527,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         }
         UserCmd::Pop3 { address: a, on } => {
             let a = address(a)?;
-            store.set_pop3_enabled(&a, *on).await?;
+            ops::accounts::set_pop3(&store, &actor, &a, *on).await?;
             println!("POP3 for {a}: {}", if *on { "on" } else { "off" });
         }
     }
@@ -533,10 +537,11 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
 
 pub async fn alias(cfg: &Config, cmd: &AliasCmd) -> Result<()> {
     let store = open_store(cfg).await?;
+    let actor = Actor::cli();
     match cmd {
         AliasCmd::Add { alias, account } => {
             let (al, ac) = (address(alias)?, address(account)?);
-            store.add_alias(&al, &ac).await?;
+            ops::aliases::add(&store, &actor, &al, &ac).await?;
             println!("alias {al} -> {ac} added");
         }
         AliasCmd::List => {
@@ -546,7 +551,7 @@ pub async fn alias(cfg: &Config, cmd: &AliasCmd) -> Result<()> {
         }
         AliasCmd::Remove { alias } => {
             let al = address(alias)?;
-            store.remove_alias(&al).await?;
+            ops::aliases::remove(&store, &actor, &al).await?;
             println!("alias {al} removed");
         }
     }
@@ -556,6 +561,7 @@ pub async fn alias(cfg: &Config, cmd: &AliasCmd) -> Result<()> {
 
 pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
     let store = open_store(cfg).await?;
+    let actor = Actor::cli();
     match cmd {
         QueueCmd::List => {
             let q = store.queue_list().await?;
@@ -599,28 +605,19 @@ pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
             }
         }
         QueueCmd::Retry { id } => {
-            store.retry_now(*id).await?;
+            ops::queue::retry(&store, &actor, *id).await?;
             println!("message {id} will be attempted now");
         }
         QueueCmd::Remove { id } => {
-            store.remove_queued(*id).await?;
-            crate::actor::record(
-                &store,
-                &crate::actor::Actor::cli(),
-                "queue_removed",
-                &id.to_string(),
-                "",
-            )
-            .await?;
+            ops::queue::remove(&store, &actor, *id).await?;
             println!("message {id} removed from the queue (no bounce)");
         }
         QueueCmd::Hold { id } => {
-            store.set_queue_held(*id, true).await?;
+            ops::queue::hold(&store, &actor, *id, true).await?;
             println!("message {id} held");
         }
         QueueCmd::Release { id } => {
-            store.set_queue_held(*id, false).await?;
-            store.retry_now(*id).await?;
+            ops::queue::hold(&store, &actor, *id, false).await?;
             println!("message {id} released");
         }
     }
@@ -648,7 +645,7 @@ pub fn parse_duration(s: &str) -> Result<u64> {
 
 pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
     use crate::cli::BanCmd;
-    use postern_auth::guard::{Ban, Cidr};
+    use postern_auth::guard::Cidr;
     let store = open_store(cfg).await?;
     let target = |t: &str| Cidr::parse(t).map_err(anyhow::Error::msg);
     match cmd {
@@ -675,63 +672,29 @@ pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
         } => {
             let t = target(t)?;
             let secs = parse_duration(duration)?;
-            crate::banpolicy::check(
-                &t,
-                secs,
-                crate::banpolicy::Asker::Host,
-                *force,
+            let ban = ops::bans::add(
+                cfg,
+                &store,
                 None,
-                &crate::banpolicy::protected(cfg),
+                &Actor::cli(),
+                crate::banpolicy::Asker::Host,
+                t,
+                secs,
+                reason,
+                *force,
             )
-            .map_err(anyhow::Error::msg)?;
-            let until = postern_store::now() as u64 + secs;
-            store
-                .put_ban(&Ban {
-                    target: t,
-                    until,
-                    reason: reason.clone(),
-                    offences: 1,
-                })
-                .await?;
-            store
-                .append_audit(&[postern_store::audit::NewAudit {
-                    ts: postern_store::now(),
-                    event: "ban".into(),
-                    ip: Some(t.to_string()),
-                    result: "admin".into(),
-                    reason: Some(reason.clone()),
-                    ..Default::default()
-                }])
-                .await?;
-            println!("{t} banned until {}", date(until as i64));
+            .await?;
+            println!("{t} banned until {}", date(ban.until as i64));
         }
         BanCmd::Remove { target: t } => {
             let t = target(t)?;
-            if !store.remove_ban(&t).await? {
+            if !ops::bans::remove(&store, None, &Actor::cli(), &t).await? {
                 anyhow::bail!("no ban on {t}");
             }
-            store
-                .append_audit(&[postern_store::audit::NewAudit {
-                    ts: postern_store::now(),
-                    event: "unban".into(),
-                    ip: Some(t.to_string()),
-                    result: "admin".into(),
-                    ..Default::default()
-                }])
-                .await?;
             println!("ban on {t} lifted (the server applies it within 2 seconds)");
         }
         BanCmd::Clear => {
-            let n = store.clear_bans().await?;
-            store
-                .append_audit(&[postern_store::audit::NewAudit {
-                    ts: postern_store::now(),
-                    event: "unban".into(),
-                    ip: Some("*".into()),
-                    result: "admin".into(),
-                    ..Default::default()
-                }])
-                .await?;
+            let n = ops::bans::clear(&store, &Actor::cli()).await?;
             println!("{n} ban(s) lifted");
         }
     }
@@ -817,7 +780,7 @@ pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()
                     let o = serde_json::json!({
                         "id": r.id, "ts": r.ts, "time": date(r.ts), "event": r.event,
                         "protocol": r.protocol, "ip": r.ip, "username": r.username,
-                        "account_id": r.account_id, "mechanism": r.mechanism, "tls": r.tls,
+                        "account_id": r.account_id, "mechanism": r.mechanism, "tls": r.tls, "actor": r.actor,
                         "result": r.result, "reason": r.reason,
                     });
                     println!("{o}");
@@ -901,16 +864,9 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
             let a = address(a)?;
             let protos: Vec<String> = protocols.split(',').map(str::to_owned).collect();
             let expires_in = expires.as_deref().map(parse_duration).transpose()?;
-            let (protos, nets, expires_at, secret) = create_app_password(
-                &store,
-                &crate::actor::Actor::cli(),
-                &a,
-                name,
-                &protos,
-                expires_in,
-                from,
-            )
-            .await?;
+            let (protos, nets, expires_at, secret) =
+                create_app_password(&store, &Actor::cli(), &a, name, &protos, expires_in, from)
+                    .await?;
             if *json {
                 let o = serde_json::json!({
                     "address": a.as_str(), "name": name, "secret": secret.expose_secret(),
@@ -963,7 +919,7 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
             store.revoke_app_password(info.id, name).await?;
             crate::actor::record(
                 &store,
-                &crate::actor::Actor::cli(),
+                &Actor::cli(),
                 "app_password_revoked",
                 a.as_str(),
                 &format!("name={name}"),

@@ -824,8 +824,7 @@ async fn add_domain(
     if st.store.is_local_domain(d.as_str()).await? {
         return Err(ApiError::Conflict(format!("domain {d} already exists")));
     }
-    st.store.add_domain(&d).await?;
-    record(&st.store, &c.actor, "domain_added", d.as_str(), "").await?;
+    crate::ops::domains::add(&st.store, &c.actor, &d).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"name": d.as_str(), "accounts": 0})),
@@ -835,8 +834,7 @@ async fn add_domain(
 async fn remove_domain(State(st): St, c: Caller, Seg(name): Seg) -> ApiResult<StatusCode> {
     c.may(Perm::ManageDomains)?;
     let d = parse_domain(&name)?;
-    st.store.remove_domain(&d).await?;
-    record(&st.store, &c.actor, "domain_removed", d.as_str(), "").await?;
+    crate::ops::domains::remove(&st.store, &c.actor, &d).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -912,8 +910,7 @@ async fn add_user(
     c.scope(a.domain())?;
     let generated = req.password.is_none();
     let pw = req.password.unwrap_or_else(crate::password::generate);
-    crate::password::create_account(&st.cfg, &st.store, &a, &pw).await?;
-    record(&st.store, &c.actor, "user_created", a.as_str(), "").await?;
+    crate::ops::accounts::create(&st.cfg, &st.store, &c.actor, &a, &pw).await?;
     let mut body = user_json(&st, &st.store.account(&a).await?).await?;
     if generated {
         body["password"] = json!(pw.expose_secret());
@@ -924,8 +921,7 @@ async fn add_user(
 async fn remove_user(State(st): St, c: Caller, Seg(address): Seg) -> ApiResult<StatusCode> {
     c.may(Perm::ManageUsers)?;
     let (a, _) = scoped_account(&st, &c, &address).await?;
-    st.store.remove_account(&a).await?;
-    record(&st.store, &c.actor, "user_removed", a.as_str(), "").await?;
+    crate::ops::accounts::remove(&st.store, &c.actor, &a).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -939,8 +935,7 @@ async fn set_password(
     let (a, _) = scoped_account(&st, &c, &address).await?;
     let generated = req.password.is_none();
     let pw = req.password.unwrap_or_else(crate::password::generate);
-    crate::password::change_account_password(&st.cfg, &st.store, &a, &pw).await?;
-    record(&st.store, &c.actor, "password_reset", a.as_str(), "").await?;
+    crate::ops::accounts::set_password(&st.cfg, &st.store, &c.actor, &a, &pw).await?;
     Ok(axum::Json(if generated {
         json!({"address": a.as_str(), "password": pw.expose_secret()})
     } else {
@@ -951,9 +946,7 @@ async fn set_password(
 async fn set_disabled(st: &ApiState, c: &Caller, address: &str, on: bool) -> ApiResult<StatusCode> {
     c.may(Perm::ManageUsers)?;
     let (a, _) = scoped_account(st, c, address).await?;
-    st.store.set_disabled(&a, on).await?;
-    let event = if on { "user_disabled" } else { "user_enabled" };
-    record(&st.store, &c.actor, event, a.as_str(), "").await?;
+    crate::ops::accounts::set_disabled(&st.store, &c.actor, &a, on).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -968,8 +961,7 @@ async fn enable_user(State(st): St, c: Caller, Seg(address): Seg) -> ApiResult<S
 async fn unlock_user(State(st): St, c: Caller, Seg(address): Seg) -> ApiResult<axum::Json<Value>> {
     c.may(Perm::ResetCredentials)?;
     let (a, _) = scoped_account(&st, &c, &address).await?;
-    let was = st.auth.guard().unlock(a.as_str());
-    record(&st.store, &c.actor, "user_unlocked", a.as_str(), "").await?;
+    let was = crate::ops::accounts::unlock(&st.store, st.auth.guard(), &c.actor, &a).await?;
     Ok(axum::Json(
         json!({"address": a.as_str(), "was_locked": was}),
     ))
@@ -977,24 +969,14 @@ async fn unlock_user(State(st): St, c: Caller, Seg(address): Seg) -> ApiResult<a
 
 async fn reset_2fa(State(st): St, c: Caller, Seg(address): Seg) -> ApiResult<StatusCode> {
     c.may(Perm::ResetCredentials)?;
-    let (a, info) = scoped_account(&st, &c, &address).await?;
-    if !st
-        .store
-        .remove_second_factor(&postern_store::totp::account_owner(info.id))
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    if !crate::ops::accounts::reset_2fa(&st.store, &c.actor, &a, "reset through the admin API")
         .await?
     {
         return Err(ApiError::NotFound(format!(
             "two-factor authentication of {a} not found"
         )));
     }
-    record(
-        &st.store,
-        &c.actor,
-        "2fa_disabled",
-        a.as_str(),
-        "reset through the admin API",
-    )
-    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1219,37 +1201,30 @@ async fn add_ban(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::ManageBans)?;
     let t = cidr(&req.target)?;
-    crate::banpolicy::check(
-        &t,
-        req.duration_secs,
-        crate::banpolicy::Asker::Api(c.role),
-        req.force,
-        c.actor.ip,
-        &crate::banpolicy::protected(&st.cfg),
-    )
-    .map_err(ApiError::Unprocessable)?;
-    let reason: String = req
+    let reason = req
         .reason
-        .unwrap_or_else(|| format!("banned by {}", c.actor.label()))
-        .chars()
-        .filter(|ch| !ch.is_control())
-        .take(200)
-        .collect();
-    let ban = st.auth.guard().ban(t, req.duration_secs, &reason);
-    st.store.put_ban(&ban).await?;
-    record(&st.store, &c.actor, "ban", &t.to_string(), &reason).await?;
+        .unwrap_or_else(|| format!("banned by {}", c.actor.label()));
+    let ban = crate::ops::bans::add(
+        &st.cfg,
+        &st.store,
+        Some(st.auth.guard()),
+        &c.actor,
+        crate::banpolicy::Asker::Api(c.role),
+        t,
+        req.duration_secs,
+        &reason,
+        req.force,
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(ban_json(&ban))))
 }
 
 async fn lift_ban(State(st): St, c: Caller, Body(req): Body<LiftReq>) -> ApiResult<StatusCode> {
     c.may(Perm::ManageBans)?;
     let t = cidr(&req.target)?;
-    let in_store = st.store.remove_ban(&t).await?;
-    let in_memory = st.auth.guard().unban(&t);
-    if !in_store && !in_memory {
+    if !crate::ops::bans::remove(&st.store, Some(st.auth.guard()), &c.actor, &t).await? {
         return Err(ApiError::NotFound(format!("ban on {t} not found")));
     }
-    record(&st.store, &c.actor, "unban", &t.to_string(), "").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1300,7 +1275,7 @@ async fn audit_log(
         .map(|r| {
             json!({
                 "id": r.id, "ts": r.ts, "event": r.event, "protocol": r.protocol, "ip": r.ip,
-                "username": r.username, "mechanism": r.mechanism, "tls": r.tls,
+                "username": r.username, "mechanism": r.mechanism, "tls": r.tls, "actor": r.actor,
                 "result": r.result, "reason": r.reason,
             })
         })

@@ -11,6 +11,7 @@ mod banpolicy;
 mod cli;
 mod dkim;
 mod keys;
+mod ops;
 mod password;
 mod roles;
 mod secret_cli;

@@ -38,6 +38,8 @@ pub struct AuditRow {
     pub tls: Option<String>,
     pub result: String,
     pub reason: Option<String>,
+    /// Who made an administrative change: `cli:USER`, `api:ADMIN`, `apikey:NAME`, `server:WHAT`.
+    pub actor: Option<String>,
 }
 
 /// One event to append (no id, no hashes yet).
@@ -53,6 +55,7 @@ pub struct NewAudit {
     pub tls: Option<String>,
     pub result: String,
     pub reason: Option<String>,
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +81,7 @@ impl From<&AuditRow> for NewAudit {
             tls: a.tls.clone(),
             result: a.result.clone(),
             reason: a.reason.clone(),
+            actor: a.actor.clone(),
         }
     }
 }
@@ -147,9 +151,10 @@ fn fields(prev: &str, e: &NewAudit) -> Vec<String> {
     ]
 }
 
-/// A keyed row's hash.
+/// A keyed row's hash (its fields and who made it).
 fn keyed_chain(key: &AuditKey, prev: &str, e: &NewAudit) -> String {
-    let f = fields(prev, e);
+    let mut f = fields(prev, e);
+    f.push(e.actor.clone().unwrap_or_default());
     let parts: Vec<&[u8]> = f.iter().map(|x| x.as_bytes()).collect();
     key.mac(&parts)
 }
@@ -197,8 +202,8 @@ async fn insert_row(
         None => chain(prev, e),
     };
     sqlx::query(
-        "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash, keyed)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash, keyed, actor)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(e.ts)
     .bind(&e.event)
@@ -213,6 +218,7 @@ async fn insert_row(
     .bind(prev)
     .bind(&hash)
     .bind(key.is_some() as i64)
+    .bind(&e.actor)
     .execute(&mut **tx)
     .await?;
     Ok(hash)
@@ -231,6 +237,7 @@ fn row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
         tls: r.try_get("tls")?,
         result: r.try_get("result")?,
         reason: r.try_get("reason")?,
+        actor: r.try_get("actor")?,
     })
 }
 
@@ -712,6 +719,7 @@ impl AuditSink for AuditWriter {
                 "failed".into()
             },
             reason: e.result.err().map(|r| r.as_str().to_owned()),
+            actor: None,
         });
     }
 }

@@ -1028,10 +1028,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
         );",
     ),
     // v11: audit rows chained with an HMAC under a key sealed by the master key (keyed = 1);
-    // rows from before stay SHA-256 chained (keyed = 0) behind an `audit_keyed` marker.
+    // rows from before stay SHA-256 chained (keyed = 0) behind an `audit_keyed` marker. Who made
+    // a change gets its own column (`cli:root`, `api:alice`, `apikey:deploy`, `server:…`).
     (
         11,
-        "ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;",
+        "ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE audit_log ADD COLUMN actor TEXT;
+        CREATE INDEX IF NOT EXISTS audit_event ON audit_log(event, ts);",
     ),
 ];
 
@@ -1281,6 +1284,43 @@ mod tests {
         assert_eq!(rows[3].event, "suppressed");
         assert!(rows[3].reason.as_deref().unwrap().starts_with("7 "));
         assert_eq!(s.verify_audit().await.unwrap(), Ok(5));
+    }
+
+    #[tokio::test]
+    async fn keyed_audit_chain_upgrade_and_tampering() {
+        let (d, s) = store().await;
+        let ev = |e: &str| crate::audit::NewAudit {
+            ts: now(),
+            event: e.into(),
+            result: "ok".into(),
+            ..Default::default()
+        };
+        // rows from before the key, then the key: a keyed marker binds the old head
+        s.append_audit(&[ev("a"), ev("b")]).await.unwrap();
+        s.set_audit_key(crate::audit::AuditKey::new([7; 32]));
+        s.append_audit(&[ev("c")]).await.unwrap();
+        let rows = s
+            .query_audit(&crate::audit::AuditQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.event.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "audit_keyed", "c"]
+        );
+        assert_eq!(s.verify_audit().await.unwrap(), Ok(4));
+        let cp = s.audit_checkpoint().await.unwrap().unwrap();
+        assert_eq!(s.verify_checkpoints(std::slice::from_ref(&cp)).await.unwrap(), Ok(1));
+        // without the key, no keyed row can be appended
+        let raw = Store::open(&d.path().join("db"), &d.path().join("blobs"))
+            .await
+            .unwrap();
+        assert!(raw.append_audit(&[ev("x")]).await.is_err());
+        // an edited keyed row is caught, even with a recomputed unkeyed hash
+        sqlx::query("UPDATE audit_log SET event = 'z', keyed = 0 WHERE event = 'c'")
+            .execute(&s.write)
+            .await
+            .unwrap();
+        assert!(s.verify_audit().await.unwrap().is_err());
     }
 
     #[tokio::test]
