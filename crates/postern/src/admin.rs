@@ -78,7 +78,9 @@ pub async fn init(
             postern_secrets::MasterKey::generate_file(&path)?;
         }
     }
-    let store = open_store(&cfg).await?;
+    // Nothing is sealed yet: the master key can still be changed in the configuration before
+    // the first account (which seals the audit chain's key) without a rotation.
+    let store = crate::serve::open_store_plain(&cfg).await?;
     store.add_domain(&domain).await?;
     store.close().await;
     println!("Initialised {}", dir.display());

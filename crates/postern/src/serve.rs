@@ -53,7 +53,8 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
     };
     if let Err(e) = keyed {
         eprintln!(
-            "postern: warning: the master key could not be opened ({e:#}); nothing can be recorded in the audit log, so changes will fail"
+            "postern: warning: the master key could not be opened ({e:#}); nothing can be recorded in the audit log, so changes will fail \
+             (a master key that was changed in the configuration must be rotated to: `postern secret rotate-master-key --to REF`)"
         );
     }
     Ok(store)
