@@ -392,8 +392,9 @@ def test_mbsync_both_ways(server, tmp_path):
     pwfile = tmp_path / "pw"
     pwfile.write_text(BOB_PW)
     rc = tmp_path / "mbsyncrc"
+    # `localhost` is in the certificate's names (127.0.0.1 is not), so mbsync verifies it
     rc.write_text(f"""IMAPAccount postern
-Host 127.0.0.1
+Host localhost
 Port {server.imaps}
 User {BOB}
 PassCmd "cat {pwfile}"
@@ -417,8 +418,6 @@ Create Both
 SyncState *
 """)
     p = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=60)
-    if p.returncode != 0 and "certificate" in (p.stderr + p.stdout).lower():
-        pytest.skip("mbsync refuses the self-signed certificate name: " + p.stderr[-300:])
     assert p.returncode == 0, p.stdout + p.stderr
     new = list((maildir / "INBOX" / "cur").iterdir()) + list((maildir / "INBOX" / "new").iterdir())
     assert any(b"Subject: for mbsync" in f.read_bytes() for f in new)
