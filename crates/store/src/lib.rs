@@ -92,8 +92,8 @@ pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
     ("Archive", Some("\\Archive")),
 ];
 
-/// The newest schema step (the last of [`MIGRATIONS`]).
-const SCHEMA_VERSION: i64 = 11;
+/// The newest schema step: the number of [`MIGRATIONS`], never kept by hand.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 pub fn now() -> i64 {
     SystemTime::now()
@@ -948,94 +948,19 @@ impl Store {
 }
 
 /// Schema steps, applied in order in one transaction each; step N leaves `user_version = N`.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("schema.sql")),
-    // v2: per-account POP3 switch ("prefer IMAP over POP3").
-    (
-        2,
-        "ALTER TABLE accounts ADD COLUMN pop3_enabled INTEGER NOT NULL DEFAULT 1;",
-    ),
-    (3, include_str!("schema_v3.sql")),
-    // v4: per-account allowed networks (comma-separated CIDRs; empty = anywhere) and send
-    // limit overrides (NULL: the [smtp] defaults).
-    (
-        4,
-        "ALTER TABLE accounts ADD COLUMN allowed_networks TEXT NOT NULL DEFAULT '';
-        ALTER TABLE accounts ADD COLUMN send_messages_per_hour INTEGER;
-        ALTER TABLE accounts ADD COLUMN send_recipients_per_hour INTEGER;",
-    ),
-    // v5: app passwords (generated secrets, stored as SHA-256 digests).
-    (
-        5,
-        "CREATE TABLE app_passwords (
-            id            INTEGER PRIMARY KEY,
-            account_id    INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-            name          TEXT NOT NULL,
-            digest        TEXT NOT NULL,
-            protocols     TEXT NOT NULL,
-            networks      TEXT NOT NULL DEFAULT '',
-            expires_at    INTEGER,
-            created_at    INTEGER NOT NULL,
-            last_used_at  INTEGER,
-            last_used_ip  TEXT,
-            UNIQUE (account_id, name)
-        );",
-    ),
-    // v6: forced password change and password history (no reuse of the last N).
-    (
-        6,
-        "ALTER TABLE accounts ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;
-        CREATE TABLE password_history (
-            account_id  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
-            hash        TEXT NOT NULL,
-            replaced_at INTEGER NOT NULL
-        );
-        CREATE INDEX password_history_account ON password_history(account_id, replaced_at);",
-    ),
-    // v7: applications, second factors, recovery codes, administrators, sessions, API keys.
-    (7, include_str!("schema_v7.sql")),
-    // v8: the internal secret store (sealed values only).
-    (
-        8,
-        "CREATE TABLE secrets (
-            name        TEXT PRIMARY KEY,
-            description TEXT NOT NULL DEFAULT '',
-            key_id      TEXT NOT NULL,
-            sealed      BLOB NOT NULL,
-            created_at  INTEGER NOT NULL,
-            updated_at  INTEGER NOT NULL
-        );",
-    ),
-    // v9: delivery state per recipient, delay warnings.
-    (
-        9,
-        "ALTER TABLE queue_recipients ADD COLUMN last_error TEXT;
-        ALTER TABLE queue_recipients ADD COLUMN updated_at INTEGER;
-        ALTER TABLE queue ADD COLUMN warned INTEGER NOT NULL DEFAULT 0;
-        CREATE INDEX IF NOT EXISTS queue_due ON queue(status, next_attempt_at);",
-    ),
-    // v10: DKIM keys (the private key is a sealed secret named dkim:DOMAIN:SELECTOR).
-    (
-        10,
-        "CREATE TABLE dkim_keys (
-            domain      TEXT NOT NULL,
-            selector    TEXT NOT NULL,
-            algorithm   TEXT NOT NULL,
-            public_key  TEXT NOT NULL,
-            active      INTEGER NOT NULL DEFAULT 0,
-            created_at  INTEGER NOT NULL,
-            PRIMARY KEY (domain, selector)
-        );",
-    ),
-    // v11: audit rows chained with an HMAC under a key sealed by the master key (keyed = 1);
-    // rows from before stay SHA-256 chained (keyed = 0) behind an `audit_keyed` marker. Who made
-    // a change gets its own column (`cli:root`, `api:alice`, `apikey:deploy`, `server:…`).
-    (
-        11,
-        "ALTER TABLE audit_log ADD COLUMN keyed INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE audit_log ADD COLUMN actor TEXT;
-        CREATE INDEX IF NOT EXISTS audit_event ON audit_log(event, ts);",
-    ),
+/// One numbered file each in `crates/store/migrations/`; a new step is a new file added here.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_schema.sql"),
+    include_str!("../migrations/0002_pop3_switch.sql"),
+    include_str!("../migrations/0003_defences.sql"),
+    include_str!("../migrations/0004_networks_send_limits.sql"),
+    include_str!("../migrations/0005_app_passwords.sql"),
+    include_str!("../migrations/0006_password_history.sql"),
+    include_str!("../migrations/0007_credentials_admins.sql"),
+    include_str!("../migrations/0008_secrets.sql"),
+    include_str!("../migrations/0009_delivery_state.sql"),
+    include_str!("../migrations/0010_dkim_keys.sql"),
+    include_str!("../migrations/0011_keyed_audit.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -1052,9 +977,12 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             "the database has schema version {version}, newer than this postern ({SCHEMA_VERSION}); upgrade postern"
         )));
     }
-    for &(step, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+    for (step, sql) in (1i64..)
+        .zip(MIGRATIONS.iter())
+        .filter(|(v, _)| *v > version)
+    {
         let mut tx = pool.begin().await?;
-        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))
             .execute(&mut *tx)
             .await?;
@@ -1161,7 +1089,17 @@ mod tests {
 
     #[tokio::test]
     async fn upgrade_from_an_older_schema_keeps_data() {
-        assert_eq!(MIGRATIONS.last().unwrap().0, SCHEMA_VERSION);
+        assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
+        // the files are numbered 0001, 0002 … in the order they are applied
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let head = format!("-- v{}", i + 1);
+            assert!(
+                sql.starts_with(&head)
+                    && !sql[head.len()..].starts_with(|c: char| c.is_ascii_digit()),
+                "migration {} does not start with `{head}`",
+                i + 1
+            );
+        }
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("db");
         {
@@ -1170,8 +1108,8 @@ mod tests {
                 .filename(&path)
                 .create_if_missing(true);
             let pool = SqlitePool::connect_with(opts).await.unwrap();
-            for &(step, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 6) {
-                sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            for (step, sql) in (1i64..).zip(MIGRATIONS.iter()).filter(|(v, _)| *v <= 6) {
+                sqlx::raw_sql(*sql).execute(&pool).await.unwrap();
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))
                     .execute(&pool)
                     .await
@@ -1309,7 +1247,12 @@ mod tests {
         );
         assert_eq!(s.verify_audit().await.unwrap(), Ok(4));
         let cp = s.audit_checkpoint().await.unwrap().unwrap();
-        assert_eq!(s.verify_checkpoints(std::slice::from_ref(&cp)).await.unwrap(), Ok(1));
+        assert_eq!(
+            s.verify_checkpoints(std::slice::from_ref(&cp))
+                .await
+                .unwrap(),
+            Ok(1)
+        );
         // without the key, no keyed row can be appended
         let raw = Store::open(&d.path().join("db"), &d.path().join("blobs"))
             .await

@@ -1,3 +1,4 @@
+-- v7: applications, second factors, recovery codes, administrators, sessions, API keys.
 -- v7: application credentials, second factors (TOTP), recovery codes, administrators, admin
 -- sessions and API keys.
 
@@ -74,4 +75,3 @@ CREATE TABLE api_keys (
     created_by    TEXT NOT NULL,
     last_used_at  INTEGER
 );
-

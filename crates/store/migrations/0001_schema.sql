@@ -1,3 +1,4 @@
+-- v1
 -- Postern SQLite schema, version 1. Times are Unix seconds (UTC).
 CREATE TABLE domains (
     id          INTEGER PRIMARY KEY,

@@ -1,0 +1,91 @@
+//! App passwords of mail accounts.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// App passwords and applications
+
+pub(super) async fn list_app_passwords(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::ReadCredentials)?;
+    let (_, info) = scoped_account(&st, &c, &address).await?;
+    let list: Vec<Value> = st
+        .store
+        .list_app_passwords(info.id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.name, "protocols": p.protocols, "networks": p.networks,
+                "expires_at": p.expires_at, "created_at": p.created_at,
+                "last_used_at": p.last_used_at, "last_used_ip": p.last_used_ip,
+            })
+        })
+        .collect();
+    Ok(axum::Json(Value::Array(list)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppPasswordReq {
+    name: String,
+    #[serde(default = "all_protocols")]
+    protocols: Vec<String>,
+    #[serde(default)]
+    networks: Vec<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+pub(super) fn all_protocols() -> Vec<String> {
+    vec!["smtp".into(), "imap".into(), "pop3".into()]
+}
+
+pub(super) async fn create_app_password(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+    Body(req): Body<AppPasswordReq>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    c.may(Perm::IssueSecrets)?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    let (protocols, networks, expires_at, secret) = crate::admin::create_app_password(
+        &st.store,
+        &c.actor,
+        &a,
+        &req.name,
+        &req.protocols,
+        req.expires_in,
+        &req.networks,
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "address": a.as_str(), "name": req.name, "protocols": protocols,
+            "networks": networks, "expires_at": expires_at, "secret": secret.expose_secret(),
+        })),
+    ))
+}
+
+pub(super) async fn revoke_app_password(
+    State(st): St,
+    c: Caller,
+    Seg2(address, name): Seg2,
+) -> ApiResult<StatusCode> {
+    c.may(Perm::RevokeAppPasswords)?;
+    let (a, info) = scoped_account(&st, &c, &address).await?;
+    st.store.revoke_app_password(info.id, &name).await?;
+    record(
+        &st.store,
+        &c.actor,
+        "app_password_revoked",
+        a.as_str(),
+        &format!("name={name}"),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
