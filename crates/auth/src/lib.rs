@@ -104,14 +104,7 @@ pub fn app_password_digest(secret: &str) -> [u8; 32] {
     sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
-/// The protocol family an app password is scoped to.
-pub fn protocol_family(protocol: &str) -> &'static str {
-    match protocol {
-        "imap" | "imaps" => "imap",
-        "pop3" | "pop3s" => "pop3",
-        _ => "smtp",
-    }
-}
+pub use postern_types::Protocol;
 
 impl std::fmt::Debug for StoredCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,8 +184,8 @@ impl Principal {
 pub struct LoginAttempt<'a> {
     pub username: &'a str,
     pub password: &'a SecretString,
-    /// "smtp", "submission", "submissions", later "imap", "pop3".
-    pub protocol: &'static str,
+    /// The door: SMTP submission, IMAP, POP3 (typed, so scopes cannot be misspelled).
+    pub protocol: Protocol,
     /// "PLAIN", "LOGIN", ...
     pub mechanism: &'static str,
     pub remote_ip: IpAddr,
@@ -591,7 +584,7 @@ impl Authenticator {
             _ => {}
         }
         self.audit.auth(&AuthEvent {
-            protocol: attempt.protocol,
+            protocol: attempt.protocol.name(),
             mechanism: attempt.mechanism,
             username: loggable_username(attempt.username),
             account_id,
@@ -607,7 +600,7 @@ impl Authenticator {
         login: &str,
         password: &SecretString,
         ip: IpAddr,
-        protocol: &str,
+        protocol: Protocol,
     ) -> (AuthOutcome, Option<i64>, Result<(), FailureReason>) {
         let cred = match self.store.credential(login).await {
             Ok(c) => c,
@@ -643,7 +636,7 @@ impl Authenticator {
             if let Some(a) = found {
                 let now = self.guard_now();
                 let in_scope = a.expires_at.is_none_or(|e| now < e)
-                    && a.protocols.iter().any(|p| p == protocol_family(protocol))
+                    && a.protocols.iter().any(|p| p == protocol.family())
                     && (a.networks.is_empty() || a.networks.iter().any(|n| n.contains(ip)))
                     && !outside(c);
                 if !in_scope {
@@ -734,7 +727,7 @@ impl Authenticator {
         c: &StoredCredential,
         password: &SecretString,
         ip: IpAddr,
-        protocol: &str,
+        protocol: Protocol,
         outside: bool,
     ) -> (AuthOutcome, Option<i64>, Result<(), FailureReason>) {
         let now = self.guard_now();
@@ -756,8 +749,7 @@ impl Authenticator {
         if c.disabled {
             return fail(FailureReason::Disabled);
         }
-        if protocol_family(protocol) != "smtp" || c.expires_at.is_some_and(|e| now >= e) || outside
-        {
+        if protocol.family() != "smtp" || c.expires_at.is_some_and(|e| now >= e) || outside {
             return fail(FailureReason::ApplicationScope);
         }
         self.store.application_used(c.account_id, ip).await;
@@ -824,7 +816,7 @@ mod tests {
                 auth.authenticate(LoginAttempt {
                     username: user,
                     password: &pw,
-                    protocol: "submission",
+                    protocol: Protocol::Submission,
                     mechanism: "PLAIN",
                     remote_ip: ip,
                     tls: Some("TLSv1.3"),
@@ -907,7 +899,7 @@ mod tests {
                 auth.authenticate(LoginAttempt {
                     username: "a@x.test",
                     password: &pw,
-                    protocol: "imap",
+                    protocol: Protocol::Imap,
                     mechanism: "PLAIN",
                     remote_ip: ip,
                     tls: Some("TLSv1.3"),
@@ -960,7 +952,7 @@ mod tests {
         auth.authenticate(LoginAttempt {
             username: user,
             password: &pw,
-            protocol,
+            protocol: Protocol::from_name(protocol).expect("a protocol name"),
             mechanism: "PLAIN",
             remote_ip: "192.0.2.7".parse().unwrap(),
             tls: Some("TLSv1.3"),

@@ -63,51 +63,7 @@ fn de_opt_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAd
     }
 }
 
-/// The protocol a listener speaks. Only the SMTP family is served so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Inbound MX on port 25: no AUTH, local recipients only, STARTTLS offered.
-    Smtp,
-    /// Message submission on port 587 (RFC 6409): STARTTLS, then AUTH required.
-    Submission,
-    /// Message submission over implicit TLS on port 465 (RFC 8314).
-    Submissions,
-    /// IMAP with STARTTLS on port 143; LOGINDISABLED until TLS.
-    Imap,
-    /// IMAP over implicit TLS on port 993.
-    Imaps,
-    /// POP3 with STLS on port 110; no USER/PASS/AUTH until TLS.
-    Pop3,
-    /// POP3 over implicit TLS on port 995.
-    Pop3s,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Smtp => "smtp",
-            Protocol::Submission => "submission",
-            Protocol::Submissions => "submissions",
-            Protocol::Imap => "imap",
-            Protocol::Imaps => "imaps",
-            Protocol::Pop3 => "pop3",
-            Protocol::Pop3s => "pop3s",
-        }
-    }
-    /// The IANA port of the protocol, to which `postern init --port-offset` adds.
-    pub fn standard_port(self) -> u16 {
-        match self {
-            Protocol::Smtp => 25,
-            Protocol::Submission => 587,
-            Protocol::Submissions => 465,
-            Protocol::Imap => 143,
-            Protocol::Imaps => 993,
-            Protocol::Pop3 => 110,
-            Protocol::Pop3s => 995,
-        }
-    }
-}
+pub use postern_types::Protocol;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

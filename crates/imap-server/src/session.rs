@@ -682,7 +682,7 @@ impl Session {
             .authenticate(LoginAttempt {
                 username: user,
                 password: pass,
-                protocol: "imap",
+                protocol: Protocol::Imap,
                 mechanism: mech,
                 remote_ip: self.peer.ip(),
                 tls: self.tls.map(|t| t.version),

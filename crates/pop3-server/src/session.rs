@@ -613,7 +613,7 @@ impl Session {
             .authenticate(LoginAttempt {
                 username: user,
                 password: pass,
-                protocol: "pop3",
+                protocol: Protocol::Pop3,
                 mechanism: mech,
                 remote_ip: self.peer.ip(),
                 tls: self.tls.map(|t| t.version),

@@ -506,7 +506,7 @@ impl Session {
             .authenticate(LoginAttempt {
                 username: &creds.username,
                 password: &creds.password,
-                protocol: self.kind.protocol.name(),
+                protocol: self.kind.protocol,
                 mechanism: if mechanism == AUTH_PLAIN {
                     "PLAIN"
                 } else {

@@ -6,8 +6,180 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
+use std::net::IpAddr;
 
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
+
+/// The protocol a listener speaks (and the door a login came through: the auth core takes it typed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Inbound MX on port 25: no AUTH, local recipients only, STARTTLS offered.
+    Smtp,
+    /// Message submission on port 587 (RFC 6409): STARTTLS, then AUTH required.
+    Submission,
+    /// Message submission over implicit TLS on port 465 (RFC 8314).
+    Submissions,
+    /// IMAP with STARTTLS on port 143; LOGINDISABLED until TLS.
+    Imap,
+    /// IMAP over implicit TLS on port 993.
+    Imaps,
+    /// POP3 with STLS on port 110; no USER/PASS/AUTH until TLS.
+    Pop3,
+    /// POP3 over implicit TLS on port 995.
+    Pop3s,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Submissions => "submissions",
+            Protocol::Imap => "imap",
+            Protocol::Imaps => "imaps",
+            Protocol::Pop3 => "pop3",
+            Protocol::Pop3s => "pop3s",
+        }
+    }
+    /// The IANA port of the protocol, to which `postern init --port-offset` adds.
+    pub fn standard_port(self) -> u16 {
+        match self {
+            Protocol::Smtp => 25,
+            Protocol::Submission => 587,
+            Protocol::Submissions => 465,
+            Protocol::Imap => 143,
+            Protocol::Imaps => 993,
+            Protocol::Pop3 => 110,
+            Protocol::Pop3s => 995,
+        }
+    }
+}
+
+impl Protocol {
+    /// The protocol named `name` ("smtp", "submission", "imaps" …).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        [
+            Protocol::Smtp,
+            Protocol::Submission,
+            Protocol::Submissions,
+            Protocol::Imap,
+            Protocol::Imaps,
+            Protocol::Pop3,
+            Protocol::Pop3s,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+
+    /// The family an app password is scoped to: "smtp" (25, 587, 465), "imap" or "pop3".
+    pub fn family(self) -> &'static str {
+        match self {
+            Protocol::Imap | Protocol::Imaps => "imap",
+            Protocol::Pop3 | Protocol::Pop3s => "pop3",
+            Protocol::Smtp | Protocol::Submission | Protocol::Submissions => "smtp",
+        }
+    }
+}
+
+/// An IPv4 or IPv6 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("{s:?}: bad prefix length"))?,
+            None => max,
+        };
+        Ok(Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+
+    /// The network a source counts in: /24 for IPv4, /64 for IPv6.
+    pub fn network_of(ip: IpAddr) -> Cidr {
+        let ip = canonical_ip(ip);
+        let prefix = if ip.is_ipv4() { 24 } else { 64 };
+        Cidr {
+            addr: mask(ip, prefix),
+            prefix,
+        }
+    }
+
+    pub fn host(ip: IpAddr) -> Cidr {
+        let ip = canonical_ip(ip);
+        Cidr {
+            addr: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == host {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix as u32)
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix as u32)
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
 
 /// Why an address or domain was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
