@@ -61,7 +61,7 @@ def first_login(api, name, password):
 
 def audit_rows(srv, event):
     with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
-        return c.execute("SELECT username, actor, ip, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
+        return c.execute("SELECT username, actor, ip, reason, mechanism FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_bootstrap_login_totp_sessions(api_server):
     # the TOTP seed is sealed, tokens are stored as digests
     db = (srv.dir / "postern.db").read_bytes()
     assert secret.encode() not in db and token.encode() not in db and boot["password"].encode() not in db
-    logins = [r for r in audit_rows(srv, "auth") if r[1] == "password+totp"]
+    logins = [r for r in audit_rows(srv, "auth") if r[4] == "password+totp"]
     assert any(r[0] == "admin" for r in logins)
 
 
