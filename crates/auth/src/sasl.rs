@@ -75,10 +75,154 @@ pub fn decode_login_field(decoded: &[u8]) -> Result<String, SaslError> {
         .map_err(|_| SaslError::Malformed)
 }
 
+/// The mechanisms Postern offers (only after TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+}
+
+impl Mechanism {
+    pub fn parse(name: &str) -> Option<Mechanism> {
+        if name.eq_ignore_ascii_case("PLAIN") {
+            Some(Mechanism::Plain)
+        } else if name.eq_ignore_ascii_case("LOGIN") {
+            Some(Mechanism::Login)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+        }
+    }
+}
+
+/// What the server does next in an exchange.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this base64 challenge (in the protocol's framing: `334 …` for SMTP, `+ …` for IMAP
+    /// and POP3) and feed the client's next line to [`Exchange::step`].
+    Challenge(&'static str),
+    /// The exchange is complete.
+    Done(Credentials),
+}
+
+/// One server-side PLAIN or LOGIN exchange, without I/O: SMTP, IMAP and POP3 all drive this one
+/// (initial response or not, cancellation with `*`, `=` for an empty response), each with its
+/// own framing and line limits.
+pub struct Exchange {
+    mechanism: Mechanism,
+    user: Option<String>,
+}
+
+const LOGIN_USER: &str = "VXNlcm5hbWU6"; // "Username:"
+const LOGIN_PASS: &str = "UGFzc3dvcmQ6"; // "Password:"
+
+impl Exchange {
+    /// Starts an exchange, with the initial response if the client sent one (RFC 4954 4,
+    /// RFC 4959).
+    pub fn start(
+        mechanism: Mechanism,
+        initial: Option<&[u8]>,
+    ) -> Result<(Exchange, Step), SaslError> {
+        let mut ex = Exchange {
+            mechanism,
+            user: None,
+        };
+        let step = match (mechanism, initial) {
+            (Mechanism::Plain, None) => Step::Challenge(""),
+            (Mechanism::Login, None) => Step::Challenge(LOGIN_USER),
+            (_, Some(ir)) => ex.step(ir)?,
+        };
+        Ok((ex, step))
+    }
+
+    /// Like [`Exchange::start`], for a protocol whose parser already decoded the initial
+    /// response's base64 (IMAP's SASL-IR through imap-codec).
+    pub fn start_decoded(
+        mechanism: Mechanism,
+        initial: Option<&[u8]>,
+    ) -> Result<(Exchange, Step), SaslError> {
+        let mut ex = Exchange {
+            mechanism,
+            user: None,
+        };
+        let step = match (mechanism, initial) {
+            (Mechanism::Plain, None) => Step::Challenge(""),
+            (Mechanism::Login, None) => Step::Challenge(LOGIN_USER),
+            (_, Some(ir)) => ex.step_decoded(ir)?,
+        };
+        Ok((ex, step))
+    }
+
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// The client's next line (base64, `*` to cancel).
+    pub fn step(&mut self, line: &[u8]) -> Result<Step, SaslError> {
+        let decoded = decode_response(line)?;
+        self.step_decoded(&decoded)
+    }
+
+    fn step_decoded(&mut self, decoded: &[u8]) -> Result<Step, SaslError> {
+        match self.mechanism {
+            Mechanism::Plain => decode_plain(decoded).map(Step::Done),
+            Mechanism::Login => match self.user.take() {
+                None => {
+                    self.user = Some(decode_login_field(decoded)?);
+                    Ok(Step::Challenge(LOGIN_PASS))
+                }
+                Some(username) => Ok(Step::Done(Credentials {
+                    username,
+                    password: SecretString::from(decode_login_field(decoded)?),
+                })),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    fn b64(s: &[u8]) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .encode(s)
+            .into_bytes()
+    }
+
+    #[test]
+    fn exchanges() {
+        // PLAIN with an initial response: done at once
+        let (_, step) = Exchange::start(Mechanism::Plain, Some(&b64(b"\0a@x.test\0pw"))).unwrap();
+        assert!(matches!(step, Step::Done(c) if c.username == "a@x.test"));
+        // PLAIN without: an empty challenge, then the response
+        let (mut ex, step) = Exchange::start(Mechanism::Plain, None).unwrap();
+        assert!(matches!(step, Step::Challenge("")));
+        let step = ex.step(&b64(b"\0a@x.test\0pw")).unwrap();
+        assert!(matches!(step, Step::Done(c) if c.password.expose_secret() == "pw"));
+        // LOGIN: user name, then password; the user name may come as the initial response
+        let (mut ex, step) = Exchange::start(Mechanism::Login, None).unwrap();
+        assert!(matches!(step, Step::Challenge(LOGIN_USER)));
+        assert!(matches!(
+            ex.step(&b64(b"u@x.test")).unwrap(),
+            Step::Challenge(LOGIN_PASS)
+        ));
+        assert!(
+            matches!(ex.step(&b64(b"secret")).unwrap(), Step::Done(c) if c.username == "u@x.test")
+        );
+        let (mut ex, step) = Exchange::start(Mechanism::Login, Some(&b64(b"u@x.test"))).unwrap();
+        assert!(matches!(step, Step::Challenge(LOGIN_PASS)));
+        assert_eq!(ex.step(b"*").unwrap_err(), SaslError::Cancelled);
+        assert_eq!(Mechanism::parse("login"), Some(Mechanism::Login));
+        assert_eq!(Mechanism::parse("CRAM-MD5"), None);
+    }
 
     #[test]
     fn plain_variants() {

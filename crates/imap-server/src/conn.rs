@@ -1,4 +1,6 @@
-//! Framing of client input: command lines and literals, with caps and deadlines.
+//! Framing of client input: command lines and literals, with caps and deadlines, on top of the
+//! shared line-protocol connection ([`postern_net::LineConn`]: buffering, flushing, the STARTTLS
+//! upgrade that drops clear text, lingering close).
 //!
 //! `imap-codec`'s `Fragmentizer` splits the byte stream into lines and literals and keeps at most
 //! `max_message` bytes of one command; on top of it this module enforces a cap on the line part
@@ -9,8 +11,7 @@ use std::time::Duration;
 
 use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::core::LiteralMode;
-use postern_net::MailStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use postern_net::{LineConn, MailStream};
 
 /// What reading the next client message produced.
 pub enum Input {
@@ -30,18 +31,19 @@ pub enum Input {
 }
 
 pub struct Conn {
-    stream: Option<MailStream>,
+    io: LineConn,
     frag: Fragmentizer,
-    out: Vec<u8>,
     max_line: usize,
     max_literal: usize,
     max_append: usize,
     line_start: usize,
     in_literal: bool,
-    /// Read buffer: small while waiting for a command (10,000 idle sessions must stay cheap),
-    /// larger while a literal streams in.
-    rbuf: Vec<u8>,
 }
+
+/// Reads while waiting for a command are small (10,000 idle sessions must stay cheap); a literal
+/// streams in larger ones.
+const WAIT_CHUNK: usize = 1024;
+const LITERAL_CHUNK: usize = 16384;
 
 fn is_append(line: &[u8]) -> bool {
     // "<tag> APPEND ..." (also "UID" never precedes APPEND)
@@ -55,15 +57,13 @@ fn is_append(line: &[u8]) -> bool {
 impl Conn {
     pub fn new(stream: MailStream, max_line: usize, max_append: usize) -> Conn {
         Conn {
-            stream: Some(stream),
+            io: LineConn::new(stream, WAIT_CHUNK),
             frag: Fragmentizer::new((max_append + max_line) as u32),
-            out: Vec::new(),
             max_line,
             max_literal: max_line,
             max_append,
             line_start: 0,
             in_literal: false,
-            rbuf: Vec::new(),
         }
     }
 
@@ -75,14 +75,8 @@ impl Conn {
         self.in_literal = false;
     }
 
-    fn stream(&mut self) -> std::io::Result<&mut MailStream> {
-        self.stream
-            .as_mut()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "stream taken"))
-    }
-
     pub fn tls_info(&self) -> Option<postern_net::TlsInfo> {
-        self.stream.as_ref().and_then(|s| s.tls_info())
+        self.io.tls_info()
     }
 
     /// STARTTLS: flushes pending output, drops buffered plaintext input (anything a client
@@ -93,62 +87,29 @@ impl Conn {
         acceptor: &postern_net::TlsAcceptor,
         timeout: Duration,
     ) -> std::io::Result<()> {
-        self.flush().await?;
         self.reset_input();
-        let stream = self
-            .stream
-            .take()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "stream taken"))?;
-        let tcp = stream
-            .into_plain()
-            .map_err(|_| std::io::Error::other("TLS is already active"))?;
-        let tls = tokio::time::timeout(timeout, MailStream::accept_tls(tcp, acceptor))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-            })??;
-        self.stream = Some(tls);
-        Ok(())
+        self.io.start_tls(acceptor, timeout).await.map(|_| ())
     }
 
     pub fn out(&mut self) -> &mut Vec<u8> {
-        &mut self.out
+        self.io.out()
     }
 
     pub fn line(&mut self, s: &str) {
-        self.out.extend_from_slice(s.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        self.io.line(s);
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "stream taken",
-            ));
-        };
-        if !self.out.is_empty() {
-            stream.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > 1 << 16 {
-                self.out = Vec::new();
-            }
-        }
-        stream.flush().await
+        self.io.flush().await
     }
 
     /// After [`Conn::shutdown`]: see `MailStream::linger`.
     pub async fn linger(&mut self) {
-        if let Ok(s) = self.stream() {
-            s.linger().await;
-        }
+        self.io.linger().await;
     }
 
     pub async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        if let Ok(s) = self.stream() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
-        }
+        self.io.shutdown().await;
     }
 
     /// True if bytes of a further message are already buffered (used to refuse pipelining after
@@ -184,7 +145,9 @@ impl Conn {
                             return Input::TooLong;
                         }
                         if mode == LiteralMode::Sync {
-                            self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                            self.io
+                                .out()
+                                .extend_from_slice(b"+ Ready for literal data\r\n");
                             if self.flush().await.is_err() {
                                 return Input::Closed;
                             }
@@ -216,19 +179,23 @@ impl Conn {
                     {
                         return Input::TooLong;
                     }
-                    let want = if self.in_literal { 16384 } else { 1024 };
-                    if self.rbuf.len() != want {
-                        self.rbuf = vec![0; want];
+                    let chunk = if self.in_literal {
+                        LITERAL_CHUNK
+                    } else {
+                        WAIT_CHUNK
+                    };
+                    self.io.set_chunk(chunk);
+                    let deadline = tokio::time::Instant::now() + idle;
+                    match self.io.fill(deadline).await {
+                        Ok(_) => {}
+                        Err(postern_net::ReadError::Timeout) => return Input::Timeout,
+                        Err(_) => return Input::Closed,
                     }
-                    let Some(stream) = self.stream.as_mut() else {
-                        return Input::Closed;
-                    };
-                    let n = match tokio::time::timeout(idle, stream.read(&mut self.rbuf)).await {
-                        Err(_) => return Input::Timeout,
-                        Ok(Err(_)) | Ok(Ok(0)) => return Input::Closed,
-                        Ok(Ok(n)) => n,
-                    };
-                    self.frag.enqueue_bytes(&self.rbuf[..n]);
+                    self.frag.enqueue_bytes(&self.io.buf);
+                    self.io.buf.clear();
+                    if self.io.buf.capacity() > chunk {
+                        self.io.buf = Vec::new();
+                    }
                 }
             }
         }

@@ -635,32 +635,37 @@ impl Session {
         }
     }
 
+    /// AUTHENTICATE through the SASL exchange shared with SMTP and POP3, framed as `+ challenge`.
     async fn authenticate_plain(&mut self, tag: &str, ir: Option<Vec<u8>>) -> Flow {
-        let response = match ir {
-            Some(r) => r,
-            None => {
-                self.conn.line("+ ");
-                if self.conn.flush().await.is_err() {
-                    return Flow::Close;
-                }
-                match self.conn.read_line(self.idle_timeout(), 8192).await {
-                    Input::Message(line) => {
-                        let line = line.trim_ascii();
-                        if line == b"*" {
-                            return self.bad(tag, "Authentication cancelled");
-                        }
-                        match postern_auth::sasl::decode_response(line) {
-                            Ok(d) => d.to_vec(),
-                            Err(_) => return self.bad(tag, "Invalid base64"),
-                        }
+        use postern_auth::sasl::{Exchange, Mechanism, SaslError, Step};
+        let fail = |s: &mut Self, e: SaslError| match e {
+            SaslError::Cancelled => s.bad(tag, "Authentication cancelled"),
+            SaslError::Base64 => s.bad(tag, "Invalid base64"),
+            SaslError::Malformed => s.bad(tag, "Malformed PLAIN response"),
+        };
+        // imap-codec has decoded the SASL-IR's base64 already.
+        let (mut ex, mut step) = match Exchange::start_decoded(Mechanism::Plain, ir.as_deref()) {
+            Ok(x) => x,
+            Err(e) => return fail(self, e),
+        };
+        let creds = loop {
+            match step {
+                Step::Done(c) => break c,
+                Step::Challenge(ch) => {
+                    self.conn.line(&format!("+ {ch}"));
+                    if self.conn.flush().await.is_err() {
+                        return Flow::Close;
                     }
-                    _ => return Flow::Close,
+                    let line = match self.conn.read_line(self.idle_timeout(), 8192).await {
+                        Input::Message(line) => line,
+                        _ => return Flow::Close,
+                    };
+                    step = match ex.step(&line) {
+                        Ok(s) => s,
+                        Err(e) => return fail(self, e),
+                    };
                 }
             }
-        };
-        let creds = match postern_auth::sasl::decode_plain(&response) {
-            Ok(c) => c,
-            Err(_) => return self.bad(tag, "Malformed PLAIN response"),
         };
         let user = creds.username.clone();
         self.login(tag, &user, &creds.password, "PLAIN").await

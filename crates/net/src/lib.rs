@@ -3,6 +3,7 @@
 //! wait for sessions in flight to drain).
 #![forbid(unsafe_code)]
 
+pub mod conn;
 pub mod limits;
 pub mod proxy;
 pub mod stream;
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use conn::{Line, LineConn, ReadError};
 pub use limits::{ConnLimiter, ConnPermit, Refusal};
 pub use stream::{MailStream, TlsInfo};
 pub use tokio_rustls::TlsAcceptor;

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use postern_auth::{AuthOutcome, LoginAttempt, Principal};
 use postern_config::Protocol;
-use postern_net::{ConnPermit, MailStream, Refusal, TlsAcceptor, TlsInfo};
+use postern_net::{ConnPermit, LineConn, Refusal, TlsAcceptor, TlsInfo};
 use postern_store::MessageMeta;
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -26,85 +25,41 @@ enum Line {
     Closed,
 }
 
-struct Conn {
-    stream: Option<MailStream>,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-}
+/// The shared line-protocol connection (`postern-net`), read in 4 KiB steps.
+struct Conn(LineConn);
 
 impl Conn {
     fn send(&mut self, s: &str) {
-        self.out.extend_from_slice(s.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
+        self.0.line(s);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let Some(s) = self.stream.as_mut() else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        if !self.out.is_empty() {
-            s.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        s.flush().await
+        self.0.flush().await
     }
 
+    /// One command line of at most [`MAX_LINE`] octets, all of it within `idle`.
     async fn read_line(&mut self, idle: Duration) -> Line {
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
-                if line.len() > MAX_LINE {
-                    return Line::TooLong;
-                }
-                return Line::Text(line);
-            }
-            if self.buf.len() > MAX_LINE {
-                return Line::TooLong;
-            }
-            let Some(s) = self.stream.as_mut() else {
-                return Line::Closed;
-            };
-            // Into the buffer's spare capacity, not through an array that would live (zeroed)
-            // in every session's future while it waits.
-            self.buf.reserve(4096);
-            match tokio::time::timeout(idle, s.read_buf(&mut self.buf)).await {
-                Err(_) => return Line::Timeout,
-                Ok(Ok(0)) | Ok(Err(_)) => return Line::Closed,
-                Ok(Ok(_)) => {}
-            }
+        match self.0.read_line(MAX_LINE, idle).await {
+            Ok(postern_net::Line::Ok(l)) => Line::Text(l),
+            Ok(postern_net::Line::TooLong | postern_net::Line::Endless) => Line::TooLong,
+            Err(postern_net::ReadError::Timeout) => Line::Timeout,
+            Err(_) => Line::Closed,
         }
     }
 
     async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> std::io::Result<()> {
-        self.flush().await?;
-        // Drop plaintext pipelined after STLS (command injection, CVE-2011-0411 and kin).
-        self.buf.clear();
-        let stream = self.stream.take().ok_or(std::io::ErrorKind::NotConnected)?;
-        let tcp = stream
-            .into_plain()
-            .map_err(|_| std::io::Error::other("TLS is already active"))?;
-        let tls = tokio::time::timeout(
-            Duration::from_secs(10),
-            MailStream::accept_tls(tcp, acceptor),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        self.stream = Some(tls);
-        Ok(())
+        self.0
+            .start_tls(acceptor, Duration::from_secs(10))
+            .await
+            .map(|_| ())
     }
 
-    /// After [`Conn::shutdown`]: see `MailStream::linger`.
     async fn linger(&mut self) {
-        if let Some(s) = self.stream.as_mut() {
-            s.linger().await;
-        }
+        self.0.linger().await;
     }
 
     async fn shutdown(&mut self) {
-        let _ = self.flush().await;
-        if let Some(s) = self.stream.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
-        }
+        self.0.shutdown().await;
     }
 }
 
@@ -192,11 +147,7 @@ pub async fn handle_connection(
         srv,
         protocol,
         peer,
-        conn: Conn {
-            stream: Some(stream),
-            buf: Vec::new(),
-            out: Vec::new(),
-        },
+        conn: Conn(LineConn::new(stream, 4096)),
         tls,
         user: None,
         principal: None,
@@ -459,7 +410,7 @@ impl Session {
                     _ => data,
                 };
                 self.conn.send(&format!("+OK {size} octets"));
-                multiline(&mut self.conn.out, &body);
+                multiline(self.conn.0.out(), &body);
                 if self.conn.flush().await.is_err() {
                     return Flow::Close;
                 }
@@ -539,7 +490,7 @@ impl Session {
                 self.conn.send("+OK Begin TLS negotiation");
                 match self.conn.start_tls(&self.srv.tls).await {
                     Ok(()) => {
-                        self.tls = self.conn.stream.as_ref().and_then(|s| s.tls_info());
+                        self.tls = self.conn.0.tls_info();
                         self.user = None;
                         Flow::Continue
                     }
@@ -575,29 +526,37 @@ impl Session {
                 if !mech.eq_ignore_ascii_case("PLAIN") {
                     return self.err("Unsupported mechanism");
                 }
-                let resp = match ir {
-                    Some(r) => r.into_bytes(),
-                    None => {
-                        self.conn.send("+ ");
-                        if self.conn.flush().await.is_err() {
-                            return Flow::Close;
-                        }
-                        match self.conn.read_line(self.idle()).await {
-                            Line::Text(l) => l,
-                            _ => return Flow::Close,
+                // The SASL exchange shared with SMTP and IMAP, framed as `+ challenge` (RFC 5034).
+                use postern_auth::sasl::{Exchange, Mechanism, SaslError, Step};
+                let fail = |s: &mut Self, e: SaslError| match e {
+                    SaslError::Cancelled => s.err("Authentication cancelled"),
+                    SaslError::Base64 => s.err("Invalid base64"),
+                    SaslError::Malformed => s.err("Malformed PLAIN response"),
+                };
+                let initial = ir.map(String::into_bytes);
+                let (mut ex, mut step) = match Exchange::start(Mechanism::Plain, initial.as_deref())
+                {
+                    Ok(x) => x,
+                    Err(e) => return fail(self, e),
+                };
+                let creds = loop {
+                    match step {
+                        Step::Done(c) => break c,
+                        Step::Challenge(ch) => {
+                            self.conn.send(&format!("+ {ch}"));
+                            if self.conn.flush().await.is_err() {
+                                return Flow::Close;
+                            }
+                            let line = match self.conn.read_line(self.idle()).await {
+                                Line::Text(l) => l,
+                                _ => return Flow::Close,
+                            };
+                            step = match ex.step(&line) {
+                                Ok(s) => s,
+                                Err(e) => return fail(self, e),
+                            };
                         }
                     }
-                };
-                let decoded = match postern_auth::sasl::decode_response(&resp) {
-                    Ok(d) => d,
-                    Err(postern_auth::sasl::SaslError::Cancelled) => {
-                        return self.err("Authentication cancelled")
-                    }
-                    Err(_) => return self.err("Invalid base64"),
-                };
-                let creds = match postern_auth::sasl::decode_plain(&decoded) {
-                    Ok(c) => c,
-                    Err(_) => return self.err("Malformed PLAIN response"),
                 };
                 let user = creds.username.clone();
                 self.login(&user, &creds.password, "PLAIN").await

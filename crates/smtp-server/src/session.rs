@@ -17,7 +17,6 @@ use postern_auth::{AuthOutcome, LoginAttempt, Principal};
 use postern_config::Protocol;
 use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
-use secrecy::SecretString;
 use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +115,7 @@ pub async fn handle_connection(
         kind,
         peer,
         id: new_id(),
-        conn: Conn::new(stream),
+        conn: Conn::new(stream, crate::conn::READ_CHUNK),
         shutdown,
         helo: None,
         esmtp: false,
@@ -439,40 +438,31 @@ impl Session {
         }
     }
 
+    /// The SASL exchange (the one shared with IMAP and POP3), framed as `334 challenge` lines.
     async fn sasl_credentials(&mut self, mechanism: u64, ir: String) -> Result<Credentials, Flow> {
         let decode_err = |s: &mut Self, e: sasl::SaslError| match e {
             sasl::SaslError::Cancelled => s.error("501 5.0.0 Authentication cancelled"),
             _ => s.error("501 5.5.2 Cannot decode the authentication response"),
         };
-        if mechanism == AUTH_PLAIN {
-            let raw = if ir.is_empty() {
-                self.conn.reply("334 ");
-                self.read_auth_line().await?
-            } else {
-                ir.into_bytes()
-            };
-            let decoded = sasl::decode_response(&raw).map_err(|e| decode_err(self, e))?;
-            sasl::decode_plain(&decoded).map_err(|e| decode_err(self, e))
+        let mech = if mechanism == AUTH_PLAIN {
+            sasl::Mechanism::Plain
         } else {
-            // LOGIN: user name (possibly as initial response), then password.
-            let user_raw = if ir.is_empty() {
-                self.conn.reply("334 VXNlcm5hbWU6");
-                self.read_auth_line().await?
-            } else {
-                ir.into_bytes()
-            };
-            let user = sasl::decode_response(&user_raw)
-                .and_then(|d| sasl::decode_login_field(&d))
-                .map_err(|e| decode_err(self, e))?;
-            self.conn.reply("334 UGFzc3dvcmQ6");
-            let pass_raw = self.read_auth_line().await?;
-            let pass = sasl::decode_response(&pass_raw)
-                .and_then(|d| sasl::decode_login_field(&d))
-                .map_err(|e| decode_err(self, e))?;
-            Ok(Credentials {
-                username: user,
-                password: SecretString::from(pass),
-            })
+            sasl::Mechanism::Login
+        };
+        let initial = (!ir.is_empty()).then(|| ir.into_bytes());
+        let (mut ex, mut step) = match sasl::Exchange::start(mech, initial.as_deref()) {
+            Ok(x) => x,
+            Err(e) => return Err(decode_err(self, e)),
+        };
+        loop {
+            match step {
+                sasl::Step::Done(c) => return Ok(c),
+                sasl::Step::Challenge(ch) => {
+                    self.conn.reply(&format!("334 {ch}"));
+                    let line = self.read_auth_line().await?;
+                    step = ex.step(&line).map_err(|e| decode_err(self, e))?;
+                }
+            }
         }
     }
 
