@@ -2,21 +2,19 @@
 #![forbid(unsafe_code)]
 
 mod actor;
-mod admin;
-mod admins;
 mod api;
-mod apps;
 mod backend;
 mod banpolicy;
 mod cli;
+mod datadir;
 mod dkim;
 mod keys;
 mod ops;
 mod password;
 mod roles;
-mod secret_cli;
 mod serve;
 mod twofactor;
+mod util;
 
 use std::process::ExitCode;
 

@@ -90,6 +90,37 @@ pub fn allows(role: Role, perm: Perm) -> bool {
     }
 }
 
+/// Checks a role's domain list: a domain-admin needs at least one local domain; other roles none.
+pub async fn check_role_domains(
+    store: &postern_store::Store,
+    role: Role,
+    domains: &[String],
+) -> anyhow::Result<Vec<String>> {
+    if role != Role::DomainAdmin {
+        if !domains.is_empty() {
+            anyhow::bail!("only a domain-admin has domains");
+        }
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for d in domains {
+        let d =
+            postern_types::Domain::parse(d).map_err(|_| anyhow::anyhow!("invalid domain {d:?}"))?;
+        if !store.is_local_domain(d.as_str()).await? {
+            anyhow::bail!("{d} is not a local domain");
+        }
+        out.push(d.as_str().to_owned());
+    }
+    if out.is_empty() {
+        anyhow::bail!("a domain-admin needs at least one domain");
+    }
+    Ok(out)
+}
+
+pub fn valid_admin_name(n: &str) -> bool {
+    crate::ops::applications::valid_name(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,49 +36,6 @@ pub fn init_logging(cfg: &Config, format: Option<LogFormat>) {
     let _ = res;
 }
 
-/// What this process is, for the data directory's lock file ("serve", "user add" …); set once
-/// by the command line.
-pub static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Opens the store for a CLI command. If no server runs on this data directory, the command holds
-/// its lock while it runs (and may bring the schema up to date); beside a running server it works
-/// through the database as before, but never migrates.
-pub async fn open_store(cfg: &Config) -> Result<Store> {
-    let store = open_store_plain(cfg).await?;
-    // The audit chain's key, so that what this command records is chained like the server's
-    // rows. Without the master key, reading still works; recording fails closed.
-    let keyed = match crate::keys::Keys::load(cfg, &store).await {
-        Ok(k) => k.load_audit_key().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = keyed {
-        eprintln!(
-            "postern: warning: the master key could not be opened ({e:#}); nothing can be recorded in the audit log, so changes will fail \
-             (a master key that was changed in the configuration must be rotated to: `postern secret rotate-master-key --to REF`)"
-        );
-    }
-    Ok(store)
-}
-
-/// [`open_store`] without opening the master key (for `check-config`, which says what it finds
-/// instead of creating anything).
-pub async fn open_store_plain(cfg: &Config) -> Result<Store> {
-    let db = cfg.path(&cfg.storage.database);
-    let blobs = cfg.path(&cfg.storage.blobs);
-    let what = COMMAND.get().map_or("cli", String::as_str);
-    let ctx = || format!("opening the database {}", db.display());
-    match postern_store::lock::DataLock::exclusive(&db, what) {
-        Ok(lock) => Ok(Store::open(&db, &blobs)
-            .await
-            .with_context(ctx)?
-            .with_lock(lock)),
-        Err(postern_store::lock::LockError::Held { .. }) => Store::open_beside_server(&db, &blobs)
-            .await
-            .with_context(ctx),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Opens the store for `serve`/`demo`: the data directory's lock first (a second server on the
 /// same directory stops here, before it touches anything), then migrations.
 async fn open_store_exclusive(cfg: &Config, what: &str) -> Result<Store> {
@@ -99,9 +56,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // Installed first: a SIGTERM that arrives while the server is still starting is kept and
     // handled as a graceful stop once it is up, instead of killing the process.
     let signals = Signals::install()?;
-    let store = open_store_exclusive(&cfg, COMMAND.get().map_or("serve", String::as_str))
-        .await?
-        .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
+    let store = open_store_exclusive(
+        &cfg,
+        crate::datadir::COMMAND
+            .get()
+            .map_or("serve", String::as_str),
+    )
+    .await?
+    .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
     let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
     // Blob files a crash left without a database row (written, never committed) are removed in
     // the background; files written by this process are never touched.
@@ -164,7 +126,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             loop {
                 tick.tick().await;
                 guard.sync_bans().await;
-                if let Err(e) = crate::apps::retire_previous_secrets(&store).await {
+                if let Err(e) = crate::ops::applications::retire_previous_secrets(&store).await {
                     tracing::warn!(error = %e, "retiring rotated application secrets failed");
                 }
                 n += 1;

@@ -14,36 +14,6 @@ pub struct AdminReq {
     domains: Vec<String>,
 }
 
-/// Checks a role's domain list: a domain-admin needs at least one local domain; other roles none.
-pub async fn check_role_domains(
-    store: &Store,
-    role: Role,
-    domains: &[String],
-) -> anyhow::Result<Vec<String>> {
-    if role != Role::DomainAdmin {
-        if !domains.is_empty() {
-            anyhow::bail!("only a domain-admin has domains");
-        }
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for d in domains {
-        let d = Domain::parse(d).map_err(|_| anyhow::anyhow!("invalid domain {d:?}"))?;
-        if !store.is_local_domain(d.as_str()).await? {
-            anyhow::bail!("{d} is not a local domain");
-        }
-        out.push(d.as_str().to_owned());
-    }
-    if out.is_empty() {
-        anyhow::bail!("a domain-admin needs at least one domain");
-    }
-    Ok(out)
-}
-
-pub fn valid_admin_name(n: &str) -> bool {
-    crate::apps::valid_name(n)
-}
-
 pub(super) async fn list_admins(State(st): St, c: Caller) -> ApiResult<axum::Json<Value>> {
     c.may(Perm::ManageAdmins)?;
     Ok(axum::Json(json!(st.store.list_admins().await?)))
@@ -55,13 +25,13 @@ pub(super) async fn add_admin(
     Body(req): Body<AdminReq>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::ManageAdmins)?;
-    if !valid_admin_name(&req.name) {
+    if !crate::roles::valid_admin_name(&req.name) {
         return Err(ApiError::Unprocessable(format!(
             "invalid administrator name {:?}",
             req.name
         )));
     }
-    let domains = check_role_domains(&st.store, req.role, &req.domains).await?;
+    let domains = crate::roles::check_role_domains(&st.store, req.role, &req.domains).await?;
     let pw = crate::password::generate();
     let cfg = st.cfg.clone();
     let pw2 = pw.clone();
@@ -143,7 +113,7 @@ pub(super) async fn add_api_key(
     Body(req): Body<ApiKeyReq>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::ManageAdmins)?;
-    if !valid_admin_name(&req.name) {
+    if !crate::roles::valid_admin_name(&req.name) {
         return Err(ApiError::Unprocessable(format!(
             "invalid API key name {:?}",
             req.name
@@ -154,7 +124,7 @@ pub(super) async fn add_api_key(
             "expires_in must be between 1 and 63072000 seconds (API keys always expire)".into(),
         ));
     }
-    let domains = check_role_domains(&st.store, req.role, &req.domains).await?;
+    let domains = crate::roles::check_role_domains(&st.store, req.role, &req.domains).await?;
     let key = new_token("pak_");
     let expires_at = postern_store::now() + req.expires_in as i64;
     st.store

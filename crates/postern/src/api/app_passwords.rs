@@ -52,7 +52,7 @@ pub(super) async fn create_app_password(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::IssueSecrets)?;
     let (a, _) = scoped_account(&st, &c, &address).await?;
-    let (protocols, networks, expires_at, secret) = crate::admin::create_app_password(
+    let (protocols, networks, expires_at, secret) = crate::ops::app_passwords::create(
         &st.store,
         &c.actor,
         &a,
@@ -77,15 +77,7 @@ pub(super) async fn revoke_app_password(
     Seg2(address, name): Seg2,
 ) -> ApiResult<StatusCode> {
     c.may(Perm::RevokeAppPasswords)?;
-    let (a, info) = scoped_account(&st, &c, &address).await?;
-    st.store.revoke_app_password(info.id, &name).await?;
-    record(
-        &st.store,
-        &c.actor,
-        "app_password_revoked",
-        a.as_str(),
-        &format!("name={name}"),
-    )
-    .await?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    crate::ops::app_passwords::revoke(&st.store, &c.actor, &a, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

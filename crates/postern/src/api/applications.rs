@@ -54,14 +54,14 @@ pub(super) fn with_secret(
 pub(super) async fn create_application(
     State(st): St,
     c: Caller,
-    Body(req): Body<crate::apps::CreateRequest>,
+    Body(req): Body<crate::ops::applications::CreateRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::IssueSecrets)?;
     for e in &req.allow_from {
         let d = e.rsplit_once('@').map_or(e.as_str(), |(_, d)| d);
         c.scope(d)?;
     }
-    let (info, secret) = crate::apps::create(&st.store, &c.actor, &req).await?;
+    let (info, secret) = crate::ops::applications::create(&st.store, &c.actor, &req).await?;
     Ok((StatusCode::CREATED, axum::Json(with_secret(&info, &secret))))
 }
 
@@ -84,7 +84,8 @@ pub(super) async fn rotate_application(
 ) -> ApiResult<axum::Json<Value>> {
     c.may(Perm::IssueSecrets)?;
     scoped_app(&st, &c, &name).await?;
-    let (info, secret) = crate::apps::rotate(&st.store, &c.actor, &name, req.grace_secs).await?;
+    let (info, secret) =
+        crate::ops::applications::rotate(&st.store, &c.actor, &name, req.grace_secs).await?;
     Ok(axum::Json(with_secret(&info, &secret)))
 }
 
@@ -95,6 +96,6 @@ pub(super) async fn remove_application(
 ) -> ApiResult<StatusCode> {
     c.may(Perm::IssueSecrets)?;
     scoped_app(&st, &c, &name).await?;
-    crate::apps::remove(&st.store, &c.actor, &name).await?;
+    crate::ops::applications::remove(&st.store, &c.actor, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

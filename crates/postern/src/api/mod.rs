@@ -359,7 +359,6 @@ mod session;
 mod users;
 
 use admins::*;
-pub use admins::{check_role_domains, valid_admin_name};
 use app_passwords::*;
 use applications::*;
 use audit::*;

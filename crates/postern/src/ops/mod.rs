@@ -3,12 +3,14 @@
 //! of them takes a change without an [`Actor`](crate::actor::Actor), so an unaudited change
 //! cannot be written by accident.
 //!
-//! One file per resource: domains, accounts, aliases, bans, queue. (Application credentials,
-//! administrators, secrets and DKIM keys have their operations in `apps`, `admins`,
-//! `secret_cli` and `dkim`, which record their events the same way.)
+//! One file per resource: domains, accounts, aliases, app passwords, applications, bans, queue.
+//! (Administrators, secrets and DKIM keys record their events the same way from `cli/admins`,
+//! `api/admins`, `cli/secret` and `dkim`.)
 
 pub mod accounts;
 pub mod aliases;
+pub mod app_passwords;
+pub mod applications;
 pub mod bans;
 pub mod domains;
 pub mod queue;

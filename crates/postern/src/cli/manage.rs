@@ -1,24 +1,20 @@
-//! Administrative commands run from the host shell: init, demo, domain, user, alias, queue.
-//! They work on the database directly, also while the server runs (SQLite WAL allows it).
-
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+//! Everyday administration from the host shell: domains, accounts, aliases, app passwords, the
+//! queue, bans and the audit log. Every change goes through `ops` (validated and audited there).
 
 use anyhow::{bail, Context, Result};
-use postern_config::{Config, LogFormat};
+use postern_config::Config;
 use postern_types::{Domain, EmailAddress};
 use secrecy::ExposeSecret;
 
+use super::args::{AliasCmd, DomainCmd, QueueCmd, UserCmd};
 use crate::actor::Actor;
-use crate::cli::{AliasCmd, DomainCmd, QueueCmd, UserCmd};
+use crate::datadir::open_store;
 use crate::ops;
 use crate::password;
-use crate::serve::open_store;
+use crate::util::parse_duration;
 
 fn date(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| t.to_string())
+    crate::util::date(t)
 }
 
 fn address(s: &str) -> Result<EmailAddress> {
@@ -27,294 +23,6 @@ fn address(s: &str) -> Result<EmailAddress> {
 
 fn domain_arg(s: &str) -> Result<Domain> {
     Domain::parse(s).with_context(|| format!("invalid domain {s:?}"))
-}
-
-/// `postern init`: config file, database with the first domain, self-signed certificate.
-pub async fn init(
-    dir: &Path,
-    domain: &str,
-    hostname: Option<&str>,
-    ip: IpAddr,
-    port_offset: u16,
-) -> Result<Config> {
-    let domain = domain_arg(domain)?;
-    let hostname = hostname
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("mail.{domain}"));
-    Domain::parse(&hostname).with_context(|| format!("invalid --hostname {hostname:?}"))?;
-    if port_offset > 65535 - 8080 {
-        bail!("--port-offset {port_offset} would push ports past 65535");
-    }
-    let config_path = dir.join("postern.toml");
-    if config_path.exists() {
-        bail!(
-            "{} already exists; refusing to overwrite it",
-            config_path.display()
-        );
-    }
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let text = postern_config::initial_config_text(&hostname, ip, port_offset);
-    std::fs::write(&config_path, text)
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    let cfg = Config::load(&config_path)?;
-    let (cert, key) = (cfg.path(&cfg.tls.cert), cfg.path(&cfg.tls.key));
-    let fingerprint = if cert.exists() {
-        None
-    } else {
-        Some(postern_net::tls::generate_self_signed(
-            &hostname, &cert, &key,
-        )?)
-    };
-    if let Some(p) = cfg.secrets.master_key.strip_prefix("file:") {
-        let path = cfg.path(Path::new(p));
-        if !path.exists() {
-            postern_secrets::MasterKey::generate_file(&path)?;
-        }
-    }
-    // Nothing is sealed yet: the master key can still be changed in the configuration before
-    // the first account (which seals the audit chain's key) without a rotation.
-    let store = crate::serve::open_store_plain(&cfg).await?;
-    store.add_domain(&domain).await?;
-    store.close().await;
-    println!("Initialised {}", dir.display());
-    println!("  config:   {}", config_path.display());
-    println!("  domain:   {domain}");
-    println!(
-        "  hostname: {hostname} (self-signed certificate in {})",
-        cert.display()
-    );
-    if let Some(fp) = fingerprint {
-        println!("  certificate SHA-256 fingerprint (to pin in a mail client):");
-        println!("    {fp}");
-    }
-    for l in &cfg.listeners {
-        println!("  listener: {:<12} {}", l.protocol.name(), l.address);
-    }
-    if let Some(a) = cfg.admin.listen {
-        println!("  listener: {:<12} https://{a}/api/v1", "admin API");
-    }
-    Ok(cfg)
-}
-
-/// `postern init` from the command line: the data directory, then what to do next.
-pub async fn init_cli(
-    dir: &Path,
-    domain: &str,
-    hostname: Option<&str>,
-    ip: IpAddr,
-    port_offset: u16,
-) -> Result<()> {
-    init(dir, domain, hostname, ip, port_offset).await?;
-    let me = self_path();
-    println!("No account exists yet. Create one with:");
-    println!(
-        "  {me} --dir {} user add postmaster@{}",
-        dir.display(),
-        domain.to_ascii_lowercase()
-    );
-    println!("Then start the server with:");
-    println!("  {me} --dir {} serve", dir.display());
-    Ok(())
-}
-
-/// How to call this very binary in a printed hint: `postern` when that is what `PATH` finds,
-/// else the full path (after `cargo build` the binary is not on `PATH`).
-pub fn self_path() -> String {
-    let exe = std::env::current_exe().ok();
-    let on_path = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            let c = d.join("postern");
-            c.is_file()
-                && exe.as_ref().is_some_and(|e| {
-                    std::fs::canonicalize(&c).ok() == std::fs::canonicalize(e).ok()
-                })
-        })
-    });
-    match exe {
-        Some(e) if !on_path => e.display().to_string(),
-        _ => "postern".to_owned(),
-    }
-}
-
-/// `postern check-config`: loads what `serve` loads, binds nothing, and says what it found.
-pub async fn check_config(cfg: &Config) -> Result<()> {
-    let (cert, key) = (cfg.path(&cfg.tls.cert), cfg.path(&cfg.tls.key));
-    postern_net::tls::load_acceptor(&cert, &key)?;
-    let (fp, not_after) = postern_net::tls::certificate_summary(&cert)?;
-    let days = (not_after - postern_store::now()) / 86400;
-    if days < 0 {
-        bail!(
-            "the TLS certificate {} expired on {}",
-            cert.display(),
-            date(not_after)
-        );
-    }
-    for l in &cfg.listeners {
-        crate::serve::parse_cidrs(&l.allow)
-            .and_then(|_| crate::serve::parse_cidrs(&l.deny))
-            .and_then(|_| crate::serve::parse_cidrs(&l.proxy_from))
-            .with_context(|| format!("listener {}", l.address))?;
-    }
-    crate::serve::guard_config(cfg)?;
-    postern_auth::Argon2Hasher::new(
-        cfg.auth.argon2_memory_kib,
-        cfg.auth.argon2_iterations,
-        cfg.auth.argon2_parallelism,
-    )
-    .context("auth.argon2_* settings")?;
-    if let Some(f) = &cfg.password_policy.breached_passwords_file {
-        let f = cfg.path(f);
-        std::fs::metadata(&f)
-            .with_context(|| format!("password_policy.breached_passwords_file {}", f.display()))?;
-    }
-    let store = crate::serve::open_store_plain(cfg).await?;
-    // The master key: the server fails closed without it. A missing key file with nothing sealed
-    // yet is made by `serve`; that is said, not done, here.
-    let master = &cfg.secrets.master_key;
-    let missing_file = master
-        .strip_prefix("file:")
-        .map(|p| cfg.path(Path::new(p)))
-        .filter(|p| !p.exists());
-    let keys = match missing_file {
-        Some(p) if store.sealed_rows().await?.is_empty() => {
-            println!(
-                "  master key: {} does not exist yet; `serve` will create it",
-                p.display()
-            );
-            None
-        }
-        Some(p) => bail!(
-            "the master key file {} is missing, and sealed secrets need it",
-            p.display()
-        ),
-        None => Some(crate::keys::Keys::load(cfg, &store).await?),
-    };
-    if let Some(keys) = &keys {
-        for r in &cfg.relays {
-            if let Some(pw) = &r.password {
-                keys.resolve(pw, &format!("check-config: relay {}", r.host))
-                    .await
-                    .with_context(|| format!("relay {}: password {pw}", r.host))?;
-            }
-        }
-    }
-    store.close().await;
-    println!("{}: ok", cfg.file.display());
-    println!(
-        "  certificate {} (SHA-256 {fp}), valid until {} ({days} days)",
-        cert.display(),
-        date(not_after)
-    );
-    if keys.is_some() {
-        println!("  master key: {} opens", master);
-    }
-    for l in &cfg.listeners {
-        println!("  listener {:<12} {}", l.protocol.name(), l.address);
-    }
-    if let Some(a) = cfg.admin.listen {
-        println!("  listener {:<12} {a}", "admin API");
-    }
-    Ok(())
-}
-
-/// `postern demo`: a throw-away server to look at, in one command.
-pub async fn demo(dir: Option<PathBuf>, format: Option<LogFormat>) -> Result<()> {
-    // A directory of its own is removed when the demo stops; one given with --dir is kept.
-    let (dir, throwaway) = match dir {
-        Some(d) => (d, false),
-        None => (
-            std::env::temp_dir().join(format!("postern-demo-{}", hex_id())),
-            true,
-        ),
-    };
-    let res = demo_in(&dir, throwaway, format).await;
-    if throwaway {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!(
-                "postern: warning: could not remove the demo directory {}: {e}",
-                dir.display()
-            );
-        }
-    }
-    res
-}
-
-async fn demo_in(dir: &Path, throwaway: bool, format: Option<LogFormat>) -> Result<()> {
-    let cfg = init(
-        dir,
-        "example.test",
-        Some("mail.example.test"),
-        "127.0.0.1".parse()?,
-        10000,
-    )
-    .await?;
-    let user = address("demo@example.test")?;
-    let pw = password::generate();
-    let hash = password::check_and_hash(&cfg, &pw, user.as_str())?;
-    let store = open_store(&cfg).await?;
-    store.add_account(&user, &hash).await?;
-    store.close().await;
-    // releases the data directory's lock before the server takes it
-    drop(store);
-    let port = |p: postern_config::Protocol| {
-        cfg.listeners
-            .iter()
-            .find(|l| l.protocol == p)
-            .map(|l| l.address.port())
-            .unwrap_or(0)
-    };
-    let banner = format!(
-        "\n==================== Postern demo ====================\n\
-         user:     {user}\n\
-         password: {}   (shown once; not stored in clear anywhere)\n\
-         SMTP (MX, no auth)         127.0.0.1:{}\n\
-         submission (STARTTLS+AUTH) 127.0.0.1:{}\n\
-         submissions (TLS+AUTH)     127.0.0.1:{}\n\
-         IMAP (STARTTLS) / IMAPS    127.0.0.1:{} / {}\n\
-         POP3 (STLS) / POP3S        127.0.0.1:{} / {}\n\
-         admin API (HTTPS)          {} (first: {} --dir {} admin bootstrap)\n\
-         data directory: {}{}\n\
-         Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
-         \x20      --from {user} --to {user}\n\
-         Then: curl -k --user '{user}:<password>' 'imaps://127.0.0.1:{}/INBOX;MAILINDEX=1'\n\
-         Stop with Ctrl-C.\n\
-         ======================================================",
-        pw.expose_secret(),
-        port(postern_config::Protocol::Smtp),
-        port(postern_config::Protocol::Submission),
-        port(postern_config::Protocol::Submissions),
-        port(postern_config::Protocol::Imap),
-        port(postern_config::Protocol::Imaps),
-        port(postern_config::Protocol::Pop3),
-        port(postern_config::Protocol::Pop3s),
-        cfg.admin
-            .listen
-            .map_or("off".to_owned(), |a| format!("https://{a}/api/v1")),
-        self_path(),
-        dir.display(),
-        dir.display(),
-        if throwaway {
-            " (removed when the demo stops)"
-        } else {
-            ""
-        },
-        port(postern_config::Protocol::Submission),
-        port(postern_config::Protocol::Imaps),
-    );
-    drop(pw);
-    crate::serve::serve(cfg, format, Some(banner)).await
-}
-
-fn hex_id() -> String {
-    let b: [u8; 4] = rand::random();
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
@@ -438,7 +146,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             }
         }
         UserCmd::TwoFa(c) => {
-            crate::twofactor::cli(cfg, &store, c).await?;
+            super::twofactor::cli(cfg, &store, c).await?;
         }
         UserCmd::ExpirePassword { address: a } => {
             let a = address(a)?;
@@ -627,26 +335,8 @@ pub async fn queue(cfg: &Config, cmd: &QueueCmd) -> Result<()> {
     Ok(())
 }
 
-/// "90s", "10m", "2h", "7d", or plain seconds.
-pub fn parse_duration(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (n, mult) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        Some('d') => (&s[..s.len() - 1], 86400),
-        Some('y') => (&s[..s.len() - 1], 365 * 86400),
-        _ => (s, 1),
-    };
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("invalid duration {s:?} (use e.g. 90s, 10m, 2h, 7d)"))?;
-    n.checked_mul(mult)
-        .with_context(|| format!("duration {s:?} is too long"))
-}
-
-pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
-    use crate::cli::BanCmd;
+pub async fn ban(cfg: &Config, cmd: &super::args::BanCmd) -> Result<()> {
+    use super::args::BanCmd;
     use postern_auth::guard::Cidr;
     let store = open_store(cfg).await?;
     let target = |t: &str| Cidr::parse(t).map_err(anyhow::Error::msg);
@@ -704,8 +394,8 @@ pub async fn ban(cfg: &Config, cmd: &crate::cli::BanCmd) -> Result<()> {
     Ok(())
 }
 
-pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()> {
-    use crate::cli::AuditLogCmd;
+pub async fn audit_log(cfg: &Config, cmd: &super::args::AuditLogCmd) -> Result<()> {
+    use super::args::AuditLogCmd;
     let store = open_store(cfg).await?;
     match cmd {
         AuditLogCmd::Verify { checkpoint } => {
@@ -805,54 +495,8 @@ pub async fn audit_log(cfg: &Config, cmd: &crate::cli::AuditLogCmd) -> Result<()
     Ok(())
 }
 
-/// Creates an app password (shared by the CLI and the API); returns its normalised scope and
-/// the secret, which is shown once. Audited as `app_password_created`.
-pub async fn create_app_password(
-    store: &postern_store::Store,
-    actor: &crate::actor::Actor,
-    a: &EmailAddress,
-    name: &str,
-    protocols: &[String],
-    expires_in: Option<u64>,
-    from: &[String],
-) -> Result<(Vec<String>, Vec<String>, Option<i64>, secrecy::SecretString)> {
-    let info = store.account(a).await?;
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
-        bail!("invalid app password name {name:?}");
-    }
-    let mut protos: Vec<String> = Vec::new();
-    for p in protocols.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
-        if !matches!(p, "smtp" | "imap" | "pop3") {
-            bail!("unknown protocol {p:?} (use smtp, imap, pop3)");
-        }
-        if !protos.iter().any(|x| x == p) {
-            protos.push(p.to_owned());
-        }
-    }
-    if protos.is_empty() {
-        bail!("no protocol given (use smtp, imap, pop3)");
-    }
-    let nets = crate::apps::check_networks(from)?;
-    let expires_at =
-        expires_in.map(|e| postern_store::now().saturating_add(e.min(i64::MAX as u64 / 2) as i64));
-    let secret = password::generate();
-    let digest = postern_auth::app_password_digest(secret.expose_secret());
-    store
-        .add_app_password(info.id, name, &digest, &protos, &nets, expires_at)
-        .await?;
-    crate::actor::record(
-        store,
-        actor,
-        "app_password_created",
-        a.as_str(),
-        &format!("name={name} protocols={}", protos.join(",")),
-    )
-    .await?;
-    Ok((protos, nets, expires_at, secret))
-}
-
-pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Result<()> {
-    use crate::cli::AppPasswordCmd;
+pub async fn app_password(cfg: &Config, cmd: &super::args::AppPasswordCmd) -> Result<()> {
+    use super::args::AppPasswordCmd;
     let store = open_store(cfg).await?;
     match cmd {
         AppPasswordCmd::Create {
@@ -866,9 +510,16 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
             let a = address(a)?;
             let protos: Vec<String> = protocols.split(',').map(str::to_owned).collect();
             let expires_in = expires.as_deref().map(parse_duration).transpose()?;
-            let (protos, nets, expires_at, secret) =
-                create_app_password(&store, &Actor::cli(), &a, name, &protos, expires_in, from)
-                    .await?;
+            let (protos, nets, expires_at, secret) = ops::app_passwords::create(
+                &store,
+                &Actor::cli(),
+                &a,
+                name,
+                &protos,
+                expires_in,
+                from,
+            )
+            .await?;
             if *json {
                 let o = serde_json::json!({
                     "address": a.as_str(), "name": name, "secret": secret.expose_secret(),
@@ -917,16 +568,7 @@ pub async fn app_password(cfg: &Config, cmd: &crate::cli::AppPasswordCmd) -> Res
         }
         AppPasswordCmd::Revoke { address: a, name } => {
             let a = address(a)?;
-            let info = store.account(&a).await?;
-            store.revoke_app_password(info.id, name).await?;
-            crate::actor::record(
-                &store,
-                &Actor::cli(),
-                "app_password_revoked",
-                a.as_str(),
-                &format!("name={name}"),
-            )
-            .await?;
+            ops::app_passwords::revoke(&store, &Actor::cli(), &a, name).await?;
             println!("app password {name:?} of {a} revoked");
         }
     }

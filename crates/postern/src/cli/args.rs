@@ -1,12 +1,12 @@
-//! Command-line interface. Passwords are never accepted as arguments: only on standard input
+//! The command line's definition (clap): every command, its arguments and its help. Passwords are never accepted as arguments: only on standard input
 //! (`--password-stdin`) or at a prompt without echo.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use postern_config::{Config, LogFormat};
+use postern_config::Config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -499,85 +499,5 @@ impl Cli {
     pub fn load_config(&self) -> Result<Config> {
         let path = self.config_path();
         Config::load(&path).map_err(anyhow::Error::from)
-    }
-}
-
-/// "serve", "user add" …: the subcommand path, for the data directory's lock file.
-fn command_name() -> String {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut names = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a.starts_with('-') {
-            // a global option with a separate value
-            if matches!(a.as_str(), "--config" | "--dir" | "--log-format") {
-                i += 1;
-            }
-        } else if let Some(sub) = cmd.find_subcommand(a).cloned() {
-            names.push(a.clone());
-            cmd = sub;
-        } else {
-            break;
-        }
-        i += 1;
-    }
-    if names.is_empty() {
-        "cli".into()
-    } else {
-        names.join(" ")
-    }
-}
-
-pub async fn run(cli: Cli) -> Result<()> {
-    let _ = crate::serve::COMMAND.set(command_name());
-    let log_format = cli.log_format.map(|f| match f {
-        LogFormatArg::Text => LogFormat::Text,
-        LogFormatArg::Json => LogFormat::Json,
-    });
-    match &cli.command {
-        Command::Init {
-            dir,
-            domain,
-            hostname,
-            listen_ip,
-            port_offset,
-        } => crate::admin::init_cli(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
-            .await
-            .with_context(|| format!("init of {}", dir.display())),
-        Command::Serve => {
-            let cfg = cli.load_config()?;
-            crate::serve::serve(cfg, log_format, None).await
-        }
-        Command::Demo => crate::admin::demo(cli.dir.clone(), log_format).await,
-        Command::CheckConfig => {
-            let cfg = cli.load_config()?;
-            crate::admin::check_config(&cfg).await
-        }
-        Command::Domain(c) => crate::admin::domain(&cli.load_config()?, c).await,
-        Command::User(c) => crate::admin::user(&cli.load_config()?, c).await,
-        Command::Alias(c) => crate::admin::alias(&cli.load_config()?, c).await,
-        Command::Queue(c) => crate::admin::queue(&cli.load_config()?, c).await,
-        Command::Ban(c) => crate::admin::ban(&cli.load_config()?, c).await,
-        Command::AppPassword(c) => crate::admin::app_password(&cli.load_config()?, c).await,
-        Command::App(c) => crate::apps::run(&cli.load_config()?, c).await,
-        Command::Admin(c) => crate::admins::run(&cli.load_config()?, c).await,
-        Command::Secret(c) => crate::secret_cli::run(&cli.load_config()?, c).await,
-        Command::Dkim(c) => crate::dkim::cli(&cli.load_config()?, c).await,
-        Command::Dns { domain, json } => {
-            crate::dkim::dns_cli(&cli.load_config()?, domain, *json).await
-        }
-        Command::AuditLog(c) => crate::admin::audit_log(&cli.load_config()?, c).await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
     }
 }

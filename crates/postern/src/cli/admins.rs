@@ -5,10 +5,10 @@ use anyhow::{bail, Result};
 use postern_config::Config;
 use secrecy::ExposeSecret;
 
+use super::args::AdminCmd;
 use crate::actor::{record, Actor};
-use crate::cli::AdminCmd;
+use crate::datadir::open_store;
 use crate::roles::Role;
-use crate::serve::open_store;
 
 /// Creates an administrator with a generated password; returns the password (shown once).
 async fn create(
@@ -19,10 +19,10 @@ async fn create(
     role: Role,
     domains: &[String],
 ) -> Result<secrecy::SecretString> {
-    if !crate::api::valid_admin_name(name) {
+    if !crate::roles::valid_admin_name(name) {
         bail!("invalid administrator name {name:?}: use 1-64 of a-z 0-9 . _ -");
     }
-    let domains = crate::api::check_role_domains(store, role, domains).await?;
+    let domains = crate::roles::check_role_domains(store, role, domains).await?;
     let pw = crate::password::generate();
     let hash = crate::password::hash(cfg, &pw)?;
     store

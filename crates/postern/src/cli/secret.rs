@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use postern_config::Config;
 use zeroize::Zeroizing;
 
+use super::args::SecretCmd;
 use crate::actor::{record, Actor};
-use crate::cli::SecretCmd;
+use crate::datadir::open_store;
 use crate::keys::Keys;
-use crate::serve::open_store;
 
 fn date(t: i64) -> String {
     chrono::DateTime::from_timestamp(t, 0)
@@ -19,7 +19,7 @@ fn date(t: i64) -> String {
 
 /// Secret names: like application names, plus ':' is reserved for Postern's own.
 fn valid_name(n: &str) -> bool {
-    crate::apps::valid_name(n)
+    crate::ops::applications::valid_name(n)
 }
 
 /// Points `[secrets] master_key` of the config file at `reference`.
