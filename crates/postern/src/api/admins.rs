@@ -1,6 +1,6 @@
 //! Administrators and API keys.
 
-use super::*;
+use super::common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Administrators and API keys

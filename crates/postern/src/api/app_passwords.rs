@@ -1,6 +1,6 @@
 //! App passwords of mail accounts.
 
-use super::*;
+use super::common::*;
 
 // ---------------------------------------------------------------------------------------------
 // App passwords and applications

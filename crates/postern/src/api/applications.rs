@@ -1,6 +1,6 @@
 //! Application credentials (submission-only programs) and their rotation.
 
-use super::*;
+use super::common::*;
 
 pub(super) fn app_in_scope(c: &Caller, app: &postern_store::apps::ApplicationInfo) -> bool {
     app.allow_from.iter().all(|e| {

@@ -1,6 +1,6 @@
 //! The audit log, read-only.
 
-use super::*;
+use super::common::*;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,6 @@
 //! Bans of source addresses and networks.
 
-use super::*;
+use super::common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Bans and the audit log

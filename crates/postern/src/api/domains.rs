@@ -1,17 +1,9 @@
 //! Mail domains.
 
-use super::*;
+use super::common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Domains and users
-
-pub(super) fn parse_domain(s: &str) -> ApiResult<Domain> {
-    Domain::parse(s).map_err(|_| ApiError::Unprocessable(format!("invalid domain {s:?}")))
-}
-
-pub(super) fn parse_address(s: &str) -> ApiResult<EmailAddress> {
-    EmailAddress::parse(s).map_err(|_| ApiError::Unprocessable(format!("invalid address {s:?}")))
-}
 
 pub(super) async fn list_domains(State(st): St, c: Caller) -> ApiResult<axum::Json<Value>> {
     c.may(Perm::ReadDirectory)?;

@@ -1,7 +1,7 @@
 //! Logging in (password, then a second-factor code; enrolment at the first login), sessions,
 //! and an administrator's own password.
 
-use super::*;
+use super::common::*;
 
 // ---------------------------------------------------------------------------------------------
 // Login

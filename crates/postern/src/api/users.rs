@@ -1,6 +1,6 @@
 //! Mail accounts: listing, creation, passwords, status, unlock, second-factor reset.
 
-use super::*;
+use super::common::*;
 
 pub(super) async fn user_json(st: &ApiState, a: &postern_store::AccountInfo) -> ApiResult<Value> {
     let two_factor = st
@@ -27,20 +27,6 @@ pub(super) async fn list_users(State(st): St, c: Caller) -> ApiResult<axum::Json
         }
     }
     Ok(axum::Json(Value::Array(out)))
-}
-
-/// The account at `address`, if the caller may see it (out of scope looks like not found).
-pub(super) async fn scoped_account(
-    st: &ApiState,
-    c: &Caller,
-    address: &str,
-) -> ApiResult<(EmailAddress, postern_store::AccountInfo)> {
-    let a = parse_address(address)?;
-    if !c.in_scope(a.domain()) {
-        return Err(ApiError::Forbidden);
-    }
-    let info = st.store.account(&a).await?;
-    Ok((a, info))
 }
 
 pub(super) async fn get_user(
