@@ -1174,7 +1174,8 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          [imap]\nmax_append_size = 52428800\n\n\
          # Set enabled = false to switch POP3 off everywhere (prefer IMAP).\n\
          [pop3]\nenabled = true\n\n\
-         # The master key seals TOTP seeds (and later relay passwords and DKIM keys).\n\
+         # The master key seals TOTP seeds, relay passwords, DKIM keys and the audit chain's key.\n\
+         # Choose it before the first account; to change it later: postern secret rotate-master-key.\n\
          [secrets]\nmaster_key = \"file:master.key\"\n\n",
     );
     let admin_port = 8080u16.saturating_add(port_offset);

@@ -1,4 +1,10 @@
-//! The `postern` binary: command line, start-up, wiring, signals and graceful shutdown.
+//! The `postern` binary. Where things live:
+//! `cli/` the command line (`args` defines it, one file per group of commands), `api/` the
+//! admin HTTP API (one file per resource), `ops/` every administrative operation (validate,
+//! change, audit with its actor: the only way CLI and API change state), `serve` the wiring,
+//! signals and graceful shutdown, `datadir` opening a data directory (lock, store, audit key),
+//! `keys` the master key and sealed secrets, `dkim` signing and DNS records, `twofactor` TOTP
+//! and recovery codes, `roles`/`banpolicy` who may do what, `actor` who did it.
 #![forbid(unsafe_code)]
 
 mod actor;
@@ -21,7 +27,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // One TLS crypto provider for the whole process (see CRATES.md: ring only).
+    // One TLS crypto provider for the whole process: ring only (aws-lc-rs is kept out of the
+    // dependency tree; tests/run.sh and deny.toml check it).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // No core dumps: a dump would hold passwords in flight and opened secrets.
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
