@@ -1,0 +1,200 @@
+//! Mail flow: durable local delivery and queueing (blob fsynced, then the row committed), and
+//! the start-up sweep of blobs a crash left without a row.
+
+use sqlx::Row;
+
+use postern_types::EmailAddress;
+
+use crate::{now, QueueEntry, Result, Store, StoreError};
+
+impl Store {
+    /// The account that receives mail for `address` (an account address or an alias), if any.
+    /// Disabled accounts still receive mail (disabling stops logins, not delivery).
+    pub async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT id FROM accounts WHERE address = ?1 UNION ALL SELECT account_id FROM aliases WHERE address = ?1 LIMIT 1",
+        )
+        .bind(address.as_str())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    /// The addresses an account may send as: its own and its aliases.
+    pub async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT address FROM accounts WHERE id = ?1 UNION ALL SELECT address FROM aliases WHERE account_id = ?1")
+            .bind(account_id)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Writes `parts` (concatenated) as one blob on a blocking thread.
+    pub(crate) async fn put_blob(&self, parts: Vec<Vec<u8>>) -> Result<String> {
+        let blobs = self.blobs.clone();
+        let id = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            blobs.put(&refs)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        Ok(id)
+    }
+
+    /// Durably stores one message into the INBOX of each account in `accounts` and returns the UIDs.
+    /// When this returns Ok the message is on disk (blob fsynced, transaction committed).
+    pub async fn deliver_local(
+        &self,
+        message: Vec<Vec<u8>>,
+        accounts: &[i64],
+        internal_date: i64,
+    ) -> Result<Vec<i64>> {
+        let size: usize = message.iter().map(Vec::len).sum();
+        let blob = self.put_blob(message).await?;
+        let res = async {
+            let mut tx = self.write.begin().await?;
+            let mut uids = Vec::with_capacity(accounts.len());
+            for &account in accounts {
+                let row = sqlx::query(
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
+                     WHERE account_id = ? AND name = 'INBOX' RETURNING id, uidnext - 1 AS uid, highest_modseq",
+                )
+                .bind(account)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;
+                let (mailbox, uid, modseq): (i64, i64, i64) =
+                    (row.try_get("id")?, row.try_get("uid")?, row.try_get("highest_modseq")?);
+                sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, modseq) VALUES (?, ?, ?, ?, ?, ?)")
+                    .bind(mailbox)
+                    .bind(uid)
+                    .bind(&blob)
+                    .bind(size as i64)
+                    .bind(internal_date)
+                    .bind(modseq)
+                    .execute(&mut *tx)
+                    .await?;
+                uids.push(uid);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(uids)
+        }
+        .await;
+        if res.is_err() {
+            let _ = self.blobs.remove(&blob);
+        } else {
+            for &a in accounts {
+                self.changes.notify(a);
+            }
+        }
+        res
+    }
+
+    /// Removes blob files that no message and no queue entry points at and that were written
+    /// before `before` (the start of this process): what a crash between "blob written" and
+    /// "row committed" leaves behind. Returns how many were removed.
+    ///
+    /// Only the holder of the data directory's lock may sweep: beside another process, a blob that
+    /// process wrote and fsynced but has not yet committed would look orphaned, and removing it
+    /// would lose a message that is acknowledged a moment later.
+    pub async fn sweep_orphan_blobs(&self, before: std::time::SystemTime) -> Result<usize> {
+        if !self.holds_lock() {
+            return Err(StoreError::Conflict(
+                "the orphan-blob sweep needs the data directory's lock".into(),
+            ));
+        }
+        let blobs = self.blobs.clone();
+        let ids = tokio::task::spawn_blocking(move || blobs.list_before(before))
+            .await
+            .map_err(|e| StoreError::Conflict(e.to_string()))??;
+        let mut removed = 0;
+        for id in ids {
+            let used = sqlx::query(
+                "SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1",
+            )
+            .bind(&id)
+            .fetch_optional(&self.write)
+            .await?
+            .is_some();
+            if !used {
+                self.blobs.remove(&id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Durably queues one message for remote delivery. Returns the queue id.
+    pub async fn enqueue(
+        &self,
+        message: Vec<Vec<u8>>,
+        sender: &str,
+        account_id: Option<i64>,
+        recipients: &[String],
+    ) -> Result<i64> {
+        let size: usize = message.iter().map(Vec::len).sum();
+        let blob = self.put_blob(message).await?;
+        let res = async {
+            let mut tx = self.write.begin().await?;
+            let t = now();
+            let id: i64 = sqlx::query(
+                "INSERT INTO queue (blob_id, size, sender, account_id, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
+            .bind(&blob)
+            .bind(size as i64)
+            .bind(sender)
+            .bind(account_id)
+            .bind(t)
+            .bind(t)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            for r in recipients {
+                sqlx::query("INSERT OR IGNORE INTO queue_recipients (queue_id, address) VALUES (?, ?)")
+                    .bind(id)
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(id)
+        }
+        .await;
+        if res.is_err() {
+            let _ = self.blobs.remove(&blob);
+        }
+        res
+    }
+
+    pub async fn queue_list(&self) -> Result<Vec<QueueEntry>> {
+        let rows = sqlx::query(
+            "SELECT q.id, q.sender, q.size, q.created_at, q.status, q.attempts,
+                    (SELECT group_concat(address, ' ') FROM queue_recipients r WHERE r.queue_id = q.id) AS rcpts
+             FROM queue q ORDER BY q.id",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let rcpts: Option<String> = r.try_get("rcpts")?;
+                Ok(QueueEntry {
+                    id: r.try_get("id")?,
+                    sender: r.try_get("sender")?,
+                    recipients: rcpts
+                        .unwrap_or_default()
+                        .split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    size: r.try_get("size")?,
+                    created_at: r.try_get("created_at")?,
+                    status: r.try_get("status")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+}
