@@ -20,7 +20,7 @@ use postern_config::ImapConfig;
 use postern_net::TlsAcceptor;
 use postern_store::Store;
 
-pub use session::handle_connection;
+pub use session::{handle_connection, serve_stream};
 
 /// Everything an IMAP session needs, shared by all sessions of all IMAP listeners.
 pub struct ImapServer {

@@ -72,7 +72,6 @@ pub async fn handle_connection(
     admission: Result<ConnPermit, Refusal>,
     shutdown: CancellationToken,
 ) {
-    let started = Instant::now();
     let implicit = protocol == Protocol::Imaps;
     let Some((_permit, stream)) = postern_net::open_session(
         tcp,
@@ -86,6 +85,20 @@ pub async fn handle_connection(
     else {
         return;
     };
+    serve_stream(srv, protocol, stream, peer, shutdown).await;
+}
+
+/// Runs one IMAP session on an admitted stream (TLS already up on the implicit-TLS listener).
+/// The listener's accept path calls it; so do tests and fuzz targets, over an in-process stream.
+pub async fn serve_stream(
+    srv: Arc<ImapServer>,
+    protocol: Protocol,
+    stream: postern_net::MailStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let implicit = protocol == Protocol::Imaps;
     let early = !implicit
         && stream
             .talks_before(Duration::from_millis(srv.config.greeting_delay_ms))

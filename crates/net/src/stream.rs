@@ -12,6 +12,13 @@ use tokio_rustls::TlsAcceptor;
 pub enum MailStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-process pipe, for tests and fuzz targets that drive a whole session without a
+    /// socket. `secure` says whether the session should treat it as encrypted (as after TLS);
+    /// no listener ever makes one.
+    Mem {
+        io: Box<tokio::io::DuplexStream>,
+        secure: bool,
+    },
 }
 
 /// What a session knows about its TLS layer.
@@ -48,9 +55,22 @@ impl MailStream {
         Ok(MailStream::Tls(Box::new(tls)))
     }
 
+    /// An in-process session stream (see [`MailStream::Mem`]).
+    pub fn memory(io: tokio::io::DuplexStream, secure: bool) -> MailStream {
+        MailStream::Mem {
+            io: Box::new(io),
+            secure,
+        }
+    }
+
     pub fn tls_info(&self) -> Option<TlsInfo> {
         match self {
             MailStream::Plain(_) => None,
+            MailStream::Mem { secure: true, .. } => Some(TlsInfo {
+                version: "memory",
+                cipher: "none",
+            }),
+            MailStream::Mem { .. } => None,
             MailStream::Tls(s) => {
                 let conn = s.get_ref().1;
                 Some(TlsInfo {
@@ -91,7 +111,7 @@ impl MailStream {
                 }
                 matches!(tokio::time::timeout(wait, peek).await, Ok(Ok(n)) if n > 0)
             }
-            MailStream::Tls(_) => false,
+            MailStream::Tls(_) | MailStream::Mem { .. } => false,
         }
     }
 }
@@ -105,6 +125,7 @@ impl AsyncRead for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -118,18 +139,21 @@ impl AsyncWrite for MailStream {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }

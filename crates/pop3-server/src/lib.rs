@@ -16,7 +16,7 @@ use postern_config::Pop3Config;
 use postern_net::TlsAcceptor;
 use postern_store::Store;
 
-pub use session::handle_connection;
+pub use session::{handle_connection, serve_stream};
 
 pub struct Pop3Server {
     pub hostname: String,

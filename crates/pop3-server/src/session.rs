@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use postern_auth::{AuthOutcome, LoginAttempt, Principal};
 use postern_config::Protocol;
-use postern_net::{ConnPermit, LineConn, Refusal, TlsAcceptor, TlsInfo};
+use postern_net::{ConnPermit, LineConn, MailStream, Refusal, TlsAcceptor, TlsInfo};
 use postern_store::MessageMeta;
 use secrecy::SecretString;
 use tokio::net::TcpStream;
@@ -124,7 +124,6 @@ pub async fn handle_connection(
     admission: Result<ConnPermit, Refusal>,
     shutdown: CancellationToken,
 ) {
-    let started = Instant::now();
     let implicit = protocol == Protocol::Pop3s;
     let Some((_permit, stream)) = postern_net::open_session(
         tcp,
@@ -138,6 +137,20 @@ pub async fn handle_connection(
     else {
         return;
     };
+    serve_stream(srv, protocol, stream, peer, shutdown).await;
+}
+
+/// Runs one POP3 session on an admitted stream (TLS already up on the implicit-TLS listener).
+/// The listener's accept path calls it; so do tests and fuzz targets, over an in-process stream.
+pub async fn serve_stream(
+    srv: Arc<Pop3Server>,
+    protocol: Protocol,
+    stream: MailStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let started = Instant::now();
+    let implicit = protocol == Protocol::Pop3s;
     let early = !implicit
         && stream
             .talks_before(Duration::from_millis(srv.config.greeting_delay_ms))

@@ -17,7 +17,7 @@ use postern_config::{Protocol, SmtpConfig};
 use postern_net::TlsAcceptor;
 use postern_types::EmailAddress;
 
-pub use session::handle_connection;
+pub use session::{handle_connection, serve_stream};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -91,7 +91,6 @@ pub async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     let kind = ListenerKind { protocol };
-    let started = Instant::now();
     let tls_deadline = Duration::from_secs(srv.config.tls_handshake_timeout_secs);
     let busy = format!(
         "421 4.7.0 {} Too many connections, try again later",
@@ -109,6 +108,20 @@ pub async fn handle_connection(
     else {
         return;
     };
+    serve_stream(srv, protocol, stream, peer, shutdown).await;
+}
+
+/// Runs one SMTP session on an admitted stream (TLS already up on implicit-TLS listeners). The
+/// listener's accept path calls it; so do tests and fuzz targets, over an in-process stream.
+pub async fn serve_stream(
+    srv: Arc<SmtpServer>,
+    protocol: Protocol,
+    stream: MailStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let kind = ListenerKind { protocol };
+    let started = Instant::now();
     let tls = stream.tls_info();
     let mut s = Session {
         srv,
