@@ -1,0 +1,290 @@
+//! FETCH (RFC 3501 6.4.5): message data items, body sections and partial fetches, with \Seen
+//! set in one transaction first.
+
+use super::*;
+
+impl Session {
+    pub(super) async fn fetch(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        items: &[MessageDataItemName<'static>],
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        let read_only = sel.read_only;
+        let indices = resolve(set, &sel.msgs, uid);
+        if !uid
+            && (seq_out_of_range(set, sel.msgs.len())
+                || (!sel.msgs.is_empty() && indices.is_empty()))
+        {
+            return self.bad(tag, "Invalid message sequence number");
+        }
+        let needs_body = items.iter().any(|i| {
+            matches!(
+                i,
+                MessageDataItemName::Body
+                    | MessageDataItemName::BodyExt { .. }
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Envelope
+                    | MessageDataItemName::Rfc822
+                    | MessageDataItemName::Rfc822Header
+                    | MessageDataItemName::Rfc822Text
+            )
+        });
+        let sets_seen = !read_only
+            && items.iter().any(|i| {
+                matches!(
+                    i,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        // Mark \Seen first, in one transaction, so the FLAGS we report are the stored ones.
+        if sets_seen {
+            let unseen: Vec<u32> = indices
+                .iter()
+                .map(|&i| sel.msgs[i].uid)
+                .filter(|u| {
+                    sel.msgs
+                        .iter()
+                        .find(|m| m.uid == *u)
+                        .is_some_and(|m| !m.has_flag("\\Seen"))
+                })
+                .collect();
+            if !unseen.is_empty() {
+                let (acct, id) = (self.account(), sel.mailbox.id);
+                match self
+                    .srv
+                    .store
+                    .store_flags(acct, id, &unseen, FlagOp::Add, &["\\Seen".to_owned()])
+                    .await
+                {
+                    Ok(changed) => {
+                        let sel = self.selected.as_mut().expect("selected");
+                        for (u, flags, _) in changed {
+                            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
+                                sel.msgs[i].flags = flags;
+                            }
+                        }
+                    }
+                    Err(e) => return self.store_failed(tag, e),
+                }
+            }
+        }
+        let sel = self.selected.as_ref().expect("selected");
+        let mut flags_reported = false;
+        // Bodies of messages this session still lists are kept for it (see ViewPin), so a read
+        // fails only on a real fault; that message gets no FETCH response, never an empty body.
+        let mut unreadable = 0usize;
+        for &i in &indices {
+            let m = &sel.msgs[i];
+            let raw = if needs_body {
+                match self.srv.store.blobs().get(&m.blob_id) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
+                        unreadable += 1;
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let parsed = raw.as_deref().map(Parsed::new);
+            let mut out = format!("* {} FETCH (", i + 1).into_bytes();
+            let mut first = true;
+            let mut sep = |out: &mut Vec<u8>| {
+                if !first {
+                    out.push(b' ');
+                }
+                first = false;
+            };
+            if uid {
+                sep(&mut out);
+                out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
+            }
+            for item in items {
+                match item {
+                    MessageDataItemName::Uid if !uid => {
+                        sep(&mut out);
+                        out.extend_from_slice(format!("UID {}", m.uid).as_bytes());
+                    }
+                    MessageDataItemName::Flags => {
+                        sep(&mut out);
+                        flags_reported = true;
+                        out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+                    }
+                    MessageDataItemName::InternalDate => {
+                        sep(&mut out);
+                        out.extend_from_slice(
+                            format!("INTERNALDATE \"{}\"", wire::internal_date(m.internal_date))
+                                .as_bytes(),
+                        );
+                    }
+                    MessageDataItemName::Rfc822Size => {
+                        sep(&mut out);
+                        out.extend_from_slice(format!("RFC822.SIZE {}", m.size).as_bytes());
+                    }
+                    MessageDataItemName::Envelope => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"ENVELOPE ");
+                        match &parsed {
+                            Some(p) => p.envelope(&mut out),
+                            None => {
+                                out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
+                            }
+                        }
+                    }
+                    MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                        let ext = matches!(item, MessageDataItemName::BodyStructure);
+                        sep(&mut out);
+                        out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                        match &parsed {
+                            Some(p) => p.body_structure(&mut out, ext),
+                            None => out.extend_from_slice(
+                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
+                            ),
+                        }
+                    }
+                    MessageDataItemName::Rfc822 => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822 ");
+                        wire::literal(&mut out, raw.as_deref().unwrap_or_default());
+                    }
+                    MessageDataItemName::Rfc822Header => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822.HEADER ");
+                        let h = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&[], &Spec::Header))
+                            .unwrap_or_default();
+                        wire::literal(&mut out, &h);
+                    }
+                    MessageDataItemName::Rfc822Text => {
+                        sep(&mut out);
+                        out.extend_from_slice(b"RFC822.TEXT ");
+                        let t = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&[], &Spec::Text))
+                            .unwrap_or_default();
+                        wire::literal(&mut out, &t);
+                    }
+                    MessageDataItemName::BodyExt {
+                        section, partial, ..
+                    } => {
+                        sep(&mut out);
+                        let (path, spec, label) = section_spec(section.as_ref());
+                        let data = parsed
+                            .as_ref()
+                            .and_then(|p| p.section(&path, &spec))
+                            .unwrap_or_default();
+                        match partial {
+                            Some((origin, len)) => {
+                                let start = (*origin as usize).min(data.len());
+                                let end = start.saturating_add(len.get() as usize).min(data.len());
+                                out.extend_from_slice(
+                                    format!("BODY[{label}]<{origin}> ").as_bytes(),
+                                );
+                                wire::literal(&mut out, &data[start..end]);
+                            }
+                            None => {
+                                out.extend_from_slice(format!("BODY[{label}] ").as_bytes());
+                                wire::literal(&mut out, &data);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if sets_seen && !flags_reported {
+                sep(&mut out);
+                out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+            }
+            out.extend_from_slice(b")\r\n");
+            self.conn.out().extend_from_slice(&out);
+            if self.conn.out().len() > 1 << 20 && self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+        }
+        if unreadable > 0 {
+            return self.no(
+                tag,
+                "[SERVERBUG] Some messages could not be read; try again",
+            );
+        }
+        self.ok(
+            tag,
+            if uid {
+                "UID FETCH completed"
+            } else {
+                "FETCH completed"
+            },
+        )
+    }
+}
+
+pub(super) fn astring_text(a: &AString<'_>) -> String {
+    String::from_utf8_lossy(a.as_ref()).into_owned()
+}
+
+/// Turns a FETCH section into (part path, what, the label to echo in the response).
+pub(super) fn section_spec(section: Option<&Section<'_>>) -> (Vec<u32>, Spec, String) {
+    pub(super) fn path_of(p: Option<&imap_codec::imap_types::fetch::Part>) -> Vec<u32> {
+        p.map(|p| p.0.as_ref().iter().map(|n| n.get()).collect())
+            .unwrap_or_default()
+    }
+    pub(super) fn label(path: &[u32], what: &str) -> String {
+        let mut s: Vec<String> = path.iter().map(u32::to_string).collect();
+        if !what.is_empty() {
+            s.push(what.to_owned());
+        }
+        s.join(".")
+    }
+    let names = |v: &imap_codec::imap_types::core::Vec1<AString<'_>>| -> Vec<String> {
+        v.as_ref().iter().map(astring_text).collect()
+    };
+    match section {
+        None => (Vec::new(), Spec::Full, String::new()),
+        Some(Section::Part(p)) => {
+            let path = path_of(Some(p));
+            let l = label(&path, "");
+            (path, Spec::Full, l)
+        }
+        Some(Section::Header(p)) => {
+            let path = path_of(p.as_ref());
+            let l = label(&path, "HEADER");
+            (path, Spec::Header, l)
+        }
+        Some(Section::HeaderFields(p, f)) => {
+            let path = path_of(p.as_ref());
+            let n = names(f);
+            let l = label(
+                &path,
+                &format!("HEADER.FIELDS ({})", n.join(" ").to_ascii_uppercase()),
+            );
+            (path, Spec::HeaderFields(n), l)
+        }
+        Some(Section::HeaderFieldsNot(p, f)) => {
+            let path = path_of(p.as_ref());
+            let n = names(f);
+            let l = label(
+                &path,
+                &format!("HEADER.FIELDS.NOT ({})", n.join(" ").to_ascii_uppercase()),
+            );
+            (path, Spec::HeaderFieldsNot(n), l)
+        }
+        Some(Section::Text(p)) => {
+            let path = path_of(p.as_ref());
+            let l = label(&path, "TEXT");
+            (path, Spec::Text, l)
+        }
+        Some(Section::Mime(p)) => {
+            let path = path_of(Some(p));
+            let l = label(&path, "MIME");
+            (path, Spec::Mime, l)
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Commands of the selected state (RFC 3501 6.4) but FETCH: keeping the session's view in step
+//! with other sessions (untagged EXISTS, EXPUNGE, FETCH FLAGS), EXPUNGE, SEARCH, STORE, COPY and
+//! MOVE, IDLE.
+
+use super::*;
+
+impl Session {
+    /// Brings the selected mailbox's view up to date and reports the differences as untagged
+    /// responses. With `allow_expunge` false (during FETCH, STORE, SEARCH: RFC 3501 7.4.1) expunged
+    /// messages stay in the view until a later command may report them.
+    pub(super) async fn refresh(&mut self, allow_expunge: bool) {
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let Ok(Some(modseq)) = self.srv.store.mailbox_modseq(sel.mailbox.id).await else {
+            return;
+        };
+        if modseq == sel.modseq {
+            return;
+        }
+        let mark = sel.pin.mark();
+        let Ok(fresh) = self.srv.store.message_list(sel.mailbox.id).await else {
+            return;
+        };
+        let mut out = Vec::new();
+        // Expunges, highest sequence number first so that the numbers stay right.
+        let mut kept = Vec::with_capacity(sel.msgs.len());
+        let mut any_deferred = false;
+        for i in (0..sel.msgs.len()).rev() {
+            let uid = sel.msgs[i].uid;
+            if fresh.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                if allow_expunge {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    continue;
+                }
+                any_deferred = true;
+            }
+            kept.push(sel.msgs[i].clone());
+        }
+        kept.reverse();
+        // Flag changes of messages still present.
+        for (i, m) in kept.iter_mut().enumerate() {
+            if let Ok(j) = fresh.binary_search_by_key(&m.uid, |f| f.uid) {
+                if fresh[j].flags != m.flags {
+                    m.flags = fresh[j].flags.clone();
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS {})\r\n",
+                            i + 1,
+                            m.uid,
+                            flags_list(&m.flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        // New messages.
+        let last = kept.last().map_or(0, |m| m.uid);
+        let before = kept.len();
+        kept.extend(fresh.iter().filter(|m| m.uid > last).cloned());
+        if kept.len() != before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
+        }
+        sel.msgs = kept;
+        if !any_deferred {
+            sel.modseq = modseq;
+            // Nothing expunged is listed any more: its bodies may go.
+            sel.pin.synced_at(mark);
+        }
+        self.conn.out().extend_from_slice(&out);
+    }
+
+    pub(super) async fn expunge(&mut self, tag: &str, only: Option<Vec<u32>>) -> Flow {
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        let id = sel.mailbox.id;
+        let mut only = only;
+        if let Some(o) = only.as_mut() {
+            o.sort_unstable();
+        }
+        match self
+            .srv
+            .store
+            .expunge(self.account(), id, only.as_deref(), false)
+            .await
+        {
+            Ok(_) => {
+                self.refresh(true).await;
+                self.ok(tag, "EXPUNGE completed")
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    pub(super) async fn search(
+        &mut self,
+        tag: &str,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        let blobs = self.srv.store.blobs().clone();
+        let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
+        let mut hits = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            let c = Candidate {
+                index: i,
+                meta: m,
+                all: &sel.msgs,
+                body: &load,
+            };
+            if matches(key, &c) {
+                hits.push(if uid { m.uid } else { i as u32 + 1 });
+            }
+        }
+        let mut line = String::from("* SEARCH");
+        for h in hits {
+            line.push(' ');
+            line.push_str(&h.to_string());
+        }
+        self.conn.line(&line);
+        self.ok(tag, "SEARCH completed")
+    }
+
+    pub(super) async fn store(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        op: FlagOp,
+        flags: &[String],
+        silent: bool,
+        uid: bool,
+    ) -> Flow {
+        self.refresh(uid).await;
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        if !uid && seq_out_of_range(set, sel.msgs.len()) {
+            return self.bad(tag, "Invalid message sequence number");
+        }
+        let indices = resolve(set, &sel.msgs, uid);
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let flags: Vec<String> = flags
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+            .cloned()
+            .collect();
+        let (acct, id) = (self.account(), sel.mailbox.id);
+        let changed = match self
+            .srv
+            .store
+            .store_flags(acct, id, &uids, op, &flags)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let sel = self.selected.as_mut().expect("selected");
+        let mut out = Vec::new();
+        let expunged = uids.len().saturating_sub(changed.len());
+        for (u, new_flags, _) in changed {
+            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
+                sel.msgs[i].flags = new_flags;
+                if !silent {
+                    let uid_part = if uid {
+                        format!("UID {u} ")
+                    } else {
+                        String::new()
+                    };
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH ({uid_part}FLAGS {})\r\n",
+                            i + 1,
+                            flags_list(&sel.msgs[i].flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        self.conn.out().extend_from_slice(&out);
+        if expunged > 0 {
+            // RFC 2180 4.2.1: the others were changed; these could not be.
+            return self.no(
+                tag,
+                "[EXPUNGEISSUED] Some of the messages were expunged by another session; the others were updated",
+            );
+        }
+        self.ok(tag, "STORE completed")
+    }
+
+    pub(super) async fn copy(
+        &mut self,
+        tag: &str,
+        set: &imap_codec::imap_types::sequence::SequenceSet,
+        dest: &ImapMailbox<'_>,
+        uid: bool,
+        move_: bool,
+    ) -> Flow {
+        if move_ && self.selected.as_ref().is_some_and(|s| s.read_only) {
+            return self.no(tag, "[READ-ONLY] Mailbox is read-only");
+        }
+        let name = match mailbox_name(dest) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        let dst = match self.srv.store.get_mailbox(self.account(), &name).await {
+            Ok(Some(mb)) => mb,
+            Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let sel = self.selected.as_ref().expect("selected");
+        if !uid
+            && (seq_out_of_range(set, sel.msgs.len())
+                || (!sel.msgs.is_empty() && resolve(set, &sel.msgs, uid).is_empty()))
+        {
+            return self.bad(tag, "Invalid message sequence number");
+        }
+        let indices = resolve(set, &sel.msgs, uid);
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let (acct, src) = (self.account(), sel.mailbox.id);
+        match self
+            .srv
+            .store
+            .copy_messages(acct, src, &uids, dst.id, move_)
+            .await
+        {
+            Ok((validity, pairs)) => {
+                let code = if pairs.is_empty() {
+                    String::new()
+                } else {
+                    let s: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
+                    let d: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
+                    format!("[COPYUID {validity} {} {}] ", s.join(","), d.join(","))
+                };
+                if move_ {
+                    // RFC 6851 4.3: COPYUID goes in an untagged OK before the EXPUNGEs.
+                    if !code.is_empty() {
+                        self.conn.line(&format!("* OK {}Moved", code));
+                    }
+                    self.refresh(true).await;
+                    self.ok(tag, "MOVE completed")
+                } else {
+                    self.refresh(uid).await;
+                    self.ok(tag, &format!("{code}COPY completed"))
+                }
+            }
+            Err(StoreError::Expunged(_)) => {
+                // RFC 2180 4.4.1: all or nothing, and the client is told.
+                self.refresh(uid).await;
+                self.no(
+                    tag,
+                    "[EXPUNGEISSUED] Some of the messages were expunged by another session; nothing was copied",
+                )
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    pub(super) async fn idle(&mut self, tag: &str) -> Flow {
+        let mut changes = self.srv.store.changes().subscribe(self.account());
+        self.refresh(true).await;
+        self.conn.line("+ idling");
+        let timeout = Duration::from_secs(self.srv.config.idle_timeout_secs);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.conn.flush().await.is_err() {
+                return Flow::Close;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                input = self.conn.read_line(remaining, 64) => {
+                    return match input {
+                        Input::Message(line) if line.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                            self.ok(tag, "IDLE terminated")
+                        }
+                        Input::Message(_) => self.bad(tag, "Expected DONE"),
+                        Input::Timeout => {
+                            self.conn.line("* BYE Autologout; idle for too long");
+                            Flow::Close
+                        }
+                        _ => Flow::Close,
+                    };
+                }
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Flow::Close;
+                    }
+                    if self.selected_gone().await {
+                        return self.bye_gone();
+                    }
+                    self.refresh(true).await;
+                }
+                _ = self.shutdown.cancelled() => {
+                    self.conn.line("* BYE [UNAVAILABLE] Server shutting down");
+                    return Flow::Close;
+                }
+            }
+        }
+    }
+}
