@@ -14,6 +14,7 @@ pub mod guard;
 pub mod hasher;
 pub mod policy;
 pub mod sasl;
+pub mod totp;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,4 +1,6 @@
-//! Second factor (TOTP, RFC 6238): enrolment, confirmation, verification and recovery codes.
+//! Second factor (TOTP, RFC 6238): enrolment, confirmation, verification and recovery codes, on
+//! top of the credential logic in `postern_auth::totp` (this file keeps the sealed seeds, the last
+//! accepted step and the recovery-code digests in the store).
 //!
 //! Seeds are 160 random bits, sealed under the master key (purpose `totp:OWNER`) and opened only
 //! to check a code. A code is accepted once: the store keeps the last accepted time step and
@@ -11,25 +13,11 @@ use anyhow::{bail, Result};
 use postern_store::Store;
 
 use crate::keys::Keys;
-use rand::seq::IndexedRandom;
-use totp_rs::{Algorithm, Builder, Secret, Totp};
+use postern_auth::totp as tf;
 use zeroize::Zeroizing;
 
 fn purpose(owner: &str) -> String {
     format!("totp:{owner}")
-}
-
-fn totp(seed: &[u8], issuer: &str, account: &str) -> Result<Totp> {
-    Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
-        .with_secret(Secret::from(seed.to_vec()))
-        .with_issuer(Some(issuer.replace(':', "")))
-        .with_account_name(account.replace(':', ""))
-        .build()
-        .map_err(|e| anyhow::anyhow!("TOTP setup failed: {e}"))
 }
 
 /// What the user needs to add the account to an authenticator app.
@@ -59,8 +47,8 @@ pub async fn begin(
     issuer: &str,
     account: &str,
 ) -> Result<Enrolment> {
-    let seed: Zeroizing<[u8; 20]> = Zeroizing::new(rand::random());
-    let t = totp(&seed[..], issuer, account)?;
+    let seed = tf::new_seed();
+    let (uri, secret_base32) = tf::enrolment(&seed[..], issuer, account)?;
     store
         .begin_second_factor(owner, &key.seal(&purpose(owner), &seed[..]).await?)
         .await
@@ -70,13 +58,7 @@ pub async fn begin(
             }
             e => e.into(),
         })?;
-    Ok(Enrolment {
-        uri: Zeroizing::new(
-            t.to_url()
-                .map_err(|e| anyhow::anyhow!("otpauth URI: {e}"))?,
-        ),
-        secret_base32: Zeroizing::new(t.secret().to_base32()),
-    })
+    Ok(Enrolment { uri, secret_base32 })
 }
 
 /// Checks a TOTP code against the stored seed (confirmed or pending) and uses up its time step.
@@ -92,26 +74,15 @@ async fn check_code(store: &Store, key: &Keys, owner: &str, code: &str) -> Resul
             &crate::actor::Actor::system("totp"),
         )
         .await?;
-    let t = totp(&seed, "postern", "check")?;
     let now = postern_store::now().max(0) as u64;
-    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
-    match t.check(&code, now) {
-        Some(step) if (step as i64) > sf.last_step => {
-            Ok(store.accept_totp_step(owner, step as i64).await?)
-        }
-        _ => Ok(false),
+    match tf::accepted_step(&seed, code, now, sf.last_step) {
+        Some(step) => Ok(store.accept_totp_step(owner, step).await?),
+        None => Ok(false),
     }
 }
 
-fn normalise_code(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
 async fn recovery_digest(key: &Keys, owner: &str, code: &str) -> Result<String> {
-    let norm = normalise_code(code);
+    let norm = tf::normalise_recovery_code(code);
     Ok(hex::encode(
         key.mac("recovery-code", format!("{owner}:{norm}").as_bytes())
             .await?,
@@ -130,18 +101,9 @@ pub(crate) async fn recovery_digests(
     Ok(out)
 }
 
-/// Ten recovery codes of 12 characters (about 60 bits each) in groups of four.
+/// Ten new recovery codes (shown once).
 pub(crate) fn new_recovery_codes() -> Vec<String> {
-    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-    let mut rng = rand::rng();
-    (0..10)
-        .map(|_| {
-            let s: String = (0..12)
-                .map(|_| *ALPHABET.choose(&mut rng).expect("alphabet is not empty") as char)
-                .collect();
-            format!("{}-{}-{}", &s[0..4], &s[4..8], &s[8..12])
-        })
-        .collect()
+    tf::new_recovery_codes()
 }
 
 /// Confirms a pending enrolment with a code from the app; returns the recovery codes (shown once).
@@ -197,6 +159,9 @@ mod tests {
         assert_eq!(codes.len(), 10);
         assert_eq!(codes[0].len(), 14);
         assert_ne!(codes[0], codes[1]);
-        assert_eq!(normalise_code(" ABCD-efgh JKMN "), "abcdefghjkmn");
+        assert_eq!(
+            tf::normalise_recovery_code(" ABCD-efgh JKMN "),
+            "abcdefghjkmn"
+        );
     }
 }
