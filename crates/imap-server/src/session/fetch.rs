@@ -6,13 +6,13 @@ use super::*;
 impl Session {
     pub(super) async fn fetch(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         set: &imap_codec::imap_types::sequence::SequenceSet,
         items: &[MessageDataItemName<'static>],
         uid: bool,
     ) -> Flow {
-        self.refresh(uid).await;
-        let sel = self.selected.as_ref().expect("selected");
+        self.refresh_view(sel, uid).await;
         let read_only = sel.read_only;
         let indices = resolve(set, &sel.msgs, uid);
         if !uid
@@ -63,7 +63,6 @@ impl Session {
                     .await
                 {
                     Ok(changed) => {
-                        let sel = self.selected.as_mut().expect("selected");
                         for (u, flags, _) in changed {
                             if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
                                 sel.msgs[i].flags = flags;
@@ -74,7 +73,6 @@ impl Session {
                 }
             }
         }
-        let sel = self.selected.as_ref().expect("selected");
         let mut flags_reported = false;
         // Bodies of messages this session still lists are kept for it (see ViewPin), so a read
         // fails only on a real fault; that message gets no FETCH response, never an empty body.

@@ -497,101 +497,27 @@ impl Session {
                 self.append(&tag, &mailbox, flags, date, data).await
             }
             CommandBody::Idle if authed => self.idle(&tag).await,
-            CommandBody::Unselect | CommandBody::Close if self.selected.is_some() => {
-                let close = matches!(cmd.body, CommandBody::Close);
-                if close {
-                    let sel = self.selected.as_ref().expect("selected");
-                    if !sel.read_only {
-                        let (acct, id) = (self.account(), sel.mailbox.id);
-                        if let Err(e) = self.srv.store.expunge(acct, id, None, false).await {
-                            return self.store_failed(&tag, e);
-                        }
-                    }
-                }
-                self.selected = None;
-                self.ok(
-                    &tag,
-                    if close {
-                        "CLOSE completed"
-                    } else {
-                        "UNSELECT completed"
-                    },
-                )
-            }
-            CommandBody::Expunge if self.selected.is_some() => self.expunge(&tag, None).await,
-            CommandBody::ExpungeUid { sequence_set } if self.selected.is_some() => {
-                let sel = self.selected.as_ref().expect("selected");
-                let uids: Vec<u32> = resolve(&sequence_set, &sel.msgs, true)
-                    .into_iter()
-                    .map(|i| sel.msgs[i].uid)
-                    .collect();
-                self.expunge(&tag, Some(uids)).await
-            }
-            CommandBody::Search {
-                charset,
-                criteria,
-                uid,
-            } if self.selected.is_some() => {
-                if let Some(cs) = charset {
-                    let cs = cs.as_ref().to_ascii_uppercase();
-                    if cs != "UTF-8" && cs != "US-ASCII" {
-                        return self.no(&tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
-                    }
-                }
-                let key = imap_codec::imap_types::search::SearchKey::And(criteria);
-                self.search(&tag, &key, uid).await
-            }
-            CommandBody::Fetch {
-                sequence_set,
-                macro_or_item_names,
-                uid,
-                ..
-            } if self.selected.is_some() => {
-                let items = match macro_or_item_names {
-                    MacroOrMessageDataItemNames::Macro(m) => {
-                        m.expand().into_iter().map(|i| i.into_static()).collect()
-                    }
-                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+            body @ (CommandBody::Unselect
+            | CommandBody::Close
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. })
+                if self.selected.is_some() =>
+            {
+                // The selected mailbox is handed to the command (typed): it is taken out of the
+                // session while the command runs, and put back unless the command deselected it.
+                let Some(mut sel) = self.selected.take() else {
+                    return self.bad(&tag, "No mailbox selected");
                 };
-                self.fetch(&tag, &sequence_set, &items, uid).await
-            }
-            CommandBody::Store {
-                sequence_set,
-                kind,
-                response,
-                flags,
-                uid,
-                ..
-            } if self.selected.is_some() => {
-                let op = match kind {
-                    StoreType::Add => FlagOp::Add,
-                    StoreType::Remove => FlagOp::Remove,
-                    StoreType::Replace => FlagOp::Replace,
-                };
-                let flags: Vec<String> = flags.iter().map(flag_string).collect();
-                self.store(
-                    &tag,
-                    &sequence_set,
-                    op,
-                    &flags,
-                    response == StoreResponse::Silent,
-                    uid,
-                )
-                .await
-            }
-            CommandBody::Copy {
-                sequence_set,
-                mailbox,
-                uid,
-            } if self.selected.is_some() => {
-                self.copy(&tag, &sequence_set, &mailbox, uid, false).await
-            }
-            CommandBody::Move {
-                sequence_set,
-                mailbox,
-                uid,
-            } if self.selected.is_some() => {
-                self.copy(&tag, &sequence_set, &mailbox, uid, true).await
+                let (flow, keep) = self.selected_command(&tag, body, &mut sel).await;
+                if keep {
+                    self.selected = Some(sel);
+                }
+                flow
             }
             _ if !authed => self.bad(&tag, "Command not valid before login"),
             CommandBody::Unselect
@@ -604,6 +530,109 @@ impl Session {
             | CommandBody::Copy { .. }
             | CommandBody::Move { .. } => self.bad(&tag, "No mailbox selected"),
             _ => self.bad(&tag, "Command not supported"),
+        }
+    }
+
+    /// A command of the selected state, with the selected mailbox. Returns the flow and whether
+    /// the mailbox stays selected.
+    async fn selected_command(
+        &mut self,
+        tag: &str,
+        body: CommandBody<'static>,
+        sel: &mut Selected,
+    ) -> (Flow, bool) {
+        match body {
+            CommandBody::Unselect | CommandBody::Close => {
+                let close = matches!(body, CommandBody::Close);
+                if close && !sel.read_only {
+                    let (acct, id) = (self.account(), sel.mailbox.id);
+                    if let Err(e) = self.srv.store.expunge(acct, id, None, false).await {
+                        return (self.store_failed(tag, e), true);
+                    }
+                }
+                let text = if close {
+                    "CLOSE completed"
+                } else {
+                    "UNSELECT completed"
+                };
+                (self.ok(tag, text), false)
+            }
+            CommandBody::Expunge => (self.expunge(sel, tag, None).await, true),
+            CommandBody::ExpungeUid { sequence_set } => {
+                let uids: Vec<u32> = resolve(&sequence_set, &sel.msgs, true)
+                    .into_iter()
+                    .map(|i| sel.msgs[i].uid)
+                    .collect();
+                (self.expunge(sel, tag, Some(uids)).await, true)
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                if let Some(cs) = charset {
+                    let cs = cs.as_ref().to_ascii_uppercase();
+                    if cs != "UTF-8" && cs != "US-ASCII" {
+                        let f = self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                        return (f, true);
+                    }
+                }
+                let key = imap_codec::imap_types::search::SearchKey::And(criteria);
+                (self.search(sel, tag, &key, uid).await, true)
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                let items = match macro_or_item_names {
+                    MacroOrMessageDataItemNames::Macro(m) => {
+                        m.expand().into_iter().map(|i| i.into_static()).collect()
+                    }
+                    MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
+                };
+                (self.fetch(sel, tag, &sequence_set, &items, uid).await, true)
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                let op = match kind {
+                    StoreType::Add => FlagOp::Add,
+                    StoreType::Remove => FlagOp::Remove,
+                    StoreType::Replace => FlagOp::Replace,
+                };
+                let flags: Vec<String> = flags.iter().map(flag_string).collect();
+                let silent = response == StoreResponse::Silent;
+                let f = self
+                    .store(sel, tag, &sequence_set, op, &flags, silent, uid)
+                    .await;
+                (f, true)
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => (
+                self.copy(sel, tag, &sequence_set, &mailbox, uid, false)
+                    .await,
+                true,
+            ),
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => (
+                self.copy(sel, tag, &sequence_set, &mailbox, uid, true)
+                    .await,
+                true,
+            ),
+            _ => (self.bad(tag, "Command not supported"), true),
         }
     }
 

@@ -9,9 +9,14 @@ impl Session {
     /// responses. With `allow_expunge` false (during FETCH, STORE, SEARCH: RFC 3501 7.4.1) expunged
     /// messages stay in the view until a later command may report them.
     pub(super) async fn refresh(&mut self, allow_expunge: bool) {
-        let Some(sel) = self.selected.as_mut() else {
-            return;
-        };
+        if let Some(mut sel) = self.selected.take() {
+            self.refresh_view(&mut sel, allow_expunge).await;
+            self.selected = Some(sel);
+        }
+    }
+
+    /// [`Session::refresh`] of a mailbox a command holds.
+    pub(super) async fn refresh_view(&mut self, sel: &mut Selected, allow_expunge: bool) {
         let Ok(Some(modseq)) = self.srv.store.mailbox_modseq(sel.mailbox.id).await else {
             return;
         };
@@ -71,8 +76,12 @@ impl Session {
         self.conn.out().extend_from_slice(&out);
     }
 
-    pub(super) async fn expunge(&mut self, tag: &str, only: Option<Vec<u32>>) -> Flow {
-        let sel = self.selected.as_ref().expect("selected");
+    pub(super) async fn expunge(
+        &mut self,
+        sel: &mut Selected,
+        tag: &str,
+        only: Option<Vec<u32>>,
+    ) -> Flow {
         if sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
@@ -88,7 +97,7 @@ impl Session {
             .await
         {
             Ok(_) => {
-                self.refresh(true).await;
+                self.refresh_view(sel, true).await;
                 self.ok(tag, "EXPUNGE completed")
             }
             Err(e) => self.store_failed(tag, e),
@@ -97,12 +106,12 @@ impl Session {
 
     pub(super) async fn search(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         key: &imap_codec::imap_types::search::SearchKey<'_>,
         uid: bool,
     ) -> Flow {
-        self.refresh(uid).await;
-        let sel = self.selected.as_ref().expect("selected");
+        self.refresh_view(sel, uid).await;
         let blobs = self.srv.store.blobs().clone();
         let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
         let mut hits = Vec::new();
@@ -126,8 +135,10 @@ impl Session {
         self.ok(tag, "SEARCH completed")
     }
 
+    #[allow(clippy::too_many_arguments)] // the STORE command's parts, as parsed
     pub(super) async fn store(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         set: &imap_codec::imap_types::sequence::SequenceSet,
         op: FlagOp,
@@ -135,8 +146,7 @@ impl Session {
         silent: bool,
         uid: bool,
     ) -> Flow {
-        self.refresh(uid).await;
-        let sel = self.selected.as_ref().expect("selected");
+        self.refresh_view(sel, uid).await;
         if sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
@@ -160,7 +170,6 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.store_failed(tag, e),
         };
-        let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
         let expunged = uids.len().saturating_sub(changed.len());
         for (u, new_flags, _) in changed {
@@ -196,13 +205,14 @@ impl Session {
 
     pub(super) async fn copy(
         &mut self,
+        sel: &mut Selected,
         tag: &str,
         set: &imap_codec::imap_types::sequence::SequenceSet,
         dest: &ImapMailbox<'_>,
         uid: bool,
         move_: bool,
     ) -> Flow {
-        if move_ && self.selected.as_ref().is_some_and(|s| s.read_only) {
+        if move_ && sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
         let name = match mailbox_name(dest) {
@@ -214,7 +224,6 @@ impl Session {
             Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
             Err(e) => return self.store_failed(tag, e),
         };
-        let sel = self.selected.as_ref().expect("selected");
         if !uid
             && (seq_out_of_range(set, sel.msgs.len())
                 || (!sel.msgs.is_empty() && resolve(set, &sel.msgs, uid).is_empty()))
@@ -243,16 +252,16 @@ impl Session {
                     if !code.is_empty() {
                         self.conn.line(&format!("* OK {}Moved", code));
                     }
-                    self.refresh(true).await;
+                    self.refresh_view(sel, true).await;
                     self.ok(tag, "MOVE completed")
                 } else {
-                    self.refresh(uid).await;
+                    self.refresh_view(sel, uid).await;
                     self.ok(tag, &format!("{code}COPY completed"))
                 }
             }
             Err(StoreError::Expunged(_)) => {
                 // RFC 2180 4.4.1: all or nothing, and the client is told.
-                self.refresh(uid).await;
+                self.refresh_view(sel, uid).await;
                 self.no(
                     tag,
                     "[EXPUNGEISSUED] Some of the messages were expunged by another session; nothing was copied",
