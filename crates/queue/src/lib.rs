@@ -57,6 +57,19 @@ struct RcptResult {
     remote: Option<String>,
 }
 
+/// What can go wrong in the queue's own work (delivery failures are outcomes, not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue storage: {0}")]
+    Store(#[from] postern_store::StoreError),
+    #[error("DNS resolver setup: {0}")]
+    Resolver(String),
+    #[error("a queued message has an invalid sender: {0}")]
+    Sender(#[from] postern_types::AddressError),
+}
+
+pub type Result<T> = std::result::Result<T, QueueError>;
+
 fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
@@ -71,7 +84,7 @@ impl Delivery {
         cfg: DeliveryConfig,
         relays: Vec<RelayConfig>,
         secrets: Arc<dyn Secrets>,
-    ) -> anyhow::Result<Arc<Delivery>> {
+    ) -> Result<Arc<Delivery>> {
         let resolver = route::Resolver::new(cfg.dns_server)?;
         let workers = Arc::new(Semaphore::new(cfg.workers.max(1)));
         Ok(Arc::new(Delivery {
@@ -174,7 +187,7 @@ impl Delivery {
     }
 
     /// One delivery attempt of one queued message.
-    pub async fn attempt(&self, id: i64) -> anyhow::Result<()> {
+    pub async fn attempt(&self, id: i64) -> Result<()> {
         let msg = self.store.queued_message(id).await?;
         if msg.status != "queued" {
             return Ok(());
@@ -244,7 +257,7 @@ impl Delivery {
         msg: &QueuedMessage,
         body: &[u8],
         results: Vec<RcptResult>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let now = postern_store::now();
         let mut failed_now = Vec::new();
         let mut pending = Vec::new();
@@ -331,7 +344,7 @@ impl Delivery {
         body: &[u8],
         rcpts: &[dsn::Failed],
         action: dsn::Action,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if msg.sender.is_empty() {
             tracing::info!(queue_id = msg.id, "no bounce for a null-sender message");
             return Ok(());

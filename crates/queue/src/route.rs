@@ -158,7 +158,7 @@ pub struct Resolver(hickory_resolver::Resolver<TokioRuntimeProvider>);
 
 impl Resolver {
     /// The system's resolver, or one DNS server (tests run one on loopback).
-    pub fn new(server: Option<SocketAddr>) -> anyhow::Result<Resolver> {
+    pub fn new(server: Option<SocketAddr>) -> crate::Result<Resolver> {
         let r = match server {
             Some(addr) => {
                 let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
@@ -170,9 +170,12 @@ impl Resolver {
                     cfg,
                     TokioRuntimeProvider::default(),
                 )
-                .build()?
+                .build()
+                .map_err(|e| crate::QueueError::Resolver(e.to_string()))?
             }
-            None => hickory_resolver::Resolver::builder_tokio()?.build()?,
+            None => hickory_resolver::Resolver::builder_tokio()
+                .and_then(|b| b.build())
+                .map_err(|e| crate::QueueError::Resolver(e.to_string()))?,
         };
         Ok(Resolver(r))
     }
