@@ -212,6 +212,42 @@ pub enum AuthOutcome {
     AppPasswordRequired,
 }
 
+/// How a protocol words the outcomes of a login, each in its own reply syntax.
+pub struct Wording {
+    pub failed: &'static str,
+    pub expired: &'static str,
+    pub app_password_required: &'static str,
+    pub temporary: &'static str,
+    pub refused: &'static str,
+}
+
+/// What a session does after a login attempt: the one mapping of outcomes to behaviour that
+/// SMTP, IMAP and POP3 share (the words are theirs, see [`Wording`]).
+#[derive(Debug)]
+pub enum Answer {
+    LoggedIn(Principal),
+    /// Say this; the session stays where it was (expired password, app password required, a
+    /// temporary failure: none of them is the client's guess being wrong).
+    Retry(&'static str),
+    /// Say this and count a failed login: the session ends at its own limit.
+    Failed(&'static str),
+    /// Say this and end the session: the source is banned now.
+    Close(&'static str),
+}
+
+impl AuthOutcome {
+    pub fn answer(self, w: &Wording) -> Answer {
+        match self {
+            AuthOutcome::Success(p) => Answer::LoggedIn(p),
+            AuthOutcome::Failure => Answer::Failed(w.failed),
+            AuthOutcome::PasswordExpired => Answer::Retry(w.expired),
+            AuthOutcome::AppPasswordRequired => Answer::Retry(w.app_password_required),
+            AuthOutcome::TemporaryFailure => Answer::Retry(w.temporary),
+            AuthOutcome::Refused => Answer::Close(w.refused),
+        }
+    }
+}
+
 /// Why an attempt failed; for the audit log only, never for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {

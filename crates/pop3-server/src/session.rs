@@ -4,7 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_auth::{Answer, LoginAttempt, Principal, Wording};
+
+/// POP3's words for login outcomes (RFC 2449 / RFC 3206 response codes).
+const WORDING: Wording = Wording {
+    failed: "-ERR [AUTH] Authentication failed",
+    expired: "-ERR [AUTH] Password expired; change it, or use an app password",
+    app_password_required:
+        "-ERR [AUTH] Two-factor authentication is on: an app password is required",
+    temporary: "-ERR [SYS/TEMP] Temporary authentication failure, try again later",
+    refused: "-ERR [SYS/TEMP] Too many failed logins from your address; try again later",
+};
 use postern_config::Protocol;
 use postern_net::{ConnPermit, LineConn, MailStream, Refusal, TlsAcceptor, TlsInfo};
 use postern_store::MessageMeta;
@@ -591,33 +601,19 @@ impl Session {
                 tls: self.tls.map(|t| t.version),
             })
             .await;
-        let p = match outcome {
-            AuthOutcome::Success(p) => p,
-            AuthOutcome::PasswordExpired => {
-                self.conn
-                    .send("-ERR [AUTH] Password expired; change it, or use an app password");
+        let p = match outcome.answer(&WORDING) {
+            Answer::LoggedIn(p) => p,
+            Answer::Retry(text) => {
+                self.conn.send(text);
                 return Flow::Continue;
             }
-            AuthOutcome::AppPasswordRequired => {
-                self.conn.send(
-                    "-ERR [AUTH] Two-factor authentication is on: an app password is required",
-                );
-                return Flow::Continue;
-            }
-            AuthOutcome::Refused => {
-                self.conn.send(
-                    "-ERR [SYS/TEMP] Too many failed logins from your address; try again later",
-                );
+            Answer::Close(text) => {
+                self.conn.send(text);
                 return Flow::Close;
             }
-            AuthOutcome::TemporaryFailure => {
-                self.conn
-                    .send("-ERR [SYS/TEMP] Temporary authentication failure, try again later");
-                return Flow::Continue;
-            }
-            AuthOutcome::Failure => {
+            Answer::Failed(text) => {
                 self.auth_failures += 1;
-                self.conn.send("-ERR [AUTH] Authentication failed");
+                self.conn.send(text);
                 if self.auth_failures >= self.srv.config.max_auth_failures {
                     self.conn.send("-ERR Too many failed logins, closing");
                     return Flow::Close;

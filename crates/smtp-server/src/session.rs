@@ -13,7 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_auth::sasl::{self, Credentials};
-use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_auth::{Answer, LoginAttempt, Principal, Wording};
+
+/// SMTP's words for login outcomes (RFC 4954 6 reply codes; a refusal closes with 421).
+const WORDING: Wording = Wording {
+    failed: "535 5.7.8 Authentication credentials invalid",
+    expired: "535 5.7.8 Password expired; change it, or use an app password",
+    app_password_required: "535 5.7.8 Two-factor authentication is on: an app password is required",
+    temporary: "454 4.7.0 Temporary authentication failure, try again later",
+    refused: "Too many failed logins from your address; try again later",
+};
 use postern_config::Protocol;
 use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
@@ -520,8 +529,8 @@ impl Session {
             })
             .await;
         drop(creds);
-        match outcome {
-            AuthOutcome::Success(p) => {
+        match outcome.answer(&WORDING) {
+            Answer::LoggedIn(p) => {
                 let reply = match p.expiry_warning() {
                     Some(w) => format!("235 2.7.0 Authentication successful; {w}"),
                     None => "235 2.7.0 Authentication successful".to_owned(),
@@ -529,34 +538,23 @@ impl Session {
                 self.principal = Some(p);
                 self.ok(&reply)
             }
-            AuthOutcome::TemporaryFailure => {
-                self.error("454 4.7.0 Temporary authentication failure, try again later")
-            }
-            AuthOutcome::PasswordExpired => {
-                self.error("535 5.7.8 Password expired; change it, or use an app password")
-            }
-            AuthOutcome::AppPasswordRequired => {
-                self.error("535 5.7.8 Two-factor authentication is on: an app password is required")
-            }
-            AuthOutcome::Refused => {
+            Answer::Retry(text) => self.error(text),
+            Answer::Close(text) => {
                 let h = self.host().to_owned();
-                self.conn.reply(&format!(
-                    "421 4.7.0 {h} Too many failed logins from your address; try again later"
-                ));
+                self.conn.reply(&format!("421 4.7.0 {h} {text}"));
                 Flow::Close(Close::TooManyAuthFailures)
             }
-            AuthOutcome::Failure => {
+            Answer::Failed(text) => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.srv.config.max_auth_failures {
-                    self.conn
-                        .reply("535 5.7.8 Authentication credentials invalid");
+                    self.conn.reply(text);
                     let h = self.host().to_owned();
                     self.conn.reply(&format!(
                         "421 4.7.0 {h} Too many failed authentications, closing connection"
                     ));
                     return Flow::Close(Close::TooManyAuthFailures);
                 }
-                self.error("535 5.7.8 Authentication credentials invalid")
+                self.error(text)
             }
         }
     }

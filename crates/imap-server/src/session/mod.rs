@@ -14,7 +14,17 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::imap_types::IntoStatic;
 use imap_codec::CommandCodec;
-use postern_auth::{AuthOutcome, LoginAttempt, Principal};
+use postern_auth::{Answer, LoginAttempt, Principal, Wording};
+
+/// IMAP's words for login outcomes (after the tag and NO; RFC 5530 response codes).
+const WORDING: Wording = Wording {
+    failed: "[AUTHENTICATIONFAILED] Authentication failed",
+    expired: "[EXPIRED] Password expired; change it, or use an app password",
+    app_password_required:
+        "[AUTHENTICATIONFAILED] Two-factor authentication is on: an app password is required",
+    temporary: "[UNAVAILABLE] Temporary authentication failure, try again later",
+    refused: "[UNAVAILABLE] Too many failed logins from your address; try again later",
+};
 use postern_config::Protocol;
 use postern_net::{ConnPermit, Refusal, TlsInfo};
 use postern_store::{FlagOp, Mailbox, MessageMeta, StoreError, DELIMITER};
@@ -738,8 +748,8 @@ impl Session {
                 tls: self.tls.map(|t| t.version),
             })
             .await;
-        match outcome {
-            AuthOutcome::Success(p) => {
+        match outcome.answer(&WORDING) {
+            Answer::LoggedIn(p) => {
                 let Some(slot) = self
                     .srv
                     .sessions
@@ -757,30 +767,15 @@ impl Session {
                 let caps = self.capabilities();
                 self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))
             }
-            AuthOutcome::PasswordExpired => self.no(
-                tag,
-                "[EXPIRED] Password expired; change it, or use an app password",
-            ),
-            AuthOutcome::AppPasswordRequired => self.no(
-                tag,
-                "[AUTHENTICATIONFAILED] Two-factor authentication is on: an app password is required",
-            ),
-            AuthOutcome::Refused => {
-                self.conn.line(&format!(
-                    "{tag} NO [UNAVAILABLE] Too many failed logins from your address; try again later"
-                ));
+            Answer::Retry(text) => self.no(tag, text),
+            Answer::Close(text) => {
+                self.conn.line(&format!("{tag} NO {text}"));
                 self.conn.line("* BYE Try again later");
                 Flow::Close
             }
-            AuthOutcome::TemporaryFailure => self.no(
-                tag,
-                "[UNAVAILABLE] Temporary authentication failure, try again later",
-            ),
-            AuthOutcome::Failure => {
+            Answer::Failed(text) => {
                 self.auth_failures += 1;
-                self.conn.line(&format!(
-                    "{tag} NO [AUTHENTICATIONFAILED] Authentication failed"
-                ));
+                self.conn.line(&format!("{tag} NO {text}"));
                 if self.auth_failures >= self.srv.config.max_auth_failures {
                     self.conn.line("* BYE Too many failed logins");
                     return Flow::Close;
