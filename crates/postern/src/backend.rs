@@ -11,7 +11,7 @@ pub struct StoreBackend {
     /// The delivery workers, woken when a message is queued.
     pub delivery: Option<std::sync::Arc<postern_queue::Delivery>>,
     /// DKIM signing of submitted mail that leaves the server.
-    pub dkim: Option<std::sync::Arc<crate::dkim::Signer>>,
+    pub dkim: Option<std::sync::Arc<postern_queue::dkim::Signer>>,
 }
 
 fn err(e: postern_store::StoreError) -> BackendError {

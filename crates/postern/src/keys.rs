@@ -296,4 +296,8 @@ impl postern_queue::Secrets for QueueSecrets {
     async fn resolve(&self, reference: &str, why: &str) -> anyhow::Result<Zeroizing<String>> {
         self.0.resolve(reference, why).await
     }
+
+    async fn secret_bytes(&self, name: &str, why: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+        self.0.secret(name, why, &Actor::system("dkim")).await
+    }
 }

@@ -161,9 +161,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         backend: Arc::new(StoreBackend {
             store: store.clone(),
             delivery: delivery.clone(),
-            dkim: Some(Arc::new(crate::dkim::Signer::new(
+            dkim: Some(Arc::new(postern_queue::dkim::Signer::new(
                 store.clone(),
-                keys.clone(),
+                Arc::new(crate::keys::QueueSecrets(keys.clone())),
             ))),
         }),
         auth: auth.clone(),

@@ -15,6 +15,7 @@
 //! outcome), TLS is rustls with the ring provider.
 #![forbid(unsafe_code)]
 
+pub mod dkim;
 pub mod dsn;
 mod route;
 
@@ -34,6 +35,8 @@ pub use route::{Outcome, Target};
 #[async_trait::async_trait]
 pub trait Secrets: Send + Sync {
     async fn resolve(&self, reference: &str, why: &str) -> anyhow::Result<Zeroizing<String>>;
+    /// A sealed secret of the internal store, as bytes (DKIM private keys are DER).
+    async fn secret_bytes(&self, name: &str, why: &str) -> anyhow::Result<Zeroizing<Vec<u8>>>;
 }
 
 pub struct Delivery {
