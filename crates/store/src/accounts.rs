@@ -294,14 +294,7 @@ impl Store {
     }
 
     fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AccountInfo> {
-        Ok(AccountInfo {
-            id: r.try_get("id")?,
-            address: r.try_get("address")?,
-            disabled: r.try_get("disabled")?,
-            received_details: r.try_get("received_details")?,
-            created_at: r.try_get("created_at")?,
-            password_changed_at: r.try_get("password_changed_at")?,
-        })
+        Ok(sqlx::FromRow::from_row(r)?)
     }
 
     pub async fn list_accounts(&self) -> Result<Vec<AccountInfo>> {
@@ -364,14 +357,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(StoredMessage {
-                    uid: r.try_get("uid")?,
-                    blob_id: r.try_get("blob_id")?,
-                    size: r.try_get("size")?,
-                    internal_date: r.try_get("internal_date")?,
-                })
-            })
+            .map(|r| Ok(sqlx::FromRow::from_row(r)?))
             .collect()
     }
 }

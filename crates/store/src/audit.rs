@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::{now, Result, Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AuditRow {
     pub id: i64,
     pub ts: i64,
@@ -225,20 +225,7 @@ async fn insert_row(
 }
 
 fn row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
-    Ok(AuditRow {
-        id: r.try_get("id")?,
-        ts: r.try_get("ts")?,
-        event: r.try_get("event")?,
-        protocol: r.try_get("protocol")?,
-        ip: r.try_get("ip")?,
-        username: r.try_get("username")?,
-        account_id: r.try_get("account_id")?,
-        mechanism: r.try_get("mechanism")?,
-        tls: r.try_get("tls")?,
-        result: r.try_get("result")?,
-        reason: r.try_get("reason")?,
-        actor: r.try_get("actor")?,
-    })
+    Ok(sqlx::FromRow::from_row(r)?)
 }
 
 impl Store {

@@ -28,12 +28,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok(DomainInfo {
-                    name: r.try_get("name")?,
-                    accounts: r.try_get("n")?,
-                })
-            })
+            .map(|r| Ok(sqlx::FromRow::from_row(r)?))
             .collect()
     }
 

@@ -110,13 +110,14 @@ pub fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DomainInfo {
     pub name: String,
+    #[sqlx(rename = "n")]
     pub accounts: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AccountInfo {
     pub id: i64,
     pub address: String,
@@ -148,7 +149,7 @@ pub struct QueueEntry {
 }
 
 /// A message stored in a mailbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredMessage {
     pub uid: i64,
     pub blob_id: String,
