@@ -5,6 +5,7 @@
 //! arguments on one short line, and no maintained crate parses the server side.
 #![forbid(unsafe_code)]
 
+pub mod maildrop;
 pub mod parse;
 pub mod session;
 

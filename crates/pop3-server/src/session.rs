@@ -17,11 +17,11 @@ const WORDING: Wording = Wording {
 };
 use postern_config::Protocol;
 use postern_net::{ConnPermit, LineConn, MailStream, Refusal, TlsAcceptor, TlsInfo};
-use postern_store::MessageMeta;
 use secrecy::SecretString;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::maildrop::{Maildrop, Step};
 use crate::parse::{parse, Command, ParseError};
 use crate::{MaildropLock, Pop3Server};
 
@@ -73,37 +73,6 @@ impl Conn {
     }
 }
 
-struct Maildrop {
-    _lock: MaildropLock,
-    mailbox_id: i64,
-    uidvalidity: u32,
-    msgs: Vec<MessageMeta>,
-    /// Marked with DELE, or gone (below).
-    deleted: Vec<bool>,
-    /// Expunged by another session (IMAP) since login: treated as deleted for good, so that
-    /// LIST, UIDL, DELE, RETR and RSET agree about it for the rest of the session.
-    gone: Vec<bool>,
-    /// The mailbox's HIGHESTMODSEQ when `gone` was last brought up to date.
-    modseq: Option<u64>,
-}
-
-impl Maildrop {
-    /// The index of message `n`, or the -ERR text for it.
-    fn get(&self, n: u32) -> Result<usize, &'static str> {
-        let i = (n as usize)
-            .checked_sub(1)
-            .filter(|&i| i < self.msgs.len())
-            .ok_or("No such message")?;
-        if self.gone[i] {
-            return Err("Message was deleted");
-        }
-        if self.deleted[i] {
-            return Err("Message already deleted");
-        }
-        Ok(i)
-    }
-}
-
 struct Session {
     srv: Arc<Pop3Server>,
     protocol: Protocol,
@@ -113,6 +82,8 @@ struct Session {
     user: Option<String>,
     principal: Option<Principal>,
     drop: Option<Maildrop>,
+    /// RFC 1939 4: the maildrop is locked for the session's life once it is opened.
+    _lock: Option<MaildropLock>,
     shutdown: CancellationToken,
     auth_failures: u32,
     errors: u32,
@@ -175,6 +146,7 @@ pub async fn serve_stream(
         user: None,
         principal: None,
         drop: None,
+        _lock: None,
         shutdown,
         auth_failures: 0,
         errors: 0,
@@ -338,12 +310,7 @@ impl Session {
                 Err(_) => return,
             },
         };
-        for (i, m) in d.msgs.iter().enumerate() {
-            if exists.binary_search(&m.uid).is_err() {
-                d.gone[i] = true;
-                d.deleted[i] = true;
-            }
-        }
+        d.mark_gone(&exists);
         d.modseq = now;
     }
 
@@ -354,119 +321,23 @@ impl Session {
         if !matches!(cmd, Command::Capa | Command::Noop | Command::Quit) {
             self.sync_gone().await;
         }
-        let d = self.drop.as_mut().expect("maildrop");
-        let get = |d: &Maildrop, n: u32| d.get(n);
-        match cmd {
-            Command::Capa => {
-                self.capa();
-                Flow::Continue
-            }
-            Command::Stat => {
-                let (n, size) = d
-                    .msgs
-                    .iter()
-                    .zip(&d.deleted)
-                    .filter(|(_, del)| !**del)
-                    .fold((0u64, 0u64), |(n, s), (m, _)| (n + 1, s + m.size));
-                self.conn.send(&format!("+OK {n} {size}"));
-                Flow::Continue
-            }
-            Command::List(None) | Command::Uidl(None) => {
-                let uidl = matches!(cmd, Command::Uidl(_));
-                let mut lines = vec![if uidl {
-                    "+OK unique-id listing follows".to_owned()
-                } else {
-                    "+OK scan listing follows".to_owned()
-                }];
-                for (i, m) in d.msgs.iter().enumerate() {
-                    if d.deleted[i] {
-                        continue;
-                    }
-                    lines.push(if uidl {
-                        format!("{} {}.{}", i + 1, d.uidvalidity, m.uid)
-                    } else {
-                        format!("{} {}", i + 1, m.size)
-                    });
-                }
-                lines.push(".".to_owned());
+        if matches!(cmd, Command::Capa) {
+            self.capa();
+            return Flow::Continue;
+        }
+        let Some(d) = self.drop.as_mut() else {
+            return self.authorization(cmd).await;
+        };
+        match d.command(&cmd) {
+            Step::Reply(lines) => {
                 for l in lines {
                     self.conn.send(&l);
                 }
                 Flow::Continue
             }
-            Command::List(Some(n)) | Command::Uidl(Some(n)) => match get(d, n) {
-                Ok(i) => {
-                    let line = if matches!(cmd, Command::Uidl(_)) {
-                        format!("+OK {n} {}.{}", d.uidvalidity, d.msgs[i].uid)
-                    } else {
-                        format!("+OK {n} {}", d.msgs[i].size)
-                    };
-                    self.conn.send(&line);
-                    Flow::Continue
-                }
-                Err(why) => self.err(why),
-            },
-            Command::Retr(n) | Command::Top(n, _) => {
-                let i = match get(d, n) {
-                    Ok(i) => i,
-                    Err(why) => return self.err(why),
-                };
-                let m = d.msgs[i].clone();
-                let data = match self.srv.store.blobs().get(&m.blob_id) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Expunged by another session between the check and the read: gone
-                        // for good, not a temporary fault.
-                        self.sync_gone().await;
-                        if self.drop.as_ref().is_some_and(|d| d.gone[i]) {
-                            return self.err("Message was deleted");
-                        }
-                        tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
-                        self.conn
-                            .send("-ERR [SYS/TEMP] Message temporarily unavailable");
-                        return Flow::Continue;
-                    }
-                };
-                let size = postern_types::crlf(&data).len();
-                let body = match cmd {
-                    Command::Top(_, lines) => top(&data, lines),
-                    _ => data,
-                };
-                self.conn.send(&format!("+OK {size} octets"));
-                multiline(self.conn.0.out(), &body);
-                if self.conn.flush().await.is_err() {
-                    return Flow::Close;
-                }
-                Flow::Continue
-            }
-            Command::Dele(n) => match get(d, n) {
-                Ok(i) => {
-                    d.deleted[i] = true;
-                    self.conn.send(&format!("+OK message {n} deleted"));
-                    Flow::Continue
-                }
-                Err(why) => self.err(why),
-            },
-            Command::Rset => {
-                // What another session expunged stays deleted.
-                d.deleted.clone_from(&d.gone);
-                let n = d.gone.iter().filter(|g| !**g).count();
-                self.conn.send(&format!("+OK maildrop has {n} messages"));
-                Flow::Continue
-            }
-            Command::Noop => {
-                self.conn.send("+OK");
-                Flow::Continue
-            }
-            Command::Quit => {
-                // UPDATE state (RFC 1939 6): remove the messages marked deleted.
-                let uids: Vec<u32> = d
-                    .msgs
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| d.deleted[i] && !d.gone[i])
-                    .map(|(_, m)| m.uid)
-                    .collect();
+            Step::Error(why) => self.err(why),
+            Step::Retrieve { index, top: lines } => self.retrieve(index, lines).await,
+            Step::Update { uids } => {
                 let (id, acct) = (
                     d.mailbox_id,
                     self.principal.as_ref().map_or(0, |p| p.account_id),
@@ -485,8 +356,42 @@ impl Session {
                 ));
                 Flow::Close
             }
-            _ => self.err("Command not valid in this state"),
+            Step::NotHere => self.err("Command not valid in this state"),
         }
+    }
+
+    /// RETR and TOP: the body (or its header and first lines), CRLF line ends, dot-stuffed.
+    async fn retrieve(&mut self, index: usize, top_lines: Option<u32>) -> Flow {
+        let Some(d) = self.drop.as_ref() else {
+            return self.err("Command not valid in this state");
+        };
+        let m = d.message(index).clone();
+        let data = match self.srv.store.blobs().get(&m.blob_id) {
+            Ok(b) => b,
+            Err(e) => {
+                // Expunged by another session between the check and the read: gone for good,
+                // not a temporary fault.
+                self.sync_gone().await;
+                if self.drop.as_ref().is_some_and(|d| d.is_gone(index)) {
+                    return self.err("Message was deleted");
+                }
+                tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");
+                self.conn
+                    .send("-ERR [SYS/TEMP] Message temporarily unavailable");
+                return Flow::Continue;
+            }
+        };
+        let size = postern_types::crlf(&data).len();
+        let body = match top_lines {
+            Some(lines) => top(&data, lines),
+            None => data,
+        };
+        self.conn.send(&format!("+OK {size} octets"));
+        multiline(self.conn.0.out(), &body);
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        Flow::Continue
     }
 
     async fn authorization(&mut self, cmd: Command) -> Flow {
@@ -660,15 +565,13 @@ impl Session {
         };
         let n = msgs.len();
         let size: u64 = msgs.iter().map(|m| m.size).sum();
-        self.drop = Some(Maildrop {
-            _lock: lock,
-            mailbox_id: inbox.id,
-            uidvalidity: inbox.uidvalidity,
-            deleted: vec![false; n],
-            gone: vec![false; n],
-            modseq: Some(inbox.highest_modseq),
+        self._lock = Some(lock);
+        self.drop = Some(Maildrop::new(
+            inbox.id,
+            inbox.uidvalidity,
             msgs,
-        });
+            Some(inbox.highest_modseq),
+        ));
         let warning = p
             .expiry_warning()
             .map(|w| format!("; {w}"))
