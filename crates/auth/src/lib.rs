@@ -563,18 +563,7 @@ impl Authenticator {
             (AuthOutcome::Failure, Err(r)) if r != FailureReason::Locked => {
                 let effect = self.guard.failure(ip, &login, attempt.password).await;
                 if let Some(ban) = &effect.banned {
-                    self.audit.note(
-                        "ban",
-                        Some(ip),
-                        Some(&loggable_username(&login)),
-                        &format!(
-                            "{} banned for {} s (offence {}): {}",
-                            ban.target,
-                            ban.until.saturating_sub(self.guard_now()),
-                            ban.offences,
-                            ban.reason
-                        ),
-                    );
+                    self.note_ban(ip, &login, ban, "");
                     outcome = AuthOutcome::Refused;
                 }
                 if effect.locked {
@@ -597,18 +586,7 @@ impl Authenticator {
                     .locked_attempt(ip, &login, attempt.password)
                     .await;
                 if let Some(ban) = &effect.banned {
-                    self.audit.note(
-                        "ban",
-                        Some(ip),
-                        Some(&loggable_username(&login)),
-                        &format!(
-                            "{} banned for {} s (offence {}): {} (attempts on a locked account)",
-                            ban.target,
-                            ban.until.saturating_sub(self.guard_now()),
-                            ban.offences,
-                            ban.reason
-                        ),
-                    );
+                    self.note_ban(ip, &login, ban, " (attempts on a locked account)");
                     outcome = AuthOutcome::Refused;
                 }
                 let d = self.guard.config().failure_delay_max_ms;
@@ -630,6 +608,22 @@ impl Authenticator {
             result,
         });
         outcome
+    }
+
+    /// The audit event of a ban the guard just made.
+    fn note_ban(&self, ip: IpAddr, login: &str, ban: &guard::Ban, why: &str) {
+        self.audit.note(
+            "ban",
+            Some(ip),
+            Some(&loggable_username(login)),
+            &format!(
+                "{} banned for {} s (offence {}): {}{why}",
+                ban.target,
+                ban.until.saturating_sub(self.guard_now()),
+                ban.offences,
+                ban.reason
+            ),
+        );
     }
 
     async fn decide(

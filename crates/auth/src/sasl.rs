@@ -129,16 +129,10 @@ impl Exchange {
         mechanism: Mechanism,
         initial: Option<&[u8]>,
     ) -> Result<(Exchange, Step), SaslError> {
-        let mut ex = Exchange {
-            mechanism,
-            user: None,
-        };
-        let step = match (mechanism, initial) {
-            (Mechanism::Plain, None) => Step::Challenge(""),
-            (Mechanism::Login, None) => Step::Challenge(LOGIN_USER),
-            (_, Some(ir)) => ex.step(ir)?,
-        };
-        Ok((ex, step))
+        match initial {
+            Some(ir) => Exchange::start_decoded(mechanism, Some(&decode_response(ir)?)),
+            None => Exchange::start_decoded(mechanism, None),
+        }
     }
 
     /// Like [`Exchange::start`], for a protocol whose parser already decoded the initial

@@ -159,24 +159,13 @@ fn keyed_chain(key: &AuditKey, prev: &str, e: &NewAudit) -> String {
     key.mac(&parts)
 }
 
-/// A row's hash from before the key (SHA-256, no secret: verifiable, not tamper-proof alone).
+/// A row's hash from before the key (SHA-256, no secret: verifiable, not tamper-proof alone):
+/// the previous hash as is, then each field length-prefixed, so that moving bytes between fields
+/// changes the hash.
 fn chain(prev: &str, e: &NewAudit) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
-    let opt = |o: &Option<String>| o.clone().unwrap_or_default();
-    for f in [
-        e.ts.to_string(),
-        e.event.clone(),
-        opt(&e.protocol),
-        opt(&e.ip),
-        opt(&e.username),
-        e.account_id.map(|a| a.to_string()).unwrap_or_default(),
-        opt(&e.mechanism),
-        opt(&e.tls),
-        e.result.clone(),
-        opt(&e.reason),
-    ] {
-        // length-prefixed so that moving bytes between fields changes the hash
+    for f in &fields(prev, e)[1..] {
         h.update((f.len() as u64).to_be_bytes());
         h.update(f.as_bytes());
     }
