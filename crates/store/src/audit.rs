@@ -225,7 +225,11 @@ impl Store {
         }
         let mut suppressed: std::collections::BTreeMap<String, u64> = Default::default();
         let key = self.audit_key.get();
-        let mut tx = self.write.begin().await?;
+        // IMMEDIATE: the write lock first, then the read of the chain's head. The server and a
+        // CLI command append from two processes; a deferred transaction would read a head the
+        // other process then moves, and fail to upgrade (SQLITE_BUSY_SNAPSHOT) instead of
+        // waiting its turn.
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
         let last = sqlx::query("SELECT hash, keyed FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
