@@ -80,6 +80,47 @@ def test_every_state_changing_cli_command_is_an_attributed_event(tmp_path):
         assert e["actor"] == who, (args, e)
         assert e["username"] == target, (args, e)
         assert e["result"] == "ok", (args, e)
+    # the credential commands: applications, administrators, secrets, DKIM keys, 2FA
+    more = [
+        (["app", "create", "billing", "--allow-from", "@example.test"], None, "app_created", "billing"),
+        (["app", "rotate", "billing", "--grace", "1h"], None, "app_rotated", "billing"),
+        (["app", "disable", "billing"], None, "app_disabled", "billing"),
+        (["app", "enable", "billing"], None, "app_enabled", "billing"),
+        (["app", "remove", "billing"], None, "app_removed", "billing"),
+        (["admin", "bootstrap"], None, "admin_created", "admin:admin"),
+        (["admin", "add", "ops", "--role", "helpdesk"], None, "admin_created", "admin:ops"),
+        (["admin", "passwd", "ops"], None, "admin_password_reset", "admin:ops"),
+        (["admin", "disable", "ops"], None, "admin_disabled", "admin:ops"),
+        (["admin", "enable", "ops"], None, "admin_enabled", "admin:ops"),
+        (["admin", "reset-2fa", "ops"], None, "2fa_disabled", "admin:ops"),
+        (["admin", "remove", "ops"], None, "admin_removed", "admin:ops"),
+        (["secret", "set", "relay", "--stdin"], "s3cret-relay-value", "secret_set", "relay"),
+        (["secret", "remove", "relay"], None, "secret_removed", "relay"),
+        (["dkim", "generate", "example.test", "--selector", "one"], None, "dkim_generated", "example.test"),
+        (["dkim", "generate", "example.test", "--selector", "two"], None, "dkim_generated", "example.test"),
+        (["dkim", "retire", "example.test", "one"], None, "dkim_retired", "example.test"),
+    ]
+    for args, stdin, event, target in more:
+        before = last_id(d)
+        run_cli(d, *args, stdin=(stdin + "\n") if stdin else None)
+        new = events(d, before)
+        assert len(new) == 1, (args, new)
+        e = new[0]
+        assert (e["event"], e["actor"], e["username"], e["result"]) == (event, who, target, "ok"), (args, e)
+    # 2FA of an account: enrolment (confirmed with a code), then turned off by the host
+    from test_twofactor import enroll
+
+    class Srv:
+        dir = d
+    before = last_id(d)
+    _, out, rc, err = enroll(Srv, ALICE)
+    assert rc == 0, err
+    new = events(d, before)
+    assert [(e["event"], e["actor"], e["username"]) for e in new] == [("2fa_enabled", who, ALICE)], new
+    before = last_id(d)
+    run_cli(d, "user", "2fa", "disable", ALICE, "--admin-override", "--reason", "lost phone")
+    new = events(d, before)
+    assert [(e["event"], e["actor"], e["username"]) for e in new] == [("2fa_disabled", who, ALICE)], new
     # a command that fails changes nothing and records nothing
     before = last_id(d)
     run_cli(d, "domain", "remove", "example.test", check=False)

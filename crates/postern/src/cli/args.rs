@@ -216,6 +216,7 @@ pub enum AdminCmd {
         name: String,
     },
     /// Forget an administrator's TOTP (lost device): the next login enrols again.
+    #[command(name = "reset-2fa", alias = "reset2fa")]
     Reset2fa {
         name: String,
     },
