@@ -141,12 +141,24 @@ def test_api_changes_are_attributed_to_the_administrator(make_server):
         ("POST", "/users/v@api.test/disable", None, "user_disabled", "v@api.test"),
         ("POST", "/users/v@api.test/enable", None, "user_enabled", "v@api.test"),
         ("POST", "/bans", {"target": "203.0.113.20"}, "ban", "203.0.113.20"),
+        ("POST", "/bans/lift", {"target": "203.0.113.20"}, "unban", "203.0.113.20"),
+        ("POST", "/users/v@api.test/password", {"password": PW2}, "password_reset", "v@api.test"),
+        ("POST", "/users/v@api.test/unlock", None, "user_unlocked", "v@api.test"),
+        ("POST", "/users/v@api.test/app-passwords", {"name": "phone"}, "app_password_created", "v@api.test"),
+        ("DELETE", "/users/v@api.test/app-passwords/phone", None, "app_password_revoked", "v@api.test"),
+        ("POST", "/applications", {"name": "crm", "allow_from": ["@api.test"]}, "app_created", "crm"),
+        ("POST", "/applications/crm/rotate", {"grace_secs": 60}, "app_rotated", "crm"),
+        ("DELETE", "/applications/crm", None, "app_removed", "crm"),
+        ("POST", "/admins", {"name": "help2", "role": "helpdesk"}, "admin_created", "admin:help2"),
+        ("DELETE", "/admins/help2", None, "admin_removed", "admin:help2"),
+        ("POST", "/api-keys", {"name": "deploy", "role": "auditor"}, "api_key_created", "apikey:deploy"),
+        ("DELETE", "/api-keys/deploy", None, "api_key_revoked", "apikey:deploy"),
         ("DELETE", "/users/v@api.test", None, "user_removed", "v@api.test"),
         ("DELETE", "/domains/api.test", None, "domain_removed", "api.test"),
     ]
     for method, path, body, event, target in calls:
         before = last_id(srv.dir)
-        code, r = api.call(method, path, body)
+        code, r = api.call(method, path, body if body is not None else ({} if method == "POST" else None))
         assert code in (200, 201, 204), (path, code, r)
         new = [e for e in events(srv.dir, before) if e["event"] != "auth"]
         assert len(new) == 1 and new[0]["event"] == event, (path, new)
