@@ -58,11 +58,7 @@ pub(super) async fn login(
             audit_login(&st, &req.name, ip, false, "locked").await;
             // The source pays for attempts on a locked account too.
             let effect = guard.locked_attempt(ip, &login, &req.password).await;
-            tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
-            if effect.banned.is_some() {
-                return Err(ApiError::TooMany);
-            }
-            return Err(ApiError::Unauthorized("invalid credentials"));
+            return Err(failed(effect).await);
         }
         Verdict::Allow => {}
     }
@@ -86,15 +82,7 @@ pub(super) async fn login(
         );
         async move {
             audit_login(&st, &name, ip, false, reason).await;
-            let effect = guard.failure(ip, &login, &pw).await;
-            if effect.delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
-            }
-            if effect.banned.is_some() {
-                ApiError::TooMany
-            } else {
-                ApiError::Unauthorized("invalid credentials")
-            }
+            failed(guard.failure(ip, &login, &pw).await).await
         }
     };
     let admin = match found {
@@ -151,14 +139,7 @@ pub(super) async fn login(
             if effect.locked {
                 second_factor_locked(&st, &name, ip).await;
             }
-            if effect.delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
-            }
-            if effect.banned.is_some() {
-                ApiError::TooMany
-            } else {
-                ApiError::Unauthorized("invalid credentials")
-            }
+            failed(effect).await
         }
     };
     match guard.check_code(ip, &login) {
@@ -372,13 +353,7 @@ pub(super) async fn change_own_password(
             "bad_password (password change)",
         )
         .await;
-        let e = guard.failure(ip, &login, &req.old_password).await;
-        tokio::time::sleep(Duration::from_millis(e.delay_ms)).await;
-        return Err(if e.banned.is_some() {
-            ApiError::TooMany
-        } else {
-            ApiError::Unauthorized("invalid credentials")
-        });
+        return Err(failed(guard.failure(ip, &login, &req.old_password).await).await);
     }
     // The new password is checked before the code, so that a refused choice does not use up
     // the code the administrator typed.
@@ -402,12 +377,7 @@ pub(super) async fn change_own_password(
         if e.locked {
             second_factor_locked(&st, &admin.name, ip).await;
         }
-        tokio::time::sleep(Duration::from_millis(e.delay_ms)).await;
-        return Err(if e.banned.is_some() {
-            ApiError::TooMany
-        } else {
-            ApiError::Unauthorized("invalid credentials")
-        });
+        return Err(failed(e).await);
     }
     st.store.set_admin_password(&admin.name, &hash).await?;
     record(
@@ -436,4 +406,17 @@ pub(super) async fn openapi() -> Response {
         OPENAPI.to_owned(),
     )
         .into_response()
+}
+
+/// The reply to a failed login step, after the guard's delay: 429 if the source was just banned,
+/// else the one 401 every failure gets (wrong name, password or code alike).
+async fn failed(effect: postern_auth::guard::FailureEffect) -> ApiError {
+    if effect.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(effect.delay_ms)).await;
+    }
+    if effect.banned.is_some() {
+        ApiError::TooMany
+    } else {
+        ApiError::Unauthorized("invalid credentials")
+    }
 }
