@@ -48,14 +48,21 @@ def create_admin(srv, *args):
     return json.loads(srv.cli("admin", *args, "--json").stdout)
 
 
+# the code each enrolment used, by secret: a test that replays it must replay that very code, not
+# recompute it (a 30 s step may have ended in between, and then the recomputed code is a fresh one)
+ENROLMENT_CODES = {}
+
+
 def first_login(api, name, password):
     """Password → enrolment → session; returns (token, totp secret, recovery codes)."""
     code, r = api.call("POST", "/login", {"name": name, "password": password})
     assert code == 200 and r["status"] == "enrollment_required", r
     secret = r["secret"]
     assert r["otpauth_uri"].startswith("otpauth://totp/")
-    code, s = api.call("POST", "/login/enroll", {"enrollment_token": r["enrollment_token"], "code": totp(secret)})
+    enrol_code = totp(secret)
+    code, s = api.call("POST", "/login/enroll", {"enrollment_token": r["enrollment_token"], "code": enrol_code})
     assert code == 200, s
+    ENROLMENT_CODES[secret] = enrol_code
     return s["token"], secret, s["recovery_codes"]
 
 
@@ -90,7 +97,7 @@ def test_bootstrap_login_totp_sessions(api_server):
     # the reply a wrong password gets (the password step is no oracle)
     code, r = api.call("POST", "/login", {"name": "admin", "password": boot["password"]})
     assert (code, r) == (401, {"error": "invalid credentials"})
-    used = totp(secret)
+    used = ENROLMENT_CODES[secret]
     code, r = api.call("POST", "/login", {"name": "admin", "password": boot["password"], "totp": used})
     assert code == 401, "the enrolment code was accepted again"
     nxt = totp(secret, time.time() + 30)
