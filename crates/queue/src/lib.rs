@@ -65,8 +65,6 @@ struct RcptResult {
 pub enum QueueError {
     #[error("queue storage: {0}")]
     Store(#[from] postern_store::StoreError),
-    #[error("DNS resolver setup: {0}")]
-    Resolver(String),
     #[error("a queued message has an invalid sender: {0}")]
     Sender(#[from] postern_types::AddressError),
 }
@@ -87,8 +85,9 @@ impl Delivery {
         cfg: DeliveryConfig,
         relays: Vec<RelayConfig>,
         secrets: Arc<dyn Secrets>,
+        dns: postern_dns::Dns,
     ) -> Result<Arc<Delivery>> {
-        let resolver = route::Resolver::new(cfg.dns_server)?;
+        let resolver = route::Resolver(dns.resolver().clone());
         let workers = Arc::new(Semaphore::new(cfg.workers.max(1)));
         Ok(Arc::new(Delivery {
             store,

@@ -4,8 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient};
@@ -154,32 +152,10 @@ pub async fn relay_target(
     }])
 }
 
-pub struct Resolver(hickory_resolver::Resolver<TokioRuntimeProvider>);
+/// The process's one resolver (`postern_dns::Dns`), as outbound delivery uses it.
+pub struct Resolver(pub(crate) postern_dns::TokioResolver);
 
 impl Resolver {
-    /// The system's resolver, or one DNS server (tests run one on loopback).
-    pub fn new(server: Option<SocketAddr>) -> crate::Result<Resolver> {
-        let r = match server {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for c in &mut ns.connections {
-                    c.port = addr.port();
-                }
-                let cfg = ResolverConfig::from_parts(None, vec![], vec![ns]);
-                hickory_resolver::Resolver::builder_with_config(
-                    cfg,
-                    TokioRuntimeProvider::default(),
-                )
-                .build()
-                .map_err(|e| crate::QueueError::Resolver(e.to_string()))?
-            }
-            None => hickory_resolver::Resolver::builder_tokio()
-                .and_then(|b| b.build())
-                .map_err(|e| crate::QueueError::Resolver(e.to_string()))?,
-        };
-        Ok(Resolver(r))
-    }
-
     /// The MX hosts of `domain` in preference order (RFC 5321 5.1), or the domain itself if it
     /// has no MX; a null MX (RFC 7505) or a domain that does not exist fails permanently.
     pub async fn mx_targets(

@@ -7,6 +7,7 @@
 
 pub mod conn;
 pub mod data;
+pub mod inbound;
 pub mod limits;
 pub mod session;
 
@@ -52,6 +53,17 @@ pub struct Delivery {
     pub received: String,
     /// The message as received (CRLF line endings, dot-stuffing removed).
     pub body: Vec<u8>,
+    /// DMARC quarantined it: local recipients get it in their junk mailbox.
+    pub quarantine: bool,
+}
+
+/// The greylisting decision for one RCPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GreyCheck {
+    /// Let through; the reason is for the log.
+    Pass(&'static str),
+    /// Deferred; a retry may pass in this many seconds.
+    Defer(u64),
 }
 
 /// The storage side of the SMTP server.
@@ -68,6 +80,22 @@ pub trait MailBackend: Send + Sync {
     /// Stores the message durably (local mailboxes and/or the outbound queue). When this returns
     /// Ok, the message must survive a crash.
     async fn deliver(&self, delivery: Delivery) -> Result<(), BackendError>;
+    /// Greylisting state (`network` is the client's /24 or /64; `authenticated_domain` the
+    /// sender's domain when SPF passed for it in this session).
+    async fn greylist(
+        &self,
+        _network: &str,
+        _sender: &str,
+        _recipient: &str,
+        _authenticated_domain: Option<&str>,
+    ) -> Result<GreyCheck, BackendError> {
+        Ok(GreyCheck::Pass("greylisting not kept by this backend"))
+    }
+    /// Mail from `domain` authenticated (SPF or aligned DKIM pass): greylisting lets its later
+    /// mail through whenever SPF passes for it.
+    async fn sender_authenticated(&self, _domain: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Per-principal overrides of the hourly send limits (messages, recipients); None = default.
     async fn send_limits(
         &self,
@@ -85,6 +113,13 @@ pub struct SmtpServer {
     pub auth: Arc<Authenticator>,
     pub tls: TlsAcceptor,
     pub send_limiter: limits::SendLimiter,
+    /// Checks on port 25 (None: `[inbound] checks = false`, nothing checked, no
+    /// Authentication-Results header).
+    pub inbound: Option<inbound::Inbound>,
+    /// Greylisting on port 25.
+    pub greylist: bool,
+    /// Trusted networks (skip checks and greylisting), also when checks are off.
+    pub trusted_networks: Vec<postern_types::Cidr>,
 }
 
 /// The policy of one listener, derived from its protocol.

@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{Conn, Line, ReadError};
 use crate::data::{DataProblem, DataReader};
-use crate::{Delivery, ListenerKind, SmtpServer};
+use crate::inbound::{Inbound, MailCheck, SenderChecks, Verdict};
+use crate::{Delivery, GreyCheck, ListenerKind, SmtpServer};
 
 /// RFC 4954 4: a SASL response line may be up to 12288 octets.
 const MAX_AUTH_LINE: usize = 12_288;
@@ -51,6 +52,7 @@ enum Close {
     TlsFailed,
     EarlyTalker,
     EndlessInput,
+    BlockListed,
 }
 
 enum Flow {
@@ -84,6 +86,8 @@ struct Session {
     idle_commands: u32,
     auth_failures: u32,
     accepted: u32,
+    /// SPF and iprev of this transaction (port 25, checks on, untrusted client).
+    sender_checks: Option<Box<SenderChecks>>,
 }
 
 fn new_id() -> String {
@@ -151,6 +155,7 @@ pub async fn serve_stream(
         idle_commands: 0,
         auth_failures: 0,
         accepted: 0,
+        sender_checks: None,
     };
     let close = s.run().await;
     s.conn.shutdown().await;
@@ -208,6 +213,15 @@ impl Session {
             return Close::EarlyTalker;
         }
         let h = self.host().to_owned();
+        if let Some((zone, answer)) = self.block_listed().await {
+            // RFC 5782 / RFC 5321 3.1: a 554 greeting; the client should QUIT.
+            tracing::info!(event = "inbound_refused", session = %self.id, ip = %self.peer.ip(), zone, answer, "client listed by a DNS block list");
+            self.conn.reply(&format!(
+                "554 5.7.1 {h} Service refused: client [{}] is listed by {zone}",
+                self.peer.ip()
+            ));
+            return Close::BlockListed;
+        }
         self.conn.reply(&format!("220 {h} ESMTP Postern"));
         loop {
             if self.shutdown.is_cancelled() {
@@ -286,7 +300,28 @@ impl Session {
         None
     }
 
+    /// Port 25 checks apply: an unauthenticated MX session from a network that is not trusted.
+    fn inbound(&self) -> Option<&Inbound> {
+        if self.kind.is_submission() || self.principal.is_some() || self.trusted() {
+            return None;
+        }
+        self.srv.inbound.as_ref()
+    }
+
+    fn trusted(&self) -> bool {
+        let ip = self.peer.ip();
+        self.srv.trusted_networks.iter().any(|c| c.contains(ip))
+    }
+
+    async fn block_listed(&self) -> Option<(String, String)> {
+        match self.inbound() {
+            Some(i) if !i.cfg.dnsbl.is_empty() => i.listed(self.peer.ip()).await,
+            _ => None,
+        }
+    }
+
     fn reset_transaction(&mut self) {
+        self.sender_checks = None;
         self.mail_from = None;
         self.smtputf8 = false;
         self.rcpts.clear();
@@ -600,6 +635,22 @@ impl Session {
                 }
             }
         }
+        if let Some(inbound) = self.inbound() {
+            let helo = self.helo.clone().unwrap_or_default();
+            match inbound
+                .check_sender(self.peer.ip(), &helo, &self.srv.hostname, &sender)
+                .await
+            {
+                MailCheck::Checked(c) => self.sender_checks = Some(c),
+                MailCheck::TempError(why) => {
+                    tracing::info!(event = "inbound_deferred", session = %self.id, ip = %self.peer.ip(), from = %sender, reason = %why, "sender check undecided");
+                    // RFC 7208 8.6: temperror may be answered 451 4.4.3.
+                    return self.error(
+                        "451 4.4.3 Temporary DNS failure while checking SPF; try again later",
+                    );
+                }
+            }
+        }
         self.mail_from = Some(sender);
         self.smtputf8 = smtputf8;
         self.idle_commands = 0;
@@ -686,6 +737,11 @@ impl Session {
         } else {
             return self.error("550 5.7.1 Relay access denied");
         };
+        if local.is_some() && self.srv.greylist && self.inbound_greylist() {
+            if let Some(f) = self.greylist(addr.as_str()).await {
+                return f;
+            }
+        }
         if !self.rcpts.iter().any(|r| r.address == addr.as_str()) {
             self.rcpts.push(Recipient {
                 address: addr.as_str().to_owned(),
@@ -693,6 +749,45 @@ impl Session {
             });
         }
         self.ok("250 2.1.5 Recipient OK")
+    }
+
+    /// Greylisting applies to the unauthenticated port-25 sessions of untrusted clients (with or
+    /// without the other checks).
+    fn inbound_greylist(&self) -> bool {
+        !self.kind.is_submission() && self.principal.is_none() && !self.trusted()
+    }
+
+    /// RFC 6647: the first attempt of an unknown (network, sender, recipient) is deferred.
+    async fn greylist(&mut self, rcpt: &str) -> Option<Flow> {
+        let network = postern_types::Cidr::network_of(self.peer.ip()).to_string();
+        let sender = self
+            .mail_from
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let spf_domain = self
+            .sender_checks
+            .as_ref()
+            .filter(|c| c.spf_mail.result() == postern_dns::mail_auth::SpfResult::Pass)
+            .and_then(|_| sender.rsplit_once('@').map(|(_, d)| d.to_owned()));
+        match self
+            .srv
+            .backend
+            .greylist(&network, &sender, rcpt, spf_domain.as_deref())
+            .await
+        {
+            Ok(GreyCheck::Pass(_)) => None,
+            Ok(GreyCheck::Defer(secs)) => {
+                tracing::info!(event = "greylisted", session = %self.id, ip = %self.peer.ip(), from = %sender, to = rcpt, retry_in = secs, "greylisted");
+                Some(self.error(&format!(
+                    "451 4.7.1 Greylisted: please try again in {secs} seconds"
+                )))
+            }
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "greylist look-up failed");
+                Some(self.error("451 4.3.0 Temporary failure, please try again later"))
+            }
+        }
     }
 
     async fn data(&mut self) -> Flow {
@@ -840,7 +935,48 @@ impl Session {
             }
         }
         let msg_id = new_id();
-        let received = self.received_header(&msg_id).await;
+        let mut received = self.received_header(&msg_id).await;
+        let sender = self.mail_from.clone().unwrap_or_default();
+        let mut quarantine = false;
+        let mut authenticated_domain = None;
+        let mut body = body;
+        if let (Some(inbound), Some(checks)) = (self.inbound(), self.sender_checks.as_deref()) {
+            let verdict = inbound
+                .check_message(
+                    self.peer.ip(),
+                    &self.srv.hostname,
+                    &sender,
+                    checks,
+                    body,
+                    self.srv.backend.as_ref(),
+                )
+                .await;
+            match verdict {
+                Verdict::Accept {
+                    message,
+                    header,
+                    quarantine: q,
+                    authenticated_domain: a,
+                    summary,
+                } => {
+                    if q {
+                        tracing::info!(event = "inbound_quarantined", session = %self.id, id = %msg_id, ip = %self.peer.ip(), from = %sender, reason = %summary, "DMARC quarantine: delivered to the junk mailbox");
+                    }
+                    body = message;
+                    received.push_str(&header);
+                    quarantine = q;
+                    authenticated_domain = a;
+                }
+                Verdict::Reject(reply, why) => {
+                    tracing::info!(event = "inbound_refused", session = %self.id, ip = %self.peer.ip(), from = %sender, reason = %why, "message refused");
+                    return self.error(&reply);
+                }
+                Verdict::Defer(reply, why) => {
+                    tracing::info!(event = "inbound_deferred", session = %self.id, ip = %self.peer.ip(), from = %sender, reason = %why, "message deferred");
+                    return self.error(&reply);
+                }
+            }
+        }
         let mut local: Vec<i64> = self.rcpts.iter().filter_map(|r| r.local).collect();
         local.sort_unstable();
         local.dedup();
@@ -851,7 +987,6 @@ impl Session {
             .map(|r| r.address.clone())
             .collect();
         let size = body.len();
-        let sender = self.mail_from.clone().unwrap_or_default();
         let delivery = Delivery {
             sender: sender.clone(),
             account_id: self
@@ -864,12 +999,18 @@ impl Session {
             remote,
             received,
             body,
+            quarantine,
         };
         let rcpts = self.rcpts.len();
         let account = self.principal.as_ref().map(|p| (p.kind, p.account_id));
         match self.srv.backend.deliver(delivery).await {
             Ok(()) => {
                 self.accepted += 1;
+                if let Some(d) = authenticated_domain.filter(|_| self.srv.greylist) {
+                    if let Err(e) = self.srv.backend.sender_authenticated(&d).await {
+                        tracing::warn!(session = %self.id, error = %e, "greylist auto-allow not recorded");
+                    }
+                }
                 if let Some(a) = account {
                     self.srv.send_limiter.record(a, rcpts as u32);
                 }

@@ -52,6 +52,20 @@ impl Store {
         accounts: &[i64],
         internal_date: i64,
     ) -> Result<Vec<i64>> {
+        self.deliver_local_to(message, accounts, internal_date, None)
+            .await
+    }
+
+    /// [`Store::deliver_local`], into each account's junk mailbox when `quarantine` names one: the
+    /// mailbox with the special use `\Junk`, else the one of that name, else INBOX (an account
+    /// that deleted its junk mailbox still gets the message; its Authentication-Results say why).
+    pub async fn deliver_local_to(
+        &self,
+        message: Vec<Vec<u8>>,
+        accounts: &[i64],
+        internal_date: i64,
+        quarantine: Option<&str>,
+    ) -> Result<Vec<i64>> {
         let size: usize = message.iter().map(Vec::len).sum();
         let blob = self.put_blob(message).await?;
         let res = async {
@@ -60,9 +74,14 @@ impl Store {
             for &account in accounts {
                 let row = sqlx::query(
                     "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                     WHERE account_id = ? AND name = 'INBOX' RETURNING id, uidnext - 1 AS uid, highest_modseq",
+                     WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
+                                 (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
+                                 ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
+                                 LIMIT 1)
+                     RETURNING id, uidnext - 1 AS uid, highest_modseq",
                 )
                 .bind(account)
+                .bind(quarantine)
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;

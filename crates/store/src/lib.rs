@@ -21,6 +21,7 @@ pub mod blob;
 mod delivery;
 pub mod dkim;
 mod domains;
+pub mod greylist;
 pub mod lock;
 pub mod mailbox;
 pub mod queue;
@@ -286,6 +287,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_delivery_state.sql"),
     include_str!("../migrations/0010_dkim_keys.sql"),
     include_str!("../migrations/0011_keyed_audit.sql"),
+    include_str!("../migrations/0012_greylist.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
