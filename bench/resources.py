@@ -138,6 +138,12 @@ def main():
         "[smtp]\n", "[smtp]\nmax_connections = 12000\nmax_connections_per_ip = 50\ncommand_timeout_secs = 10\nidle_timeout_secs = 10\n"
     ).replace("[imap]\n", "[imap]\nmax_connections = 12000\nmax_connections_per_ip = 50\n")
     text += "\n[delivery]\nenabled = false\n"
+    # Port-25 checks stay on (their memory counts too), asking a DNS server on loopback (never the
+    # system's resolvers); greylisting would only answer 451 to the load.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from dnsfake import FakeDns
+    dns = FakeDns().start()
+    text += f"\n[dns]\nserver = \"127.0.0.1:{dns.port}\"\n\n[greylist]\nenabled = false\n"
     cfg.write_text(text)
     cli(a.bin, d, "user", "add", "rcpt@example.test", "--password-stdin", stdin=PW + "\n")
     log = open(tmp / "server.log", "w")

@@ -26,15 +26,23 @@ cargo build --release --locked -p postern >/dev/null 2>&1
 BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
 
 echo "== Postern"
+# DNS from a loopback server (never the system's resolvers), answers cached for the run;
+# greylisting off (it would answer 451). The port-25 checks stay on: bench/inbound-checks.sh
+# measures what they cost.
+DNS_OUT=$(mktemp)
+python3 bench/fake-dns.py >"$DNS_OUT" &
+DNS_PID=$!
+for _ in $(seq 100); do [ -s "$DNS_OUT" ] && break; sleep 0.05; done
 D=$(mktemp -d /tmp/postern-bench.XXXXXX)
 "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
 # All load comes from one loopback address: lift the per-IP cap (default 20) for the benchmark only;
 # smtp-source opens a new session the moment the previous one said QUIT.
 sed -i 's/^\[smtp\]$/[smtp]\nmax_connections_per_ip = 1000/' "$D/data/postern.toml"
+printf '\n[dns]\nserver = "127.0.0.1:%s"\n\n[greylist]\nenabled = false\n' "$(head -1 "$DNS_OUT")" >> "$D/data/postern.toml"
 echo 'Bench!Quantum#Orbit-2026' | "$BIN" --dir "$D/data" user add b@example.test --password-stdin >/dev/null
 POSTERN_LOG=warn "$BIN" --dir "$D/data" serve >/dev/null 2>"$D/serve.log" </dev/null &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
+trap 'kill $PID $DNS_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 t0=$(date +%s.%N)
 /usr/sbin/smtp-source -s "$SESS" -l "$SIZE" -m "$MSGS" -f a@example.test -t b@example.test "127.0.0.1:$PORT"

