@@ -331,3 +331,47 @@ def test_swaks_sees_the_refusal(make_server, dns, tmp_path):
                         "--helo", "client.test", "--timeout", "20"], capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "550 5.7.1" in p.stdout, p.stdout[-2000:]
+
+
+def test_dmarc_aggregate_report(make_server, dns):
+    import email
+    import gzip
+    import json
+    import xml.etree.ElementTree as ET
+    z = dns.zone
+    z.add("reporter.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    z.add("_dmarc.reporter.test", "TXT", "v=DMARC1; p=none; rua=mailto:dmarc@example.test")
+    # example.test agrees to receive reporter.test's reports (RFC 7489 7.1)
+    z.add("reporter.test._report._dmarc.example.test", "TXT", "v=DMARC1")
+    # nosy.test asks for its reports to go to an address that never agreed: none is sent
+    z.add("nosy.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    z.add("_dmarc.nosy.test", "TXT", "v=DMARC1; p=none; rua=mailto:reports@elsewhere.test")
+    srv = start(make_server, dns)
+    srv.cli("alias", "add", "dmarc@example.test", BOB)
+    for i in range(2):
+        assert send(srv, "a@reporter.test", message("a@reporter.test", f"pass {i}"), source=GOOD)[0] == 250
+    assert send(srv, "a@reporter.test", message("a@reporter.test", "fail"), source=STRANGER)[0] == 250
+    assert send(srv, "a@nosy.test", message("a@nosy.test", "nosy"), source=GOOD)[0] == 250
+    pending = json.loads(srv.cli("reports", "pending", "--json").stdout)
+    assert {p["domain"]: p["messages"] for p in pending} == {"reporter.test": 3, "nosy.test": 1}, pending
+    sent = json.loads(srv.cli("reports", "send", "--include-today", "--json").stdout)
+    assert sent == {"reports": 1, "recipients": 1, "dropped": 1}, sent
+    assert json.loads(srv.cli("reports", "pending", "--json").stdout) == []
+    reports = [m for m in srv.inbox(BOB) if b"Report Domain: reporter.test" in m]
+    assert len(reports) == 1
+    msg = email.message_from_bytes(reports[0])
+    gz = [p for p in msg.walk() if p.get_content_type() == "application/gzip"]
+    assert len(gz) == 1 and gz[0].get_filename().endswith(".xml.gz")
+    root = ET.fromstring(gzip.decompress(gz[0].get_payload(decode=True)))
+    ns = {"d": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {"d": ""}
+    q = (lambda p: p.replace("/", "/d:").replace("d:d:", "d:")) if ns["d"] else (lambda p: p)
+    assert root.find(q("d:policy_published/d:domain"), ns).text == "reporter.test"
+    rows = {}
+    for rec in root.findall(q("d:record"), ns):
+        ip = rec.find(q("d:row/d:source_ip"), ns).text
+        rows[ip] = (int(rec.find(q("d:row/d:count"), ns).text),
+                    rec.find(q("d:row/d:policy_evaluated/d:spf"), ns).text)
+    assert rows == {GOOD: (2, "pass"), STRANGER: (1, "fail")}, rows
+    with srv.db() as c:
+        actors = [r[0] for r in c.execute("SELECT actor FROM audit_log WHERE event = 'dmarc_reports_sent'")]
+    assert len(actors) == 1 and actors[0].startswith("cli:"), actors

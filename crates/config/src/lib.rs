@@ -363,6 +363,12 @@ pub struct InboundConfig {
     /// Mailbox (by special use `\Junk`, else by this name) that receives mail DMARC quarantines.
     #[serde(default = "d_junk")]
     pub quarantine_mailbox: String,
+    /// Send DMARC aggregate reports (RFC 7489 7.2) to the domains that ask for them (`rua`).
+    #[serde(default = "d_true")]
+    pub dmarc_reports: bool,
+    /// The sender of the reports (default `postmaster@` the server's host name).
+    #[serde(default)]
+    pub reports_from: Option<String>,
 }
 
 fn d_junk() -> String {
@@ -377,6 +383,8 @@ impl Default for InboundConfig {
             skip_checks_for: Vec::new(),
             dnsbl: Vec::new(),
             quarantine_mailbox: d_junk(),
+            dmarc_reports: true,
+            reports_from: None,
         }
     }
 }
@@ -1162,6 +1170,13 @@ impl Config {
             if postern_types::Domain::parse(z).is_err() {
                 return Err(format!(
                     "inbound.dnsbl and inbound.skip_checks_for take domain names; {z:?} is not one"
+                ));
+            }
+        }
+        if let Some(f) = &self.inbound.reports_from {
+            if postern_types::EmailAddress::parse(f).is_err() {
+                return Err(format!(
+                    "inbound.reports_from {f:?} is not an email address"
                 ));
             }
         }

@@ -105,6 +105,20 @@ impl MailBackend for StoreBackend {
             .map_err(err)
     }
 
+    async fn dmarc_evaluated(
+        &self,
+        domain: &str,
+        rua: &[String],
+        policy: &str,
+        record: &str,
+    ) -> Result<(), BackendError> {
+        let day = postern_store::now().div_euclid(86400);
+        self.store
+            .dmarc_record(day, domain, rua, policy, record)
+            .await
+            .map_err(err)
+    }
+
     async fn send_limits(&self, p: &Principal) -> Result<(Option<u32>, Option<u32>), BackendError> {
         match p.kind {
             PrincipalKind::Account => self.store.send_limits(p.account_id).await.map_err(err),

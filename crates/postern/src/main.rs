@@ -17,6 +17,7 @@ mod dkim;
 mod keys;
 mod ops;
 mod password;
+mod reports;
 mod roles;
 mod serve;
 mod twofactor;

@@ -113,14 +113,19 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             ))
             .with_guard(guard.clone()),
     );
+    // One resolver (and one cache) for outbound MX look-ups, the inbound checks and the reports.
+    let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
     // Bans added or lifted with `postern ban` reach the running server within 2 s, rotated
-    // application secrets are retired (and audited) within 2 s of their grace period's end; the
-    // audit log is trimmed to its retention once an hour.
+    // application secrets are retired (and audited) within 2 s of their grace period's end; once
+    // an hour the audit log is trimmed to its retention, greylisting state expires and the DMARC
+    // aggregate reports of finished days are sent.
     {
         let guard = guard.clone();
         let store = store.clone();
         let retention = cfg.defence.audit_retention_days;
         let grey = crate::backend::grey_policy(&cfg.greylist);
+        let dns = dns.clone();
+        let cfg = cfg.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             let mut n: u64 = 0;
@@ -138,12 +143,20 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     if let Err(e) = store.greylist_expire(postern_store::now(), grey).await {
                         tracing::warn!(error = %e, "greylist expiry failed");
                     }
+                    // DMARC aggregate reports of the finished days
+                    if cfg.inbound.dmarc_reports {
+                        let today = postern_store::now().div_euclid(86400);
+                        let actor = crate::actor::Actor::system("dmarc-reports");
+                        if let Err(e) =
+                            crate::ops::reports::send_dmarc(&store, &dns, &cfg, &actor, today).await
+                        {
+                            tracing::warn!(error = %e, "sending DMARC reports failed");
+                        }
+                    }
                 }
             }
         });
     }
-    // One resolver (and one cache) for outbound MX look-ups and the inbound checks.
-    let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
     let delivery = if cfg.delivery.enabled {
         Some(
             postern_queue::Delivery::new(

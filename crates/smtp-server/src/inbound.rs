@@ -19,6 +19,10 @@ use postern_config::{GreylistConfig, InboundConfig};
 use postern_dns::mail_auth::common::headers::HeaderWriter;
 use postern_dns::mail_auth::dmarc::verify::DmarcParameters;
 use postern_dns::mail_auth::dmarc::Policy;
+use postern_dns::mail_auth::report::{
+    ActionDisposition, PolicyOverride, PolicyOverrideReason, PolicyPublished, Record,
+    SPFDomainScope,
+};
 use postern_dns::mail_auth::spf::verify::SpfParameters;
 use postern_dns::mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevOutput, SpfOutput,
@@ -240,6 +244,21 @@ impl Inbound {
 
         let exempted = from_domains.iter().any(|d| exempt(d));
         let mut quarantine = false;
+        // what is done, for the aggregate report (RFC 7489 7.2 "disposition")
+        let report = |action: ActionDisposition, overridden: Option<PolicyOverride>| {
+            self.report(
+                backend,
+                ReportInput {
+                    ip,
+                    sender,
+                    dkim: &dkim,
+                    spf: &checks.spf_mail,
+                    dmarc: &dmarc,
+                    action,
+                    overridden,
+                },
+            )
+        };
         match dmarc.result() {
             DmarcResult::TempError(_) if !exempted => {
                 return Verdict::Defer(
@@ -255,20 +274,32 @@ impl Inbound {
                     }
                     other => other,
                 };
+                // RFC 7489 6.6.4: sampled out by pct (RFC 9990 reports it as a test mode)
+                let sampled_out =
+                    (policy != dmarc.policy()).then_some(PolicyOverride::PolicyTestMode);
                 match policy {
                     Policy::Reject => {
+                        report(ActionDisposition::Reject, None).await;
                         return Verdict::Reject(
                             format!(
                                 "550 5.7.1 Message refused by the DMARC policy of {}",
                                 dmarc.domain()
                             ),
                             format!("DMARC reject; {summary}"),
-                        )
+                        );
                     }
-                    Policy::Quarantine => quarantine = true,
-                    _ => {}
+                    Policy::Quarantine => {
+                        quarantine = true;
+                        report(ActionDisposition::Quarantine, sampled_out).await;
+                    }
+                    _ => report(ActionDisposition::None, sampled_out).await,
                 }
             }
+            // an exempted domain ([inbound] skip_checks_for)
+            DmarcResult::Fail(_) => {
+                report(ActionDisposition::None, Some(PolicyOverride::LocalPolicy)).await
+            }
+            DmarcResult::Pass => report(ActionDisposition::Pass, None).await,
             _ => {}
         }
         let authenticated_domain = if spf_pass && !sender.is_empty() {
@@ -285,6 +316,41 @@ impl Inbound {
             quarantine,
             authenticated_domain,
             summary,
+        }
+    }
+
+    /// Records one evaluation for the aggregate report, when the domain asked for reports. A
+    /// failure to record is logged, never a reason to refuse mail.
+    async fn report(&self, backend: &dyn crate::MailBackend, r: ReportInput<'_>) {
+        let Some(record) = r.dmarc.dmarc_record() else {
+            return;
+        };
+        if record.rua().is_empty() {
+            return;
+        }
+        let rua: Vec<String> = record.rua().iter().map(|u| u.uri().to_owned()).collect();
+        let policy = PolicyPublished::from_record(r.dmarc.domain(), record);
+        let mut row = Record::new()
+            .with_dkim_output(r.dkim)
+            .with_spf_output(r.spf, SPFDomainScope::MailFrom)
+            .with_dmarc_output(r.dmarc)
+            .with_source_ip(r.ip)
+            .with_action_disposition(r.action)
+            .with_header_from(r.dmarc.domain())
+            .with_envelope_from(domain_of(r.sender).unwrap_or(""));
+        if let Some(why) = r.overridden {
+            // RFC 7489 7.2: a failing message not given the published policy
+            row = row.with_policy_override_reason(PolicyOverrideReason::new(why));
+        }
+        let (Ok(policy), Ok(row)) = (serde_json::to_string(&policy), serde_json::to_string(&row))
+        else {
+            return;
+        };
+        if let Err(e) = backend
+            .dmarc_evaluated(r.dmarc.domain(), &rua, &policy, &row)
+            .await
+        {
+            tracing::warn!(error = %e, domain = r.dmarc.domain(), "DMARC result not recorded for the aggregate report");
         }
     }
 
@@ -314,6 +380,17 @@ impl Inbound {
             }
         }
     }
+}
+
+/// What an aggregate-report row is made of.
+struct ReportInput<'a> {
+    ip: IpAddr,
+    sender: &'a str,
+    dkim: &'a [postern_dns::mail_auth::DkimOutput<'a>],
+    spf: &'a SpfOutput,
+    dmarc: &'a postern_dns::mail_auth::DmarcOutput,
+    action: ActionDisposition,
+    overridden: Option<PolicyOverride>,
 }
 
 fn dmarc_word(r: &DmarcResult) -> &'static str {

@@ -96,6 +96,17 @@ pub trait MailBackend: Send + Sync {
     async fn sender_authenticated(&self, _domain: &str) -> Result<(), BackendError> {
         Ok(())
     }
+    /// One DMARC evaluation of inbound mail, for the aggregate report to `domain`'s `rua`
+    /// (RFC 7489 7.2): `policy` and `record` are mail-auth's report types as JSON.
+    async fn dmarc_evaluated(
+        &self,
+        _domain: &str,
+        _rua: &[String],
+        _policy: &str,
+        _record: &str,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Per-principal overrides of the hourly send limits (messages, recipients); None = default.
     async fn send_limits(
         &self,

@@ -20,6 +20,7 @@ pub mod audit;
 pub mod blob;
 mod delivery;
 pub mod dkim;
+pub mod dmarc;
 mod domains;
 pub mod greylist;
 pub mod lock;
@@ -288,6 +289,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_dkim_keys.sql"),
     include_str!("../migrations/0011_keyed_audit.sql"),
     include_str!("../migrations/0012_greylist.sql"),
+    include_str!("../migrations/0013_dmarc_results.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

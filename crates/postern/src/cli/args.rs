@@ -97,6 +97,10 @@ pub enum Command {
     /// Bans of source addresses and networks; works while the server runs.
     #[command(subcommand)]
     Ban(BanCmd),
+    /// DMARC aggregate reports to the domains that ask for them (`rua`); the server sends those
+    /// of finished days once an hour.
+    #[command(subcommand)]
+    Reports(ReportsCmd),
     /// The append-only, hash-chained audit log of authentication events.
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCmd),
@@ -458,6 +462,22 @@ pub enum AliasCmd {
     Add { alias: String, account: String },
     List,
     Remove { alias: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportsCmd {
+    /// The DMARC results waiting for their report: day, domain, rows, messages.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the reports of finished days now (and today's so far with --include-today).
+    Send {
+        #[arg(long)]
+        include_today: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -575,3 +575,56 @@ pub async fn app_password(cfg: &Config, cmd: &super::args::AppPasswordCmd) -> Re
     store.close().await;
     Ok(())
 }
+
+pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> {
+    use super::args::ReportsCmd;
+    let store = open_store(cfg).await?;
+    let today = postern_store::now().div_euclid(86400);
+    match cmd {
+        ReportsCmd::Pending { json } => {
+            let mut out = Vec::new();
+            for (day, domain) in store.dmarc_pending(i64::MAX).await? {
+                let rows = store.dmarc_rows(day, &domain).await?;
+                let messages: i64 = rows.records.iter().map(|(_, c)| c).sum();
+                out.push(serde_json::json!({
+                    "day": chrono::DateTime::from_timestamp(day * 86400, 0)
+                        .map(|d| d.format("%Y-%m-%d").to_string()),
+                    "domain": domain, "rows": rows.records.len(), "messages": messages, "rua": rows.rua,
+                }));
+            }
+            if *json {
+                println!("{}", serde_json::Value::Array(out));
+            } else if out.is_empty() {
+                println!("no DMARC results waiting for a report");
+            } else {
+                for o in out {
+                    println!(
+                        "{}\t{}\t{} rows\t{} messages\t{}",
+                        o["day"].as_str().unwrap_or("?"),
+                        o["domain"].as_str().unwrap_or("?"),
+                        o["rows"],
+                        o["messages"],
+                        o["rua"]
+                    );
+                }
+            }
+        }
+        ReportsCmd::Send {
+            include_today,
+            json,
+        } => {
+            let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
+            let until = if *include_today { today + 1 } else { today };
+            let sent = ops::reports::send_dmarc(&store, &dns, cfg, &Actor::cli(), until).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&sent)?);
+            } else {
+                println!(
+                    "{} DMARC reports sent to {} recipients ({} dropped: no address accepts them)",
+                    sent.reports, sent.recipients, sent.dropped
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -3,7 +3,8 @@
 //! of them takes a change without an [`Actor`](crate::actor::Actor), so an unaudited change
 //! cannot be written by accident.
 //!
-//! One file per resource: domains, accounts, aliases, app passwords, applications, bans, queue.
+//! One file per resource: domains, accounts, aliases, app passwords, applications, bans, queue,
+//! reports.
 //! (Administrators, secrets and DKIM keys record their events the same way from `cli/admins`,
 //! `api/admins`, `cli/secret` and `dkim`.)
 
@@ -14,3 +15,4 @@ pub mod applications;
 pub mod bans;
 pub mod domains;
 pub mod queue;
+pub mod reports;

@@ -1,0 +1,155 @@
+//! DMARC aggregate reports (RFC 7489 7.2; the XML of RFC 9990, gzip-compressed, built by
+//! `mail-auth`): once a day (and on `postern reports send`), the results counted for each policy
+//! domain on each finished UTC day go to the domain's `rua` addresses. An address outside the
+//! policy domain receives it only if it agreed to (RFC 7489 7.1: a `<domain>._report._dmarc.<its
+//! domain>` record). Local recipients get it in their INBOX; others through the outbound queue.
+
+use anyhow::Context;
+use postern_dns::mail_auth::common::cache::NoCache;
+use postern_dns::mail_auth::report::{PolicyPublished, Record, Report};
+use postern_dns::mail_auth::Txt;
+use postern_store::Store;
+use postern_types::EmailAddress;
+
+/// Who sends the reports: `[inbound] reports_from`.
+pub struct Reporter<'a> {
+    pub store: &'a Store,
+    pub dns: &'a postern_dns::Dns,
+    pub hostname: &'a str,
+    pub from: &'a str,
+}
+
+/// What one run did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Sent {
+    pub reports: usize,
+    pub recipients: usize,
+    /// Reports dropped because no address was allowed to receive them.
+    pub dropped: usize,
+}
+
+impl Reporter<'_> {
+    /// Sends every report of the days before `until_day` (days since the epoch, UTC).
+    pub async fn send(&self, until_day: i64) -> anyhow::Result<Sent> {
+        let mut sent = Sent::default();
+        for (day, domain) in self.store.dmarc_pending(until_day).await? {
+            let rows = self.store.dmarc_rows(day, &domain).await?;
+            let wanted: Vec<String> = rows
+                .rua
+                .iter()
+                // mail-auth keeps mailto: URIs as their address (size limits after '!')
+                .map(|u| u.strip_prefix("mailto:").unwrap_or(u))
+                .map(|a| a.split('!').next().unwrap_or(a).to_owned())
+                .filter(|a| EmailAddress::parse(a).is_ok())
+                .collect();
+            let Some(allowed) = self
+                .dns
+                .authenticator()
+                .verify_dmarc_report_address(&domain, &wanted, None::<&NoCache<Box<str>, Txt>>)
+                .await
+            else {
+                // DNS failure: try again at the next run
+                tracing::warn!(
+                    domain,
+                    "DMARC report addresses could not be verified (DNS); retrying later"
+                );
+                continue;
+            };
+            let to: Vec<String> = allowed.into_iter().cloned().collect();
+            if to.is_empty() {
+                tracing::info!(
+                    domain,
+                    "no DMARC report address accepts reports; report dropped"
+                );
+                self.store.dmarc_done(day, &domain).await?;
+                sent.dropped += 1;
+                continue;
+            }
+            let policy: PolicyPublished =
+                serde_json::from_str(&rows.policy).context("stored DMARC policy")?;
+            let mut report = Report::new()
+                .with_version(1.0)
+                .with_org_name(self.hostname)
+                .with_email(self.from)
+                .with_report_id(format!(
+                    "{day}.{domain}.{}",
+                    hex::encode(rand::random::<[u8; 6]>())
+                ))
+                .with_date_range_begin((day * 86400) as u64)
+                .with_date_range_end((day * 86400 + 86399) as u64)
+                .with_generator("Postern")
+                .with_policy_published(policy);
+            for (json, count) in &rows.records {
+                let record: Record = serde_json::from_str(json).context("stored DMARC row")?;
+                report = report
+                    .with_record(record.with_count(u32::try_from(*count).unwrap_or(u32::MAX)));
+            }
+            let message = report
+                .to_rfc5322(
+                    self.hostname,
+                    ("Postern DMARC reports", self.from),
+                    to.iter().map(String::as_str),
+                )
+                .context("building the DMARC report")?;
+            self.deliver(message.into_bytes(), &to).await?;
+            self.store.dmarc_done(day, &domain).await?;
+            tracing::info!(
+                domain,
+                day,
+                recipients = to.len(),
+                "DMARC aggregate report sent"
+            );
+            sent.reports += 1;
+            sent.recipients += to.len();
+        }
+        Ok(sent)
+    }
+
+    async fn deliver(&self, message: Vec<u8>, to: &[String]) -> anyhow::Result<()> {
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for a in to {
+            let addr = EmailAddress::parse(a).context("report address")?;
+            match self.store.resolve_recipient(&addr).await? {
+                Some(id) if self.store.is_local_domain(addr.domain()).await? => local.push(id),
+                _ => remote.push(addr.as_str().to_owned()),
+            }
+        }
+        local.sort_unstable();
+        local.dedup();
+        let date = chrono::Utc::now().to_rfc2822();
+        let received = format!(
+            "Received: by {} (Postern DMARC reports); {date}\r\n",
+            self.hostname
+        );
+        if !remote.is_empty() {
+            self.store
+                .enqueue(
+                    vec![received.clone().into_bytes(), message.clone()],
+                    self.from,
+                    None,
+                    &remote,
+                )
+                .await?;
+        }
+        if !local.is_empty() {
+            let return_path = format!("Return-Path: <{}>\r\n", self.from);
+            self.store
+                .deliver_local(
+                    vec![return_path.into_bytes(), received.into_bytes(), message],
+                    &local,
+                    postern_store::now(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `[inbound] reports_from`, or `postmaster@` the host name.
+pub fn reports_from(cfg: &postern_config::Config) -> String {
+    cfg.inbound
+        .reports_from
+        .clone()
+        .unwrap_or_else(|| format!("postmaster@{}", cfg.server.hostname))
+}
