@@ -106,6 +106,8 @@ pub struct Config {
     pub inbound: InboundConfig,
     #[serde(default)]
     pub greylist: GreylistConfig,
+    #[serde(default)]
+    pub mta_sts: MtaStsConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -252,9 +254,19 @@ pub struct DeliveryConfig {
     /// Domains whose MX hosts must offer STARTTLS with a valid certificate.
     #[serde(default)]
     pub require_tls: Vec<String>,
-    /// CA file for `require_tls` checks (default: the system's roots).
+    /// CA file for `require_tls` checks and MTA-STS (default: the system's roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Honour the MTA-STS policies of recipient domains (RFC 8461).
+    #[serde(default = "d_true")]
+    pub mta_sts: bool,
+    /// Port of `mta-sts.DOMAIN` for policy fetches (443; tests use a high port).
+    #[serde(default = "d_https_port")]
+    pub mta_sts_port: u16,
+}
+
+fn d_https_port() -> u16 {
+    443
 }
 
 fn d_workers() -> usize {
@@ -297,6 +309,8 @@ impl Default for DeliveryConfig {
             mx_port: d_mx_port(),
             require_tls: Vec::new(),
             ca_file: None,
+            mta_sts: true,
+            mta_sts_port: d_https_port(),
         }
     }
 }
@@ -386,6 +400,62 @@ impl Default for InboundConfig {
             dmarc_reports: true,
             reports_from: None,
         }
+    }
+}
+
+/// The MTA-STS policy this server publishes for its domains (RFC 8461), served over HTTPS as
+/// `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaStsConfig {
+    /// HTTPS listener for the policy (off by default). Publicly it must be reachable on port 443
+    /// as mta-sts.DOMAIN, with a certificate valid for that name.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// `testing` (senders report but deliver anyway), `enforce` or `none`.
+    #[serde(default = "d_sts_mode")]
+    pub mode: String,
+    /// MX host names (or `*.domain` patterns) senders may use; default: `server.hostname`.
+    #[serde(default)]
+    pub mx: Vec<String>,
+    /// How long senders cache the policy.
+    #[serde(default = "d_sts_age")]
+    pub max_age_days: u64,
+}
+
+fn d_sts_mode() -> String {
+    "testing".into()
+}
+fn d_sts_age() -> u64 {
+    7
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            listen: None,
+            mode: d_sts_mode(),
+            mx: Vec::new(),
+            max_age_days: d_sts_age(),
+        }
+    }
+}
+
+impl MtaStsConfig {
+    /// The policy body (RFC 8461 3.2) for a server named `hostname`.
+    pub fn policy(&self, hostname: &str) -> String {
+        let mut out = format!("version: STSv1\r\nmode: {}\r\n", self.mode);
+        if self.mx.is_empty() {
+            out.push_str(&format!("mx: {hostname}\r\n"));
+        }
+        for m in &self.mx {
+            out.push_str(&format!("mx: {m}\r\n"));
+        }
+        out.push_str(&format!(
+            "max_age: {}\r\n",
+            self.max_age_days.saturating_mul(86400)
+        ));
+        out
     }
 }
 
@@ -1179,6 +1249,12 @@ impl Config {
                     "inbound.reports_from {f:?} is not an email address"
                 ));
             }
+        }
+        if !["testing", "enforce", "none"].contains(&self.mta_sts.mode.as_str()) {
+            return Err("mta_sts.mode must be testing, enforce or none".into());
+        }
+        if self.mta_sts.max_age_days == 0 || self.mta_sts.max_age_days > 365 {
+            return Err("mta_sts.max_age_days must be between 1 and 365".into());
         }
         if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
             return Err("dns.timeout_ms and dns.attempts must be at least 1".into());

@@ -126,9 +126,10 @@ pub(crate) fn txt(value: &str) -> String {
 /// mailbox for DMARC reports).
 pub async fn records(
     store: &Store,
-    hostname: &str,
+    cfg: &postern_config::Config,
     domain: &str,
 ) -> Result<(Vec<(String, &'static str, String)>, Vec<String>)> {
+    let hostname = cfg.server.hostname.as_str();
     let mut notes = Vec::new();
     if !store.is_local_domain(domain).await? {
         bail!("{domain} is not a local domain");
@@ -160,15 +161,7 @@ pub async fn records(
     }
     // Aggregate reports go to an address that exists: dmarc-reports@ if it was made, else
     // postmaster@; with neither, no rua (reports to nowhere would bounce) and a note says how.
-    let mut rua = None;
-    for local in ["dmarc-reports", "postmaster"] {
-        let a = EmailAddress::parse(&format!("{local}@{domain}"))?;
-        if store.resolve_recipient(&a).await?.is_some() {
-            rua = Some(a);
-            break;
-        }
-    }
-    let rua = match rua {
+    let rua = match rua_address(store, domain).await? {
         Some(a) => format!("; rua=mailto:{a}"),
         None => {
             notes.push(format!(
@@ -183,6 +176,38 @@ pub async fn records(
         "TXT",
         txt(&format!("v=DMARC1; p=quarantine; adkim=s; aspf=s{rua}")),
     ));
+    // MTA-STS (RFC 8461) and TLS reporting (RFC 8460): senders that support them deliver only
+    // over TLS with a valid certificate to the listed MX hosts.
+    if cfg.mta_sts.listen.is_some() {
+        let policy = cfg.mta_sts.policy(hostname);
+        out.push((format!("mta-sts.{d}"), "CNAME", host.clone()));
+        out.push((
+            format!("_mta-sts.{d}"),
+            "TXT",
+            txt(&format!(
+                "v=STSv1; id={}",
+                crate::sts_host::policy_id(&policy)
+            )),
+        ));
+        notes.push(format!(
+            "MTA-STS: senders fetch https://mta-sts.{domain}/.well-known/mta-sts.txt on port 443; the \
+             certificate must name mta-sts.{domain} (mode {}; change [mta_sts] mode to enforce once \
+             reports show every sender reaches you over TLS)",
+            cfg.mta_sts.mode
+        ));
+    } else {
+        notes.push(
+            "no MTA-STS policy: set [mta_sts] listen to serve one (senders then require TLS to you)"
+                .into(),
+        );
+    }
+    if let Some(a) = rua_address(store, domain).await? {
+        out.push((
+            format!("_smtp._tls.{d}"),
+            "TXT",
+            txt(&format!("v=TLSRPTv1; rua=mailto:{a}")),
+        ));
+    }
     // RFC 6186 / RFC 8314: mail clients find the implicit-TLS ports; no clear-text ones.
     for (svc, port) in [
         ("_submissions._tcp", 465),
@@ -200,4 +225,15 @@ pub async fn records(
     out.push((format!("_pop3._tcp.{d}"), "SRV", "0 0 0 .".to_owned()));
     out.push((format!("autoconfig.{d}"), "CNAME", host.clone()));
     Ok((out, notes))
+}
+
+/// Where reports about a domain go: dmarc-reports@ if it receives mail, else postmaster@.
+async fn rua_address(store: &Store, domain: &str) -> Result<Option<EmailAddress>> {
+    for local in ["dmarc-reports", "postmaster"] {
+        let a = EmailAddress::parse(&format!("{local}@{domain}"))?;
+        if store.resolve_recipient(&a).await?.is_some() {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
 }

@@ -20,6 +20,7 @@ mod password;
 mod reports;
 mod roles;
 mod serve;
+mod sts_host;
 mod twofactor;
 mod util;
 

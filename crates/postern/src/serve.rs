@@ -328,6 +328,23 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }
         None => None,
     };
+    let sts_task = match cfg.mta_sts.listen {
+        Some(addr) => {
+            let sd = shutdown.clone();
+            Some(
+                crate::sts_host::serve(
+                    &cfg,
+                    store.clone(),
+                    guard.clone(),
+                    addr,
+                    tls.clone(),
+                    async move { sd.cancelled().await },
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let delivery_task = delivery.as_ref().map(|d| {
         let (d, sd) = (d.clone(), shutdown.clone());
         tokio::spawn(async move { d.run(sd).await })
@@ -346,7 +363,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     for l in loops {
         let _ = l.await;
     }
-    if let Some(t) = api_task {
+    for t in [api_task, sts_task].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     if let Some(t) = delivery_task {

@@ -17,6 +17,7 @@
 
 pub mod dkim;
 pub mod dsn;
+pub mod mta_sts;
 mod route;
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,7 @@ pub struct Delivery {
     pub relays: Vec<RelayConfig>,
     pub secrets: Arc<dyn Secrets>,
     resolver: route::Resolver,
+    mta_sts: Option<mta_sts::MtaSts>,
     in_flight: Mutex<HashSet<i64>>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
@@ -65,6 +67,8 @@ struct RcptResult {
 pub enum QueueError {
     #[error("queue storage: {0}")]
     Store(#[from] postern_store::StoreError),
+    #[error("TLS client setup: {0}")]
+    Tls(String),
     #[error("a queued message has an invalid sender: {0}")]
     Sender(#[from] postern_types::AddressError),
 }
@@ -88,6 +92,17 @@ impl Delivery {
         dns: postern_dns::Dns,
     ) -> Result<Arc<Delivery>> {
         let resolver = route::Resolver(dns.resolver().clone());
+        let mta_sts = if cfg.mta_sts {
+            let connector = mta_sts::connector(cfg.ca_file.as_deref()).map_err(QueueError::Tls)?;
+            Some(mta_sts::MtaSts::new(
+                store.clone(),
+                dns.resolver().clone(),
+                cfg.mta_sts_port,
+                connector,
+            ))
+        } else {
+            None
+        };
         let workers = Arc::new(Semaphore::new(cfg.workers.max(1)));
         Ok(Arc::new(Delivery {
             store,
@@ -96,6 +111,7 @@ impl Delivery {
             relays,
             secrets,
             resolver,
+            mta_sts,
             in_flight: Mutex::new(HashSet::new()),
             per_destination: Mutex::new(HashMap::new()),
             workers,
@@ -209,10 +225,18 @@ impl Delivery {
                     format!("relay:{}:{}", relay.host, relay.port),
                     route::relay_target(relay, self.secrets.as_ref()).await,
                 ),
-                None => (
-                    format!("domain:{domain}"),
-                    self.resolver.mx_targets(&domain, &self.cfg).await,
-                ),
+                None => {
+                    let sts = match &self.mta_sts {
+                        Some(m) => m.policy(&domain).await,
+                        None => None,
+                    };
+                    (
+                        format!("domain:{domain}"),
+                        self.resolver
+                            .mx_targets(&domain, &self.cfg, sts.as_ref())
+                            .await,
+                    )
+                }
             };
             let sem = self.destination_permit(&key);
             let _permit = sem.acquire_owned().await.expect("never closed");

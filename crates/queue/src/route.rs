@@ -92,7 +92,9 @@ pub struct Target {
     pub credentials: Option<(String, Zeroizing<String>)>,
 }
 
-fn verifying_connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {
+pub(crate) fn verifying_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsConnector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     match ca_file {
         Some(p) => {
@@ -158,10 +160,14 @@ pub struct Resolver(pub(crate) postern_dns::TokioResolver);
 impl Resolver {
     /// The MX hosts of `domain` in preference order (RFC 5321 5.1), or the domain itself if it
     /// has no MX; a null MX (RFC 7505) or a domain that does not exist fails permanently.
+    /// An MTA-STS policy in `enforce` mode (RFC 8461 5) keeps only the MX hosts it lists and
+    /// requires TLS with a valid certificate on them; none listed is a temporary failure (the
+    /// policy may be updated before the message expires).
     pub async fn mx_targets(
         &self,
         domain: &str,
         cfg: &DeliveryConfig,
+        sts: Option<&crate::mta_sts::Policy>,
     ) -> Result<Vec<Target>, Outcome> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         let mut hosts: Vec<(u16, String)> = match self.0.mx_lookup(fqdn.as_str()).await {
@@ -191,10 +197,27 @@ impl Resolver {
             )));
         }
         hosts.sort_by_key(|(p, _)| *p);
-        let require = cfg
-            .require_tls
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain));
+        let listed = |h: &str| {
+            sts.is_some_and(|p| p.mx.iter().any(|pat| crate::mta_sts::mx_matches(pat, h)))
+        };
+        let enforce = sts.is_some_and(|p| p.mode == crate::mta_sts::Mode::Enforce);
+        if enforce {
+            hosts.retain(|(_, h)| listed(h));
+            if hosts.is_empty() {
+                return Err(Outcome::Temporary(format!(
+                    "4.7.5 the MTA-STS policy of {domain} lists none of its MX hosts"
+                )));
+            }
+        } else if sts.is_some_and(|p| p.mode == crate::mta_sts::Mode::Testing) {
+            for (_, h) in hosts.iter().filter(|(_, h)| !listed(h)) {
+                tracing::warn!(domain, mx = %h, "MX host not in the domain's MTA-STS policy (testing mode: delivering anyway)");
+            }
+        }
+        let require = enforce
+            || cfg
+                .require_tls
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain));
         let connector = if require {
             verifying_connector(cfg.ca_file.as_deref())
         } else {

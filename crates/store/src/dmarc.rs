@@ -1,6 +1,7 @@
-//! DMARC results of inbound mail kept for the daily aggregate reports (RFC 7489 7.2): one row per
-//! (UTC day, policy domain, distinct report row) with a count. Rows are removed once their report
-//! is handed to delivery.
+//! Mail-authentication state about other domains: DMARC results of inbound mail kept for the
+//! daily aggregate reports (RFC 7489 7.2: one row per UTC day, policy domain and distinct report
+//! row, with a count, removed once the report is handed to delivery), and the cached MTA-STS
+//! policies of recipient domains (RFC 8461).
 
 use sqlx::Row;
 
@@ -85,6 +86,60 @@ impl Store {
             .bind(domain)
             .execute(&self.write)
             .await?;
+        Ok(())
+    }
+}
+
+/// A cached MTA-STS policy (RFC 8461 5.1).
+#[derive(Debug, Clone)]
+pub struct CachedPolicy {
+    pub id: String,
+    pub policy: String,
+    pub fetched_at: i64,
+    pub expires_at: i64,
+}
+
+impl Store {
+    /// The cached MTA-STS policy of a recipient domain, expired or not.
+    pub async fn mta_sts_cached(&self, domain: &str) -> Result<Option<CachedPolicy>> {
+        let row = sqlx::query(
+            "SELECT id, policy, fetched_at, expires_at FROM mta_sts_policies WHERE domain = ?",
+        )
+        .bind(domain.to_ascii_lowercase())
+        .fetch_optional(&self.read)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(CachedPolicy {
+                id: r.try_get(0)?,
+                policy: r.try_get(1)?,
+                fetched_at: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Caches a freshly fetched policy.
+    pub async fn mta_sts_store(
+        &self,
+        domain: &str,
+        id: &str,
+        policy: &str,
+        fetched_at: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO mta_sts_policies (domain, id, policy, fetched_at, expires_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (domain) DO UPDATE SET id = excluded.id, policy = excluded.policy,
+             fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
+        )
+        .bind(domain.to_ascii_lowercase())
+        .bind(id)
+        .bind(policy)
+        .bind(fetched_at)
+        .bind(expires_at)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 }

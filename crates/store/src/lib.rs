@@ -290,6 +290,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_keyed_audit.sql"),
     include_str!("../migrations/0012_greylist.sql"),
     include_str!("../migrations/0013_dmarc_results.sql"),
+    include_str!("../migrations/0014_mta_sts.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

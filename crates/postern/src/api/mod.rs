@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::header;
 use axum::response::Response;
@@ -146,33 +145,7 @@ pub async fn serve(
         .filter_map(|a| Cidr::parse(a).ok())
         .collect();
     let guard = state.auth.guard().clone();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let inflight = Arc::new(tokio::sync::Semaphore::new(256));
-    let accept = tokio::spawn(async move {
-        loop {
-            let Ok((sock, peer)) = tcp.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let ip = peer.ip();
-            if (!allow.is_empty() && !allow.iter().any(|c| c.contains(ip))) || guard.is_banned(ip) {
-                continue; // dropped before TLS
-            }
-            let Ok(permit) = inflight.clone().try_acquire_owned() else {
-                continue;
-            };
-            let (tls, tx) = (tls.clone(), tx.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Ok(Ok(s)) =
-                    tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await
-                {
-                    let _ = tx.send((s, peer)).await;
-                }
-            });
-        }
-    });
-    let listener = TlsListener { rx, local };
+    let (listener, accept) = TlsListener::start(tcp, tls, allow, guard);
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     tracing::info!(address = %local, "admin API listening (HTTPS)");
     Ok(tokio::spawn(async move {

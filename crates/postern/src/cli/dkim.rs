@@ -75,7 +75,7 @@ pub async fn cli(cfg: &postern_config::Config, cmd: &super::args::DkimCmd) -> Re
 /// `postern dns DOMAIN`
 pub async fn dns_cli(cfg: &postern_config::Config, domain: &str, json: bool) -> Result<()> {
     let store = crate::datadir::open_store(cfg).await?;
-    let (recs, notes) = records(&store, &cfg.server.hostname, &domain.to_ascii_lowercase()).await?;
+    let (recs, notes) = records(&store, cfg, &domain.to_ascii_lowercase()).await?;
     if json {
         let v: Vec<serde_json::Value> = recs
             .iter()
