@@ -14,6 +14,7 @@
 Usage: python3 bench/resources.py [--bin target/release/postern] [--conns 10000]
 """
 import argparse
+import atexit
 import os
 import random
 import resource
@@ -148,6 +149,9 @@ def main():
     cli(a.bin, d, "user", "add", "rcpt@example.test", "--password-stdin", stdin=PW + "\n")
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([a.bin, "--dir", str(d), "serve"], stdout=log, stderr=subprocess.STDOUT)
+    # a phase that fails must not leave the server (or the DNS server) running
+    atexit.register(lambda: proc.poll() is None and proc.kill())
+    atexit.register(dns.stop)
     smtp, imap, pop3, imaps = 25 + off, 143 + off, 110 + off, 993 + off
     for _ in range(100):
         try:

@@ -6,6 +6,7 @@ import json
 import os
 import secrets as pysecrets
 import shutil
+import smtplib
 import socket
 import sqlite3
 import ssl
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, free_offset, init_dir, run_cli, start
+from conftest import ALICE, ALICE_PW, BIN, free_offset, init_dir, run_cli, start, tls_client_context
 
 VALUE = "relay-" + pysecrets.token_urlsafe(24)
 
@@ -234,3 +235,58 @@ password = "hunter2-in-clear"
     # explicitly allowed: accepted (and warned about at each use)
     set_config(d, allow_plaintext_secrets=True)
     assert run_cli(d, "check-config").returncode == 0
+
+
+def test_dkim_keys_that_never_leave_openbao(tmp_path, bao):
+    """`dkim generate --transit`: OpenBao's Transit engine makes and keeps the key and signs each
+    outbound message's digest; dkimpy (an independent verifier) checks the signatures against
+    the record `postern dns` prints; no private key exists in Postern's database or files."""
+    dkim = pytest.importorskip("dkim")
+    d, off = init_dir(tmp_path)
+    token_file = d / "vault-token"
+    token_file.write_text(bao.token + "\n")
+    os.chmod(token_file, 0o600)
+    shutil.copy(bao.ca, d / "vault-ca.pem")
+    set_config(d, vault_addr=f"https://127.0.0.1:{bao.port}", vault_ca_file="vault-ca.pem",
+               vault_token="file:vault-token")
+    bao.call("POST", "/v1/sys/mounts/transit", {"type": "transit"})
+    srv = start(d, off)
+    try:
+        for algorithm, key in [("ed25519", "dkim-ed"), ("rsa", "dkim-rsa")]:
+            out = run_cli(d, "dkim", "generate", "example.test", "--algorithm", algorithm,
+                          "--selector", f"t{algorithm[:3]}", "--transit", key).stdout
+            assert "secret manager" in out, out
+            k = bao.call("GET", f"/v1/transit/keys/{key}")["data"]
+            assert k["exportable"] is False and k["type"] == ("ed25519" if algorithm == "ed25519" else "rsa-2048")
+            records = {r["name"]: r["value"] for r in json.loads(run_cli(d, "dns", "example.test", "--json").stdout)}
+            txt = records[f"t{algorithm[:3]}._domainkey.example.test."]
+            record = "".join(part.strip('"') for part in txt.split('" "')).encode()
+            # a submitted message to a remote address is signed when it is queued
+            subject = f"signed by transit {algorithm}"
+            with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=20) as s:
+                s.login(ALICE, ALICE_PW)
+                s.sendmail(ALICE, ["someone@remote.test"],
+                           f"From: {ALICE}\r\nTo: someone@remote.test\r\nSubject: {subject}\r\n"
+                           f"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
+            with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+                blob = c.execute("SELECT blob_id FROM queue ORDER BY id DESC LIMIT 1").fetchone()[0]
+            queued = (d / "blobs" / blob[:2] / blob).read_bytes()
+            assert subject.encode() in queued
+            sig_start = queued.index(b"DKIM-Signature:")
+            signed = queued[sig_start:]
+            # the Received header the queue adds sits above the signature; dkimpy verifies from it
+            assert f"s=t{algorithm[:3]}".encode() in signed
+            assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record), f"{algorithm} signature does not verify"
+            assert not dkim.verify(signed.replace(b"hello", b"HELLO"), dnsfunc=lambda name, timeout=5: record)
+        # no private key at rest: nothing sealed for these selectors
+        with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+            names = [r[0] for r in c.execute("SELECT name FROM secrets")]
+        assert not any(n.startswith("dkim:") for n in names), names
+        # OpenBao stops: the message is still accepted and queued, unsigned (logged), never lost
+        bao.stop()
+        with smtplib.SMTP_SSL("127.0.0.1", srv.submissions, context=tls_client_context(), timeout=30) as s:
+            s.login(ALICE, ALICE_PW)
+            s.sendmail(ALICE, ["someone@remote.test"], f"From: {ALICE}\r\nSubject: no bao\r\n\r\nx\r\n")
+        assert "DKIM signing failed" in srv.log() or "DKIM key unavailable" in srv.log()
+    finally:
+        srv.stop()

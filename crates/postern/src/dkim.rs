@@ -52,6 +52,7 @@ pub async fn generate(
     domain: &str,
     algorithm: &str,
     selector: Option<&str>,
+    transit: Option<&str>,
 ) -> Result<DkimKeyInfo> {
     if !store.is_local_domain(domain).await? {
         bail!("{domain} is not a local domain");
@@ -87,22 +88,40 @@ pub async fn generate(
     if existing.contains(&selector) {
         bail!("selector {selector:?} already exists for {domain}");
     }
-    let (der, public) = new_key(algorithm)?;
-    keys.put_secret(
-        &secret_name(domain, &selector),
-        &format!("DKIM {algorithm} key of {domain}"),
-        &der,
-    )
-    .await?;
+    let public = match transit {
+        // The key is made (or found) in OpenBao/Vault Transit and never leaves it: only its
+        // public half comes back, for the DNS record.
+        Some(key) => {
+            let kind = match algorithm {
+                "ed25519" => "ed25519",
+                "rsa" => "rsa-2048",
+                other => bail!("unknown algorithm {other:?} (use ed25519 or rsa)"),
+            };
+            keys.transit(key).await?.signing_key(kind).await?
+        }
+        None => {
+            let (der, public) = new_key(algorithm)?;
+            keys.put_secret(
+                &secret_name(domain, &selector),
+                &format!("DKIM {algorithm} key of {domain}"),
+                &der,
+            )
+            .await?;
+            public
+        }
+    };
     store
-        .add_dkim_key(domain, &selector, algorithm, &public)
+        .add_dkim_key(domain, &selector, algorithm, &public, transit)
         .await?;
     record(
         store,
         actor,
         "dkim_generated",
         domain,
-        &format!("selector={selector} algorithm={algorithm}"),
+        &match transit {
+            Some(k) => format!("selector={selector} algorithm={algorithm} transit={k}"),
+            None => format!("selector={selector} algorithm={algorithm}"),
+        },
     )
     .await?;
     store

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use postern_config::Config;
+use postern_secrets::vault::Transit;
 use postern_secrets::{Sealer, SecretsError, VaultSettings};
 use postern_store::Store;
 use tokio::sync::RwLock;
@@ -88,6 +89,8 @@ pub struct Keys {
     cfg: Config,
     store: Store,
     sealer: RwLock<Sealer>,
+    /// Transit keys in use for DKIM signing, with their logged-in client.
+    transit: tokio::sync::Mutex<std::collections::HashMap<String, Arc<Transit>>>,
 }
 
 /// The internal secret that keys recovery-code digests (created on first use).
@@ -111,6 +114,7 @@ impl Keys {
             cfg: cfg.clone(),
             store: store.clone(),
             sealer: RwLock::new(sealer),
+            transit: Default::default(),
         }))
     }
 
@@ -267,6 +271,32 @@ impl Keys {
         bail!("a secret in clear in the configuration is refused ({why}); use env:NAME, file:PATH, vault:MOUNT/PATH#FIELD or secret:NAME")
     }
 
+    /// A Transit key of the secret manager (`[secrets] vault_addr`, `transit_mount`): DKIM keys
+    /// that never leave it. The logged-in client is kept for the next signature.
+    pub async fn transit(&self, key: &str) -> Result<Arc<Transit>> {
+        if let Some(t) = self.transit.lock().await.get(key) {
+            return Ok(t.clone());
+        }
+        let v = vault_settings(&self.cfg)?
+            .context("a DKIM key in the secret manager needs [secrets] vault_addr")?;
+        let client = postern_secrets::vault::Client::connect(&v).await?;
+        let t = Arc::new(Transit::new(client, &v.transit_mount, key));
+        self.transit.lock().await.insert(key.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    /// Signs a DKIM digest with a Transit key; a failure drops the cached client (an expired
+    /// token) and tries once more with a fresh login.
+    pub async fn transit_sign(&self, key: &str, digest: &[u8], rsa: bool) -> Result<Vec<u8>> {
+        match self.transit(key).await?.sign(digest, rsa).await {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                self.transit.lock().await.remove(key);
+                Ok(self.transit(key).await?.sign(digest, rsa).await?)
+            }
+        }
+    }
+
     /// Re-wraps every sealed value under the key `new_reference` names; all or nothing.
     pub async fn rotate(&self, new_reference: &str) -> Result<(String, usize)> {
         let new = open_sealer(&self.cfg, new_reference).await?;
@@ -299,5 +329,9 @@ impl postern_queue::Secrets for QueueSecrets {
 
     async fn secret_bytes(&self, name: &str, why: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
         self.0.secret(name, why, &Actor::system("dkim")).await
+    }
+
+    async fn transit_sign(&self, key: &str, digest: &[u8], rsa: bool) -> anyhow::Result<Vec<u8>> {
+        self.0.transit_sign(key, digest, rsa).await
     }
 }

@@ -1,14 +1,17 @@
 //! DKIM signing of outbound mail (RFC 6376, RFC 8463) with `mail-auth`, next to the queue that
 //! sends it. The private keys are sealed secrets named `dkim:DOMAIN:SELECTOR`, opened through
-//! [`crate::Secrets`] (each opening audited by the binary); key generation, rotation and DNS
-//! records are the binary's (`postern dkim`, `postern dns`).
+//! [`crate::Secrets`] (each opening audited by the binary), or keys that never leave the secret
+//! manager: OpenBao/Vault Transit signs each message's digest ([`TransitKey`]). Key generation,
+//! rotation and DNS records are the binary's (`postern dkim`, `postern dns`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Result;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
+use mail_auth::common::crypto::{
+    Algorithm, CryptoError, Ed25519Key, HashContext, HashImpl, RsaKey, Sha256, SigningKey,
+};
+use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{DkimSigner, Done};
 use postern_store::Store;
 use tokio::sync::RwLock;
@@ -32,6 +35,43 @@ const SIGNED: [&str; 12] = [
 enum AnySigner {
     Ed(DkimSigner<Ed25519Key, Done>),
     Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Transit(DkimSigner<TransitKey, Done>),
+}
+
+/// A DKIM key held by OpenBao/Vault Transit. `mail-auth` asks for a signature synchronously; the
+/// signer runs on a blocking thread ([`Signer::sign`]), which waits here for the secret manager's
+/// answer on the runtime.
+pub struct TransitKey {
+    secrets: Arc<dyn crate::Secrets>,
+    key: String,
+    rsa: bool,
+    runtime: tokio::runtime::Handle,
+}
+
+impl SigningKey for TransitKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        let mut h = <Sha256 as HashImpl>::hasher();
+        input.write(&mut h);
+        let digest = h.complete();
+        self.runtime
+            .block_on(
+                self.secrets
+                    .transit_sign(&self.key, digest.as_ref(), self.rsa),
+            )
+            .map_err(|e| {
+                mail_auth::Error::Crypto(CryptoError::Library(format!("secret manager: {e:#}")))
+            })
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        if self.rsa {
+            Algorithm::RsaSha256
+        } else {
+            Algorithm::Ed25519Sha256
+        }
+    }
 }
 
 struct Loaded {
@@ -67,6 +107,20 @@ impl Signer {
         }
         let signer = match active {
             None => None,
+            Some(k) if k.transit_key.is_some() => {
+                let key = TransitKey {
+                    secrets: self.secrets.clone(),
+                    key: k.transit_key.clone().unwrap_or_default(),
+                    rsa: k.algorithm == "rsa",
+                    runtime: tokio::runtime::Handle::current(),
+                };
+                Some(AnySigner::Transit(
+                    DkimSigner::from_key(key)
+                        .domain(domain)
+                        .selector(&k.selector)
+                        .headers(SIGNED),
+                ))
+            }
             Some(k) => {
                 let der = self
                     .secrets
@@ -115,6 +169,23 @@ impl Signer {
         let sig = match loaded.signer.as_ref()? {
             AnySigner::Ed(s) => s.sign(message),
             AnySigner::Rsa(s) => s.sign(message),
+            // the key answers over the network: sign on a blocking thread, which may wait
+            AnySigner::Transit(_) => {
+                let (loaded, message) = (loaded.clone(), message.to_vec());
+                match tokio::task::spawn_blocking(move || match loaded.signer.as_ref() {
+                    Some(AnySigner::Transit(s)) => s.sign(&message),
+                    _ => Err(mail_auth::Error::Crypto(CryptoError::Library(
+                        "signer changed".into(),
+                    ))),
+                })
+                .await
+                {
+                    Ok(r) => r,
+                    Err(e) => Err(mail_auth::Error::Crypto(CryptoError::Library(
+                        e.to_string(),
+                    ))),
+                }
+            }
         };
         match sig {
             Ok(s) => Some(s.to_header()),

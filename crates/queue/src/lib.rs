@@ -38,6 +38,15 @@ pub trait Secrets: Send + Sync {
     async fn resolve(&self, reference: &str, why: &str) -> anyhow::Result<Zeroizing<String>>;
     /// A sealed secret of the internal store, as bytes (DKIM private keys are DER).
     async fn secret_bytes(&self, name: &str, why: &str) -> anyhow::Result<Zeroizing<Vec<u8>>>;
+    /// Signs a DKIM digest with a key kept in the secret manager (OpenBao/Vault Transit).
+    async fn transit_sign(
+        &self,
+        _key: &str,
+        _digest: &[u8],
+        _rsa: bool,
+    ) -> anyhow::Result<Vec<u8>> {
+        anyhow::bail!("no secret manager to sign with")
+    }
 }
 
 pub struct Delivery {

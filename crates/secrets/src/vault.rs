@@ -247,6 +247,65 @@ impl Transit {
         }
     }
 
+    /// Creates the key with `kind` (`ed25519`, `rsa-2048`) unless it exists, and returns its
+    /// public key for a DKIM record's p= tag: the raw key (ed25519, RFC 8463) or the
+    /// SubjectPublicKeyInfo DER (RSA), base64. The private key never leaves the secret manager.
+    pub async fn signing_key(&self, kind: &str) -> Result<String, SecretsError> {
+        let path = format!("/v1/{}/keys/{}", self.mount, self.key);
+        let v = match self.client.call("GET", &path, None).await {
+            Ok(v) => v,
+            Err(_) => {
+                self.client
+                    .call("POST", &path, Some(json!({ "type": kind })))
+                    .await?;
+                self.client.call("GET", &path, None).await?
+            }
+        };
+        let data = &v["data"];
+        if data["type"].as_str() != Some(kind) {
+            return Err(err(format!(
+                "transit key {} is of type {}, not {kind}",
+                self.key, data["type"]
+            )));
+        }
+        let latest = data["latest_version"].as_u64().unwrap_or(1).to_string();
+        let public = data["keys"][&latest]["public_key"]
+            .as_str()
+            .ok_or_else(|| err("transit key has no public key"))?;
+        // RSA keys come as PEM: the base64 between the armour lines is the DER.
+        Ok(public
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<String>())
+    }
+
+    /// Signs with the key: `input` is the SHA-256 digest DKIM signs; RSA gets PKCS#1 v1.5 over
+    /// the prehashed digest, ed25519 signs the digest itself (RFC 8463 3).
+    pub async fn sign(&self, input: &[u8], rsa: bool) -> Result<Vec<u8>, SecretsError> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(input);
+        let body = if rsa {
+            json!({ "input": b64, "hash_algorithm": "sha2-256", "prehashed": true,
+                    "signature_algorithm": "pkcs1v15" })
+        } else {
+            json!({ "input": b64 })
+        };
+        let v = self
+            .client
+            .call(
+                "POST",
+                &format!("/v1/{}/sign/{}", self.mount, self.key),
+                Some(body),
+            )
+            .await?;
+        let sig = v["data"]["signature"]
+            .as_str()
+            .ok_or_else(|| err("transit sign returned no signature"))?;
+        let b64 = sig.rsplit(':').next().unwrap_or(sig);
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| err("transit signature is not base64"))
+    }
+
     /// Fails unless the key exists and can be used.
     pub async fn check(&self) -> Result<(), SecretsError> {
         self.client

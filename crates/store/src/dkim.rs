@@ -1,5 +1,6 @@
 //! DKIM key metadata: which selectors a domain publishes and which one signs. The private keys
-//! are sealed secrets (`dkim:DOMAIN:SELECTOR`), never stored here.
+//! are sealed secrets (`dkim:DOMAIN:SELECTOR`) or keys of the secret manager (`transit_key`),
+//! never stored here.
 
 use sqlx::Row;
 
@@ -16,6 +17,8 @@ pub struct DkimKeyInfo {
     /// Signs new mail (one per domain); the others stay published until retired.
     pub active: bool,
     pub created_at: i64,
+    /// The OpenBao/Vault Transit key that holds the private key; None when it is sealed here.
+    pub transit_key: Option<String>,
 }
 
 fn info(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<DkimKeyInfo, sqlx::Error> {
@@ -26,6 +29,7 @@ fn info(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<DkimKeyInfo, sqlx::E
         public_key: r.try_get("public_key")?,
         active: r.try_get::<i64, _>("active")? != 0,
         created_at: r.try_get("created_at")?,
+        transit_key: r.try_get("transit_key")?,
     })
 }
 
@@ -37,6 +41,7 @@ impl Store {
         selector: &str,
         algorithm: &str,
         public_key: &str,
+        transit_key: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
         sqlx::query("UPDATE dkim_keys SET active = 0 WHERE domain = ?")
@@ -44,14 +49,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let r = sqlx::query(
-            "INSERT INTO dkim_keys (domain, selector, algorithm, public_key, active, created_at)
-             VALUES (?, ?, ?, ?, 1, ?)",
+            "INSERT INTO dkim_keys (domain, selector, algorithm, public_key, active, created_at, transit_key)
+             VALUES (?, ?, ?, ?, 1, ?, ?)",
         )
         .bind(domain)
         .bind(selector)
         .bind(algorithm)
         .bind(public_key)
         .bind(now())
+        .bind(transit_key)
         .execute(&mut *tx)
         .await;
         crate::inserted(r, format!("DKIM selector {selector:?} of {domain}"))?;
@@ -61,7 +67,7 @@ impl Store {
 
     pub async fn dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyInfo>> {
         let rows = sqlx::query(
-            "SELECT domain, selector, algorithm, public_key, active, created_at FROM dkim_keys
+            "SELECT domain, selector, algorithm, public_key, active, created_at, transit_key FROM dkim_keys
              WHERE ?1 IS NULL OR domain = ?1 ORDER BY domain, created_at, selector",
         )
         .bind(domain)
@@ -75,7 +81,7 @@ impl Store {
 
     pub async fn active_dkim_key(&self, domain: &str) -> Result<Option<DkimKeyInfo>> {
         let row = sqlx::query(
-            "SELECT domain, selector, algorithm, public_key, active, created_at FROM dkim_keys
+            "SELECT domain, selector, algorithm, public_key, active, created_at, transit_key FROM dkim_keys
              WHERE domain = ? AND active = 1",
         )
         .bind(domain)

@@ -145,6 +145,10 @@ pub enum DkimCmd {
         /// Default: pstYYYYMMDD.
         #[arg(long)]
         selector: Option<String>,
+        /// Keep the key in OpenBao/Vault Transit under this name (made if missing): the private
+        /// key never leaves the secret manager, which signs each message ([secrets] vault_addr).
+        #[arg(long)]
+        transit: Option<String>,
     },
     List {
         domain: Option<String>,

@@ -15,6 +15,7 @@ pub async fn cli(cfg: &postern_config::Config, cmd: &super::args::DkimCmd) -> Re
             domain,
             algorithm,
             selector,
+            transit,
         } => {
             let keys = Keys::load(cfg, &store).await?;
             let d = domain.to_ascii_lowercase();
@@ -25,10 +26,15 @@ pub async fn cli(cfg: &postern_config::Config, cmd: &super::args::DkimCmd) -> Re
                 &d,
                 algorithm,
                 selector.as_deref(),
+                transit.as_deref(),
             )
             .await?;
+            let held = match &k.transit_key {
+                Some(t) => format!("private key held by the secret manager's Transit key {t}"),
+                None => "private key sealed in the secret store".into(),
+            };
             println!(
-                "DKIM {} key for {d}, selector {} (private key sealed in the secret store)",
+                "DKIM {} key for {d}, selector {} ({held})",
                 k.algorithm, k.selector
             );
             println!("publish, then check with `postern dns {d}`:");
