@@ -355,7 +355,7 @@ def test_dmarc_aggregate_report(make_server, dns):
     pending = json.loads(srv.cli("reports", "pending", "--json").stdout)
     assert {p["domain"]: p["messages"] for p in pending} == {"reporter.test": 3, "nosy.test": 1}, pending
     sent = json.loads(srv.cli("reports", "send", "--include-today", "--json").stdout)
-    assert sent == {"reports": 1, "recipients": 1, "dropped": 1}, sent
+    assert sent["dmarc"] == {"reports": 1, "recipients": 1, "dropped": 1}, sent
     assert json.loads(srv.cli("reports", "pending", "--json").stdout) == []
     reports = [m for m in srv.inbox(BOB) if b"Report Domain: reporter.test" in m]
     assert len(reports) == 1

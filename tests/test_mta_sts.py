@@ -5,6 +5,8 @@ its `_mta-sts` record taken from `postern dns`); the other domains' policies com
 server in Python. An `enforce` policy delivers over verified TLS to a listed MX, refuses an MX
 whose certificate does not match and an MX the policy does not list; `testing` delivers anyway; a
 cached policy keeps applying when the policy servers are gone."""
+import email
+import gzip
 import http.server
 import json
 import shutil
@@ -188,6 +190,28 @@ give_up_after_secs = 3600
             submit(srv, [RCPT], subject="still delivered")
             wait_for(lambda: len(mx.inbox(RCPT)) == 2, what="delivery on the cached policy")
             assert not mx.inbox("rcpt@wrong.test")
+            # TLS reports (RFC 8460) of the day, to the addresses of each domain's _smtp._tls
+            for dom in ("dest.test", "wrong.test"):
+                z.add(f"_smtp._tls.{dom}", "TXT", "v=TLSRPTv1; rua=mailto:postmaster@dest.test")
+            sent = json.loads(srv.cli("reports", "send", "--include-today", "--json").stdout)
+            assert sent["tls"]["reports"] == 2, sent
+            reports = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+                [m for m in mx.inbox(RCPT) if b"Report Domain:" in m]), what="two TLS reports")
+            by_domain = {}
+            for raw in reports:
+                msg = email.message_from_bytes(raw)
+                part = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"][0]
+                rep = json.loads(gzip.decompress(part.get_payload(decode=True)))
+                pol = rep["policies"][0]
+                by_domain[pol["policy"]["policy-domain"]] = pol
+            good, bad = by_domain["dest.test"], by_domain["wrong.test"]
+            assert good["policy"]["policy-type"] == "sts" and "mode: enforce" in good["policy"]["policy-string"]
+            assert good["summary"]["total-successful-session-count"] >= 2, good
+            assert good["summary"]["total-failure-session-count"] == 0, good
+            assert bad["summary"]["total-failure-session-count"] >= 1, bad
+            details = bad["failure-details"]
+            assert details[0]["result-type"] == "certificate-host-mismatch", details
+            assert details[0]["receiving-mx-hostname"] == "mx.wrong.test", details
             mx.stop()
         finally:
             try:

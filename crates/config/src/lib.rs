@@ -263,6 +263,9 @@ pub struct DeliveryConfig {
     /// Port of `mta-sts.DOMAIN` for policy fetches (443; tests use a high port).
     #[serde(default = "d_https_port")]
     pub mta_sts_port: u16,
+    /// Send daily TLS reports (RFC 8460) to recipient domains that publish `_smtp._tls`.
+    #[serde(default = "d_true")]
+    pub tls_reports: bool,
 }
 
 fn d_https_port() -> u16 {
@@ -311,6 +314,7 @@ impl Default for DeliveryConfig {
             ca_file: None,
             mta_sts: true,
             mta_sts_port: d_https_port(),
+            tls_reports: true,
         }
     }
 }

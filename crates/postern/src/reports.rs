@@ -1,11 +1,20 @@
-//! DMARC aggregate reports (RFC 7489 7.2; the XML of RFC 9990, gzip-compressed, built by
-//! `mail-auth`): once a day (and on `postern reports send`), the results counted for each policy
-//! domain on each finished UTC day go to the domain's `rua` addresses. An address outside the
-//! policy domain receives it only if it agreed to (RFC 7489 7.1: a `<domain>._report._dmarc.<its
-//! domain>` record). Local recipients get it in their INBOX; others through the outbound queue.
+//! Reports to other domains, built by `mail-auth`, once a day (and on `postern reports send`):
+//! - DMARC aggregate reports (RFC 7489 7.2; the XML of RFC 9990, gzip): the results counted for
+//!   each policy domain on each finished UTC day go to the domain's `rua` addresses; an address
+//!   outside the policy domain only if it agreed (RFC 7489 7.1: `<domain>._report._dmarc.<its
+//!   domain>`);
+//! - TLS reports (RFC 8460, gzip JSON): the TLS sessions and failures with each recipient
+//!   domain's MX hosts go to the `mailto:` addresses of its `_smtp._tls` record (`https:`
+//!   destinations are not posted to yet).
+//!
+//! Local recipients get a report in their INBOX; others through the outbound queue.
 
 use anyhow::Context;
 use postern_dns::mail_auth::common::cache::NoCache;
+use postern_dns::mail_auth::mta_sts::{ReportUri, TlsRpt};
+use postern_dns::mail_auth::report::tlsrpt::{
+    DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
+};
 use postern_dns::mail_auth::report::{PolicyPublished, Record, Report};
 use postern_dns::mail_auth::Txt;
 use postern_store::Store;
@@ -105,6 +114,124 @@ impl Reporter<'_> {
         Ok(sent)
     }
 
+    /// Sends every TLS report of the days before `until_day`.
+    pub async fn send_tls(&self, until_day: i64) -> anyhow::Result<Sent> {
+        let mut sent = Sent::default();
+        for (day, domain) in self.store.tlsrpt_pending(until_day).await? {
+            let name = format!("_smtp._tls.{domain}.");
+            let rua = match self
+                .dns
+                .authenticator()
+                .txt_lookup::<TlsRpt>(name.as_str(), None::<&NoCache<Box<str>, Txt>>)
+                .await
+            {
+                Ok(r) => r.rua.clone(),
+                Err(postern_dns::mail_auth::Error::Dns(
+                    postern_dns::mail_auth::DnsError::Resolver(_),
+                )) => {
+                    tracing::warn!(
+                        domain,
+                        "TLS report address look-up failed (DNS); retrying later"
+                    );
+                    continue;
+                }
+                Err(_) => Vec::new(),
+            };
+            let to: Vec<String> = rua
+                .iter()
+                .filter_map(|u| match u {
+                    ReportUri::Mail(a) => Some(a.clone()),
+                    ReportUri::Http(_) => None,
+                })
+                .filter(|a| EmailAddress::parse(a).is_ok())
+                .collect();
+            if to.is_empty() {
+                // the domain asks for no reports (or only over https)
+                self.store.tlsrpt_done(day, &domain).await?;
+                sent.dropped += 1;
+                continue;
+            }
+            let rows = self.store.tlsrpt_rows(day, &domain).await?;
+            let mut policies: Vec<Policy> = Vec::new();
+            for r in &rows {
+                let policy_type = if r.policy_type == "sts" {
+                    PolicyType::Sts
+                } else {
+                    PolicyType::NoPolicyFound
+                };
+                let idx = match policies
+                    .iter()
+                    .position(|p| p.policy.policy_type == policy_type)
+                {
+                    Some(i) => i,
+                    None => {
+                        let lines: Vec<String> =
+                            serde_json::from_str(&r.policy).unwrap_or_default();
+                        let mx_host = lines
+                            .iter()
+                            .filter_map(|l| l.strip_prefix("mx:").map(|m| m.trim().to_owned()))
+                            .collect();
+                        policies.push(Policy {
+                            policy: PolicyDetails {
+                                policy_type,
+                                policy_string: lines,
+                                policy_domain: domain.clone(),
+                                mx_host,
+                            },
+                            summary: Summary {
+                                total_success: 0,
+                                total_failure: 0,
+                            },
+                            failure_details: Vec::new(),
+                        });
+                        policies.len() - 1
+                    }
+                };
+                let n = u32::try_from(r.count).unwrap_or(u32::MAX);
+                let p = &mut policies[idx];
+                if r.result == "success" {
+                    p.summary.total_success = p.summary.total_success.saturating_add(n);
+                } else {
+                    p.summary.total_failure = p.summary.total_failure.saturating_add(n);
+                    p.failure_details.push(FailureDetails {
+                        result_type: result_type(&r.result),
+                        sending_mta_ip: None,
+                        receiving_mx_hostname: Some(r.mx.clone()),
+                        receiving_mx_helo: None,
+                        receiving_ip: None,
+                        failed_session_count: n,
+                        additional_information: None,
+                        failure_reason_code: None,
+                    });
+                }
+            }
+            let report = TlsReport {
+                organization_name: Some(self.hostname.to_owned()),
+                date_range: DateRange {
+                    start_datetime: mail_parser::DateTime::from_timestamp(day * 86400),
+                    end_datetime: mail_parser::DateTime::from_timestamp(day * 86400 + 86399),
+                },
+                contact_info: Some(self.from.to_owned()),
+                report_id: format!("{day}.{domain}.{}", hex::encode(rand::random::<[u8; 6]>())),
+                policies,
+            };
+            let message = report
+                .to_rfc5322(
+                    &domain,
+                    self.hostname,
+                    ("Postern TLS reports", self.from),
+                    to.iter().map(String::as_str),
+                )
+                .context("building the TLS report")?;
+            self.deliver(message.into_bytes(), &to).await?;
+            self.store.tlsrpt_done(day, &domain).await?;
+            tracing::info!(domain, day, recipients = to.len(), "TLS report sent");
+            sent.reports += 1;
+            sent.recipients += to.len();
+        }
+        Ok(sent)
+    }
+
     async fn deliver(&self, message: Vec<u8>, to: &[String]) -> anyhow::Result<()> {
         let mut local = Vec::new();
         let mut remote = Vec::new();
@@ -152,4 +279,14 @@ pub fn reports_from(cfg: &postern_config::Config) -> String {
         .reports_from
         .clone()
         .unwrap_or_else(|| format!("postmaster@{}", cfg.server.hostname))
+}
+
+fn result_type(r: &str) -> ResultType {
+    match r {
+        "starttls-not-supported" => ResultType::StartTlsNotSupported,
+        "certificate-host-mismatch" => ResultType::CertificateHostMismatch,
+        "certificate-expired" => ResultType::CertificateExpired,
+        "certificate-not-trusted" => ResultType::CertificateNotTrusted,
+        _ => ResultType::ValidationFailure,
+    }
 }

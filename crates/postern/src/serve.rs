@@ -143,15 +143,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     if let Err(e) = store.greylist_expire(postern_store::now(), grey).await {
                         tracing::warn!(error = %e, "greylist expiry failed");
                     }
-                    // DMARC aggregate reports of the finished days
-                    if cfg.inbound.dmarc_reports {
-                        let today = postern_store::now().div_euclid(86400);
-                        let actor = crate::actor::Actor::system("dmarc-reports");
-                        if let Err(e) =
-                            crate::ops::reports::send_dmarc(&store, &dns, &cfg, &actor, today).await
-                        {
-                            tracing::warn!(error = %e, "sending DMARC reports failed");
-                        }
+                    // DMARC aggregate and TLS reports of the finished days
+                    let today = postern_store::now().div_euclid(86400);
+                    let actor = crate::actor::Actor::system("reports");
+                    if let Err(e) =
+                        crate::ops::reports::send(&store, &dns, &cfg, &actor, today).await
+                    {
+                        tracing::warn!(error = %e, "sending reports failed");
                     }
                 }
             }

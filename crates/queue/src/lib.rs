@@ -229,13 +229,15 @@ impl Delivery {
         }
         let mut results: Vec<RcptResult> = Vec::new();
         for (domain, rcpts) in by_domain {
+            let mut sts = None;
+            let direct = self.relay_for(&domain).is_none();
             let (key, targets) = match self.relay_for(&domain) {
                 Some(relay) => (
                     format!("relay:{}:{}", relay.host, relay.port),
                     route::relay_target(relay, self.secrets.as_ref()).await,
                 ),
                 None => {
-                    let sts = match &self.mta_sts {
+                    sts = match &self.mta_sts {
                         Some(m) => m.policy(&domain).await,
                         None => None,
                     };
@@ -251,7 +253,7 @@ impl Delivery {
             let _permit = sem.acquire_owned().await.expect("never closed");
             let out = match targets {
                 Ok(targets) => {
-                    route::deliver(
+                    let (out, events) = route::deliver(
                         &targets,
                         &self.hostname,
                         &msg.sender,
@@ -259,7 +261,11 @@ impl Delivery {
                         &body,
                         &self.cfg,
                     )
-                    .await
+                    .await;
+                    if direct {
+                        self.record_tls(&domain, sts.as_ref(), &events).await;
+                    }
+                    out
                 }
                 Err(outcome) => rcpts
                     .iter()
@@ -284,6 +290,31 @@ impl Delivery {
             }
         }
         self.settle(&msg, &body, results).await
+    }
+
+    /// Counts TLS sessions and failures with a recipient domain's MX hosts for the daily TLS
+    /// report to that domain (RFC 8460); a failure to count is logged, never a delivery error.
+    async fn record_tls(
+        &self,
+        domain: &str,
+        sts: Option<&mta_sts::Policy>,
+        events: &[route::TlsEvent],
+    ) {
+        let (policy_type, policy) = match sts {
+            Some(p) => ("sts", serde_json::to_string(&p.lines).unwrap_or_default()),
+            None => ("no-policy-found", "[]".to_owned()),
+        };
+        let day = postern_store::now().div_euclid(86400);
+        for e in events {
+            let result = e.failure.unwrap_or("success");
+            if let Err(err) = self
+                .store
+                .tlsrpt_record(day, domain, policy_type, &policy, &e.mx, result)
+                .await
+            {
+                tracing::warn!(domain, error = %err, "TLS report result not recorded");
+            }
+        }
     }
 
     /// Records outcomes, bounces what failed, reschedules or removes the message.

@@ -37,6 +37,8 @@ pub struct Policy {
     /// MX patterns: host names, or `*.example.com` (one label).
     pub mx: Vec<String>,
     pub max_age: u64,
+    /// The policy's lines, as TLS reports quote them (RFC 8460 4.4 "policy-string").
+    pub lines: Vec<String>,
 }
 
 /// Parses a policy body (RFC 8461 3.2). Unknown keys are ignored; `version`, `mode` and
@@ -78,7 +80,17 @@ pub fn parse_policy(text: &str) -> Result<Policy, String> {
     if mx.is_empty() && mode != Mode::None {
         return Err("no mx".into());
     }
-    Ok(Policy { mode, mx, max_age })
+    let lines = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Ok(Policy {
+        mode,
+        mx,
+        max_age,
+        lines,
+    })
 }
 
 /// Whether an MX host name matches a policy pattern (RFC 8461 4.1: a leading `*.` matches

@@ -260,6 +260,28 @@ impl Resolver {
 
 type Results = Vec<(String, Outcome, Option<String>)>;
 
+/// How TLS went with one MX host, for TLS reporting (RFC 8460 4.3): None = a TLS session was
+/// established; else the result type of the failure.
+#[derive(Debug, Clone)]
+pub struct TlsEvent {
+    pub mx: String,
+    pub failure: Option<&'static str>,
+}
+
+/// The RFC 8460 4.3 result type of a failed TLS set-up, from the error.
+pub fn tls_failure_type(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("notvalidforname") || e.contains("not valid for name") {
+        "certificate-host-mismatch"
+    } else if e.contains("expired") {
+        "certificate-expired"
+    } else if e.contains("unknownissuer") || e.contains("unknown issuer") {
+        "certificate-not-trusted"
+    } else {
+        "validation-failure"
+    }
+}
+
 /// Tries the targets in order until one takes the transaction; returns an outcome per recipient.
 pub async fn deliver(
     targets: &[Target],
@@ -268,7 +290,8 @@ pub async fn deliver(
     rcpts: &[String],
     body: &[u8],
     cfg: &DeliveryConfig,
-) -> Results {
+) -> (Results, Vec<TlsEvent>) {
+    let mut events = Vec::new();
     let timeout = Duration::from_secs(cfg.command_timeout_secs.max(1));
     let connect_timeout = Duration::from_secs(cfg.connect_timeout_secs.max(1));
     let mut last = Outcome::Temporary("4.4.1 no host could be reached".into());
@@ -287,26 +310,49 @@ pub async fn deliver(
             )
             .await
             {
-                Ok(results) => {
-                    return results
+                Ok((results, tls)) => {
+                    events.push(TlsEvent {
+                        mx: t.host.clone(),
+                        failure: (!tls).then_some("starttls-not-supported"),
+                    });
+                    let results = results
                         .into_iter()
                         .map(|(r, o)| (r, o, Some(remote.clone())))
-                        .collect()
+                        .collect();
+                    return (results, events);
                 }
                 Err(o) => {
+                    let text = o.text();
+                    if let Some(e) = text
+                        .strip_prefix("4.7.5 STARTTLS failed: ")
+                        .or_else(|| text.strip_prefix("4.7.5 TLS failed: "))
+                    {
+                        events.push(TlsEvent {
+                            mx: t.host.clone(),
+                            failure: Some(tls_failure_type(e)),
+                        });
+                    } else if text.starts_with("4.7.4") && text.contains("does not offer STARTTLS")
+                    {
+                        events.push(TlsEvent {
+                            mx: t.host.clone(),
+                            failure: Some("starttls-not-supported"),
+                        });
+                    }
                     tracing::info!(host = %remote, reply = %o.text(), "trying the next host");
                     last = o;
                 }
             }
         }
     }
-    rcpts
+    let results = rcpts
         .iter()
         .map(|r| (r.clone(), last.clone(), None))
-        .collect()
+        .collect();
+    (results, events)
 }
 
-/// One connection. Err: the host could not take the transaction (try the next one).
+/// One connection, and whether it ran over TLS. Err: the host could not take the transaction
+/// (try the next one).
 #[allow(clippy::too_many_arguments)]
 async fn session(
     t: &Target,
@@ -317,7 +363,7 @@ async fn session(
     body: &[u8],
     timeout: Duration,
     connect_timeout: Duration,
-) -> Result<Vec<(String, Outcome)>, Outcome> {
+) -> Result<(Vec<(String, Outcome)>, bool), Outcome> {
     let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| Outcome::Temporary("4.4.1 connection timed out".into()))?
@@ -333,7 +379,9 @@ async fn session(
             .map_err(|e| Outcome::Temporary(format!("4.7.5 TLS failed: {e}")))?;
         greet(&mut tls).await?;
         let ehlo = tls.ehlo(helo).await.map_err(error_outcome)?;
-        return authenticated_transaction(&mut tls, t, &ehlo, sender, rcpts, body).await;
+        return authenticated_transaction(&mut tls, t, &ehlo, sender, rcpts, body)
+            .await
+            .map(|r| (r, true));
     }
     greet(&mut client).await?;
     let ehlo = client.ehlo(helo).await.map_err(error_outcome)?;
@@ -343,7 +391,9 @@ async fn session(
             .await
             .map_err(|e| Outcome::Temporary(format!("4.7.5 STARTTLS failed: {e}")))?;
         let ehlo = tls.ehlo(helo).await.map_err(error_outcome)?;
-        return authenticated_transaction(&mut tls, t, &ehlo, sender, rcpts, body).await;
+        return authenticated_transaction(&mut tls, t, &ehlo, sender, rcpts, body)
+            .await
+            .map(|r| (r, true));
     }
     if t.tls == TlsMode::Required {
         return Err(Outcome::Temporary(format!(
@@ -355,7 +405,9 @@ async fn session(
         // Never send a password in clear.
         return Err(Outcome::Temporary("4.7.4 no TLS: not logging in".into()));
     }
-    authenticated_transaction(&mut client, t, &ehlo, sender, rcpts, body).await
+    authenticated_transaction(&mut client, t, &ehlo, sender, rcpts, body)
+        .await
+        .map(|r| (r, false))
 }
 
 async fn greet<T: AsyncRead + AsyncWrite + Unpin>(c: &mut SmtpClient<T>) -> Result<(), Outcome> {
@@ -409,4 +461,27 @@ async fn authenticated_transaction<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let _ = c.cmd(b"QUIT\r\n").await;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failure_types() {
+        // rustls's wording for the common certificate problems
+        assert_eq!(
+            tls_failure_type("invalid peer certificate: NotValidForName"),
+            "certificate-host-mismatch"
+        );
+        assert_eq!(
+            tls_failure_type("invalid peer certificate: Expired"),
+            "certificate-expired"
+        );
+        assert_eq!(
+            tls_failure_type("invalid peer certificate: UnknownIssuer"),
+            "certificate-not-trusted"
+        );
+        assert_eq!(tls_failure_type("handshake failure"), "validation-failure");
+    }
 }

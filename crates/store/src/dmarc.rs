@@ -1,7 +1,8 @@
 //! Mail-authentication state about other domains: DMARC results of inbound mail kept for the
 //! daily aggregate reports (RFC 7489 7.2: one row per UTC day, policy domain and distinct report
-//! row, with a count, removed once the report is handed to delivery), and the cached MTA-STS
-//! policies of recipient domains (RFC 8461).
+//! row, with a count, removed once the report is handed to delivery), the cached MTA-STS
+//! policies of recipient domains (RFC 8461), and the TLS outcomes with their MX hosts for the
+//! daily TLS reports (RFC 8460).
 
 use sqlx::Row;
 
@@ -140,6 +141,89 @@ impl Store {
         .bind(expires_at)
         .execute(&self.write)
         .await?;
+        Ok(())
+    }
+}
+
+/// One counted TLS outcome (RFC 8460): a policy, an MX host and a result (`success` or an
+/// RFC 8460 4.3 result type).
+#[derive(Debug, Clone)]
+pub struct TlsResult {
+    pub policy_type: String,
+    /// The policy's lines as JSON.
+    pub policy: String,
+    pub mx: String,
+    pub result: String,
+    pub count: i64,
+}
+
+impl Store {
+    /// Counts one TLS outcome with a recipient domain's MX host.
+    pub async fn tlsrpt_record(
+        &self,
+        day: i64,
+        domain: &str,
+        policy_type: &str,
+        policy: &str,
+        mx: &str,
+        result: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tlsrpt_results (day, domain, policy_type, policy, mx, result, count) VALUES (?, ?, ?, ?, ?, ?, 1)
+             ON CONFLICT (day, domain, policy_type, mx, result) DO UPDATE SET count = count + 1, policy = excluded.policy",
+        )
+        .bind(day)
+        .bind(domain.to_ascii_lowercase())
+        .bind(policy_type)
+        .bind(policy)
+        .bind(mx.to_ascii_lowercase())
+        .bind(result)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    /// The (day, domain) pairs with TLS outcomes from before `until_day`, oldest first.
+    pub async fn tlsrpt_pending(&self, until_day: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT day, domain FROM tlsrpt_results WHERE day < ? ORDER BY day, domain",
+        )
+        .bind(until_day)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn tlsrpt_rows(&self, day: i64, domain: &str) -> Result<Vec<TlsResult>> {
+        let rows = sqlx::query(
+            "SELECT policy_type, policy, mx, result, count FROM tlsrpt_results WHERE day = ? AND domain = ?
+             ORDER BY policy_type, mx, result",
+        )
+        .bind(day)
+        .bind(domain)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TlsResult {
+                    policy_type: r.try_get(0)?,
+                    policy: r.try_get(1)?,
+                    mx: r.try_get(2)?,
+                    result: r.try_get(3)?,
+                    count: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn tlsrpt_done(&self, day: i64, domain: &str) -> Result<()> {
+        sqlx::query("DELETE FROM tlsrpt_results WHERE day = ? AND domain = ?")
+            .bind(day)
+            .bind(domain)
+            .execute(&self.write)
+            .await?;
         Ok(())
     }
 }

@@ -292,6 +292,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_dmarc_results.sql"),
     include_str!("../migrations/0014_mta_sts.sql"),
     include_str!("../migrations/0015_dkim_transit.sql"),
+    include_str!("../migrations/0016_tlsrpt_results.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

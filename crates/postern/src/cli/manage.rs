@@ -615,14 +615,16 @@ pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> 
         } => {
             let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
             let until = if *include_today { today + 1 } else { today };
-            let sent = ops::reports::send_dmarc(&store, &dns, cfg, &Actor::cli(), until).await?;
+            let sent = ops::reports::send(&store, &dns, cfg, &Actor::cli(), until).await?;
             if *json {
                 println!("{}", serde_json::to_string(&sent)?);
             } else {
-                println!(
-                    "{} DMARC reports sent to {} recipients ({} dropped: no address accepts them)",
-                    sent.reports, sent.recipients, sent.dropped
-                );
+                for (what, s) in [("DMARC", &sent.dmarc), ("TLS", &sent.tls)] {
+                    println!(
+                        "{} {what} reports sent to {} recipients ({} dropped: no address accepts them)",
+                        s.reports, s.recipients, s.dropped
+                    );
+                }
             }
         }
     }
