@@ -470,7 +470,7 @@ pub enum AliasCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ReportsCmd {
-    /// The DMARC results waiting for their report: day, domain, rows, messages.
+    /// The DMARC and TLS results waiting for their report: kind, day, domain, rows, messages.
     Pending {
         #[arg(long)]
         json: bool,

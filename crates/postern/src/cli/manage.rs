@@ -587,19 +587,31 @@ pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> 
                 let rows = store.dmarc_rows(day, &domain).await?;
                 let messages: i64 = rows.records.iter().map(|(_, c)| c).sum();
                 out.push(serde_json::json!({
+                    "kind": "dmarc",
                     "day": chrono::DateTime::from_timestamp(day * 86400, 0)
                         .map(|d| d.format("%Y-%m-%d").to_string()),
                     "domain": domain, "rows": rows.records.len(), "messages": messages, "rua": rows.rua,
                 }));
             }
+            for (day, domain) in store.tlsrpt_pending(i64::MAX).await? {
+                let rows = store.tlsrpt_rows(day, &domain).await?;
+                let sessions: i64 = rows.iter().map(|r| r.count).sum();
+                out.push(serde_json::json!({
+                    "kind": "tls",
+                    "day": chrono::DateTime::from_timestamp(day * 86400, 0)
+                        .map(|d| d.format("%Y-%m-%d").to_string()),
+                    "domain": domain, "rows": rows.len(), "messages": sessions, "rua": [],
+                }));
+            }
             if *json {
                 println!("{}", serde_json::Value::Array(out));
             } else if out.is_empty() {
-                println!("no DMARC results waiting for a report");
+                println!("no DMARC or TLS results waiting for a report");
             } else {
                 for o in out {
                     println!(
-                        "{}\t{}\t{} rows\t{} messages\t{}",
+                        "{}\t{}\t{}\t{} rows\t{} messages/sessions\t{}",
+                        o["kind"].as_str().unwrap_or("?"),
                         o["day"].as_str().unwrap_or("?"),
                         o["domain"].as_str().unwrap_or("?"),
                         o["rows"],
