@@ -1,9 +1,10 @@
 """A DNS server on loopback (dnslib) serving a zone a test can change while it runs: A, AAAA, MX,
-TXT and PTR records, names that answer SERVFAIL (a broken DNS), everything else NXDOMAIN."""
+TXT, PTR and TLSA records, names that answer SERVFAIL (a broken DNS), names whose answers carry
+the AD bit (as a validating resolver marks DNSSEC-secure data), everything else NXDOMAIN."""
 import socket
 import threading
 
-from dnslib import AAAA, MX, PTR, RCODE, QTYPE, RR, SOA, TXT, A
+from dnslib import AAAA, MX, PTR, RCODE, QTYPE, RR, SOA, TLSA, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 QUIET = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
@@ -28,6 +29,7 @@ class Zone(BaseResolver):
         self.ttl = ttl  # short in tests, so a changed record is seen a second later
         self.records = {}  # (name, qtype) -> [rdata]
         self.broken = set()  # names that answer SERVFAIL
+        self.secure = set()  # names (and everything under them) answered with AD set
         self.lock = threading.Lock()
         self.queries = []
 
@@ -44,6 +46,9 @@ class Zone(BaseResolver):
             rdata = MX(host + "." if host != "." else ".", pref)
         elif kind == "PTR":
             rdata = PTR(value.rstrip(".") + ".")
+        elif kind == "TLSA":
+            usage, selector, matching, hexdata = value
+            rdata = TLSA(usage, selector, matching, bytes.fromhex(hexdata))
         else:
             raise ValueError(kind)
         with self.lock:
@@ -65,6 +70,8 @@ class Zone(BaseResolver):
                 return reply
             answers = self.records.get((q, request.q.qtype), [])
             exists = any(k[0] == q for k in self.records)
+            # (dnslib's reply() copies the query's flags, and a DANE query sets AD: clear it)
+            reply.header.ad = int(any(q == s or q.endswith("." + s) for s in self.secure))
         for rdata in answers:
             reply.add_answer(RR(q + ".", request.q.qtype, rdata=rdata, ttl=self.ttl))
         if not answers and not exists:

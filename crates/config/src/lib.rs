@@ -266,6 +266,10 @@ pub struct DeliveryConfig {
     /// Send daily TLS reports (RFC 8460) to recipient domains that publish `_smtp._tls`.
     #[serde(default = "d_true")]
     pub tls_reports: bool,
+    /// Honour DNSSEC-secure TLSA records of MX hosts (DANE, RFC 7672); needs a validating
+    /// resolver as `[dns] server` (its AD bit is trusted).
+    #[serde(default = "d_true")]
+    pub dane: bool,
 }
 
 fn d_https_port() -> u16 {
@@ -315,6 +319,7 @@ impl Default for DeliveryConfig {
             mta_sts: true,
             mta_sts_port: d_https_port(),
             tls_reports: true,
+            dane: true,
         }
     }
 }

@@ -220,6 +220,17 @@ pub async fn records(
                 .into(),
         );
     }
+    // DANE (RFC 7672): the key of our certificate, for a DNSSEC-signed zone of the host name.
+    match our_tlsa(cfg) {
+        Some(hash) => {
+            out.push((format!("_25._tcp.{host}"), "TLSA", format!("3 1 1 {hash}")));
+            notes.push(format!(
+                "TLSA _25._tcp.{host}: publish only in a DNSSEC-signed zone; it names the certificate's key, \
+                 so keep the key when the certificate is renewed (or publish the new key's record first)"
+            ));
+        }
+        None => notes.push("no TLSA record: the certificate could not be read".into()),
+    }
     if let Some(a) = rua_address(store, domain).await? {
         out.push((
             format!("_smtp._tls.{d}"),
@@ -255,4 +266,14 @@ async fn rua_address(store: &Store, domain: &str) -> Result<Option<EmailAddress>
         }
     }
     Ok(None)
+}
+
+/// The `3 1 1` TLSA data (hex) of the server certificate's key.
+fn our_tlsa(cfg: &postern_config::Config) -> Option<String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(cfg.path(&cfg.tls.cert)).ok()?;
+    let first = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .next()?
+        .ok()?;
+    postern_queue::dane::ee_spki_sha256(first.as_ref()).map(hex::encode)
 }

@@ -164,6 +164,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 cfg.relays.clone(),
                 Arc::new(crate::keys::QueueSecrets(keys.clone())),
                 dns.clone(),
+                &cfg.dns,
             )
             .context("setting up outbound delivery")?,
         )

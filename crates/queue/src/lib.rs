@@ -15,6 +15,7 @@
 //! outcome), TLS is rustls with the ring provider.
 #![forbid(unsafe_code)]
 
+pub mod dane;
 pub mod dkim;
 pub mod dsn;
 pub mod mta_sts;
@@ -57,6 +58,7 @@ pub struct Delivery {
     pub secrets: Arc<dyn Secrets>,
     resolver: route::Resolver,
     mta_sts: Option<mta_sts::MtaSts>,
+    dane: Option<dane::Dane>,
     in_flight: Mutex<HashSet<i64>>,
     per_destination: Mutex<HashMap<String, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
@@ -99,8 +101,14 @@ impl Delivery {
         relays: Vec<RelayConfig>,
         secrets: Arc<dyn Secrets>,
         dns: postern_dns::Dns,
+        dns_cfg: &postern_config::DnsConfig,
     ) -> Result<Arc<Delivery>> {
         let resolver = route::Resolver(dns.resolver().clone());
+        let dane = if cfg.dane {
+            dane::Dane::new(dns_cfg)
+        } else {
+            None
+        };
         let mta_sts = if cfg.mta_sts {
             let connector = mta_sts::connector(cfg.ca_file.as_deref()).map_err(QueueError::Tls)?;
             Some(mta_sts::MtaSts::new(
@@ -121,6 +129,7 @@ impl Delivery {
             secrets,
             resolver,
             mta_sts,
+            dane,
             in_flight: Mutex::new(HashSet::new()),
             per_destination: Mutex::new(HashMap::new()),
             workers,
@@ -244,7 +253,7 @@ impl Delivery {
                     (
                         format!("domain:{domain}"),
                         self.resolver
-                            .mx_targets(&domain, &self.cfg, sts.as_ref())
+                            .mx_targets(&domain, &self.cfg, sts.as_ref(), self.dane.as_ref())
                             .await,
                     )
                 }

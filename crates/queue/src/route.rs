@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use mail_send::smtp::message::Parameters;
 use mail_send::{Credentials, SmtpClient};
 use postern_config::{DeliveryConfig, RelayConfig, RelayTls};
@@ -168,6 +168,7 @@ impl Resolver {
         domain: &str,
         cfg: &DeliveryConfig,
         sts: Option<&crate::mta_sts::Policy>,
+        dane: Option<&crate::dane::Dane>,
     ) -> Result<Vec<Target>, Outcome> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         let mut hosts: Vec<(u16, String)> = match self.0.mx_lookup(fqdn.as_str()).await {
@@ -224,8 +225,32 @@ impl Resolver {
             mail_send::smtp::tls::build_tls_connector(true)
         }
         .map_err(|e| Outcome::Temporary(format!("4.7.5 TLS setup: {e}")))?;
+        // RFC 7672 2.2.1: DANE applies only when the MX records themselves are secure.
+        let dane = match dane {
+            Some(d) => match d.lookup(&fqdn, RecordType::MX).await {
+                crate::dane::Answer::Secure(_) => Some(d),
+                _ => None,
+            },
+            None => None,
+        };
         let mut out = Vec::new();
+        let mut dane_failures = Vec::new();
         for (_, host) in hosts {
+            let name = host.trim_end_matches('.').to_owned();
+            // RFC 7672 2.2: secure, usable TLSA records make TLS mandatory and authenticate the
+            // host by them; a failed look-up leaves the host out (a later attempt may succeed).
+            let tlsa = match dane {
+                Some(d) => match d.tlsa(&name, cfg.mx_port).await {
+                    Ok(Some(recs)) if !recs.is_empty() => Some(recs),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(domain, mx = %name, error = %e, "TLSA look-up failed: not using this MX now");
+                        dane_failures.push(name);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let addrs: Vec<SocketAddr> = match self.0.lookup_ip(host.as_str()).await {
                 Ok(ips) => ips
                     .iter()
@@ -236,18 +261,29 @@ impl Resolver {
             if addrs.is_empty() {
                 continue;
             }
+            let (tls, connector) = match tlsa {
+                Some(recs) => (
+                    TlsMode::Required,
+                    crate::dane::connector(recs, &name)
+                        .map_err(|e| Outcome::Temporary(format!("4.7.5 DANE TLS setup: {e}")))?,
+                ),
+                None if require => (TlsMode::Required, connector.clone()),
+                None => (TlsMode::Opportunistic, connector.clone()),
+            };
             out.push(Target {
-                host: host.trim_end_matches('.').to_owned(),
+                host: name.clone(),
                 addrs,
-                tls: if require {
-                    TlsMode::Required
-                } else {
-                    TlsMode::Opportunistic
-                },
-                tls_name: host.trim_end_matches('.').to_owned(),
-                connector: connector.clone(),
+                tls,
+                tls_name: name,
+                connector,
                 credentials: None,
             });
+        }
+        if out.is_empty() && !dane_failures.is_empty() {
+            return Err(Outcome::Temporary(format!(
+                "4.7.5 the TLSA records of {} could not be looked up (DANE)",
+                dane_failures.join(", ")
+            )));
         }
         if out.is_empty() {
             return Err(Outcome::Temporary(format!(
