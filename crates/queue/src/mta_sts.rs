@@ -50,8 +50,10 @@ pub fn parse_policy(text: &str) -> Result<Policy, String> {
         let Some((k, v)) = line.split_once(':') else {
             continue;
         };
-        let v = v.trim();
-        match k.trim() {
+        // RFC 8461 3.2: `key ":" *WSP value *WSP`, nothing before the key (found by fuzzing: a
+        // form feed before `version` was accepted)
+        let v = v.trim_matches([' ', '\t']);
+        match k {
             "version" => version = Some(v.to_owned()),
             "mode" => {
                 mode = Some(match v {
@@ -282,6 +284,9 @@ mod tests {
         assert!(parse_policy("version: STSv2\nmode: enforce\nmx: a\nmax_age: 1\n").is_err());
         assert!(parse_policy("version: STSv1\nmode: enforce\nmax_age: 1\n").is_err());
         assert!(parse_policy("version: STSv1\nmode: none\nmax_age: 1\n").is_ok());
+        // regression (fuzz): whitespace before a key is not that key
+        assert!(parse_policy("\x0cversion: STSv1\nmode: none\nmax_age: 1\n").is_err());
+        assert!(parse_policy("version : STSv1\nmode: none\nmax_age: 1\n").is_err());
         assert_eq!(
             parse_policy("version: STSv1\nmode: testing\nmx: a\nmax_age: 99999999999\n")
                 .unwrap()
