@@ -55,6 +55,7 @@ class PolicyServer:
 
     def __init__(self, cert, key, policies, port):
         self.policies = policies
+        self.posted = []  # (path, content type, body) of POSTs: TLS reports sent over https
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -70,6 +71,12 @@ class PolicyServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body.encode())
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                outer.posted.append((self.path, self.headers.get("Content-Type"), self.rfile.read(n)))
+                self.send_response(201)
+                self.end_headers()
 
             def log_message(self, *a):
                 pass
@@ -193,8 +200,21 @@ give_up_after_secs = 3600
             # TLS reports (RFC 8460) of the day, to the addresses of each domain's _smtp._tls
             for dom in ("dest.test", "wrong.test"):
                 z.add(f"_smtp._tls.{dom}", "TXT", "v=TLSRPTv1; rua=mailto:postmaster@dest.test")
-            sent = json.loads(srv.cli("reports", "send", "--include-today", "--json").stdout)
-            assert sent["tls"]["reports"] == 2, sent
+            # testing.test wants its report POSTed over https (certificate checked against the CA)
+            receiver = PolicyServer(*pki["sts"], {}, port)
+            z.add("_smtp._tls.testing.test", "TXT", f"v=TLSRPTv1; rua=https://mta-sts.testing.test:{port}/tlsrpt")
+            try:
+                sent = json.loads(srv.cli("reports", "send", "--include-today", "--json").stdout)
+            finally:
+                receiver.stop()
+            assert sent["tls"]["reports"] == 3, sent
+            assert len(receiver.posted) == 1, receiver.posted
+            path, ctype, body = receiver.posted[0]
+            assert path == "/tlsrpt" and ctype == "application/tlsrpt+gzip"
+            posted = json.loads(gzip.decompress(body))
+            pol = posted["policies"][0]
+            assert pol["policy"]["policy-domain"] == "testing.test" and pol["policy"]["policy-type"] == "sts"
+            assert pol["summary"]["total-successful-session-count"] >= 1, posted
             reports = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
                 [m for m in mx.inbox(RCPT) if b"Report Domain:" in m]), what="two TLS reports")
             by_domain = {}

@@ -4,8 +4,8 @@
 //!   outside the policy domain only if it agreed (RFC 7489 7.1: `<domain>._report._dmarc.<its
 //!   domain>`);
 //! - TLS reports (RFC 8460, gzip JSON): the TLS sessions and failures with each recipient
-//!   domain's MX hosts go to the `mailto:` addresses of its `_smtp._tls` record (`https:`
-//!   destinations are not posted to yet).
+//!   domain's MX hosts go to the destinations of its `_smtp._tls` record: mailed to `mailto:`
+//!   addresses, POSTed to `https:` URLs (certificate verified).
 //!
 //! Local recipients get a report in their INBOX; others through the outbound queue.
 
@@ -26,6 +26,8 @@ pub struct Reporter<'a> {
     pub dns: &'a postern_dns::Dns,
     pub hostname: &'a str,
     pub from: &'a str,
+    /// CA for `https:` report destinations (`[delivery] ca_file`; default: the system's roots).
+    pub ca_file: Option<&'a std::path::Path>,
 }
 
 /// What one run did.
@@ -145,8 +147,15 @@ impl Reporter<'_> {
                 })
                 .filter(|a| EmailAddress::parse(a).is_ok())
                 .collect();
-            if to.is_empty() {
-                // the domain asks for no reports (or only over https)
+            let urls: Vec<String> = rua
+                .iter()
+                .filter_map(|u| match u {
+                    ReportUri::Http(url) if url.starts_with("https://") => Some(url.clone()),
+                    _ => None,
+                })
+                .collect();
+            if to.is_empty() && urls.is_empty() {
+                // the domain asks for no reports
                 self.store.tlsrpt_done(day, &domain).await?;
                 sent.dropped += 1;
                 continue;
@@ -215,19 +224,52 @@ impl Reporter<'_> {
                 report_id: format!("{day}.{domain}.{}", hex::encode(rand::random::<[u8; 6]>())),
                 policies,
             };
-            let message = report
-                .to_rfc5322(
-                    &domain,
-                    self.hostname,
-                    ("Postern TLS reports", self.from),
-                    to.iter().map(String::as_str),
-                )
-                .context("building the TLS report")?;
-            self.deliver(message.into_bytes(), &to).await?;
+            if !urls.is_empty() {
+                use std::io::Write as _;
+                let mut gz = postern_dns::mail_auth::flate2::write::GzEncoder::new(
+                    Vec::new(),
+                    postern_dns::mail_auth::flate2::Compression::default(),
+                );
+                gz.write_all(report.to_json().as_bytes())?;
+                let body = gz.finish()?;
+                let connector = postern_queue::mta_sts::connector(self.ca_file)
+                    .map_err(|e| anyhow::anyhow!("TLS client: {e}"))?;
+                for url in &urls {
+                    // RFC 8460 3: a failed POST is not retried here; the next report comes tomorrow
+                    match postern_queue::mta_sts::post_report(
+                        url,
+                        body.clone(),
+                        self.dns.resolver(),
+                        &connector,
+                    )
+                    .await
+                    {
+                        Ok(()) => sent.recipients += 1,
+                        Err(e) => tracing::warn!(domain, url, error = %e, "TLS report POST failed"),
+                    }
+                }
+            }
+            if !to.is_empty() {
+                let message = report
+                    .to_rfc5322(
+                        &domain,
+                        self.hostname,
+                        ("Postern TLS reports", self.from),
+                        to.iter().map(String::as_str),
+                    )
+                    .context("building the TLS report")?;
+                self.deliver(message.into_bytes(), &to).await?;
+                sent.recipients += to.len();
+            }
             self.store.tlsrpt_done(day, &domain).await?;
-            tracing::info!(domain, day, recipients = to.len(), "TLS report sent");
+            tracing::info!(
+                domain,
+                day,
+                mail = to.len(),
+                https = urls.len(),
+                "TLS report sent"
+            );
             sent.reports += 1;
-            sent.recipients += to.len();
         }
         Ok(sent)
     }

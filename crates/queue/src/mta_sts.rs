@@ -262,6 +262,70 @@ impl MtaSts {
     }
 }
 
+/// POSTs a TLS report to an `https:` destination of a `_smtp._tls` record (RFC 8460 3): the
+/// certificate verified (`connector`), no redirects followed, success only on 2xx.
+pub async fn post_report(
+    url: &str,
+    body: Vec<u8>,
+    resolver: &postern_dns::TokioResolver,
+    connector: &TlsConnector,
+) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url}: only https is used"));
+    }
+    let host = uri.host().ok_or(format!("{url}: no host"))?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let ip = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => resolver
+            .lookup_ip(format!("{host}.").as_str())
+            .await
+            .map_err(|e| format!("{host} does not resolve: {e}"))?
+            .iter()
+            .next()
+            .ok_or(format!("{host} has no address"))?,
+    };
+    let path = uri
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let post = async {
+        let tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip, port))
+            .await
+            .map_err(|e| format!("{host}: {e}"))?;
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| format!("{host} is not a valid name"))?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("host", host.as_str())
+            .header("content-type", "application/tlsrpt+gzip")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        driver.abort();
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, post)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
 /// A verifying TLS client for policy fetches and enforced MX hosts: `ca_file`, or the system's
 /// roots.
 pub fn connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {

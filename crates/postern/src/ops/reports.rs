@@ -29,6 +29,7 @@ pub async fn send(
         dns,
         hostname: &cfg.server.hostname,
         from: &from,
+        ca_file: cfg.delivery.ca_file.as_deref(),
     };
     let mut all = AllSent::default();
     if cfg.inbound.dmarc_reports {
