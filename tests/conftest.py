@@ -102,6 +102,14 @@ class Server:
         with self.db() as c:
             return c.execute("SELECT id, sender FROM queue ORDER BY id").fetchall()
 
+    def restart(self):
+        """Stops the server and starts it again on the same data directory (after a test changed
+        its configuration or certificate); the fixture that made it still stops it at the end."""
+        self.stop()
+        new = start(self.dir, self.offset)
+        self.proc, self.log_path = new.proc, new.log_path
+        return self
+
     def stop(self, timeout=40):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 
-from conftest import start
 from dnsfake import FakeDns
 from test_mta_sts import pki  # noqa: F401 (fixture)
 from test_outbound import RCPT_PW, submit, wait_for
@@ -40,12 +39,11 @@ def test_dane_ee_ta_mismatch_insecure_and_failure(make_server, pki):  # noqa: F8
             mx.cli("domain", "add", dom)
             mx.cli("user", "add", f"rcpt@{dom}", "--password-stdin", stdin=RCPT_PW + "\n")
         # the MX presents a certificate for mx1.dest.test from the test CA, with the CA in the chain
-        mx.stop()
         cert, key = pki["mx"]
         (mx.dir / "tls" / "cert.pem").write_bytes(cert.read_bytes() + pki["ca"].read_bytes())
         shutil.copy(key, mx.dir / "tls" / "key.pem")
         (mx.dir / "tls" / "key.pem").chmod(0o600)
-        mx = start(mx.dir, mx.offset)
+        mx.restart()
         port = mx.smtp
         ee = spki_sha256(cert)
         # the record `postern dns` tells the MX's admin to publish is the same (openssl computes ours)
@@ -97,4 +95,3 @@ give_up_after_secs = 3600
         assert "4.7.5" in errs["rcpt@wrongname.test"], errs
         for dom in ("bad.test", "broken.test", "wrongname.test"):
             assert not mx.inbox(f"rcpt@{dom}")
-        mx.stop()

@@ -16,7 +16,6 @@ import threading
 
 import pytest
 
-from conftest import start
 from dnsfake import FakeDns, free_udp_port
 from test_outbound import RCPT, RCPT_PW, submit, wait_for
 
@@ -124,14 +123,13 @@ def test_mta_sts_enforce_testing_and_cache(make_server, pki):
                 mx.cli("domain", "add", dom)
                 mx.cli("user", "add", f"rcpt@{dom}", "--password-stdin", stdin=RCPT_PW + "\n")
             mx.cli("alias", "add", "postmaster@dest.test", RCPT)
-            mx.stop()
             with open(mx.dir / "postern.toml", "a") as f:
                 f.write(f'\n[mta_sts]\nlisten = "127.0.0.1:{port}"\nmode = "enforce"\nmx = ["mx1.dest.test"]\n')
             cert, key = pki["mx"]
             shutil.copy(cert, mx.dir / "tls" / "cert.pem")
             shutil.copy(key, mx.dir / "tls" / "key.pem")
             (mx.dir / "tls" / "key.pem").chmod(0o600)
-            mx = start(mx.dir, mx.offset)
+            mx.restart()
             # the record to publish comes from `postern dns`; the policy from Postern's own host
             recs = json.loads(mx.cli("dns", "dest.test", "--json").stdout)
             sts_txt = [r["value"].strip('"') for r in recs if r["name"] == "_mta-sts.dest.test."]
@@ -187,12 +185,11 @@ give_up_after_secs = 3600
             assert not mx.inbox("rcpt@wrong.test") and not mx.inbox("rcpt@other.test")
             # the policy servers go away: the cached policies still apply
             sts.stop()
-            mx.stop()
             with open(mx.dir / "postern.toml") as f:
                 cfg = f.read()
             with open(mx.dir / "postern.toml", "w") as f:
                 f.write(cfg.replace(f'listen = "127.0.0.1:{port}"\n', ""))
-            mx = start(mx.dir, mx.offset)
+            mx.restart()
             submit(srv, ["rcpt@wrong.test"], subject="still enforced")
             submit(srv, [RCPT], subject="still delivered")
             wait_for(lambda: len(mx.inbox(RCPT)) == 2, what="delivery on the cached policy")
