@@ -455,6 +455,16 @@ impl Guard {
             || code
     }
 
+    /// Bans and account lockouts in force now (for the metrics gauges).
+    pub fn active_counts(&self) -> (usize, usize) {
+        let now = self.clock.now();
+        let st = self.lock();
+        (
+            st.bans.values().filter(|b| b.until > now).count(),
+            st.locked_until.values().filter(|&&u| u > now).count(),
+        )
+    }
+
     /// Whether the account is locked for unknown clients now.
     pub fn is_locked(&self, account: &str) -> bool {
         let now = self.clock.now();

@@ -106,8 +106,13 @@ impl HashPool {
 
     pub async fn verify(&self, password: &SecretString, phc: String) -> Result<bool, HashError> {
         let pw = password.clone();
-        self.run(move |h| h.verify(pw.expose_secret().as_bytes(), &phc))
-            .await
+        self.run(move |h| {
+            let t = std::time::Instant::now();
+            let r = h.verify(pw.expose_secret().as_bytes(), &phc);
+            postern_metrics::argon2_seconds(t.elapsed().as_secs_f64());
+            r
+        })
+        .await
     }
 
     pub async fn hash(&self, password: &SecretString) -> Result<String, HashError> {

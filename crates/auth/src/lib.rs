@@ -598,8 +598,31 @@ impl Authenticator {
             }
             _ => {}
         }
+        let protocol = attempt.protocol.name();
+        postern_metrics::auth_attempt(
+            protocol,
+            attempt.mechanism,
+            match &outcome {
+                AuthOutcome::Success(_) => "success",
+                AuthOutcome::Failure => "failure",
+                AuthOutcome::TemporaryFailure => "temporary",
+                AuthOutcome::Refused => "refused",
+                AuthOutcome::PasswordExpired => "expired",
+                AuthOutcome::AppPasswordRequired => "app_password_required",
+            },
+        );
+        match (&outcome, result) {
+            (AuthOutcome::Refused, _) | (_, Err(FailureReason::Banned)) => {
+                postern_metrics::auth_refused(protocol, "banned")
+            }
+            (_, Err(FailureReason::Locked)) => postern_metrics::auth_refused(protocol, "locked"),
+            (_, Err(FailureReason::Busy)) => {
+                postern_metrics::auth_refused(protocol, "pool_saturated")
+            }
+            _ => {}
+        }
         self.audit.auth(&AuthEvent {
-            protocol: attempt.protocol.name(),
+            protocol,
             mechanism: attempt.mechanism,
             username: loggable_username(attempt.username),
             account_id,

@@ -108,6 +108,8 @@ pub struct Config {
     pub greylist: GreylistConfig,
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -410,6 +412,18 @@ impl Default for InboundConfig {
             reports_from: None,
         }
     }
+}
+
+/// Prometheus metrics over plain HTTP (the admin listener also serves them, over HTTPS, to an
+/// API key or session allowed to read the audit log).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:PORT` of a plain-HTTP `/metrics` for a scraper on the same host or a private network
+    /// (off by default). Anyone who reaches it reads the metrics: keep it on loopback or behind
+    /// a firewall.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The MTA-STS policy this server publishes for its domains (RFC 8461), served over HTTPS as
@@ -1448,7 +1462,11 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          # Port 25 checks SPF, DKIM, ARC and DMARC on every message (our own domains cannot be spoofed\n\
          # from outside) and greylists unknown senders; see [inbound], [greylist] and [dns] in\n\
          # docs/configuration.md. A forwarder or backup MX that relays to this server goes in\n\
-         # [inbound] trusted_networks; block lists in [inbound] dnsbl.\n\n",
+         # [inbound] trusted_networks; block lists in [inbound] dnsbl.\n\n\
+         # Prometheus metrics over plain HTTP for a scraper on this host (also served over HTTPS by\n\
+         # the admin API at /metrics to an auditor's API key):\n\
+         # [metrics]\n\
+         # listen = \"127.0.0.1:9587\"\n\n",
     );
     let admin_port = 8080u16.saturating_add(port_offset);
     // The admin API stays on loopback even if the mail listeners face the world.

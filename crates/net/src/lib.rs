@@ -67,7 +67,7 @@ pub async fn open_session(
     busy_line: &str,
 ) -> Option<(ConnPermit, MailStream)> {
     use tokio::io::AsyncWriteExt;
-    let permit = match admission {
+    let mut permit = match admission {
         Ok(p) => p,
         Err(r) => {
             tracing::warn!(event = "connection", protocol, ip = %peer.ip(), refused = ?r, "connection refused by connection caps");
@@ -98,5 +98,6 @@ pub async fn open_session(
             }
         }
     };
+    permit.count_as(protocol);
     Some((permit, stream))
 }

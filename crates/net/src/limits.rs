@@ -23,10 +23,25 @@ pub struct ConnPermit {
     _total: OwnedSemaphorePermit,
     ip: IpAddr,
     limiter: Arc<ConnLimiter>,
+    /// The protocol this connection counts under in `postern_connections_active`.
+    counted: Option<&'static str>,
+}
+
+impl ConnPermit {
+    /// Counts the connection as an active session of `protocol` until the permit is dropped.
+    pub fn count_as(&mut self, protocol: &'static str) {
+        if self.counted.is_none() {
+            postern_metrics::connection(protocol, 1);
+            self.counted = Some(protocol);
+        }
+    }
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
+        if let Some(p) = self.counted {
+            postern_metrics::connection(p, -1);
+        }
         let mut map = self
             .limiter
             .per_ip
@@ -67,6 +82,7 @@ impl ConnLimiter {
             _total: total,
             ip,
             limiter: self.clone(),
+            counted: None,
         })
     }
 

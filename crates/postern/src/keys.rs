@@ -157,6 +157,19 @@ impl Keys {
             other => other,
         };
         let ok = out.is_ok();
+        // a fixed word per kind of secret: never a secret's name in a metric label
+        let kind = match purpose
+            .strip_prefix("secret:")
+            .unwrap_or(purpose)
+            .split(':')
+            .next()
+        {
+            Some("dkim") => "dkim",
+            Some("totp") => "totp",
+            Some("postern") => "internal",
+            _ => "stored",
+        };
+        postern_metrics::secret_read(kind);
         let detail = format!("{purpose}: {why}{}", if ok { "" } else { " (failed)" });
         record(&self.store, actor, "secret_read", purpose, &detail).await?;
         Ok(out?)

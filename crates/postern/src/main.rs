@@ -15,6 +15,7 @@ mod cli;
 mod datadir;
 mod dkim;
 mod keys;
+mod metrics_http;
 mod ops;
 mod password;
 mod reports;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     if let Err(e) = rlimit::setrlimit(rlimit::Resource::CORE, 0, 0) {
         eprintln!("postern: warning: could not disable core dumps: {e}");
     }
+    postern_metrics::init(env!("POSTERN_COMMIT"));
     let args = cli::Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

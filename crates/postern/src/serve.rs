@@ -124,6 +124,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let store = store.clone();
         let retention = cfg.defence.audit_retention_days;
         let grey = crate::backend::grey_policy(&cfg.greylist);
+        let cert_expiry = postern_net::tls::certificate_summary(&cfg.path(&cfg.tls.cert))
+            .ok()
+            .map(|(_, not_after)| not_after);
         let dns = dns.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
@@ -132,6 +135,23 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             loop {
                 tick.tick().await;
                 guard.sync_bans().await;
+                if let Some(t) = cert_expiry {
+                    postern_metrics::set_tls_cert_expiry(t - postern_store::now());
+                }
+                let (bans, lockouts) = guard.active_counts();
+                postern_metrics::set_bans(bans as i64);
+                postern_metrics::set_lockouts(lockouts as i64);
+                if n.is_multiple_of(5) {
+                    if let Ok(counts) = store.queue_counts().await {
+                        for state in ["queued", "held"] {
+                            let c = counts
+                                .iter()
+                                .find(|(s, _)| s == state)
+                                .map_or(0, |(_, c)| *c);
+                            postern_metrics::set_queue(state, c);
+                        }
+                    }
+                }
                 if let Err(e) = crate::ops::applications::retire_previous_secrets(&store).await {
                     tracing::warn!(error = %e, "retiring rotated application secrets failed");
                 }
@@ -344,6 +364,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }
         None => None,
     };
+    let metrics_task = match cfg.metrics.listen {
+        Some(addr) => {
+            let sd = shutdown.clone();
+            Some(crate::metrics_http::serve(addr, async move { sd.cancelled().await }).await?)
+        }
+        None => None,
+    };
     let delivery_task = delivery.as_ref().map(|d| {
         let (d, sd) = (d.clone(), shutdown.clone());
         tokio::spawn(async move { d.run(sd).await })
@@ -362,7 +389,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     for l in loops {
         let _ = l.await;
     }
-    for t in [api_task, sts_task].into_iter().flatten() {
+    for t in [api_task, sts_task, metrics_task].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     if let Some(t) = delivery_task {

@@ -262,6 +262,7 @@ impl Delivery {
             let _permit = sem.acquire_owned().await.expect("never closed");
             let out = match targets {
                 Ok(targets) => {
+                    let started = std::time::Instant::now();
                     let (out, events) = route::deliver(
                         &targets,
                         &self.hostname,
@@ -271,6 +272,7 @@ impl Delivery {
                         &self.cfg,
                     )
                     .await;
+                    postern_metrics::delivery_seconds(started.elapsed().as_secs_f64());
                     if direct {
                         self.record_tls(&domain, sts.as_ref(), &events).await;
                     }
@@ -282,6 +284,7 @@ impl Delivery {
                     .collect(),
             };
             for (address, outcome, remote) in out {
+                postern_metrics::delivery(outcome.kind());
                 tracing::info!(
                     event = "delivery",
                     queue_id = id,

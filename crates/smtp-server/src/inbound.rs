@@ -25,8 +25,8 @@ use postern_dns::mail_auth::report::{
 };
 use postern_dns::mail_auth::spf::verify::SpfParameters;
 use postern_dns::mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevOutput, SpfOutput,
-    SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevOutput, IprevResult,
+    SpfOutput, SpfResult,
 };
 use postern_dns::{Dns, Listing};
 
@@ -80,6 +80,7 @@ impl Inbound {
     pub async fn listed(&self, ip: IpAddr) -> Option<(String, String)> {
         for zone in &self.cfg.dnsbl {
             if let Listing::Listed(a) = self.dns.dnsbl(zone, ip).await {
+                postern_metrics::inbound_check("dnsbl", "listed");
                 return Some((zone.clone(), a.to_string()));
             }
         }
@@ -114,6 +115,7 @@ impl Inbound {
             auth.verify_spf(SpfParameters::verify_mail_from(ip, helo, hostname, sender))
                 .await
         };
+        postern_metrics::inbound_check("spf", spf_word(spf_mail.result()));
         if spf_mail.result() == SpfResult::TempError {
             return MailCheck::TempError(format!(
                 "SPF of {} could not be checked (DNS failure)",
@@ -121,6 +123,16 @@ impl Inbound {
             ));
         }
         let iprev = auth.verify_iprev(ip).await;
+        postern_metrics::inbound_check(
+            "iprev",
+            match &iprev.result {
+                IprevResult::Pass => "pass",
+                IprevResult::Fail(_) => "fail",
+                IprevResult::TempError(_) => "temperror",
+                IprevResult::PermError(_) => "permerror",
+                IprevResult::None => "none",
+            },
+        );
         MailCheck::Checked(Box::new(SenderChecks {
             helo: helo.to_owned(),
             spf_helo,
@@ -160,6 +172,11 @@ impl Inbound {
                 &checks.spf_mail,
             ))
             .await;
+        for d in &dkim {
+            postern_metrics::inbound_check("dkim", dkim_word(d.result()));
+        }
+        postern_metrics::inbound_check("arc", dkim_word(arc.result()));
+        postern_metrics::inbound_check("dmarc", dmarc_word(&dmarc.result()));
         let from = parsed.from.first().cloned().unwrap_or_default();
         let header = AuthenticationResults::new(hostname)
             .with_iprev_result(&checks.iprev, ip)
@@ -229,6 +246,10 @@ impl Inbound {
             let by_dkim = dkim_pass.iter().any(|s| aligned(s, d));
             if !by_spf && !by_dkim {
                 let what = if is_from { "From" } else { "envelope sender" };
+                postern_metrics::inbound_check(
+                    "own_domain",
+                    if dkim_temp { "temperror" } else { "reject" },
+                );
                 if dkim_temp {
                     return Verdict::Defer(
                         "451 4.4.3 Temporary DNS failure while checking the message; try again later".into(),
@@ -391,6 +412,29 @@ struct ReportInput<'a> {
     dmarc: &'a postern_dns::mail_auth::DmarcOutput,
     action: ActionDisposition,
     overridden: Option<PolicyOverride>,
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::None => "none",
+    }
 }
 
 fn dmarc_word(r: &DmarcResult) -> &'static str {

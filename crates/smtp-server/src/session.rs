@@ -776,8 +776,12 @@ impl Session {
             .greylist(&network, &sender, rcpt, spf_domain.as_deref())
             .await
         {
-            Ok(GreyCheck::Pass(_)) => None,
+            Ok(GreyCheck::Pass(_)) => {
+                postern_metrics::inbound_check("greylist", "pass");
+                None
+            }
             Ok(GreyCheck::Defer(secs)) => {
+                postern_metrics::inbound_check("greylist", "defer");
                 tracing::info!(event = "greylisted", session = %self.id, ip = %self.peer.ip(), from = %sender, to = rcpt, retry_in = secs, "greylisted");
                 Some(self.error(&format!(
                     "451 4.7.1 Greylisted: please try again in {secs} seconds"
@@ -968,10 +972,12 @@ impl Session {
                     authenticated_domain = a;
                 }
                 Verdict::Reject(reply, why) => {
+                    postern_metrics::message_received(self.kind.protocol.name(), "rejected");
                     tracing::info!(event = "inbound_refused", session = %self.id, ip = %self.peer.ip(), from = %sender, reason = %why, "message refused");
                     return self.error(&reply);
                 }
                 Verdict::Defer(reply, why) => {
+                    postern_metrics::message_received(self.kind.protocol.name(), "deferred");
                     tracing::info!(event = "inbound_deferred", session = %self.id, ip = %self.peer.ip(), from = %sender, reason = %why, "message deferred");
                     return self.error(&reply);
                 }
@@ -1006,6 +1012,14 @@ impl Session {
         match self.srv.backend.deliver(delivery).await {
             Ok(()) => {
                 self.accepted += 1;
+                postern_metrics::message_received(
+                    self.kind.protocol.name(),
+                    if quarantine {
+                        "quarantined"
+                    } else {
+                        "accepted"
+                    },
+                );
                 if let Some(d) = authenticated_domain.filter(|_| self.srv.greylist) {
                     if let Err(e) = self.srv.backend.sender_authenticated(&d).await {
                         tracing::warn!(session = %self.id, error = %e, "greylist auto-allow not recorded");

@@ -202,3 +202,16 @@ impl Store {
         Ok(())
     }
 }
+
+impl crate::Store {
+    /// Queued messages by status (`queued`, `held`, …), for the metrics gauge.
+    pub async fn queue_counts(&self) -> crate::Result<Vec<(String, i64)>> {
+        use sqlx::Row;
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM queue GROUP BY status")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}

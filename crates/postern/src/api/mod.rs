@@ -93,10 +93,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api-keys/{name}", delete(revoke_api_key));
     Router::new()
         .nest("/api/v1", v1)
+        // Prometheus scrapes here with an API key (or a session) of a role that may read the
+        // audit log (auditor, superadmin)
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+async fn metrics(c: Caller) -> ApiResult<Response> {
+    c.may(crate::roles::Perm::ReadAudit)?;
+    Ok((
+        [(header::CONTENT_TYPE, postern_metrics::CONTENT_TYPE)],
+        postern_metrics::encode_text(),
+    )
+        .into_response())
 }
 
 async fn security_headers(mut r: Response) -> Response {
