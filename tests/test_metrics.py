@@ -3,14 +3,20 @@ listener (HTTPS, an administrator allowed to read the audit log). Counters move 
 traffic (IMAP logins, port-25 messages and refusals, open connections), labels never carry an
 account name or an address, and the exposition is valid OpenMetrics text."""
 import imaplib
+import json
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
-from conftest import ALICE, ALICE_PW, BOB, tls_client_context, wait_port
+import pytest
+
+from conftest import ROOT, ALICE, ALICE_PW, BOB, tls_client_context, wait_port
 from test_admin_api import create_admin, first_login
 
 
@@ -99,7 +105,6 @@ def test_metrics_follow_real_traffic(make_server):
 
     class Shim:
         def call(self, method, path, body=None, token=None):
-            import json
             req = urllib.request.Request(f"https://127.0.0.1:{srv.admin}/api/v1{path}", method=method,
                                          data=None if body is None else json.dumps(body).encode())
             req.add_header("Content-Type", "application/json")
@@ -119,3 +124,70 @@ def test_metrics_follow_real_traffic(make_server):
     with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
         body = r.read().decode()
         assert r.status == 200 and "postern_auth_attempts_total" in body
+
+
+RULES = ROOT / "contrib" / "prometheus"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="Debian's prometheus package (tests/run.sh installs it)")
+def test_alert_rules_pass_promtool():
+    check = subprocess.run(["promtool", "check", "rules", str(RULES / "postern.rules.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(["promtool", "test", "rules", "postern.rules.test.yml"], cwd=RULES,
+                          capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus package (tests/run.sh installs it)")
+def test_a_real_prometheus_scrapes_postern(make_server, tmp_path):
+    port = free_port()
+    srv = make_server(toml_extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    wait_port(port, srv.proc)
+    with imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context()) as m:
+        try:
+            m.login(ALICE, "not the password")
+        except imaplib.IMAP4.error:
+            pass
+    prom_port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(f"""global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {RULES / 'postern.rules.yml'}
+scrape_configs:
+  - job_name: postern
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+""")
+    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=open(tmp_path / "prometheus.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        def query(q):
+            url = f"http://127.0.0.1:{prom_port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.loads(r.read())["data"]["result"]
+
+        deadline = time.time() + 60
+        got = []
+        while time.time() < deadline:
+            try:
+                got = query('postern_auth_attempts_total{result="failure"}')
+                if got:
+                    break
+            except (OSError, urllib.error.URLError, KeyError):
+                pass
+            time.sleep(0.5)
+        assert got, (tmp_path / "prometheus.log").read_text()[-3000:]
+        assert float(got[0]["value"][1]) == 1 and got[0]["metric"]["protocol"] == "imap"
+        up = query('up{job="postern"}')
+        assert up and up[0]["value"][1] == "1"
+        # the rules loaded (none fires on a quiet server)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        assert groups and len(groups[0]["rules"]) == 9
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
