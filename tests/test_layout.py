@@ -56,3 +56,25 @@ def test_no_import_circle_in_the_binary_crate():
         if n not in state:
             visit(n)
     assert not cycles, " / ".join(" -> ".join(c) for c in cycles)
+
+
+def test_systemd_unit_verifies():
+    """contrib/systemd/postern.service passes `systemd-analyze verify` (binary path swapped for
+    one that exists here), runs as its own user with only CAP_NET_BIND_SERVICE, and starts
+    `postern --dir DIR serve` as the README documents."""
+    import shutil
+    import subprocess
+    import tempfile
+    import pytest
+    unit = (ROOT / "contrib" / "systemd" / "postern.service").read_text()
+    assert "ExecStart=/usr/local/bin/postern --dir /var/lib/postern serve" in unit
+    assert "User=postern" in unit and "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit
+    assert "NoNewPrivileges=yes" in unit and "ProtectSystem=strict" in unit
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/postern.service"
+        with open(path, "w") as f:
+            f.write(unit.replace("/usr/local/bin/postern", "/bin/true"))
+        p = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
