@@ -57,6 +57,12 @@ SCHEMAS = {
     "PasswordRequest": obj({"password": S(description="omit to have one generated")}, required=[]),
     "PasswordSet": obj({"address": S(), "password": S()}, required=["address"]),
     "Unlocked": obj({"address": S(), "was_locked": {"type": "boolean"}}),
+    "IncidentLockRequest": obj({"reason": S(maxLength=200)}, required=[]),
+    "IncidentLocked": obj({"address": S(), "app_passwords_revoked": I(), "second_factor_removed": {"type": "boolean"},
+                           "queued_messages_held": I()}),
+    "IncidentUnlockRequest": obj({"password": S(description="the new password, checked against the policy")}),
+    "TimelineEvent": obj({"ts": I(), "event": S(), "protocol": NS, "ip": NS, "mechanism": NS, "tls": NS,
+                          "result": S(), "reason": NS, "actor": NS}),
     "AppPassword": obj({"name": S(), "protocols": STRS, "networks": STRS, "expires_at": NI, "created_at": I(),
                         "last_used_at": NI, "last_used_ip": NS}),
     "NewAppPassword": obj({"name": S(minLength=1, maxLength=64), "protocols": arr(S(enum=["smtp", "imap", "pop3"])), "networks": STRS,
@@ -179,6 +185,16 @@ PATHS = {
                                                   extra=(404, 422))},
     "/api/v1/users/{address}/2fa": {"delete": op("Reset two-factor authentication", 204, params=[A],
                                                  extra=(404, 422))},
+    "/api/v1/users/{address}/incident/lock": {"post": op(
+        "Incident response: lock a compromised account at once (logins off, password to be replaced, app passwords "
+        "and second factor removed, queued mail held, live sessions ended within a second); helpdesk may",
+        200, ref("IncidentLocked"), body=ref("IncidentLockRequest"), params=[A], extra=(404, 422))},
+    "/api/v1/users/{address}/incident/unlock": {"post": op(
+        "Lift an incident lock with a new password (held mail stays held)", 204, body=ref("IncidentUnlockRequest"),
+        params=[A], extra=(404, 422))},
+    "/api/v1/users/{address}/timeline": {"get": op(
+        "What the audit log knows about the account, oldest first", 200, arr(ref("TimelineEvent")),
+        params=[A, query_param("since_secs", I(minimum=0))], extra=(404, 422))},
     "/api/v1/users/{address}/app-passwords": {
         "get": op("List app passwords (never their secrets)", 200, arr(ref("AppPassword")), params=[A],
                   extra=(404, 422)),

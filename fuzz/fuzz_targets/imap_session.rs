@@ -24,6 +24,7 @@ fn server() -> &'static (world::World, Arc<postern_imap::ImapServer>) {
             auth: w.auth.clone(),
             tls: w.tls.clone(),
             sessions: Default::default(),
+            revocations: Default::default(),
         });
         (w, srv)
     })

@@ -24,6 +24,7 @@ fn server() -> &'static (world::World, Arc<postern_pop3::Pop3Server>) {
             auth: w.auth.clone(),
             tls: w.tls.clone(),
             locks: Default::default(),
+            revocations: Default::default(),
         });
         (w, srv)
     })

@@ -61,6 +61,7 @@ fn servers() -> &'static (world::World, Arc<postern_smtp::SmtpServer>) {
             inbound: None,
             greylist: false,
             trusted_networks: Vec::new(),
+            revocations: Default::default(),
         });
         (w, srv)
     })

@@ -30,6 +30,8 @@ pub struct ImapServer {
     pub auth: Arc<Authenticator>,
     pub tls: TlsAcceptor,
     pub sessions: Arc<AccountSessions>,
+    /// Live sessions by account, for incident response.
+    pub revocations: Arc<postern_net::Revocations>,
 }
 
 /// Counts open sessions per account, to enforce `imap.max_sessions_per_account`.

@@ -6,6 +6,7 @@
 pub mod conn;
 pub mod limits;
 pub mod proxy;
+pub mod revoke;
 pub mod stream;
 pub mod tls;
 
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 pub use conn::{Line, LineConn, ReadError};
 pub use limits::{ConnLimiter, ConnPermit, Refusal};
+pub use revoke::Revocations;
 pub use stream::{MailStream, TlsInfo};
 pub use tokio_rustls::TlsAcceptor;
 

@@ -26,6 +26,8 @@ pub struct Pop3Server {
     pub auth: Arc<Authenticator>,
     pub tls: TlsAcceptor,
     pub locks: Arc<MaildropLocks>,
+    /// Live sessions by account, for incident response.
+    pub revocations: Arc<postern_net::Revocations>,
 }
 
 /// RFC 1939 4: one POP3 session holds an account's maildrop at a time. In-process; a cluster

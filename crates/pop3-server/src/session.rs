@@ -576,6 +576,8 @@ impl Session {
             .expiry_warning()
             .map(|w| format!("; {w}"))
             .unwrap_or_default();
+        // incident response can end this session from now on
+        self.shutdown = self.srv.revocations.token_for(p.account_id, &self.shutdown);
         self.principal = Some(p);
         self.conn.send(&format!(
             "+OK maildrop locked and ready, {n} messages ({size} octets){warning}"

@@ -61,6 +61,10 @@ pub enum Perm {
     ManageBans,
     ReadAudit,
     ManageAdmins,
+    /// Incident response: lock a compromised account (helpdesk may).
+    LockAccounts,
+    /// Lift an incident lock (helpdesk may not).
+    UnlockAccounts,
 }
 
 /// Whether `role` may do `perm` at all (a domain-admin is further limited to its domains).
@@ -76,6 +80,8 @@ pub fn allows(role: Role, perm: Perm) -> bool {
                 | ReadCredentials
                 | IssueSecrets
                 | RevokeAppPasswords
+                | LockAccounts
+                | UnlockAccounts
         ),
         Role::Helpdesk => matches!(
             perm,
@@ -85,6 +91,7 @@ pub fn allows(role: Role, perm: Perm) -> bool {
                 | RevokeAppPasswords
                 | ReadBans
                 | ManageBans
+                | LockAccounts
         ),
         Role::Auditor => matches!(perm, ReadDirectory | ReadCredentials | ReadBans | ReadAudit),
     }

@@ -113,6 +113,35 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             ))
             .with_guard(guard.clone()),
     );
+    // Incident response: `postern incident lock` (or the API) stamps the account's
+    // sessions_revoked_at; within a second every live session of it ends.
+    let revocations = Arc::new(postern_net::Revocations::default());
+    {
+        let (store, revocations) = (store.clone(), revocations.clone());
+        tokio::spawn(async move {
+            let mut since = postern_store::now();
+            let mut done: std::collections::HashSet<(i64, i64)> = Default::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Ok(rows) = store.sessions_revoked_since(since - 1).await else {
+                    continue;
+                };
+                for (account, at) in rows {
+                    if done.insert((account, at)) {
+                        let any = revocations.revoke(account);
+                        tracing::info!(
+                            account,
+                            live_sessions = any,
+                            "sessions of the account revoked"
+                        );
+                    }
+                    since = since.max(at);
+                }
+                done.retain(|(_, at)| *at >= since - 1);
+            }
+        });
+    }
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks and the reports.
     let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
     // Bans added or lifted with `postern ban` reach the running server within 2 s, rotated
@@ -218,6 +247,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             )
         }),
         greylist: cfg.greylist.enabled,
+        revocations: revocations.clone(),
         trusted_networks: cfg
             .inbound
             .trusted_networks
@@ -235,6 +265,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         auth: auth.clone(),
         tls: tls.clone(),
         sessions: Default::default(),
+        revocations: revocations.clone(),
     });
     let pop3 = Arc::new(postern_pop3::Pop3Server {
         hostname: cfg.server.hostname.clone(),
@@ -243,6 +274,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         auth: auth.clone(),
         tls: tls.clone(),
         locks: Default::default(),
+        revocations: revocations.clone(),
     });
     if cfg.listeners.is_empty() {
         anyhow::bail!("no [[listener]] in the configuration: nothing to serve");

@@ -131,6 +131,8 @@ pub struct SmtpServer {
     pub greylist: bool,
     /// Trusted networks (skip checks and greylisting), also when checks are off.
     pub trusted_networks: Vec<postern_types::Cidr>,
+    /// Live sessions by account, for incident response (shared with IMAP and POP3).
+    pub revocations: Arc<postern_net::Revocations>,
 }
 
 /// The policy of one listener, derived from its protocol.

@@ -570,6 +570,10 @@ impl Session {
                     Some(w) => format!("235 2.7.0 Authentication successful; {w}"),
                     None => "235 2.7.0 Authentication successful".to_owned(),
                 };
+                if !p.is_application() {
+                    // incident response can end this session from now on
+                    self.shutdown = self.srv.revocations.token_for(p.account_id, &self.shutdown);
+                }
                 self.principal = Some(p);
                 self.ok(&reply)
             }

@@ -23,6 +23,7 @@ pub mod dkim;
 pub mod dmarc;
 mod domains;
 pub mod greylist;
+pub mod incident;
 pub mod lock;
 pub mod mailbox;
 pub mod queue;
@@ -293,6 +294,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0014_mta_sts.sql"),
     include_str!("../migrations/0015_dkim_transit.sql"),
     include_str!("../migrations/0016_tlsrpt_results.sql"),
+    include_str!("../migrations/0017_incidents.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

@@ -763,6 +763,8 @@ impl Session {
                     // RFC 3501 7.1: ALERT text must be shown to the user.
                     self.conn.line(&format!("* OK [ALERT] {w}"));
                 }
+                // incident response can end this session (IDLE included) from now on
+                self.shutdown = self.srv.revocations.token_for(p.account_id, &self.shutdown);
                 self.principal = Some(p);
                 let caps = self.capabilities();
                 self.ok(tag, &format!("[CAPABILITY {caps}] Logged in"))

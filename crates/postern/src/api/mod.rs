@@ -67,6 +67,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/users/{address}/enable", post(enable_user))
         .route("/users/{address}/unlock", post(unlock_user))
         .route("/users/{address}/2fa", delete(reset_2fa))
+        .route("/users/{address}/incident/lock", post(incident_lock))
+        .route("/users/{address}/incident/unlock", post(incident_unlock))
+        .route("/users/{address}/timeline", get(timeline))
         .route(
             "/users/{address}/app-passwords",
             get(list_app_passwords).post(create_app_password),

@@ -158,3 +158,85 @@ pub(super) async fn reset_2fa(
     }
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentLockReq {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Incident response: lock a compromised account at once (helpdesk may).
+pub(super) async fn incident_lock(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+    Body(req): Body<IncidentLockReq>,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::LockAccounts)?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    let reason: String = req
+        .reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let e = crate::ops::incident::lock(&st.store, &c.actor, &a, &reason).await?;
+    Ok(axum::Json(json!({
+        "address": a.as_str(),
+        "app_passwords_revoked": e.app_passwords_revoked,
+        "second_factor_removed": e.second_factor_removed,
+        "queued_messages_held": e.queued_messages_held,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentUnlockReq {
+    password: SecretString,
+}
+
+/// Lifts an incident lock with a new password (domain-admin in scope, superadmin).
+pub(super) async fn incident_unlock(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+    Body(req): Body<IncidentUnlockReq>,
+) -> ApiResult<StatusCode> {
+    c.may(Perm::UnlockAccounts)?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    crate::ops::incident::unlock(&st.cfg, &st.store, &c.actor, &a, &req.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineParams {
+    /// Seconds back from now.
+    #[serde(default)]
+    since_secs: Option<i64>,
+}
+
+/// The account's audit events, oldest first.
+pub(super) async fn timeline(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+    Params(p): Params<TimelineParams>,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::ReadCredentials)?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    let since = p.since_secs.map(|s| postern_store::now() - s.max(0));
+    let rows = crate::ops::incident::timeline(&st.store, &a, since).await?;
+    Ok(axum::Json(Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "ts": r.ts, "event": r.event, "protocol": r.protocol, "ip": r.ip,
+                    "mechanism": r.mechanism, "tls": r.tls, "result": r.result,
+                    "reason": r.reason, "actor": r.actor,
+                })
+            })
+            .collect(),
+    )))
+}

@@ -97,6 +97,10 @@ pub enum Command {
     /// Bans of source addresses and networks; works while the server runs.
     #[command(subcommand)]
     Ban(BanCmd),
+    /// Incident response for a compromised account: lock it (sessions end within a second),
+    /// read its timeline, unlock it with a new password.
+    #[command(subcommand)]
+    Incident(IncidentCmd),
     /// DMARC aggregate reports to the domains that ask for them (`rua`); the server sends those
     /// of finished days once an hour.
     #[command(subcommand)]
@@ -466,6 +470,36 @@ pub enum AliasCmd {
     Add { alias: String, account: String },
     List,
     Remove { alias: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCmd {
+    /// At once: logins off, password to be replaced, every app password and the second factor
+    /// removed, queued outbound mail held, every live SMTP/IMAP/POP3 session ended.
+    Lock {
+        address: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the audit log knows about the account: logins with source and client, failures,
+    /// credential and administrative changes, oldest first.
+    Timeline {
+        address: String,
+        /// How far back (e.g. 7d, 24h); default: everything kept.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logins back on with a new password (policy-checked; from stdin or a no-echo prompt).
+    /// Held mail stays held: review it with `postern queue`.
+    Unlock {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -642,3 +642,74 @@ pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> 
     }
     Ok(())
 }
+
+pub async fn incident(cfg: &Config, cmd: &super::args::IncidentCmd) -> Result<()> {
+    use super::args::IncidentCmd;
+    let store = open_store(cfg).await?;
+    let actor = Actor::cli();
+    match cmd {
+        IncidentCmd::Lock {
+            address: a,
+            reason,
+            json,
+        } => {
+            let a = address(a)?;
+            let e = ops::incident::lock(&store, &actor, &a, reason).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                println!(
+                    "{a} locked: logins off, password to be replaced, {} app passwords revoked, second factor {}, {} queued messages held; its live sessions end within a second",
+                    e.app_passwords_revoked,
+                    if e.second_factor_removed { "removed (re-enrolment needed)" } else { "none" },
+                    e.queued_messages_held
+                );
+                println!(
+                    "next: `postern incident timeline {a}`, then `postern incident unlock {a}`"
+                );
+            }
+        }
+        IncidentCmd::Timeline {
+            address: a,
+            since,
+            json,
+        } => {
+            let a = address(a)?;
+            store.account(&a).await?;
+            let since = match since {
+                Some(s) => Some(postern_store::now() - parse_duration(s)? as i64),
+                None => None,
+            };
+            let rows = ops::incident::timeline(&store, &a, since).await?;
+            if *json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "ts": r.ts, "event": r.event, "protocol": r.protocol, "ip": r.ip,
+                            "mechanism": r.mechanism, "tls": r.tls, "result": r.result,
+                            "reason": r.reason, "actor": r.actor,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else if rows.is_empty() {
+                println!("no events for {a}");
+            } else {
+                for r in &rows {
+                    println!("{}", ops::incident::describe(r));
+                }
+            }
+        }
+        IncidentCmd::Unlock {
+            address: a,
+            password_stdin,
+        } => {
+            let a = address(a)?;
+            let pw = password::read_new(*password_stdin)?;
+            ops::incident::unlock(cfg, &store, &actor, &a, &pw).await?;
+            println!("{a} unlocked with a new password; held mail stays in the queue (`postern queue list`)");
+        }
+    }
+    Ok(())
+}

@@ -84,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dns { domain, json } => dkim::dns_cli(&cli.load_config()?, domain, *json).await,
         Command::AuditLog(c) => manage::audit_log(&cli.load_config()?, c).await,
         Command::Reports(c) => manage::reports(&cli.load_config()?, c).await,
+        Command::Incident(c) => manage::incident(&cli.load_config()?, c).await,
     }
 }
 

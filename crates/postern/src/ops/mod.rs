@@ -4,7 +4,7 @@
 //! cannot be written by accident.
 //!
 //! One file per resource: domains, accounts, aliases, app passwords, applications, bans, queue,
-//! reports.
+//! reports, incident response.
 //! (Administrators, secrets and DKIM keys record their events the same way from `cli/admins`,
 //! `api/admins`, `cli/secret` and `dkim`.)
 
@@ -14,5 +14,6 @@ pub mod app_passwords;
 pub mod applications;
 pub mod bans;
 pub mod domains;
+pub mod incident;
 pub mod queue;
 pub mod reports;
