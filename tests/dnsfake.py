@@ -88,9 +88,20 @@ class FakeDns:
 
     def __init__(self, ttl=1):
         self.zone = Zone(ttl)
-        self.port = free_udp_port()
-        self.udp = DNSServer(self.zone, port=self.port, address="127.0.0.1", logger=QUIET)
-        self.tcp = DNSServer(self.zone, port=self.port, address="127.0.0.1", tcp=True, logger=QUIET)
+        self.udp = None
+        # a free UDP port may be taken for TCP (a busy machine's outgoing connections): try again
+        for attempt in range(20):
+            self.port = free_udp_port()
+            try:
+                self.udp = DNSServer(self.zone, port=self.port, address="127.0.0.1", logger=QUIET)
+                self.tcp = DNSServer(self.zone, port=self.port, address="127.0.0.1", tcp=True, logger=QUIET)
+                break
+            except OSError:
+                if getattr(self, "udp", None) is not None:
+                    self.udp.server.server_close()
+                    self.udp = None
+                if attempt == 19:
+                    raise
 
     def start(self):
         self.udp.start_thread()

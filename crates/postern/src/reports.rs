@@ -17,6 +17,7 @@ use postern_dns::mail_auth::report::tlsrpt::{
 };
 use postern_dns::mail_auth::report::{PolicyPublished, Record, Report};
 use postern_dns::mail_auth::Txt;
+use postern_store::dmarc::ReportKind;
 use postern_store::Store;
 use postern_types::EmailAddress;
 
@@ -43,7 +44,11 @@ impl Reporter<'_> {
     /// Sends every report of the days before `until_day` (days since the epoch, UTC).
     pub async fn send(&self, until_day: i64) -> anyhow::Result<Sent> {
         let mut sent = Sent::default();
-        for (day, domain) in self.store.dmarc_pending(until_day).await? {
+        for (day, domain) in self
+            .store
+            .reports_pending(ReportKind::Dmarc, until_day)
+            .await?
+        {
             let rows = self.store.dmarc_rows(day, &domain).await?;
             let wanted: Vec<String> = rows
                 .rua
@@ -72,7 +77,9 @@ impl Reporter<'_> {
                     domain,
                     "no DMARC report address accepts reports; report dropped"
                 );
-                self.store.dmarc_done(day, &domain).await?;
+                self.store
+                    .report_done(ReportKind::Dmarc, day, &domain)
+                    .await?;
                 sent.dropped += 1;
                 continue;
             }
@@ -103,7 +110,9 @@ impl Reporter<'_> {
                 )
                 .context("building the DMARC report")?;
             self.deliver(message.into_bytes(), &to).await?;
-            self.store.dmarc_done(day, &domain).await?;
+            self.store
+                .report_done(ReportKind::Dmarc, day, &domain)
+                .await?;
             tracing::info!(
                 domain,
                 day,
@@ -119,7 +128,11 @@ impl Reporter<'_> {
     /// Sends every TLS report of the days before `until_day`.
     pub async fn send_tls(&self, until_day: i64) -> anyhow::Result<Sent> {
         let mut sent = Sent::default();
-        for (day, domain) in self.store.tlsrpt_pending(until_day).await? {
+        for (day, domain) in self
+            .store
+            .reports_pending(ReportKind::Tls, until_day)
+            .await?
+        {
             let name = format!("_smtp._tls.{domain}.");
             let rua = match self
                 .dns
@@ -156,7 +169,9 @@ impl Reporter<'_> {
                 .collect();
             if to.is_empty() && urls.is_empty() {
                 // the domain asks for no reports
-                self.store.tlsrpt_done(day, &domain).await?;
+                self.store
+                    .report_done(ReportKind::Tls, day, &domain)
+                    .await?;
                 sent.dropped += 1;
                 continue;
             }
@@ -261,7 +276,9 @@ impl Reporter<'_> {
                 self.deliver(message.into_bytes(), &to).await?;
                 sent.recipients += to.len();
             }
-            self.store.tlsrpt_done(day, &domain).await?;
+            self.store
+                .report_done(ReportKind::Tls, day, &domain)
+                .await?;
             tracing::info!(
                 domain,
                 day,

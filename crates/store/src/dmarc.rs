@@ -8,6 +8,15 @@ use sqlx::Row;
 
 use crate::{Result, Store};
 
+/// The two kinds of daily report about other domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    /// DMARC aggregate reports (RFC 7489 7.2).
+    Dmarc,
+    /// TLS reports (RFC 8460).
+    Tls,
+}
+
 /// The rows of one (day, domain) report.
 #[derive(Debug, Clone)]
 pub struct DmarcRows {
@@ -44,17 +53,41 @@ impl Store {
         Ok(())
     }
 
-    /// The (day, domain) pairs with results from before `until_day`, oldest first.
-    pub async fn dmarc_pending(&self, until_day: i64) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT day, domain FROM dmarc_results WHERE day < ? ORDER BY day, domain",
-        )
-        .bind(until_day)
-        .fetch_all(&self.read)
-        .await?;
+    /// The (day, domain) pairs with results of `kind` from before `until_day`, oldest first.
+    pub async fn reports_pending(
+        &self,
+        kind: ReportKind,
+        until_day: i64,
+    ) -> Result<Vec<(i64, String)>> {
+        let sql = match kind {
+            ReportKind::Dmarc => {
+                "SELECT DISTINCT day, domain FROM dmarc_results WHERE day < ? ORDER BY day, domain"
+            }
+            ReportKind::Tls => {
+                "SELECT DISTINCT day, domain FROM tlsrpt_results WHERE day < ? ORDER BY day, domain"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(until_day)
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+
+    /// Forgets the rows of one report of `kind` (sent, or nobody to send it to).
+    pub async fn report_done(&self, kind: ReportKind, day: i64, domain: &str) -> Result<()> {
+        let sql = match kind {
+            ReportKind::Dmarc => "DELETE FROM dmarc_results WHERE day = ? AND domain = ?",
+            ReportKind::Tls => "DELETE FROM tlsrpt_results WHERE day = ? AND domain = ?",
+        };
+        sqlx::query(sql)
+            .bind(day)
+            .bind(domain)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     /// The rows of one report.
@@ -78,16 +111,6 @@ impl Store {
             out.records.push((r.try_get(2)?, r.try_get(3)?));
         }
         Ok(out)
-    }
-
-    /// Forgets the rows of one report (sent, or undeliverable).
-    pub async fn dmarc_done(&self, day: i64, domain: &str) -> Result<()> {
-        sqlx::query("DELETE FROM dmarc_results WHERE day = ? AND domain = ?")
-            .bind(day)
-            .bind(domain)
-            .execute(&self.write)
-            .await?;
-        Ok(())
     }
 }
 
@@ -183,19 +206,6 @@ impl Store {
         Ok(())
     }
 
-    /// The (day, domain) pairs with TLS outcomes from before `until_day`, oldest first.
-    pub async fn tlsrpt_pending(&self, until_day: i64) -> Result<Vec<(i64, String)>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT day, domain FROM tlsrpt_results WHERE day < ? ORDER BY day, domain",
-        )
-        .bind(until_day)
-        .fetch_all(&self.read)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
-    }
-
     pub async fn tlsrpt_rows(&self, day: i64, domain: &str) -> Result<Vec<TlsResult>> {
         let rows = sqlx::query(
             "SELECT policy_type, policy, mx, result, count FROM tlsrpt_results WHERE day = ? AND domain = ?
@@ -216,14 +226,5 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    pub async fn tlsrpt_done(&self, day: i64, domain: &str) -> Result<()> {
-        sqlx::query("DELETE FROM tlsrpt_results WHERE day = ? AND domain = ?")
-            .bind(day)
-            .bind(domain)
-            .execute(&self.write)
-            .await?;
-        Ok(())
     }
 }

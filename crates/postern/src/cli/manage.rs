@@ -583,7 +583,10 @@ pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> 
     match cmd {
         ReportsCmd::Pending { json } => {
             let mut out = Vec::new();
-            for (day, domain) in store.dmarc_pending(i64::MAX).await? {
+            for (day, domain) in store
+                .reports_pending(postern_store::dmarc::ReportKind::Dmarc, i64::MAX)
+                .await?
+            {
                 let rows = store.dmarc_rows(day, &domain).await?;
                 let messages: i64 = rows.records.iter().map(|(_, c)| c).sum();
                 out.push(serde_json::json!({
@@ -593,7 +596,10 @@ pub async fn reports(cfg: &Config, cmd: &super::args::ReportsCmd) -> Result<()> 
                     "domain": domain, "rows": rows.records.len(), "messages": messages, "rua": rows.rua,
                 }));
             }
-            for (day, domain) in store.tlsrpt_pending(i64::MAX).await? {
+            for (day, domain) in store
+                .reports_pending(postern_store::dmarc::ReportKind::Tls, i64::MAX)
+                .await?
+            {
                 let rows = store.tlsrpt_rows(day, &domain).await?;
                 let sessions: i64 = rows.iter().map(|r| r.count).sum();
                 out.push(serde_json::json!({
