@@ -1,5 +1,6 @@
-//! DKIM keys (RFC 6376, RFC 8463): generation into the sealed secret store, rotation to a new
-//! selector with the old one still published, and the DNS records to publish (`postern dns`).
+//! DKIM keys (RFC 6376, RFC 8463): generation into the sealed secret store (or in OpenBao/Vault
+//! Transit, where the key stays), rotation to a new selector with the old one still published,
+//! and the DNS records to publish (`postern dns`: MX, SPF, DKIM, DMARC, TLSA, MTA-STS, TLS-RPT).
 //! Signing of outbound mail lives next to the queue (`postern_queue::dkim`).
 
 use anyhow::{bail, Context, Result};
@@ -43,7 +44,8 @@ fn new_key(algorithm: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, String)> {
     }
 }
 
-/// Generates a key for `domain`, seals it, and makes it the signing key. The previous selector
+/// Generates a key for `domain` (sealed here, or made in Transit with `transit`), and makes it the
+/// signing key. The previous selector
 /// stays published (rotation overlap) until `dkim retire`.
 pub async fn generate(
     store: &Store,
@@ -140,7 +142,6 @@ pub(crate) fn txt(value: &str) -> String {
         .join(" ")
 }
 
-/// The records to publish for a domain: (name, type, value).
 /// The records to publish for a local domain, and notes on what is missing (no DKIM key yet, no
 /// mailbox for DMARC reports).
 pub async fn records(

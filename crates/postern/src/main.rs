@@ -3,8 +3,10 @@
 //! admin HTTP API (one file per resource), `ops/` every administrative operation (validate,
 //! change, audit with its actor: the only way CLI and API change state), `serve` the wiring,
 //! signals and graceful shutdown, `datadir` opening a data directory (lock, store, audit key),
-//! `keys` the master key and sealed secrets, `dkim` signing and DNS records, `twofactor` TOTP
-//! and recovery codes, `roles`/`banpolicy` who may do what, `actor` who did it.
+//! `keys` the master key and sealed secrets, `dkim` key generation and DNS records, `twofactor` TOTP
+//! and recovery codes, `roles`/`banpolicy` who may do what, `actor` who did it, `reports` the
+//! DMARC and TLS reports to other domains, `sts_host` our MTA-STS policy over HTTPS,
+//! `metrics_http` the plain-HTTP metrics listener, `backend` the SMTP server's store adapter.
 #![forbid(unsafe_code)]
 
 mod actor;

@@ -4,8 +4,10 @@
 //!   at once, at most `delivery.per_destination` per destination (relay or domain).
 //! - Each recipient domain goes through a smarthost route (`[[relay]]`: host, port, implicit TLS
 //!   or required STARTTLS, verified certificate, AUTH with a password given as a secret
-//!   reference) or directly to its MX hosts (hickory-resolver; STARTTLS opportunistic, required
-//!   and verified for the domains in `delivery.require_tls`).
+//!   reference) or directly to its MX hosts (the shared resolver of `postern-dns`; STARTTLS
+//!   opportunistic, required and verified for the domains in `delivery.require_tls`, for an
+//!   MTA-STS policy in `enforce` mode ([`mta_sts`]), and authenticated by TLSA records under
+//!   DANE ([`dane`])); TLS outcomes are counted for the daily TLS reports (RFC 8460).
 //! - Replies decide per recipient: 2xx delivered, 5xx failed (bounced now), 4xx and connection
 //!   problems retried on the schedule (RFC 5321 4.5.4.1) until `give_up_after`, then bounced;
 //!   a delay warning goes out once after `warn_after`. Bounces are RFC 3464 DSNs from

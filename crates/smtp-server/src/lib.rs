@@ -2,7 +2,8 @@
 //!
 //! Commands are parsed by `smtp-proto`; DATA by the smuggling-safe [`data::DataReader`]; message
 //! headers by `mail-parser`. Storage is reached through the [`MailBackend`] trait and logins through
-//! the auth core, so this crate knows neither the database nor how passwords are checked.
+//! the auth core, so this crate knows neither the database nor how passwords are checked. Port 25
+//! checks (SPF, DKIM, ARC, DMARC, own domains, greylisting, DNS block lists) are [`inbound`].
 #![forbid(unsafe_code)]
 
 pub mod conn;

@@ -2,7 +2,8 @@
 //! bodies in a [`BlobStore`]. Knows no protocol. One file per concern: `domains`, `accounts`,
 //! `aliases`, `delivery` (local delivery and queueing), `mailbox` (IMAP/POP3 operations), `queue`,
 //! `audit` (bans and the keyed audit chain), `apps`, `apppw`, `admins`, `totp`, `secrets`,
-//! `dkim`; `lock` (one server per data directory) and `views` (bodies kept for session views).
+//! `dkim`, `greylist`, `dmarc` (report counts and cached MTA-STS policies), `incident`; `lock`
+//! (one server per data directory) and `views` (bodies kept for session views).
 //! Migrations are the numbered files in `crates/store/migrations/`.
 //!
 //! Writes go through a one-connection pool so that they are serialised without SQLITE_BUSY
