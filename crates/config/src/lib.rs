@@ -110,6 +110,8 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -424,6 +426,53 @@ pub struct MetricsConfig {
     /// a firewall.
     #[serde(default, deserialize_with = "de_opt_addr")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Scheduled encrypted backups made by the running server (`postern backup create` makes one by
+/// hand). Off unless `dir` and `key` are set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where scheduled backups go (relative paths against the config file's directory). Best on
+    /// another disk or a mounted remote, never only beside the data.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The backup key: a reference (`env:`, `file:`, `vault:`) to an age recipient (`age1…`, which
+    /// can make backups but not read them: the identity that reads them can stay off the server),
+    /// an age identity (`AGE-SECRET-KEY-1…`) or a passphrase. Never the master key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Hours between scheduled backups.
+    #[serde(default = "d_backup_interval")]
+    pub interval_hours: u64,
+    /// Scheduled backups kept; older ones are removed after a new one is complete.
+    #[serde(default = "d_backup_keep")]
+    pub keep: usize,
+    /// `postern audit` reports a finding when the newest backup is older than this.
+    #[serde(default = "d_backup_max_age")]
+    pub max_age_days: u64,
+}
+
+fn d_backup_interval() -> u64 {
+    24
+}
+fn d_backup_keep() -> usize {
+    7
+}
+fn d_backup_max_age() -> u64 {
+    7
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            key: None,
+            interval_hours: d_backup_interval(),
+            keep: d_backup_keep(),
+            max_age_days: d_backup_max_age(),
+        }
+    }
 }
 
 /// The MTA-STS policy this server publishes for its domains (RFC 8461), served over HTTPS as
@@ -1213,6 +1262,23 @@ impl Config {
                 "server.hostname {:?} is not a fully qualified host name",
                 self.server.hostname
             ));
+        }
+        let b = &self.backup;
+        if b.dir.is_some() != b.key.is_some() {
+            return Err(
+                "backup.dir and backup.key go together: scheduled backups need both".into(),
+            );
+        }
+        if let Some(k) = &b.key {
+            if !["env:", "file:", "vault:"].iter().any(|p| k.starts_with(p)) {
+                return Err(
+                    "backup.key must be a reference: env:NAME, file:PATH or vault:MOUNT/PATH#FIELD"
+                        .into(),
+                );
+            }
+        }
+        if b.interval_hours == 0 || b.keep == 0 {
+            return Err("backup.interval_hours and backup.keep must be at least 1".into());
         }
         let s = &self.smtp;
         if s.max_line_length < 512 {

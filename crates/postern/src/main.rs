@@ -12,6 +12,7 @@
 mod actor;
 mod api;
 mod backend;
+mod backup;
 mod banpolicy;
 mod cli;
 mod datadir;

@@ -407,6 +407,15 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let (d, sd) = (d.clone(), shutdown.clone());
         tokio::spawn(async move { d.run(sd).await })
     });
+    if let Some(k) = &cfg.backup.key {
+        crate::backup::load_key(Some(&cfg), Some(&keys), k)
+            .await
+            .context("[backup] key")?;
+    }
+    if cfg.backup.dir.is_some() {
+        let (c, st, k, sd) = (cfg.clone(), store.clone(), keys.clone(), shutdown.clone());
+        tokio::spawn(crate::backup::run_schedule(c, st, k, sd));
+    }
     if let Some(b) = banner {
         println!("{b}");
     }

@@ -11,14 +11,54 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Held exclusively by a running backup (see [`BlobStore::backup_guard`]); a removal that
+    /// cannot take it shared is deferred, so a backup's snapshot never lists a body that is gone.
+    guard: std::sync::Arc<File>,
+    guard_path: PathBuf,
+    /// Removals deferred while a backup ran; done by the next removal that may.
+    deferred: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// A running backup's hold on the blob directory: no body is removed until it is dropped.
+#[derive(Debug)]
+pub struct BackupGuard {
+    _file: File,
 }
 
 impl BlobStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let guard_path = dir.join(".backup.lock");
+        let guard = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&guard_path)?;
         Ok(BlobStore {
             dir: dir.to_owned(),
+            guard: std::sync::Arc::new(guard),
+            guard_path,
+            deferred: Default::default(),
         })
+    }
+
+    /// The blob directory, for a backup.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops every removal of bodies (in this process and every other on the directory) until
+    /// the guard is dropped: take it before a backup's database snapshot, drop it once every body
+    /// the snapshot lists is copied. Waits for removals under way (blocking).
+    pub fn backup_guard(&self) -> io::Result<BackupGuard> {
+        let f = OpenOptions::new().write(true).open(&self.guard_path)?;
+        f.lock()?;
+        Ok(BackupGuard { _file: f })
+    }
+
+    /// The path of a blob, for a backup that streams it.
+    pub fn path(&self, id: &str) -> io::Result<PathBuf> {
+        self.path_of(id)
     }
 
     fn path_of(&self, id: &str) -> io::Result<PathBuf> {
@@ -81,11 +121,42 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Removes a body, unless a backup is running: then the removal waits for the next one made
+    /// after the backup (or, after a crash, for the start-up orphan sweep).
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.path_of(id)?) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            r => r,
+        let path = self.path_of(id)?;
+        let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        match self.guard.try_lock_shared() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                deferred.push(id.to_owned());
+                return Ok(());
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
         }
+        let res = (|| {
+            for d in std::mem::take(&mut *deferred) {
+                remove_file(&self.path_of(&d)?)?;
+            }
+            remove_file(&path)
+        })();
+        let _ = self.guard.unlock();
+        res
+    }
+
+    /// Removals waiting for a backup to end.
+    pub fn deferred(&self) -> usize {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+fn remove_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
@@ -106,5 +177,31 @@ mod tests {
         b.remove(&id).unwrap();
         assert!(b.get(&id).is_err());
         assert!(b.get("../../etc/passwd").is_err());
+    }
+
+    #[test]
+    fn a_backup_defers_removals() {
+        let d = tempfile::tempdir().unwrap();
+        let b = BlobStore::open(d.path()).unwrap();
+        // another process's store on the same directory
+        let other = BlobStore::open(d.path()).unwrap();
+        let one = b.put(&[b"one"]).unwrap();
+        let two = b.put(&[b"two"]).unwrap();
+        let guard = b.backup_guard().unwrap();
+        other.remove(&one).unwrap();
+        b.remove(&two).unwrap();
+        assert_eq!(b.get(&one).unwrap(), b"one", "kept while the backup runs");
+        assert_eq!(b.get(&two).unwrap(), b"two");
+        assert_eq!(other.deferred() + b.deferred(), 2);
+        drop(guard);
+        let three = b.put(&[b"three"]).unwrap();
+        other.remove(&three).unwrap();
+        assert!(other.get(&one).is_err() && other.get(&three).is_err());
+        assert_eq!(other.deferred(), 0);
+        b.remove(&three).unwrap();
+        assert!(
+            b.get(&two).is_err(),
+            "the deferred removal is done by the next one"
+        );
     }
 }

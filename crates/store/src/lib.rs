@@ -18,6 +18,7 @@ mod aliases;
 pub mod apppw;
 pub mod apps;
 pub mod audit;
+pub mod backup;
 pub mod blob;
 mod delivery;
 pub mod dkim;

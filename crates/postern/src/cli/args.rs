@@ -105,6 +105,10 @@ pub enum Command {
     /// of finished days once an hour.
     #[command(subcommand)]
     Reports(ReportsCmd),
+    /// Encrypted backups (age) of a running server, their check, and restore into a new data
+    /// directory. The master key is never in a backup: keep it separately.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// The append-only, hash-chained audit log of authentication events.
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCmd),
@@ -499,6 +503,57 @@ pub enum IncidentCmd {
         address: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// A consistent backup while the server runs: database copy, every message body, the
+    /// configuration and TLS files, with a manifest of SHA-256 hashes; encrypted to the key.
+    Create {
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+        /// The backup key: env:NAME, file:PATH or vault:MOUNT/PATH#FIELD holding an age
+        /// recipient (age1…), an age identity (AGE-SECRET-KEY-1…) or a passphrase.
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decrypts a backup and checks every entry against its manifest; changes nothing.
+    Verify {
+        path: PathBuf,
+        /// The identity or passphrase reference (a recipient cannot read a backup).
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restores a backup into a new data directory, given with --dir (absent or empty). Fails
+    /// closed, removing what it wrote, when the backup is damaged or the master key is missing.
+    Restore {
+        path: PathBuf,
+        #[arg(long)]
+        key: String,
+        /// Where the master key is (e.g. file:/safe/master.key); a file key is copied into the
+        /// new directory. Default: the restored configuration's own reference.
+        #[arg(long)]
+        master_key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Makes a new age identity in FILE (mode 0600) and prints its recipient (age1…): put the
+    /// recipient in [backup] key so the server makes backups it cannot read, and keep FILE
+    /// away from the server.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The scheduled backups in [backup] dir, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use postern_config::LogFormat;
 
 pub use args::Cli;
-use args::{Command, LogFormatArg};
+use args::{BackupCmd, Command, LogFormatArg};
 
 /// "serve", "user add" …: the subcommand path, for the data directory's lock file.
 fn command_name() -> String {
@@ -85,7 +85,116 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::AuditLog(c) => manage::audit_log(&cli.load_config()?, c).await,
         Command::Reports(c) => manage::reports(&cli.load_config()?, c).await,
         Command::Incident(c) => manage::incident(&cli.load_config()?, c).await,
+        Command::Backup(c) => backup(&cli, c).await,
     }
+}
+
+async fn backup(cli: &Cli, cmd: &BackupCmd) -> Result<()> {
+    use crate::backup as b;
+    match cmd {
+        BackupCmd::Create { to, key, json } => {
+            let cfg = cli.load_config()?;
+            let store = crate::datadir::open_store(&cfg).await?;
+            let keys = crate::keys::Keys::load(&cfg, &store).await?;
+            let key = b::load_key(Some(&cfg), Some(&keys), key).await?;
+            let s = b::create(&cfg, &store, &keys, &key, to, &crate::actor::Actor::cli()).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!(
+                    "backup written: {} ({} bytes): {} accounts, {} messages ({} bodies), {} queued",
+                    s.path.display(), s.bytes, s.accounts, s.messages, s.blobs, s.queued
+                );
+                println!(
+                    "not in it: the master key (id {}) — keep it separately; restore needs it",
+                    s.master_key_id
+                );
+            }
+        }
+        BackupCmd::Verify { path, key, json } => {
+            let cfg = cli.load_config().ok();
+            let key = b::load_key(cfg.as_ref(), None, key).await?;
+            let path = path.clone();
+            let m = tokio::task::spawn_blocking(move || b::verify(&path, &key)).await??;
+            if *json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!(
+                    "backup verified: {} entries match the manifest; made {} by postern {} on {}: {} accounts, {} messages, {} queued",
+                    m.entries.len(),
+                    chrono::DateTime::from_timestamp(m.created, 0).map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    m.postern_version, m.hostname, m.database.accounts, m.database.messages, m.database.queued
+                );
+                for n in &m.not_included {
+                    println!("not in it: {n}");
+                }
+            }
+        }
+        BackupCmd::Restore {
+            path,
+            key,
+            master_key,
+            json,
+        } => {
+            let dir = cli
+                .dir
+                .clone()
+                .context("give the new data directory with --dir NEWDIR")?;
+            let cfg = cli
+                .config
+                .as_ref()
+                .and_then(|p| postern_config::Config::load(p).ok());
+            let key = b::load_key(cfg.as_ref(), None, key).await?;
+            let r = b::restore(path, &key, &dir, master_key.as_deref()).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "restored into {}: {} accounts, {} messages, {} queued; audit chain verified ({} rows)",
+                    r.dir.display(), r.accounts, r.messages, r.queued, r.audit_rows_verified
+                );
+                println!("start it with: postern serve --dir {}", r.dir.display());
+            }
+        }
+        BackupCmd::Keygen { out } => {
+            let r = b::keygen(out)?;
+            println!(
+                "identity written to {} (keep it off the server)",
+                out.display()
+            );
+            println!("recipient for [backup] key (through env: or file:): {r}");
+        }
+        BackupCmd::List { json } => {
+            let cfg = cli.load_config()?;
+            let dir = cfg
+                .backup
+                .dir
+                .as_ref()
+                .map(|d| cfg.path(d))
+                .context("[backup] dir is not set")?;
+            let v: Vec<serde_json::Value> = b::scheduled(&dir)
+                .iter()
+                .map(|p| {
+                    let m = p.metadata().ok();
+                    serde_json::json!({
+                        "path": p.display().to_string(),
+                        "bytes": m.as_ref().map(|m| m.len()),
+                        "modified": m.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                    })
+                })
+                .collect();
+            if *json {
+                println!("{}", serde_json::Value::Array(v));
+            } else if v.is_empty() {
+                println!("no scheduled backup in {}", dir.display());
+            } else {
+                for e in v {
+                    println!("{}  {} bytes", e["path"].as_str().unwrap_or(""), e["bytes"]);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
