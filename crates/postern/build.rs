@@ -43,4 +43,19 @@ fn main() {
         "cargo:rustc-env=POSTERN_COMMIT={}",
         commit.unwrap_or_else(|| "unknown".into())
     );
+    // When the commit was made (Unix time; 0 when unknown), so `postern audit` can tell an old
+    // build. $POSTERN_GIT_COMMIT_TIME for builds from a tarball.
+    println!("cargo:rerun-if-env-changed=POSTERN_GIT_COMMIT_TIME");
+    let time = std::env::var("POSTERN_GIT_COMMIT_TIME").ok().or_else(|| {
+        let out = Command::new("git")
+            .args(["log", "-1", "--format=%ct"])
+            .current_dir(&root)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    });
+    let time: i64 = time.and_then(|t| t.parse().ok()).unwrap_or(0);
+    println!("cargo:rustc-env=POSTERN_COMMIT_TIME={time}");
 }

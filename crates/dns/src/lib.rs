@@ -52,6 +52,10 @@ impl Dns {
         opts.timeout = Duration::from_millis(cfg.timeout_ms);
         opts.attempts = cfg.attempts;
         opts.cache_size = cfg.cache_size;
+        // Mail decisions rest on public DNS only: iprev, PTR checks and MX routes must not be
+        // answered by /etc/hosts (which maps loopback to `localhost` and, often, the host's own
+        // public address to its name, a false forward-confirmed PTR). Postfix does the same.
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         let resolver = builder
             .build()
             .map_err(|e| DnsError::Setup(e.to_string()))?;

@@ -152,6 +152,69 @@ pub fn certificate_summary(cert: &Path) -> Result<(String, i64), TlsError> {
     ))
 }
 
+/// What `postern audit` checks of the server certificate.
+#[derive(Debug, Clone)]
+pub struct CertFacts {
+    pub not_after: i64,
+    pub not_before: i64,
+    /// Issuer and subject are the same name (no CA vouches for it).
+    pub self_signed: bool,
+    /// DNS names of the subject alternative names (or the common name without any).
+    pub names: Vec<String>,
+    pub issuer: String,
+}
+
+/// The first certificate of a PEM file, for `postern audit`.
+pub fn certificate_facts(cert: &Path) -> Result<CertFacts, TlsError> {
+    let cert_err = |m: String| TlsError::Cert {
+        path: cert.display().to_string(),
+        message: m,
+    };
+    let first = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .next()
+        .ok_or_else(|| cert_err("no certificate in the file".into()))?
+        .map_err(|e| cert_err(e.to_string()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(first.as_ref())
+        .map_err(|e| cert_err(format!("not an X.509 certificate: {e}")))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in x.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(CertFacts {
+        not_after: x.validity().not_after.timestamp(),
+        not_before: x.validity().not_before.timestamp(),
+        self_signed: x.issuer() == x.subject(),
+        names,
+        issuer: x.issuer().to_string(),
+    })
+}
+
+/// Whether a certificate name (possibly `*.example.net`) covers `host`.
+pub fn name_matches(pattern: &str, host: &str) -> bool {
+    let (p, h) = (
+        pattern.trim_end_matches('.').to_ascii_lowercase(),
+        host.trim_end_matches('.').to_ascii_lowercase(),
+    );
+    match p.strip_prefix("*.") {
+        Some(rest) => h
+            .split_once('.')
+            .is_some_and(|(label, parent)| !label.is_empty() && parent == rest),
+        None => p == h,
+    }
+}
+
 /// "TLSv1.3" / "TLSv1.2" for logs and Received headers.
 pub fn version_name(v: Option<rustls::ProtocolVersion>) -> &'static str {
     match v {

@@ -23,6 +23,7 @@ mod ops;
 mod password;
 mod reports;
 mod roles;
+mod selfaudit;
 mod serve;
 mod sts_host;
 mod twofactor;

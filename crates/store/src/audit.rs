@@ -483,6 +483,15 @@ impl Store {
         Ok(Ok(rows.len() as u64))
     }
 
+    /// When the newest event of a kind was recorded (e.g. `backup_created`).
+    pub async fn last_audit_event(&self, event: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query("SELECT MAX(ts) FROM audit_log WHERE event = ?")
+            .bind(event)
+            .fetch_one(&self.read)
+            .await?
+            .try_get(0)?)
+    }
+
     pub async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let mut sql = String::from("SELECT * FROM audit_log WHERE 1=1");
         if q.account.is_some() {

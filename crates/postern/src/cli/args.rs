@@ -105,6 +105,20 @@ pub enum Command {
     /// of finished days once an hour.
     #[command(subcommand)]
     Reports(ReportsCmd),
+    /// Check this installation against the practices of docs/security.md: certificate, every
+    /// listener from outside (TLS, login before TLS, open relay), published DNS, credentials,
+    /// files, audit chain, backups. Each finding says what, why, how to fix and the setting.
+    /// Exit status 1 when any finding is high.
+    Audit {
+        #[arg(long)]
+        json: bool,
+        /// Do not connect to the listeners.
+        #[arg(long)]
+        no_connect: bool,
+        /// Do not look up DNS records.
+        #[arg(long)]
+        no_dns: bool,
+    },
     /// Encrypted backups (age) of a running server, their check, and restore into a new data
     /// directory. The master key is never in a backup: keep it separately.
     #[command(subcommand)]

@@ -86,6 +86,28 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Reports(c) => manage::reports(&cli.load_config()?, c).await,
         Command::Incident(c) => manage::incident(&cli.load_config()?, c).await,
         Command::Backup(c) => backup(&cli, c).await,
+        Command::Audit {
+            json,
+            no_connect,
+            no_dns,
+        } => {
+            let cfg = cli.load_config()?;
+            let store = crate::datadir::open_store_plain(&cfg).await?;
+            let opts = crate::selfaudit::Options {
+                no_connect: *no_connect,
+                no_dns: *no_dns,
+            };
+            let report = crate::selfaudit::run(&cfg, &store, &opts).await?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if report.worst() == Some(crate::selfaudit::Severity::High) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
