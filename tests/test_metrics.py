@@ -187,7 +187,7 @@ scrape_configs:
         # the rules loaded (none fires on a quiet server)
         with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5) as r:
             groups = json.loads(r.read())["data"]["groups"]
-        assert groups and len(groups[0]["rules"]) == 9
+        assert groups and len(groups[0]["rules"]) == 11
     finally:
         prom.terminate()
         prom.wait(timeout=30)

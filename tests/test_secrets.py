@@ -206,14 +206,31 @@ def test_openbao_kv_and_transit(tmp_path, bao):
     cfg.write_text("\n".join(l for l in cfg.read_text().splitlines() if not l.startswith("vault_token")) + "\n")
     set_config(d, vault_role_id=role_id, vault_secret_id="file:approle-secret")
     assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
-    # the server starts with the Transit key and serves
-    srv = start(d, off)
-    try:
-        assert srv.proc.poll() is None
-    finally:
-        assert srv.stop() == 0
+    # the server starts with the Transit key and serves; it watches the secret manager: a
+    # metric, and a built-in alert (signed webhook) when OpenBao stops answering
+    from hooks import WebhookReceiver
+    from test_alerts import free_port, metric
+    hook_key = b"hook-" + os.urandom(8).hex().encode()
+    (d / "hook.key").write_bytes(hook_key)
+    os.chmod(d / "hook.key", 0o600)
+    mport = free_port()
+    cfg = d / "postern.toml"
+    with WebhookReceiver(hook_key) as hook:
+        cfg.write_text(cfg.read_text().replace("[alerts]\nmail = false\n", "") +
+                       f'\n[alerts]\nmail = false\ncheck_secs = 1\nwebhook = "{hook.url}"\n'
+                       f'webhook_secret = "file:hook.key"\n[metrics]\nlisten = "127.0.0.1:{mport}"\n')
+        srv = start(d, off)
+        try:
+            assert srv.proc.poll() is None
+            metric(f"http://127.0.0.1:{mport}/metrics", "postern_secret_manager_up 1")
+            # OpenBao down
+            bao.stop()
+            h, n, raw = hook.wait_for("secret_manager_unreachable")
+            assert hook.verified(h, raw) and n["severity"] == "critical"
+            metric(f"http://127.0.0.1:{mport}/metrics", "postern_secret_manager_up 0")
+        finally:
+            assert srv.stop() == 0
     # OpenBao down: the CLI and the server fail closed with a clear message
-    bao.stop()
     p = run_cli(d, "secret", "reveal", "relay", check=False)
     assert p.returncode != 0 and "cannot reach" in p.stderr
     p = subprocess.run([BIN, "--dir", str(d), "serve"], capture_output=True, text=True, timeout=60)

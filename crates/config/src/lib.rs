@@ -112,6 +112,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub backup: BackupConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -426,6 +428,114 @@ pub struct MetricsConfig {
     /// a firewall.
     #[serde(default, deserialize_with = "de_opt_addr")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Built-in alerts, for installations without Prometheus (the same conditions as
+/// `contrib/prometheus/postern.rules.yml`): a mail to the postmaster of each local domain and/or
+/// a signed webhook. Each condition alerts when it starts, reminds while it lasts, and says when
+/// it ends; every notice is also an audit event and a `postern::alert` log line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Mail each notice to the postmaster (RFC 2142) of every local domain.
+    #[serde(default = "d_true")]
+    pub mail: bool,
+    /// More addresses to mail notices to (local or remote).
+    #[serde(default)]
+    pub mail_to: Vec<String>,
+    /// URL to POST each notice to as JSON (https; http only to a loopback address).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Reference (`env:`, `file:`, `vault:`, `secret:`) to the key of the body's HMAC-SHA256
+    /// signature (`X-Postern-Signature`); required with `webhook`.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// CA (PEM) for the webhook's certificate (default: the system's roots).
+    #[serde(default)]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Seconds between evaluations of the conditions.
+    #[serde(default = "d_alert_check")]
+    pub check_secs: u64,
+    /// While a condition lasts, a reminder after this many minutes.
+    #[serde(default = "d_alert_repeat")]
+    pub repeat_mins: u64,
+    /// At most this many notices per hour in all (the rest only logged).
+    #[serde(default = "d_alert_max")]
+    pub max_per_hour: u32,
+    /// Failed logins within 5 minutes that count as a brute-force wave.
+    #[serde(default = "d_alert_brute")]
+    pub brute_force_failures: u64,
+    /// New bans within 10 minutes that count as a ban storm.
+    #[serde(default = "d_alert_bans")]
+    pub ban_storm: i64,
+    /// Logins refused for a saturated hash pool within 5 minutes.
+    #[serde(default = "d_alert_pool")]
+    pub pool_saturated: u64,
+    /// Messages waiting in the outbound queue.
+    #[serde(default = "d_alert_queue")]
+    pub queue_backlog: i64,
+    /// Share (percent) of delivery attempts deferred or failed within 15 minutes (with at least 20).
+    #[serde(default = "d_alert_delivery")]
+    pub delivery_failure_percent: u64,
+    /// Days before the certificate expires.
+    #[serde(default = "d_alert_cert")]
+    pub cert_days: i64,
+    /// Minutes between checks of the audit chain (`postern_audit_chain_ok`).
+    #[serde(default = "d_alert_chain")]
+    pub audit_chain_check_mins: u64,
+}
+
+fn d_alert_check() -> u64 {
+    30
+}
+fn d_alert_repeat() -> u64 {
+    240
+}
+fn d_alert_max() -> u32 {
+    20
+}
+fn d_alert_brute() -> u64 {
+    100
+}
+fn d_alert_bans() -> i64 {
+    20
+}
+fn d_alert_pool() -> u64 {
+    10
+}
+fn d_alert_queue() -> i64 {
+    1000
+}
+fn d_alert_delivery() -> u64 {
+    50
+}
+fn d_alert_cert() -> i64 {
+    14
+}
+fn d_alert_chain() -> u64 {
+    60
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            mail: true,
+            mail_to: Vec::new(),
+            webhook: None,
+            webhook_secret: None,
+            webhook_ca_file: None,
+            check_secs: d_alert_check(),
+            repeat_mins: d_alert_repeat(),
+            max_per_hour: d_alert_max(),
+            brute_force_failures: d_alert_brute(),
+            ban_storm: d_alert_bans(),
+            pool_saturated: d_alert_pool(),
+            queue_backlog: d_alert_queue(),
+            delivery_failure_percent: d_alert_delivery(),
+            cert_days: d_alert_cert(),
+            audit_chain_check_mins: d_alert_chain(),
+        }
+    }
 }
 
 /// Scheduled encrypted backups made by the running server (`postern backup create` makes one by
@@ -1262,6 +1372,30 @@ impl Config {
                 "server.hostname {:?} is not a fully qualified host name",
                 self.server.hostname
             ));
+        }
+        let a = &self.alerts;
+        if let Some(url) = &a.webhook {
+            let ok = url.starts_with("https://")
+                || ["http://127.", "http://[::1]", "http://localhost"]
+                    .iter()
+                    .any(|p| url.starts_with(p));
+            if !ok {
+                return Err(
+                    "alerts.webhook must be https:// (http only to a loopback address)".into(),
+                );
+            }
+            if a.webhook_secret.is_none() {
+                return Err(
+                    "alerts.webhook needs alerts.webhook_secret (a reference to the signing key)"
+                        .into(),
+                );
+            }
+        }
+        if a.check_secs == 0 || a.repeat_mins == 0 || a.audit_chain_check_mins == 0 {
+            return Err(
+                "alerts.check_secs, repeat_mins and audit_chain_check_mins must be at least 1"
+                    .into(),
+            );
         }
         let b = &self.backup;
         if b.dir.is_some() != b.key.is_some() {

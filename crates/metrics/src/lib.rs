@@ -4,6 +4,7 @@
 //! protocol, mechanism, result, reason, check, state — never an account name or an address.
 #![forbid(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static COMMIT: OnceLock<String> = OnceLock::new();
@@ -38,7 +39,16 @@ struct Metrics {
     bans_active: Gauge,
     lockouts_active: Gauge,
     tls_cert_expiry: Gauge,
+    audit_chain_ok: Gauge,
+    secret_manager_up: Gauge,
 }
+
+/// Running totals the built-in alerts (`[alerts]`) compare over time windows, kept beside the
+/// Prometheus families (whose label sets cannot be summed cheaply).
+static AUTH_FAILURES: AtomicU64 = AtomicU64::new(0);
+static POOL_SATURATED: AtomicU64 = AtomicU64::new(0);
+static DELIVERIES_OK: AtomicU64 = AtomicU64::new(0);
+static DELIVERIES_BAD: AtomicU64 = AtomicU64::new(0);
 
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
@@ -58,6 +68,8 @@ fn metrics() -> &'static Metrics {
             bans_active: Gauge::default(),
             lockouts_active: Gauge::default(),
             tls_cert_expiry: Gauge::default(),
+            audit_chain_ok: Gauge::default(),
+            secret_manager_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +134,16 @@ fn metrics() -> &'static Metrics {
             m.tls_cert_expiry.clone(),
         );
         registry.register(
+            "audit_chain_ok",
+            "1 when the audit log's hash chain verified at the last check (hourly), 0 when broken",
+            m.audit_chain_ok.clone(),
+        );
+        registry.register(
+            "secret_manager_up",
+            "1 when the secret manager (OpenBao/Vault) answered the last check, 0 when not (absent without one)",
+            m.secret_manager_up.clone(),
+        );
+        registry.register(
             "build",
             "Version and commit of this build",
             Info::new(vec![
@@ -143,6 +165,9 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 /// A login attempt's outcome: `success`, `failure`, `temporary`, `refused`, `expired`,
 /// `app_password_required`.
 pub fn auth_attempt(protocol: &str, mechanism: &str, result: &str) {
+    if result == "failure" {
+        AUTH_FAILURES.fetch_add(1, Ordering::Relaxed);
+    }
     metrics()
         .auth_attempts
         .get_or_create(&labels(&[
@@ -156,6 +181,9 @@ pub fn auth_attempt(protocol: &str, mechanism: &str, result: &str) {
 /// A login refused without (or despite) a password check: `banned`, `locked`, `throttled`,
 /// `pool_saturated`.
 pub fn auth_refused(protocol: &str, reason: &str) {
+    if reason == "pool_saturated" {
+        POOL_SATURATED.fetch_add(1, Ordering::Relaxed);
+    }
     metrics()
         .auth_refused
         .get_or_create(&labels(&[("protocol", protocol), ("reason", reason)]))
@@ -196,6 +224,11 @@ pub fn set_queue(state: &str, n: i64) {
 
 /// One recipient's delivery attempt: `delivered`, `deferred`, `failed`.
 pub fn delivery(result: &str) {
+    if result == "delivered" {
+        DELIVERIES_OK.fetch_add(1, Ordering::Relaxed);
+    } else {
+        DELIVERIES_BAD.fetch_add(1, Ordering::Relaxed);
+    }
     metrics()
         .deliveries
         .get_or_create(&labels(&[("result", result)]))
@@ -228,6 +261,49 @@ pub fn set_lockouts(n: i64) {
 
 pub fn set_tls_cert_expiry(seconds: i64) {
     metrics().tls_cert_expiry.set(seconds);
+}
+
+/// Result of the last audit chain check.
+pub fn set_audit_chain_ok(ok: bool) {
+    metrics().audit_chain_ok.set(i64::from(ok));
+}
+
+/// Result of the last secret manager check.
+pub fn set_secret_manager_up(up: bool) {
+    metrics().secret_manager_up.set(i64::from(up));
+}
+
+/// What the built-in alerts read, at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Failed logins since start.
+    pub auth_failures: u64,
+    /// Logins refused because the hash pool was saturated, since start.
+    pub pool_saturated: u64,
+    /// Delivery attempts per recipient since start: delivered, and deferred or failed.
+    pub deliveries_ok: u64,
+    pub deliveries_bad: u64,
+    pub bans_active: i64,
+    pub lockouts_active: i64,
+    pub queued: i64,
+    pub cert_expiry_seconds: i64,
+}
+
+pub fn snapshot() -> Snapshot {
+    let m = metrics();
+    Snapshot {
+        auth_failures: AUTH_FAILURES.load(Ordering::Relaxed),
+        pool_saturated: POOL_SATURATED.load(Ordering::Relaxed),
+        deliveries_ok: DELIVERIES_OK.load(Ordering::Relaxed),
+        deliveries_bad: DELIVERIES_BAD.load(Ordering::Relaxed),
+        bans_active: m.bans_active.get(),
+        lockouts_active: m.lockouts_active.get(),
+        queued: m
+            .queue_messages
+            .get_or_create(&labels(&[("state", "queued")]))
+            .get(),
+        cert_expiry_seconds: m.tls_cert_expiry.get(),
+    }
 }
 
 /// The media type of [`encode_text`].

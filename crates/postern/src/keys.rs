@@ -256,6 +256,24 @@ impl Keys {
         Ok(tag.as_ref().try_into().expect("SHA-256 tag"))
     }
 
+    /// Whether the secret manager answers (None without one configured): for the
+    /// `postern_secret_manager_up` metric and the built-in alert.
+    pub async fn secret_manager_check(&self) -> Option<Result<()>> {
+        let v = match vault_settings(&self.cfg) {
+            Ok(Some(v)) => v,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(
+            async {
+                let c = postern_secrets::vault::Client::connect(&v).await?;
+                c.health().await?;
+                Ok(())
+            }
+            .await,
+        )
+    }
+
     /// Resolves a secret reference from the configuration to its value (audited for the
     /// internal store and Vault).
     pub async fn resolve(&self, reference: &str, why: &str) -> Result<Zeroizing<String>> {

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+mod alerts;
 mod api;
 mod backend;
 mod backup;

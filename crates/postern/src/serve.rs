@@ -407,6 +407,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let (d, sd) = (d.clone(), shutdown.clone());
         tokio::spawn(async move { d.run(sd).await })
     });
+    {
+        let alerts =
+            crate::alerts::Alerts::new(cfg.clone(), store.clone(), keys.clone(), dns.clone());
+        tokio::spawn(alerts.run(shutdown.clone()));
+    }
     if let Some(k) = &cfg.backup.key {
         crate::backup::load_key(Some(&cfg), Some(&keys), k)
             .await

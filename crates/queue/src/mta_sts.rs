@@ -262,20 +262,54 @@ impl MtaSts {
     }
 }
 
-/// POSTs a TLS report to an `https:` destination of a `_smtp._tls` record (RFC 8460 3): the
-/// certificate verified (`connector`), no redirects followed, success only on 2xx.
+/// POSTs a TLS report to an `https:` destination of a `_smtp._tls` record (RFC 8460 6.4).
 pub async fn post_report(
     url: &str,
     body: Vec<u8>,
     resolver: &postern_dns::TokioResolver,
     connector: &TlsConnector,
 ) -> Result<(), String> {
-    let uri: hyper::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-    if uri.scheme_str() != Some("https") {
+    if !url.starts_with("https://") {
         return Err(format!("{url}: only https is used"));
     }
-    let host = uri.host().ok_or(format!("{url}: no host"))?.to_owned();
-    let port = uri.port_u16().unwrap_or(443);
+    let status = http_post(
+        url,
+        "application/tlsrpt+gzip",
+        &[],
+        body,
+        resolver,
+        connector,
+    )
+    .await?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// POSTs `body` and returns the HTTP status: `https:` (certificate verified by `connector`), or
+/// `http:` to a loopback address only (a receiver on the same host).
+pub async fn http_post(
+    url: &str,
+    content_type: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    resolver: &postern_dns::TokioResolver,
+    connector: &TlsConnector,
+) -> Result<u16, String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{url}: only https (or http to loopback) is used")),
+    };
+    let host = uri
+        .host()
+        .ok_or(format!("{url}: no host"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let ip = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ip,
         Err(_) => resolver
@@ -286,44 +320,57 @@ pub async fn post_report(
             .next()
             .ok_or(format!("{host} has no address"))?,
     };
+    if !https && !ip.is_loopback() {
+        return Err(format!("{url}: http only to a loopback address"));
+    }
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", host.as_str())
+        .header("content-type", content_type);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
     let post = async {
         let tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip, port))
             .await
             .map_err(|e| format!("{host}: {e}"))?;
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| format!("{host} is not a valid name"))?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = hyper::Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("host", host.as_str())
-            .header("content-type", "application/tlsrpt+gzip")
-            .body(http_body_util::Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        driver.abort();
-        if (200..300).contains(&status) {
-            Ok(())
+        if https {
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| format!("{host} is not a valid name"))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host}: {e}"))?;
+            send(TokioIo::new(tls), req).await
         } else {
-            Err(format!("HTTP {status}"))
+            send(TokioIo::new(tcp), req).await
         }
     };
     tokio::time::timeout(FETCH_TIMEOUT, post)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+async fn send<I>(io: I, req: hyper::Request<http_body_util::Full<Bytes>>) -> Result<u16, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    driver.abort();
+    Ok(resp?.status().as_u16())
 }
 
 /// A verifying TLS client for policy fetches and enforced MX hosts: `ca_file`, or the system's

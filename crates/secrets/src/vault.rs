@@ -188,6 +188,11 @@ impl Client {
     }
 
     /// Reads `MOUNT/PATH#FIELD` from a KV v2 engine.
+    /// Reachable, unsealed and active (`GET /v1/sys/health` answers 200 only then).
+    pub async fn health(&self) -> Result<(), SecretsError> {
+        self.call("GET", "/v1/sys/health", None).await.map(|_| ())
+    }
+
     pub async fn kv2_field(&self, reference: &str) -> Result<Zeroizing<String>, SecretsError> {
         let (path, field) = reference
             .split_once('#')

@@ -186,17 +186,7 @@ pub(super) async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) 
     }
     // Administrators have no mailbox of their own: the notice goes to the postmaster of each
     // local domain (RFC 2142), the operators' address.
-    let mut accounts: Vec<i64> = Vec::new();
-    for d in st.store.list_domains().await.unwrap_or_default() {
-        let Ok(a) = EmailAddress::parse(&format!("postmaster@{}", d.name)) else {
-            continue;
-        };
-        if let Ok(Some(id)) = st.store.resolve_recipient(&a).await {
-            if !accounts.contains(&id) {
-                accounts.push(id);
-            }
-        }
-    }
+    let accounts = crate::alerts::postmaster_accounts(&st.store).await;
     if accounts.is_empty() {
         return;
     }
