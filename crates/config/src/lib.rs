@@ -114,6 +114,8 @@ pub struct Config {
     pub backup: BackupConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub acme: AcmeConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -428,6 +430,72 @@ pub struct MetricsConfig {
     /// a firewall.
     #[serde(default, deserialize_with = "de_opt_addr")]
     pub listen: Option<SocketAddr>,
+}
+
+/// Certificates from an ACME CA (RFC 8555; Let's Encrypt and others): ordered when the
+/// certificate is missing, self-signed, does not cover `domains`, or has less than a third of its
+/// lifetime left; written to `[tls] cert` and `key` and served by every listener at once (no
+/// restart, open sessions keep theirs). Off unless `directory` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    #[serde(default)]
+    pub directory: Option<String>,
+    /// Contact addresses for the CA (`mailto:…`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Names on the certificate (default: `[server] hostname`).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// `tls-alpn-01` (RFC 8737, on port 443) or `http-01` (port 80).
+    #[serde(default = "d_acme_challenge")]
+    pub challenge: String,
+    /// Where the challenge responder listens (default 0.0.0.0:443 for tls-alpn-01, 0.0.0.0:80
+    /// for http-01). The CA connects to that port of each name.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// CA (PEM) of the ACME server's own HTTPS certificate, for a private CA (default: system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds between checks of the certificate.
+    #[serde(default = "d_acme_check")]
+    pub check_secs: u64,
+    /// Keep the private key across renewals, so a DANE `3 1 1` TLSA record stays true.
+    #[serde(default = "d_true")]
+    pub reuse_key: bool,
+}
+
+fn d_acme_challenge() -> String {
+    "tls-alpn-01".into()
+}
+fn d_acme_check() -> u64 {
+    43200
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory: None,
+            contact: Vec::new(),
+            domains: Vec::new(),
+            challenge: d_acme_challenge(),
+            listen: None,
+            ca_file: None,
+            check_secs: d_acme_check(),
+            reuse_key: true,
+        }
+    }
+}
+
+impl AcmeConfig {
+    /// The challenge responder's address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = if self.challenge == "http-01" { 80 } else { 443 };
+            SocketAddr::from(([0, 0, 0, 0], port))
+        })
+    }
 }
 
 /// Built-in alerts, for installations without Prometheus (the same conditions as
@@ -1372,6 +1440,24 @@ impl Config {
                 "server.hostname {:?} is not a fully qualified host name",
                 self.server.hostname
             ));
+        }
+        let acme = &self.acme;
+        if let Some(dir) = &acme.directory {
+            if !dir.starts_with("https://") {
+                return Err("acme.directory must be an https:// URL".into());
+            }
+            if !["tls-alpn-01", "http-01"].contains(&acme.challenge.as_str()) {
+                return Err("acme.challenge must be \"tls-alpn-01\" or \"http-01\"".into());
+            }
+            if acme.contact.iter().any(|c| !c.starts_with("mailto:")) {
+                return Err("acme.contact entries are mailto: URLs".into());
+            }
+            if self.mta_sts.listen == Some(acme.listen_addr()) {
+                return Err("acme.listen and mta_sts.listen are the same address: use challenge = \"http-01\" (port 80) when the MTA-STS host has port 443".into());
+            }
+            if acme.check_secs == 0 {
+                return Err("acme.check_secs must be at least 1".into());
+            }
         }
         let a = &self.alerts;
         if let Some(url) = &a.webhook {

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,6 +33,12 @@ pub enum TlsError {
 
 /// Builds the acceptor shared by all listeners. Refuses a private key that others can read.
 pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    Ok(CertStore::load(cert, key)?.acceptor())
+}
+
+/// Reads a certificate chain and its key, checked: a private key others can read is refused,
+/// and so is a key that does not belong to the certificate.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let cert_err = |m: String| TlsError::Cert {
         path: cert.display().to_string(),
         message: m,
@@ -61,14 +68,84 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         }
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| key_err(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| key_err(e.to_string()))?;
+    let ck = CertifiedKey::new(certs, signing);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => {
+            return Err(TlsError::Config(format!(
+                "the key does not belong to the certificate: {e}"
+            )))
+        }
+    }
+    Ok(ck)
+}
+
+/// The server certificate of every listener, replaceable while they run: a renewal (ACME) or a
+/// reload (SIGHUP) swaps it for the handshakes that follow; sessions already open keep theirs.
+#[derive(Debug)]
+pub struct CertStore {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl CertStore {
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let ck = load_certified_key(cert, key)?;
+        Ok(Arc::new(CertStore {
+            current: std::sync::RwLock::new(Arc::new(ck)),
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }))
+    }
+
+    /// Reads the files again and, if they are valid, serves them from the next handshake on.
+    /// On error the certificate in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let ck = load_certified_key(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+
+    /// The certificate served now (DER of the leaf).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).cert[0].clone()
+    }
+
+    /// When the certificate served now expires (Unix time).
+    pub fn not_after(&self) -> Option<i64> {
+        let leaf = self.leaf();
+        x509_parser::parse_x509_certificate(leaf.as_ref())
+            .ok()
+            .map(|(_, x)| x.validity().not_after.timestamp())
+    }
+
+    /// An acceptor (TLS 1.3 and 1.2, ring) that asks this store for its certificate.
+    pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
 }
 
 /// Writes a self-signed certificate for `hostname` (and `localhost`) and its key (mode 0600):

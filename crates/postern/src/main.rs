@@ -9,6 +9,7 @@
 //! `metrics_http` the plain-HTTP metrics listener, `backend` the SMTP server's store adapter.
 #![forbid(unsafe_code)]
 
+mod acme;
 mod actor;
 mod alerts;
 mod api;

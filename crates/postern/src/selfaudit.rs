@@ -180,7 +180,7 @@ fn certificate(cfg: &Config, r: &mut Report) {
         r.add("tls.certificate_expired", Severity::High, "The server certificate has expired",
             format!("it expired {} days ago", -days),
             "Clients refuse an expired certificate, or users learn to click through warnings, which is how credentials get phished.",
-            "Renew it and restart (or send SIGHUP to) the server.", "[tls] cert, key");
+            "Renew it and send SIGHUP to the server (or let [acme] do it).", "[acme], [tls] cert, key");
     } else if days < 14 {
         r.add(
             "tls.certificate_expiring",
@@ -199,8 +199,8 @@ fn certificate(cfg: &Config, r: &mut Report) {
             format!("issuer = subject = {}", facts.issuer),
             "Mail clients cannot tell your server from an impostor; users who accept the warning once accept it from an attacker too. \
              Senders with MTA-STS or DANE toward you need a certificate they can verify.",
-            "Use a certificate from a public CA (e.g. Let's Encrypt) for the host name, or publish a DANE TLSA record in a DNSSEC-signed zone.",
-            "[tls] cert, key");
+            "Let Postern get one from Let's Encrypt ([acme] directory), or install a CA certificate and `kill -HUP` the server; or publish a DANE TLSA record in a DNSSEC-signed zone.",
+            "[acme], [tls] cert, key");
     } else {
         r.ok("certificate issued by a CA");
     }

@@ -64,7 +64,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     )
     .await?
     .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
-    let tls = postern_net::tls::load_acceptor(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
+    // One certificate for every listener, replaceable while they run (ACME renewal, SIGHUP).
+    let certs =
+        postern_net::tls::CertStore::load(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
+    let tls = certs.acceptor();
     // Blob files a crash left without a database row (written, never committed) are removed in
     // the background; files written by this process are never touched.
     {
@@ -153,9 +156,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let store = store.clone();
         let retention = cfg.defence.audit_retention_days;
         let grey = crate::backend::grey_policy(&cfg.greylist);
-        let cert_expiry = postern_net::tls::certificate_summary(&cfg.path(&cfg.tls.cert))
-            .ok()
-            .map(|(_, not_after)| not_after);
+        let certs = certs.clone();
         let dns = dns.clone();
         let cfg = cfg.clone();
         tokio::spawn(async move {
@@ -164,7 +165,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             loop {
                 tick.tick().await;
                 guard.sync_bans().await;
-                if let Some(t) = cert_expiry {
+                if let Some(t) = certs.not_after() {
                     postern_metrics::set_tls_cert_expiry(t - postern_store::now());
                 }
                 let (bans, lockouts) = guard.active_counts();
@@ -412,6 +413,39 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             crate::alerts::Alerts::new(cfg.clone(), store.clone(), keys.clone(), dns.clone());
         tokio::spawn(alerts.run(shutdown.clone()));
     }
+    let acme_task = if cfg.acme.directory.is_some() {
+        let acme = crate::acme::Acme::new(cfg.clone(), store.clone(), keys.clone(), certs.clone());
+        Some(acme.start(shutdown.clone()).await?)
+    } else {
+        None
+    };
+    // SIGHUP: certificates managed by hand are read again (sessions in progress keep theirs).
+    {
+        let certs = certs.clone();
+        let store = store.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match certs.reload() {
+                    Ok(()) => {
+                        tracing::info!(not_after = ?certs.not_after(), "SIGHUP: certificate reloaded");
+                        let _ = crate::actor::record(
+                            &store,
+                            &crate::actor::Actor::system("signal"),
+                            "certificate_reloaded",
+                            "",
+                            "SIGHUP",
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(target: "postern::alert", error = %e, "SIGHUP: the certificate could not be reloaded; the previous one stays")
+                    }
+                }
+            }
+        });
+    }
     if let Some(k) = &cfg.backup.key {
         crate::backup::load_key(Some(&cfg), Some(&keys), k)
             .await
@@ -435,7 +469,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     for l in loops {
         let _ = l.await;
     }
-    for t in [api_task, sts_task, metrics_task].into_iter().flatten() {
+    for t in [api_task, sts_task, metrics_task, acme_task]
+        .into_iter()
+        .flatten()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     if let Some(t) = delivery_task {
