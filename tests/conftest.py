@@ -149,6 +149,11 @@ def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
     off = free_offset()
     run_cli(d, "init", "--dir", str(d), "--domain", "example.test", "--hostname", "mail.example.test",
             "--listen-ip", "127.0.0.1", "--port-offset", str(off))
+    if os.geteuid() == 0:
+        # CI runs as root: the test servers stay root (a real server drops to [server] user;
+        # tests/test_privileges.py covers that)
+        cfg = d / "postern.toml"
+        cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nuser = \"root\"\n", 1))
     if smtp_extra:
         cfg = d / "postern.toml"
         extra = [l.strip() for l in smtp_extra.strip().splitlines()]
@@ -315,3 +320,32 @@ def send_until_reply(r, first, piece, marker, limit=20_000_000):
 
 def plain_b64(user, pw):
     return base64.b64encode(f"\0{user}\0{pw}".encode()).decode()
+
+
+@pytest.fixture
+def service_user():
+    """A system user made for the test (root only) and a base directory it can reach (pytest's
+    own temporary tree is 0700 root): (name, uid, gid, base). Removed afterwards."""
+    import pwd
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        pytest.skip("dropping root needs root")
+    name = "pst" + os.urandom(4).hex()
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    base = Path(tempfile.mkdtemp(prefix="postern-svc-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    pw = pwd.getpwnam(name)
+    try:
+        yield name, pw.pw_uid, pw.pw_gid, base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def run_as_service(d, name):
+    """Makes a data directory from init_dir serve as `name` when started as root."""
+    cfg = d / "postern.toml"
+    cfg.write_text(cfg.read_text().replace('user = "root"', f'user = "{name}"', 1))
+    subprocess.run(["chown", "-R", f"{name}:", str(d)], check=True)

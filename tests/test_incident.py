@@ -100,8 +100,12 @@ def test_incident_lock_ends_sessions_and_unlock_needs_a_new_password(make_server
     lock = [e for e in events if e["event"] == "incident_locked"]
     assert len(lock) == 1 and lock[0]["actor"].startswith("cli:") and "phished" in lock[0]["reason"]
     assert names.index("incident_locked") > names.index(next(n for n in names if n.startswith("auth")))
+    # what she sent: the message she submitted, with its source
+    sent = [e for e in events if e["event"] == "mail_sent"]
+    assert len(sent) == 1 and sent[0]["ip"] == "127.0.0.1" and sent[0]["protocol"] == "submissions", sent
+    assert "1 remote and 0 local recipients" in sent[0]["reason"] and f"from <{ALICE}>" in sent[0]["reason"], sent
     text = srv.cli("incident", "timeline", ALICE).stdout
-    assert "incident_locked" in text and "phished" in text
+    assert "incident_locked" in text and "phished" in text and "mail_sent" in text
     # unlock needs a new password (the policy applies); the old one never comes back
     weak = srv.cli("incident", "unlock", ALICE, "--password-stdin", stdin="Summer2024!!\n", check=False)
     assert weak.returncode != 0

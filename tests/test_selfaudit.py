@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 
-from conftest import ALICE, BIN, init_dir, run_cli, start
+from conftest import ALICE, BIN, init_dir, run_as_service, run_cli, start
 from dnsfake import FakeDns
 
 
@@ -80,7 +80,12 @@ def test_weak_installation_is_reported(tmp_path):
     assert "checks passed; findings:" in p.stdout
 
 
-def test_hardened_installation_has_no_high_finding(tmp_path):
+def test_hardened_installation_has_no_high_finding(tmp_path, request):
+    service = None
+    if os.geteuid() == 0:
+        # as root (CI), the hardened server runs as a service user, never as root
+        service = request.getfixturevalue("service_user")
+        tmp_path = service[3]
     with FakeDns() as dns:
         d, off = init_dir(tmp_path, toml_extra=dns_extra(dns))
         # the master key away from the data, a DKIM key, a backup, reverse DNS, DMARC reject
@@ -96,6 +101,9 @@ def test_hardened_installation_has_no_high_finding(tmp_path):
         # the public address of the host name and its PTR (looked up only: no traffic goes there)
         dns.zone.add("mail.example.test", "A", "192.0.2.25")
         dns.zone.add("25.2.0.192.in-addr.arpa", "PTR", "mail.example.test")
+        if service:
+            run_as_service(d, service[0])
+            subprocess.run(["chown", "-R", f"{service[0]}:", str(outside)], check=True)
         srv = start(d, off)
         try:
             code, report, f = audit(d)

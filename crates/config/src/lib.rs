@@ -132,6 +132,11 @@ pub struct ServerConfig {
     /// Seconds that sessions in flight get to finish after SIGTERM before they are cut.
     #[serde(default = "d_grace")]
     pub shutdown_grace_secs: u64,
+    /// The user Postern runs as when started as root (default `postern`): it drops root at
+    /// once, keeping only the capability to bind ports below 1024. `"root"` keeps root (not
+    /// recommended; `postern audit` reports it).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,6 +17,9 @@ pub struct StoreBackend {
     pub grey: postern_store::greylist::GreyPolicy,
     /// Where DMARC-quarantined mail goes (`[inbound] quarantine_mailbox`).
     pub quarantine_mailbox: String,
+    /// Mail sent by an authenticated principal is an audit event (`mail_sent`): the incident
+    /// timeline shows what a stolen credential sent.
+    pub audit: Option<std::sync::Arc<postern_store::audit::AuditWriter>>,
 }
 
 /// `[greylist]` as the store's policy, in seconds.
@@ -143,7 +146,13 @@ impl MailBackend for StoreBackend {
             received,
             mut body,
             quarantine,
+            client_ip,
+            listener,
+            login,
+            message_id,
         } = d;
+        let size = body.len();
+        let (n_local, n_remote) = (local.len(), remote.len());
         // Remote first: if queueing fails the client retries and nothing was delivered locally.
         if !remote.is_empty() {
             let queued = if local.is_empty() {
@@ -181,6 +190,23 @@ impl MailBackend for StoreBackend {
                 )
                 .await
                 .map_err(err)?;
+        }
+        if let (Some(a), true, Some(login)) = (&self.audit, authenticated, login) {
+            a.record(postern_store::audit::NewAudit {
+                ts: postern_store::now(),
+                event: "mail_sent".into(),
+                protocol: Some(listener.into()),
+                ip: Some(client_ip.to_string()),
+                username: Some(login),
+                account_id,
+                mechanism: None,
+                tls: None,
+                result: "ok".into(),
+                reason: Some(format!(
+                    "id {message_id}, from <{sender}>, {n_remote} remote and {n_local} local recipients, {size} bytes"
+                )),
+                actor: None,
+            });
         }
         Ok(())
     }

@@ -23,6 +23,7 @@ mod keys;
 mod metrics_http;
 mod ops;
 mod password;
+mod privileges;
 mod reports;
 mod roles;
 mod selfaudit;
@@ -45,6 +46,11 @@ fn main() -> ExitCode {
     }
     postern_metrics::init(env!("POSTERN_COMMIT"));
     let args = cli::Cli::parse();
+    // Started as root: become the service user now, while this is the only thread.
+    if let Err(e) = privileges::before_runtime(&args) {
+        eprintln!("postern: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

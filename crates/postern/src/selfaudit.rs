@@ -222,6 +222,15 @@ fn certificate(cfg: &Config, r: &mut Report) {
 // ---------------------------------------------------------------- settings
 
 fn settings(cfg: &Config, r: &mut Report) {
+    if cfg.server.user.as_deref() == Some("root") {
+        r.add("server.root", Severity::High, "The server runs as root",
+            "[server] user = \"root\"".into(),
+            "A flaw in any protocol parser would then give an attacker the whole machine.",
+            "Create a service user (useradd --system postern; chown -R postern: DATA_DIR) and set [server] user to it, or run the shipped systemd unit.",
+            "[server] user");
+    } else {
+        r.ok("the server does not run as root");
+    }
     if cfg.secrets.allow_plaintext_secrets {
         r.add("secrets.plaintext_allowed", Severity::High, "Secrets in clear are allowed in the configuration",
             "[secrets] allow_plaintext_secrets = true".into(),

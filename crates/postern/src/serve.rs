@@ -236,6 +236,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             ))),
             grey: crate::backend::grey_policy(&cfg.greylist),
             quarantine_mailbox: cfg.inbound.quarantine_mailbox.clone(),
+            audit: Some(audit.clone()),
         }),
         auth: auth.clone(),
         tls: tls.clone(),
@@ -457,6 +458,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     }
     if let Some(b) = banner {
         println!("{b}");
+    }
+    match crate::privileges::OUTCOME.get() {
+        Some(o) if nix::unistd::Uid::effective().is_root() => tracing::warn!("{o}"),
+        Some(o) => tracing::info!("{o}"),
+        None if nix::unistd::Uid::effective().is_root() => {
+            tracing::warn!("running as root: set [server] user (postern audit reports this)")
+        }
+        None => {}
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), commit = env!("POSTERN_COMMIT"), hostname = %cfg.server.hostname, "postern started");
 

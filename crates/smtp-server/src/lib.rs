@@ -56,6 +56,12 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// DMARC quarantined it: local recipients get it in their junk mailbox.
     pub quarantine: bool,
+    /// Who sent it, for the audit log's record of submitted mail: the client's address, the
+    /// listener, the login (account address or application name) and our message id.
+    pub client_ip: std::net::IpAddr,
+    pub listener: &'static str,
+    pub login: Option<String>,
+    pub message_id: String,
 }
 
 /// The greylisting decision for one RCPT.

@@ -1010,6 +1010,10 @@ impl Session {
             received,
             body,
             quarantine,
+            client_ip: self.peer.ip(),
+            listener: self.kind.protocol.name(),
+            login: self.principal.as_ref().map(|p| p.address.to_string()),
+            message_id: msg_id.to_string(),
         };
         let rcpts = self.rcpts.len();
         let account = self.principal.as_ref().map(|p| (p.kind, p.account_id));

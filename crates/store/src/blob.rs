@@ -28,7 +28,11 @@ pub struct BackupGuard {
 impl BlobStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let guard_path = dir.join(".backup.lock");
+        // beside the blob directory (`blobs.backup.lock`), so that the directory holds bodies only
+        let name = dir
+            .file_name()
+            .map_or("blobs".into(), |n| n.to_string_lossy().into_owned());
+        let guard_path = dir.with_file_name(format!("{name}.backup.lock"));
         let guard = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -171,7 +175,7 @@ mod tests {
     #[test]
     fn put_get_remove() {
         let d = tempfile::tempdir().unwrap();
-        let b = BlobStore::open(d.path()).unwrap();
+        let b = BlobStore::open(&d.path().join("blobs")).unwrap();
         let id = b.put(&[b"Return-Path: <a@b.test>\r\n", b"body"]).unwrap();
         assert_eq!(b.get(&id).unwrap(), b"Return-Path: <a@b.test>\r\nbody");
         b.remove(&id).unwrap();
@@ -182,9 +186,9 @@ mod tests {
     #[test]
     fn a_backup_defers_removals() {
         let d = tempfile::tempdir().unwrap();
-        let b = BlobStore::open(d.path()).unwrap();
+        let b = BlobStore::open(&d.path().join("blobs")).unwrap();
         // another process's store on the same directory
-        let other = BlobStore::open(d.path()).unwrap();
+        let other = BlobStore::open(&d.path().join("blobs")).unwrap();
         let one = b.put(&[b"one"]).unwrap();
         let two = b.put(&[b"two"]).unwrap();
         let guard = b.backup_guard().unwrap();

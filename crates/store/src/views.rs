@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn bodies_stay_until_every_view_moved_on() {
         let d = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::open(d.path()).unwrap();
+        let blobs = BlobStore::open(&d.path().join("blobs")).unwrap();
         let trash = Arc::new(Trash::default());
         let a = blobs.put(&[b"a"]).unwrap();
         let b = blobs.put(&[b"b"]).unwrap();

@@ -53,6 +53,10 @@ pub enum Command {
         /// Added to every standard port (25, 587, 465) so the server can run unprivileged.
         #[arg(long, default_value_t = 0)]
         port_offset: u16,
+        /// The user the server runs as when started as root: the directory is given to it
+        /// (run init as root) and `[server] user` names it.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Run every configured listener until SIGTERM or SIGINT.
     Serve,

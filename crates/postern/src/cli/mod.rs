@@ -59,9 +59,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             hostname,
             listen_ip,
             port_offset,
-        } => setup::init_cli(dir, domain, hostname.as_deref(), *listen_ip, *port_offset)
-            .await
-            .with_context(|| format!("init of {}", dir.display())),
+            user,
+        } => setup::init_cli(
+            dir,
+            domain,
+            hostname.as_deref(),
+            *listen_ip,
+            *port_offset,
+            user.as_deref(),
+        )
+        .await
+        .with_context(|| format!("init of {}", dir.display())),
         Command::Serve => {
             let cfg = cli.load_config()?;
             crate::serve::serve(cfg, log_format, None).await

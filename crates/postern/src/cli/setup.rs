@@ -105,8 +105,23 @@ pub async fn init_cli(
     hostname: Option<&str>,
     ip: IpAddr,
     port_offset: u16,
+    user: Option<&str>,
 ) -> Result<()> {
-    init(dir, domain, hostname, ip, port_offset).await?;
+    let cfg = init(dir, domain, hostname, ip, port_offset).await?;
+    if let Some(u) = user {
+        set_server_user(&cfg.file, u)?;
+        crate::privileges::give_to(dir, u)?;
+        println!(
+            "{} belongs to the user {u}; started as root, the server runs as {u}",
+            dir.display()
+        );
+    } else if nix::unistd::Uid::effective().is_root() {
+        println!(
+            "Note: started as root, the server runs as the user `postern` (create it, and give it this \
+             directory: chown -R postern: {}), or as another with `postern init --user NAME`",
+            dir.display()
+        );
+    }
     let me = self_path();
     println!("No account exists yet. Create one with:");
     println!(
@@ -117,6 +132,20 @@ pub async fn init_cli(
     println!("Then start the server with:");
     println!("  {me} --dir {} serve", dir.display());
     Ok(())
+}
+
+/// Writes `user = "NAME"` into the `[server]` table of a config file `init` made.
+fn set_server_user(file: &Path, user: &str) -> Result<()> {
+    let text = std::fs::read_to_string(file)?;
+    let line = format!("user = {}", toml_string(user));
+    let new = text.replacen("[server]\n", &format!("[server]\n{line}\n"), 1);
+    anyhow::ensure!(new != text, "no [server] table in {}", file.display());
+    std::fs::write(file, new)?;
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// How to call this very binary in a printed hint: `postern` when that is what `PATH` finds,
@@ -250,6 +279,12 @@ async fn demo_in(dir: &Path, throwaway: bool, format: Option<LogFormat>) -> Resu
         10000,
     )
     .await?;
+    if nix::unistd::Uid::effective().is_root() {
+        // a throw-away server on loopback; a real one never serves as root ([server] user)
+        eprintln!(
+            "postern: warning: the demo runs as root; `postern serve` would run as [server] user"
+        );
+    }
     let user = address("demo@example.test")?;
     let pw = password::generate();
     let hash = password::check_and_hash(&cfg, &pw, user.as_str())?;
