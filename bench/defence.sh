@@ -18,6 +18,8 @@ D=$(mktemp -d /tmp/postern-defbench.XXXXXX)
 PID=
 trap '[ -n "$PID" ] && kill $PID 2>/dev/null; bash "$SHARED/peers/dovecot.sh" stop >/dev/null 2>&1 || true; rm -rf "$D"' EXIT
 "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
+# benchmarks run as root: the server stays root here (a real one runs as [server] user)
+[ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$D/data/postern.toml"
 REAL='Quasar#Lantern-Orbit-2026'
 echo "$REAL" | "$BIN" --dir "$D/data" user add real@example.test --password-stdin >/dev/null
 echo 'Harbor#Quantum-Zephyr-77' | "$BIN" --dir "$D/data" user add victim@example.test --password-stdin >/dev/null

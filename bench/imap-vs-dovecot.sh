@@ -41,6 +41,8 @@ trap cleanup EXIT
 setup_postern() { # $1 = extra [auth] lines
   rm -rf "$D/data"
   "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
+  # benchmarks run as root: the server stays root here (a real one runs as [server] user)
+  [ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$D/data/postern.toml"
   # one loopback source: lift the per-IP and per-account caps for the benchmark only
   sed -i "s/^\[imap\]$/[imap]\nmax_connections = 30000\nmax_connections_per_ip = 30000\nmax_sessions_per_account = 30000/" "$D/data/postern.toml"
   printf '\n[auth]\n%s\n' "$1" >> "$D/data/postern.toml"

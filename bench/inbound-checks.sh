@@ -36,6 +36,8 @@ DNS_PORT=$(head -1 "$DNS_OUT")
 run_postern() {  # $1 = true|false (checks); prints msgs/s
   local D; D=$(mktemp -d /tmp/postern-bench.XXXXXX)
   "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
+  # benchmarks run as root: the server stays root here (a real one runs as [server] user)
+  [ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$D/data/postern.toml"
   sed -i 's/^\[smtp\]$/[smtp]\nmax_connections_per_ip = 1000/' "$D/data/postern.toml"
   printf '\n[dns]\nserver = "127.0.0.1:%s"\n\n[inbound]\nchecks = %s\n\n[greylist]\nenabled = false\n\n[delivery]\nenabled = false\n' \
     "$DNS_PORT" "$1" >> "$D/data/postern.toml"

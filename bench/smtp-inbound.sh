@@ -35,6 +35,8 @@ DNS_PID=$!
 for _ in $(seq 100); do [ -s "$DNS_OUT" ] && break; sleep 0.05; done
 D=$(mktemp -d /tmp/postern-bench.XXXXXX)
 "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
+# benchmarks run as root: the server stays root here (a real one runs as [server] user)
+[ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$D/data/postern.toml"
 # All load comes from one loopback address: lift the per-IP cap (default 20) for the benchmark only;
 # smtp-source opens a new session the moment the previous one said QUIT.
 sed -i 's/^\[smtp\]$/[smtp]\nmax_connections_per_ip = 1000/' "$D/data/postern.toml"

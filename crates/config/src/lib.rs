@@ -1757,7 +1757,22 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          # Prometheus metrics over plain HTTP for a scraper on this host (also served over HTTPS by\n\
          # the admin API at /metrics to an auditor's API key):\n\
          # [metrics]\n\
-         # listen = \"127.0.0.1:9587\"\n\n",
+         # listen = \"127.0.0.1:9587\"\n\n\
+         # Alerts (brute force, bans, queue, certificate, audit chain …) are mailed to postmaster@ each\n\
+         # domain; a signed webhook can get them too:\n\
+         # [alerts]\n\
+         # webhook = \"https://hooks.example.net/postern\"\n\
+         # webhook_secret = \"file:/etc/postern/webhook.key\"\n\n\
+         # A certificate from Let's Encrypt, renewed and reloaded without a restart:\n\
+         # [acme]\n\
+         # directory = \"https://acme-v02.api.letsencrypt.org/directory\"\n\
+         # contact = [\"mailto:postmaster@example.com\"]\n\n\
+         # Encrypted backups every day, seven kept (make the key with `postern backup keygen --out FILE`\n\
+         # and keep FILE off this server; the recipient it prints goes here). The master key is never in\n\
+         # a backup: keep it separately.\n\
+         # [backup]\n\
+         # dir = \"/srv/backup/postern\"\n\
+         # key = \"file:/etc/postern/backup.recipient\"\n\n",
     );
     let admin_port = 8080u16.saturating_add(port_offset);
     // The admin API stays on loopback even if the mail listeners face the world.
