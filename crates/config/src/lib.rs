@@ -835,6 +835,11 @@ pub struct StorageConfig {
     /// Directory of message bodies.
     #[serde(default = "d_blobs")]
     pub blobs: PathBuf,
+    /// Group commit of local deliveries: the bodies of a batch are made durable by one
+    /// `syncfs(2)` of the blob directory's filesystem instead of an fsync per file. Turn off when
+    /// that filesystem is shared with heavy writers (a syncfs flushes their data too).
+    #[serde(default = "d_true")]
+    pub batch_sync: bool,
 }
 
 impl Default for StorageConfig {
@@ -842,6 +847,7 @@ impl Default for StorageConfig {
         StorageConfig {
             database: d_db(),
             blobs: d_blobs(),
+            batch_sync: true,
         }
     }
 }

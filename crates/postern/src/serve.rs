@@ -63,7 +63,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             .map_or("serve", String::as_str),
     )
     .await?
-    .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day);
+    .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day)
+    .with_batch_sync(cfg.storage.batch_sync);
     // One certificate for every listener, replaceable while they run (ACME renewal, SIGHUP).
     let certs =
         postern_net::tls::CertStore::load(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;

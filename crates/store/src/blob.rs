@@ -99,6 +99,36 @@ impl BlobStore {
         Ok(id)
     }
 
+    /// Writes a new blob without making it durable: the caller must [`BlobStore::sync_filesystem`]
+    /// before anything points at it (the group committer does, once per batch).
+    pub fn put_unsynced(&self, parts: &[&[u8]]) -> io::Result<String> {
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let path = self.path_of(&id)?;
+        let shard = path.parent().expect("blob path has a parent");
+        if !shard.exists() {
+            fs::create_dir_all(shard)?;
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let res = parts.iter().try_for_each(|p| f.write_all(p));
+        if let Err(e) = res {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Makes every blob written so far durable, with their directory entries: one `syncfs(2)`
+    /// of the filesystem that holds the blob directory (blocking). Cheaper than an fsync per file
+    /// and per directory once several messages share it; it also flushes whatever else is dirty
+    /// on that filesystem (see `[storage] batch_sync`).
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        let dir = File::open(&self.dir)?;
+        rustix::fs::syncfs(&dir).map_err(io::Error::from)
+    }
+
     pub fn get(&self, id: &str) -> io::Result<Vec<u8>> {
         fs::read(self.path_of(id)?)
     }

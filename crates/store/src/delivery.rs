@@ -67,47 +67,38 @@ impl Store {
         quarantine: Option<&str>,
     ) -> Result<Vec<i64>> {
         let size: usize = message.iter().map(Vec::len).sum();
-        let blob = self.put_blob(message).await?;
-        let res = async {
-            let mut tx = self.write.begin().await?;
-            let mut uids = Vec::with_capacity(accounts.len());
-            for &account in accounts {
-                let row = sqlx::query(
-                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                     WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
-                                 (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
-                                 ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
-                                 LIMIT 1)
-                     RETURNING id, uidnext - 1 AS uid, highest_modseq",
-                )
-                .bind(account)
-                .bind(quarantine)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;
-                let (mailbox, uid, modseq): (i64, i64, i64) =
-                    (row.try_get("id")?, row.try_get("uid")?, row.try_get("highest_modseq")?);
-                sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, modseq) VALUES (?, ?, ?, ?, ?, ?)")
-                    .bind(mailbox)
-                    .bind(uid)
-                    .bind(&blob)
-                    .bind(size as i64)
-                    .bind(internal_date)
-                    .bind(modseq)
-                    .execute(&mut *tx)
-                    .await?;
-                uids.push(uid);
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(uids)
-        }
-        .await;
+        let unsynced = self.batch_sync;
+        let blob = if unsynced {
+            let blobs = self.blobs.clone();
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<&[u8]> = message.iter().map(Vec::as_slice).collect();
+                blobs.put_unsynced(&refs)
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??
+        } else {
+            self.put_blob(message).await?
+        };
+        // the rows go through the group committer (see `commit.rs`): the answer comes once the
+        // transaction that holds them is committed
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = crate::commit::Job {
+            blob: blob.clone(),
+            unsynced,
+            size: size as i64,
+            accounts: accounts.to_vec(),
+            internal_date,
+            quarantine: quarantine.map(str::to_owned),
+            reply,
+        };
+        let res = match self.committer().send(job).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Conflict("the committer stopped".into()))),
+            Err(_) => Err(StoreError::Conflict("the committer stopped".into())),
+        };
         if res.is_err() {
             let _ = self.blobs.remove(&blob);
-        } else {
-            for &a in accounts {
-                self.changes.notify(a);
-            }
         }
         res
     }

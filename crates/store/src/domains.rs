@@ -14,6 +14,7 @@ impl Store {
         .bind(now())
         .execute(&self.write)
         .await?;
+        self.forget_domains();
         if r.rows_affected() == 0 {
             return Err(StoreError::Exists(format!("domain {domain}")));
         }
@@ -56,14 +57,43 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_domains();
         Ok(())
     }
 
+    /// Whether a domain is ours. Answers are remembered for a second: the port-25 path asks
+    /// several times per message (RCPT, own-domain protection for From and MAIL FROM), and each
+    /// query is a round trip to SQLite's connection thread. A change made in this process is seen
+    /// at once; one made by another (the CLI beside the server) within a second.
     pub async fn is_local_domain(&self, domain: &str) -> Result<bool> {
-        Ok(sqlx::query("SELECT 1 FROM domains WHERE name = ?")
+        const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+        let now = std::time::Instant::now();
+        {
+            let cache = self.domain_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((local, at)) = cache.get(domain) {
+                if now.duration_since(*at) < TTL {
+                    return Ok(*local);
+                }
+            }
+        }
+        let local = sqlx::query("SELECT 1 FROM domains WHERE name = ?")
             .bind(domain)
             .fetch_optional(&self.read)
             .await?
-            .is_some())
+            .is_some();
+        let mut cache = self.domain_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 4096 {
+            // bounded: names from the internet (MAIL FROM, From) must not grow it without end
+            cache.clear();
+        }
+        cache.insert(domain.to_owned(), (local, now));
+        Ok(local)
+    }
+
+    fn forget_domains(&self) {
+        self.domain_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

@@ -20,6 +20,7 @@ pub mod apps;
 pub mod audit;
 pub mod backup;
 pub mod blob;
+mod commit;
 mod delivery;
 pub mod dkim;
 pub mod dmarc;
@@ -176,6 +177,14 @@ pub struct Store {
     trash: std::sync::Arc<views::Trash>,
     /// The key of the audit chain's HMAC, set once the master key is open (see [`audit`]).
     audit_key: std::sync::Arc<std::sync::OnceLock<audit::AuditKey>>,
+    /// The group committer of local deliveries, started on first use (see [`commit`]).
+    committer: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<commit::Job>>>,
+    /// Local deliveries sync their bodies per batch (one syncfs) instead of per message.
+    batch_sync: bool,
+    /// Recent answers of `is_local_domain` (see `domains.rs`).
+    domain_cache: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
+    >,
 }
 
 impl Store {
@@ -229,7 +238,23 @@ impl Store {
             lock: None,
             trash: Default::default(),
             audit_key: Default::default(),
+            committer: Default::default(),
+            batch_sync: true,
+            domain_cache: Default::default(),
         })
+    }
+
+    fn committer(&self) -> &tokio::sync::mpsc::Sender<commit::Job> {
+        self.committer.get_or_init(|| {
+            commit::start(self.write.clone(), self.changes.clone(), self.blobs.clone())
+        })
+    }
+
+    /// `[storage] batch_sync`: one syncfs per batch of local deliveries (true), or an fsync per
+    /// message body (false).
+    pub fn with_batch_sync(mut self, on: bool) -> Self {
+        self.batch_sync = on;
+        self
     }
 
     /// Keeps the data directory's lock for as long as this store (or a clone) lives.
@@ -421,6 +446,57 @@ mod tests {
             .await
             .unwrap();
         (d, s)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_deliveries_share_commits_and_fail_alone() {
+        let (_d, s) = store().await;
+        s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
+            .await
+            .unwrap();
+        let a = EmailAddress::parse("a@example.test").unwrap();
+        let id = s.add_account(&a, "h").await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            // every tenth names an account that does not exist: it alone fails
+            let to = if i % 10 == 0 { id + 1000 } else { id };
+            tasks.push(tokio::spawn(async move {
+                s.deliver_local(
+                    vec![format!("Subject: {i}\r\n\r\nx").into_bytes()],
+                    &[to],
+                    now(),
+                )
+                .await
+            }));
+        }
+        let mut uids = Vec::new();
+        let mut failed = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(u) => uids.extend(u),
+                Err(StoreError::NotFound(_)) => failed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(failed, 20);
+        uids.sort_unstable();
+        assert_eq!(
+            uids,
+            (1..=180).collect::<Vec<i64>>(),
+            "UIDs unique and dense"
+        );
+        let msgs = s.messages(id, "INBOX").await.unwrap();
+        assert_eq!(msgs.len(), 180);
+        for m in &msgs {
+            assert!(s.blobs().get(&m.blob_id).is_ok());
+        }
+        // the failed ones left no blob behind
+        let on_disk = s
+            .blobs()
+            .list_before(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(on_disk.len(), 180);
     }
 
     #[tokio::test]
