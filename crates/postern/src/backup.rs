@@ -127,12 +127,22 @@ impl BackupKey {
     }
 }
 
+/// Where a relative `file:` reference points from.
+#[derive(Clone, Copy)]
+pub enum KeyBase {
+    /// A command-line argument: the current directory.
+    Cwd,
+    /// `[backup] key`: the configuration file's directory.
+    Config,
+}
+
 /// Reads a backup key reference (`env:`, `file:`, `vault:`). With a store, a `vault:` read is
 /// audited like every secret read.
 pub async fn load_key(
     cfg: Option<&Config>,
     keys: Option<&Keys>,
     reference: &str,
+    base: KeyBase,
 ) -> Result<BackupKey> {
     let text: Zeroizing<String> = if let Some(name) = reference.strip_prefix("env:") {
         Zeroizing::new(
@@ -140,9 +150,9 @@ pub async fn load_key(
                 .with_context(|| format!("environment variable {name} is not set"))?,
         )
     } else if let Some(p) = reference.strip_prefix("file:") {
-        let path = match cfg {
-            Some(c) => c.path(Path::new(p)),
-            None => PathBuf::from(p),
+        let path = match (cfg, base) {
+            (Some(c), KeyBase::Config) => c.path(Path::new(p)),
+            _ => PathBuf::from(p),
         };
         let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
@@ -496,9 +506,10 @@ fn read_archive(
             bail!("{} does not match the manifest (damaged backup)", b.path);
         }
     }
+    let names: std::collections::HashSet<&str> = seen.iter().map(|e| e.path.as_str()).collect();
     for id in &m.database.blobs {
         let name = format!("blobs/{}/{id}", &id[..2.min(id.len())]);
-        if !seen.iter().any(|e| e.path == name) {
+        if !names.contains(name.as_str()) {
             bail!("the body {id} that the database lists is missing from the backup");
         }
     }
@@ -603,7 +614,6 @@ async fn restore_into(
                 .open(&dest)
                 .with_context(|| format!("creating {}", dest.display()))?;
             io::copy(r, &mut f)?;
-            f.sync_all()?;
             if name == CONFIG {
                 let c = Config::load(&dest).context("the configuration in the backup")?;
                 if c.storage.database.is_absolute() || c.storage.blobs.is_absolute() {
@@ -615,6 +625,10 @@ async fn restore_into(
         })
     })?;
     let cfg = Config::load(&dir.join(CONFIG))?;
+    // everything written, made durable at once (one syncfs instead of an fsync per file)
+    postern_store::BlobStore::open(&cfg.path(&cfg.storage.blobs))?
+        .sync_filesystem()
+        .context("syncing the restored files")?;
 
     // 2. the master key: not in the backup, so it must come from somewhere else
     let reference = cfg.secrets.master_key.clone();
@@ -752,7 +766,7 @@ pub async fn scheduled_once(cfg: &Config, store: &Store, keys: &Keys) -> Result<
     };
     let dir = cfg.path(dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = load_key(Some(cfg), Some(keys), key_ref).await?;
+    let key = load_key(Some(cfg), Some(keys), key_ref, KeyBase::Config).await?;
     let to = dir.join(scheduled_name(chrono::Utc::now()));
     let s = create(cfg, store, keys, &key, &to, &Actor::system("backup")).await?;
     let all = scheduled(&dir);

@@ -449,7 +449,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         });
     }
     if let Some(k) = &cfg.backup.key {
-        crate::backup::load_key(Some(&cfg), Some(&keys), k)
+        crate::backup::load_key(Some(&cfg), Some(&keys), k, crate::backup::KeyBase::Config)
             .await
             .context("[backup] key")?;
     }

@@ -126,7 +126,7 @@ async fn backup(cli: &Cli, cmd: &BackupCmd) -> Result<()> {
             let cfg = cli.load_config()?;
             let store = crate::datadir::open_store(&cfg).await?;
             let keys = crate::keys::Keys::load(&cfg, &store).await?;
-            let key = b::load_key(Some(&cfg), Some(&keys), key).await?;
+            let key = b::load_key(Some(&cfg), Some(&keys), key, b::KeyBase::Cwd).await?;
             let s = b::create(&cfg, &store, &keys, &key, to, &crate::actor::Actor::cli()).await?;
             if *json {
                 println!("{}", serde_json::to_string(&s)?);
@@ -143,7 +143,7 @@ async fn backup(cli: &Cli, cmd: &BackupCmd) -> Result<()> {
         }
         BackupCmd::Verify { path, key, json } => {
             let cfg = cli.load_config().ok();
-            let key = b::load_key(cfg.as_ref(), None, key).await?;
+            let key = b::load_key(cfg.as_ref(), None, key, b::KeyBase::Cwd).await?;
             let path = path.clone();
             let m = tokio::task::spawn_blocking(move || b::verify(&path, &key)).await??;
             if *json {
@@ -174,7 +174,7 @@ async fn backup(cli: &Cli, cmd: &BackupCmd) -> Result<()> {
                 .config
                 .as_ref()
                 .and_then(|p| postern_config::Config::load(p).ok());
-            let key = b::load_key(cfg.as_ref(), None, key).await?;
+            let key = b::load_key(cfg.as_ref(), None, key, b::KeyBase::Cwd).await?;
             let r = b::restore(path, &key, &dir, master_key.as_deref()).await?;
             if *json {
                 println!("{}", serde_json::to_string(&r)?);
