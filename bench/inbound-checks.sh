@@ -7,74 +7,7 @@
 # run. Each configuration runs ROUNDS times on a fresh data directory; prints median and spread.
 #   smtp-source -s SESS -l SIZE -m MSGS -f a@example.test -t b@example.test
 # Needs root (Postfix peer) and Debian's postfix package (the peer script installs it).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-SHARED=${SHARED:-$ROOT/../shared}
-MSGS=${MSGS:-8000}
-SESS=${SESS:-20}
-SIZE=${SIZE:-4096}
-ROUNDS=${ROUNDS:-4}
-OFFSET=${OFFSET:-31000}
-PORT=$((25 + OFFSET))
-export PEERS_DIR=${PEERS_DIR:-/tmp/postern-peers}
-export MSGS SESS SIZE
-
-echo "== installing the Postfix peer (provides smtp-source)"
-bash "$SHARED/peers/postfix.sh" setup >/dev/null
-echo "== building postern (release)"
-cargo build --release --locked -p postern >/dev/null 2>&1
-BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
-
-DNS_OUT=$(mktemp)
-python3 bench/fake-dns.py >"$DNS_OUT" &
-DNS_PID=$!
-trap 'kill $DNS_PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do [ -s "$DNS_OUT" ] && break; sleep 0.05; done
-DNS_PORT=$(head -1 "$DNS_OUT")
-
-run_postern() {  # $1 = true|false (checks); prints msgs/s
-  local D; D=$(mktemp -d /tmp/postern-bench.XXXXXX)
-  "$BIN" init --dir "$D/data" --domain example.test --listen-ip 127.0.0.1 --port-offset "$OFFSET" >/dev/null
-  # benchmarks run as root: the server stays root here (a real one runs as [server] user)
-  [ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$D/data/postern.toml"
-  sed -i 's/^\[smtp\]$/[smtp]\nmax_connections_per_ip = 1000/' "$D/data/postern.toml"
-  printf '\n[dns]\nserver = "127.0.0.1:%s"\n\n[inbound]\nchecks = %s\n\n[greylist]\nenabled = false\n\n[delivery]\nenabled = false\n' \
-    "$DNS_PORT" "$1" >> "$D/data/postern.toml"
-  echo 'Bench!Quantum#Orbit-2026' | "$BIN" --dir "$D/data" user add b@example.test --password-stdin >/dev/null
-  POSTERN_LOG=warn "$BIN" --dir "$D/data" serve >/dev/null 2>"$D/serve.log" </dev/null &
-  local pid=$!
-  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
-  local t0 t1; t0=$(date +%s.%N)
-  /usr/sbin/smtp-source -s "$SESS" -l "$SIZE" -m "$MSGS" -f a@example.test -t b@example.test "127.0.0.1:$PORT"
-  t1=$(date +%s.%N)
-  kill -TERM $pid; wait $pid || true
-  local stored headers
-  stored=$(sqlite3 "$D/data/postern.db" "SELECT COUNT(*) FROM messages")
-  [ "$stored" = "$MSGS" ] || { echo "only $stored of $MSGS stored" >&2; exit 1; }
-  if [ "$1" = true ]; then
-    # every stored message carries our Authentication-Results with the SPF and DMARC verdicts
-    blob=$(sqlite3 "$D/data/postern.db" "SELECT blob_id FROM messages ORDER BY id DESC LIMIT 1")
-    headers=$(head -c 2000 "$D/data/blobs/${blob:0:2}/$blob")
-    echo "$headers" | grep -q "spf=pass" && echo "$headers" | grep -q "dmarc=pass" \
-      || { echo "checks did not run: $headers" >&2; exit 1; }
-  fi
-  rm -rf "$D"
-  echo "scale=1; $MSGS / ($t1 - $t0)" | bc
-}
-
-run_postfix() {
-  local PF=$SHARED/peers/postfix.sh out
-  bash "$PF" stop >/dev/null 2>&1 || true
-  bash "$PF" start >/dev/null
-  out=$(bash "$PF" bench)
-  bash "$PF" stop >/dev/null
-  echo "$out" | sed -n 's/.* = \([0-9.]*\) msgs\/s (accepted).*/\1/p'
-}
-
-stats() {  # median min max of the arguments
-  printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f (%.1f-%.1f)", m, a[1], a[NR]}'
-}
+source "$(dirname "$0")/lib/inbound.sh"
 
 # The first run after a pause is faster than the next ones on this machine (writeback of an idle
 # disk), whatever is measured: one warm-up run is discarded, and the order alternates by round.

@@ -212,21 +212,35 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// The fingerprint and expiry (Unix time) of the first certificate of a PEM file.
 pub fn certificate_summary(cert: &Path) -> Result<(String, i64), TlsError> {
+    let first = first_certificate(cert)?;
+    let not_after = parse_x509(cert, &first, |x| x.validity().not_after.timestamp())?;
+    Ok((fingerprint(first.as_ref()), not_after))
+}
+
+/// The first certificate of a PEM file.
+fn first_certificate(cert: &Path) -> Result<CertificateDer<'static>, TlsError> {
     let cert_err = |m: String| TlsError::Cert {
         path: cert.display().to_string(),
         message: m,
     };
-    let first = CertificateDer::pem_file_iter(cert)
+    CertificateDer::pem_file_iter(cert)
         .map_err(|e| cert_err(e.to_string()))?
         .next()
         .ok_or_else(|| cert_err("no certificate in the file".into()))?
-        .map_err(|e| cert_err(e.to_string()))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(first.as_ref())
-        .map_err(|e| cert_err(format!("not an X.509 certificate: {e}")))?;
-    Ok((
-        fingerprint(first.as_ref()),
-        parsed.validity().not_after.timestamp(),
-    ))
+        .map_err(|e| cert_err(e.to_string()))
+}
+
+/// Parses a DER certificate read from `cert` and hands it to `f`.
+fn parse_x509<T>(
+    cert: &Path,
+    der: &CertificateDer<'_>,
+    f: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
+) -> Result<T, TlsError> {
+    let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Cert {
+        path: cert.display().to_string(),
+        message: format!("not an X.509 certificate: {e}"),
+    })?;
+    Ok(f(&x))
 }
 
 /// What `postern audit` checks of the server certificate.
@@ -243,17 +257,11 @@ pub struct CertFacts {
 
 /// The first certificate of a PEM file, for `postern audit`.
 pub fn certificate_facts(cert: &Path) -> Result<CertFacts, TlsError> {
-    let cert_err = |m: String| TlsError::Cert {
-        path: cert.display().to_string(),
-        message: m,
-    };
-    let first = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| cert_err(e.to_string()))?
-        .next()
-        .ok_or_else(|| cert_err("no certificate in the file".into()))?
-        .map_err(|e| cert_err(e.to_string()))?;
-    let (_, x) = x509_parser::parse_x509_certificate(first.as_ref())
-        .map_err(|e| cert_err(format!("not an X.509 certificate: {e}")))?;
+    let first = first_certificate(cert)?;
+    parse_x509(cert, &first, facts)
+}
+
+fn facts(x: &x509_parser::certificate::X509Certificate<'_>) -> CertFacts {
     let mut names = Vec::new();
     if let Ok(Some(san)) = x.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -269,13 +277,13 @@ pub fn certificate_facts(cert: &Path) -> Result<CertFacts, TlsError> {
             }
         }
     }
-    Ok(CertFacts {
+    CertFacts {
         not_after: x.validity().not_after.timestamp(),
         not_before: x.validity().not_before.timestamp(),
         self_signed: x.issuer() == x.subject(),
         names,
         issuer: x.issuer().to_string(),
-    })
+    }
 }
 
 /// Whether a certificate name (possibly `*.example.net`) covers `host`.
