@@ -158,7 +158,7 @@ def test_damaged_truncated_wrong_key_and_missing_master_key_are_refused(tmp_path
         p = srv.cli("backup", "create", "--to", str(b), "--key", f"file:{key}", check=False)
         assert p.returncode != 0 and "exists" in p.stderr
         # the master key is not a backup key
-        p = srv.cli("backup", "create", "--to", str(tmp_path / "m.tar.age"), "--key", "file:master.key", check=False)
+        p = srv.cli("backup", "create", "--to", str(tmp_path / "m.tar.age"), "--key", f"file:{d / 'master.key'}", check=False)
         assert p.returncode != 0 and "is the master key" in p.stderr, p.stderr
         # a key on the command line is refused
         p = srv.cli("backup", "create", "--to", str(tmp_path / "x.tar.age"), "--key", "hunter2hunter2hunter2", check=False)
