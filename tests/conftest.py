@@ -39,6 +39,15 @@ def run_cli(datadir, *args, stdin=None, check=True):
     return p
 
 
+def free_port():
+    """A free TCP port on 127.0.0.1 (for a peer or an extra listener of a test)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
 def free_offset():
     """A port offset for which every standard port (+offset) is free on 127.0.0.1."""
     for _ in range(200):

@@ -17,18 +17,10 @@ import urllib.request
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, init_dir, run_cli, start, tls_client_context
+from conftest import ALICE, ALICE_PW, free_port, init_dir, run_cli, start, tls_client_context
 from dnsfake import FakeDns
 
 pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="pebble is installed by tests/run.sh")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_port(port, timeout=20):

@@ -10,16 +10,8 @@ import sqlite3
 import time
 import urllib.request
 
-from conftest import ALICE, ALICE_PW, BOB, init_dir, start, tls_client_context
+from conftest import ALICE, ALICE_PW, BOB, free_port, init_dir, start, tls_client_context
 from hooks import WebhookReceiver
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def setup(tmp_path, hook, secret, **kw):

@@ -13,20 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE
+from conftest import ALICE, free_port
 from test_inbound_auth import dns, keys, message, results_of, signed  # noqa: F401 (fixtures)
 
 POSTFIX = shutil.which("postfix")
 pytestmark = pytest.mark.skipif(POSTFIX is None or os.geteuid() != 0,
                                 reason="needs Debian's postfix package and root")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 @pytest.fixture

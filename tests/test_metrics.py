@@ -16,16 +16,8 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT, ALICE, ALICE_PW, BOB, tls_client_context, wait_port
+from conftest import ALICE, ALICE_PW, BOB, ROOT, free_port, tls_client_context, wait_port
 from test_admin_api import create_admin, first_login
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def scrape(port):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BIN, free_offset, init_dir, run_cli, start, tls_client_context
+from conftest import ALICE, ALICE_PW, BIN, free_offset, free_port, init_dir, run_cli, start, tls_client_context
 
 VALUE = "relay-" + pysecrets.token_urlsafe(24)
 
@@ -113,14 +113,6 @@ def test_env_key_and_fail_closed(tmp_path):
     assert p.returncode != 0 and "POSTERN_TEST_MASTER_KEY" in p.stderr and "master key" in p.stderr
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Bao:
     def __init__(self, root: Path):
         self.root = root
@@ -209,7 +201,7 @@ def test_openbao_kv_and_transit(tmp_path, bao):
     # the server starts with the Transit key and serves; it watches the secret manager: a
     # metric, and a built-in alert (signed webhook) when OpenBao stops answering
     from hooks import WebhookReceiver
-    from test_alerts import free_port, metric
+    from test_alerts import metric
     hook_key = b"hook-" + os.urandom(8).hex().encode()
     (d / "hook.key").write_bytes(hook_key)
     os.chmod(d / "hook.key", 0o600)

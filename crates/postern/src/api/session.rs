@@ -191,29 +191,25 @@ pub(super) async fn second_factor_locked(st: &ApiState, name: &str, ip: IpAddr) 
         return;
     }
     let now = chrono::Utc::now();
-    let msg = format!(
-        "From: Postern <postmaster@{host}>\r\n\
-         To: undisclosed-recipients:;\r\n\
-         Subject: Someone knows your administrator password\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{id}@{host}>\r\n\
-         Auto-Submitted: auto-generated\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         \r\n\
-         Wrong two-factor codes were sent for the administrator {name} together with the\r\n\
+    let host = &st.cfg.server.hostname;
+    let body = format!(
+        "Wrong two-factor codes were sent for the administrator {name} together with the\r\n\
          right password, from {ip}, at {date}.\r\n\
          \r\n\
          The second factor of {name} is now locked for addresses it has not logged in from.\r\n\
          If this was not {name}, the password is known to someone: change it now\r\n\
          (postern admin passwd {name}).\r\n",
-        host = st.cfg.server.hostname,
         date = now.to_rfc2822(),
-        id = hex::encode(rand::random::<[u8; 12]>()),
+    );
+    let msg = crate::alerts::notice_message(
+        host,
+        &format!("postmaster@{host}"),
+        "Someone knows your administrator password",
+        &body,
     );
     if let Err(e) = st
         .store
-        .deliver_local(vec![msg.into_bytes()], &accounts, now.timestamp())
+        .deliver_local(vec![msg], &accounts, now.timestamp())
         .await
     {
         tracing::error!(error = %e, "could not deliver the second-factor notice");
