@@ -6,7 +6,9 @@
 //! `keys` the master key and sealed secrets, `dkim` key generation and DNS records, `twofactor` TOTP
 //! and recovery codes, `roles`/`banpolicy` who may do what, `actor` who did it, `reports` the
 //! DMARC and TLS reports to other domains, `sts_host` our MTA-STS policy over HTTPS,
-//! `metrics_http` the plain-HTTP metrics listener, `backend` the SMTP server's store adapter.
+//! `metrics_http` the plain-HTTP metrics listener, `backend` the SMTP server's store adapter,
+//! `backup` encrypted backups, `selfaudit` `postern audit`, `alerts` the built-in alerts, `acme`
+//! certificates from an ACME CA, `privileges` dropping root at start.
 #![forbid(unsafe_code)]
 
 mod acme;

@@ -3,7 +3,8 @@
 //! `aliases`, `delivery` (local delivery and queueing), `mailbox` (IMAP/POP3 operations), `queue`,
 //! `audit` (bans and the keyed audit chain), `apps`, `apppw`, `admins`, `totp`, `secrets`,
 //! `dkim`, `greylist`, `dmarc` (report counts and cached MTA-STS policies), `incident`; `lock`
-//! (one server per data directory) and `views` (bodies kept for session views).
+//! (one server per data directory), `views` (bodies kept for session views), `commit` (group
+//! commit of local deliveries) and `backup` (the consistent copy a backup takes).
 //! Migrations are the numbered files in `crates/store/migrations/`.
 //!
 //! Writes go through a one-connection pool so that they are serialised without SQLITE_BUSY
