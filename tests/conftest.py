@@ -1,6 +1,7 @@
 """Black-box test fixtures: build-free (the runner builds), start the real `postern` binary on
 127.0.0.1 high ports with a fresh data directory, and stop it with SIGTERM (asserting exit 0)."""
 import base64
+import json
 import os
 import random
 import signal
@@ -110,6 +111,19 @@ class Server:
     def queue(self):
         with self.db() as c:
             return c.execute("SELECT id, sender FROM queue ORDER BY id").fetchall()
+
+    def deferred_errors(self):
+        """First recipient -> last error of every queued message tried at least twice. A message
+        delivered a moment ago may leave the queue between the listing and the show: skipped."""
+        out = {}
+        for qid, _ in self.queue():
+            p = self.cli("queue", "show", str(qid), "--json", check=False)
+            if p.returncode != 0:
+                continue
+            m = json.loads(p.stdout)
+            if m["attempts"] >= 2 and m["last_error"]:
+                out[m["recipients"][0]["address"]] = m["last_error"]
+        return out
 
     def restart(self):
         """Stops the server and starts it again on the same data directory (after a test changed

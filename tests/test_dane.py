@@ -82,11 +82,7 @@ give_up_after_secs = 3600
             assert f"Subject: dane {dom}".encode() in got[0] and b"ESMTPS" in got[0]
 
         def errors():
-            out = {}
-            for qid, _ in srv.queue():
-                m = json.loads(srv.cli("queue", "show", str(qid), "--json").stdout)
-                if m["attempts"] >= 2 and m["last_error"]:
-                    out[m["recipients"][0]["address"]] = m["last_error"]
+            out = srv.deferred_errors()
             return out if len(out) == 3 else None
 
         errs = wait_for(errors, what="three deferred messages")

@@ -171,12 +171,7 @@ give_up_after_secs = 3600
             submit(srv, ["rcpt@other.test"], subject="unlisted mx")
 
             def errors():
-                rows = srv.queue()
-                out = {}
-                for qid, _ in rows:
-                    m = json.loads(srv.cli("queue", "show", str(qid), "--json").stdout)
-                    if m["attempts"] >= 2 and m["last_error"]:
-                        out[m["recipients"][0]["address"]] = m["last_error"]
+                out = srv.deferred_errors()
                 return out if len(out) == 2 else None
 
             errs = wait_for(errors, what="two deferred messages")
