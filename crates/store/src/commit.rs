@@ -27,10 +27,52 @@ pub(crate) struct Job {
     /// The blob was written without fsync: the batch syncs the filesystem before its commit.
     pub unsynced: bool,
     pub size: i64,
-    pub accounts: Vec<i64>,
     pub internal_date: i64,
-    pub quarantine: Option<String>,
-    pub reply: oneshot::Sender<Result<Vec<i64>>>,
+    pub kind: Kind,
+    pub reply: oneshot::Sender<Result<Done>>,
+}
+
+/// What a job writes.
+pub(crate) enum Kind {
+    /// A local delivery into the INBOX (or the junk mailbox) of each account.
+    Deliver {
+        accounts: Vec<i64>,
+        quarantine: Option<String>,
+    },
+    /// IMAP APPEND into one mailbox of one account.
+    Append {
+        account: i64,
+        mailbox: i64,
+        flags: String,
+    },
+    /// An entry of the outbound queue.
+    Enqueue {
+        sender: String,
+        account: Option<i64>,
+        recipients: Vec<String>,
+    },
+}
+
+/// What a committed job produced.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// The UID in each account's mailbox, in the order of `accounts`.
+    Delivered(Vec<i64>),
+    /// (UIDVALIDITY, UID) of the appended message.
+    Appended(u32, u32),
+    /// The queue id.
+    Queued(i64),
+}
+
+impl Job {
+    /// The accounts whose sessions learn of the new message once it is committed.
+    fn notified(&self) -> &[i64] {
+        match &self.kind {
+            Kind::Deliver { accounts, .. } => accounts,
+            Kind::Append { account, .. } => std::slice::from_ref(account),
+            Kind::Enqueue { .. } => &[],
+        }
+    }
 }
 
 /// Starts the committer on `write` (the store's single writing connection).
@@ -78,7 +120,7 @@ pub(crate) fn start(
             };
             for (job, res) in batch.drain(..).zip(results) {
                 if res.is_ok() {
-                    for &a in &job.accounts {
+                    for &a in job.notified() {
                         changes.notify(a);
                     }
                 }
@@ -93,7 +135,7 @@ pub(crate) fn start(
 /// transaction without savepoints (two statements per recipient: every statement is a round trip
 /// to SQLite's connection thread); if one job fails, the transaction is rolled back and each job
 /// is written in a transaction of its own, so that only the failing one fails.
-async fn commit(write: &SqlitePool, jobs: &[Job]) -> Vec<Result<Vec<i64>>> {
+async fn commit(write: &SqlitePool, jobs: &[Job]) -> Vec<Result<Done>> {
     let all = async {
         let mut tx = write.begin().await?;
         let mut uids = Vec::with_capacity(jobs.len());
@@ -135,37 +177,107 @@ fn shared(e: &StoreError) -> StoreError {
     }
 }
 
-async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Result<Vec<i64>> {
-    let mut uids = Vec::with_capacity(job.accounts.len());
-    for &account in &job.accounts {
-        let row = sqlx::query(
-            "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-             WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
-                         (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
-                         ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
-                         LIMIT 1)
-             RETURNING id, uidnext - 1 AS uid, highest_modseq",
-        )
-        .bind(account)
-        .bind(job.quarantine.as_deref())
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;
-        let (mailbox, uid, modseq): (i64, i64, i64) = (
-            row.try_get("id")?,
-            row.try_get("uid")?,
-            row.try_get("highest_modseq")?,
-        );
-        sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, modseq) VALUES (?, ?, ?, ?, ?, ?)")
+async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Result<Done> {
+    match &job.kind {
+        Kind::Deliver {
+            accounts,
+            quarantine,
+        } => {
+            let mut uids = Vec::with_capacity(accounts.len());
+            for &account in accounts {
+                let row = sqlx::query(
+                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
+                     WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
+                                 (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
+                                 ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
+                                 LIMIT 1)
+                     RETURNING id, uidnext - 1 AS uid, highest_modseq",
+                )
+                .bind(account)
+                .bind(quarantine.as_deref())
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;
+                let (mailbox, uid, modseq): (i64, i64, i64) = (
+                    row.try_get("id")?,
+                    row.try_get("uid")?,
+                    row.try_get("highest_modseq")?,
+                );
+                insert_message(tx, job, mailbox, uid, modseq, "").await?;
+                uids.push(uid);
+            }
+            Ok(Done::Delivered(uids))
+        }
+        Kind::Append {
+            account,
+            mailbox,
+            flags,
+        } => {
+            let row = sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
+                 WHERE id = ? AND account_id = ? RETURNING uidvalidity, uidnext - 1 AS uid, highest_modseq",
+            )
             .bind(mailbox)
-            .bind(uid)
+            .bind(account)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox}")))?;
+            let (uidvalidity, uid, modseq): (i64, i64, i64) = (
+                row.try_get("uidvalidity")?,
+                row.try_get("uid")?,
+                row.try_get("highest_modseq")?,
+            );
+            insert_message(tx, job, *mailbox, uid, modseq, flags).await?;
+            Ok(Done::Appended(uidvalidity as u32, uid as u32))
+        }
+        Kind::Enqueue {
+            sender,
+            account,
+            recipients,
+        } => {
+            let id: i64 = sqlx::query(
+                "INSERT INTO queue (blob_id, size, sender, account_id, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            )
             .bind(&job.blob)
             .bind(job.size)
+            .bind(sender)
+            .bind(account)
             .bind(job.internal_date)
-            .bind(modseq)
-            .execute(&mut **tx)
-            .await?;
-        uids.push(uid);
+            .bind(job.internal_date)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+            for r in recipients {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO queue_recipients (queue_id, address) VALUES (?, ?)",
+                )
+                .bind(id)
+                .bind(r)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(Done::Queued(id))
+        }
     }
-    Ok(uids)
+}
+
+async fn insert_message(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: &Job,
+    mailbox: i64,
+    uid: i64,
+    modseq: i64,
+    flags: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        .bind(mailbox)
+        .bind(uid)
+        .bind(&job.blob)
+        .bind(job.size)
+        .bind(job.internal_date)
+        .bind(flags)
+        .bind(modseq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

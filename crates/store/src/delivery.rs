@@ -67,6 +67,28 @@ impl Store {
         internal_date: i64,
         quarantine: Option<&str>,
     ) -> Result<Vec<i64>> {
+        let kind = crate::commit::Kind::Deliver {
+            accounts: accounts.to_vec(),
+            quarantine: quarantine.map(str::to_owned),
+        };
+        match self.commit_with_body(message, internal_date, kind).await? {
+            crate::commit::Done::Delivered(uids) => Ok(uids),
+            other => Err(StoreError::Conflict(format!(
+                "unexpected commit result {other:?}"
+            ))),
+        }
+    }
+
+    /// Writes the body as a blob, then hands its rows to the group committer (see `commit.rs`);
+    /// returns once the transaction that holds them is committed, so the message is durable. With
+    /// `[storage] batch_sync` the blob is written without fsync and the batch syncs the filesystem
+    /// once before its commit. On failure the blob is removed.
+    pub(crate) async fn commit_with_body(
+        &self,
+        message: Vec<Vec<u8>>,
+        internal_date: i64,
+        kind: crate::commit::Kind,
+    ) -> Result<crate::commit::Done> {
         let size: usize = message.iter().map(Vec::len).sum();
         let unsynced = self.batch_sync;
         let blob = if unsynced {
@@ -80,16 +102,13 @@ impl Store {
         } else {
             self.put_blob(message).await?
         };
-        // the rows go through the group committer (see `commit.rs`): the answer comes once the
-        // transaction that holds them is committed
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = crate::commit::Job {
             blob: blob.clone(),
             unsynced,
             size: size as i64,
-            accounts: accounts.to_vec(),
             internal_date,
-            quarantine: quarantine.map(str::to_owned),
+            kind,
             reply,
         };
         let res = match self.committer().send(job).await {
@@ -146,38 +165,17 @@ impl Store {
         account_id: Option<i64>,
         recipients: &[String],
     ) -> Result<i64> {
-        let size: usize = message.iter().map(Vec::len).sum();
-        let blob = self.put_blob(message).await?;
-        let res = async {
-            let mut tx = self.write.begin().await?;
-            let t = now();
-            let id: i64 = sqlx::query(
-                "INSERT INTO queue (blob_id, size, sender, account_id, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&blob)
-            .bind(size as i64)
-            .bind(sender)
-            .bind(account_id)
-            .bind(t)
-            .bind(t)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-            for r in recipients {
-                sqlx::query("INSERT OR IGNORE INTO queue_recipients (queue_id, address) VALUES (?, ?)")
-                    .bind(id)
-                    .bind(r)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, StoreError>(id)
+        let kind = crate::commit::Kind::Enqueue {
+            sender: sender.to_owned(),
+            account: account_id,
+            recipients: recipients.to_vec(),
+        };
+        match self.commit_with_body(message, now(), kind).await? {
+            crate::commit::Done::Queued(id) => Ok(id),
+            other => Err(StoreError::Conflict(format!(
+                "unexpected commit result {other:?}"
+            ))),
         }
-        .await;
-        if res.is_err() {
-            let _ = self.blobs.remove(&blob);
-        }
-        res
     }
 
     pub async fn queue_list(&self) -> Result<Vec<QueueEntry>> {

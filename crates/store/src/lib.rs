@@ -500,6 +500,73 @@ mod tests {
         assert_eq!(on_disk.len(), 180);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn appends_queue_entries_and_deliveries_share_commits() {
+        let (_d, s) = store().await;
+        s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
+            .await
+            .unwrap();
+        let a = EmailAddress::parse("a@example.test").unwrap();
+        let id = s.add_account(&a, "h").await.unwrap();
+        let inbox = s.get_mailbox(id, "INBOX").await.unwrap().unwrap().id;
+        let mut tasks = Vec::new();
+        for i in 0..150i64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = format!("Subject: {i}\r\n\r\nx").into_bytes();
+                match i % 3 {
+                    0 => s
+                        .deliver_local(vec![body], &[id], now())
+                        .await
+                        .map(|u| ("deliver", u[0])),
+                    1 => {
+                        // every fifth append names a mailbox that does not exist: it alone fails
+                        let mb = if i % 5 == 1 { inbox + 1000 } else { inbox };
+                        s.append(id, mb, &body, &["\\Seen".to_string()], now())
+                            .await
+                            .map(|(_, uid)| ("append", uid as i64))
+                    }
+                    _ => s
+                        .enqueue(
+                            vec![body],
+                            "a@example.test",
+                            Some(id),
+                            &["x@remote.test".into()],
+                        )
+                        .await
+                        .map(|q| ("enqueue", q)),
+                }
+            }));
+        }
+        let (mut uids, mut queued, mut failed) = (Vec::new(), 0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(("enqueue", _)) => queued += 1,
+                Ok((_, uid)) => uids.push(uid),
+                Err(StoreError::NotFound(_)) => failed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((queued, failed), (50, 10));
+        uids.sort_unstable();
+        assert_eq!(
+            uids,
+            (1..=90).collect::<Vec<i64>>(),
+            "UIDs unique and dense"
+        );
+        let msgs = s.message_list(inbox).await.unwrap();
+        assert_eq!(msgs.len(), 90);
+        assert_eq!(msgs.iter().filter(|m| m.has_flag("\\Seen")).count(), 40);
+        let q = s.queue_list().await.unwrap();
+        assert_eq!(q.len(), 50);
+        assert!(q.iter().all(|e| e.recipients == ["x@remote.test"]));
+        let on_disk = s
+            .blobs()
+            .list_before(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(on_disk.len(), 140, "the failed appends left no blob behind");
+    }
+
     #[tokio::test]
     async fn upgrade_from_an_older_schema_keeps_data() {
         assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);

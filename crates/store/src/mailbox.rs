@@ -398,43 +398,20 @@ impl Store {
         flags: &[String],
         internal_date: i64,
     ) -> Result<(u32, u32)> {
-        let blob = self.put_blob(vec![message.to_vec()]).await?;
-        let res = async {
-            let mut tx = self.write.begin().await?;
-            let row = sqlx::query(
-                "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                 WHERE id = ? AND account_id = ? RETURNING uidvalidity, uidnext - 1 AS uid, highest_modseq",
-            )
-            .bind(mailbox_id)
-            .bind(account_id)
-            .fetch_optional(&mut *tx)
+        let kind = crate::commit::Kind::Append {
+            account: account_id,
+            mailbox: mailbox_id,
+            flags: join_flags(flags),
+        };
+        match self
+            .commit_with_body(vec![message.to_vec()], internal_date, kind)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox_id}")))?;
-            let (uidvalidity, uid, modseq): (i64, i64, i64) = (
-                row.try_get("uidvalidity")?,
-                row.try_get("uid")?,
-                row.try_get("highest_modseq")?,
-            );
-            sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
-                .bind(mailbox_id)
-                .bind(uid)
-                .bind(&blob)
-                .bind(message.len() as i64)
-                .bind(internal_date)
-                .bind(join_flags(flags))
-                .bind(modseq)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, StoreError>((uidvalidity as u32, uid as u32))
+        {
+            crate::commit::Done::Appended(validity, uid) => Ok((validity, uid)),
+            other => Err(StoreError::Conflict(format!(
+                "unexpected commit result {other:?}"
+            ))),
         }
-        .await;
-        if res.is_err() {
-            let _ = self.blobs.remove(&blob);
-        } else {
-            self.changes.notify(account_id);
-        }
-        res
     }
 
     /// Changes flags of the given UIDs; returns the new flags of each message that still exists.
