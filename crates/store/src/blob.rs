@@ -72,23 +72,19 @@ impl BlobStore {
         Ok(self.dir.join(&id[..2]).join(id))
     }
 
+    /// A fresh blob id (128 random bits, hex).
+    pub fn new_id() -> String {
+        hex::encode(rand::random::<[u8; 16]>())
+    }
+
     /// Writes a new blob durably and returns its id. Blocking: call from a blocking thread.
     pub fn put(&self, parts: &[&[u8]]) -> io::Result<String> {
-        let id = hex::encode(rand::random::<[u8; 16]>());
+        let id = Self::new_id();
         let path = self.path_of(&id)?;
         let shard = path.parent().expect("blob path has a parent");
-        if !shard.exists() {
-            fs::create_dir_all(shard)?;
-            sync_dir(&self.dir)?;
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let mut f = self.create(&path, true)?;
         let res = (|| {
-            for p in parts {
-                f.write_all(p)?;
-            }
+            write_parts(&mut f, parts)?;
             f.sync_all()?;
             sync_dir(shard)
         })();
@@ -99,25 +95,34 @@ impl BlobStore {
         Ok(id)
     }
 
-    /// Writes a new blob without making it durable: the caller must [`BlobStore::sync_filesystem`]
-    /// before anything points at it (the group committer does, once per batch).
-    pub fn put_unsynced(&self, parts: &[&[u8]]) -> io::Result<String> {
-        let id = hex::encode(rand::random::<[u8; 16]>());
-        let path = self.path_of(&id)?;
-        let shard = path.parent().expect("blob path has a parent");
-        if !shard.exists() {
-            fs::create_dir_all(shard)?;
-        }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        let res = parts.iter().try_for_each(|p| f.write_all(p));
+    /// Writes blob `id` (from [`BlobStore::new_id`]) without making it durable: the caller must
+    /// [`BlobStore::sync_filesystem`] before anything points at it (the group committer does, once
+    /// per batch). On failure nothing is left behind. Blocking.
+    pub fn put_unsynced(&self, id: &str, parts: &[&[u8]]) -> io::Result<()> {
+        let path = self.path_of(id)?;
+        let mut f = self.create(&path, false)?;
+        let res = write_parts(&mut f, parts);
         if let Err(e) = res {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Creates a new blob file; its shard directory is made on first use (with `durable`, the new
+    /// directory entry is fsynced too; otherwise the batch's syncfs covers it).
+    fn create(&self, path: &Path, durable: bool) -> io::Result<File> {
+        let open = || OpenOptions::new().write(true).create_new(true).open(path);
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path.parent().expect("blob path has a parent"))?;
+                if durable {
+                    sync_dir(&self.dir)?;
+                }
+                open()
+            }
+            r => r,
+        }
     }
 
     /// Makes every blob written so far durable, with their directory entries: one `syncfs(2)`
@@ -192,6 +197,22 @@ fn remove_file(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         r => r,
     }
+}
+
+/// Writes the parts with vectored writes (one system call for a message's few parts, not one each).
+fn write_parts(f: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

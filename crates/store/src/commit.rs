@@ -1,15 +1,15 @@
-//! Group commit of local deliveries: messages that arrive together share one SQLite transaction
-//! (one WAL fsync) instead of one each.
+//! Group commit of new messages (local deliveries, IMAP APPEND, outbound queue entries): messages
+//! that arrive together share their durability work instead of paying it one by one.
 //!
-//! Each delivery writes its own blob first (in parallel, on blocking threads) and hands its rows
-//! to the committer. With `[storage] batch_sync` (the default) the blob is written without an
-//! fsync and the committer makes the whole batch's bodies durable with one `syncfs(2)` before the
-//! transaction; without it each blob is fsynced (file and directory) by its own delivery. The committer takes every delivery waiting at that
-//! moment (at most [`MAX_BATCH`]), writes them in one transaction (if one fails, e.g. an account
-//! removed meanwhile, the batch is written again job by job, so only that one fails), commits,
-//! and only then answers each: a `250` still means "fsynced". Batching adapts to load without a timer: a
-//! lone message is committed at once; under load, the deliveries that arrive while a commit runs
-//! form the next batch.
+//! The committer takes every job waiting at that moment (at most [`MAX_BATCH`]). With `[storage]
+//! batch_sync` (the default) it writes the batch's bodies without fsync on one blocking thread and
+//! makes them durable with one `syncfs(2)`; without it each body was already written and fsynced
+//! (file and directory) by its own caller. Then it writes the rows of the whole batch in one
+//! transaction and a handful of statements (one UID reservation per mailbox, multi-row inserts);
+//! if that fails (e.g. an account removed meanwhile) the batch is written again job by job, so
+//! only that one fails. Only after the commit is each caller answered: a `250` still means
+//! "fsynced". Batching adapts to load without a timer: a lone message is committed at once;
+//! under load, the jobs that arrive while a batch is written form the next batch.
 
 use std::sync::Arc;
 
@@ -24,8 +24,10 @@ pub const MAX_BATCH: usize = 256;
 
 pub(crate) struct Job {
     pub blob: String,
-    /// The blob was written without fsync: the batch syncs the filesystem before its commit.
-    pub unsynced: bool,
+    /// The body, when the committer writes it (`[storage] batch_sync`): the bodies of a batch are
+    /// written without fsync, one after the other on one blocking thread, then made durable by one
+    /// `syncfs`. `None`: the blob is already written and fsynced.
+    pub body: Option<Vec<Vec<u8>>>,
     pub size: i64,
     pub internal_date: i64,
     pub kind: Kind,
@@ -92,32 +94,47 @@ pub(crate) fn start(
                     Err(_) => break,
                 }
             }
-            // the bodies first: one syncfs for every unsynced blob of the batch
-            let synced = if batch.iter().any(|j| j.unsynced) {
+            // the bodies first: written on one blocking thread, then one syncfs for all
+            let bodies: Vec<(usize, String, Vec<Vec<u8>>)> = batch
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, j)| j.body.take().map(|b| (i, j.blob.clone(), b)))
+                .collect();
+            let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
+            if !bodies.is_empty() {
                 let b = blobs.clone();
-                tokio::task::spawn_blocking(move || b.sync_filesystem())
+                let with_body: Vec<usize> = bodies.iter().map(|(i, _, _)| *i).collect();
+                let written = tokio::task::spawn_blocking(move || write_bodies(&b, bodies))
                     .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-            } else {
-                Ok(())
-            };
-            let results = match synced {
-                Ok(()) => commit(&write, &batch).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "syncing the message bodies failed");
-                    let full = matches!(e.raw_os_error(), Some(28 | 122));
-                    batch
-                        .iter()
-                        .map(|_| {
-                            Err(if full {
-                                StoreError::Io(std::io::Error::from_raw_os_error(28))
-                            } else {
-                                StoreError::Io(std::io::Error::other(format!("syncfs: {e}")))
-                            })
-                        })
-                        .collect()
+                    .unwrap_or_else(|e| {
+                        // the blocking task itself failed: no body of the batch is known durable
+                        let e = std::io::Error::other(e.to_string());
+                        with_body
+                            .iter()
+                            .map(|&i| (i, Err(std::io::Error::new(e.kind(), e.to_string()))))
+                            .collect()
+                    });
+                for (i, res) in written {
+                    if let Err(e) = res {
+                        failed[i] = Some(io_error(&e));
+                    }
                 }
+            }
+            let ok: Vec<usize> = (0..batch.len()).filter(|&i| failed[i].is_none()).collect();
+            let committed = if ok.is_empty() {
+                Vec::new()
+            } else {
+                let jobs: Vec<&Job> = ok.iter().map(|&i| &batch[i]).collect();
+                commit(&write, &jobs).await
             };
+            let mut committed = committed.into_iter();
+            let results: Vec<Result<Done>> = failed
+                .into_iter()
+                .map(|f| match f {
+                    Some(e) => Err(e),
+                    None => committed.next().expect("one result per committed job"),
+                })
+                .collect();
             for (job, res) in batch.drain(..).zip(results) {
                 if res.is_ok() {
                     for &a in job.notified() {
@@ -131,23 +148,20 @@ pub(crate) fn start(
     tx
 }
 
-/// One transaction for the batch; one result per job. The fast path writes every job in one
-/// transaction without savepoints (two statements per recipient: every statement is a round trip
-/// to SQLite's connection thread); if one job fails, the transaction is rolled back and each job
-/// is written in a transaction of its own, so that only the failing one fails.
-async fn commit(write: &SqlitePool, jobs: &[Job]) -> Vec<Result<Done>> {
+/// One transaction for the batch; one result per job. The fast path ([`write_batch`]) writes the
+/// whole batch in a handful of statements (every statement is a round trip to SQLite's connection
+/// thread); if anything fails, the transaction is rolled back and each job is written in a
+/// transaction of its own ([`insert`]), so that only the failing one fails.
+async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
     let all = async {
         let mut tx = write.begin().await?;
-        let mut uids = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            uids.push(insert(&mut tx, job).await?);
-        }
+        let done = write_batch(&mut tx, jobs).await?;
         tx.commit().await?;
-        Ok::<_, StoreError>(uids)
+        Ok::<_, StoreError>(done)
     }
     .await;
     match all {
-        Ok(uids) => uids.into_iter().map(Ok).collect(),
+        Ok(done) => done.into_iter().map(Ok).collect(),
         Err(e) if e.is_storage_full() || jobs.len() == 1 => {
             jobs.iter().map(|_| Err(shared(&e))).collect()
         }
@@ -156,15 +170,233 @@ async fn commit(write: &SqlitePool, jobs: &[Job]) -> Vec<Result<Done>> {
             for job in jobs {
                 let one = async {
                     let mut tx = write.begin().await?;
-                    let uids = insert(&mut tx, job).await?;
+                    let done = insert(&mut tx, job).await?;
                     tx.commit().await?;
-                    Ok::<_, StoreError>(uids)
+                    Ok::<_, StoreError>(done)
                 }
                 .await;
                 out.push(one);
             }
             out
         }
+    }
+}
+
+/// The mailbox a message goes to, before its id is known.
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+enum Target<'a> {
+    /// The INBOX (or, with a quarantine name, the junk mailbox) of an account.
+    Inbox(i64, Option<&'a str>),
+    /// A mailbox by id, of this account.
+    Mailbox(i64, i64),
+}
+
+/// The rows of one message in the batch: its job, and where it goes.
+struct Slot<'a> {
+    job: usize,
+    target: Target<'a>,
+    uid: i64,
+    modseq: i64,
+    mailbox: i64,
+    uidvalidity: i64,
+}
+
+/// The whole batch in few statements: one `UPDATE mailboxes` per mailbox that receives messages
+/// (reserving that many UIDs and MODSEQs at once), multi-row `INSERT INTO messages`, and the queue
+/// entries. Messages of one mailbox get consecutive UIDs in the order they arrived. Any failure
+/// (a missing account or mailbox) fails the whole batch, which [`commit`] then redoes job by job.
+async fn write_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    jobs: &[&Job],
+) -> Result<Vec<Done>> {
+    let mut slots: Vec<Slot> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let targets: Vec<Target> = match &job.kind {
+            Kind::Deliver {
+                accounts,
+                quarantine,
+            } => accounts
+                .iter()
+                .map(|&a| Target::Inbox(a, quarantine.as_deref()))
+                .collect(),
+            Kind::Append {
+                account, mailbox, ..
+            } => vec![Target::Mailbox(*account, *mailbox)],
+            Kind::Enqueue { .. } => Vec::new(),
+        };
+        slots.extend(targets.into_iter().map(|target| Slot {
+            job: i,
+            target,
+            uid: 0,
+            modseq: 0,
+            mailbox: 0,
+            uidvalidity: 0,
+        }));
+    }
+    // reserve UIDs per mailbox, in the order the mailboxes first appear
+    let mut order: Vec<Target> = Vec::new();
+    let mut counts: std::collections::HashMap<Target, i64> = std::collections::HashMap::new();
+    for s in &slots {
+        let n = counts.entry(s.target).or_insert(0);
+        if *n == 0 {
+            order.push(s.target);
+        }
+        *n += 1;
+    }
+    let mut next: std::collections::HashMap<Target, (i64, i64, i64, i64)> =
+        std::collections::HashMap::new();
+    for t in order {
+        let k = counts[&t];
+        let row = match t {
+            Target::Inbox(account, quarantine) => sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
+                 WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
+                             (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
+                             ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
+                             LIMIT 1)
+                 RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
+            )
+            .bind(account)
+            .bind(quarantine)
+            .bind(k)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?,
+            Target::Mailbox(account, mailbox) => sqlx::query(
+                "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
+                 WHERE id = ?2 AND account_id = ?1
+                 RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
+            )
+            .bind(account)
+            .bind(mailbox)
+            .bind(k)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox}")))?,
+        };
+        next.insert(
+            t,
+            (
+                row.try_get("id")?,
+                row.try_get("uidvalidity")?,
+                row.try_get("uid")?,
+                row.try_get("modseq")?,
+            ),
+        );
+    }
+    for s in &mut slots {
+        let n = next.get_mut(&s.target).expect("every target reserved");
+        (s.mailbox, s.uidvalidity, s.uid, s.modseq) = *n;
+        n.2 += 1;
+        n.3 += 1;
+    }
+    // the message rows, in chunks of power-of-two sizes (few distinct prepared statements)
+    let mut rest: &[Slot] = &slots;
+    while !rest.is_empty() {
+        let n = chunk_len(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        let mut q = sqlx::query(insert_sql(n));
+        for s in chunk {
+            let job = &jobs[s.job];
+            let flags = match &job.kind {
+                Kind::Append { flags, .. } => flags.as_str(),
+                _ => "",
+            };
+            q = q
+                .bind(s.mailbox)
+                .bind(s.uid)
+                .bind(&job.blob)
+                .bind(job.size)
+                .bind(job.internal_date)
+                .bind(flags)
+                .bind(s.modseq);
+        }
+        q.execute(&mut **tx).await?;
+        rest = tail;
+    }
+    let mut done = Vec::with_capacity(jobs.len());
+    let mut at = 0;
+    for (i, job) in jobs.iter().enumerate() {
+        let mine_from = at;
+        while at < slots.len() && slots[at].job == i {
+            at += 1;
+        }
+        let mine = &slots[mine_from..at];
+        done.push(match &job.kind {
+            Kind::Deliver { .. } => Done::Delivered(mine.iter().map(|s| s.uid).collect()),
+            Kind::Append { .. } => Done::Appended(mine[0].uidvalidity as u32, mine[0].uid as u32),
+            Kind::Enqueue { .. } => insert(tx, job).await?,
+        });
+    }
+    Ok(done)
+}
+
+/// Rows per multi-row INSERT: the largest power of two up to 64 that fits.
+fn chunk_len(n: usize) -> usize {
+    let mut c = 64;
+    while c > n {
+        c /= 2;
+    }
+    c
+}
+
+/// `INSERT INTO messages … VALUES (…), (…)` with `n` rows of bind parameters (n a power of two up
+/// to 64, built once each).
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=6)
+            .map(|p| {
+                let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; 1 << p].join(", ");
+                format!("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES {rows}")
+            })
+            .collect()
+    });
+    &all[n.trailing_zeros() as usize]
+}
+
+/// Writes the bodies of a batch (blocking), then makes them durable with one `syncfs`. One result
+/// per body, by its index in the batch; if the sync fails, every body fails (and is removed).
+fn write_bodies(
+    blobs: &crate::blob::BlobStore,
+    bodies: Vec<(usize, String, Vec<Vec<u8>>)>,
+) -> Vec<(usize, std::io::Result<()>)> {
+    let mut out: Vec<(usize, std::io::Result<()>)> = Vec::with_capacity(bodies.len());
+    let mut written = Vec::with_capacity(bodies.len());
+    for (i, id, parts) in bodies {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let res = blobs.put_unsynced(&id, &refs);
+        if res.is_ok() {
+            written.push((i, id));
+        }
+        out.push((i, res));
+    }
+    if written.is_empty() {
+        return out;
+    }
+    if let Err(e) = blobs.sync_filesystem() {
+        tracing::error!(error = %e, "syncing the message bodies failed");
+        for (i, id) in written {
+            let _ = blobs.remove(&id);
+            if let Some(o) = out.iter_mut().find(|(k, _)| *k == i) {
+                // the OS error is kept (disk full stays disk full)
+                o.1 = Err(match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(e.kind(), format!("syncfs: {e}")),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A body that could not be written or synced, as the store error of its job (disk full is kept,
+/// so that the client gets 452).
+fn io_error(e: &std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(28 | 122) => StoreError::Io(std::io::Error::from_raw_os_error(28)),
+        Some(code) => StoreError::Io(std::io::Error::from_raw_os_error(code)),
+        None => StoreError::Io(std::io::Error::new(e.kind(), e.to_string())),
     }
 }
 

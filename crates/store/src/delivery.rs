@@ -90,22 +90,17 @@ impl Store {
         kind: crate::commit::Kind,
     ) -> Result<crate::commit::Done> {
         let size: usize = message.iter().map(Vec::len).sum();
-        let unsynced = self.batch_sync;
-        let blob = if unsynced {
-            let blobs = self.blobs.clone();
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&[u8]> = message.iter().map(Vec::as_slice).collect();
-                blobs.put_unsynced(&refs)
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??
+        // with batch_sync the committer writes the body with the rest of its batch; without, it
+        // is written and fsynced here, in parallel with other deliveries
+        let (blob, body) = if self.batch_sync {
+            (crate::blob::BlobStore::new_id(), Some(message))
         } else {
-            self.put_blob(message).await?
+            (self.put_blob(message).await?, None)
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = crate::commit::Job {
             blob: blob.clone(),
-            unsynced,
+            body,
             size: size as i64,
             internal_date,
             kind,
