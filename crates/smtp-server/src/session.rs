@@ -937,6 +937,8 @@ impl Session {
     }
 
     async fn accept(&mut self, body: Vec<u8>) -> Flow {
+        // end of DATA: the time until the 250 (checks, durable store) is `postern_accept_seconds`
+        let started = std::time::Instant::now();
         if let Some(p) = self.principal.clone() {
             if let Err(f) = self.check_submission_headers(&body, &p).await {
                 return f;
@@ -1046,6 +1048,10 @@ impl Session {
                     size,
                     user = self.principal.as_ref().map(|p| p.address.as_str()),
                     "message accepted"
+                );
+                postern_metrics::accept_seconds(
+                    self.kind.protocol.name(),
+                    started.elapsed().as_secs_f64(),
                 );
                 self.ok(&format!("250 2.0.0 Message accepted as {msg_id}"))
             }
