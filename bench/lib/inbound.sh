@@ -5,7 +5,7 @@
 #                                        of postern_accept_seconds (end of DATA to 250, in ms,
 #                                        read off the histogram's buckets) in $WORK/latency
 #   run_postfix                       -> msgs/s accepted by Postfix
-# RCPTS (default 1) recipients per message: smtp-source names them 1b@, 2b@, ... (one account each
+# RCPTS (default 1) recipients per message: smtp-source names them b@, 2b@, 3b@, ... (one account each
 # on Postern; Postfix's peer takes any address of the domain).
 #   stats VALUES...                   -> "median (min-max)"
 set -euo pipefail
@@ -52,7 +52,7 @@ run_postern() {  # $1 = true|false (checks), $2 = true|false (batch_sync, defaul
   printf '\n[dns]\nserver = "127.0.0.1:%s"\n\n[inbound]\nchecks = %s\n\n[greylist]\nenabled = false\n\n[delivery]\nenabled = false\n\n[metrics]\nlisten = "127.0.0.1:%s"\n' \
     "$DNS_PORT" "$1" "$METRICS_PORT" >> "$D/data/postern.toml"
   local rcpts=(b)
-  [ "$RCPTS" -gt 1 ] && rcpts=($(seq -f '%gb' 1 "$RCPTS"))
+  [ "$RCPTS" -gt 1 ] && rcpts=(b $(seq -f '%gb' 2 "$RCPTS"))
   for r in "${rcpts[@]}"; do
     echo 'Bench!Quantum#Orbit-2026' | "$BIN" --dir "$D/data" user add "$r@example.test" --password-stdin >/dev/null
   done
