@@ -122,9 +122,13 @@ print(f"| {now} | Postern (argon2id) | {p['ops_per_s']} | {p['p50_ms']} | {p['p9
 print(f"| {now} | Dovecot {{ARGON2ID}} | {da['ops_per_s']} | {da['p50_ms']} | {da['p99_ms']} | {da['errors']} | **{p['ops_per_s']/da['ops_per_s']:.2f}** |")
 print(f"| {now} | Dovecot {{PLAIN}} | {dp['ops_per_s']} | {dp['p50_ms']} | {dp['p99_ms']} | {dp['errors']} | {p['ops_per_s']/dp['ops_per_s']:.2f} |")
 print()
-print("per command p99 ms (Postern / Dovecot ARGON2ID / Dovecot PLAIN):")
+print("| command | Postern p50 / p99 ms | Dovecot {ARGON2ID} p50 / p99 ms | Dovecot {PLAIN} p50 / p99 ms |")
+print("|---|---|---|---|")
+def pq(r, k):
+    c = r["per_command"].get(k, {})
+    return f"{c.get('p50_ms')} / {c.get('p99_ms')}"
 for k in p["per_command"]:
-    print(f"  {k}: {p['per_command'][k]['p99_ms']} / {da['per_command'].get(k, {}).get('p99_ms')} / {dp['per_command'].get(k, {}).get('p99_ms')}")
+    print(f"| {k} | {pq(p, k)} | {pq(da, k)} | {pq(dp, k)} |")
 print()
 print(f"IDLE: {idle['idle_sessions']} sessions (errors {idle['errors']}), Postern RSS {rss0//1024} MiB -> {rss1//1024} MiB "
       f"({(rss1-rss0)/max(1,idle['idle_sessions']):.1f} KiB per session)")

@@ -47,6 +47,14 @@ pub(crate) enum Kind {
         mailbox: i64,
         flags: String,
     },
+    /// IMAP STORE: flags of messages of one mailbox changed (no body).
+    Flags {
+        account: i64,
+        mailbox: i64,
+        uids: Vec<u32>,
+        op: crate::mailbox::FlagOp,
+        flags: Vec<String>,
+    },
     /// An entry of the outbound queue.
     Enqueue {
         sender: String,
@@ -64,6 +72,19 @@ pub(crate) enum Done {
     Appended(u32, u32),
     /// The queue id.
     Queued(i64),
+    /// For each message that still exists: its UID, its flags now, and its MODSEQ (0 when the
+    /// flags did not change).
+    Flagged(Vec<(u32, Vec<String>, u64)>),
+}
+
+impl Done {
+    /// Whether sessions have something to learn (a STORE that changed no flag has not).
+    fn changed(&self) -> bool {
+        match self {
+            Done::Flagged(v) => v.iter().any(|(_, _, m)| *m != 0),
+            _ => true,
+        }
+    }
 }
 
 impl Job {
@@ -72,6 +93,7 @@ impl Job {
         match &self.kind {
             Kind::Deliver { accounts, .. } => accounts,
             Kind::Append { account, .. } => std::slice::from_ref(account),
+            Kind::Flags { account, .. } => std::slice::from_ref(account),
             Kind::Enqueue { .. } => &[],
         }
     }
@@ -136,7 +158,7 @@ pub(crate) fn start(
                 })
                 .collect();
             for (job, res) in batch.drain(..).zip(results) {
-                if res.is_ok() {
+                if res.as_ref().is_ok_and(Done::changed) {
                     for &a in job.notified() {
                         changes.notify(a);
                     }
@@ -222,7 +244,7 @@ async fn write_batch(
             Kind::Append {
                 account, mailbox, ..
             } => vec![Target::Mailbox(*account, *mailbox)],
-            Kind::Enqueue { .. } => Vec::new(),
+            Kind::Enqueue { .. } | Kind::Flags { .. } => Vec::new(),
         };
         slots.extend(targets.into_iter().map(|target| Slot {
             job: i,
@@ -325,7 +347,7 @@ async fn write_batch(
         done.push(match &job.kind {
             Kind::Deliver { .. } => Done::Delivered(mine.iter().map(|s| s.uid).collect()),
             Kind::Append { .. } => Done::Appended(mine[0].uidvalidity as u32, mine[0].uid as u32),
-            Kind::Enqueue { .. } => insert(tx, job).await?,
+            Kind::Enqueue { .. } | Kind::Flags { .. } => insert(tx, job).await?,
         });
     }
     Ok(done)
@@ -462,6 +484,13 @@ async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Resu
             insert_message(tx, job, *mailbox, uid, modseq, flags).await?;
             Ok(Done::Appended(uidvalidity as u32, uid as u32))
         }
+        Kind::Flags {
+            mailbox,
+            uids,
+            op,
+            flags,
+            ..
+        } => store_flags(tx, *mailbox, uids, *op, flags).await,
         Kind::Enqueue {
             sender,
             account,
@@ -491,6 +520,67 @@ async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Resu
             Ok(Done::Queued(id))
         }
     }
+}
+
+/// STORE inside the batch's transaction: the messages' flags are read in one statement, the
+/// mailbox's MODSEQ is raised once if anything changes, and each changed message is written.
+async fn store_flags(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mailbox: i64,
+    uids: &[u32],
+    op: crate::mailbox::FlagOp,
+    flags: &[String],
+) -> Result<Done> {
+    use crate::mailbox::{apply_flags, join_flags, parse_flags};
+    let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
+        return Ok(Done::Flagged(Vec::new()));
+    };
+    let rows = sqlx::query(
+        "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+    )
+    .bind(mailbox)
+    .bind(lo as i64)
+    .bind(hi as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut current = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        current.insert(r.try_get::<i64, _>(0)? as u32, r.try_get::<String, _>(1)?);
+    }
+    let mut out = Vec::with_capacity(uids.len());
+    let mut modseq: Option<i64> = None;
+    for &uid in uids {
+        let Some(now) = current.get(&uid) else {
+            continue;
+        };
+        let now = parse_flags(now);
+        let new = apply_flags(&now, op, flags);
+        if new == now {
+            out.push((uid, new, 0));
+            continue;
+        }
+        let m = match modseq {
+            Some(m) => m,
+            None => {
+                let m: i64 = sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq")
+                    .bind(mailbox)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get(0)?;
+                modseq = Some(m);
+                m
+            }
+        };
+        sqlx::query("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?")
+            .bind(join_flags(&new))
+            .bind(m)
+            .bind(mailbox)
+            .bind(uid as i64)
+            .execute(&mut **tx)
+            .await?;
+        out.push((uid, new, m as u64));
+    }
+    Ok(Done::Flagged(out))
 }
 
 async fn insert_message(

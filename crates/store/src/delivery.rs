@@ -79,6 +79,40 @@ impl Store {
         }
     }
 
+    /// A job without a body through the group committer (e.g. a STORE): answered once committed.
+    pub(crate) async fn commit_job(
+        &self,
+        kind: crate::commit::Kind,
+    ) -> Result<crate::commit::Done> {
+        self.send_job(String::new(), None, 0, now(), kind).await
+    }
+
+    /// Hands one job to the committer and waits for its answer.
+    async fn send_job(
+        &self,
+        blob: String,
+        body: Option<Vec<Vec<u8>>>,
+        size: i64,
+        internal_date: i64,
+        kind: crate::commit::Kind,
+    ) -> Result<crate::commit::Done> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = crate::commit::Job {
+            blob,
+            body,
+            size,
+            internal_date,
+            kind,
+            reply,
+        };
+        match self.committer().send(job).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Conflict("the committer stopped".into()))),
+            Err(_) => Err(StoreError::Conflict("the committer stopped".into())),
+        }
+    }
+
     /// Writes the body as a blob, then hands its rows to the group committer (see `commit.rs`);
     /// returns once the transaction that holds them is committed, so the message is durable. With
     /// `[storage] batch_sync` the blob is written without fsync and the batch syncs the filesystem
@@ -97,21 +131,9 @@ impl Store {
         } else {
             (self.put_blob(message).await?, None)
         };
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        let job = crate::commit::Job {
-            blob: blob.clone(),
-            body,
-            size: size as i64,
-            internal_date,
-            kind,
-            reply,
-        };
-        let res = match self.committer().send(job).await {
-            Ok(()) => rx
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Conflict("the committer stopped".into()))),
-            Err(_) => Err(StoreError::Conflict("the committer stopped".into())),
-        };
+        let res = self
+            .send_job(blob.clone(), body, size as i64, internal_date, kind)
+            .await;
         if res.is_err() {
             let _ = self.blobs.remove(&blob);
         }

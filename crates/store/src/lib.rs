@@ -49,7 +49,9 @@ use postern_auth::{CredentialStore, CredentialStoreError, StoredCredential};
 use postern_types::{Domain, EmailAddress};
 
 pub use blob::BlobStore;
-pub use mailbox::{ChangeBus, FlagOp, Mailbox, MailboxCounts, MessageMeta, DELIMITER};
+pub use mailbox::{
+    ChangeBus, FlagOp, Mailbox, MailboxCounts, MailboxState, MessageMeta, DELIMITER,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -46,6 +46,14 @@ impl MessageMeta {
     }
 }
 
+/// The counters of a mailbox that SELECT reports beside its message list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxState {
+    pub uidvalidity: u32,
+    pub uidnext: u32,
+    pub highest_modseq: u64,
+}
+
 /// Counters for STATUS and cheap change polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MailboxCounts {
@@ -88,18 +96,18 @@ impl ChangeBus {
     }
 }
 
-fn parse_flags(s: &str) -> Vec<String> {
+pub(crate) fn parse_flags(s: &str) -> Vec<String> {
     s.split(' ')
         .filter(|f| !f.is_empty())
         .map(str::to_owned)
         .collect()
 }
 
-fn join_flags(flags: &[String]) -> String {
+pub(crate) fn join_flags(flags: &[String]) -> String {
     flags.join(" ")
 }
 
-fn apply_flags(current: &[String], op: FlagOp, flags: &[String]) -> Vec<String> {
+pub(crate) fn apply_flags(current: &[String], op: FlagOp, flags: &[String]) -> Vec<String> {
     let mut out: Vec<String> = match op {
         FlagOp::Replace => Vec::new(),
         _ => current.to_vec(),
@@ -389,6 +397,40 @@ impl Store {
         rows.iter().map(meta_from_row).collect()
     }
 
+    /// The message list of a mailbox with its UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, read in one
+    /// statement (one snapshot: the counters match the list, and one round trip for SELECT).
+    /// `NotFound` if the mailbox is gone.
+    pub async fn mailbox_snapshot(
+        &self,
+        mailbox_id: i64,
+    ) -> Result<(Vec<MessageMeta>, MailboxState)> {
+        let rows = sqlx::query(
+            "SELECT b.uidvalidity AS b_validity, b.uidnext AS b_next, b.highest_modseq AS b_modseq,
+                    m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id
+             FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id
+             WHERE b.id = ? ORDER BY m.uid",
+        )
+        .bind(mailbox_id)
+        .fetch_all(&self.read)
+        .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox_id}")))?;
+        let state = MailboxState {
+            uidvalidity: first.try_get::<i64, _>("b_validity")? as u32,
+            uidnext: first.try_get::<i64, _>("b_next")? as u32,
+            highest_modseq: first.try_get::<i64, _>("b_modseq")? as u64,
+        };
+        let mut msgs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // an empty mailbox is one row without a message
+            if r.try_get::<Option<i64>, _>("uid")?.is_some() {
+                msgs.push(meta_from_row(r)?);
+            }
+        }
+        Ok((msgs, state))
+    }
+
     /// Appends a message to a mailbox; returns (UIDVALIDITY, UID). Durable when it returns.
     pub async fn append(
         &self,
@@ -415,6 +457,8 @@ impl Store {
     }
 
     /// Changes flags of the given UIDs; returns the new flags of each message that still exists.
+    /// Goes through the group committer (see `commit.rs`): STOREs of many sessions, appends and
+    /// deliveries that arrive together share one transaction and its fsync.
     pub async fn store_flags(
         &self,
         account_id: i64,
@@ -423,53 +467,19 @@ impl Store {
         op: FlagOp,
         flags: &[String],
     ) -> Result<Vec<(u32, Vec<String>, u64)>> {
-        let mut tx = self.write.begin().await?;
-        let mut out = Vec::with_capacity(uids.len());
-        let mut modseq: Option<i64> = None;
-        for &uid in uids {
-            let Some(row) =
-                sqlx::query("SELECT flags FROM messages WHERE mailbox_id = ? AND uid = ?")
-                    .bind(mailbox_id)
-                    .bind(uid as i64)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            else {
-                continue;
-            };
-            let current = parse_flags(&row.try_get::<String, _>(0)?);
-            let new = apply_flags(&current, op, flags);
-            if new == current {
-                out.push((uid, new, 0));
-                continue;
-            }
-            let m = match modseq {
-                Some(m) => m,
-                None => {
-                    let m: i64 = sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq")
-                        .bind(mailbox_id)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get(0)?;
-                    modseq = Some(m);
-                    m
-                }
-            };
-            sqlx::query(
-                "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
-            )
-            .bind(join_flags(&new))
-            .bind(m)
-            .bind(mailbox_id)
-            .bind(uid as i64)
-            .execute(&mut *tx)
-            .await?;
-            out.push((uid, new, m as u64));
+        let kind = crate::commit::Kind::Flags {
+            account: account_id,
+            mailbox: mailbox_id,
+            uids: uids.to_vec(),
+            op,
+            flags: flags.to_vec(),
+        };
+        match self.commit_job(kind).await? {
+            crate::commit::Done::Flagged(out) => Ok(out),
+            other => Err(StoreError::Conflict(format!(
+                "unexpected commit result {other:?}"
+            ))),
         }
-        tx.commit().await?;
-        if modseq.is_some() {
-            self.changes.notify(account_id);
-        }
-        Ok(out)
     }
 
     /// Removes messages: those with \Deleted (restricted to `only` if given) or, with

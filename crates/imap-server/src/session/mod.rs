@@ -808,15 +808,12 @@ impl Session {
         };
         let pin = self.srv.store.pin_view();
         let mark = pin.mark();
-        let msgs = match self.srv.store.message_list(mb.id).await {
+        // the list and the counters in one statement: UIDNEXT and HIGHESTMODSEQ match the list
+        let (msgs, c) = match self.srv.store.mailbox_snapshot(mb.id).await {
             Ok(v) => v,
             Err(e) => return self.store_failed(tag, e),
         };
         pin.synced_at(mark);
-        let c = match self.srv.store.mailbox_counts(mb.id).await {
-            Ok(c) => c,
-            Err(e) => return self.store_failed(tag, e),
-        };
         self.conn.line(&format!("* FLAGS ({SYSTEM_FLAGS})"));
         self.conn.line(&format!(
             "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS} \\*)] Flags permitted"

@@ -24,9 +24,12 @@ impl Session {
             return;
         }
         let mark = sel.pin.mark();
-        let Ok(fresh) = self.srv.store.message_list(sel.mailbox.id).await else {
+        // the list with the MODSEQ it is at (one snapshot), not the one polled above: a change
+        // made in between is in the list, and the next poll does not report it again
+        let Ok((fresh, state)) = self.srv.store.mailbox_snapshot(sel.mailbox.id).await else {
             return;
         };
+        let modseq = state.highest_modseq;
         let mut out = Vec::new();
         // Expunges, highest sequence number first so that the numbers stay right.
         let mut kept = Vec::with_capacity(sel.msgs.len());
