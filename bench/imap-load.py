@@ -8,6 +8,9 @@ client's own cost is the same on both sides.
 
     imap-load.py --port 993 --users user1:pass1,user2:pass2 --clients 20 --seconds 30
     imap-load.py --port 993 --users ... --idle 10000       # hold N sessions in IDLE, then report
+    imap-load.py --port 993 --users ... --rate 100         # at most 100 sessions/s in all: the
+                                                           # same load on both servers, to compare
+                                                           # command latencies like for like
 """
 import argparse
 import asyncio
@@ -75,11 +78,18 @@ async def connect(port):
     return Client(r, w)
 
 
-async def worker(port, user, pw, deadline, lat, errors):
+async def worker(port, user, pw, deadline, lat, errors, interval=0.0):
     def rec(name, t0):
         lat.setdefault(name, []).append(time.perf_counter() - t0)
 
+    # paced: one session every `interval` seconds per client, the clients' starts spread out
+    slot = time.time() + random.random() * interval
     while time.time() < deadline:
+        if interval:
+            await asyncio.sleep(max(0.0, slot - time.time()))
+            slot += interval
+            if time.time() >= deadline:
+                break
         try:
             t0 = time.perf_counter()
             c = await connect(port)
@@ -135,7 +145,8 @@ async def load(args, users):
     lat, errors = {}, []
     deadline = time.time() + args.seconds
     t0 = time.time()
-    await asyncio.gather(*(worker(args.port, *users[i % len(users)], deadline, lat, errors)
+    interval = args.clients / args.rate if args.rate else 0.0
+    await asyncio.gather(*(worker(args.port, *users[i % len(users)], deadline, lat, errors, interval)
                            for i in range(args.clients)))
     elapsed = time.time() - t0
     # IMAP commands only; the TCP+TLS set-up is reported per command but not counted as an op.
@@ -145,6 +156,7 @@ async def load(args, users):
         "seconds": round(elapsed, 1),
         "ops": len(allv),
         "ops_per_s": round(len(allv) / elapsed, 1),
+        "sessions_per_s": round(len(lat.get("CONNECT+TLS", [])) / elapsed, 1),
         "p50_ms": round(pct(allv, 0.5) * 1000, 2),
         "p99_ms": round(pct(allv, 0.99) * 1000, 2),
         "errors": len(errors),
@@ -195,6 +207,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--idle", type=int, default=0)
     ap.add_argument("--hold", type=int, default=30)
+    ap.add_argument("--rate", type=float, default=0.0, help="sessions per second in all (0: as fast as possible)")
     args = ap.parse_args()
     users = [tuple(u.split(":", 1)) for u in args.users.split(",")]
     asyncio.run(idle(args, users) if args.idle else load(args, users))

@@ -91,6 +91,16 @@ dargon=$(python3 bench/imap-load.py --port 10993 --users "$DUSERS" --clients "$C
 echo "$dargon"
 bash "$SHARED/peers/dovecot.sh" stop >/dev/null
 mv "$U.plain" "$U"
+
+# The same load on both: Postern paced at the session rate Dovecot {PLAIN} reached, so that the
+# per-command latencies compare like for like (unpaced, Postern serves several times the load).
+RATE=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["sessions_per_s"])' "$dplain")
+echo "== Postern paced at Dovecot {PLAIN}'s $RATE sessions/s"
+setup_postern "argon2_memory_kib = 19456"
+start_postern
+paced=$(python3 bench/imap-load.py --port $((993 + OFFSET)) --users "$PUSERS" --clients "$CLIENTS" --seconds "$SECONDS_RUN" --rate "$RATE")
+echo "$paced"
+stop_postern
 fi
 
 echo "== Postern: $IDLE_N sessions in IDLE (argon2 lowered for this run only)"
@@ -110,10 +120,11 @@ stop_postern
 echo "$idle; Postern RSS before ${rss0} KiB, with sessions ${rss1} KiB; fds $fds"
 
 [ "$ONLY" = all ] || exit 0
-python3 - "$postern" "$dplain" "$dargon" "$idle" "$rss0" "$rss1" <<'EOF'
+python3 - "$postern" "$dplain" "$dargon" "$idle" "$rss0" "$rss1" "$paced" <<'EOF'
 import json, sys, datetime
 p, dp, da, idle = (json.loads(x) for x in sys.argv[1:5])
 rss0, rss1 = int(sys.argv[5]), int(sys.argv[6])
+pp = json.loads(sys.argv[7])
 now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%MZ")
 print()
 print("| run | server | ops/s | p50 ms | p99 ms | errors | ratio Postern/peer |")
@@ -129,6 +140,13 @@ def pq(r, k):
     return f"{c.get('p50_ms')} / {c.get('p99_ms')}"
 for k in p["per_command"]:
     print(f"| {k} | {pq(p, k)} | {pq(da, k)} | {pq(dp, k)} |")
+print()
+print(f"At the same load ({pp['sessions_per_s']} sessions/s, {pp['ops_per_s']} ops/s, Postern paced to Dovecot {{PLAIN}}'s rate):")
+print()
+print("| command | Postern p50 / p99 ms | Dovecot {PLAIN} p50 / p99 ms |")
+print("|---|---|---|")
+for k in pp["per_command"]:
+    print(f"| {k} | {pq(pp, k)} | {pq(dp, k)} |")
 print()
 print(f"IDLE: {idle['idle_sessions']} sessions (errors {idle['errors']}), Postern RSS {rss0//1024} MiB -> {rss1//1024} MiB "
       f"({(rss1-rss0)/max(1,idle['idle_sessions']):.1f} KiB per session)")
