@@ -332,7 +332,7 @@ impl Inbound {
                 .cloned()
         };
         Verdict::Accept {
-            message: strip_forged_results(&message, hostname),
+            message: strip_forged_results(message, hostname),
             header,
             quarantine,
             authenticated_domain,
@@ -500,13 +500,16 @@ pub fn sampled(policy: Policy, pct: u32, roll: u32) -> Policy {
 
 /// Removes every Authentication-Results header field whose authserv-id is `hostname`
 /// (RFC 8601 5: a forged "pass" under our name must not reach the user), folded lines included.
-/// Fields of other authserv-ids stay. Only the header section is looked at.
-pub fn strip_forged_results(message: &[u8], hostname: &str) -> Vec<u8> {
-    let end = header_end(message);
+/// Fields of other authserv-ids stay. Only the header section is looked at. A message without
+/// such a field (nearly all) is returned as it is, not copied.
+pub fn strip_forged_results(message: Vec<u8>, hostname: &str) -> Vec<u8> {
+    let end = header_end(&message);
     let (head, body) = message.split_at(end);
+    if !(Fields { rest: head }).any(|f| claims(f, hostname)) {
+        return message;
+    }
     let mut out = Vec::with_capacity(message.len());
-    let mut fields = Fields { rest: head };
-    for field in &mut fields {
+    for field in (Fields { rest: head }) {
         if !claims(field, hostname) {
             out.extend_from_slice(field);
         }
@@ -612,7 +615,7 @@ mod tests {
     #[test]
     fn forged_results_are_removed_others_kept() {
         let m = b"Authentication-Results: MX.example.test;\r\n\tdkim=pass header.d=bank.test\r\nAuthentication-Results: (c) mx.example.test. ; spf=pass\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n";
-        let out = strip_forged_results(m, "mx.example.test");
+        let out = strip_forged_results(m.to_vec(), "mx.example.test");
         assert_eq!(
             out,
             b"Authentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n"
@@ -620,11 +623,15 @@ mod tests {
         // a look-alike name is not ours; a header without an empty line is all header
         let m = b"Authentication-Results: mx.example.test.evil; x=y\r\nAuthentication-Results: mx.example.test";
         assert_eq!(
-            strip_forged_results(m, "mx.example.test"),
+            strip_forged_results(m.to_vec(), "mx.example.test"),
             b"Authentication-Results: mx.example.test.evil; x=y\r\n"
         );
-        assert_eq!(strip_forged_results(b"", "h"), b"");
-        assert_eq!(strip_forged_results(b"\r\nbody", "h"), b"\r\nbody");
+        assert_eq!(strip_forged_results(Vec::new(), "h"), b"");
+        assert_eq!(strip_forged_results(b"\r\nbody".to_vec(), "h"), b"\r\nbody");
+        // nothing to remove: the same buffer comes back (no copy)
+        let m = b"Subject: hi\r\n\r\nbody".to_vec();
+        let at = m.as_ptr();
+        assert_eq!(strip_forged_results(m, "h").as_ptr(), at);
     }
 
     #[test]
