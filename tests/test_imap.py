@@ -274,6 +274,123 @@ def test_sessions_see_each_others_changes_noop_and_idle(server):
     b.logout()
 
 
+def raw_login(server):
+    r = RawImap(server.imaps, tls=True)
+    r.line()
+    r.send(f'a LOGIN "{BOB}" "{BOB_PW}"\r\n'.encode())
+    assert r.until_tagged("a")[-1].startswith("a OK")
+    return r
+
+
+def test_keywords_are_announced_before_use_rfc3501_7_2_6(server):
+    """A keyword set by STORE reaches every session with the mailbox selected as an untagged FLAGS
+    and PERMANENTFLAGS listing it, before the FETCH that shows it: in the session that set it,
+    in another one on its next command, and in one in IDLE. SELECT lists the keywords in use;
+    EXAMINE permits no permanent flag."""
+    a, b = raw_login(server), raw_login(server)
+    a.send(b"c CREATE Kw\r\n")
+    assert a.until_tagged("c")[-1].startswith("c OK")
+    body = b"Subject: k\r\n\r\nbody\r\n"
+    a.send(b"d APPEND Kw {%d}\r\n" % len(body))
+    assert a.line().startswith("+")
+    a.send(body + b"\r\n")
+    assert a.until_tagged("d")[-1].startswith("d OK")
+    for r in (a, b):
+        r.send(b"s SELECT Kw\r\n")
+        sel = r.until_tagged("s")
+        assert "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)" in sel, sel
+    c = raw_login(server)
+    c.send(b"s SELECT Kw\r\n")
+    c.until_tagged("s")
+    c.send(b"i IDLE\r\n")
+    assert c.line().startswith("+")
+    # A sets a new keyword: FLAGS, then PERMANENTFLAGS, then the FETCH, in A's own answer
+    a.send(b"e STORE 1 +FLAGS ($Label1)\r\n")
+    got = a.until_tagged("e")
+    assert got[-1].startswith("e OK"), got
+    flags_at = [i for i, l in enumerate(got) if l.startswith("* FLAGS") and "$Label1" in l]
+    perm_at = [i for i, l in enumerate(got) if "PERMANENTFLAGS" in l and "$Label1" in l and "\\*" in l]
+    fetch_at = [i for i, l in enumerate(got) if "FETCH" in l and "$Label1" in l]
+    assert flags_at and perm_at and fetch_at and flags_at[0] < perm_at[0] < fetch_at[0], got
+    # B, on its next command
+    b.send(b"n NOOP\r\n")
+    got = b.until_tagged("n")
+    flags_at = [i for i, l in enumerate(got) if l.startswith("* FLAGS") and "$Label1" in l]
+    fetch_at = [i for i, l in enumerate(got) if "FETCH" in l and "$Label1" in l]
+    assert flags_at and fetch_at and flags_at[0] < fetch_at[0], got
+    # C, in IDLE, without a command
+    lines = []
+    while not any("FETCH" in l for l in lines) and len(lines) < 6:
+        lines.append(c.line())
+    assert lines[0].startswith("* FLAGS") and "$Label1" in lines[0], lines
+    c.send(b"DONE\r\n")
+    c.until_tagged("i")
+    # a keyword already announced is not announced again; a silent STORE still announces a new one
+    a.send(b"f STORE 1 +FLAGS.SILENT ($Label1 $hello)\r\n")
+    got = a.until_tagged("f")
+    assert [l for l in got if l.startswith("* FLAGS")] and all("FETCH" not in l for l in got), got
+    b.send(b"g NOOP\r\n")
+    got = b.until_tagged("g")
+    assert len([l for l in got if l.startswith("* FLAGS")]) == 1 and "$hello" in got[0], got
+    # SELECT lists the keywords in use; EXAMINE permits no permanent flag
+    b.send(b"h EXAMINE Kw\r\n")
+    got = b.until_tagged("h")
+    assert any(l.startswith("* FLAGS") and "$Label1" in l and "$hello" in l for l in got), got
+    assert "* OK [PERMANENTFLAGS ()] Read-only mailbox" in got, got
+    for r in (a, b, c):
+        r.send(b"z LOGOUT\r\n")
+
+
+def test_search_sent_dates_and_decoded_addresses_rfc3501_6_4_4(server):
+    """SENTON/SENTBEFORE/SENTSINCE compare the Date: header's own date, disregarding time and
+    timezone; FROM/CC match decoded display names and group members."""
+    m = imaps(server)
+    m.create("Dates")
+    msg = (b"Date: Mon, 30 Nov 2026 23:30:00 -0500\r\n"
+           b"From: =?utf-8?q?J=C3=B6rg?= <jo@example.test>\r\n"
+           b"To: undisclosed-recipients:;\r\n"
+           b"Cc: Team: ann@example.test, Bob <bob@example.test>;\r\n"
+           b"Subject: late\r\n\r\nx\r\n")
+    m.append("Dates", None, None, msg)
+    m.select("Dates")
+    assert m.search(None, "SENTON", "30-Nov-2026")[1] == [b"1"]
+    assert m.search(None, "SENTSINCE", "1-Dec-2026")[1] == [b""]
+    assert m.search(None, "SENTBEFORE", "1-Dec-2026")[1] == [b"1"]
+    m.literal = "Jörg".encode()
+    assert m.search("UTF-8", "FROM")[1] == [b"1"]
+    assert m.search(None, "CC", "Team")[1] == [b"1"]
+    assert m.search(None, "CC", "ann@example.test")[1] == [b"1"]
+    assert m.search(None, "FROM", "nobody")[1] == [b""]
+    m.logout()
+
+
+def test_trycreate_and_create_with_trailing_delimiter_rfc3501_6_3(server):
+    r = raw_login(server)
+    # APPEND and COPY to a missing mailbox: NO [TRYCREATE] (6.3.11, 6.4.7)
+    body = b"Subject: x\r\n\r\nx\r\n"
+    r.send(b"b APPEND Missing {%d}\r\n" % len(body))
+    got = r.line()
+    if got.startswith("+"):
+        r.send(body + b"\r\n")
+        got = r.until_tagged("b")[-1]
+    assert got.startswith("b NO [TRYCREATE]"), got
+    r.send(b"c SELECT INBOX\r\n")
+    r.until_tagged("c")
+    r.send(b"d UID COPY 1:* Missing\r\n")
+    assert r.until_tagged("d")[-1].startswith("d NO [TRYCREATE]")
+    # CREATE with a trailing delimiter creates the name without it (6.3.3)
+    r.send(b"e CREATE Parent/\r\n")
+    assert r.until_tagged("e")[-1].startswith("e OK")
+    r.send(b'f LIST "" "Parent*"\r\n')
+    got = r.until_tagged("f")
+    assert [l for l in got if l.startswith("* LIST") and (l.endswith('"Parent"') or l.endswith(" Parent"))], got
+    r.send(b"g CREATE Parent/Child\r\n")
+    assert r.until_tagged("g")[-1].startswith("g OK")
+    r.send(b"h CREATE Parent/\r\n")
+    assert r.until_tagged("h")[-1].startswith("h NO [ALREADYEXISTS]")
+    r.send(b"z LOGOUT\r\n")
+
+
 # ---------------------------------------------------------------- hostile input
 
 def test_command_before_greeting_is_refused(server):

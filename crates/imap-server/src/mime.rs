@@ -170,13 +170,51 @@ impl<'a> Parsed<'a> {
     }
 
     /// The Date header as a Unix timestamp, for SENTBEFORE/SENTON/SENTSINCE.
-    pub fn sent_date(&self) -> Option<i64> {
-        self.msg.as_ref()?.date().map(|d| d.to_timestamp())
+    pub fn sent_date(&self) -> Option<chrono::NaiveDate> {
+        // RFC 3501 6.4.4: the Date: header's own date, "disregarding time and timezone" (not the
+        // UTC day of that instant)
+        let d = self.msg.as_ref()?.date()?;
+        chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())
     }
 
-    /// Address header rendered as text ("Name <a@b>, ..."), for SEARCH FROM/TO/CC/BCC.
+    /// An address header for SEARCH FROM/TO/CC/BCC: its raw text, then every address decoded
+    /// ("Name <a@b>", encoded words decoded, group names and members), so that a search matches
+    /// the display name as the user sees it as well as the address.
     pub fn address_text(&self, name: &str) -> Option<String> {
-        self.header_text(name)
+        let mut out = self.header_text(name)?;
+        let m = self.msg.as_ref()?;
+        let mut push = |a: &mail_parser::Addr<'_>| {
+            if let Some(n) = &a.name {
+                out.push(' ');
+                out.push_str(n);
+            }
+            if let Some(x) = &a.address {
+                out.push_str(" <");
+                out.push_str(x);
+                out.push('>');
+            }
+        };
+        for h in m.parts.first()?.headers.iter() {
+            if !h.name.as_str().eq_ignore_ascii_case(name) {
+                continue;
+            }
+            match &h.value {
+                mail_parser::HeaderValue::Address(Address::List(l)) => l.iter().for_each(&mut push),
+                mail_parser::HeaderValue::Address(Address::Group(g)) => {
+                    for group in g {
+                        if let Some(n) = &group.name {
+                            push(&mail_parser::Addr {
+                                name: Some(n.clone()),
+                                address: None,
+                            });
+                        }
+                        group.addresses.iter().for_each(&mut push);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(out)
     }
 }
 
@@ -577,6 +615,26 @@ mod tests {
 
     fn s(v: Option<Vec<u8>>) -> String {
         String::from_utf8(v.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sent_date_is_the_header_date_and_addresses_are_searched_decoded() {
+        // 23:30 at -0500 is the next day in UTC; SENTON compares the header's own date
+        let p = Parsed::new(
+            b"Date: Mon, 30 Nov 2026 23:30:00 -0500\r\nFrom: =?utf-8?q?J=C3=B6rg?= <jo@example.test>\r\nTo: undisclosed-recipients:;\r\nCc: Team: ann@example.test, Bob <bob@example.test>;\r\n\r\nx\r\n",
+        );
+        assert_eq!(p.sent_date(), chrono::NaiveDate::from_ymd_opt(2026, 11, 30));
+        let from = p.address_text("From").unwrap();
+        assert!(
+            from.contains("Jörg") && from.contains("jo@example.test"),
+            "{from}"
+        );
+        let cc = p.address_text("cc").unwrap();
+        assert!(
+            cc.contains("Team") && cc.contains("<ann@example.test>") && cc.contains("Bob"),
+            "{cc}"
+        );
+        assert!(p.address_text("Bcc").is_none());
     }
 
     #[test]

@@ -115,6 +115,11 @@ fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
             .and_then(|r| Parsed::new(r).header_text(name))
             .is_some_and(|v| contains_ci(&v, needle))
     };
+    let address = |lazy: &mut Lazy<'_>, name: &str, needle: &str| -> bool {
+        lazy.raw()
+            .and_then(|r| Parsed::new(r).address_text(name))
+            .is_some_and(|v| contains_ci(&v, needle))
+    };
     match key {
         SearchKey::And(keys) => keys.as_ref().iter().all(|k| eval(k, c, lazy)),
         SearchKey::SequenceSet(set) => resolve(set, c.all, false).binary_search(&c.index).is_ok(),
@@ -142,8 +147,7 @@ fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
         SearchKey::On(d) => date_of(m.internal_date) == *d.as_ref(),
         SearchKey::Since(d) => date_of(m.internal_date) >= *d.as_ref(),
         SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
-            let sent = lazy.raw().and_then(|r| Parsed::new(r).sent_date());
-            let Some(sent) = sent.map(date_of) else {
+            let Some(sent) = lazy.raw().and_then(|r| Parsed::new(r).sent_date()) else {
                 return false;
             };
             match key {
@@ -152,10 +156,10 @@ fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
                 _ => sent >= *d.as_ref(),
             }
         }
-        SearchKey::From(s) => header(lazy, "From", &astr(s)),
-        SearchKey::To(s) => header(lazy, "To", &astr(s)),
-        SearchKey::Cc(s) => header(lazy, "Cc", &astr(s)),
-        SearchKey::Bcc(s) => header(lazy, "Bcc", &astr(s)),
+        SearchKey::From(s) => address(lazy, "From", &astr(s)),
+        SearchKey::To(s) => address(lazy, "To", &astr(s)),
+        SearchKey::Cc(s) => address(lazy, "Cc", &astr(s)),
+        SearchKey::Bcc(s) => address(lazy, "Bcc", &astr(s)),
         SearchKey::Subject(s) => header(lazy, "Subject", &astr(s)),
         SearchKey::Header(name, value) => header(lazy, &astr(name), &astr(value)),
         SearchKey::Body(s) => {

@@ -50,6 +50,9 @@ struct Selected {
     /// another session expunged stay here (and readable) until this session may be told.
     msgs: Vec<MessageMeta>,
     modseq: u64,
+    /// The keywords this session has been told of in FLAGS/PERMANENTFLAGS (RFC 3501 7.2.6: a
+    /// keyword appears in a FETCH only after an untagged FLAGS that lists it).
+    keywords: Vec<String>,
     /// Keeps the bodies of the messages in `msgs` on disk while they are listed here.
     pin: postern_store::views::ViewPin,
 }
@@ -173,6 +176,22 @@ fn mailbox_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
         ImapMailbox::Inbox => return Ok("INBOX".to_owned()),
         ImapMailbox::Other(o) => o.as_ref(),
     };
+    name_from_wire(raw)
+}
+
+/// The name CREATE makes: a trailing hierarchy delimiter only declares that the client means to
+/// create names below it (RFC 3501 6.3.3), so `CREATE a/` creates `a`.
+fn create_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
+    match m {
+        ImapMailbox::Other(o) if o.as_ref().len() > 1 && o.as_ref().ends_with(b"/") => {
+            let raw = o.as_ref();
+            name_from_wire(&raw[..raw.len() - 1])
+        }
+        _ => mailbox_name(m),
+    }
+}
+
+fn name_from_wire(raw: &[u8]) -> Result<String, &'static str> {
     let s = std::str::from_utf8(raw).map_err(|_| "Mailbox name is not valid UTF-8")?;
     // Names arrive in modified UTF-7 (RFC 3501 5.1.3); stored in UTF-8.
     let name = if s.contains('&') {
@@ -199,6 +218,34 @@ fn mailbox_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
         return Ok(format!("INBOX{}", &name[5..]));
     }
     Ok(name)
+}
+
+/// Adds to `known` every keyword (a flag without a backslash) of `flags` it lacks (compared
+/// without regard to case); true if any was new.
+fn learn_keywords<'a>(known: &mut Vec<String>, flags: impl Iterator<Item = &'a String>) -> bool {
+    let mut new = false;
+    for f in flags {
+        if !f.starts_with('\\') && !known.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+            known.push(f.clone());
+            new = true;
+        }
+    }
+    new
+}
+
+/// The untagged FLAGS and PERMANENTFLAGS of a mailbox with these keywords. A read-only mailbox
+/// (EXAMINE) permits no permanent change: `PERMANENTFLAGS ()` (RFC 3501 6.3.2).
+fn flags_announcement(keywords: &[String], read_only: bool) -> String {
+    let mut all = String::from(SYSTEM_FLAGS);
+    for k in keywords {
+        all.push(' ');
+        all.push_str(k);
+    }
+    if read_only {
+        format!("* FLAGS ({all})\r\n* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n")
+    } else {
+        format!("* FLAGS ({all})\r\n* OK [PERMANENTFLAGS ({all} \\*)] Flags permitted\r\n")
+    }
 }
 
 fn display_name(name: &str) -> String {
@@ -814,10 +861,10 @@ impl Session {
             Err(e) => return self.store_failed(tag, e),
         };
         pin.synced_at(mark);
-        self.conn.line(&format!("* FLAGS ({SYSTEM_FLAGS})"));
-        self.conn.line(&format!(
-            "* OK [PERMANENTFLAGS ({SYSTEM_FLAGS} \\*)] Flags permitted"
-        ));
+        let mut keywords = Vec::new();
+        learn_keywords(&mut keywords, msgs.iter().flat_map(|m| m.flags.iter()));
+        let flags = flags_announcement(&keywords, read_only);
+        self.conn.out().extend_from_slice(flags.as_bytes());
         self.conn.line(&format!("* {} EXISTS", msgs.len()));
         self.conn.line("* 0 RECENT");
         if let Some(first) = msgs.iter().position(|m| !m.has_flag("\\Seen")) {
@@ -833,6 +880,7 @@ impl Session {
             read_only,
             msgs,
             modseq: c.highest_modseq,
+            keywords,
             pin,
         });
         if read_only {
@@ -843,7 +891,7 @@ impl Session {
     }
 
     async fn create(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Flow {
-        let name = match mailbox_name(m) {
+        let name = match create_name(m) {
             Ok(n) => n,
             Err(e) => return self.no(tag, e),
         };
@@ -1037,12 +1085,16 @@ impl Session {
         date: Option<i64>,
         data: Vec<u8>,
     ) -> Flow {
-        let mb = match self.find_mailbox(tag, m).await {
-            Ok(mb) => mb,
-            Err(_) => {
-                // find_mailbox already replied NO [NONEXISTENT]; RFC 3501 asks for TRYCREATE.
-                return Flow::Continue;
-            }
+        // RFC 3501 6.3.11: a missing target mailbox is NO [TRYCREATE] (the client may CREATE it
+        // and try again), not [NONEXISTENT]
+        let name = match mailbox_name(m) {
+            Ok(n) => n,
+            Err(e) => return self.no(tag, e),
+        };
+        let mb = match self.srv.store.get_mailbox(self.account(), &name).await {
+            Ok(Some(mb)) => mb,
+            Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
+            Err(e) => return self.store_failed(tag, e),
         };
         if data.len() > self.srv.config.max_append_size {
             return self.no(tag, "[TOOBIG] Message larger than APPENDLIMIT");
@@ -1122,5 +1174,12 @@ mod tests {
         assert!(mk("a//b").is_err());
         assert!(mk("/a").is_err());
         assert!(mk("&Jjo").is_err());
+        assert!(mk("a/").is_err());
+        let create = |s: &str| create_name(&ImapMailbox::try_from(s).unwrap());
+        assert_eq!(create("a/").unwrap(), "a");
+        assert_eq!(create("a/b/").unwrap(), "a/b");
+        assert!(create("a//").is_err());
+        assert!(create("/").is_err());
+        assert_eq!(create("inbox").unwrap(), "INBOX");
     }
 }

@@ -31,6 +31,10 @@ impl Session {
         };
         let modseq = state.highest_modseq;
         let mut out = Vec::new();
+        // A keyword first seen now is announced before any FETCH that shows it.
+        if learn_keywords(&mut sel.keywords, fresh.iter().flat_map(|m| m.flags.iter())) {
+            out.extend_from_slice(flags_announcement(&sel.keywords, sel.read_only).as_bytes());
+        }
         // Expunges, highest sequence number first so that the numbers stay right.
         let mut kept = Vec::with_capacity(sel.msgs.len());
         let mut any_deferred = false;
@@ -174,6 +178,13 @@ impl Session {
             Err(e) => return self.store_failed(tag, e),
         };
         let mut out = Vec::new();
+        // a keyword this STORE introduced is announced first, even to a .SILENT STORE
+        if learn_keywords(
+            &mut sel.keywords,
+            changed.iter().flat_map(|(_, f, _)| f.iter()),
+        ) {
+            out.extend_from_slice(flags_announcement(&sel.keywords, sel.read_only).as_bytes());
+        }
         let expunged = uids.len().saturating_sub(changed.len());
         for (u, new_flags, _) in changed {
             if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
