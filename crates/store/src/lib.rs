@@ -325,6 +325,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0015_dkim_transit.sql"),
     include_str!("../migrations/0016_tlsrpt_results.sql"),
     include_str!("../migrations/0017_incidents.sql"),
+    include_str!("../migrations/0018_uidvalidity_floor.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -567,6 +568,33 @@ mod tests {
             .list_before(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
             .unwrap();
         assert_eq!(on_disk.len(), 140, "the failed appends left no blob behind");
+    }
+
+    #[tokio::test]
+    async fn a_name_used_again_gets_a_larger_uidvalidity() {
+        let (_d, s) = store().await;
+        s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
+            .await
+            .unwrap();
+        let id = s
+            .add_account(&EmailAddress::parse("a@example.test").unwrap(), "h")
+            .await
+            .unwrap();
+        let mut last = 0;
+        // several times within one second: each new "X" has a larger UIDVALIDITY than the last
+        for _ in 0..3 {
+            s.create_mailbox(id, "X").await.unwrap();
+            let v = s.get_mailbox(id, "X").await.unwrap().unwrap().uidvalidity;
+            assert!(v > last, "{v} after {last}");
+            last = v;
+            s.delete_mailbox(id, "X").await.unwrap();
+        }
+        // a mailbox renamed away keeps its value; the freed name gets a larger one
+        s.create_mailbox(id, "Y").await.unwrap();
+        let y = s.get_mailbox(id, "Y").await.unwrap().unwrap().uidvalidity;
+        s.rename_mailbox(id, "Y", "Z").await.unwrap();
+        s.create_mailbox(id, "Y").await.unwrap();
+        assert!(s.get_mailbox(id, "Y").await.unwrap().unwrap().uidvalidity > y);
     }
 
     #[tokio::test]

@@ -154,6 +154,16 @@ fn new_uidvalidity() -> i64 {
     (now() & 0x7fff_ffff).max(1)
 }
 
+/// The UIDVALIDITY of a new mailbox of account ?1, given ?3 = [`new_uidvalidity`]: larger than
+/// that of every mailbox the account has (a renamed one keeps its own) or deleted, so that a name
+/// used again never gets a UIDVALIDITY it had before, even within the same second.
+macro_rules! uidvalidity_sql {
+    () => {
+        "max(?3, (SELECT uidvalidity_floor + 1 FROM accounts WHERE id = ?1),
+             COALESCE((SELECT MAX(uidvalidity) + 1 FROM mailboxes WHERE account_id = ?1), 0))"
+    };
+}
+
 // Column lists as macros so that queries stay `&'static str` (sqlx refuses built strings).
 macro_rules! mailbox_cols {
     () => {
@@ -197,13 +207,16 @@ impl Store {
     }
 
     pub async fn create_mailbox(&self, account_id: i64, name: &str) -> Result<()> {
-        let res =
-            sqlx::query("INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?, ?, ?)")
-                .bind(account_id)
-                .bind(name)
-                .bind(new_uidvalidity())
-                .execute(&self.write)
-                .await;
+        let res = sqlx::query(concat!(
+            "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?1, ?2, ",
+            uidvalidity_sql!(),
+            ")"
+        ))
+        .bind(account_id)
+        .bind(name)
+        .bind(new_uidvalidity())
+        .execute(&self.write)
+        .await;
         crate::inserted(res, format!("mailbox {name}"))
     }
 
@@ -229,6 +242,15 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // the name may come back: its next UIDVALIDITY must be larger than this one's
+        sqlx::query(
+            "UPDATE accounts SET uidvalidity_floor = max(uidvalidity_floor,
+                 (SELECT uidvalidity FROM mailboxes WHERE id = ?1)) WHERE id = ?2",
+        )
+        .bind(id)
+        .bind(account_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM mailboxes WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -262,9 +284,11 @@ impl Store {
             return Err(StoreError::Exists(format!("mailbox {to}")));
         }
         if from == "INBOX" {
-            let row = sqlx::query(
-                "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?, ?, ?) RETURNING id",
-            )
+            let row = sqlx::query(concat!(
+                "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?1, ?2, ",
+                uidvalidity_sql!(),
+                ") RETURNING id"
+            ))
             .bind(account_id)
             .bind(to)
             .bind(new_uidvalidity())
