@@ -364,6 +364,33 @@ def test_search_sent_dates_and_decoded_addresses_rfc3501_6_4_4(server):
     m.logout()
 
 
+def test_lsub_parent_noselect_rfc3501_6_3_9(server):
+    """LSUB lists subscribed names only; where % stops at a parent that is not subscribed but has
+    a subscribed child, the parent comes back as \\Noselect, once; * lists the child itself."""
+    r = raw_login(server)
+    for i, cmd in enumerate([b"CREATE Lp/kid", b"CREATE Lp/other", b"UNSUBSCRIBE Lp", b"UNSUBSCRIBE Lp/other",
+                             b"SUBSCRIBE Lp/kid"]):
+        r.send(b"c%d %s\r\n" % (i, cmd))
+        assert r.until_tagged("c%d" % i)[-1].startswith("c%d OK" % i)
+
+    def lsub(pattern):
+        r.send(b'l LSUB "" "%s"\r\n' % pattern)
+        got = r.until_tagged("l")
+        assert got[-1].startswith("l OK"), got
+        return [l for l in got[:-1] if "Lp" in l]
+
+    top = lsub(b"%")
+    assert len(top) == 1 and top[0].startswith("* LSUB (\\Noselect)") and top[0].split()[-1].strip('"') == "Lp", top
+    deep = lsub(b"Lp/*")
+    assert len(deep) == 1 and deep[0].startswith("* LSUB ()") and deep[0].split()[-1].strip('"') == "Lp/kid", deep
+    # once the parent is subscribed it is listed as itself
+    r.send(b"s SUBSCRIBE Lp\r\n")
+    r.until_tagged("s")
+    top = lsub(b"%")
+    assert len(top) == 1 and top[0].startswith("* LSUB ()"), top
+    r.send(b"z LOGOUT\r\n")
+
+
 def test_trycreate_and_create_with_trailing_delimiter_rfc3501_6_3(server):
     r = raw_login(server)
     # APPEND and COPY to a missing mailbox: NO [TRYCREATE] (6.3.11, 6.4.7)

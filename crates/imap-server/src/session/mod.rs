@@ -1012,33 +1012,56 @@ impl Session {
             Ok(v) => v,
             Err(e) => return self.store_failed(tag, e),
         };
-        for b in &all {
-            let name: Vec<char> = b.name.chars().collect();
-            let inbox_match = b.name == "INBOX"
-                && pattern_matches(
-                    &full.to_ascii_uppercase().chars().collect::<Vec<_>>(),
-                    &name,
-                );
-            if !(pattern_matches(&pat, &name) || inbox_match) {
-                continue;
+        let upper: Vec<char> = full.to_ascii_uppercase().chars().collect();
+        let matches = |name: &str| {
+            let chars: Vec<char> = name.chars().collect();
+            pattern_matches(&pat, &chars) || (name == "INBOX" && pattern_matches(&upper, &chars))
+        };
+        let emit = |out: &mut Vec<u8>, attrs: &str, name: &str| {
+            let mut line = format!("* {cmd} ({attrs}) \"/\" ").into_bytes();
+            wire::mailbox(&mut line, &display_name(name));
+            out.extend_from_slice(&line);
+            out.extend_from_slice(b"\r\n");
+        };
+        let mut out = Vec::new();
+        if lsub {
+            // RFC 3501 6.3.9: subscribed names only, without LIST's child attributes; where `%`
+            // stops at a parent that is not subscribed itself but has a subscribed child, that
+            // parent is listed as \Noselect (once)
+            let mut parents: Vec<String> = Vec::new();
+            for b in all.iter().filter(|b| b.subscribed) {
+                if matches(&b.name) {
+                    emit(&mut out, "", &b.name);
+                    continue;
+                }
+                if !full.contains('%') {
+                    continue;
+                }
+                let parts: Vec<&str> = b.name.split(DELIMITER).collect();
+                for i in 1..parts.len() {
+                    let parent = parts[..i].join("/");
+                    let subscribed = all.iter().any(|o| o.name == parent && o.subscribed);
+                    if !subscribed && matches(&parent) && !parents.contains(&parent) {
+                        emit(&mut out, "\\Noselect", &parent);
+                        parents.push(parent);
+                    }
+                }
             }
-            if lsub && !b.subscribed {
-                continue;
+        } else {
+            for b in all.iter().filter(|b| matches(&b.name)) {
+                let prefix = format!("{}{DELIMITER}", b.name);
+                let mut attrs = vec![if all.iter().any(|o| o.name.starts_with(&prefix)) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                }];
+                if let Some(su) = &b.special_use {
+                    attrs.push(su);
+                }
+                emit(&mut out, &attrs.join(" "), &b.name);
             }
-            let prefix = format!("{}{DELIMITER}", b.name);
-            let mut attrs = vec![if all.iter().any(|o| o.name.starts_with(&prefix)) {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            }];
-            if let Some(su) = &b.special_use {
-                attrs.push(su);
-            }
-            let mut line = format!("* {cmd} ({}) \"/\" ", attrs.join(" ")).into_bytes();
-            wire::mailbox(&mut line, &display_name(&b.name));
-            self.conn.out().extend_from_slice(&line);
-            self.conn.out().extend_from_slice(b"\r\n");
         }
+        self.conn.out().extend_from_slice(&out);
         self.ok(tag, &format!("{cmd} completed"))
     }
 
