@@ -173,7 +173,7 @@ pub(crate) fn start(
 /// One transaction for the batch; one result per job. The fast path ([`write_batch`]) writes the
 /// whole batch in a handful of statements (every statement is a round trip to SQLite's connection
 /// thread); if anything fails, the transaction is rolled back and each job is written in a
-/// transaction of its own ([`insert`]), so that only the failing one fails.
+/// transaction of its own (the same [`write_batch`] on one job), so that only the failing one fails.
 async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
     let all = async {
         let mut tx = write.begin().await?;
@@ -192,7 +192,7 @@ async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
             for job in jobs {
                 let one = async {
                     let mut tx = write.begin().await?;
-                    let done = insert(&mut tx, job).await?;
+                    let done = write_batch(&mut tx, &[*job]).await?.remove(0);
                     tx.commit().await?;
                     Ok::<_, StoreError>(done)
                 }
@@ -347,7 +347,7 @@ async fn write_batch(
         done.push(match &job.kind {
             Kind::Deliver { .. } => Done::Delivered(mine.iter().map(|s| s.uid).collect()),
             Kind::Append { .. } => Done::Appended(mine[0].uidvalidity as u32, mine[0].uid as u32),
-            Kind::Enqueue { .. } | Kind::Flags { .. } => insert(tx, job).await?,
+            Kind::Enqueue { .. } | Kind::Flags { .. } => write_other(tx, job).await?,
         });
     }
     Ok(done)
@@ -431,59 +431,12 @@ fn shared(e: &StoreError) -> StoreError {
     }
 }
 
-async fn insert(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Result<Done> {
+/// A job without message rows (a STORE, a queue entry), inside the batch's transaction.
+async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Result<Done> {
     match &job.kind {
-        Kind::Deliver {
-            accounts,
-            quarantine,
-        } => {
-            let mut uids = Vec::with_capacity(accounts.len());
-            for &account in accounts {
-                let row = sqlx::query(
-                    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                     WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
-                                 (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
-                                 ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
-                                 LIMIT 1)
-                     RETURNING id, uidnext - 1 AS uid, highest_modseq",
-                )
-                .bind(account)
-                .bind(quarantine.as_deref())
-                .fetch_optional(&mut **tx)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?;
-                let (mailbox, uid, modseq): (i64, i64, i64) = (
-                    row.try_get("id")?,
-                    row.try_get("uid")?,
-                    row.try_get("highest_modseq")?,
-                );
-                insert_message(tx, job, mailbox, uid, modseq, "").await?;
-                uids.push(uid);
-            }
-            Ok(Done::Delivered(uids))
-        }
-        Kind::Append {
-            account,
-            mailbox,
-            flags,
-        } => {
-            let row = sqlx::query(
-                "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                 WHERE id = ? AND account_id = ? RETURNING uidvalidity, uidnext - 1 AS uid, highest_modseq",
-            )
-            .bind(mailbox)
-            .bind(account)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox}")))?;
-            let (uidvalidity, uid, modseq): (i64, i64, i64) = (
-                row.try_get("uidvalidity")?,
-                row.try_get("uid")?,
-                row.try_get("highest_modseq")?,
-            );
-            insert_message(tx, job, *mailbox, uid, modseq, flags).await?;
-            Ok(Done::Appended(uidvalidity as u32, uid as u32))
-        }
+        Kind::Deliver { .. } | Kind::Append { .. } => Err(StoreError::Conflict(
+            "a message job is written by write_batch".into(),
+        )),
         Kind::Flags {
             mailbox,
             uids,
@@ -581,25 +534,4 @@ async fn store_flags(
         out.push((uid, new, m as u64));
     }
     Ok(Done::Flagged(out))
-}
-
-async fn insert_message(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    job: &Job,
-    mailbox: i64,
-    uid: i64,
-    modseq: i64,
-    flags: &str,
-) -> Result<()> {
-    sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
-        .bind(mailbox)
-        .bind(uid)
-        .bind(&job.blob)
-        .bind(job.size)
-        .bind(job.internal_date)
-        .bind(flags)
-        .bind(modseq)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }

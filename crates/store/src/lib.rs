@@ -452,14 +452,20 @@ mod tests {
         (d, s)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_deliveries_share_commits_and_fail_alone() {
-        let (_d, s) = store().await;
+    /// A store with the domain example.test and the account a@example.test (its id).
+    async fn store_with_account() -> (tempfile::TempDir, Store, i64) {
+        let (d, s) = store().await;
         s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
             .await
             .unwrap();
         let a = EmailAddress::parse("a@example.test").unwrap();
         let id = s.add_account(&a, "h").await.unwrap();
+        (d, s, id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_deliveries_share_commits_and_fail_alone() {
+        let (_d, s, id) = store_with_account().await;
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
@@ -505,12 +511,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn appends_queue_entries_and_deliveries_share_commits() {
-        let (_d, s) = store().await;
-        s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
-            .await
-            .unwrap();
-        let a = EmailAddress::parse("a@example.test").unwrap();
-        let id = s.add_account(&a, "h").await.unwrap();
+        let (_d, s, id) = store_with_account().await;
         let inbox = s.get_mailbox(id, "INBOX").await.unwrap().unwrap().id;
         let mut tasks = Vec::new();
         for i in 0..150i64 {
@@ -572,14 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_used_again_gets_a_larger_uidvalidity() {
-        let (_d, s) = store().await;
-        s.add_domain(&postern_types::Domain::parse("example.test").unwrap())
-            .await
-            .unwrap();
-        let id = s
-            .add_account(&EmailAddress::parse("a@example.test").unwrap(), "h")
-            .await
-            .unwrap();
+        let (_d, s, id) = store_with_account().await;
         let mut last = 0;
         // several times within one second: each new "X" has a larger UIDVALIDITY than the last
         for _ in 0..3 {
