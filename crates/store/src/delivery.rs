@@ -1,6 +1,6 @@
-//! Mail flow: durable local delivery and queueing (the body made durable, then the row committed:
-//! local deliveries through the group committer of `commit.rs`), and the start-up sweep of blobs
-//! a crash left without a row.
+//! Mail flow: durable local delivery and queueing (the body made durable, then the row committed,
+//! both through the group committer of `commit.rs`, which IMAP APPEND and STORE use too), and the
+//! start-up sweep of blobs a crash left without a row.
 
 use sqlx::Row;
 

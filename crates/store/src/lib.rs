@@ -4,7 +4,8 @@
 //! `audit` (bans and the keyed audit chain), `apps`, `apppw`, `admins`, `totp`, `secrets`,
 //! `dkim`, `greylist`, `dmarc` (report counts and cached MTA-STS policies), `incident`; `lock`
 //! (one server per data directory), `views` (bodies kept for session views), `commit` (group
-//! commit of local deliveries) and `backup` (the consistent copy a backup takes).
+//! commit of new messages and flag changes: local deliveries, IMAP APPEND and STORE, queue
+//! entries) and `backup` (the consistent copy a backup takes).
 //! Migrations are the numbered files in `crates/store/migrations/`.
 //!
 //! Writes go through a one-connection pool so that they are serialised without SQLITE_BUSY
