@@ -269,33 +269,31 @@ async fn write_batch(
         std::collections::HashMap::new();
     for t in order {
         let k = counts[&t];
-        let row = match t {
-            Target::Inbox(account, quarantine) => sqlx::query(
-                "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
-                 WHERE id = (SELECT id FROM mailboxes WHERE account_id = ?1 AND
-                             (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
-                             ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
-                             LIMIT 1)
-                 RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
-            )
-            .bind(account)
-            .bind(quarantine)
-            .bind(k)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("INBOX of account #{account}")))?,
-            Target::Mailbox(account, mailbox) => sqlx::query(
-                "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
-                 WHERE id = ?2 AND account_id = ?1
-                 RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
-            )
-            .bind(account)
-            .bind(mailbox)
-            .bind(k)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox}")))?,
+        // one statement for both kinds of target: ?4 names the mailbox, or (NULL) the INBOX or
+        // junk mailbox of account ?1 is looked up
+        let (account, quarantine, mailbox) = match t {
+            Target::Inbox(account, quarantine) => (account, quarantine, None),
+            Target::Mailbox(account, mailbox) => (account, None, Some(mailbox)),
         };
+        let row = sqlx::query(
+            "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
+             WHERE account_id = ?1 AND id = COALESCE(?4,
+                 (SELECT id FROM mailboxes WHERE account_id = ?1 AND
+                  (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
+                  ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
+                  LIMIT 1))
+             RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
+        )
+        .bind(account)
+        .bind(quarantine)
+        .bind(k)
+        .bind(mailbox)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| match mailbox {
+            Some(m) => StoreError::NotFound(format!("mailbox #{m}")),
+            None => StoreError::NotFound(format!("INBOX of account #{account}")),
+        })?;
         next.insert(
             t,
             (

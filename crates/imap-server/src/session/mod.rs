@@ -835,13 +835,30 @@ impl Session {
     }
 
     async fn find_mailbox(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Result<Mailbox, Flow> {
+        self.lookup_mailbox(tag, m, "[NONEXISTENT] No such mailbox")
+            .await
+    }
+
+    /// The target of APPEND, COPY and MOVE: a missing one is NO [TRYCREATE] (RFC 3501 6.3.11,
+    /// 6.4.7: the client may CREATE it and try again), not [NONEXISTENT].
+    async fn find_target(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Result<Mailbox, Flow> {
+        self.lookup_mailbox(tag, m, "[TRYCREATE] No such mailbox")
+            .await
+    }
+
+    async fn lookup_mailbox(
+        &mut self,
+        tag: &str,
+        m: &ImapMailbox<'_>,
+        missing: &str,
+    ) -> Result<Mailbox, Flow> {
         let name = match mailbox_name(m) {
             Ok(n) => n,
             Err(e) => return Err(self.no(tag, e)),
         };
         match self.srv.store.get_mailbox(self.account(), &name).await {
             Ok(Some(mb)) => Ok(mb),
-            Ok(None) => Err(self.no(tag, "[NONEXISTENT] No such mailbox")),
+            Ok(None) => Err(self.no(tag, missing)),
             Err(e) => Err(self.store_failed(tag, e)),
         }
     }
@@ -1108,16 +1125,9 @@ impl Session {
         date: Option<i64>,
         data: Vec<u8>,
     ) -> Flow {
-        // RFC 3501 6.3.11: a missing target mailbox is NO [TRYCREATE] (the client may CREATE it
-        // and try again), not [NONEXISTENT]
-        let name = match mailbox_name(m) {
-            Ok(n) => n,
-            Err(e) => return self.no(tag, e),
-        };
-        let mb = match self.srv.store.get_mailbox(self.account(), &name).await {
-            Ok(Some(mb)) => mb,
-            Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
-            Err(e) => return self.store_failed(tag, e),
+        let mb = match self.find_target(tag, m).await {
+            Ok(mb) => mb,
+            Err(f) => return f,
         };
         if data.len() > self.srv.config.max_append_size {
             return self.no(tag, "[TOOBIG] Message larger than APPENDLIMIT");

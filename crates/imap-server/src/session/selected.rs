@@ -229,14 +229,9 @@ impl Session {
         if move_ && sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
-        let name = match mailbox_name(dest) {
-            Ok(n) => n,
-            Err(e) => return self.no(tag, e),
-        };
-        let dst = match self.srv.store.get_mailbox(self.account(), &name).await {
-            Ok(Some(mb)) => mb,
-            Ok(None) => return self.no(tag, "[TRYCREATE] No such mailbox"),
-            Err(e) => return self.store_failed(tag, e),
+        let dst = match self.find_target(tag, dest).await {
+            Ok(mb) => mb,
+            Err(f) => return f,
         };
         if !uid
             && (seq_out_of_range(set, sel.msgs.len())
