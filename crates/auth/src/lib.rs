@@ -14,6 +14,7 @@ pub mod guard;
 pub mod hasher;
 pub mod policy;
 pub mod sasl;
+pub mod scram;
 pub mod totp;
 
 use std::net::IpAddr;
@@ -52,6 +53,26 @@ pub struct StoredCredential {
     pub app_secrets: Vec<AppSecret>,
     /// Applications only: Unix time after which the credential no longer works.
     pub expires_at: Option<u64>,
+    /// The account's SCRAM salt and iteration count, and the verifier of its password (kept
+    /// only with `[auth] scram_for_account_passwords`). None until a first verifier is made.
+    pub scram: Option<ScramCred>,
+}
+
+/// An account's SCRAM parameters: one salt and iteration count for all its verifiers (the
+/// account password's and every app password's), so that a single server-first message fits
+/// whichever of them the client holds.
+#[derive(Clone)]
+pub struct ScramCred {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub account: Option<scram::Verifier>,
+}
+
+/// Which password a SCRAM verifier is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramTarget {
+    Account,
+    AppPassword(i64),
 }
 
 impl StoredCredential {
@@ -70,6 +91,7 @@ impl StoredCredential {
             second_factor: false,
             app_secrets: vec![],
             expires_at: None,
+            scram: None,
         }
     }
 }
@@ -97,6 +119,8 @@ pub struct AppPasswordCred {
     pub networks: Vec<guard::Cidr>,
     /// Unix time after which it no longer works.
     pub expires_at: Option<u64>,
+    /// Its SCRAM verifier (under the account's salt), if made yet.
+    pub scram: Option<scram::Verifier>,
 }
 
 /// SHA-256 of an app password secret, as stored.
@@ -134,6 +158,17 @@ pub trait CredentialStore: Send + Sync {
     async fn app_password_used(&self, _id: i64, _ip: IpAddr) {}
     /// Records that an application credential was used (time and source).
     async fn application_used(&self, _id: i64, _ip: IpAddr) {}
+    /// A password of `cred` just verified by PLAIN/LOGIN has no SCRAM verifier yet: the store
+    /// may make one (off the login's path), for that password only (the account password's
+    /// only while its hash is still `cred.password_hash`). Called only for passwords SCRAM may
+    /// use.
+    async fn scram_missing(
+        &self,
+        _cred: &StoredCredential,
+        _target: ScramTarget,
+        _password: &SecretString,
+    ) {
+    }
 }
 
 /// What kind of principal logged in.
@@ -272,6 +307,13 @@ pub enum FailureReason {
     ApplicationScope,
     /// The previous secret of an application, after its rotation grace period.
     RetiredSecret,
+    /// A SCRAM-PLUS channel binding that does not match the connection (a TLS-terminating
+    /// middlebox), or a downgrade from -PLUS.
+    ChannelBinding,
+    /// A malformed SASL exchange (SCRAM), after the user name was known.
+    Malformed,
+    /// SCRAM with an account password while `scram_for_account_passwords` is off.
+    ScramNotAllowed,
 }
 
 impl FailureReason {
@@ -290,6 +332,9 @@ impl FailureReason {
             FailureReason::SecondFactorRequired => "second_factor_required",
             FailureReason::ApplicationScope => "application_scope",
             FailureReason::RetiredSecret => "retired_secret",
+            FailureReason::ChannelBinding => "channel_binding",
+            FailureReason::Malformed => "malformed",
+            FailureReason::ScramNotAllowed => "scram_not_allowed",
         }
     }
 }
@@ -366,6 +411,55 @@ pub struct Authenticator {
     max_password_age: u64,
     /// Warning period before expiry, in seconds.
     expiry_warning: u64,
+    scram: ScramSettings,
+}
+
+/// How SCRAM verifiers are made and which passwords may use them.
+struct ScramSettings {
+    /// Account passwords may log in with SCRAM (their verifiers are kept).
+    accounts: bool,
+    iterations: u32,
+    /// Keys the made-up salt of logins without one (unknown names, accounts without a verifier
+    /// yet), so that the salt of a name does not tell whether it exists. Persistent when the
+    /// server passes a secret ([`Authenticator::with_scram`]), so that it survives restarts too.
+    fake_salt_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+/// What a SCRAM exchange learnt when the client named itself: the salt and iteration count to
+/// send, and the credential to check the proof against.
+pub struct ScramLookup {
+    login: String,
+    cred: Result<Option<StoredCredential>, ()>,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+/// How a SCRAM exchange ended.
+#[derive(Debug)]
+pub enum ScramEnd {
+    /// A decision, answered like a password login's (see [`AuthOutcome::answer`]).
+    Decided(AuthOutcome),
+    /// The exchange broke off before a decision (cancelled, malformed before a user name, the
+    /// connection gone): the protocol's syntax-error reply, or the end of the session.
+    Aborted(sasl::SaslError),
+}
+
+/// Where a login comes from: the door, the client's address, the TLS version.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub protocol: Protocol,
+    pub remote_ip: IpAddr,
+    pub tls: Option<&'static str>,
+}
+
+/// A SCRAM attempt's circumstances (the proof is checked against the [`ScramLookup`]).
+pub struct ScramAttempt<'a> {
+    pub username: &'a str,
+    pub protocol: Protocol,
+    /// "SCRAM-SHA-256" or "SCRAM-SHA-256-PLUS".
+    pub mechanism: &'static str,
+    pub remote_ip: IpAddr,
+    pub tls: Option<&'static str>,
 }
 
 /// Recently verified credentials, so that clients that reconnect often (IMAP clients, apps that
@@ -468,7 +562,33 @@ impl Authenticator {
             )),
             max_password_age: 0,
             expiry_warning: 0,
+            scram: ScramSettings {
+                accounts: false,
+                iterations: 10_000,
+                fake_salt_key: zeroize::Zeroizing::new(rand::random()),
+            },
         })
+    }
+
+    /// SCRAM: whether account passwords may use it, the iteration count of new verifiers, and
+    /// a secret that keeps made-up salts stable across restarts.
+    pub fn with_scram(mut self, accounts: bool, iterations: u32, secret: [u8; 32]) -> Self {
+        self.scram = ScramSettings {
+            accounts,
+            iterations: iterations.max(4096),
+            fake_salt_key: zeroize::Zeroizing::new(secret),
+        };
+        self
+    }
+
+    /// Whether account passwords may log in with SCRAM.
+    pub fn scram_for_accounts(&self) -> bool {
+        self.scram.accounts
+    }
+
+    /// The iteration count of new SCRAM verifiers.
+    pub fn scram_iterations(&self) -> u32 {
+        self.scram.iterations
     }
 
     /// Account passwords older than this stop working for logins (app passwords are unaffected).
@@ -507,6 +627,16 @@ impl Authenticator {
                     .guard_now()
                     .saturating_sub(c.password_changed_at.max(0) as u64)
                     > self.max_password_age)
+    }
+
+    /// After a successful account-password login: asks the store for the SCRAM verifier the
+    /// account lacks, when account passwords may use SCRAM.
+    async fn account_scram_missing(&self, c: &StoredCredential, password: &SecretString) {
+        if self.scram.accounts && c.scram.as_ref().is_none_or(|s| s.account.is_none()) {
+            self.store
+                .scram_missing(c, ScramTarget::Account, password)
+                .await;
+        }
     }
 
     /// Uses this throttling/ban guard instead of the default one.
@@ -550,7 +680,7 @@ impl Authenticator {
         let ip = attempt.remote_ip;
         // The guard decides before any hashing: a banned source or a locked account (for an
         // unknown source) costs no argon2 work.
-        let (mut outcome, account_id, result) = match self.guard.check(ip, &login) {
+        let decided = match self.guard.check(ip, &login) {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
             guard::Verdict::Allow => {
@@ -558,19 +688,175 @@ impl Authenticator {
                     .await
             }
         };
+        let meta = ScramAttempt {
+            username: attempt.username,
+            protocol: attempt.protocol,
+            mechanism: attempt.mechanism,
+            remote_ip: ip,
+            tls: attempt.tls,
+        };
+        self.conclude(&login, &meta, attempt.password, decided)
+            .await
+    }
+
+    /// The first half of a SCRAM exchange: the salt and iteration count for the name the
+    /// client gave. A name without verifiers (unknown, or not made yet) gets a made-up salt
+    /// that is the same at every attempt, so that the reply does not tell whether it exists.
+    pub async fn scram_lookup(&self, username: &str) -> ScramLookup {
+        let login = username.trim().to_lowercase();
+        let cred = self.store.credential(&login).await.map_err(|e| {
+            tracing::error!(error = %e, "credential look-up failed");
+        });
+        let params = cred
+            .as_ref()
+            .ok()
+            .and_then(|c| c.as_ref())
+            .and_then(|c| c.scram.as_ref())
+            .map(|s| (s.salt.clone(), s.iterations));
+        let (salt, iterations) = params.unwrap_or_else(|| {
+            use hmac::{KeyInit, Mac};
+            let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(
+                &self.scram.fake_salt_key[..],
+            )
+            .expect("HMAC takes any key length");
+            m.update(b"scram-salt\0");
+            m.update(login.as_bytes());
+            (
+                m.finalize().into_bytes()[..16].to_vec(),
+                self.scram.iterations,
+            )
+        });
+        ScramLookup {
+            login,
+            cred,
+            salt,
+            iterations,
+        }
+    }
+
+    /// A whole SCRAM-SHA-256(-PLUS) exchange over a protocol's framing: client-first (the
+    /// initial response, or an empty challenge), server-first with the account's salt,
+    /// client-final with the proof, then the server signature and the client's empty
+    /// acknowledgement. Failures count like password failures (the guard, the audit log); a
+    /// refused channel binding is audited as `channel_binding`.
+    pub async fn scram_exchange(
+        &self,
+        io: &mut dyn sasl::Challenger,
+        mechanism: sasl::Mechanism,
+        initial: Option<&[u8]>,
+        cb: scram::Bindings<'_>,
+        peer: Peer,
+    ) -> ScramEnd {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let plus = mechanism == sasl::Mechanism::ScramSha256Plus;
+        let first_msg = match initial {
+            Some(m) => zeroize::Zeroizing::new(m.to_vec()),
+            None => match io.challenge("").await {
+                Ok(m) => m,
+                Err(e) => return ScramEnd::Aborted(e),
+            },
+        };
+        let attempt = |username| ScramAttempt {
+            username,
+            protocol: peer.protocol,
+            mechanism: mechanism.name(),
+            remote_ip: peer.remote_ip,
+            tls: peer.tls,
+        };
+        let first = match scram::ClientFirst::parse(&first_msg, plus, cb) {
+            Ok(f) => f,
+            Err(scram::ScramError::ChannelBinding) => {
+                let Some(user) = scram::peek_username(&first_msg) else {
+                    return ScramEnd::Aborted(sasl::SaslError::Malformed);
+                };
+                let lookup = self.scram_lookup(&user).await;
+                let (outcome, _) = self
+                    .authenticate_scram(
+                        lookup,
+                        Err(scram::ScramError::ChannelBinding),
+                        attempt(&user),
+                    )
+                    .await;
+                return ScramEnd::Decided(outcome);
+            }
+            Err(_) => return ScramEnd::Aborted(sasl::SaslError::Malformed),
+        };
+        let user = first.username.clone();
+        let lookup = self.scram_lookup(&user).await;
+        let (state, server_first) = first.server_first(&lookup.salt, lookup.iterations);
+        let final_msg = match io.challenge(&b64(&server_first)).await {
+            Ok(m) => m,
+            Err(e) => return ScramEnd::Aborted(e),
+        };
+        let proof = state.client_final(&final_msg);
+        let (outcome, signature) = self.authenticate_scram(lookup, proof, attempt(&user)).await;
+        if let Some(sig) = signature {
+            // The server signature proves to the client that this server holds the verifier
+            // (no impostor); it acknowledges with an empty response (RFC 4954 4, RFC 3501 6.2.2).
+            match io.challenge(&b64(&scram::server_final(&sig))).await {
+                Ok(r) if r.is_empty() => {}
+                Ok(_) => return ScramEnd::Aborted(sasl::SaslError::Malformed),
+                Err(e) => return ScramEnd::Aborted(e),
+            }
+        }
+        ScramEnd::Decided(outcome)
+    }
+
+    /// The second half of a SCRAM exchange: checks the client's proof (or the error its final
+    /// message had) under the same guard, audit and credential rules as a password login.
+    /// On success, also returns the server signature for the server-final message.
+    pub async fn authenticate_scram(
+        &self,
+        lookup: ScramLookup,
+        proof: Result<scram::Proof, scram::ScramError>,
+        attempt: ScramAttempt<'_>,
+    ) -> (AuthOutcome, Option<[u8; 32]>) {
+        let ip = attempt.remote_ip;
+        let login = lookup.login.clone();
+        let fingerprint = match &proof {
+            Ok(p) => p.fingerprint(),
+            Err(_) => SecretString::from(format!("{:x}", rand::random::<u128>())),
+        };
+        let mut signature = None;
+        let decided = match self.guard.check(ip, &login) {
+            guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
+            guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
+            guard::Verdict::Allow => {
+                let (d, sig) = self.decide_scram(lookup, proof, ip, attempt.protocol).await;
+                signature = sig;
+                d
+            }
+        };
+        let outcome = self.conclude(&login, &attempt, &fingerprint, decided).await;
+        let signature = signature.filter(|_| matches!(outcome, AuthOutcome::Success(_)));
+        (outcome, signature)
+    }
+
+    /// What follows a decision, for every mechanism: the guard's accounting (failure windows,
+    /// bans, lockouts, delays), metrics, and the audit event.
+    async fn conclude(
+        &self,
+        login: &str,
+        attempt: &ScramAttempt<'_>,
+        fingerprint: &SecretString,
+        decided: (AuthOutcome, Option<i64>, Result<(), FailureReason>),
+    ) -> AuthOutcome {
+        let ip = attempt.remote_ip;
+        let (mut outcome, account_id, result) = decided;
         match (&outcome, result) {
-            (AuthOutcome::Success(_), _) => self.guard.success(ip, &login),
+            (AuthOutcome::Success(_), _) => self.guard.success(ip, login),
             (AuthOutcome::Failure, Err(r)) if r != FailureReason::Locked => {
-                let effect = self.guard.failure(ip, &login, attempt.password).await;
+                let effect = self.guard.failure(ip, login, fingerprint).await;
                 if let Some(ban) = &effect.banned {
-                    self.note_ban(ip, &login, ban, "");
+                    self.note_ban(ip, login, ban, "");
                     outcome = AuthOutcome::Refused;
                 }
                 if effect.locked {
                     self.audit.note(
                         "lockout",
                         Some(ip),
-                        Some(&loggable_username(&login)),
+                        Some(&loggable_username(login)),
                         "account locked for unknown clients",
                     );
                 }
@@ -581,12 +867,9 @@ impl Authenticator {
             (AuthOutcome::Failure, Err(FailureReason::Locked)) => {
                 // No password was checked, but the source pays for the attempt: a lockout must
                 // not become a free pass for guessing elsewhere.
-                let effect = self
-                    .guard
-                    .locked_attempt(ip, &login, attempt.password)
-                    .await;
+                let effect = self.guard.locked_attempt(ip, login, fingerprint).await;
                 if let Some(ban) = &effect.banned {
-                    self.note_ban(ip, &login, ban, " (attempts on a locked account)");
+                    self.note_ban(ip, login, ban, " (attempts on a locked account)");
                     outcome = AuthOutcome::Refused;
                 }
                 let d = self.guard.config().failure_delay_max_ms;
@@ -701,6 +984,11 @@ impl Authenticator {
                     );
                 }
                 self.store.app_password_used(a.id, ip).await;
+                if a.scram.is_none() {
+                    self.store
+                        .scram_missing(c, ScramTarget::AppPassword(a.id), password)
+                        .await;
+                }
                 return (
                     AuthOutcome::Success(Principal::account(c.account_id, c.address.clone())),
                     Some(c.account_id),
@@ -715,6 +1003,7 @@ impl Authenticator {
                 && !c.second_factor
                 && self.cache.hit(login, password, &c.password_hash)
             {
+                self.account_scram_missing(c, password).await;
                 return (self.account_success(c), Some(c.account_id), Ok(()));
             }
         }
@@ -766,6 +1055,7 @@ impl Authenticator {
             ),
             Some(c) => {
                 self.cache.insert(login, password, &c.password_hash);
+                self.account_scram_missing(&c, password).await;
                 (self.account_success(&c), Some(c.account_id), Ok(()))
             }
         }
@@ -773,6 +1063,113 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// The decision of a SCRAM proof: which of the account's verifiers it matches (an app
+    /// password's, or the account password's when allowed), then the same rules as a password
+    /// login of that kind.
+    #[allow(clippy::type_complexity)]
+    async fn decide_scram(
+        &self,
+        lookup: ScramLookup,
+        proof: Result<scram::Proof, scram::ScramError>,
+        ip: IpAddr,
+        protocol: Protocol,
+    ) -> (
+        (AuthOutcome, Option<i64>, Result<(), FailureReason>),
+        Option<[u8; 32]>,
+    ) {
+        let c = match lookup.cred {
+            Err(()) => {
+                return (
+                    (
+                        AuthOutcome::TemporaryFailure,
+                        None,
+                        Err(FailureReason::StoreError),
+                    ),
+                    None,
+                )
+            }
+            Ok(None) => {
+                return (
+                    (AuthOutcome::Failure, None, Err(FailureReason::UnknownUser)),
+                    None,
+                )
+            }
+            Ok(Some(c)) => c,
+        };
+        let id = Some(c.account_id);
+        let fail = |r| ((AuthOutcome::Failure, id, Err(r)), None);
+        let proof = match proof {
+            Ok(p) => p,
+            Err(scram::ScramError::ChannelBinding) => return fail(FailureReason::ChannelBinding),
+            Err(_) => return fail(FailureReason::Malformed),
+        };
+        // Applications have no SCRAM verifiers (their 256-bit secrets go over PLAIN).
+        if c.kind == PrincipalKind::Application {
+            return fail(FailureReason::BadPassword);
+        }
+        let outside =
+            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip));
+        for a in &c.app_passwords {
+            let Some(sig) = a.scram.as_ref().and_then(|v| proof.check(v)) else {
+                continue;
+            };
+            if c.disabled {
+                return fail(FailureReason::Disabled);
+            }
+            let now = self.guard_now();
+            let in_scope = a.expires_at.is_none_or(|e| now < e)
+                && a.protocols.iter().any(|p| p == protocol.family())
+                && (a.networks.is_empty() || a.networks.iter().any(|n| n.contains(ip)))
+                && !outside;
+            if !in_scope {
+                return fail(FailureReason::AppPasswordScope);
+            }
+            self.store.app_password_used(a.id, ip).await;
+            return (
+                (
+                    AuthOutcome::Success(Principal::account(c.account_id, c.address.clone())),
+                    id,
+                    Ok(()),
+                ),
+                Some(sig),
+            );
+        }
+        let account = c.scram.as_ref().and_then(|s| s.account.as_ref());
+        let Some(sig) = account.and_then(|v| proof.check(v)) else {
+            return fail(FailureReason::BadPassword);
+        };
+        let decided = if !self.scram.accounts {
+            (
+                AuthOutcome::Failure,
+                id,
+                Err(FailureReason::ScramNotAllowed),
+            )
+        } else if c.disabled {
+            (AuthOutcome::Failure, id, Err(FailureReason::Disabled))
+        } else if outside {
+            (
+                AuthOutcome::Failure,
+                id,
+                Err(FailureReason::NetworkNotAllowed),
+            )
+        } else if self.password_expired(&c) {
+            (
+                AuthOutcome::PasswordExpired,
+                id,
+                Err(FailureReason::PasswordExpired),
+            )
+        } else if c.second_factor {
+            (
+                AuthOutcome::AppPasswordRequired,
+                id,
+                Err(FailureReason::SecondFactorRequired),
+            )
+        } else {
+            (self.account_success(&c), id, Ok(()))
+        };
+        (decided, Some(sig))
+    }
+
     /// An application credential: its secret is a generated high-entropy token compared by
     /// digest; it opens SMTP submission only, within its networks and before its expiry. The
     /// previous secret keeps working until the end of its rotation grace period.
@@ -1182,6 +1579,7 @@ mod tests {
                 protocols: vec!["imap".into(), "smtp".into()],
                 networks: vec![],
                 expires_at: None,
+                scram: None,
             }],
             ..StoredCredential::account(1, "a@x.test", &phc)
         };

@@ -13,6 +13,19 @@ pub enum SaslError {
     Malformed,
     #[error("the client cancelled the exchange")]
     Cancelled,
+    /// The connection ended or timed out in the middle of an exchange.
+    #[error("the connection closed during the exchange")]
+    Closed,
+}
+
+/// One round trip of a SASL exchange in a protocol's own framing (`334 …` for SMTP, `+ …` for
+/// IMAP and POP3, with their line limits and timeouts), for the exchanges that need more than
+/// [`Exchange`]'s synchronous steps (SCRAM looks the user up between two messages).
+#[async_trait::async_trait]
+pub trait Challenger: Send {
+    /// Sends `challenge` (already base64) and returns the client's decoded response:
+    /// [`SaslError::Cancelled`] for `*`, [`SaslError::Closed`] if the connection is gone.
+    async fn challenge(&mut self, challenge: &str) -> Result<Zeroizing<Vec<u8>>, SaslError>;
 }
 
 /// A user name and password taken from a SASL exchange. `Debug` never shows the password.
@@ -80,23 +93,49 @@ pub fn decode_login_field(decoded: &[u8]) -> Result<String, SaslError> {
 pub enum Mechanism {
     Plain,
     Login,
+    /// SCRAM-SHA-256 (RFC 7677), driven by [`crate::Authenticator::scram_exchange`].
+    ScramSha256,
+    /// SCRAM-SHA-256-PLUS: with TLS channel binding.
+    ScramSha256Plus,
 }
 
 impl Mechanism {
     pub fn parse(name: &str) -> Option<Mechanism> {
-        if name.eq_ignore_ascii_case("PLAIN") {
-            Some(Mechanism::Plain)
-        } else if name.eq_ignore_ascii_case("LOGIN") {
-            Some(Mechanism::Login)
-        } else {
-            None
-        }
+        [
+            Mechanism::Plain,
+            Mechanism::Login,
+            Mechanism::ScramSha256,
+            Mechanism::ScramSha256Plus,
+        ]
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+        }
+    }
+
+    pub fn is_scram(self) -> bool {
+        matches!(self, Mechanism::ScramSha256 | Mechanism::ScramSha256Plus)
+    }
+
+    /// The mechanisms to advertise on a connection, strongest first: SCRAM-SHA-256-PLUS only
+    /// where the connection has a channel binding to offer.
+    pub fn advertised(can_bind: bool) -> &'static [Mechanism] {
+        if can_bind {
+            &[
+                Mechanism::ScramSha256Plus,
+                Mechanism::ScramSha256,
+                Mechanism::Plain,
+                Mechanism::Login,
+            ]
+        } else {
+            &[Mechanism::ScramSha256, Mechanism::Plain, Mechanism::Login]
         }
     }
 }
@@ -146,8 +185,10 @@ impl Exchange {
             user: None,
         };
         let step = match (mechanism, initial) {
+            (m, _) if m.is_scram() => return Err(SaslError::Malformed),
             (Mechanism::Plain, None) => Step::Challenge(""),
             (Mechanism::Login, None) => Step::Challenge(LOGIN_USER),
+            (_, None) => return Err(SaslError::Malformed),
             (_, Some(ir)) => ex.step_decoded(ir)?,
         };
         Ok((ex, step))
@@ -165,6 +206,7 @@ impl Exchange {
 
     fn step_decoded(&mut self, decoded: &[u8]) -> Result<Step, SaslError> {
         match self.mechanism {
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => Err(SaslError::Malformed),
             Mechanism::Plain => decode_plain(decoded).map(Step::Done),
             Mechanism::Login => match self.user.take() {
                 None => {

@@ -874,10 +874,24 @@ pub struct AuthConfig {
     /// reconnecting clients skip argon2; 0 turns the cache off.
     #[serde(default = "d_cache")]
     pub credential_cache_secs: u64,
+    /// Account passwords may log in with SCRAM-SHA-256(-PLUS). Off by default: a SCRAM verifier
+    /// is PBKDF2, a weaker KDF than argon2id, so keeping one for a password people choose makes
+    /// a stolen database easier to crack. App passwords (≈146 random bits) always have one.
+    /// Turning it off drops the stored account verifiers at the next start.
+    #[serde(default)]
+    pub scram_for_account_passwords: bool,
+    /// PBKDF2 iterations of an account's SCRAM verifiers, fixed per account when its first
+    /// verifier is made (minimum 4096, RFC 7677).
+    #[serde(default = "d_scram_iterations")]
+    pub scram_iterations: u32,
 }
 
 fn d_cache() -> u64 {
     300
+}
+
+fn d_scram_iterations() -> u32 {
+    10_000
 }
 
 impl Default for AuthConfig {
@@ -889,6 +903,8 @@ impl Default for AuthConfig {
             max_concurrent_verifications: 0,
             verification_queue_ms: d_verify_wait(),
             credential_cache_secs: d_cache(),
+            scram_for_account_passwords: false,
+            scram_iterations: d_scram_iterations(),
         }
     }
 }

@@ -79,6 +79,14 @@ impl Conn {
         self.io.tls_info()
     }
 
+    pub fn channel_bindings(&self) -> Option<postern_net::ChannelBindings> {
+        self.io.channel_bindings()
+    }
+
+    pub fn client_key_fingerprint(&self) -> Option<String> {
+        self.io.client_key_fingerprint()
+    }
+
     /// STARTTLS: flushes pending output, drops buffered plaintext input (anything a client
     /// pipelined after STARTTLS: the command-injection class of bugs, CVE-2011-0411 and kin), and
     /// runs the TLS handshake on the same TCP connection.

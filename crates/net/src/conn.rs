@@ -70,6 +70,16 @@ impl LineConn {
         self.stream.as_ref().and_then(MailStream::tls_info)
     }
 
+    pub fn channel_bindings(&self) -> Option<crate::ChannelBindings> {
+        self.stream.as_ref().and_then(MailStream::channel_bindings)
+    }
+
+    pub fn client_key_fingerprint(&self) -> Option<String> {
+        self.stream
+            .as_ref()
+            .and_then(MailStream::client_key_fingerprint)
+    }
+
     /// Output queued and not flushed yet, to append raw bytes (literals, multi-line replies).
     pub fn out(&mut self) -> &mut Vec<u8> {
         &mut self.out

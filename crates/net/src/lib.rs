@@ -21,8 +21,28 @@ use tokio_util::task::TaskTracker;
 pub use conn::{Line, LineConn, ReadError};
 pub use limits::{ConnLimiter, ConnPermit, Refusal};
 pub use revoke::Revocations;
-pub use stream::{MailStream, TlsInfo};
-pub use tokio_rustls::TlsAcceptor;
+pub use stream::{ChannelBindings, MailStream, TlsInfo};
+
+/// The TLS acceptor of the mail listeners: rustls's, plus the certificate store it serves from,
+/// so that a session knows the `tls-server-end-point` channel binding of its connection.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    certs: Option<Arc<tls::CertStore>>,
+}
+
+impl TlsAcceptor {
+    /// The rustls acceptor (for listeners that speak HTTP rather than mail).
+    pub fn rustls(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.inner
+    }
+}
+
+impl From<tokio_rustls::TlsAcceptor> for TlsAcceptor {
+    fn from(inner: tokio_rustls::TlsAcceptor) -> Self {
+        TlsAcceptor { inner, certs: None }
+    }
+}
 
 /// Accepts connections until `shutdown` is cancelled, admitting each through `limiter` and running
 /// `handler` for it on a tracked task. The handler also gets refused connections (with the reason)

@@ -2,16 +2,18 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 pub enum MailStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// With the `tls-server-end-point` binding of the certificate served, when known.
+    Tls(Box<TlsStream<TcpStream>>, Option<Arc<[u8]>>),
     /// An in-process pipe, for tests and fuzz targets that drive a whole session without a
     /// socket. `secure` says whether the session should treat it as encrypted (as after TLS);
     /// no listener ever makes one.
@@ -19,6 +21,24 @@ pub enum MailStream {
         io: Box<tokio::io::DuplexStream>,
         secure: bool,
     },
+}
+
+/// The channel bindings of a TLS connection, for SCRAM-SHA-256-PLUS: `tls-exporter` (RFC 9266,
+/// TLS 1.3 only: on TLS 1.2 it is safe only with extended master secret, so it is not offered
+/// there) and `tls-server-end-point` (RFC 5929).
+#[derive(Clone, Default)]
+pub struct ChannelBindings {
+    pub exporter: Option<[u8; 32]>,
+    pub end_point: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for ChannelBindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelBindings")
+            .field("exporter", &self.exporter.map(|_| "[REDACTED]"))
+            .field("end_point", &self.end_point.is_some())
+            .finish()
+    }
 }
 
 /// What a session knows about its TLS layer.
@@ -51,8 +71,9 @@ impl MailStream {
 
     /// Runs a TLS handshake over a plain stream (implicit TLS, or after STARTTLS).
     pub async fn accept_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<MailStream> {
-        let tls = acceptor.accept(tcp).await?;
-        Ok(MailStream::Tls(Box::new(tls)))
+        let tls = acceptor.inner.accept(tcp).await?;
+        let end_point = acceptor.certs.as_ref().map(|c| c.end_point_binding());
+        Ok(MailStream::Tls(Box::new(tls), end_point))
     }
 
     /// An in-process session stream (see [`MailStream::Mem`]).
@@ -71,7 +92,7 @@ impl MailStream {
                 cipher: "none",
             }),
             MailStream::Mem { .. } => None,
-            MailStream::Tls(s) => {
+            MailStream::Tls(s, _) => {
                 let conn = s.get_ref().1;
                 Some(TlsInfo {
                     version: crate::tls::version_name(conn.protocol_version()),
@@ -82,6 +103,34 @@ impl MailStream {
                 })
             }
         }
+    }
+
+    /// The channel bindings of this connection (None without TLS).
+    pub fn channel_bindings(&self) -> Option<ChannelBindings> {
+        let MailStream::Tls(s, end_point) = self else {
+            return None;
+        };
+        let conn = s.get_ref().1;
+        let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+            .then(|| {
+                conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .ok()
+            })
+            .flatten();
+        Some(ChannelBindings {
+            exporter,
+            end_point: end_point.clone(),
+        })
+    }
+
+    /// The public-key fingerprint ([`crate::tls::public_key_fingerprint`]) of the certificate the
+    /// client presented in the handshake, if any.
+    pub fn client_key_fingerprint(&self) -> Option<String> {
+        let MailStream::Tls(s, _) = self else {
+            return None;
+        };
+        let der = s.get_ref().1.peer_certificates()?.first()?;
+        crate::tls::public_key_fingerprint(der.as_ref())
     }
 
     /// The TCP stream under a plain connection (to upgrade it); None if already TLS.
@@ -111,7 +160,7 @@ impl MailStream {
                 }
                 matches!(tokio::time::timeout(wait, peek).await, Ok(Ok(n)) if n > 0)
             }
-            MailStream::Tls(_) | MailStream::Mem { .. } => false,
+            MailStream::Tls(..) | MailStream::Mem { .. } => false,
         }
     }
 }
@@ -124,7 +173,7 @@ impl AsyncRead for MailStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MailStream::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
             MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
@@ -138,21 +187,21 @@ impl AsyncWrite for MailStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MailStream::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
             MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MailStream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
             MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MailStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MailStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MailStream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MailStream::Mem { io, .. } => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }

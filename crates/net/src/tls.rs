@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::TlsAcceptor;
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -89,16 +89,50 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
 /// reload (SIGHUP) swaps it for the handshakes that follow; sessions already open keep theirs.
 #[derive(Debug)]
 pub struct CertStore {
-    current: std::sync::RwLock<Arc<CertifiedKey>>,
+    current: std::sync::RwLock<Served>,
     cert: std::path::PathBuf,
     key: std::path::PathBuf,
+}
+
+/// The certificate served now, with its `tls-server-end-point` channel binding (RFC 5929 4.1),
+/// computed once per certificate rather than once per connection.
+#[derive(Debug, Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    end_point: Arc<[u8]>,
+}
+
+impl Served {
+    fn new(ck: CertifiedKey) -> Served {
+        let end_point = end_point_binding(ck.cert[0].as_ref()).into();
+        Served {
+            key: Arc::new(ck),
+            end_point,
+        }
+    }
+}
+
+/// `tls-server-end-point` (RFC 5929 4.1): the hash of the server certificate with the hash of
+/// its signature algorithm, SHA-256 when that is MD5 or SHA-1 (or unknown).
+pub fn end_point_binding(der: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let alg = x509_parser::parse_x509_certificate(der)
+        .map(|(_, x)| x.signature_algorithm.algorithm.to_id_string())
+        .unwrap_or_default();
+    match alg.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => sha2::Sha384::digest(der).to_vec(),
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => sha2::Sha512::digest(der).to_vec(),
+        _ => sha2::Sha256::digest(der).to_vec(),
+    }
 }
 
 impl CertStore {
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
         let ck = load_certified_key(cert, key)?;
         Ok(Arc::new(CertStore {
-            current: std::sync::RwLock::new(Arc::new(ck)),
+            current: std::sync::RwLock::new(Served::new(ck)),
             cert: cert.to_owned(),
             key: key.to_owned(),
         }))
@@ -108,13 +142,25 @@ impl CertStore {
     /// On error the certificate in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let ck = load_certified_key(&self.cert, &self.key)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Served::new(ck);
         Ok(())
     }
 
     /// The certificate served now (DER of the leaf).
     pub fn leaf(&self) -> CertificateDer<'static> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).cert[0].clone()
+        self.served().key.cert[0].clone()
+    }
+
+    fn served(&self) -> Served {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The `tls-server-end-point` channel binding of the certificate served now.
+    pub fn end_point_binding(&self) -> Arc<[u8]> {
+        self.served().end_point
     }
 
     /// When the certificate served now expires (Unix time).
@@ -125,26 +171,98 @@ impl CertStore {
             .map(|(_, x)| x.validity().not_after.timestamp())
     }
 
-    /// An acceptor (TLS 1.3 and 1.2, ring) that asks this store for its certificate.
+    /// An acceptor (TLS 1.3 and 1.2, ring) that asks this store for its certificate, without
+    /// asking clients for theirs.
     pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        TlsAcceptor::from(Arc::new(config))
+        self.acceptor_with(false)
     }
+
+    /// Like [`CertStore::acceptor`]; with `client_certs`, clients are asked for a certificate
+    /// without being required to send one (SASL EXTERNAL, [`OptionalClientCert`]).
+    pub fn acceptor_with(self: &Arc<Self>, client_certs: bool) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("ring supports TLS 1.2 and 1.3");
+        let builder = if client_certs {
+            builder.with_client_cert_verifier(Arc::new(OptionalClientCert(
+                provider.signature_verification_algorithms,
+            )))
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_cert_resolver(self.clone());
+        TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            certs: Some(self.clone()),
+        }
+    }
+}
+
+/// Asks every client for a certificate and accepts any, or none: a client certificate proves
+/// only possession of its key (rustls still checks the handshake signature with it), and it is
+/// worth something only when SASL EXTERNAL finds its public key registered to an account. No CA
+/// is trusted for this, so no chain is built and no name is read; the trust is the fingerprint
+/// an administrator registered.
+#[derive(Debug)]
+struct OptionalClientCert(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::server::danger::ClientCertVerifier for OptionalClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// The SHA-256 of a certificate's SubjectPublicKeyInfo, lower-case hex: what `postern user cert
+/// add` registers and SASL EXTERNAL looks up (a renewed certificate with the same key keeps
+/// working).
+pub fn public_key_fingerprint(der: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(
+        sha2::Sha256::digest(x.public_key().raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 impl rustls::server::ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.served().key)
     }
 }
 

@@ -38,6 +38,30 @@ enum Line {
 /// The shared line-protocol connection (`postern-net`), read in 4 KiB steps.
 struct Conn(LineConn);
 
+/// One SASL round trip in POP3's framing (RFC 5034 4).
+struct Challenger<'a> {
+    conn: &'a mut Conn,
+    idle: Duration,
+}
+
+#[async_trait::async_trait]
+impl postern_auth::sasl::Challenger for Challenger<'_> {
+    async fn challenge(
+        &mut self,
+        challenge: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, postern_auth::sasl::SaslError> {
+        use postern_auth::sasl::SaslError;
+        self.conn.send(&format!("+ {challenge}"));
+        if self.conn.flush().await.is_err() {
+            return Err(SaslError::Closed);
+        }
+        match self.conn.read_line(self.idle).await {
+            Line::Text(l) => postern_auth::sasl::decode_response(&l),
+            _ => Err(SaslError::Closed),
+        }
+    }
+}
+
 impl Conn {
     fn send(&mut self, s: &str) {
         self.0.line(s);
@@ -270,7 +294,18 @@ impl Session {
         }
     }
 
+    /// The SASL mechanisms offered here, strongest first (LOGIN is not: USER/PASS is POP3's).
+    fn sasl_mechanisms(&self) -> Vec<&'static str> {
+        let bind = self.conn.0.channel_bindings().is_some();
+        postern_auth::sasl::Mechanism::advertised(bind)
+            .iter()
+            .filter(|m| **m != postern_auth::sasl::Mechanism::Login)
+            .map(|m| m.name())
+            .collect()
+    }
+
     fn capa(&mut self) {
+        let sasl = format!("SASL {}", self.sasl_mechanisms().join(" "));
         let mut lines = vec![
             "+OK Capability list follows",
             "TOP",
@@ -283,7 +318,7 @@ impl Session {
             lines.push("STLS");
         } else if self.principal.is_none() {
             lines.push("USER");
-            lines.push("SASL PLAIN");
+            lines.push(&sasl);
         }
         lines.push("EXPIRE NEVER");
         lines.push("IMPLEMENTATION Postern");
@@ -446,20 +481,26 @@ impl Session {
             Command::Auth(None, _) => {
                 // Not in RFC 5034, but widely used by clients to probe mechanisms.
                 self.conn.send("+OK");
-                self.conn.send("PLAIN");
+                for m in self.sasl_mechanisms() {
+                    self.conn.send(m);
+                }
                 self.conn.send(".");
                 Flow::Continue
             }
             Command::Auth(Some(mech), ir) => {
-                if !mech.eq_ignore_ascii_case("PLAIN") {
-                    return self.err("Unsupported mechanism");
+                use postern_auth::sasl::Mechanism;
+                match Mechanism::parse(&mech) {
+                    Some(Mechanism::Plain) => {}
+                    Some(m) if m.is_scram() => return self.authenticate_scram(m, ir).await,
+                    _ => return self.err("Unsupported mechanism"),
                 }
                 // The SASL exchange shared with SMTP and IMAP, framed as `+ challenge` (RFC 5034).
-                use postern_auth::sasl::{Exchange, Mechanism, SaslError, Step};
+                use postern_auth::sasl::{Exchange, SaslError, Step};
                 let fail = |s: &mut Self, e: SaslError| match e {
                     SaslError::Cancelled => s.err("Authentication cancelled"),
                     SaslError::Base64 => s.err("Invalid base64"),
                     SaslError::Malformed => s.err("Malformed PLAIN response"),
+                    SaslError::Closed => Flow::Close,
                 };
                 let initial = ir.map(String::into_bytes);
                 let (mut ex, mut step) = match Exchange::start(Mechanism::Plain, initial.as_deref())
@@ -493,6 +534,55 @@ impl Session {
         }
     }
 
+    /// AUTH SCRAM-SHA-256(-PLUS) (RFC 5034 framing: `+ base64` challenges; the server
+    /// signature is a last challenge, answered with an empty line).
+    async fn authenticate_scram(
+        &mut self,
+        mechanism: postern_auth::sasl::Mechanism,
+        ir: Option<String>,
+    ) -> Flow {
+        use postern_auth::sasl::SaslError;
+        let initial = match ir.map(|r| postern_auth::sasl::decode_response(r.as_bytes())) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(SaslError::Cancelled)) => return self.err("Authentication cancelled"),
+            Some(Err(_)) => return self.err("Invalid base64"),
+        };
+        let bindings = self.conn.0.channel_bindings().unwrap_or_default();
+        let cb = postern_auth::scram::Bindings {
+            exporter: bindings.exporter.as_ref().map(|e| &e[..]),
+            end_point: bindings.end_point.as_deref(),
+        };
+        let auth = self.srv.auth.clone();
+        let idle = self.idle();
+        let (ip, tls) = (self.peer.ip(), self.tls.map(|t| t.version));
+        let mut io = Challenger {
+            conn: &mut self.conn,
+            idle,
+        };
+        let end = auth
+            .scram_exchange(
+                &mut io,
+                mechanism,
+                initial.as_deref().map(|v| &v[..]),
+                cb,
+                postern_auth::Peer {
+                    protocol: Protocol::Pop3,
+                    remote_ip: ip,
+                    tls,
+                },
+            )
+            .await;
+        match end {
+            postern_auth::ScramEnd::Decided(outcome) => self.logged_in(outcome).await,
+            postern_auth::ScramEnd::Aborted(SaslError::Closed) => Flow::Close,
+            postern_auth::ScramEnd::Aborted(SaslError::Cancelled) => {
+                self.err("Authentication cancelled")
+            }
+            postern_auth::ScramEnd::Aborted(_) => self.err("Malformed SCRAM message"),
+        }
+    }
+
     async fn login(&mut self, user: &str, pass: &SecretString, mech: &'static str) -> Flow {
         let outcome = self
             .srv
@@ -506,6 +596,12 @@ impl Session {
                 tls: self.tls.map(|t| t.version),
             })
             .await;
+        self.logged_in(outcome).await
+    }
+
+    /// What follows a decided login, whatever the mechanism: the reply, and on success the
+    /// maildrop lock and listing.
+    async fn logged_in(&mut self, outcome: postern_auth::AuthOutcome) -> Flow {
         let p = match outcome.answer(&WORDING) {
             Answer::LoggedIn(p) => p,
             Answer::Retry(text) => {

@@ -13,7 +13,9 @@ pub static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// its lock while it runs (and may bring the schema up to date); beside a running server it works
 /// through the database as before, but never migrates.
 pub async fn open_store(cfg: &Config) -> Result<Store> {
-    let store = open_store_plain(cfg).await?;
+    let store = open_store_plain(cfg)
+        .await?
+        .with_scram_iterations(cfg.auth.scram_iterations);
     // The audit chain's key, so that what this command records is chained like the server's
     // rows. Without the master key, reading still works; recording fails closed.
     let keyed = match crate::keys::Keys::load(cfg, &store).await {

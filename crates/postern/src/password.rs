@@ -126,7 +126,27 @@ pub async fn create_account(
     }
     let (cfg2, pw2, addr) = (cfg.clone(), pw.clone(), a.as_str().to_owned());
     let hash = tokio::task::spawn_blocking(move || check_and_hash(&cfg2, &pw2, &addr)).await??;
-    Ok(store.add_account(a, &hash).await?)
+    let id = store.add_account(a, &hash).await?;
+    account_scram(cfg, store, id, &hash, pw).await?;
+    Ok(id)
+}
+
+/// With `[auth] scram_for_account_passwords`, the SCRAM verifier of a password just set (for
+/// this hash only: a concurrent change wins).
+async fn account_scram(
+    cfg: &Config,
+    store: &postern_store::Store,
+    id: i64,
+    hash: &str,
+    pw: &SecretString,
+) -> Result<()> {
+    if cfg.auth.scram_for_account_passwords {
+        let cred = postern_auth::StoredCredential::account(id, "", hash);
+        store
+            .make_scram_verifier(&cred, postern_auth::ScramTarget::Account, pw)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Sets a new account password: policy, then no reuse of the last N, then stored with history.
@@ -153,7 +173,7 @@ pub async fn change_account_password(
     })
     .await??;
     store.set_password_keeping(a, &hash, n).await?;
-    Ok(())
+    account_scram(cfg, store, store.account(a).await?.id, &hash, pw).await
 }
 
 #[cfg(test)]

@@ -64,7 +64,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     )
     .await?
     .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day)
-    .with_batch_sync(cfg.storage.batch_sync);
+    .with_batch_sync(cfg.storage.batch_sync)
+    .with_scram_iterations(cfg.auth.scram_iterations);
     // One certificate for every listener, replaceable while they run (ACME renewal, SIGHUP).
     let certs =
         postern_net::tls::CertStore::load(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
@@ -115,8 +116,22 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             .with_expiry_warning(Duration::from_secs(
                 cfg.password_policy.warn_days.saturating_mul(86400),
             ))
-            .with_guard(guard.clone()),
+            .with_guard(guard.clone())
+            .with_scram(
+                a.scram_for_account_passwords,
+                a.scram_iterations,
+                keys.mac("scram-unknown-salt", b"").await?,
+            ),
     );
+    if !a.scram_for_account_passwords {
+        let n = store.drop_account_scram_verifiers().await?;
+        if n > 0 {
+            tracing::info!(
+                dropped = n,
+                "SCRAM verifiers of account passwords dropped (scram_for_account_passwords is off)"
+            );
+        }
+    }
     // Incident response: `postern incident lock` (or the API) stamps the account's
     // sessions_revoked_at; within a second every live session of it ends.
     let revocations = Arc::new(postern_net::Revocations::default());
@@ -371,12 +386,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             });
             let sd = shutdown.clone();
             Some(
-                crate::api::serve(
-                    state,
-                    addr,
-                    tls.clone(),
-                    async move { sd.cancelled().await },
-                )
+                crate::api::serve(state, addr, tls.rustls().clone(), async move {
+                    sd.cancelled().await
+                })
                 .await?,
             )
         }
@@ -391,7 +403,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     store.clone(),
                     guard.clone(),
                     addr,
-                    tls.clone(),
+                    tls.rustls().clone(),
                     async move { sd.cancelled().await },
                 )
                 .await?,

@@ -26,7 +26,9 @@ const WORDING: Wording = Wording {
 use postern_config::Protocol;
 use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
-use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_SMTPUTF8};
+use smtp_proto::{
+    Request, AUTH_LOGIN, AUTH_PLAIN, AUTH_SCRAM_SHA_256, AUTH_SCRAM_SHA_256_PLUS, MAIL_SMTPUTF8,
+};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -436,8 +438,14 @@ impl Session {
         if self.tls.is_none() {
             lines.push("STARTTLS".to_owned());
         } else if self.kind.is_submission() && self.principal.is_none() {
-            // RFC 4954: AUTH is offered only over TLS, and only on submission listeners.
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+            // RFC 4954: AUTH is offered only over TLS, and only on submission listeners;
+            // strongest first.
+            let bind = self.conn.channel_bindings().is_some();
+            let names: Vec<&str> = sasl::Mechanism::advertised(bind)
+                .iter()
+                .map(|m| m.name())
+                .collect();
+            lines.push(format!("AUTH {}", names.join(" ")));
         }
         let n = lines.len();
         for (i, l) in lines.iter().enumerate() {
@@ -540,6 +548,9 @@ impl Session {
         if self.mail_from.is_some() {
             return self.error("503 5.5.1 AUTH is not allowed during a mail transaction");
         }
+        if mechanism == AUTH_SCRAM_SHA_256 || mechanism == AUTH_SCRAM_SHA_256_PLUS {
+            return self.auth_scram(mechanism, ir).await;
+        }
         if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
             return self.error("504 5.5.4 Unrecognized authentication mechanism");
         }
@@ -564,6 +575,70 @@ impl Session {
             })
             .await;
         drop(creds);
+        self.answer_auth(outcome)
+    }
+
+    /// AUTH SCRAM-SHA-256(-PLUS): `334` challenges; the server signature is a last `334` that
+    /// the client answers with an empty line (RFC 4954 4).
+    async fn auth_scram(&mut self, mechanism: u64, ir: String) -> Flow {
+        let mech = if mechanism == AUTH_SCRAM_SHA_256_PLUS {
+            sasl::Mechanism::ScramSha256Plus
+        } else {
+            sasl::Mechanism::ScramSha256
+        };
+        let initial = match (!ir.is_empty()).then(|| sasl::decode_response(ir.as_bytes())) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(sasl::SaslError::Cancelled)) => {
+                return self.error("501 5.0.0 Authentication cancelled")
+            }
+            Some(Err(_)) => {
+                return self.error("501 5.5.2 Cannot decode the authentication response")
+            }
+        };
+        let bindings = self.conn.channel_bindings().unwrap_or_default();
+        let auth = self.srv.auth.clone();
+        let (protocol, ip, tls) = (
+            self.kind.protocol,
+            self.peer.ip(),
+            self.tls.map(|t| t.version),
+        );
+        let mut io = Challenger {
+            session: self,
+            flow: None,
+        };
+        let end = auth
+            .scram_exchange(
+                &mut io,
+                mech,
+                initial.as_deref().map(|v| &v[..]),
+                postern_auth::scram::Bindings {
+                    exporter: bindings.exporter.as_ref().map(|e| &e[..]),
+                    end_point: bindings.end_point.as_deref(),
+                },
+                postern_auth::Peer {
+                    protocol,
+                    remote_ip: ip,
+                    tls,
+                },
+            )
+            .await;
+        if let Some(flow) = io.flow {
+            return flow;
+        }
+        match end {
+            postern_auth::ScramEnd::Decided(outcome) => self.answer_auth(outcome),
+            postern_auth::ScramEnd::Aborted(sasl::SaslError::Cancelled) => {
+                self.error("501 5.0.0 Authentication cancelled")
+            }
+            postern_auth::ScramEnd::Aborted(_) => {
+                self.error("501 5.5.2 Cannot decode the authentication response")
+            }
+        }
+    }
+
+    /// The reply to a decided login, whatever the mechanism.
+    fn answer_auth(&mut self, outcome: postern_auth::AuthOutcome) -> Flow {
         match outcome.answer(&WORDING) {
             Answer::LoggedIn(p) => {
                 let reply = match p.expiry_warning() {
@@ -1062,6 +1137,30 @@ impl Session {
             Err(e) => {
                 tracing::error!(session = %self.id, id = %msg_id, error = %e, "storing a message failed");
                 self.error("451 4.3.0 Temporary failure, please try again later")
+            }
+        }
+    }
+}
+
+/// One SASL round trip in SMTP's framing (RFC 4954 4: `334 base64`, answered by a line). A
+/// reply the session had to give instead (a line too long, a timeout) is kept in `flow`.
+struct Challenger<'a> {
+    session: &'a mut Session,
+    flow: Option<Flow>,
+}
+
+#[async_trait::async_trait]
+impl sasl::Challenger for Challenger<'_> {
+    async fn challenge(
+        &mut self,
+        challenge: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, sasl::SaslError> {
+        self.session.conn.reply(&format!("334 {challenge}"));
+        match self.session.read_auth_line().await {
+            Ok(line) => sasl::decode_response(&line),
+            Err(flow) => {
+                self.flow = Some(flow);
+                Err(sasl::SaslError::Closed)
             }
         }
     }

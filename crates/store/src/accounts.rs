@@ -96,7 +96,9 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE accounts SET password_hash = ?, password_changed_at = ?, must_change_password = 0 WHERE id = ?",
+            // The SCRAM verifier of the old password goes with it.
+            "UPDATE accounts SET password_hash = ?, password_changed_at = ?, must_change_password = 0,
+                                 scram_verifier = NULL WHERE id = ?",
         )
         .bind(password_hash)
         .bind(now())

@@ -18,30 +18,33 @@ pub struct AppPasswordInfo {
     pub last_used_ip: Option<String>,
 }
 
+/// A new app password as stored: its digest, scope and SCRAM verifier (never the secret).
+pub struct NewAppPassword<'a> {
+    pub name: &'a str,
+    pub digest: &'a [u8; 32],
+    pub protocols: &'a [String],
+    pub networks: &'a [String],
+    pub expires_at: Option<i64>,
+    pub scram: Option<&'a postern_auth::scram::Verifier>,
+}
+
 impl Store {
-    pub async fn add_app_password(
-        &self,
-        account_id: i64,
-        name: &str,
-        digest: &[u8; 32],
-        protocols: &[String],
-        networks: &[String],
-        expires_at: Option<i64>,
-    ) -> Result<()> {
+    pub async fn add_app_password(&self, account_id: i64, new: NewAppPassword<'_>) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO app_passwords (account_id, name, digest, protocols, networks, expires_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO app_passwords (account_id, name, digest, protocols, networks, expires_at, created_at, scram_verifier)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(account_id)
-        .bind(name)
-        .bind(hex::encode(digest))
-        .bind(protocols.join(","))
-        .bind(networks.join(","))
-        .bind(expires_at)
+        .bind(new.name)
+        .bind(hex::encode(new.digest))
+        .bind(new.protocols.join(","))
+        .bind(new.networks.join(","))
+        .bind(new.expires_at)
         .bind(now())
+        .bind(new.scram.map(|v| v.to_bytes().to_vec()))
         .execute(&self.write)
         .await;
-        crate::inserted(r, format!("app password {name:?}"))
+        crate::inserted(r, format!("app password {:?}", new.name))
     }
 
     pub async fn list_app_passwords(&self, account_id: i64) -> Result<Vec<AppPasswordInfo>> {
@@ -88,7 +91,8 @@ impl Store {
 
     pub(crate) async fn app_password_creds(&self, account_id: i64) -> Result<Vec<AppPasswordCred>> {
         let rows = sqlx::query(
-            "SELECT id, name, digest, protocols, networks, expires_at FROM app_passwords WHERE account_id = ?",
+            "SELECT id, name, digest, protocols, networks, expires_at, scram_verifier
+             FROM app_passwords WHERE account_id = ?",
         )
         .bind(account_id)
         .fetch_all(&self.read)
@@ -118,6 +122,9 @@ impl Store {
                 expires_at: r
                     .try_get::<Option<i64>, _>("expires_at")?
                     .map(|e| e.max(0) as u64),
+                scram: r
+                    .try_get::<Option<Vec<u8>>, _>("scram_verifier")?
+                    .and_then(|v| postern_auth::scram::Verifier::from_bytes(&v)),
             });
         }
         Ok(out)

@@ -32,6 +32,7 @@ pub mod incident;
 pub mod lock;
 pub mod mailbox;
 pub mod queue;
+pub mod scram;
 pub mod secrets;
 pub mod totp;
 pub mod views;
@@ -185,6 +186,8 @@ pub struct Store {
     committer: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<commit::Job>>>,
     /// Local deliveries sync their bodies per batch (one syncfs) instead of per message.
     batch_sync: bool,
+    /// The PBKDF2 iteration count of an account's first SCRAM verifier (see [`scram`]).
+    scram_iterations: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Recent answers of `is_local_domain` (see `domains.rs`).
     domain_cache: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, (bool, std::time::Instant)>>,
@@ -244,6 +247,7 @@ impl Store {
             audit_key: Default::default(),
             committer: Default::default(),
             batch_sync: true,
+            scram_iterations: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(10_000)),
             domain_cache: Default::default(),
         })
     }
@@ -252,6 +256,14 @@ impl Store {
         self.committer.get_or_init(|| {
             commit::start(self.write.clone(), self.changes.clone(), self.blobs.clone())
         })
+    }
+
+    /// `[auth] scram_iterations`: the iteration count given to an account's SCRAM salt when its
+    /// first verifier is made (later verifiers share the account's).
+    pub fn with_scram_iterations(self, n: u32) -> Self {
+        self.scram_iterations
+            .store(n.max(4096), std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// `[storage] batch_sync`: one syncfs per batch of local deliveries (true), or an fsync per
@@ -327,6 +339,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0016_tlsrpt_results.sql"),
     include_str!("../migrations/0017_incidents.sql"),
     include_str!("../migrations/0018_uidvalidity_floor.sql"),
+    include_str!("../migrations/0019_scram.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -371,7 +384,8 @@ impl CredentialStore for Store {
                 .map_err(|e| CredentialStoreError(e.to_string()));
         }
         let row = sqlx::query(
-            "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password
+            "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password,
+                    scram_salt, scram_iterations, scram_verifier
              FROM accounts WHERE address = ?",
         )
         .bind(login)
@@ -406,6 +420,19 @@ impl CredentialStore for Store {
                 password_changed_at: r.try_get("password_changed_at")?,
                 must_change_password: r.try_get::<i64, _>("must_change_password")? != 0,
                 second_factor,
+                scram: match (
+                    r.try_get::<Option<Vec<u8>>, _>("scram_salt")?,
+                    r.try_get::<Option<i64>, _>("scram_iterations")?,
+                ) {
+                    (Some(salt), Some(i)) => Some(postern_auth::ScramCred {
+                        salt,
+                        iterations: i.clamp(1, u32::MAX as i64) as u32,
+                        account: r
+                            .try_get::<Option<Vec<u8>>, _>("scram_verifier")?
+                            .and_then(|v| postern_auth::scram::Verifier::from_bytes(&v)),
+                    }),
+                    _ => None,
+                },
                 ..StoredCredential::account(0, "", "")
             })
         };
@@ -425,6 +452,21 @@ impl CredentialStore for Store {
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not record app password use");
         }
+    }
+
+    async fn scram_missing(
+        &self,
+        cred: &StoredCredential,
+        target: postern_auth::ScramTarget,
+        password: &secrecy::SecretString,
+    ) {
+        // Made in the background: the login that found it missing does not wait for PBKDF2.
+        let (store, cred, password) = (self.clone(), cred.clone(), password.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.make_scram_verifier(&cred, target, &password).await {
+                tracing::warn!(error = %e, "could not make a SCRAM verifier");
+            }
+        });
     }
 
     async fn application_used(&self, id: i64, ip: std::net::IpAddr) {

@@ -283,6 +283,30 @@ fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
     }
 }
 
+/// One SASL round trip in IMAP's framing (RFC 3501 7.5: `+ base64`, answered by a line).
+struct Challenger<'a> {
+    conn: &'a mut Conn,
+    idle: Duration,
+}
+
+#[async_trait::async_trait]
+impl postern_auth::sasl::Challenger for Challenger<'_> {
+    async fn challenge(
+        &mut self,
+        challenge: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, postern_auth::sasl::SaslError> {
+        use postern_auth::sasl::SaslError;
+        self.conn.line(&format!("+ {challenge}"));
+        if self.conn.flush().await.is_err() {
+            return Err(SaslError::Closed);
+        }
+        match self.conn.read_line(self.idle, 8192).await {
+            Input::Message(line) => postern_auth::sasl::decode_response(&line),
+            _ => Err(SaslError::Closed),
+        }
+    }
+}
+
 impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN");
@@ -291,7 +315,14 @@ impl Session {
             // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
             caps.push_str(" STARTTLS LOGINDISABLED");
         } else if self.principal.is_none() {
-            caps.push_str(" AUTH=PLAIN");
+            // Strongest first; LOGIN is the IMAP command here, not a SASL mechanism.
+            let bind = self.conn.channel_bindings().is_some();
+            for m in postern_auth::sasl::Mechanism::advertised(bind) {
+                if *m != postern_auth::sasl::Mechanism::Login {
+                    caps.push_str(" AUTH=");
+                    caps.push_str(m.name());
+                }
+            }
         }
         caps
     }
@@ -493,11 +524,13 @@ impl Session {
                         "[PRIVACYREQUIRED] Authentication is disabled until STARTTLS",
                     );
                 }
-                if !mechanism.as_ref().eq_ignore_ascii_case("PLAIN") {
-                    return self.no(&tag, "Unsupported authentication mechanism");
-                }
+                use postern_auth::sasl::Mechanism;
                 let ir = initial_response.map(|r| r.declassify().to_vec());
-                self.authenticate_plain(&tag, ir).await
+                match Mechanism::parse(mechanism.as_ref()) {
+                    Some(Mechanism::Plain) => self.authenticate_plain(&tag, ir).await,
+                    Some(m) if m.is_scram() => self.authenticate_scram(&tag, m, ir).await,
+                    _ => self.no(&tag, "Unsupported authentication mechanism"),
+                }
             }
             CommandBody::Enable { .. } if authed => {
                 // No extension that needs enabling is implemented; say so by enabling nothing.
@@ -744,6 +777,7 @@ impl Session {
             SaslError::Cancelled => s.bad(tag, "Authentication cancelled"),
             SaslError::Base64 => s.bad(tag, "Invalid base64"),
             SaslError::Malformed => s.bad(tag, "Malformed PLAIN response"),
+            SaslError::Closed => Flow::Close,
         };
         // imap-codec has decoded the SASL-IR's base64 already.
         let (mut ex, mut step) = match Exchange::start_decoded(Mechanism::Plain, ir.as_deref()) {
@@ -773,6 +807,49 @@ impl Session {
         self.login(tag, &user, &creds.password, "PLAIN").await
     }
 
+    /// AUTHENTICATE SCRAM-SHA-256(-PLUS), framed as `+ challenge`; the server signature comes
+    /// as a last challenge that the client answers with an empty line.
+    async fn authenticate_scram(
+        &mut self,
+        tag: &str,
+        mechanism: postern_auth::sasl::Mechanism,
+        ir: Option<Vec<u8>>,
+    ) -> Flow {
+        use postern_auth::sasl::SaslError;
+        let bindings = self.conn.channel_bindings().unwrap_or_default();
+        let cb = postern_auth::scram::Bindings {
+            exporter: bindings.exporter.as_ref().map(|e| &e[..]),
+            end_point: bindings.end_point.as_deref(),
+        };
+        let auth = self.srv.auth.clone();
+        let idle = self.idle_timeout();
+        let mut io = Challenger {
+            conn: &mut self.conn,
+            idle,
+        };
+        let end = auth
+            .scram_exchange(
+                &mut io,
+                mechanism,
+                ir.as_deref(),
+                cb,
+                postern_auth::Peer {
+                    protocol: Protocol::Imap,
+                    remote_ip: self.peer.ip(),
+                    tls: self.tls.map(|t| t.version),
+                },
+            )
+            .await;
+        match end {
+            postern_auth::ScramEnd::Decided(outcome) => self.answer_login(tag, outcome),
+            postern_auth::ScramEnd::Aborted(SaslError::Closed) => Flow::Close,
+            postern_auth::ScramEnd::Aborted(SaslError::Cancelled) => {
+                self.bad(tag, "Authentication cancelled")
+            }
+            postern_auth::ScramEnd::Aborted(_) => self.bad(tag, "Malformed SCRAM message"),
+        }
+    }
+
     async fn login(
         &mut self,
         tag: &str,
@@ -795,6 +872,11 @@ impl Session {
                 tls: self.tls.map(|t| t.version),
             })
             .await;
+        self.answer_login(tag, outcome)
+    }
+
+    /// The reply to a decided login, whatever the mechanism.
+    fn answer_login(&mut self, tag: &str, outcome: postern_auth::AuthOutcome) -> Flow {
         match outcome.answer(&WORDING) {
             Answer::LoggedIn(p) => {
                 let Some(slot) = self

@@ -38,8 +38,20 @@ pub async fn create(
         expires_in.map(|e| postern_store::now().saturating_add(e.min(i64::MAX as u64 / 2) as i64));
     let secret = crate::password::generate();
     let digest = postern_auth::app_password_digest(secret.expose_secret());
+    // Its SCRAM verifier now, while the secret is known (it never is again).
+    let scram = store.scram_verifier_for(info.id, &secret).await?;
     store
-        .add_app_password(info.id, name, &digest, &protos, &nets, expires_at)
+        .add_app_password(
+            info.id,
+            postern_store::apppw::NewAppPassword {
+                name,
+                digest: &digest,
+                protocols: &protos,
+                networks: &nets,
+                expires_at,
+                scram: scram.as_ref(),
+            },
+        )
         .await?;
     record(
         store,
