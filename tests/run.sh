@@ -41,6 +41,7 @@ fi
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
 python3 -c "import scramp" 2>/dev/null || python3 -m pip install -q "scramp==1.5.0"
+python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
 # dkimpy (an independent DKIM verifier; PyNaCl for ed25519) and dnslib (a DNS server on loopback)
 python3 -c "import dkim, nacl, dnslib, authres" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib authres

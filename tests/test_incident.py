@@ -70,7 +70,7 @@ def test_incident_lock_ends_sessions_and_unlock_needs_a_new_password(make_server
 
     t0 = time.time()
     out = json.loads(srv.cli("incident", "lock", ALICE, "--reason", "phished", "--json").stdout)
-    assert out == {"app_passwords_revoked": 1, "second_factor_removed": False, "queued_messages_held": 1}, out
+    assert out == {"app_passwords_revoked": 1, "client_certs_removed": 0, "second_factor_removed": False, "queued_messages_held": 1}, out
     # IMAP IDLE: a BYE, then the connection closes
     said, closed = read_until_closed(alice_idle.readline, t0 + 5)
     assert closed and b"* BYE" in said, said

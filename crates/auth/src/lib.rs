@@ -129,7 +129,7 @@ pub fn app_password_digest(secret: &str) -> [u8; 32] {
     sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
-pub use postern_types::Protocol;
+pub use postern_types::{ClientCertificate, Protocol};
 
 impl std::fmt::Debug for StoredCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +158,16 @@ pub trait CredentialStore: Send + Sync {
     async fn app_password_used(&self, _id: i64, _ip: IpAddr) {}
     /// Records that an application credential was used (time and source).
     async fn application_used(&self, _id: i64, _ip: IpAddr) {}
+    /// The account a TLS client certificate's public-key fingerprint is registered to, with the
+    /// registration's id.
+    async fn cert_credential(
+        &self,
+        _fingerprint: &str,
+    ) -> Result<Option<(StoredCredential, i64)>, CredentialStoreError> {
+        Ok(None)
+    }
+    /// Records that a registered client certificate was used (time and source).
+    async fn client_cert_used(&self, _id: i64, _ip: IpAddr) {}
     /// A password of `cred` just verified by PLAIN/LOGIN has no SCRAM verifier yet: the store
     /// may make one (off the login's path), for that password only (the account password's
     /// only while its hash is still `cred.password_hash`). Called only for passwords SCRAM may
@@ -314,6 +324,12 @@ pub enum FailureReason {
     Malformed,
     /// SCRAM with an account password while `scram_for_account_passwords` is off.
     ScramNotAllowed,
+    /// SASL EXTERNAL without a client certificate, or with one registered to no account.
+    UnknownCertificate,
+    /// SASL EXTERNAL with a registered key in a certificate outside its validity.
+    CertificateExpired,
+    /// SASL EXTERNAL naming an authorization identity other than the certificate's account.
+    IdentityMismatch,
 }
 
 impl FailureReason {
@@ -335,6 +351,9 @@ impl FailureReason {
             FailureReason::ChannelBinding => "channel_binding",
             FailureReason::Malformed => "malformed",
             FailureReason::ScramNotAllowed => "scram_not_allowed",
+            FailureReason::UnknownCertificate => "unknown_certificate",
+            FailureReason::CertificateExpired => "certificate_expired",
+            FailureReason::IdentityMismatch => "identity_mismatch",
         }
     }
 }
@@ -434,9 +453,9 @@ pub struct ScramLookup {
     pub iterations: u32,
 }
 
-/// How a SCRAM exchange ended.
+/// How a multi-step SASL exchange (SCRAM, EXTERNAL) ended.
 #[derive(Debug)]
-pub enum ScramEnd {
+pub enum SaslEnd {
     /// A decision, answered like a password login's (see [`AuthOutcome::answer`]).
     Decided(AuthOutcome),
     /// The exchange broke off before a decision (cancelled, malformed before a user name, the
@@ -746,7 +765,7 @@ impl Authenticator {
         initial: Option<&[u8]>,
         cb: scram::Bindings<'_>,
         peer: Peer,
-    ) -> ScramEnd {
+    ) -> SaslEnd {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let plus = mechanism == sasl::Mechanism::ScramSha256Plus;
@@ -754,7 +773,7 @@ impl Authenticator {
             Some(m) => zeroize::Zeroizing::new(m.to_vec()),
             None => match io.challenge("").await {
                 Ok(m) => m,
-                Err(e) => return ScramEnd::Aborted(e),
+                Err(e) => return SaslEnd::Aborted(e),
             },
         };
         let attempt = |username| ScramAttempt {
@@ -768,7 +787,7 @@ impl Authenticator {
             Ok(f) => f,
             Err(scram::ScramError::ChannelBinding) => {
                 let Some(user) = scram::peek_username(&first_msg) else {
-                    return ScramEnd::Aborted(sasl::SaslError::Malformed);
+                    return SaslEnd::Aborted(sasl::SaslError::Malformed);
                 };
                 let lookup = self.scram_lookup(&user).await;
                 let (outcome, _) = self
@@ -778,16 +797,16 @@ impl Authenticator {
                         attempt(&user),
                     )
                     .await;
-                return ScramEnd::Decided(outcome);
+                return SaslEnd::Decided(outcome);
             }
-            Err(_) => return ScramEnd::Aborted(sasl::SaslError::Malformed),
+            Err(_) => return SaslEnd::Aborted(sasl::SaslError::Malformed),
         };
         let user = first.username.clone();
         let lookup = self.scram_lookup(&user).await;
         let (state, server_first) = first.server_first(&lookup.salt, lookup.iterations);
         let final_msg = match io.challenge(&b64(&server_first)).await {
             Ok(m) => m,
-            Err(e) => return ScramEnd::Aborted(e),
+            Err(e) => return SaslEnd::Aborted(e),
         };
         let proof = state.client_final(&final_msg);
         let (outcome, signature) = self.authenticate_scram(lookup, proof, attempt(&user)).await;
@@ -796,11 +815,131 @@ impl Authenticator {
             // (no impostor); it acknowledges with an empty response (RFC 4954 4, RFC 3501 6.2.2).
             match io.challenge(&b64(&scram::server_final(&sig))).await {
                 Ok(r) if r.is_empty() => {}
-                Ok(_) => return ScramEnd::Aborted(sasl::SaslError::Malformed),
-                Err(e) => return ScramEnd::Aborted(e),
+                Ok(_) => return SaslEnd::Aborted(sasl::SaslError::Malformed),
+                Err(e) => return SaslEnd::Aborted(e),
             }
         }
-        ScramEnd::Decided(outcome)
+        SaslEnd::Decided(outcome)
+    }
+
+    /// A whole SASL EXTERNAL exchange: the authorization identity comes as the initial
+    /// response or in answer to an empty challenge (empty: the certificate's account).
+    pub async fn external_exchange(
+        &self,
+        io: &mut dyn sasl::Challenger,
+        initial: Option<&[u8]>,
+        cert: Option<&ClientCertificate>,
+        peer: Peer,
+    ) -> SaslEnd {
+        let authzid = match initial {
+            Some(m) => zeroize::Zeroizing::new(m.to_vec()),
+            None => match io.challenge("").await {
+                Ok(m) => m,
+                Err(e) => return SaslEnd::Aborted(e),
+            },
+        };
+        let Ok(authzid) = std::str::from_utf8(&authzid) else {
+            return SaslEnd::Aborted(sasl::SaslError::Malformed);
+        };
+        if authzid.contains('\0') || authzid.len() > 320 {
+            return SaslEnd::Aborted(sasl::SaslError::Malformed);
+        }
+        SaslEnd::Decided(self.authenticate_external(cert, authzid, peer).await)
+    }
+
+    /// SASL EXTERNAL (RFC 4422 appendix A) with the TLS client certificate: the account its
+    /// public key is registered to, if the certificate is within its validity and `authzid` is
+    /// empty or that account. Under the same guard and audit log as a password (the attempt is
+    /// counted against the name the client gave, or the key's fingerprint).
+    pub async fn authenticate_external(
+        &self,
+        cert: Option<&ClientCertificate>,
+        authzid: &str,
+        peer: Peer,
+    ) -> AuthOutcome {
+        let ip = peer.remote_ip;
+        let found = match cert {
+            Some(c) => self.store.cert_credential(&c.key_fingerprint).await,
+            None => Ok(None),
+        };
+        let login = match (&found, authzid.is_empty()) {
+            (Ok(Some((c, _))), true) => c.address.clone(),
+            (_, false) => authzid.trim().to_lowercase(),
+            _ => format!(
+                "cert:{}",
+                cert.map_or("none", |c| &c.key_fingerprint
+                    [..16.min(c.key_fingerprint.len())])
+            ),
+        };
+        let fingerprint =
+            SecretString::from(cert.map_or_else(String::new, |c| c.key_fingerprint.clone()));
+        let decided = match self.guard.check(ip, &login) {
+            guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
+            guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
+            guard::Verdict::Allow => match found {
+                Err(e) => {
+                    tracing::error!(error = %e, "client certificate look-up failed");
+                    (
+                        AuthOutcome::TemporaryFailure,
+                        None,
+                        Err(FailureReason::StoreError),
+                    )
+                }
+                Ok(None) => (
+                    AuthOutcome::Failure,
+                    None,
+                    Err(FailureReason::UnknownCertificate),
+                ),
+                Ok(Some((c, reg))) => {
+                    let now = self.guard_now() as i64;
+                    let cert = cert.expect("found through a certificate");
+                    let id = Some(c.account_id);
+                    let outside = !c.allowed_networks.is_empty()
+                        && !c.allowed_networks.iter().any(|n| n.contains(ip));
+                    if !authzid.is_empty() && !authzid.trim().eq_ignore_ascii_case(&c.address) {
+                        (
+                            AuthOutcome::Failure,
+                            id,
+                            Err(FailureReason::IdentityMismatch),
+                        )
+                    } else if now < cert.not_before || now > cert.not_after {
+                        (
+                            AuthOutcome::Failure,
+                            id,
+                            Err(FailureReason::CertificateExpired),
+                        )
+                    } else if c.disabled {
+                        (AuthOutcome::Failure, id, Err(FailureReason::Disabled))
+                    } else if outside {
+                        (
+                            AuthOutcome::Failure,
+                            id,
+                            Err(FailureReason::NetworkNotAllowed),
+                        )
+                    } else {
+                        // Like an app password: a key held by a device, not the password a
+                        // person chose; password expiry and 2FA do not apply to it.
+                        self.store.client_cert_used(reg, ip).await;
+                        (
+                            AuthOutcome::Success(Principal::account(
+                                c.account_id,
+                                c.address.clone(),
+                            )),
+                            id,
+                            Ok(()),
+                        )
+                    }
+                }
+            },
+        };
+        let attempt = ScramAttempt {
+            username: &login,
+            protocol: peer.protocol,
+            mechanism: "EXTERNAL",
+            remote_ip: ip,
+            tls: peer.tls,
+        };
+        self.conclude(&login, &attempt, &fingerprint, decided).await
     }
 
     /// The second half of a SCRAM exchange: checks the client's proof (or the error its final

@@ -97,6 +97,8 @@ pub enum Mechanism {
     ScramSha256,
     /// SCRAM-SHA-256-PLUS: with TLS channel binding.
     ScramSha256Plus,
+    /// EXTERNAL (RFC 4422 A): the TLS client certificate, registered to an account.
+    External,
 }
 
 impl Mechanism {
@@ -106,6 +108,7 @@ impl Mechanism {
             Mechanism::Login,
             Mechanism::ScramSha256,
             Mechanism::ScramSha256Plus,
+            Mechanism::External,
         ]
         .into_iter()
         .find(|m| m.name().eq_ignore_ascii_case(name))
@@ -117,6 +120,7 @@ impl Mechanism {
             Mechanism::Login => "LOGIN",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
+            Mechanism::External => "EXTERNAL",
         }
     }
 
@@ -124,19 +128,19 @@ impl Mechanism {
         matches!(self, Mechanism::ScramSha256 | Mechanism::ScramSha256Plus)
     }
 
-    /// The mechanisms to advertise on a connection, strongest first: SCRAM-SHA-256-PLUS only
-    /// where the connection has a channel binding to offer.
-    pub fn advertised(can_bind: bool) -> &'static [Mechanism] {
-        if can_bind {
-            &[
-                Mechanism::ScramSha256Plus,
-                Mechanism::ScramSha256,
-                Mechanism::Plain,
-                Mechanism::Login,
-            ]
-        } else {
-            &[Mechanism::ScramSha256, Mechanism::Plain, Mechanism::Login]
+    /// The mechanisms to advertise on a connection, strongest first: EXTERNAL only when the
+    /// client presented a certificate, SCRAM-SHA-256-PLUS only where the connection has a
+    /// channel binding to offer.
+    pub fn advertised(can_bind: bool, client_cert: bool) -> Vec<Mechanism> {
+        let mut m = Vec::with_capacity(5);
+        if client_cert {
+            m.push(Mechanism::External);
         }
+        if can_bind {
+            m.push(Mechanism::ScramSha256Plus);
+        }
+        m.extend([Mechanism::ScramSha256, Mechanism::Plain, Mechanism::Login]);
+        m
     }
 }
 
@@ -185,7 +189,7 @@ impl Exchange {
             user: None,
         };
         let step = match (mechanism, initial) {
-            (m, _) if m.is_scram() => return Err(SaslError::Malformed),
+            (m, _) if m.is_scram() || m == Mechanism::External => return Err(SaslError::Malformed),
             (Mechanism::Plain, None) => Step::Challenge(""),
             (Mechanism::Login, None) => Step::Challenge(LOGIN_USER),
             (_, None) => return Err(SaslError::Malformed),
@@ -206,7 +210,9 @@ impl Exchange {
 
     fn step_decoded(&mut self, decoded: &[u8]) -> Result<Step, SaslError> {
         match self.mechanism {
-            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus => Err(SaslError::Malformed),
+            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus | Mechanism::External => {
+                Err(SaslError::Malformed)
+            }
             Mechanism::Plain => decode_plain(decoded).map(Step::Done),
             Mechanism::Login => match self.user.take() {
                 None => {

@@ -148,6 +148,10 @@ pub struct TlsConfig {
     /// PEM private key (must not be readable by group or others).
     #[serde(default = "d_key")]
     pub key: PathBuf,
+    /// Mail listeners ask clients for a certificate (never require one), for SASL EXTERNAL
+    /// with certificates registered to accounts (`postern user cert add`).
+    #[serde(default = "d_true")]
+    pub request_client_certificates: bool,
 }
 
 impl Default for TlsConfig {
@@ -155,6 +159,7 @@ impl Default for TlsConfig {
         TlsConfig {
             cert: d_cert(),
             key: d_key(),
+            request_client_certificates: true,
         }
     }
 }

@@ -83,8 +83,8 @@ impl Conn {
         self.io.channel_bindings()
     }
 
-    pub fn client_key_fingerprint(&self) -> Option<String> {
-        self.io.client_key_fingerprint()
+    pub fn client_cert(&self) -> Option<postern_auth::ClientCertificate> {
+        self.io.client_cert()
     }
 
     /// STARTTLS: flushes pending output, drops buffered plaintext input (anything a client

@@ -74,10 +74,8 @@ impl LineConn {
         self.stream.as_ref().and_then(MailStream::channel_bindings)
     }
 
-    pub fn client_key_fingerprint(&self) -> Option<String> {
-        self.stream
-            .as_ref()
-            .and_then(MailStream::client_key_fingerprint)
+    pub fn client_cert(&self) -> Option<postern_types::ClientCertificate> {
+        self.stream.as_ref().and_then(MailStream::client_cert)
     }
 
     /// Output queued and not flushed yet, to append raw bytes (literals, multi-line replies).

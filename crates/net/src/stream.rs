@@ -123,14 +123,14 @@ impl MailStream {
         })
     }
 
-    /// The public-key fingerprint ([`crate::tls::public_key_fingerprint`]) of the certificate the
-    /// client presented in the handshake, if any.
-    pub fn client_key_fingerprint(&self) -> Option<String> {
+    /// The certificate the client presented in the handshake, if any (see
+    /// [`crate::tls::ClientCert`]).
+    pub fn client_cert(&self) -> Option<postern_types::ClientCertificate> {
         let MailStream::Tls(s, _) = self else {
             return None;
         };
         let der = s.get_ref().1.peer_certificates()?.first()?;
-        crate::tls::public_key_fingerprint(der.as_ref())
+        crate::tls::ClientCert::read(der.as_ref())
     }
 
     /// The TCP stream under a plain connection (to upgrade it); None if already TLS.

@@ -246,18 +246,38 @@ impl rustls::server::danger::ClientCertVerifier for OptionalClientCert {
     }
 }
 
-/// The SHA-256 of a certificate's SubjectPublicKeyInfo, lower-case hex: what `postern user cert
-/// add` registers and SASL EXTERNAL looks up (a renewed certificate with the same key keeps
-/// working).
-pub fn public_key_fingerprint(der: &[u8]) -> Option<String> {
-    use sha2::Digest;
-    let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(
-        sha2::Sha256::digest(x.public_key().raw)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-    )
+/// What SASL EXTERNAL needs of a client certificate (see [`ClientCertificate`]).
+pub struct ClientCert;
+
+pub use postern_types::ClientCertificate;
+
+impl ClientCert {
+    pub fn read(der: &[u8]) -> Option<ClientCertificate> {
+        use sha2::Digest;
+        let (_, x) = x509_parser::parse_x509_certificate(der).ok()?;
+        Some(ClientCertificate {
+            key_fingerprint: sha2::Sha256::digest(x.public_key().raw)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            not_before: x.validity().not_before.timestamp(),
+            not_after: x.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Reads the first certificate of a PEM file.
+    pub fn from_pem_file(path: &Path) -> Result<ClientCertificate, TlsError> {
+        let err = |m: String| TlsError::Cert {
+            path: path.display().to_string(),
+            message: m,
+        };
+        let der = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .next()
+            .ok_or_else(|| err("no certificate in the file".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        ClientCert::read(der.as_ref()).ok_or_else(|| err("not an X.509 certificate".into()))
+    }
 }
 
 impl rustls::server::ResolvesServerCert for CertStore {

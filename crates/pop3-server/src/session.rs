@@ -297,9 +297,10 @@ impl Session {
     /// The SASL mechanisms offered here, strongest first (LOGIN is not: USER/PASS is POP3's).
     fn sasl_mechanisms(&self) -> Vec<&'static str> {
         let bind = self.conn.0.channel_bindings().is_some();
-        postern_auth::sasl::Mechanism::advertised(bind)
-            .iter()
-            .filter(|m| **m != postern_auth::sasl::Mechanism::Login)
+        let cert = self.conn.0.client_cert().is_some();
+        postern_auth::sasl::Mechanism::advertised(bind, cert)
+            .into_iter()
+            .filter(|m| *m != postern_auth::sasl::Mechanism::Login)
             .map(|m| m.name())
             .collect()
     }
@@ -491,7 +492,9 @@ impl Session {
                 use postern_auth::sasl::Mechanism;
                 match Mechanism::parse(&mech) {
                     Some(Mechanism::Plain) => {}
-                    Some(m) if m.is_scram() => return self.authenticate_scram(m, ir).await,
+                    Some(m) if m.is_scram() || m == Mechanism::External => {
+                        return self.authenticate_sasl(m, ir).await
+                    }
                     _ => return self.err("Unsupported mechanism"),
                 }
                 // The SASL exchange shared with SMTP and IMAP, framed as `+ challenge` (RFC 5034).
@@ -534,9 +537,9 @@ impl Session {
         }
     }
 
-    /// AUTH SCRAM-SHA-256(-PLUS) (RFC 5034 framing: `+ base64` challenges; the server
-    /// signature is a last challenge, answered with an empty line).
-    async fn authenticate_scram(
+    /// AUTH SCRAM-SHA-256(-PLUS) and EXTERNAL (RFC 5034 framing: `+ base64` challenges;
+    /// SCRAM's server signature is a last challenge, answered with an empty line).
+    async fn authenticate_sasl(
         &mut self,
         mechanism: postern_auth::sasl::Mechanism,
         ir: Option<String>,
@@ -560,26 +563,27 @@ impl Session {
             conn: &mut self.conn,
             idle,
         };
-        let end = auth
-            .scram_exchange(
-                &mut io,
-                mechanism,
-                initial.as_deref().map(|v| &v[..]),
-                cb,
-                postern_auth::Peer {
-                    protocol: Protocol::Pop3,
-                    remote_ip: ip,
-                    tls,
-                },
-            )
-            .await;
+        let peer = postern_auth::Peer {
+            protocol: Protocol::Pop3,
+            remote_ip: ip,
+            tls,
+        };
+        let initial = initial.as_deref().map(|v| &v[..]);
+        let cert = io.conn.0.client_cert();
+        let end = if mechanism == postern_auth::sasl::Mechanism::External {
+            auth.external_exchange(&mut io, initial, cert.as_ref(), peer)
+                .await
+        } else {
+            auth.scram_exchange(&mut io, mechanism, initial, cb, peer)
+                .await
+        };
         match end {
-            postern_auth::ScramEnd::Decided(outcome) => self.logged_in(outcome).await,
-            postern_auth::ScramEnd::Aborted(SaslError::Closed) => Flow::Close,
-            postern_auth::ScramEnd::Aborted(SaslError::Cancelled) => {
+            postern_auth::SaslEnd::Decided(outcome) => self.logged_in(outcome).await,
+            postern_auth::SaslEnd::Aborted(SaslError::Closed) => Flow::Close,
+            postern_auth::SaslEnd::Aborted(SaslError::Cancelled) => {
                 self.err("Authentication cancelled")
             }
-            postern_auth::ScramEnd::Aborted(_) => self.err("Malformed SCRAM message"),
+            postern_auth::SaslEnd::Aborted(_) => self.err("Malformed SCRAM message"),
         }
     }
 

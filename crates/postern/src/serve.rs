@@ -69,7 +69,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // One certificate for every listener, replaceable while they run (ACME renewal, SIGHUP).
     let certs =
         postern_net::tls::CertStore::load(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;
-    let tls = certs.acceptor();
+    // Mail listeners ask for a client certificate (SASL EXTERNAL) unless told not to; the HTTP
+    // listeners never do (a browser would pop up a certificate chooser).
+    let tls = certs.acceptor_with(cfg.tls.request_client_certificates);
+    let http_tls = certs.acceptor();
     // Blob files a crash left without a database row (written, never committed) are removed in
     // the background; files written by this process are never touched.
     {
@@ -386,7 +389,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             });
             let sd = shutdown.clone();
             Some(
-                crate::api::serve(state, addr, tls.rustls().clone(), async move {
+                crate::api::serve(state, addr, http_tls.rustls().clone(), async move {
                     sd.cancelled().await
                 })
                 .await?,
@@ -403,7 +406,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     store.clone(),
                     guard.clone(),
                     addr,
-                    tls.rustls().clone(),
+                    http_tls.rustls().clone(),
                     async move { sd.cancelled().await },
                 )
                 .await?,

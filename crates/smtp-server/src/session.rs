@@ -27,7 +27,8 @@ use postern_config::Protocol;
 use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
 use smtp_proto::{
-    Request, AUTH_LOGIN, AUTH_PLAIN, AUTH_SCRAM_SHA_256, AUTH_SCRAM_SHA_256_PLUS, MAIL_SMTPUTF8,
+    Request, AUTH_EXTERNAL, AUTH_LOGIN, AUTH_PLAIN, AUTH_SCRAM_SHA_256, AUTH_SCRAM_SHA_256_PLUS,
+    MAIL_SMTPUTF8,
 };
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -441,7 +442,8 @@ impl Session {
             // RFC 4954: AUTH is offered only over TLS, and only on submission listeners;
             // strongest first.
             let bind = self.conn.channel_bindings().is_some();
-            let names: Vec<&str> = sasl::Mechanism::advertised(bind)
+            let cert = self.conn.client_cert().is_some();
+            let names: Vec<&str> = sasl::Mechanism::advertised(bind, cert)
                 .iter()
                 .map(|m| m.name())
                 .collect();
@@ -548,8 +550,11 @@ impl Session {
         if self.mail_from.is_some() {
             return self.error("503 5.5.1 AUTH is not allowed during a mail transaction");
         }
-        if mechanism == AUTH_SCRAM_SHA_256 || mechanism == AUTH_SCRAM_SHA_256_PLUS {
-            return self.auth_scram(mechanism, ir).await;
+        if mechanism == AUTH_SCRAM_SHA_256
+            || mechanism == AUTH_SCRAM_SHA_256_PLUS
+            || mechanism == AUTH_EXTERNAL
+        {
+            return self.auth_sasl(mechanism, ir).await;
         }
         if mechanism != AUTH_PLAIN && mechanism != AUTH_LOGIN {
             return self.error("504 5.5.4 Unrecognized authentication mechanism");
@@ -578,13 +583,13 @@ impl Session {
         self.answer_auth(outcome)
     }
 
-    /// AUTH SCRAM-SHA-256(-PLUS): `334` challenges; the server signature is a last `334` that
-    /// the client answers with an empty line (RFC 4954 4).
-    async fn auth_scram(&mut self, mechanism: u64, ir: String) -> Flow {
-        let mech = if mechanism == AUTH_SCRAM_SHA_256_PLUS {
-            sasl::Mechanism::ScramSha256Plus
-        } else {
-            sasl::Mechanism::ScramSha256
+    /// AUTH SCRAM-SHA-256(-PLUS) and EXTERNAL: `334` challenges; SCRAM's server signature is
+    /// a last `334` that the client answers with an empty line (RFC 4954 4).
+    async fn auth_sasl(&mut self, mechanism: u64, ir: String) -> Flow {
+        let mech = match mechanism {
+            AUTH_SCRAM_SHA_256_PLUS => sasl::Mechanism::ScramSha256Plus,
+            AUTH_EXTERNAL => sasl::Mechanism::External,
+            _ => sasl::Mechanism::ScramSha256,
         };
         let initial = match (!ir.is_empty()).then(|| sasl::decode_response(ir.as_bytes())) {
             None => None,
@@ -607,31 +612,32 @@ impl Session {
             session: self,
             flow: None,
         };
-        let end = auth
-            .scram_exchange(
-                &mut io,
-                mech,
-                initial.as_deref().map(|v| &v[..]),
-                postern_auth::scram::Bindings {
-                    exporter: bindings.exporter.as_ref().map(|e| &e[..]),
-                    end_point: bindings.end_point.as_deref(),
-                },
-                postern_auth::Peer {
-                    protocol,
-                    remote_ip: ip,
-                    tls,
-                },
-            )
-            .await;
+        let peer = postern_auth::Peer {
+            protocol,
+            remote_ip: ip,
+            tls,
+        };
+        let initial = initial.as_deref().map(|v| &v[..]);
+        let cert = io.session.conn.client_cert();
+        let end = if mech == sasl::Mechanism::External {
+            auth.external_exchange(&mut io, initial, cert.as_ref(), peer)
+                .await
+        } else {
+            let cb = postern_auth::scram::Bindings {
+                exporter: bindings.exporter.as_ref().map(|e| &e[..]),
+                end_point: bindings.end_point.as_deref(),
+            };
+            auth.scram_exchange(&mut io, mech, initial, cb, peer).await
+        };
         if let Some(flow) = io.flow {
             return flow;
         }
         match end {
-            postern_auth::ScramEnd::Decided(outcome) => self.answer_auth(outcome),
-            postern_auth::ScramEnd::Aborted(sasl::SaslError::Cancelled) => {
+            postern_auth::SaslEnd::Decided(outcome) => self.answer_auth(outcome),
+            postern_auth::SaslEnd::Aborted(sasl::SaslError::Cancelled) => {
                 self.error("501 5.0.0 Authentication cancelled")
             }
-            postern_auth::ScramEnd::Aborted(_) => {
+            postern_auth::SaslEnd::Aborted(_) => {
                 self.error("501 5.5.2 Cannot decode the authentication response")
             }
         }

@@ -1,5 +1,5 @@
 //! Incident response on an account: one transaction locks it (logins off, password to be
-//! changed, app passwords and second factor gone, queued mail held, live sessions revoked), and
+//! changed, app passwords, client certificates and second factor gone, queued mail held, live sessions revoked), and
 //! the running server learns which accounts' sessions to end from `sessions_revoked_at`.
 
 use sqlx::Row;
@@ -10,6 +10,8 @@ use crate::{Result, Store, StoreError};
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LockEffect {
     pub app_passwords_revoked: u64,
+    /// TLS client certificates (SASL EXTERNAL) no longer registered.
+    pub client_certs_removed: u64,
     pub second_factor_removed: bool,
     pub queued_messages_held: u64,
 }
@@ -30,6 +32,11 @@ impl Store {
             return Err(StoreError::NotFound(format!("account #{account_id}")));
         }
         let app_passwords_revoked = sqlx::query("DELETE FROM app_passwords WHERE account_id = ?")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let client_certs_removed = sqlx::query("DELETE FROM client_certs WHERE account_id = ?")
             .bind(account_id)
             .execute(&mut *tx)
             .await?
@@ -55,6 +62,7 @@ impl Store {
         tx.commit().await?;
         Ok(LockEffect {
             app_passwords_revoked,
+            client_certs_removed,
             second_factor_removed,
             queued_messages_held,
         })

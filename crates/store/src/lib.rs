@@ -22,6 +22,7 @@ pub mod apps;
 pub mod audit;
 pub mod backup;
 pub mod blob;
+pub mod certs;
 mod commit;
 mod delivery;
 pub mod dkim;
@@ -340,6 +341,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0017_incidents.sql"),
     include_str!("../migrations/0018_uidvalidity_floor.sql"),
     include_str!("../migrations/0019_scram.sql"),
+    include_str!("../migrations/0020_client_certs.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -451,6 +453,30 @@ impl CredentialStore for Store {
                 .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not record app password use");
+        }
+    }
+
+    async fn cert_credential(
+        &self,
+        fingerprint: &str,
+    ) -> std::result::Result<Option<(StoredCredential, i64)>, CredentialStoreError> {
+        let e = |e: StoreError| CredentialStoreError(e.to_string());
+        let Some((id, address)) = self.cert_owner(fingerprint).await.map_err(e)? else {
+            return Ok(None);
+        };
+        Ok(self.credential(&address).await?.map(|c| (c, id)))
+    }
+
+    async fn client_cert_used(&self, id: i64, ip: std::net::IpAddr) {
+        let r =
+            sqlx::query("UPDATE client_certs SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
+                .bind(now())
+                .bind(ip.to_string())
+                .bind(id)
+                .execute(&self.write)
+                .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record client certificate use");
         }
     }
 

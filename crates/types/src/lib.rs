@@ -323,6 +323,16 @@ pub fn sender_allowed(allow_from: &[String], sender: &str) -> bool {
     })
 }
 
+/// A TLS client certificate as SASL EXTERNAL sees it: the SHA-256 of its SubjectPublicKeyInfo
+/// (lower-case hex; what `postern user cert add` registers, so a renewed certificate with the
+/// same key keeps working) and its validity (Unix times).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub key_fingerprint: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

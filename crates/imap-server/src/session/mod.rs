@@ -317,8 +317,9 @@ impl Session {
         } else if self.principal.is_none() {
             // Strongest first; LOGIN is the IMAP command here, not a SASL mechanism.
             let bind = self.conn.channel_bindings().is_some();
-            for m in postern_auth::sasl::Mechanism::advertised(bind) {
-                if *m != postern_auth::sasl::Mechanism::Login {
+            let cert = self.conn.client_cert().is_some();
+            for m in postern_auth::sasl::Mechanism::advertised(bind, cert) {
+                if m != postern_auth::sasl::Mechanism::Login {
                     caps.push_str(" AUTH=");
                     caps.push_str(m.name());
                 }
@@ -528,7 +529,9 @@ impl Session {
                 let ir = initial_response.map(|r| r.declassify().to_vec());
                 match Mechanism::parse(mechanism.as_ref()) {
                     Some(Mechanism::Plain) => self.authenticate_plain(&tag, ir).await,
-                    Some(m) if m.is_scram() => self.authenticate_scram(&tag, m, ir).await,
+                    Some(m) if m.is_scram() || m == Mechanism::External => {
+                        self.authenticate_sasl(&tag, m, ir).await
+                    }
                     _ => self.no(&tag, "Unsupported authentication mechanism"),
                 }
             }
@@ -807,9 +810,9 @@ impl Session {
         self.login(tag, &user, &creds.password, "PLAIN").await
     }
 
-    /// AUTHENTICATE SCRAM-SHA-256(-PLUS), framed as `+ challenge`; the server signature comes
-    /// as a last challenge that the client answers with an empty line.
-    async fn authenticate_scram(
+    /// AUTHENTICATE SCRAM-SHA-256(-PLUS) and EXTERNAL, framed as `+ challenge`; SCRAM's server
+    /// signature comes as a last challenge that the client answers with an empty line.
+    async fn authenticate_sasl(
         &mut self,
         tag: &str,
         mechanism: postern_auth::sasl::Mechanism,
@@ -827,26 +830,26 @@ impl Session {
             conn: &mut self.conn,
             idle,
         };
-        let end = auth
-            .scram_exchange(
-                &mut io,
-                mechanism,
-                ir.as_deref(),
-                cb,
-                postern_auth::Peer {
-                    protocol: Protocol::Imap,
-                    remote_ip: self.peer.ip(),
-                    tls: self.tls.map(|t| t.version),
-                },
-            )
-            .await;
+        let peer = postern_auth::Peer {
+            protocol: Protocol::Imap,
+            remote_ip: self.peer.ip(),
+            tls: self.tls.map(|t| t.version),
+        };
+        let cert = io.conn.client_cert();
+        let end = if mechanism == postern_auth::sasl::Mechanism::External {
+            auth.external_exchange(&mut io, ir.as_deref(), cert.as_ref(), peer)
+                .await
+        } else {
+            auth.scram_exchange(&mut io, mechanism, ir.as_deref(), cb, peer)
+                .await
+        };
         match end {
-            postern_auth::ScramEnd::Decided(outcome) => self.answer_login(tag, outcome),
-            postern_auth::ScramEnd::Aborted(SaslError::Closed) => Flow::Close,
-            postern_auth::ScramEnd::Aborted(SaslError::Cancelled) => {
+            postern_auth::SaslEnd::Decided(outcome) => self.answer_login(tag, outcome),
+            postern_auth::SaslEnd::Aborted(SaslError::Closed) => Flow::Close,
+            postern_auth::SaslEnd::Aborted(SaslError::Cancelled) => {
                 self.bad(tag, "Authentication cancelled")
             }
-            postern_auth::ScramEnd::Aborted(_) => self.bad(tag, "Malformed SCRAM message"),
+            postern_auth::SaslEnd::Aborted(_) => self.bad(tag, "Malformed SCRAM message"),
         }
     }
 

@@ -1,4 +1,4 @@
-//! App passwords of mail accounts.
+//! App passwords and TLS client certificates of mail accounts.
 
 use super::common::*;
 
@@ -79,5 +79,67 @@ pub(super) async fn revoke_app_password(
     c.may(Perm::RevokeAppPasswords)?;
     let (a, _) = scoped_account(&st, &c, &address).await?;
     crate::ops::app_passwords::revoke(&st.store, &c.actor, &a, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS client certificates (SASL EXTERNAL)
+
+fn cert_json(c: postern_store::certs::ClientCertInfo) -> Value {
+    json!({
+        "name": c.name, "key_sha256": c.fingerprint, "not_after": c.not_after,
+        "created_at": c.created_at, "last_used_at": c.last_used_at, "last_used_ip": c.last_used_ip,
+    })
+}
+
+pub(super) async fn list_client_certs(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::ReadCredentials)?;
+    let (_, info) = scoped_account(&st, &c, &address).await?;
+    let list = st.store.list_client_certs(info.id).await?;
+    Ok(axum::Json(Value::Array(
+        list.into_iter().map(cert_json).collect(),
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertReq {
+    name: String,
+    pem: String,
+}
+
+pub(super) async fn add_client_cert(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+    Body(req): Body<ClientCertReq>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    c.may(Perm::IssueSecrets)?;
+    let (a, info) = scoped_account(&st, &c, &address).await?;
+    let cert = crate::ops::client_certs::parse_pem(&req.pem)?;
+    crate::ops::client_certs::add(&st.store, &c.actor, &a, &req.name, &cert).await?;
+    let added = st
+        .store
+        .list_client_certs(info.id)
+        .await?
+        .into_iter()
+        .find(|x| x.name == req.name)
+        .map(cert_json)
+        .unwrap_or_default();
+    Ok((StatusCode::CREATED, axum::Json(added)))
+}
+
+pub(super) async fn remove_client_cert(
+    State(st): St,
+    c: Caller,
+    Seg2(address, name): Seg2,
+) -> ApiResult<StatusCode> {
+    c.may(Perm::RevokeAppPasswords)?;
+    let (a, _) = scoped_account(&st, &c, &address).await?;
+    crate::ops::client_certs::remove(&st.store, &c.actor, &a, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

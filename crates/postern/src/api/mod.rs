@@ -79,6 +79,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
             delete(revoke_app_password),
         )
         .route(
+            "/users/{address}/certs",
+            get(list_client_certs).post(add_client_cert),
+        )
+        .route("/users/{address}/certs/{name}", delete(remove_client_cert))
+        .route(
             "/applications",
             get(list_applications).post(create_application),
         )

@@ -185,6 +185,7 @@ pub(super) async fn incident_lock(
     Ok(axum::Json(json!({
         "address": a.as_str(),
         "app_passwords_revoked": e.app_passwords_revoked,
+        "client_certs_removed": e.client_certs_removed,
         "second_factor_removed": e.second_factor_removed,
         "queued_messages_held": e.queued_messages_held,
     })))

@@ -136,6 +136,21 @@ pub enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Register a certificate's public key (PEM file) to the account.
+    Add {
+        address: String,
+        file: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Registered certificates: name, key fingerprint, expiry, last use.
+    List { address: String },
+    /// Remove a registration (the next EXTERNAL login with it fails).
+    Remove { address: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum AppPasswordCmd {
     /// Generate an app password and print it once.
     Create {
@@ -458,6 +473,9 @@ pub enum UserCmd {
     /// IMAP or POP3: mail clients need app passwords.
     #[command(subcommand, name = "2fa")]
     TwoFa(TwoFaCmd),
+    /// TLS client certificates that log in with SASL EXTERNAL (IMAP, submission, POP3).
+    #[command(subcommand)]
+    Cert(CertCmd),
 }
 
 #[derive(Subcommand, Debug)]

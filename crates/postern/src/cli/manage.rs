@@ -49,6 +49,57 @@ pub async fn domain(cfg: &Config, cmd: &DomainCmd) -> Result<()> {
     Ok(())
 }
 
+async fn client_cert(
+    store: &postern_store::Store,
+    actor: &Actor,
+    cmd: &super::args::CertCmd,
+) -> Result<()> {
+    use super::args::CertCmd;
+    match cmd {
+        CertCmd::Add {
+            address: a,
+            file,
+            name,
+        } => {
+            let a = address(a)?;
+            let cert = postern_net::tls::ClientCert::from_pem_file(file)?;
+            ops::client_certs::add(store, actor, &a, name, &cert).await?;
+            println!(
+                "certificate {name:?} registered to {a} (key SHA-256 {}, valid until {}); it logs in with SASL EXTERNAL",
+                cert.key_fingerprint,
+                date(cert.not_after)
+            );
+        }
+        CertCmd::List { address: a } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            let list = store.list_client_certs(info.id).await?;
+            if list.is_empty() {
+                println!("no client certificates for {a}");
+            }
+            for c in list {
+                println!(
+                    "{:<20} {}  until {}  last used {}",
+                    c.name,
+                    c.fingerprint,
+                    date(c.not_after),
+                    c.last_used_at.map_or("never".to_owned(), |t| format!(
+                        "{} from {}",
+                        date(t),
+                        c.last_used_ip.unwrap_or_default()
+                    ))
+                );
+            }
+        }
+        CertCmd::Remove { address: a, name } => {
+            let a = address(a)?;
+            ops::client_certs::remove(store, actor, &a, name).await?;
+            println!("certificate {name:?} of {a} removed");
+        }
+    }
+    Ok(())
+}
+
 pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
     let store = open_store(cfg).await?;
     let actor = Actor::cli();
@@ -148,6 +199,7 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
         UserCmd::TwoFa(c) => {
             super::twofactor::cli(cfg, &store, c).await?;
         }
+        UserCmd::Cert(c) => client_cert(&store, &actor, c).await?,
         UserCmd::ExpirePassword { address: a } => {
             let a = address(a)?;
             ops::accounts::expire_password(&store, &actor, &a).await?;
@@ -665,8 +717,9 @@ pub async fn incident(cfg: &Config, cmd: &super::args::IncidentCmd) -> Result<()
                 println!("{}", serde_json::to_string(&e)?);
             } else {
                 println!(
-                    "{a} locked: logins off, password to be replaced, {} app passwords revoked, second factor {}, {} queued messages held; its live sessions end within a second",
+                    "{a} locked: logins off, password to be replaced, {} app passwords revoked, {} client certificates removed, second factor {}, {} queued messages held; its live sessions end within a second",
                     e.app_passwords_revoked,
+                    e.client_certs_removed,
                     if e.second_factor_removed { "removed (re-enrolment needed)" } else { "none" },
                     e.queued_messages_held
                 );

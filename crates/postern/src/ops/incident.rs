@@ -28,10 +28,11 @@ pub async fn lock(
         .incident_lock(account.id, postern_store::now())
         .await?;
     let detail = format!(
-        "{}{}app passwords revoked: {}, second factor removed: {}, queued messages held: {}",
+        "{}{}app passwords revoked: {}, client certificates removed: {}, second factor removed: {}, queued messages held: {}",
         reason,
         if reason.is_empty() { "" } else { "; " },
         effect.app_passwords_revoked,
+        effect.client_certs_removed,
         effect.second_factor_removed,
         effect.queued_messages_held
     );

@@ -3,7 +3,8 @@
 //! of them takes a change without an [`Actor`](crate::actor::Actor), so an unaudited change
 //! cannot be written by accident.
 //!
-//! One file per resource: domains, accounts, aliases, app passwords, applications, bans, queue,
+//! One file per resource: domains, accounts, aliases, app passwords, client certificates,
+//! applications, bans, queue,
 //! reports, incident response.
 //! (Administrators, secrets and DKIM keys record their events the same way from `cli/admins`,
 //! `api/admins`, `cli/secret` and `dkim`.)
@@ -13,6 +14,7 @@ pub mod aliases;
 pub mod app_passwords;
 pub mod applications;
 pub mod bans;
+pub mod client_certs;
 pub mod domains;
 pub mod incident;
 pub mod queue;

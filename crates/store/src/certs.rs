@@ -1,0 +1,89 @@
+//! TLS client certificates registered to accounts, for SASL EXTERNAL. Only the public key's
+//! fingerprint is kept: the registration is the trust (no CA is consulted).
+
+use sqlx::Row;
+
+use crate::{now, Result, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ClientCertInfo {
+    pub name: String,
+    pub fingerprint: String,
+    pub not_after: i64,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub last_used_ip: Option<String>,
+}
+
+impl Store {
+    pub async fn add_client_cert(
+        &self,
+        account_id: i64,
+        name: &str,
+        fingerprint: &str,
+        not_after: i64,
+    ) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO client_certs (account_id, name, fingerprint, not_after, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(account_id)
+        .bind(name)
+        .bind(fingerprint)
+        .bind(not_after)
+        .bind(now())
+        .execute(&self.write)
+        .await;
+        crate::inserted(
+            r,
+            format!("client certificate {name:?} (or one with the same key)"),
+        )
+    }
+
+    pub async fn list_client_certs(&self, account_id: i64) -> Result<Vec<ClientCertInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, fingerprint, not_after, created_at, last_used_at, last_used_ip
+             FROM client_certs WHERE account_id = ? ORDER BY name",
+        )
+        .bind(account_id)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClientCertInfo {
+                    name: r.try_get("name")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    not_after: r.try_get("not_after")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    last_used_ip: r.try_get("last_used_ip")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn remove_client_cert(&self, account_id: i64, name: &str) -> Result<()> {
+        let n = sqlx::query("DELETE FROM client_certs WHERE account_id = ? AND name = ?")
+            .bind(account_id)
+            .bind(name)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("client certificate {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// The registration id and account address a public-key fingerprint belongs to.
+    pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<(i64, String)>> {
+        Ok(sqlx::query(
+            "SELECT c.id, a.address FROM client_certs c JOIN accounts a ON a.id = c.account_id
+             WHERE c.fingerprint = ?",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.read)
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+    }
+}
