@@ -195,6 +195,10 @@ def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
         # Built-in alerts mail the postmaster (alice's alias here): tests that count her mail
         # would see them. Tests about alerts configure them.
         toml_extra = toml_extra + "\n[alerts]\nmail = false\n"
+    if "[notify]" not in toml_extra:
+        # New-sign-in notices are on by default; they would add a message to the INBOX of every
+        # account a test logs in to. tests/test_notify.py turns them on.
+        toml_extra = toml_extra + "\n[notify]\nnew_signin = false\n"
     if "[greylist]" not in toml_extra:
         # Greylisting is on by default; tests that are not about it would only see 451s.
         toml_extra = toml_extra + "\n[greylist]\nenabled = false\n"

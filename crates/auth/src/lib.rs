@@ -371,6 +371,12 @@ pub struct AuthEvent {
     pub result: Result<(), FailureReason>,
 }
 
+/// Told of every successful login of a mail account (new-sign-in notices). Called on the
+/// login's path: an implementation hands slow work to a task.
+pub trait SigninObserver: Send + Sync {
+    fn signed_in(&self, principal: &Principal, peer: Peer, mechanism: &'static str);
+}
+
 /// Receives auth events. The default sink writes them to the structured log (target `postern::audit`).
 pub trait AuditSink: Send + Sync {
     fn auth(&self, event: &AuthEvent);
@@ -431,6 +437,7 @@ pub struct Authenticator {
     /// Warning period before expiry, in seconds.
     expiry_warning: u64,
     scram: ScramSettings,
+    signins: Option<Arc<dyn SigninObserver>>,
 }
 
 /// How SCRAM verifiers are made and which passwords may use them.
@@ -586,7 +593,14 @@ impl Authenticator {
                 iterations: 10_000,
                 fake_salt_key: zeroize::Zeroizing::new(rand::random()),
             },
+            signins: None,
         })
+    }
+
+    /// Tells `observer` (if any) of every successful login of a mail account.
+    pub fn with_signin_observer_if(mut self, observer: Option<Arc<dyn SigninObserver>>) -> Self {
+        self.signins = observer;
+        self
     }
 
     /// SCRAM: whether account passwords may use it, the iteration count of new verifiers, and
@@ -984,7 +998,20 @@ impl Authenticator {
         let ip = attempt.remote_ip;
         let (mut outcome, account_id, result) = decided;
         match (&outcome, result) {
-            (AuthOutcome::Success(_), _) => self.guard.success(ip, login),
+            (AuthOutcome::Success(p), _) => {
+                self.guard.success(ip, login);
+                if let (Some(o), PrincipalKind::Account) = (&self.signins, p.kind) {
+                    o.signed_in(
+                        p,
+                        Peer {
+                            protocol: attempt.protocol,
+                            remote_ip: ip,
+                            tls: attempt.tls,
+                        },
+                        attempt.mechanism,
+                    );
+                }
+            }
             (AuthOutcome::Failure, Err(r)) if r != FailureReason::Locked => {
                 let effect = self.guard.failure(ip, login, fingerprint).await;
                 if let Some(ban) = &effect.banned {

@@ -116,6 +116,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub acme: AcmeConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -505,6 +507,41 @@ impl AcmeConfig {
             let port = if self.challenge == "http-01" { 80 } else { 443 };
             SocketAddr::from(([0, 0, 0, 0], port))
         })
+    }
+}
+
+/// `[notify]`: messages to users about their own account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A successful login from a source network (/24, /64) and client (protocol and
+    /// mechanism) the account has not used within `known_days` puts a notice in its INBOX
+    /// (when, from where, how, and what to do if it was not them) and is audited as
+    /// `new_signin`. Never for `[defence] allowlist` networks.
+    #[serde(default = "d_true")]
+    pub new_signin: bool,
+    #[serde(default = "d_known_days")]
+    pub known_days: u64,
+    /// At most this many notices per account per day (the rest are audited only).
+    #[serde(default = "d_notices_per_day")]
+    pub max_per_day: u32,
+}
+
+fn d_known_days() -> u64 {
+    30
+}
+
+fn d_notices_per_day() -> u32 {
+    5
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            new_signin: true,
+            known_days: d_known_days(),
+            max_per_day: d_notices_per_day(),
+        }
     }
 }
 
@@ -1799,7 +1836,12 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          # a backup: keep it separately.\n\
          # [backup]\n\
          # dir = \"/srv/backup/postern\"\n\
-         # key = \"file:/etc/postern/backup.recipient\"\n\n",
+         # key = \"file:/etc/postern/backup.recipient\"\n\n\
+         # A login from a network or mail program an account has not used for 30 days puts a notice\n\
+         # in its INBOX (on by default; never for [defence] allowlist networks):\n\
+         # [notify]\n\
+         # new_signin = true\n\
+         # known_days = 30\n\n",
     );
     let admin_port = 8080u16.saturating_add(port_offset);
     // The admin API stays on loopback even if the mail listeners face the world.

@@ -23,6 +23,7 @@ mod datadir;
 mod dkim;
 mod keys;
 mod metrics_http;
+mod notify;
 mod ops;
 mod password;
 mod privileges;

@@ -124,7 +124,15 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 a.scram_for_account_passwords,
                 a.scram_iterations,
                 keys.mac("scram-unknown-salt", b"").await?,
-            ),
+            )
+            .with_signin_observer_if(cfg.notify.new_signin.then(|| {
+                Arc::new(crate::notify::SigninNotices::new(
+                    store.clone(),
+                    cfg.notify.clone(),
+                    guard.clone(),
+                    cfg.server.hostname.clone(),
+                )) as Arc<dyn postern_auth::SigninObserver>
+            })),
     );
     if !a.scram_for_account_passwords {
         let n = store.drop_account_scram_verifiers().await?;

@@ -1,5 +1,6 @@
-//! TLS client certificates registered to accounts, for SASL EXTERNAL. Only the public key's
-//! fingerprint is kept: the registration is the trust (no CA is consulted).
+//! TLS client certificates registered to accounts, for SASL EXTERNAL (only the public key's
+//! fingerprint is kept: the registration is the trust, no CA is consulted); and the sources
+//! accounts sign in from, for new-sign-in notices.
 
 use sqlx::Row;
 
@@ -85,5 +86,61 @@ impl Store {
         .fetch_optional(&self.read)
         .await?
         .map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+impl Store {
+    /// Records a sign-in of `account_id` from (`network`, `client`) at `now` and returns when
+    /// that pair was last seen before, if ever (for new-sign-in notices).
+    pub async fn signin_seen(
+        &self,
+        account_id: i64,
+        network: &str,
+        client: &str,
+        now: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.write.begin().await?;
+        let prev: Option<i64> = sqlx::query(
+            "SELECT last_seen FROM signin_sources WHERE account_id = ? AND network = ? AND client = ?",
+        )
+        .bind(account_id)
+        .bind(network)
+        .bind(client)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get(0));
+        sqlx::query(
+            "INSERT INTO signin_sources (account_id, network, client, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (account_id, network, client) DO UPDATE SET last_seen = ?4",
+        )
+        .bind(account_id)
+        .bind(network)
+        .bind(client)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(prev)
+    }
+
+    /// How many `event` rows with result `result` the audit log has for the account since `since`.
+    pub async fn count_account_events(
+        &self,
+        account_id: i64,
+        event: &str,
+        result: &str,
+        since: i64,
+    ) -> Result<i64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM audit_log WHERE account_id = ? AND event = ? AND result = ? AND ts >= ?",
+        )
+        .bind(account_id)
+        .bind(event)
+        .bind(result)
+        .bind(since)
+        .fetch_one(&self.read)
+        .await?
+        .get(0))
     }
 }

@@ -342,6 +342,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0018_uidvalidity_floor.sql"),
     include_str!("../migrations/0019_scram.sql"),
     include_str!("../migrations/0020_client_certs.sql"),
+    include_str!("../migrations/0021_signin_sources.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
