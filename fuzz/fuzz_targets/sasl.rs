@@ -1,4 +1,5 @@
 //! SASL responses: base64 decoding, PLAIN (authzid NUL authcid NUL password) and LOGIN fields,
+//! OAUTHBEARER and XOAUTH2 client responses,
 //! and SCRAM-SHA-256(-PLUS) messages: a client-first message, then (split at the first NUL) a
 //! client-final message against the server-first that answered it.
 #![no_main]
@@ -12,6 +13,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = sasl::decode_login_field(&decoded);
     }
     let _ = sasl::decode_plain(data);
+    let _ = sasl::decode_bearer(sasl::Mechanism::OauthBearer, data);
+    let _ = sasl::decode_bearer(sasl::Mechanism::Xoauth2, data);
 
     let (first, last) = match data.iter().position(|&b| b == 0) {
         Some(i) => (&data[..i], &data[i + 1..]),

@@ -328,8 +328,13 @@ pub enum FailureReason {
     UnknownCertificate,
     /// SASL EXTERNAL with a registered key in a certificate outside its validity.
     CertificateExpired,
-    /// SASL EXTERNAL naming an authorization identity other than the certificate's account.
+    /// SASL EXTERNAL naming an authorization identity other than the certificate's account,
+    /// or a bearer token for another account than the one named.
     IdentityMismatch,
+    /// A bearer token past its expiry.
+    TokenExpired,
+    /// A bearer token refused (signature, issuer, audience, scope, algorithm, key).
+    TokenInvalid,
 }
 
 impl FailureReason {
@@ -354,6 +359,8 @@ impl FailureReason {
             FailureReason::UnknownCertificate => "unknown_certificate",
             FailureReason::CertificateExpired => "certificate_expired",
             FailureReason::IdentityMismatch => "identity_mismatch",
+            FailureReason::TokenExpired => "token_expired",
+            FailureReason::TokenInvalid => "token_invalid",
         }
     }
 }
@@ -369,6 +376,26 @@ pub struct AuthEvent {
     pub remote_ip: IpAddr,
     pub tls: Option<&'static str>,
     pub result: Result<(), FailureReason>,
+}
+
+/// Why a bearer token was refused (for the audit log; never the token itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Past its expiry (or not yet valid), beyond the allowed clock skew.
+    Expired,
+    /// Anything else: signature, issuer, audience, scope, algorithm, unknown key, malformed.
+    Invalid,
+    /// The provider could not be asked (discovery or keys unreachable): a temporary failure.
+    Unavailable,
+}
+
+/// Checks OAuth 2.0 bearer tokens from an identity provider (OAUTHBEARER, XOAUTH2) and says
+/// which account they name. Implemented by the server with the configured OpenID Connect
+/// providers; the auth core applies the guard, the audit log and the account rules.
+#[async_trait::async_trait]
+pub trait TokenVerifier: Send + Sync {
+    /// The login name (lower-case address) the token's account claim gives.
+    async fn verify(&self, token: &SecretString) -> Result<String, TokenError>;
 }
 
 /// Told of every successful login of a mail account (new-sign-in notices). Called on the
@@ -438,6 +465,7 @@ pub struct Authenticator {
     expiry_warning: u64,
     scram: ScramSettings,
     signins: Option<Arc<dyn SigninObserver>>,
+    tokens: Option<Arc<dyn TokenVerifier>>,
 }
 
 /// How SCRAM verifiers are made and which passwords may use them.
@@ -594,7 +622,19 @@ impl Authenticator {
                 fake_salt_key: zeroize::Zeroizing::new(rand::random()),
             },
             signins: None,
+            tokens: None,
         })
+    }
+
+    /// Accepts bearer tokens (OAUTHBEARER, XOAUTH2) checked by `verifier`.
+    pub fn with_token_verifier_if(mut self, verifier: Option<Arc<dyn TokenVerifier>>) -> Self {
+        self.tokens = verifier;
+        self
+    }
+
+    /// Whether bearer tokens are accepted (the mechanisms are advertised).
+    pub fn accepts_tokens(&self) -> bool {
+        self.tokens.is_some()
     }
 
     /// Tells `observer` (if any) of every successful login of a mail account.
@@ -834,6 +874,138 @@ impl Authenticator {
             }
         }
         SaslEnd::Decided(outcome)
+    }
+
+    /// A whole OAUTHBEARER (RFC 7628) or XOAUTH2 exchange: the client response carries the
+    /// token; a refusal is first told as the mechanism's JSON error challenge, which the client
+    /// answers with a dummy response (0x01), then as the protocol's failure.
+    pub async fn oauth_exchange(
+        &self,
+        io: &mut dyn sasl::Challenger,
+        mechanism: sasl::Mechanism,
+        initial: Option<&[u8]>,
+        peer: Peer,
+    ) -> SaslEnd {
+        use base64::Engine;
+        let msg = match initial {
+            Some(m) => zeroize::Zeroizing::new(m.to_vec()),
+            None => match io.challenge("").await {
+                Ok(m) => m,
+                Err(e) => return SaslEnd::Aborted(e),
+            },
+        };
+        let bearer = match sasl::decode_bearer(mechanism, &msg) {
+            Ok(b) => b,
+            Err(e) => return SaslEnd::Aborted(e),
+        };
+        let outcome = self
+            .authenticate_bearer(&bearer, mechanism.name(), peer)
+            .await;
+        if matches!(outcome, AuthOutcome::Failure) {
+            let error = if mechanism == sasl::Mechanism::OauthBearer {
+                r#"{"status":"invalid_token","scope":"openid email"}"#
+            } else {
+                r#"{"status":"401","schemes":"bearer","scope":"openid email"}"#
+            };
+            let b64 = base64::engine::general_purpose::STANDARD.encode(error);
+            if let Err(sasl::SaslError::Closed) = io.challenge(&b64).await {
+                return SaslEnd::Aborted(sasl::SaslError::Closed);
+            }
+        }
+        SaslEnd::Decided(outcome)
+    }
+
+    /// A bearer token: valid for the configured provider (signature, issuer, audience, scope,
+    /// expiry) and naming an existing, enabled account, the one the client named if it named
+    /// one. Under the same guard and audit log as a password (counted against the named
+    /// account, or the token's). Like an app password, password expiry and 2FA do not apply:
+    /// the identity provider decided how the user proved themselves.
+    pub async fn authenticate_bearer(
+        &self,
+        bearer: &sasl::BearerResponse,
+        mechanism: &'static str,
+        peer: Peer,
+    ) -> AuthOutcome {
+        use secrecy::ExposeSecret;
+        let ip = peer.remote_ip;
+        let verified = match &self.tokens {
+            Some(v) => v.verify(&bearer.token).await,
+            None => Err(TokenError::Invalid),
+        };
+        let named = bearer.authzid.trim().to_lowercase();
+        let login = match (&verified, named.is_empty()) {
+            (_, false) => named.clone(),
+            (Ok(a), true) => a.clone(),
+            (Err(_), true) => "oauth:unknown".to_owned(),
+        };
+        // the guard's repeat detection sees a digest of the token, never the token
+        let fingerprint = SecretString::from(hex::encode(app_password_digest(
+            bearer.token.expose_secret(),
+        )));
+        let decided = match self.guard.check(ip, &login) {
+            guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
+            guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
+            guard::Verdict::Allow => match verified {
+                Err(TokenError::Unavailable) => (
+                    AuthOutcome::TemporaryFailure,
+                    None,
+                    Err(FailureReason::StoreError),
+                ),
+                Err(TokenError::Expired) => {
+                    (AuthOutcome::Failure, None, Err(FailureReason::TokenExpired))
+                }
+                Err(TokenError::Invalid) => {
+                    (AuthOutcome::Failure, None, Err(FailureReason::TokenInvalid))
+                }
+                Ok(address) if !named.is_empty() && named != address => (
+                    AuthOutcome::Failure,
+                    None,
+                    Err(FailureReason::IdentityMismatch),
+                ),
+                Ok(address) => match self.store.credential(&address).await {
+                    Err(e) => {
+                        tracing::error!(error = %e, "credential look-up failed");
+                        (
+                            AuthOutcome::TemporaryFailure,
+                            None,
+                            Err(FailureReason::StoreError),
+                        )
+                    }
+                    Ok(None) => (AuthOutcome::Failure, None, Err(FailureReason::UnknownUser)),
+                    Ok(Some(c)) if c.kind != PrincipalKind::Account => {
+                        (AuthOutcome::Failure, None, Err(FailureReason::UnknownUser))
+                    }
+                    Ok(Some(c)) if c.disabled => (
+                        AuthOutcome::Failure,
+                        Some(c.account_id),
+                        Err(FailureReason::Disabled),
+                    ),
+                    Ok(Some(c))
+                        if !c.allowed_networks.is_empty()
+                            && !c.allowed_networks.iter().any(|n| n.contains(ip)) =>
+                    {
+                        (
+                            AuthOutcome::Failure,
+                            Some(c.account_id),
+                            Err(FailureReason::NetworkNotAllowed),
+                        )
+                    }
+                    Ok(Some(c)) => (
+                        AuthOutcome::Success(Principal::account(c.account_id, c.address)),
+                        Some(c.account_id),
+                        Ok(()),
+                    ),
+                },
+            },
+        };
+        let attempt = ScramAttempt {
+            username: &login,
+            protocol: peer.protocol,
+            mechanism,
+            remote_ip: ip,
+            tls: peer.tls,
+        };
+        self.conclude(&login, &attempt, &fingerprint, decided).await
     }
 
     /// A whole SASL EXTERNAL exchange: the authorization identity comes as the initial

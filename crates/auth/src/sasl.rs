@@ -99,6 +99,10 @@ pub enum Mechanism {
     ScramSha256Plus,
     /// EXTERNAL (RFC 4422 A): the TLS client certificate, registered to an account.
     External,
+    /// OAUTHBEARER (RFC 7628): an access token from an OpenID Connect provider.
+    OauthBearer,
+    /// XOAUTH2 (Google's and Microsoft's older form of the same).
+    Xoauth2,
 }
 
 impl Mechanism {
@@ -109,6 +113,8 @@ impl Mechanism {
             Mechanism::ScramSha256,
             Mechanism::ScramSha256Plus,
             Mechanism::External,
+            Mechanism::OauthBearer,
+            Mechanism::Xoauth2,
         ]
         .into_iter()
         .find(|m| m.name().eq_ignore_ascii_case(name))
@@ -121,7 +127,18 @@ impl Mechanism {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
             Mechanism::External => "EXTERNAL",
+            Mechanism::OauthBearer => "OAUTHBEARER",
+            Mechanism::Xoauth2 => "XOAUTH2",
         }
+    }
+
+    pub fn is_oauth(self) -> bool {
+        matches!(self, Mechanism::OauthBearer | Mechanism::Xoauth2)
+    }
+
+    /// Driven by an exchange of the auth core rather than [`Exchange`].
+    pub fn is_multistep(self) -> bool {
+        self.is_scram() || self.is_oauth() || self == Mechanism::External
     }
 
     pub fn is_scram(self) -> bool {
@@ -130,17 +147,111 @@ impl Mechanism {
 
     /// The mechanisms to advertise on a connection, strongest first: EXTERNAL only when the
     /// client presented a certificate, SCRAM-SHA-256-PLUS only where the connection has a
-    /// channel binding to offer.
-    pub fn advertised(can_bind: bool, client_cert: bool) -> Vec<Mechanism> {
-        let mut m = Vec::with_capacity(5);
-        if client_cert {
+    /// channel binding to offer, OAUTHBEARER and XOAUTH2 only with an identity provider.
+    pub fn advertised(offer: Offer) -> Vec<Mechanism> {
+        let mut m = Vec::with_capacity(7);
+        if offer.client_cert {
             m.push(Mechanism::External);
         }
-        if can_bind {
+        if offer.can_bind {
             m.push(Mechanism::ScramSha256Plus);
         }
-        m.extend([Mechanism::ScramSha256, Mechanism::Plain, Mechanism::Login]);
+        m.push(Mechanism::ScramSha256);
+        if offer.oauth {
+            m.extend([Mechanism::OauthBearer, Mechanism::Xoauth2]);
+        }
+        m.extend([Mechanism::Plain, Mechanism::Login]);
         m
+    }
+}
+
+/// What a connection can offer beyond the password mechanisms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Offer {
+    /// A TLS channel binding (SCRAM-SHA-256-PLUS).
+    pub can_bind: bool,
+    /// The client presented a certificate (EXTERNAL).
+    pub client_cert: bool,
+    /// An OpenID Connect provider is configured (OAUTHBEARER, XOAUTH2).
+    pub oauth: bool,
+}
+
+/// A bearer token and the identity the client claims with it, from an OAUTHBEARER (RFC 7628
+/// 3.1: a GS2 header, then `key=value` pairs separated by 0x01, among them
+/// `auth=Bearer TOKEN`) or XOAUTH2 (`user=NAME^Aauth=Bearer TOKEN^A^A`) client response.
+pub struct BearerResponse {
+    /// The authorization identity (`a=` / `user=`), possibly empty.
+    pub authzid: String,
+    pub token: SecretString,
+}
+
+impl std::fmt::Debug for BearerResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerResponse")
+            .field("authzid", &self.authzid)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+fn bearer_of(kvpairs: &str) -> Result<SecretString, SaslError> {
+    for kv in kvpairs.split('\x01') {
+        if let Some(v) = kv.strip_prefix("auth=") {
+            let (scheme, token) = v.split_once(' ').ok_or(SaslError::Malformed)?;
+            let token = token.trim();
+            // RFC 6750 2.1 b64token
+            let valid = !token.is_empty()
+                && token.len() <= 16 * 1024
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+            if !scheme.eq_ignore_ascii_case("Bearer") || !valid {
+                return Err(SaslError::Malformed);
+            }
+            return Ok(SecretString::from(token.to_owned()));
+        }
+    }
+    Err(SaslError::Malformed)
+}
+
+/// Parses an OAUTHBEARER or XOAUTH2 client response.
+pub fn decode_bearer(mechanism: Mechanism, msg: &[u8]) -> Result<BearerResponse, SaslError> {
+    let msg = std::str::from_utf8(msg).map_err(|_| SaslError::Malformed)?;
+    match mechanism {
+        Mechanism::OauthBearer => {
+            // gs2-header: ("n" / "y") "," [ "a=" saslname ] "," then kvsep
+            let (flag, rest) = msg.split_once(',').ok_or(SaslError::Malformed)?;
+            let (authz, rest) = rest.split_once(',').ok_or(SaslError::Malformed)?;
+            if !matches!(flag, "n" | "y") {
+                return Err(SaslError::Malformed);
+            }
+            let authzid = match authz {
+                "" => String::new(),
+                a => a
+                    .strip_prefix("a=")
+                    .ok_or(SaslError::Malformed)?
+                    .replace("=2C", ",")
+                    .replace("=3D", "="),
+            };
+            let kv = rest.strip_prefix('\x01').ok_or(SaslError::Malformed)?;
+            Ok(BearerResponse {
+                authzid,
+                token: bearer_of(kv)?,
+            })
+        }
+        Mechanism::Xoauth2 => {
+            let mut user = None;
+            for kv in msg.split('\x01') {
+                if let Some(u) = kv.strip_prefix("user=") {
+                    user = Some(u.to_owned());
+                }
+            }
+            Ok(BearerResponse {
+                authzid: user.ok_or(SaslError::Malformed)?,
+                token: bearer_of(msg)?,
+            })
+        }
+        _ => Err(SaslError::Malformed),
     }
 }
 
@@ -210,9 +321,6 @@ impl Exchange {
 
     fn step_decoded(&mut self, decoded: &[u8]) -> Result<Step, SaslError> {
         match self.mechanism {
-            Mechanism::ScramSha256 | Mechanism::ScramSha256Plus | Mechanism::External => {
-                Err(SaslError::Malformed)
-            }
             Mechanism::Plain => decode_plain(decoded).map(Step::Done),
             Mechanism::Login => match self.user.take() {
                 None => {
@@ -224,6 +332,7 @@ impl Exchange {
                     password: SecretString::from(decode_login_field(decoded)?),
                 })),
             },
+            _ => Err(SaslError::Malformed),
         }
     }
 }
@@ -289,6 +398,47 @@ mod tests {
             SaslError::Malformed
         );
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bearer_responses() {
+        let b = decode_bearer(
+            Mechanism::OauthBearer,
+            b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01",
+        )
+        .unwrap();
+        assert_eq!(b.authzid, "user@example.com");
+        assert_eq!(
+            b.token.expose_secret(),
+            "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg=="
+        );
+        assert!(!format!("{b:?}").contains("vF9d"));
+        let b = decode_bearer(
+            Mechanism::OauthBearer,
+            b"n,,\x01auth=bearer abc.def-ghi\x01\x01",
+        )
+        .unwrap();
+        assert_eq!(b.authzid, "");
+        let x = decode_bearer(
+            Mechanism::Xoauth2,
+            b"user=someuser@example.com\x01auth=Bearer ya29.vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg\x01\x01",
+        )
+        .unwrap();
+        assert_eq!(x.authzid, "someuser@example.com");
+        for bad in [
+            &b"n,,auth=Bearer x"[..],
+            b"p=tls-unique,,\x01auth=Bearer x\x01\x01",
+            b"n,,\x01auth=Basic x\x01\x01",
+            b"n,,\x01auth=Bearer a b\x01\x01",
+            b"n,,\x01host=x\x01\x01",
+            b"n,u=x,\x01auth=Bearer x\x01\x01",
+        ] {
+            assert!(
+                decode_bearer(Mechanism::OauthBearer, bad).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(decode_bearer(Mechanism::Xoauth2, b"auth=Bearer x\x01\x01").is_err());
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct Config {
     pub acme: AcmeConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    /// OpenID Connect providers whose access tokens log in with OAUTHBEARER and XOAUTH2.
+    #[serde(default)]
+    pub oidc: Vec<OidcConfig>,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -509,6 +512,51 @@ impl AcmeConfig {
         })
     }
 }
+
+/// `[[oidc]]`: an OpenID Connect provider (Keycloak, Authentik, …) whose access tokens (JWTs)
+/// log in to mail with SASL OAUTHBEARER (RFC 7628) and XOAUTH2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL (https); `/.well-known/openid-configuration` under it gives the keys.
+    pub issuer: String,
+    /// The `aud` a token must carry (the client id or resource the provider issues for mail).
+    pub audience: String,
+    /// A scope the token must have (in `scope` or `scp`); none: any.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The claim that names the account (its address).
+    #[serde(default = "d_oidc_claim")]
+    pub claim: String,
+    /// Signature algorithms accepted; asymmetric only (never `none`, never HS*).
+    #[serde(default = "d_oidc_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most 300).
+    #[serde(default = "d_oidc_leeway")]
+    pub leeway_secs: u64,
+    /// A CA to trust for the provider's HTTPS (PEM); default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn d_oidc_claim() -> String {
+    "email".into()
+}
+
+fn d_oidc_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn d_oidc_leeway() -> u64 {
+    60
+}
+
+/// Algorithms an `[[oidc]]` provider may be allowed: asymmetric signatures only.
+pub const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// `[notify]`: messages to users about their own account.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1504,6 +1552,33 @@ impl Config {
 
     /// Checks values that parse but make no sense; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
+        for o in &self.oidc {
+            if !o.issuer.starts_with("https://") {
+                return Err(format!(
+                    "oidc.issuer {:?} must be an https:// URL",
+                    o.issuer
+                ));
+            }
+            if o.audience.is_empty() || o.claim.is_empty() {
+                return Err("oidc.audience and oidc.claim must not be empty".into());
+            }
+            if o.algorithms.is_empty() {
+                return Err("oidc.algorithms must name at least one algorithm".into());
+            }
+            if let Some(a) = o
+                .algorithms
+                .iter()
+                .find(|a| !OIDC_ALGORITHMS.contains(&a.as_str()))
+            {
+                return Err(format!(
+                    "oidc.algorithms: {a:?} is not allowed (asymmetric signatures only: {}; never none or HS*)",
+                    OIDC_ALGORITHMS.join(", ")
+                ));
+            }
+            if o.leeway_secs > 300 {
+                return Err("oidc.leeway_secs must be at most 300".into());
+            }
+        }
         if postern_types::Domain::parse(&self.server.hostname).is_err() {
             return Err(format!(
                 "server.hostname {:?} is not a fully qualified host name",

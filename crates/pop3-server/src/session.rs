@@ -296,9 +296,12 @@ impl Session {
 
     /// The SASL mechanisms offered here, strongest first (LOGIN is not: USER/PASS is POP3's).
     fn sasl_mechanisms(&self) -> Vec<&'static str> {
-        let bind = self.conn.0.channel_bindings().is_some();
-        let cert = self.conn.0.client_cert().is_some();
-        postern_auth::sasl::Mechanism::advertised(bind, cert)
+        let offer = postern_auth::sasl::Offer {
+            can_bind: self.conn.0.channel_bindings().is_some(),
+            client_cert: self.conn.0.client_cert().is_some(),
+            oauth: self.srv.auth.accepts_tokens(),
+        };
+        postern_auth::sasl::Mechanism::advertised(offer)
             .into_iter()
             .filter(|m| *m != postern_auth::sasl::Mechanism::Login)
             .map(|m| m.name())
@@ -492,9 +495,7 @@ impl Session {
                 use postern_auth::sasl::Mechanism;
                 match Mechanism::parse(&mech) {
                     Some(Mechanism::Plain) => {}
-                    Some(m) if m.is_scram() || m == Mechanism::External => {
-                        return self.authenticate_sasl(m, ir).await
-                    }
+                    Some(m) if m.is_multistep() => return self.authenticate_sasl(m, ir).await,
                     _ => return self.err("Unsupported mechanism"),
                 }
                 // The SASL exchange shared with SMTP and IMAP, framed as `+ challenge` (RFC 5034).
@@ -537,7 +538,7 @@ impl Session {
         }
     }
 
-    /// AUTH SCRAM-SHA-256(-PLUS) and EXTERNAL (RFC 5034 framing: `+ base64` challenges;
+    /// AUTH SCRAM-SHA-256(-PLUS), EXTERNAL, OAUTHBEARER and XOAUTH2 (RFC 5034 framing: `+ base64` challenges;
     /// SCRAM's server signature is a last challenge, answered with an empty line).
     async fn authenticate_sasl(
         &mut self,
@@ -573,6 +574,8 @@ impl Session {
         let end = if mechanism == postern_auth::sasl::Mechanism::External {
             auth.external_exchange(&mut io, initial, cert.as_ref(), peer)
                 .await
+        } else if mechanism.is_oauth() {
+            auth.oauth_exchange(&mut io, mechanism, initial, peer).await
         } else {
             auth.scram_exchange(&mut io, mechanism, initial, cb, peer)
                 .await

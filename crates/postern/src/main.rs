@@ -24,6 +24,7 @@ mod dkim;
 mod keys;
 mod metrics_http;
 mod notify;
+mod oidc;
 mod ops;
 mod password;
 mod privileges;

@@ -110,6 +110,18 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         Some(Arc::new(store.clone())),
     ));
     guard.sync_bans().await;
+    // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
+    // and the identity providers' keys.
+    let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
+    let oidc = if cfg.oidc.is_empty() {
+        None
+    } else {
+        Some(Arc::new(crate::oidc::Oidc::new(
+            &cfg.oidc,
+            &cfg,
+            dns.resolver().clone(),
+        )?) as Arc<dyn postern_auth::TokenVerifier>)
+    };
     let auth = Arc::new(
         Authenticator::new(Arc::new(store.clone()), pool, audit.clone())?
             .with_cache_ttl(Duration::from_secs(a.credential_cache_secs))
@@ -132,7 +144,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     guard.clone(),
                     cfg.server.hostname.clone(),
                 )) as Arc<dyn postern_auth::SigninObserver>
-            })),
+            }))
+            .with_token_verifier_if(oidc),
     );
     if !a.scram_for_account_passwords {
         let n = store.drop_account_scram_verifiers().await?;
@@ -172,8 +185,6 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             }
         });
     }
-    // One resolver (and one cache) for outbound MX look-ups, the inbound checks and the reports.
-    let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
     // Bans added or lifted with `postern ban` reach the running server within 2 s, rotated
     // application secrets are retired (and audited) within 2 s of their grace period's end; once
     // an hour the audit log is trimmed to its retention, greylisting state expires and the DMARC

@@ -298,6 +298,42 @@ pub async fn http_post(
     resolver: &postern_dns::TokioResolver,
     connector: &TlsConnector,
 ) -> Result<u16, String> {
+    let mut all = vec![("content-type", content_type.to_owned())];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.clone())));
+    http_request("POST", url, &all, body, 0, resolver, connector)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// GETs `url` and returns the HTTP status and at most `max_body` bytes of body (a longer body
+/// is an error); same rules as [`http_post`]. No redirects are followed.
+pub async fn http_get(
+    url: &str,
+    max_body: usize,
+    resolver: &postern_dns::TokioResolver,
+    connector: &TlsConnector,
+) -> Result<(u16, Bytes), String> {
+    http_request(
+        "GET",
+        url,
+        &[("accept", "application/json".to_owned())],
+        Vec::new(),
+        max_body,
+        resolver,
+        connector,
+    )
+    .await
+}
+
+async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+    max_body: usize,
+    resolver: &postern_dns::TokioResolver,
+    connector: &TlsConnector,
+) -> Result<(u16, Bytes), String> {
     let uri: hyper::Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -326,18 +362,23 @@ pub async fn http_post(
     let path = uri
         .path_and_query()
         .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    // RFC 9110 7.2: the port is part of Host unless it is the scheme's default (servers build
+    // absolute URLs from it).
+    let authority = match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        _ => host.clone(),
+    };
     let mut req = hyper::Request::builder()
-        .method("POST")
+        .method(method)
         .uri(path)
-        .header("host", host.as_str())
-        .header("content-type", content_type);
+        .header("host", authority.as_str());
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
     }
     let req = req
         .body(http_body_util::Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let post = async {
+    let exchange = async {
         let tcp = tokio::net::TcpStream::connect(SocketAddr::new(ip, port))
             .await
             .map_err(|e| format!("{host}: {e}"))?;
@@ -348,17 +389,21 @@ pub async fn http_post(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {host}: {e}"))?;
-            send(TokioIo::new(tls), req).await
+            send(TokioIo::new(tls), req, max_body).await
         } else {
-            send(TokioIo::new(tcp), req).await
+            send(TokioIo::new(tcp), req, max_body).await
         }
     };
-    tokio::time::timeout(FETCH_TIMEOUT, post)
+    tokio::time::timeout(FETCH_TIMEOUT, exchange)
         .await
         .map_err(|_| "timed out".to_string())?
 }
 
-async fn send<I>(io: I, req: hyper::Request<http_body_util::Full<Bytes>>) -> Result<u16, String>
+async fn send<I>(
+    io: I,
+    req: hyper::Request<http_body_util::Full<Bytes>>,
+    max_body: usize,
+) -> Result<(u16, Bytes), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -368,9 +413,22 @@ where
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string());
+    let result = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        if max_body == 0 {
+            return Ok((status, Bytes::new()));
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|_| "response too large or broken".to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
     driver.abort();
-    Ok(resp?.status().as_u16())
+    result
 }
 
 /// A verifying TLS client for policy fetches and enforced MX hosts: `ca_file`, or the system's

@@ -27,8 +27,8 @@ use postern_config::Protocol;
 use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
 use smtp_proto::{
-    Request, AUTH_EXTERNAL, AUTH_LOGIN, AUTH_PLAIN, AUTH_SCRAM_SHA_256, AUTH_SCRAM_SHA_256_PLUS,
-    MAIL_SMTPUTF8,
+    Request, AUTH_EXTERNAL, AUTH_LOGIN, AUTH_OAUTHBEARER, AUTH_PLAIN, AUTH_SCRAM_SHA_256,
+    AUTH_SCRAM_SHA_256_PLUS, AUTH_XOAUTH2, MAIL_SMTPUTF8,
 };
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -441,9 +441,12 @@ impl Session {
         } else if self.kind.is_submission() && self.principal.is_none() {
             // RFC 4954: AUTH is offered only over TLS, and only on submission listeners;
             // strongest first.
-            let bind = self.conn.channel_bindings().is_some();
-            let cert = self.conn.client_cert().is_some();
-            let names: Vec<&str> = sasl::Mechanism::advertised(bind, cert)
+            let offer = sasl::Offer {
+                can_bind: self.conn.channel_bindings().is_some(),
+                client_cert: self.conn.client_cert().is_some(),
+                oauth: self.srv.auth.accepts_tokens(),
+            };
+            let names: Vec<&str> = sasl::Mechanism::advertised(offer)
                 .iter()
                 .map(|m| m.name())
                 .collect();
@@ -550,9 +553,14 @@ impl Session {
         if self.mail_from.is_some() {
             return self.error("503 5.5.1 AUTH is not allowed during a mail transaction");
         }
-        if mechanism == AUTH_SCRAM_SHA_256
-            || mechanism == AUTH_SCRAM_SHA_256_PLUS
-            || mechanism == AUTH_EXTERNAL
+        if [
+            AUTH_SCRAM_SHA_256,
+            AUTH_SCRAM_SHA_256_PLUS,
+            AUTH_EXTERNAL,
+            AUTH_OAUTHBEARER,
+            AUTH_XOAUTH2,
+        ]
+        .contains(&mechanism)
         {
             return self.auth_sasl(mechanism, ir).await;
         }
@@ -583,12 +591,14 @@ impl Session {
         self.answer_auth(outcome)
     }
 
-    /// AUTH SCRAM-SHA-256(-PLUS) and EXTERNAL: `334` challenges; SCRAM's server signature is
+    /// AUTH SCRAM-SHA-256(-PLUS), EXTERNAL, OAUTHBEARER and XOAUTH2: `334` challenges; SCRAM's server signature is
     /// a last `334` that the client answers with an empty line (RFC 4954 4).
     async fn auth_sasl(&mut self, mechanism: u64, ir: String) -> Flow {
         let mech = match mechanism {
             AUTH_SCRAM_SHA_256_PLUS => sasl::Mechanism::ScramSha256Plus,
             AUTH_EXTERNAL => sasl::Mechanism::External,
+            AUTH_OAUTHBEARER => sasl::Mechanism::OauthBearer,
+            AUTH_XOAUTH2 => sasl::Mechanism::Xoauth2,
             _ => sasl::Mechanism::ScramSha256,
         };
         let initial = match (!ir.is_empty()).then(|| sasl::decode_response(ir.as_bytes())) {
@@ -622,6 +632,8 @@ impl Session {
         let end = if mech == sasl::Mechanism::External {
             auth.external_exchange(&mut io, initial, cert.as_ref(), peer)
                 .await
+        } else if mech.is_oauth() {
+            auth.oauth_exchange(&mut io, mech, initial, peer).await
         } else {
             let cb = postern_auth::scram::Bindings {
                 exporter: bindings.exporter.as_ref().map(|e| &e[..]),

@@ -316,9 +316,12 @@ impl Session {
             caps.push_str(" STARTTLS LOGINDISABLED");
         } else if self.principal.is_none() {
             // Strongest first; LOGIN is the IMAP command here, not a SASL mechanism.
-            let bind = self.conn.channel_bindings().is_some();
-            let cert = self.conn.client_cert().is_some();
-            for m in postern_auth::sasl::Mechanism::advertised(bind, cert) {
+            let offer = postern_auth::sasl::Offer {
+                can_bind: self.conn.channel_bindings().is_some(),
+                client_cert: self.conn.client_cert().is_some(),
+                oauth: self.srv.auth.accepts_tokens(),
+            };
+            for m in postern_auth::sasl::Mechanism::advertised(offer) {
                 if m != postern_auth::sasl::Mechanism::Login {
                     caps.push_str(" AUTH=");
                     caps.push_str(m.name());
@@ -529,9 +532,7 @@ impl Session {
                 let ir = initial_response.map(|r| r.declassify().to_vec());
                 match Mechanism::parse(mechanism.as_ref()) {
                     Some(Mechanism::Plain) => self.authenticate_plain(&tag, ir).await,
-                    Some(m) if m.is_scram() || m == Mechanism::External => {
-                        self.authenticate_sasl(&tag, m, ir).await
-                    }
+                    Some(m) if m.is_multistep() => self.authenticate_sasl(&tag, m, ir).await,
                     _ => self.no(&tag, "Unsupported authentication mechanism"),
                 }
             }
@@ -810,7 +811,8 @@ impl Session {
         self.login(tag, &user, &creds.password, "PLAIN").await
     }
 
-    /// AUTHENTICATE SCRAM-SHA-256(-PLUS) and EXTERNAL, framed as `+ challenge`; SCRAM's server
+    /// AUTHENTICATE SCRAM-SHA-256(-PLUS), EXTERNAL, OAUTHBEARER and XOAUTH2, framed as
+    /// `+ challenge`; SCRAM's server
     /// signature comes as a last challenge that the client answers with an empty line.
     async fn authenticate_sasl(
         &mut self,
@@ -838,6 +840,9 @@ impl Session {
         let cert = io.conn.client_cert();
         let end = if mechanism == postern_auth::sasl::Mechanism::External {
             auth.external_exchange(&mut io, ir.as_deref(), cert.as_ref(), peer)
+                .await
+        } else if mechanism.is_oauth() {
+            auth.oauth_exchange(&mut io, mechanism, ir.as_deref(), peer)
                 .await
         } else {
             auth.scram_exchange(&mut io, mechanism, ir.as_deref(), cb, peer)
