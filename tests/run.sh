@@ -20,6 +20,8 @@ command -v postfix >/dev/null 2>&1 || missing+=(postfix)
 # Prometheus and promtool: the shipped alert rules are checked and a real Prometheus scrapes Postern
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v pebble >/dev/null 2>&1 || missing+=(pebble)
+# OpenLDAP's slapd (a directory the LDAP tests start on loopback with TLS) and its clients
+[ -x /usr/sbin/slapd ] || missing+=(slapd ldap-utils)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"

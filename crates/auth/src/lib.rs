@@ -56,6 +56,8 @@ pub struct StoredCredential {
     /// The account's SCRAM salt and iteration count, and the verifier of its password (kept
     /// only with `[auth] scram_for_account_passwords`). None until a first verifier is made.
     pub scram: Option<ScramCred>,
+    /// The account was provisioned from a directory (LDAP): its password is checked there.
+    pub directory: bool,
 }
 
 /// An account's SCRAM parameters: one salt and iteration count for all its verifiers (the
@@ -92,6 +94,7 @@ impl StoredCredential {
             app_secrets: vec![],
             expires_at: None,
             scram: None,
+            directory: false,
         }
     }
 }
@@ -168,6 +171,16 @@ pub trait CredentialStore: Send + Sync {
     }
     /// Records that a registered client certificate was used (time and source).
     async fn client_cert_used(&self, _id: i64, _ip: IpAddr) {}
+    /// Creates the account a directory just vouched for (first login), marked as the
+    /// directory's, with `unusable_phc` as its local password hash. None if its domain is not
+    /// served here.
+    async fn provision(
+        &self,
+        _login: &str,
+        _unusable_phc: &str,
+    ) -> Result<Option<StoredCredential>, CredentialStoreError> {
+        Ok(None)
+    }
     /// A password of `cred` just verified by PLAIN/LOGIN has no SCRAM verifier yet: the store
     /// may make one (off the login's path), for that password only (the account password's
     /// only while its hash is still `cred.password_hash`). Called only for passwords SCRAM may
@@ -335,6 +348,10 @@ pub enum FailureReason {
     TokenExpired,
     /// A bearer token refused (signature, issuer, audience, scope, algorithm, key).
     TokenInvalid,
+    /// The directory knows the user and the password, but its access group leaves them out.
+    DirectoryDenied,
+    /// The directory could not be asked: a temporary failure, never counted.
+    DirectoryUnavailable,
 }
 
 impl FailureReason {
@@ -361,6 +378,8 @@ impl FailureReason {
             FailureReason::IdentityMismatch => "identity_mismatch",
             FailureReason::TokenExpired => "token_expired",
             FailureReason::TokenInvalid => "token_invalid",
+            FailureReason::DirectoryDenied => "directory_denied",
+            FailureReason::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }
@@ -376,6 +395,28 @@ pub struct AuthEvent {
     pub remote_ip: IpAddr,
     pub tls: Option<&'static str>,
     pub result: Result<(), FailureReason>,
+}
+
+/// What a directory (LDAP) says of a login name and password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryAnswer {
+    Valid,
+    NoSuchUser,
+    BadPassword,
+    /// The user exists and the password is right, but the access group does not include them.
+    NotAllowed,
+    /// The directory could not be asked (down, TLS or service-account failure).
+    Unavailable,
+}
+
+/// A directory that checks passwords (LDAP bind as the user). Accounts it vouches for are
+/// provisioned here at their first login; the guard, audit log, 2FA and app-password rules
+/// apply unchanged.
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    /// Whether this login name is the directory's to decide (one of its domains).
+    fn serves(&self, login: &str) -> bool;
+    async fn check(&self, login: &str, password: &SecretString) -> DirectoryAnswer;
 }
 
 /// Why a bearer token was refused (for the audit log; never the token itself).
@@ -466,6 +507,7 @@ pub struct Authenticator {
     scram: ScramSettings,
     signins: Option<Arc<dyn SigninObserver>>,
     tokens: Option<Arc<dyn TokenVerifier>>,
+    directory: Option<Arc<dyn Directory>>,
 }
 
 /// How SCRAM verifiers are made and which passwords may use them.
@@ -623,7 +665,14 @@ impl Authenticator {
             },
             signins: None,
             tokens: None,
+            directory: None,
         })
+    }
+
+    /// Checks passwords of the directory's logins there (see [`Directory`]).
+    pub fn with_directory_if(mut self, directory: Option<Arc<dyn Directory>>) -> Self {
+        self.directory = directory;
+        self
     }
 
     /// Accepts bearer tokens (OAUTHBEARER, XOAUTH2) checked by `verifier`.
@@ -1334,6 +1383,15 @@ impl Authenticator {
                 );
             }
         }
+        if let Some(dir) = self.directory.as_ref().filter(|d| d.serves(login)) {
+            // A local account keeps its local password; the directory decides for its own
+            // accounts and for names not known here yet.
+            if cred.as_ref().is_none_or(|c| c.directory) {
+                return self
+                    .decide_directory(dir.as_ref(), login, cred, password, ip)
+                    .await;
+            }
+        }
         if let Some(c) = &cred {
             if !c.disabled
                 && !outside(c)
@@ -1401,6 +1459,84 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// A password checked by the directory; the account is provisioned at its first login.
+    async fn decide_directory(
+        &self,
+        dir: &dyn Directory,
+        login: &str,
+        cred: Option<StoredCredential>,
+        password: &SecretString,
+        ip: IpAddr,
+    ) -> (AuthOutcome, Option<i64>, Result<(), FailureReason>) {
+        let id = cred.as_ref().map(|c| c.account_id);
+        let fail = |r| (AuthOutcome::Failure, id, Err(r));
+        match dir.check(login, password).await {
+            DirectoryAnswer::Unavailable => {
+                return (
+                    AuthOutcome::TemporaryFailure,
+                    id,
+                    Err(FailureReason::DirectoryUnavailable),
+                )
+            }
+            DirectoryAnswer::NoSuchUser => {
+                // the work of a local unknown name, so timing tells nothing more
+                let _ = self.pool.verify(password, self.dummy_hash.clone()).await;
+                return fail(FailureReason::UnknownUser);
+            }
+            DirectoryAnswer::BadPassword => return fail(FailureReason::BadPassword),
+            DirectoryAnswer::NotAllowed => return fail(FailureReason::DirectoryDenied),
+            DirectoryAnswer::Valid => {}
+        }
+        let c = match cred {
+            Some(c) => c,
+            None => match self.store.provision(login, &self.dummy_hash).await {
+                Ok(Some(c)) => {
+                    self.audit.note(
+                        "account_provisioned",
+                        Some(ip),
+                        Some(&loggable_username(login)),
+                        "created at its first login, vouched for by the directory",
+                    );
+                    c
+                }
+                Ok(None) => return fail(FailureReason::UnknownUser),
+                Err(e) => {
+                    tracing::error!(error = %e, "provisioning a directory account failed");
+                    return (
+                        AuthOutcome::TemporaryFailure,
+                        None,
+                        Err(FailureReason::StoreError),
+                    );
+                }
+            },
+        };
+        let id = Some(c.account_id);
+        let outside =
+            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip));
+        if c.disabled {
+            (AuthOutcome::Failure, id, Err(FailureReason::Disabled))
+        } else if outside {
+            (
+                AuthOutcome::Failure,
+                id,
+                Err(FailureReason::NetworkNotAllowed),
+            )
+        } else if c.second_factor {
+            (
+                AuthOutcome::AppPasswordRequired,
+                id,
+                Err(FailureReason::SecondFactorRequired),
+            )
+        } else {
+            // The directory owns the password's lifecycle: no local expiry applies.
+            (
+                AuthOutcome::Success(Principal::account(c.account_id, c.address)),
+                id,
+                Ok(()),
+            )
+        }
+    }
+
     /// The decision of a SCRAM proof: which of the account's verifiers it matches (an app
     /// password's, or the account password's when allowed), then the same rules as a password
     /// login of that kind.

@@ -121,6 +121,9 @@ pub struct Config {
     /// OpenID Connect providers whose access tokens log in with OAUTHBEARER and XOAUTH2.
     #[serde(default)]
     pub oidc: Vec<OidcConfig>,
+    /// A directory (LDAP) that checks the passwords of its users.
+    #[serde(default, rename = "directory")]
+    pub directories: Vec<DirectoryConfig>,
     /// Directory of the config file; relative paths are resolved against it. Not part of the file.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -511,6 +514,48 @@ impl AcmeConfig {
             SocketAddr::from(([0, 0, 0, 0], port))
         })
     }
+}
+
+/// `[[directory]]`: an LDAP directory that checks passwords (bind as the user); accounts it
+/// vouches for are created here at their first login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Only "ldap".
+    pub kind: String,
+    /// `ldaps://HOST:PORT`, or `ldap://HOST:PORT` with `starttls = true` (never in clear).
+    pub url: String,
+    #[serde(default)]
+    pub starttls: bool,
+    /// A CA to trust for the directory's certificate (PEM); default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The service account that searches for users.
+    pub bind_dn: String,
+    /// Its password: a reference (`env:NAME`, `file:PATH`, `secret:NAME`, `vault:…`).
+    pub bind_password: String,
+    pub base_dn: String,
+    /// Finds the user; `{login}` (the address), `{user}` (its local part) and `{domain}` are
+    /// replaced, escaped (RFC 4515), so a login name cannot change the filter.
+    #[serde(default = "d_ldap_user_filter")]
+    pub user_filter: String,
+    /// If set, the user must match it to log in (`{dn}` is the user's DN, escaped), e.g.
+    /// `(&(objectClass=groupOfNames)(cn=mail-users)(member={dn}))`.
+    #[serde(default)]
+    pub group_filter: Option<String>,
+    /// The domains whose logins the directory decides; none: every local domain.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    #[serde(default = "d_ldap_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn d_ldap_user_filter() -> String {
+    "(&(objectClass=inetOrgPerson)(mail={login}))".into()
+}
+
+fn d_ldap_timeout() -> u64 {
+    5
 }
 
 /// `[[oidc]]`: an OpenID Connect provider (Keycloak, Authentik, …) whose access tokens (JWTs)
@@ -1552,6 +1597,24 @@ impl Config {
 
     /// Checks values that parse but make no sense; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if self.directories.len() > 1 {
+            return Err("only one [[directory]] is supported".into());
+        }
+        for d in &self.directories {
+            if d.kind != "ldap" {
+                return Err(format!("directory.kind {:?}: only \"ldap\"", d.kind));
+            }
+            let tls = d.url.starts_with("ldaps://") || (d.url.starts_with("ldap://") && d.starttls);
+            if !tls {
+                return Err(format!(
+                    "directory.url {:?}: use ldaps://, or ldap:// with starttls = true (passwords never go to the directory in clear)",
+                    d.url
+                ));
+            }
+            if !d.user_filter.contains('{') || d.timeout_secs == 0 {
+                return Err("directory.user_filter must use {login}, {user} or {domain}; timeout_secs at least 1".into());
+            }
+        }
         for o in &self.oidc {
             if !o.issuer.starts_with("https://") {
                 return Err(format!(

@@ -20,6 +20,7 @@ mod backup;
 mod banpolicy;
 mod cli;
 mod datadir;
+mod directory;
 mod dkim;
 mod keys;
 mod metrics_http;

@@ -113,6 +113,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
     // and the identity providers' keys.
     let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
+    let directory = match cfg.directories.first() {
+        None => None,
+        Some(d) => Some(Arc::new(crate::directory::Ldap::new(d, &cfg, &keys).await?)
+            as Arc<dyn postern_auth::Directory>),
+    };
     let oidc = if cfg.oidc.is_empty() {
         None
     } else {
@@ -145,7 +150,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     cfg.server.hostname.clone(),
                 )) as Arc<dyn postern_auth::SigninObserver>
             }))
-            .with_token_verifier_if(oidc),
+            .with_token_verifier_if(oidc)
+            .with_directory_if(directory),
     );
     if !a.scram_for_account_passwords {
         let n = store.drop_account_scram_verifiers().await?;

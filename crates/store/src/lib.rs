@@ -343,6 +343,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0019_scram.sql"),
     include_str!("../migrations/0020_client_certs.sql"),
     include_str!("../migrations/0021_signin_sources.sql"),
+    include_str!("../migrations/0022_directory_accounts.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -388,7 +389,7 @@ impl CredentialStore for Store {
         }
         let row = sqlx::query(
             "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password,
-                    scram_salt, scram_iterations, scram_verifier
+                    scram_salt, scram_iterations, scram_verifier, directory
              FROM accounts WHERE address = ?",
         )
         .bind(login)
@@ -436,6 +437,7 @@ impl CredentialStore for Store {
                     }),
                     _ => None,
                 },
+                directory: r.try_get::<Option<String>, _>("directory")?.is_some(),
                 ..StoredCredential::account(0, "", "")
             })
         };
@@ -466,6 +468,30 @@ impl CredentialStore for Store {
             return Ok(None);
         };
         Ok(self.credential(&address).await?.map(|c| (c, id)))
+    }
+
+    async fn provision(
+        &self,
+        login: &str,
+        unusable_phc: &str,
+    ) -> std::result::Result<Option<StoredCredential>, CredentialStoreError> {
+        let e = |e: StoreError| CredentialStoreError(e.to_string());
+        let Ok(address) = postern_types::EmailAddress::parse(login) else {
+            return Ok(None);
+        };
+        // only in a domain served here, and never over an alias of the same name
+        if !self.is_local_domain(address.domain()).await.map_err(e)?
+            || self.resolve_recipient(&address).await.map_err(e)?.is_some()
+        {
+            return Ok(None);
+        }
+        self.add_account(&address, unusable_phc).await.map_err(e)?;
+        sqlx::query("UPDATE accounts SET directory = 'ldap' WHERE address = ?")
+            .bind(address.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(|x| CredentialStoreError(x.to_string()))?;
+        self.credential(address.as_str()).await
     }
 
     async fn client_cert_used(&self, id: i64, ip: std::net::IpAddr) {
