@@ -116,6 +116,13 @@ def test_external_with_registered_certificates(make_server, tmp_path):
     assert any(l.startswith("+OK") and "logged in" in l.lower() or "maildrop" in l.lower() for l in lines), out
     assert any(l.startswith("+OK 0 ") or l.startswith("+OK 1 ") for l in lines), out
 
+    # curl, an independent client: SASL EXTERNAL with its client certificate
+    if shutil.which("curl"):
+        p = subprocess.run(["curl", "-sS", "-v", "--insecure", "--cert", str(laptop), "--key", str(laptop_key),
+                            "--login-options", "AUTH=EXTERNAL", "-u", f"{BOB}:", f"imaps://127.0.0.1:{srv.imaps}/"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and "AUTHENTICATE EXTERNAL" in p.stderr and "INBOX" in p.stdout, p.stderr[-2000:]
+
     # audit: successes and the reasons of the failures
     ok = audit(srv, "event = 'auth' AND mechanism = 'EXTERNAL' AND result = 'ok'")
     assert {r[1] for r in ok} >= {"imap", "submissions", "pop3"}, ok

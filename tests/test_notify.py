@@ -70,5 +70,8 @@ def test_new_signin_notices(make_server):
         ("127.0.0.1", "notified"), ("127.0.0.1", "notified"), ("127.0.5.1", "notified"),
         ("127.0.6.1", "rate_limited")], events
     assert events[1][1] == "pop3" and events[1][2] == "USER" and "client pop3 USER" in events[1][4]
-    # the notices are in the owner's timeline
+    # the notices are in the owner's timeline, the known sources in `user signins`
     assert "new_signin" in srv.cli("incident", "timeline", BOB).stdout
+    sources = srv.cli("user", "signins", BOB).stdout
+    assert "127.0.5.0/24" in sources and "imap LOGIN" in sources and "pop3 USER" in sources, sources
+    assert "127.0.9.0/24" in sources  # allowlisted: known, never told

@@ -191,6 +191,17 @@ ca_file = "{idp.cert}"
     assert f.readline().startswith(b"+OK")
     sock.close()
 
+    # curl, an independent client: OAUTHBEARER over IMAPS with the token
+    if shutil.which("curl"):
+        p = subprocess.run(["curl", "-sS", "-v", "--insecure", "--oauth2-bearer", token, "-u", f"{BOB}:",
+                            f"imaps://127.0.0.1:{srv.imaps}/"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "AUTHENTICATE OAUTHBEARER" in p.stderr and "INBOX" in p.stdout, p.stderr[-2000:]
+        assert token not in srv.log()
+        p = subprocess.run(["curl", "-sS", "--insecure", "--oauth2-bearer", token + "x", "-u", f"{BOB}:",
+                            f"imaps://127.0.0.1:{srv.imaps}/"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 67, (p.returncode, p.stderr[-2000:])  # CURLE_LOGIN_DENIED
+
     # refusals, each told as the RFC 7628 error challenge, then NO
     now = int(time.time())
     good = {"iss": idp.issuer, "aud": "postern", "exp": now + 300, "iat": now, "scope": "mail", "email": BOB}

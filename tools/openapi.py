@@ -75,6 +75,7 @@ SCHEMAS = {
     "NewClientCert": obj({"name": S(minLength=1, maxLength=64),
                           "pem": S(description="the client certificate, PEM; only its public key is kept",
                                    maxLength=16384)}),
+    "Signin": obj({"network": S(), "client": S(), "first_seen": I(), "last_seen": I()}),
     "Application": obj({"id": I(), "name": S(), "allow_from": STRS, "networks": STRS,
                         "send_messages_per_hour": NI, "send_recipients_per_hour": NI, "expires_at": NI,
                         "disabled": {"type": "boolean"}, "created_at": I(), "rotated_at": NI,
@@ -217,6 +218,9 @@ PATHS = {
     },
     "/api/v1/users/{address}/certs/{name}": {"delete": op("Remove a client certificate registration", 204,
                                                           params=[A, N], extra=(404, 422))},
+    "/api/v1/users/{address}/signins": {"get": op(
+        "Where the account has signed in from (source network and client), most recent first; a new pair "
+        "is told to its owner ([notify] new_signin)", 200, arr(ref("Signin")), params=[A], extra=(404, 422))},
     "/api/v1/applications": {
         "get": op("List application credentials", 200, arr(ref("Application"))),
         "post": op("Create an application credential (secret shown once)", 201,

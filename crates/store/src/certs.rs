@@ -124,6 +124,21 @@ impl Store {
         Ok(prev)
     }
 
+    /// Where the account has signed in from, most recent first: (network, client, first seen,
+    /// last seen).
+    pub async fn signin_sources(&self, account_id: i64) -> Result<Vec<(String, String, i64, i64)>> {
+        Ok(sqlx::query(
+            "SELECT network, client, first_seen, last_seen FROM signin_sources
+             WHERE account_id = ? ORDER BY last_seen DESC LIMIT 500",
+        )
+        .bind(account_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+    }
+
     /// How many `event` rows with result `result` the audit log has for the account since `since`.
     pub async fn count_account_events(
         &self,

@@ -143,3 +143,23 @@ pub(super) async fn remove_client_cert(
     crate::ops::client_certs::remove(&st.store, &c.actor, &a, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Where an account signs in from (new-sign-in notices)
+
+pub(super) async fn list_signins(
+    State(st): St,
+    c: Caller,
+    Seg(address): Seg,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::ReadCredentials)?;
+    let (_, info) = scoped_account(&st, &c, &address).await?;
+    let list = st.store.signin_sources(info.id).await?;
+    Ok(axum::Json(Value::Array(
+        list.into_iter()
+            .map(|(network, client, first, last)| {
+                json!({"network": network, "client": client, "first_seen": first, "last_seen": last})
+            })
+            .collect(),
+    )))
+}

@@ -83,6 +83,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(list_client_certs).post(add_client_cert),
         )
         .route("/users/{address}/certs/{name}", delete(remove_client_cert))
+        .route("/users/{address}/signins", get(list_signins))
         .route(
             "/applications",
             get(list_applications).post(create_application),

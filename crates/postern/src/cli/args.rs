@@ -476,6 +476,8 @@ pub enum UserCmd {
     /// TLS client certificates that log in with SASL EXTERNAL (IMAP, submission, POP3).
     #[command(subcommand)]
     Cert(CertCmd),
+    /// The networks and clients the account has signed in from (new-sign-in notices).
+    Signins { address: String },
 }
 
 #[derive(Subcommand, Debug)]

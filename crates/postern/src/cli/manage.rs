@@ -200,6 +200,21 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
             super::twofactor::cli(cfg, &store, c).await?;
         }
         UserCmd::Cert(c) => client_cert(&store, &actor, c).await?,
+        UserCmd::Signins { address: a } => {
+            let a = address(a)?;
+            let info = store.account(&a).await?;
+            let list = store.signin_sources(info.id).await?;
+            if list.is_empty() {
+                println!("no recorded sign-ins for {a}");
+            }
+            for (network, client, first, last) in list {
+                println!(
+                    "{network:<20} {client:<22} first {}  last {}",
+                    date(first),
+                    date(last)
+                );
+            }
+        }
         UserCmd::ExpirePassword { address: a } => {
             let a = address(a)?;
             ops::accounts::expire_password(&store, &actor, &a).await?;
