@@ -22,6 +22,8 @@ pytestmark = pytest.mark.skipif(not SLAPD.exists() or not shutil.which("slappass
 DAVE, DAVE_PW = "dave@example.test", "Ld4p!Pass-dave-77"
 ERIN, ERIN_PW = "erin@example.test", "Ld4p!Pass-erin-88"
 SVC_PW = "service-Pw-31337"
+OPS_PW = "Ops-Ldap-Pw-4711"
+DESK_PW = "Desk-Ldap-Pw-4712"
 
 
 class Slapd:
@@ -97,6 +99,30 @@ dn: cn=mail-users,ou=groups,dc=example,dc=test
 objectClass: groupOfNames
 cn: mail-users
 member: uid=dave,ou=people,dc=example,dc=test
+
+dn: uid=ops,ou=people,dc=example,dc=test
+objectClass: inetOrgPerson
+uid: ops
+cn: Ops
+sn: Admin
+userPassword: {self.hash(OPS_PW)}
+
+dn: uid=desk,ou=people,dc=example,dc=test
+objectClass: inetOrgPerson
+uid: desk
+cn: Desk
+sn: Helpdesk
+userPassword: {self.hash(DESK_PW)}
+
+dn: cn=mail-admins,ou=groups,dc=example,dc=test
+objectClass: groupOfNames
+cn: mail-admins
+member: uid=ops,ou=people,dc=example,dc=test
+
+dn: cn=helpdesk,ou=groups,dc=example,dc=test
+objectClass: groupOfNames
+cn: helpdesk
+member: uid=desk,ou=people,dc=example,dc=test
 """)
         subprocess.run([str(SLAPD.parent / "slapadd"), "-f", str(conf), "-l", str(ldif)], check=True,
                        capture_output=True)
@@ -231,3 +257,49 @@ def test_ldap_starttls_and_certificate_verification(make_server, slapd, tmp_path
     from conftest import BIN
     p = subprocess.run([BIN, "--dir", str(srv.dir), "check-config"], capture_output=True, text=True)
     assert p.returncode != 0 and "never go to the directory in clear" in p.stdout + p.stderr
+
+
+def test_ldap_administrators_get_their_role_from_groups(make_server, slapd):
+    from test_admin_api import Api, first_login
+    (slapd.dir / "svc.pw").write_text(SVC_PW + "\n")
+    (slapd.dir / "svc.pw").chmod(0o600)
+    admins = """admin_user_filter = "(&(objectClass=inetOrgPerson)(uid={login}))"
+admin_groups = { superadmin = "(&(objectClass=groupOfNames)(cn=mail-admins)(member={dn}))", helpdesk = "(&(objectClass=groupOfNames)(cn=helpdesk)(member={dn}))" }
+"""
+    srv = make_server(toml_extra=directory_toml(slapd, f"ldaps://127.0.0.1:{slapd.ldaps}", extra=admins))
+    from conftest import wait_port
+    wait_port(srv.admin, srv.proc)
+    api = Api(srv)
+    # the directory's password, then the usual TOTP enrolment: a second factor stays required
+    ops, _, _ = first_login(api, "ops", OPS_PW)
+    assert api.call("GET", "/me", token=ops)[1]["role"] == "superadmin"
+    desk, _, _ = first_login(api, "desk", DESK_PW)
+    assert api.call("GET", "/me", token=desk)[1]["role"] == "helpdesk"
+    assert api.call("POST", "/domains", {"name": "other.test"}, token=desk)[0] == 403
+    assert api.call("POST", "/domains", {"name": "other.test"}, token=ops)[0] == 201
+    # in the directory but in no admin group; a wrong password; an injection attempt
+    assert api.call("POST", "/login", {"name": "dave", "password": DAVE_PW})[0] == 401
+    assert api.call("POST", "/login", {"name": "ops", "password": "Wrong-Ops-Pw-1"})[0] == 401
+    assert api.call("POST", "/login", {"name": "*", "password": OPS_PW})[0] == 401
+    # the password is the directory's: changing it here is refused
+    code, r = api.call("POST", "/me/password", {"old_password": OPS_PW, "new_password": "Another-Pw-77x!", "totp": "000000"},
+                       token=ops)
+    assert code == 422 and "directory" in r["error"], r
+    # out of the group in the directory: the next login is refused
+    subprocess.run(["ldapmodify", "-x", "-H", f"ldap://127.0.0.1:{slapd.ldap}", "-D", "cn=admin,dc=example,dc=test",
+                    "-w", "admin-secret"], input="dn: cn=mail-admins,ou=groups,dc=example,dc=test\n"
+                   "changetype: modify\nadd: member\nmember: uid=desk,ou=people,dc=example,dc=test\n-\n"
+                   "delete: member\nmember: uid=ops,ou=people,dc=example,dc=test\n",
+                   text=True, check=True, capture_output=True)
+    assert api.call("POST", "/login", {"name": "ops", "password": OPS_PW})[0] == 401
+    # desk is now in mail-admins: superadmin from its next login on (the first matching role
+    # wins); the password step passes, and the second factor is still asked for
+    code, r = api.call("POST", "/login", {"name": "desk", "password": DESK_PW})
+    assert code == 401
+    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+        rows = dict(c.execute("SELECT name, role FROM admins WHERE directory = 'ldap'").fetchall())
+        denied = c.execute("SELECT COUNT(*) FROM audit_log WHERE protocol = 'admin-api' AND reason = 'directory_denied'").fetchone()[0]
+        last_desk = c.execute("SELECT reason FROM audit_log WHERE protocol = 'admin-api' AND username = 'desk' "
+                              "ORDER BY id DESC LIMIT 1").fetchone()[0]
+    assert rows == {"ops": "superadmin", "desk": "superadmin"}, rows
+    assert denied == 2 and last_desk == "totp_missing"

@@ -548,6 +548,15 @@ pub struct DirectoryConfig {
     pub domains: Vec<String>,
     #[serde(default = "d_ldap_timeout")]
     pub timeout_secs: u64,
+    /// Administrators of the admin API from the directory: finds one by the name given at
+    /// login (`{login}`, escaped); none: administrators are local only.
+    #[serde(default)]
+    pub admin_user_filter: Option<String>,
+    /// Role → group filter (`{dn}` is the user's DN): the first that matches, in the order
+    /// superadmin, domain-admin, helpdesk, auditor, gives the administrator's role at each
+    /// login (a domain-admin manages the directory's `domains`). No match: no access.
+    #[serde(default)]
+    pub admin_groups: std::collections::BTreeMap<String, String>,
 }
 
 fn d_ldap_user_filter() -> String {
@@ -1610,6 +1619,19 @@ impl Config {
                     "directory.url {:?}: use ldaps://, or ldap:// with starttls = true (passwords never go to the directory in clear)",
                     d.url
                 ));
+            }
+            if let Some(r) = d.admin_groups.keys().find(|r| {
+                !["superadmin", "domain-admin", "helpdesk", "auditor"].contains(&r.as_str())
+            }) {
+                return Err(format!("directory.admin_groups: unknown role {r:?}"));
+            }
+            if d.admin_groups.contains_key("domain-admin") && d.domains.is_empty() {
+                return Err("directory.admin_groups.domain-admin needs directory.domains (the domains it manages)".into());
+            }
+            if d.admin_user_filter.is_some() != !d.admin_groups.is_empty() {
+                return Err(
+                    "directory.admin_user_filter and directory.admin_groups go together".into(),
+                );
             }
             if !d.user_filter.contains('{') || d.timeout_secs == 0 {
                 return Err("directory.user_filter must use {login}, {user} or {domain}; timeout_secs at least 1".into());

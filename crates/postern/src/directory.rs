@@ -4,6 +4,8 @@
 //! with the password given: the directory decides, Postern never sees its hashes. Always over
 //! TLS (ldaps, or StartTLS) with the certificate verified. One connection per check, under a
 //! deadline; a directory that does not answer is a temporary failure, never a failed login.
+//! Administrators of the admin API can come from it too (`admin_user_filter`, `admin_groups`):
+//! their role follows their groups at each login, and TOTP stays required.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +73,15 @@ impl Ldap {
         out
     }
 
-    async fn ask(&self, login: &str, password: &str) -> Result<DirectoryAnswer, String> {
+    /// Service bind, one user found with `user_filter`, the first of `groups` it matches (if
+    /// any are given), then a bind as the user. Returns the answer and the index of the group.
+    async fn ask(
+        &self,
+        user_filter: &str,
+        login: &str,
+        password: &str,
+        groups: &[&str],
+    ) -> Result<(DirectoryAnswer, Option<usize>), String> {
         let settings = LdapConnSettings::new()
             .set_conn_timeout(Duration::from_secs(self.cfg.timeout_secs))
             .set_starttls(self.cfg.starttls)
@@ -86,7 +96,7 @@ impl Ldap {
             .map_err(|e| format!("service bind: {e}"))?;
         let (user, domain) = login.rsplit_once('@').unwrap_or((login, ""));
         let filter = Self::fill(
-            &self.cfg.user_filter,
+            user_filter,
             &[("login", login), ("user", user), ("domain", domain)],
         );
         let (entries, _) = ldap
@@ -103,24 +113,20 @@ impl Ldap {
                 );
             }
             let _ = ldap.unbind().await;
-            return Ok(DirectoryAnswer::NoSuchUser);
+            return Ok((DirectoryAnswer::NoSuchUser, None));
         }
         let dn = SearchEntry::construct(entries.into_iter().next().expect("one entry")).dn;
-        if let Some(g) = &self.cfg.group_filter {
+        let mut group = None;
+        for (i, g) in groups.iter().enumerate() {
             let filter = Self::fill(g, &[("dn", &dn), ("login", login)]);
-            let (groups, _) = ldap
+            let (found, _) = ldap
                 .search(&self.cfg.base_dn, Scope::Subtree, &filter, vec!["1.1"])
                 .await
                 .and_then(|r| r.success())
                 .map_err(|e| format!("group search: {e}"))?;
-            if groups.is_empty() {
-                // the password is still checked, so a wrong one is told as such
-                let r = ldap.simple_bind(&dn, password).await;
-                let _ = ldap.unbind().await;
-                return Ok(match r {
-                    Ok(r) if r.rc == 0 => DirectoryAnswer::NotAllowed,
-                    _ => DirectoryAnswer::BadPassword,
-                });
+            if !found.is_empty() {
+                group = Some(i);
+                break;
             }
         }
         let r = ldap
@@ -128,11 +134,77 @@ impl Ldap {
             .await
             .map_err(|e| format!("user bind: {e}"))?;
         let _ = ldap.unbind().await;
-        Ok(match r.rc {
+        let answer = match r.rc {
+            // the password is checked first, so a wrong one is told as such
+            0 if !groups.is_empty() && group.is_none() => DirectoryAnswer::NotAllowed,
             0 => DirectoryAnswer::Valid,
             INVALID_CREDENTIALS => DirectoryAnswer::BadPassword,
             rc => return Err(format!("user bind: result code {rc}")),
-        })
+        };
+        Ok((answer, group))
+    }
+
+    /// `ask` under the deadline; a failure to ask is `Unavailable`.
+    async fn ask_bounded(
+        &self,
+        user_filter: &str,
+        login: &str,
+        password: &SecretString,
+        groups: &[&str],
+    ) -> (DirectoryAnswer, Option<usize>) {
+        // An empty password is an anonymous bind to LDAP, which "succeeds": never ask.
+        if password.expose_secret().is_empty() {
+            return (DirectoryAnswer::BadPassword, None);
+        }
+        let deadline = Duration::from_secs(self.cfg.timeout_secs.saturating_mul(2));
+        let ask = self.ask(user_filter, login, password.expose_secret(), groups);
+        match tokio::time::timeout(deadline, ask).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                tracing::warn!(url = %self.cfg.url, error = %e, "directory unavailable");
+                (DirectoryAnswer::Unavailable, None)
+            }
+            Err(_) => {
+                tracing::warn!(url = %self.cfg.url, "directory timed out");
+                (DirectoryAnswer::Unavailable, None)
+            }
+        }
+    }
+
+    /// Whether administrators come from the directory.
+    pub fn serves_admins(&self) -> bool {
+        self.cfg.admin_user_filter.is_some()
+    }
+
+    /// An administrator's login: the answer and, when valid, the role its groups give (the
+    /// first in the order superadmin, domain-admin, helpdesk, auditor) and its domains.
+    pub async fn check_admin(
+        &self,
+        name: &str,
+        password: &SecretString,
+    ) -> (DirectoryAnswer, Option<(&'static str, Vec<String>)>) {
+        let Some(filter) = &self.cfg.admin_user_filter else {
+            return (DirectoryAnswer::NoSuchUser, None);
+        };
+        let roles: Vec<(&'static str, &str)> =
+            ["superadmin", "domain-admin", "helpdesk", "auditor"]
+                .into_iter()
+                .filter_map(|r| self.cfg.admin_groups.get(r).map(|f| (r, f.as_str())))
+                .collect();
+        let filters: Vec<&str> = roles.iter().map(|(_, f)| *f).collect();
+        let (answer, group) = self.ask_bounded(filter, name, password, &filters).await;
+        let role = group.map(|i| {
+            let r = roles[i].0;
+            (
+                r,
+                if r == "domain-admin" {
+                    self.domains.clone()
+                } else {
+                    Vec::new()
+                },
+            )
+        });
+        (answer, role)
     }
 }
 
@@ -144,21 +216,9 @@ impl Directory for Ldap {
     }
 
     async fn check(&self, login: &str, password: &SecretString) -> DirectoryAnswer {
-        // An empty password is an anonymous bind to LDAP, which "succeeds": never ask.
-        if password.expose_secret().is_empty() {
-            return DirectoryAnswer::BadPassword;
-        }
-        let deadline = Duration::from_secs(self.cfg.timeout_secs.saturating_mul(2));
-        match tokio::time::timeout(deadline, self.ask(login, password.expose_secret())).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                tracing::warn!(url = %self.cfg.url, error = %e, "directory unavailable");
-                DirectoryAnswer::Unavailable
-            }
-            Err(_) => {
-                tracing::warn!(url = %self.cfg.url, "directory timed out");
-                DirectoryAnswer::Unavailable
-            }
-        }
+        let groups: Vec<&str> = self.cfg.group_filter.iter().map(String::as_str).collect();
+        self.ask_bounded(&self.cfg.user_filter, login, password, &groups)
+            .await
+            .0
     }
 }

@@ -113,11 +113,11 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
     // and the identity providers' keys.
     let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;
-    let directory = match cfg.directories.first() {
+    let ldap = match cfg.directories.first() {
         None => None,
-        Some(d) => Some(Arc::new(crate::directory::Ldap::new(d, &cfg, &keys).await?)
-            as Arc<dyn postern_auth::Directory>),
+        Some(d) => Some(Arc::new(crate::directory::Ldap::new(d, &cfg, &keys).await?)),
     };
+    let directory = ldap.clone().map(|l| l as Arc<dyn postern_auth::Directory>);
     let oidc = if cfg.oidc.is_empty() {
         None
     } else {
@@ -411,6 +411,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                 auth: auth.clone(),
                 keys: keys.clone(),
                 dummy_hash: auth.pool().hasher().hash(&random)?,
+                ldap: ldap.clone().filter(|l| l.serves_admins()),
             });
             let sd = shutdown.clone();
             Some(

@@ -66,6 +66,47 @@ const ADMIN_COLS: &str = "id, name, role, domains, disabled, created_at, created
 const KEY_COLS: &str = "id, name, role, domains, expires_at, created_at, created_by, last_used_at";
 
 impl Store {
+    /// Whether the administrator `name` exists and came from a directory.
+    pub async fn admin_from_directory(&self, name: &str) -> Result<Option<bool>> {
+        Ok(
+            sqlx::query("SELECT directory IS NOT NULL FROM admins WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?
+                .map(|r| r.get::<i64, _>(0) != 0),
+        )
+    }
+
+    /// Creates, or brings up to date, an administrator the directory just vouched for: its
+    /// role and domains are the ones its groups give now. A local administrator of the same
+    /// name is never touched (Conflict).
+    pub async fn sync_directory_admin(
+        &self,
+        name: &str,
+        unusable_phc: &str,
+        role: &str,
+        domains: &[String],
+    ) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO admins (name, password_hash, role, domains, created_at, created_by, directory)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'directory', 'ldap')
+             ON CONFLICT (name) DO UPDATE SET role = ?3, domains = ?4 WHERE admins.directory IS NOT NULL",
+        )
+        .bind(name)
+        .bind(unusable_phc)
+        .bind(role)
+        .bind(domains.join(","))
+        .bind(now())
+        .execute(&self.write)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a local administrator is named {name:?}"
+            )));
+        }
+        Ok(())
+    }
+
     pub async fn count_admins(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM admins")
             .fetch_one(&self.read)

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub keys: Arc<crate::keys::Keys>,
     /// A PHC string of a random password, verified against for unknown administrator names.
     pub dummy_hash: String,
+    /// The directory, when administrators come from it too.
+    pub ldap: Option<Arc<crate::directory::Ldap>>,
 }
 
 pub(crate) type St = State<Arc<ApiState>>;

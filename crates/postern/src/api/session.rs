@@ -62,16 +62,56 @@ pub(super) async fn login(
         }
         Verdict::Allow => {}
     }
-    let found = st.store.admin_login(req.name.trim()).await?;
-    let phc = found
-        .as_ref()
-        .map_or(st.dummy_hash.clone(), |(_, h)| h.clone());
-    let matched = st
-        .auth
-        .pool()
-        .verify(&req.password, phc)
-        .await
-        .map_err(|_| ApiError::Unavailable("busy; try again"))?;
+    let name = req.name.trim();
+    let mut found = st.store.admin_login(name).await?;
+    // From the directory: a name it owns (or that is not local), password and role from there.
+    let from_directory = match &st.ldap {
+        Some(_) => st.store.admin_from_directory(name).await?.unwrap_or(true),
+        None => false,
+    };
+    let matched = if let (true, Some(ldap)) = (from_directory, &st.ldap) {
+        use postern_auth::DirectoryAnswer as D;
+        let (answer, role) = ldap.check_admin(name, &req.password).await;
+        let reason = match answer {
+            D::Valid => None,
+            D::Unavailable => {
+                audit_login(&st, &req.name, ip, false, "directory_unavailable").await;
+                return Err(ApiError::Unavailable(
+                    "the directory is unavailable; try again",
+                ));
+            }
+            D::NoSuchUser => Some("unknown_user"),
+            D::BadPassword => Some("bad_password"),
+            D::NotAllowed => Some("directory_denied"),
+        };
+        if let Some(reason) = reason {
+            if answer == D::NoSuchUser {
+                // the work of a local unknown name
+                let _ = st
+                    .auth
+                    .pool()
+                    .verify(&req.password, st.dummy_hash.clone())
+                    .await;
+            }
+            audit_login(&st, &req.name, ip, false, reason).await;
+            return Err(failed(guard.failure(ip, &login, &req.password).await).await);
+        }
+        let (role, domains) = role.ok_or(ApiError::Internal)?;
+        st.store
+            .sync_directory_admin(name, &st.dummy_hash, role, &domains)
+            .await?;
+        found = st.store.admin_login(name).await?;
+        true
+    } else {
+        let phc = found
+            .as_ref()
+            .map_or(st.dummy_hash.clone(), |(_, h)| h.clone());
+        st.auth
+            .pool()
+            .verify(&req.password, phc)
+            .await
+            .map_err(|_| ApiError::Unavailable("busy; try again"))?
+    };
     let fail = |reason: &'static str| {
         let (st, guard, login, name, pw) = (
             st.clone(),
@@ -311,6 +351,11 @@ pub(super) async fn change_own_password(
     if c.session.is_none() {
         return Err(ApiError::Unprocessable(
             "an API key has no password; log in as the administrator".into(),
+        ));
+    }
+    if st.store.admin_from_directory(&c.actor.name).await? == Some(true) {
+        return Err(ApiError::Unprocessable(
+            "this administrator's password is the directory's; change it there".into(),
         ));
     }
     let ip = c.actor.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
