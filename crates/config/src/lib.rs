@@ -1628,7 +1628,7 @@ impl Config {
             if d.admin_groups.contains_key("domain-admin") && d.domains.is_empty() {
                 return Err("directory.admin_groups.domain-admin needs directory.domains (the domains it manages)".into());
             }
-            if d.admin_user_filter.is_some() != !d.admin_groups.is_empty() {
+            if d.admin_user_filter.is_some() == d.admin_groups.is_empty() {
                 return Err(
                     "directory.admin_user_filter and directory.admin_groups go together".into(),
                 );
