@@ -76,6 +76,9 @@ class IdP:
         self.clients = [
             {"client_id": "bob-phone", "client_secret": "s1-" + "x" * 40, "email": BOB},
             {"client_id": "carol-phone", "client_secret": "s2-" + "x" * 40, "email": CAROL},
+            {"client_id": "bob-opaque", "client_secret": "s3-" + "x" * 40, "email": BOB},
+            # the client Postern introspects opaque tokens with
+            {"client_id": "postern", "client_secret": "s4-" + "x" * 40, "email": "", "grant_types": []},
         ]
         (tmp / "clients.json").write_text(json.dumps(self.clients))
         self.proc = None
@@ -259,6 +262,34 @@ ca_file = "{idp.cert}"
     time.sleep(10.5)
     ok, _, replies = imap_oauth(srv, BOB, sign({**hdr, "kid": "k3"}, {**good, "exp": int(time.time()) + 300}, k3))
     assert not ok and "UNAVAILABLE" in replies[-1], replies
+
+
+def test_opaque_tokens_by_introspection(make_server, idp, tmp_path):
+    k1, jwk1 = new_key("k1")
+    idp.start([jwk1])
+    secret = tmp_path / "introspection.secret"
+    secret.write_text(idp.clients[3]["client_secret"] + "\n")
+    secret.chmod(0o600)
+    srv = make_server(toml_extra=f"""
+[[oidc]]
+issuer = "{idp.issuer}"
+audience = "postern"
+scope = "mail"
+ca_file = "{idp.cert}"
+introspection_client_id = "postern"
+introspection_client_secret = "file:{secret}"
+""")
+    opaque = idp.token("bob-opaque")
+    assert opaque.count(".") == 0, opaque[:20]
+    assert imap_oauth(srv, BOB, opaque)[0]
+    assert imap_oauth(srv, BOB, opaque, "XOAUTH2")[0]
+    # a made-up opaque token is inactive; an opaque token for someone else is not Bob's
+    ok, _, replies = imap_oauth(srv, BOB, "x" * 43, source="127.0.30.1")
+    assert not ok and json.loads(replies[0])["status"] == "invalid_token"
+    assert not imap_oauth(srv, CAROL, opaque, source="127.0.31.1")[0]
+    # JWTs still work beside it
+    assert imap_oauth(srv, BOB, idp.token("bob-phone"))[0]
+    assert opaque not in srv.log()
 
 
 def test_oauth_not_offered_without_a_provider(make_server):

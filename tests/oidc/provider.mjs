@@ -1,6 +1,7 @@
 // A real OpenID Connect provider (node-oidc-provider) on loopback for tests/test_oauth.py:
 // client-credentials grants whose access tokens are JWTs (ES256, audience "postern", scope
-// "mail") carrying the client's mail address in an "email" claim.
+// "mail") carrying the client's mail address in an "email" claim; clients ending in "-opaque"
+// get opaque tokens instead, checked at the introspection endpoint (RFC 7662).
 // Usage: node provider.mjs PORT CERT KEY JWKS.json CLIENTS.json
 import fs from 'node:fs';
 import https from 'node:https';
@@ -16,7 +17,7 @@ const provider = new Provider(issuer, {
   clients: clients.map((c) => ({
     client_id: c.client_id,
     client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
+    grant_types: c.grant_types || ['client_credentials'],
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_post',
@@ -27,15 +28,17 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'urn:postern',
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({
+      // clients whose id ends in "-opaque" get opaque tokens (checked by introspection)
+      getResourceServerInfo: (ctx, resource, client) => ({
         scope: 'mail',
         audience: 'postern',
         accessTokenTTL: 300,
-        accessTokenFormat: 'jwt',
+        accessTokenFormat: client.clientId.endsWith('-opaque') ? 'opaque' : 'jwt',
         jwt: { sign: { alg: 'ES256' } },
       }),
     },

@@ -591,6 +591,14 @@ pub struct OidcConfig {
     /// A CA to trust for the provider's HTTPS (PEM); default: the system's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Opaque (non-JWT) tokens are checked at the provider's introspection endpoint (RFC 7662,
+    /// from the discovery document) with this client's credentials; none: opaque tokens are
+    /// refused.
+    #[serde(default)]
+    pub introspection_client_id: Option<String>,
+    /// That client's secret: a reference (`env:`, `file:`, `secret:`, `vault:`).
+    #[serde(default)]
+    pub introspection_client_secret: Option<String>,
 }
 
 fn d_oidc_claim() -> String {
@@ -1659,6 +1667,12 @@ impl Config {
                     "oidc.algorithms: {a:?} is not allowed (asymmetric signatures only: {}; never none or HS*)",
                     OIDC_ALGORITHMS.join(", ")
                 ));
+            }
+            if o.introspection_client_id.is_some() != o.introspection_client_secret.is_some() {
+                return Err(
+                    "oidc.introspection_client_id and introspection_client_secret go together"
+                        .into(),
+                );
             }
             if o.leeway_secs > 300 {
                 return Err("oidc.leeway_secs must be at most 300".into());

@@ -121,11 +121,10 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     let oidc = if cfg.oidc.is_empty() {
         None
     } else {
-        Some(Arc::new(crate::oidc::Oidc::new(
-            &cfg.oidc,
-            &cfg,
-            dns.resolver().clone(),
-        )?) as Arc<dyn postern_auth::TokenVerifier>)
+        Some(
+            Arc::new(crate::oidc::Oidc::new(&cfg.oidc, &cfg, dns.resolver().clone(), &keys).await?)
+                as Arc<dyn postern_auth::TokenVerifier>,
+        )
     };
     let auth = Arc::new(
         Authenticator::new(Arc::new(store.clone()), pool, audit.clone())?

@@ -305,6 +305,27 @@ pub async fn http_post(
         .map(|(status, _)| status)
 }
 
+/// POSTs a form (`application/x-www-form-urlencoded`) and returns the status and at most
+/// `max_body` bytes of the answer; same rules as [`http_post`].
+pub async fn http_post_form(
+    url: &str,
+    headers: &[(&str, String)],
+    form: Vec<u8>,
+    max_body: usize,
+    resolver: &postern_dns::TokioResolver,
+    connector: &TlsConnector,
+) -> Result<(u16, Bytes), String> {
+    let mut all = vec![
+        (
+            "content-type",
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("accept", "application/json".to_owned()),
+    ];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.clone())));
+    http_request("POST", url, &all, form, max_body, resolver, connector).await
+}
+
 /// GETs `url` and returns the HTTP status and at most `max_body` bytes of body (a longer body
 /// is an error); same rules as [`http_post`]. No redirects are followed.
 pub async fn http_get(
