@@ -44,7 +44,7 @@ struct Provider {
     introspection: Option<(String, Zeroizing<String>)>,
     /// Recent introspection answers by token digest: a client that reconnects does not cost
     /// a request each time; a revoked token stops working within `INTROSPECTION_TTL`.
-    introspected: std::sync::Mutex<HashMap<[u8; 32], (Instant, Result<String, TokenError>)>>,
+    introspected: std::sync::Mutex<HashMap<[u8; 32], Introspected>>,
 }
 
 #[derive(Default)]
@@ -55,6 +55,9 @@ struct Keys {
 }
 
 const INTROSPECTION_TTL: Duration = Duration::from_secs(30);
+
+/// When a token was introspected, and the answer.
+type Introspected = (Instant, Result<String, TokenError>);
 
 impl Oidc {
     pub async fn new(
