@@ -136,8 +136,10 @@ def test_external_with_registered_certificates(make_server, tmp_path):
     srv.cli("user", "cert", "remove", BOB, "laptop")
     assert not imap_external(srv, ctx_with(laptop, laptop_key))[0]
     srv.cli("user", "cert", "add", BOB, str(laptop), "--name", "laptop")
+    srv.cli("user", "cert", "add", BOB, str(stranger))  # named after its key by default
+    assert "cert-" in srv.cli("user", "cert", "list", BOB).stdout
     lock = json.loads(srv.cli("incident", "lock", BOB, "--json").stdout)
-    assert lock["client_certs_removed"] == 1
+    assert lock["client_certs_removed"] == 2
     assert "no client certificates" in srv.cli("user", "cert", "list", BOB).stdout
 
 

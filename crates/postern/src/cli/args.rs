@@ -141,8 +141,9 @@ pub enum CertCmd {
     Add {
         address: String,
         file: std::path::PathBuf,
+        /// Default: `cert-` and the first 12 hex digits of the key's SHA-256.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
     },
     /// Registered certificates: name, key fingerprint, expiry, last use.
     List { address: String },

@@ -63,7 +63,10 @@ async fn client_cert(
         } => {
             let a = address(a)?;
             let cert = postern_net::tls::ClientCert::from_pem_file(file)?;
-            ops::client_certs::add(store, actor, &a, name, &cert).await?;
+            let name = name
+                .clone()
+                .unwrap_or_else(|| format!("cert-{}", &cert.key_fingerprint[..12]));
+            ops::client_certs::add(store, actor, &a, &name, &cert).await?;
             println!(
                 "certificate {name:?} registered to {a} (key SHA-256 {}, valid until {}); it logs in with SASL EXTERNAL",
                 cert.key_fingerprint,
