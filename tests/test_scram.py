@@ -352,6 +352,15 @@ def test_scram_for_account_passwords_setting(make_server):
     m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
     with pytest.raises(imaplib.IMAP4.error, match="EXPIRED"):
         m.authenticate("SCRAM-SHA-256", Scram(BOB, new_pw))
+    # 2FA on: the account password alone no longer opens mail over SCRAM either (told only to
+    # whoever made a valid proof); an app password still does
+    from test_twofactor import enroll
+    srv.cli("user", "passwd", BOB, "--password-stdin", stdin="Yq3!mT8#wV5$pK-echo\n")
+    assert imap_scram(srv, BOB, "Yq3!mT8#wV5$pK-echo")[0]
+    enroll(srv, BOB)
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
+    with pytest.raises(imaplib.IMAP4.error, match="(?i)app password"):
+        m.authenticate("SCRAM-SHA-256", Scram(BOB, "Yq3!mT8#wV5$pK-echo"))
     # off again: the account verifiers are dropped at start, app passwords keep theirs
     app = app_password(srv, "tablet")
     srv.stop()
