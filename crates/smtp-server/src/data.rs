@@ -30,6 +30,28 @@ pub enum DataProblem {
     Nul,
 }
 
+/// Checks a message that arrived in BDAT chunks (RFC 3030): the length delimits it, so there is
+/// no end marker to confuse, but the same content rules as DATA apply (no bare CR or LF, no NUL:
+/// BINARYMIME is not offered).
+pub fn check_chunked(body: &[u8]) -> Result<(), DataProblem> {
+    let mut prev = 0u8;
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            0 => return Err(DataProblem::Nul),
+            b'\n' if prev != b'\r' => return Err(DataProblem::BareLineEnding),
+            b'\r' if body.get(i + 1).is_some_and(|&n| n != b'\n') => {
+                return Err(DataProblem::BareLineEnding)
+            }
+            _ => {}
+        }
+        prev = b;
+    }
+    if body.last() == Some(&b'\r') {
+        return Err(DataProblem::BareLineEnding);
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct DataReader {
     state: State,
@@ -142,6 +164,17 @@ impl DataReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_content_rules() {
+        assert!(check_chunked(b"Subject: x\r\n\r\nbody\r\n.\r\nstill body\r\n").is_ok());
+        assert!(check_chunked(b"no final line ending").is_ok());
+        assert_eq!(check_chunked(b"a\nb\r\n"), Err(DataProblem::BareLineEnding));
+        assert_eq!(check_chunked(b"a\rb\r\n"), Err(DataProblem::BareLineEnding));
+        assert_eq!(check_chunked(b"a\r\n\r"), Err(DataProblem::BareLineEnding));
+        assert_eq!(check_chunked(b"a\0\r\n"), Err(DataProblem::Nul));
+        assert_eq!(check_chunked(b"\n.\n"), Err(DataProblem::BareLineEnding));
+    }
 
     /// Feeds `input` in chunks of every size, checking the result does not depend on chunking.
     fn run(input: &[u8], max: usize) -> (Result<Vec<u8>, DataProblem>, usize, bool) {
