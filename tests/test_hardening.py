@@ -280,8 +280,9 @@ def test_retention_pruning_passes(chain):
     with sqlite3.connect(str(chain / "postern.db")) as db:
         db.execute("UPDATE audit_log SET ts = ts - 100 * 86400 WHERE id <= 6")
     cfg = chain / "postern.toml"
-    cfg.write_text(cfg.read_text().replace("[defence]", "[defence]\naudit_retention_days = 30")
-                   if "[defence]" in cfg.read_text() else cfg.read_text() + "\n[defence]\naudit_retention_days = 30\n")
+    # the table header at the start of a line (comments may name it too)
+    cfg.write_text(cfg.read_text().replace("\n[defence]\n", "\n[defence]\naudit_retention_days = 30\n")
+                   if "\n[defence]\n" in cfg.read_text() else cfg.read_text() + "\n[defence]\naudit_retention_days = 30\n")
     from conftest import start
     import re
     off = int(re.search(r'address = "127\.0\.0\.1:(\d+)"', cfg.read_text()).group(1)) - 25

@@ -2012,7 +2012,7 @@ pub fn initial_config_text(hostname: &str, ip: std::net::IpAddr, port_offset: u1
          # dir = \"/srv/backup/postern\"\n\
          # key = \"file:/etc/postern/backup.recipient\"\n\n\
          # A login from a network or mail program an account has not used for 30 days puts a notice\n\
-         # in its INBOX (on by default; never for [defence] allowlist networks):\n\
+         # in its INBOX (on by default; never for networks on the defence allowlist):\n\
          # [notify]\n\
          # new_signin = true\n\
          # known_days = 30\n\n",
