@@ -572,3 +572,68 @@ SyncState *
     p = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert any(b"Subject: from maildir" in m for m in server.inbox(BOB, "Archive"))
+
+
+def test_recent_semantics_across_sessions_rfc3501_2_3_2(make_server):
+    """\\Recent: the first read-write session told of a message has it \\Recent, no later session
+    does; EXAMINE sees recent messages without taking them; STATUS RECENT counts the messages no
+    read-write session was told of; SEARCH RECENT/NEW/OLD follow; RECENT goes with EXISTS."""
+    srv = make_server()
+
+    def deliver(subject):
+        with smtplib.SMTP("127.0.0.1", srv.smtp, timeout=10) as s:
+            s.sendmail("someone@remote.test", [BOB], f"Subject: {subject}\r\n\r\nx\r\n")
+
+    def login():
+        m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
+        m.login(BOB, BOB_PW)
+        return m
+
+    def recent_after(m, *cmd):
+        m.response("RECENT")  # forget older ones
+        getattr(m, cmd[0])(*cmd[1:])
+        return m.response("RECENT")[1]
+
+    def status_recent(m):
+        return m.status("INBOX", "(RECENT)")[1][0]
+
+    deliver("one")
+    deliver("two")
+    d = login()
+    assert b"RECENT 2" in status_recent(d)
+    # C examines first: it sees both recent, and takes nothing
+    c = login()
+    assert recent_after(c, "select", "INBOX", True) == [b"2"]
+    assert b"RECENT 2" in status_recent(d)
+    # A selects: both are its recent ones, with \Recent in FETCH and the searches
+    a = login()
+    assert recent_after(a, "select", "INBOX") == [b"2"]
+    flags = a.fetch("1:*", "(FLAGS)")[1]
+    assert all(b"\\Recent" in f for f in flags), flags
+    assert a.search(None, "RECENT")[1] == [b"1 2"]
+    assert a.search(None, "NEW")[1] == [b"1 2"]
+    assert a.search(None, "OLD")[1] == [b""]
+    a.store("1", "+FLAGS", "\\Seen")
+    assert a.search(None, "NEW")[1] == [b"2"]
+    # B selects after A: nothing recent for it; STATUS: nothing left for anyone
+    b = login()
+    assert recent_after(b, "select", "INBOX") == [b"0"]
+    assert all(b"\\Recent" not in f for f in b.fetch("1:*", "(FLAGS)")[1])
+    assert b.search(None, "OLD")[1] == [b"1 2"]
+    assert b"RECENT 0" in status_recent(d)
+    # a new message: whichever read-write session is told first has it recent (the RECENT
+    # count is of every message \Recent in the session: its first two stay so)
+    deliver("three")
+    assert recent_after(a, "noop") == [b"3"]
+    assert b"\\Recent" in a.fetch("3", "(FLAGS)")[1][0]
+    assert recent_after(b, "noop") == [b"0"]
+    assert b"\\Recent" not in b.fetch("3", "(FLAGS)")[1][0]
+    # C (read-only) saw none of them taken by itself; after A took them, none is recent for it
+    assert recent_after(c, "noop") == [b"0"]
+    # \Recent cannot be stored by a client
+    b.store("2", "+FLAGS", "(\\Recent)")
+    assert b"\\Recent" not in b.fetch("2", "(FLAGS)")[1][0]
+    # A selects again: what it already was told of is no longer recent
+    assert recent_after(a, "select", "INBOX") == [b"0"]
+    for m in (a, b, c, d):
+        m.logout()

@@ -70,6 +70,8 @@ pub struct Candidate<'a> {
     pub all: &'a [MessageMeta],
     /// Loads the raw message (None if its blob cannot be read).
     pub body: &'a dyn Fn(&MessageMeta) -> Option<Vec<u8>>,
+    /// The message is \Recent in this session.
+    pub recent: bool,
 }
 
 struct Lazy<'a> {
@@ -137,10 +139,10 @@ fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
         SearchKey::Unseen => !m.has_flag("\\Seen"),
         SearchKey::Keyword(k) => m.has_flag(k.inner()),
         SearchKey::Unkeyword(k) => !m.has_flag(k.inner()),
-        // This server does not track \Recent (RFC 9051 removed it): no message is recent, so
-        // NEW matches nothing and OLD everything.
-        SearchKey::Recent | SearchKey::New => false,
-        SearchKey::Old => true,
+        // RFC 3501 6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT
+        SearchKey::Recent => c.recent,
+        SearchKey::New => c.recent && !m.has_flag("\\Seen"),
+        SearchKey::Old => !c.recent,
         SearchKey::Larger(n) => m.size > u64::from(*n),
         SearchKey::Smaller(n) => m.size < u64::from(*n),
         SearchKey::Before(d) => date_of(m.internal_date) < *d.as_ref(),

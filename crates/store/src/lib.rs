@@ -345,6 +345,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0021_signin_sources.sql"),
     include_str!("../migrations/0022_directory_accounts.sql"),
     include_str!("../migrations/0023_directory_admins.sql"),
+    include_str!("../migrations/0024_recent.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

@@ -394,6 +394,58 @@ impl Store {
         })
     }
 
+    /// \Recent (RFC 3501 2.3.2) for a read-write session that now knows the mailbox up to
+    /// `up_to` (a UID): the messages above the mailbox's mark become this session's recent
+    /// ones, and no other session's. Returns the mark before (UIDs above it, up to `up_to`,
+    /// are recent for the caller).
+    pub async fn claim_recent(&self, mailbox_id: i64, up_to: u32) -> Result<u32> {
+        // Most SELECTs find nothing new to claim: a read, no write transaction.
+        let mark = self.recent_mark(mailbox_id).await?;
+        if mark >= up_to {
+            return Ok(mark);
+        }
+        let mut tx = self.write.begin().await?;
+        let before: i64 = sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = ?")
+            .bind(mailbox_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(i64::from(up_to));
+        if before < i64::from(up_to) {
+            sqlx::query("UPDATE mailboxes SET recent_uid = ? WHERE id = ?")
+                .bind(i64::from(up_to))
+                .bind(mailbox_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(before.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// How many messages no read-write session has been told about yet (STATUS RECENT).
+    pub async fn count_recent(&self, mailbox_id: i64) -> Result<u32> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+             WHERE b.id = ? AND m.uid > b.recent_uid",
+        )
+        .bind(mailbox_id)
+        .fetch_one(&self.read)
+        .await?
+        .get::<i64, _>(0)
+        .clamp(0, i64::from(u32::MAX)) as u32)
+    }
+
+    /// The mailbox's \Recent mark (read-only sessions and STATUS look without claiming).
+    pub async fn recent_mark(&self, mailbox_id: i64) -> Result<u32> {
+        Ok(sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = ?")
+            .bind(mailbox_id)
+            .fetch_optional(&self.read)
+            .await?
+            .map_or(0, |r| {
+                r.get::<i64, _>(0).clamp(0, i64::from(u32::MAX)) as u32
+            }))
+    }
+
     /// The mailbox's current HIGHESTMODSEQ (one indexed row: the cheap "anything new?" poll).
     /// None if the mailbox is gone.
     pub async fn mailbox_modseq(&self, mailbox_id: i64) -> Result<Option<u64>> {

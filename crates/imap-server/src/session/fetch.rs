@@ -113,7 +113,10 @@ impl Session {
                     MessageDataItemName::Flags => {
                         sep(&mut out);
                         flags_reported = true;
-                        out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+                        out.extend_from_slice(
+                            format!("FLAGS {}", flags_list(&m.flags, sel.recent.has(m.uid)))
+                                .as_bytes(),
+                        );
                     }
                     MessageDataItemName::InternalDate => {
                         sep(&mut out);
@@ -199,7 +202,9 @@ impl Session {
             }
             if sets_seen && !flags_reported {
                 sep(&mut out);
-                out.extend_from_slice(format!("FLAGS {}", flags_list(&m.flags)).as_bytes());
+                out.extend_from_slice(
+                    format!("FLAGS {}", flags_list(&m.flags, sel.recent.has(m.uid))).as_bytes(),
+                );
             }
             out.extend_from_slice(b")\r\n");
             self.conn.out().extend_from_slice(&out);

@@ -55,6 +55,50 @@ struct Selected {
     keywords: Vec<String>,
     /// Keeps the bodies of the messages in `msgs` on disk while they are listed here.
     pin: postern_store::views::ViewPin,
+    /// \Recent (RFC 3501 2.3.2): UID ranges (above, up to] this read-write session was the
+    /// first to be told of; a read-only session sees the mailbox's mark instead (UIDs above it
+    /// are recent for everyone until a read-write session claims them).
+    recent: Recent,
+}
+
+enum Recent {
+    Claimed(Vec<(u32, u32)>),
+    Above(u32),
+}
+
+impl Recent {
+    fn has(&self, uid: u32) -> bool {
+        match self {
+            Recent::Claimed(ranges) => ranges.iter().any(|&(a, b)| uid > a && uid <= b),
+            Recent::Above(mark) => uid > *mark,
+        }
+    }
+}
+
+impl Selected {
+    fn recent_count(&self) -> usize {
+        self.msgs.iter().filter(|m| self.recent.has(m.uid)).count()
+    }
+
+    /// After the view grew to `max_uid`: a read-write session claims what no session was
+    /// told of yet; a read-only one reads the mark again.
+    async fn learn_recent(&mut self, store: &postern_store::Store, max_uid: u32) {
+        let id = self.mailbox.id;
+        match &mut self.recent {
+            Recent::Claimed(ranges) => {
+                if let Ok(before) = store.claim_recent(id, max_uid).await {
+                    if before < max_uid {
+                        ranges.push((before, max_uid));
+                    }
+                }
+            }
+            Recent::Above(mark) => {
+                if let Ok(m) = store.recent_mark(id).await {
+                    *mark = m;
+                }
+            }
+        }
+    }
 }
 
 enum Flow {
@@ -256,8 +300,18 @@ fn flag_string(f: &Flag<'_>) -> String {
     f.to_string()
 }
 
-fn flags_list(flags: &[String]) -> String {
-    format!("({})", flags.join(" "))
+/// A FLAGS list; `recent` adds the session flag \Recent (never stored).
+fn flags_list(flags: &[String], recent: bool) -> String {
+    if recent {
+        let mut all = flags.join(" ");
+        if !all.is_empty() {
+            all.push(' ');
+        }
+        all.push_str("\\Recent");
+        format!("({all})")
+    } else {
+        format!("({})", flags.join(" "))
+    }
 }
 
 /// LIST pattern matching: `*` matches anything, `%` anything but the delimiter.
@@ -973,7 +1027,17 @@ impl Session {
         let flags = flags_announcement(&keywords, read_only);
         self.conn.out().extend_from_slice(flags.as_bytes());
         self.conn.line(&format!("* {} EXISTS", msgs.len()));
-        self.conn.line("* 0 RECENT");
+        let max_uid = msgs.last().map_or(0, |m| m.uid);
+        let recent = if read_only {
+            Recent::Above(self.srv.store.recent_mark(mb.id).await.unwrap_or(max_uid))
+        } else {
+            match self.srv.store.claim_recent(mb.id, max_uid).await {
+                Ok(before) if before < max_uid => Recent::Claimed(vec![(before, max_uid)]),
+                _ => Recent::Claimed(Vec::new()),
+            }
+        };
+        let n_recent = msgs.iter().filter(|m| recent.has(m.uid)).count();
+        self.conn.line(&format!("* {n_recent} RECENT"));
         if let Some(first) = msgs.iter().position(|m| !m.has_flag("\\Seen")) {
             self.conn
                 .line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
@@ -989,6 +1053,7 @@ impl Session {
             modseq: c.highest_modseq,
             keywords,
             pin,
+            recent,
         });
         if read_only {
             self.ok(tag, "[READ-ONLY] EXAMINE completed")
@@ -1190,7 +1255,10 @@ impl Session {
         for i in items {
             match i {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", c.messages)),
-                StatusDataItemName::Recent => parts.push("RECENT 0".to_owned()),
+                StatusDataItemName::Recent => match self.srv.store.count_recent(mb.id).await {
+                    Ok(n) => parts.push(format!("RECENT {n}")),
+                    Err(e) => return self.store_failed(tag, e),
+                },
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", c.uidnext)),
                 StatusDataItemName::UidValidity => {
                     parts.push(format!("UIDVALIDITY {}", c.uidvalidity))

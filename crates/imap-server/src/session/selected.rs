@@ -60,7 +60,7 @@ impl Session {
                             "* {} FETCH (UID {} FLAGS {})\r\n",
                             i + 1,
                             m.uid,
-                            flags_list(&m.flags)
+                            flags_list(&m.flags, sel.recent.has(m.uid))
                         )
                         .as_bytes(),
                     );
@@ -71,10 +71,21 @@ impl Session {
         let last = kept.last().map_or(0, |m| m.uid);
         let before = kept.len();
         kept.extend(fresh.iter().filter(|m| m.uid > last).cloned());
-        if kept.len() != before {
-            out.extend_from_slice(format!("* {} EXISTS\r\n", kept.len()).as_bytes());
-        }
+        let grew = kept.len() != before;
+        let max_uid = kept.last().map_or(0, |m| m.uid);
         sel.msgs = kept;
+        if grew {
+            // RFC 3501 7.3.2: RECENT goes with EXISTS
+            sel.learn_recent(&self.srv.store, max_uid).await;
+            out.extend_from_slice(
+                format!(
+                    "* {} EXISTS\r\n* {} RECENT\r\n",
+                    sel.msgs.len(),
+                    sel.recent_count()
+                )
+                .as_bytes(),
+            );
+        }
         if !any_deferred {
             sel.modseq = modseq;
             // Nothing expunged is listed any more: its bodies may go.
@@ -128,6 +139,7 @@ impl Session {
                 meta: m,
                 all: &sel.msgs,
                 body: &load,
+                recent: sel.recent.has(m.uid),
             };
             if matches(key, &c) {
                 hits.push(if uid { m.uid } else { i as u32 + 1 });
@@ -199,7 +211,7 @@ impl Session {
                         format!(
                             "* {} FETCH ({uid_part}FLAGS {})\r\n",
                             i + 1,
-                            flags_list(&sel.msgs[i].flags)
+                            flags_list(&sel.msgs[i].flags, sel.recent.has(u))
                         )
                         .as_bytes(),
                     );
