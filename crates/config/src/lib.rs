@@ -992,6 +992,10 @@ pub struct StorageConfig {
     /// that filesystem is shared with heavy writers (a syncfs flushes their data too).
     #[serde(default = "d_true")]
     pub batch_sync: bool,
+    /// The storage quota of accounts without their own (`postern user quota`), in MiB; 0: none.
+    /// Over it, deliveries get `452 4.2.2` at RCPT and IMAP APPEND/COPY `NO [OVERQUOTA]`.
+    #[serde(default)]
+    pub default_quota_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -1000,6 +1004,7 @@ impl Default for StorageConfig {
             database: d_db(),
             blobs: d_blobs(),
             batch_sync: true,
+            default_quota_mb: 0,
         }
     }
 }

@@ -50,6 +50,11 @@ impl MailBackend for StoreBackend {
         self.store.resolve_recipient(address).await.map_err(err)
     }
 
+    async fn mailbox_full(&self, account_id: i64) -> Result<bool, BackendError> {
+        let (used, limit) = self.store.quota(account_id).await.map_err(err)?;
+        Ok(limit.is_some_and(|l| used >= l))
+    }
+
     async fn allowed_senders(&self, p: &Principal) -> Result<Vec<String>, BackendError> {
         match p.kind {
             PrincipalKind::Account => self.store.owned_addresses(p.account_id).await,

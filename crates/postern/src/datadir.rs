@@ -15,7 +15,8 @@ pub static COMMAND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 pub async fn open_store(cfg: &Config) -> Result<Store> {
     let store = open_store_plain(cfg)
         .await?
-        .with_scram_iterations(cfg.auth.scram_iterations);
+        .with_scram_iterations(cfg.auth.scram_iterations)
+        .with_default_quota(cfg.storage.default_quota_mb.saturating_mul(1 << 20));
     // The audit chain's key, so that what this command records is chained like the server's
     // rows. Without the master key, reading still works; recording fails closed.
     let keyed = match crate::keys::Keys::load(cfg, &store).await {

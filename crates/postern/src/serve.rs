@@ -65,7 +65,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     .await?
     .with_audit_failure_cap(cfg.defence.audit_max_failures_per_account_day)
     .with_batch_sync(cfg.storage.batch_sync)
-    .with_scram_iterations(cfg.auth.scram_iterations);
+    .with_scram_iterations(cfg.auth.scram_iterations)
+    .with_default_quota(cfg.storage.default_quota_mb.saturating_mul(1 << 20));
     // One certificate for every listener, replaceable while they run (ACME renewal, SIGHUP).
     let certs =
         postern_net::tls::CertStore::load(&cfg.path(&cfg.tls.cert), &cfg.path(&cfg.tls.key))?;

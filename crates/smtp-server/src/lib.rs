@@ -79,6 +79,10 @@ pub trait MailBackend: Send + Sync {
     async fn is_local_domain(&self, domain: &str) -> Result<bool, BackendError>;
     /// The account that receives mail for `address` (account address or alias).
     async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>, BackendError>;
+    /// Whether the account's mailbox is full (at or over its storage quota).
+    async fn mailbox_full(&self, _account_id: i64) -> Result<bool, BackendError> {
+        Ok(false)
+    }
     /// What the principal may use as envelope sender and in From: addresses, or "@domain" for
     /// every address of a domain (see [`postern_types::sender_allowed`]).
     async fn allowed_senders(&self, principal: &Principal) -> Result<Vec<String>, BackendError>;

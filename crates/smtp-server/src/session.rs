@@ -848,6 +848,17 @@ impl Session {
         } else {
             return self.error("550 5.7.1 Relay access denied");
         };
+        if let Some(id) = local {
+            // RFC 3463 4.2.2: the mailbox is full; a temporary failure, the sender retries
+            match self.srv.backend.mailbox_full(id).await {
+                Ok(false) => {}
+                Ok(true) => return self.error("452 4.2.2 Mailbox full, try again later"),
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "quota look-up failed");
+                    return self.error("451 4.3.0 Temporary failure, please try again later");
+                }
+            }
+        }
         if local.is_some() && self.srv.greylist && self.inbound_greylist() {
             if let Some(f) = self.greylist(addr.as_str()).await {
                 return f;

@@ -187,6 +187,8 @@ pub struct Store {
     committer: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<commit::Job>>>,
     /// Local deliveries sync their bodies per batch (one syncfs) instead of per message.
     batch_sync: bool,
+    /// The storage quota of accounts without their own, in bytes (0: none).
+    default_quota: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The PBKDF2 iteration count of an account's first SCRAM verifier (see [`scram`]).
     scram_iterations: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Recent answers of `is_local_domain` (see `domains.rs`).
@@ -249,6 +251,7 @@ impl Store {
             committer: Default::default(),
             batch_sync: true,
             scram_iterations: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(10_000)),
+            default_quota: Default::default(),
             domain_cache: Default::default(),
         })
     }
@@ -257,6 +260,52 @@ impl Store {
         self.committer.get_or_init(|| {
             commit::start(self.write.clone(), self.changes.clone(), self.blobs.clone())
         })
+    }
+
+    /// `[storage] default_quota_mb`: the quota of accounts without their own (0: none).
+    pub fn with_default_quota(self, bytes: u64) -> Self {
+        self.default_quota
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// An account's storage: (bytes used, its limit if any).
+    pub async fn quota(&self, account_id: i64) -> Result<(u64, Option<u64>)> {
+        let r = sqlx::query(
+            "SELECT a.quota_bytes,
+                    (SELECT COALESCE(SUM(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+                     WHERE b.account_id = a.id) AS used
+             FROM accounts a WHERE a.id = ?",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.read)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("account #{account_id}")))?;
+        let own: Option<i64> = r.try_get("quota_bytes")?;
+        let limit = match own {
+            None => self
+                .default_quota
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Some(n) => n.max(0) as u64,
+        };
+        let used = r.try_get::<i64, _>("used")?.max(0) as u64;
+        Ok((used, (limit > 0).then_some(limit)))
+    }
+
+    /// Whether `extra` more bytes would put the account over its quota.
+    pub async fn over_quota(&self, account_id: i64, extra: u64) -> Result<bool> {
+        let (used, limit) = self.quota(account_id).await?;
+        Ok(limit.is_some_and(|l| used.saturating_add(extra) > l))
+    }
+
+    /// Sets an account's own quota: None = the default, Some(0) = none, Some(n) = n bytes.
+    pub async fn set_quota(&self, account_id: i64, bytes: Option<u64>) -> Result<()> {
+        sqlx::query("UPDATE accounts SET quota_bytes = ? WHERE id = ?")
+            .bind(bytes.map(|b| b.min(i64::MAX as u64) as i64))
+            .bind(account_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     /// `[auth] scram_iterations`: the iteration count given to an account's SCRAM salt when its
@@ -346,6 +395,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0022_directory_accounts.sql"),
     include_str!("../migrations/0023_directory_admins.sql"),
     include_str!("../migrations/0024_recent.sql"),
+    include_str!("../migrations/0025_quota.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

@@ -363,7 +363,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN");
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.tls.is_none() {
             // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
@@ -594,6 +594,16 @@ impl Session {
                 // No extension that needs enabling is implemented; say so by enabling nothing.
                 self.conn.line("* ENABLED");
                 self.ok(&tag, "ENABLE completed")
+            }
+            CommandBody::GetQuotaRoot { mailbox } if authed => {
+                self.get_quota(&tag, Some(&mailbox), None).await
+            }
+            CommandBody::GetQuota { root } if authed => {
+                let root = String::from_utf8_lossy(root.as_ref()).into_owned();
+                self.get_quota(&tag, None, Some(&root)).await
+            }
+            CommandBody::SetQuota { .. } if authed => {
+                self.no(&tag, "[NOPERM] Quotas are set by the administrator")
             }
             CommandBody::Namespace if authed => {
                 self.conn.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
@@ -1275,6 +1285,50 @@ impl Session {
         self.ok(tag, "STATUS completed")
     }
 
+    /// QUOTA (RFC 9208): one quota root, "", for the whole account, with the STORAGE resource
+    /// in KiB (used, limit); no root at all when the account has no limit.
+    async fn get_quota(
+        &mut self,
+        tag: &str,
+        mailbox: Option<&ImapMailbox<'_>>,
+        root: Option<&str>,
+    ) -> Flow {
+        if let Some(m) = mailbox {
+            if let Err(f) = self.find_mailbox(tag, m).await {
+                return f;
+            }
+        }
+        let (used, limit) = match self.srv.store.quota(self.account()).await {
+            Ok(q) => q,
+            Err(e) => return self.store_failed(tag, e),
+        };
+        let kib = |b: u64| b.div_ceil(1024);
+        if let Some(m) = mailbox {
+            let name = mailbox_name(m).unwrap_or_default();
+            let mut line = b"* QUOTAROOT ".to_vec();
+            wire::mailbox(&mut line, &display_name(&name));
+            if limit.is_some() {
+                line.extend_from_slice(b" \"\"");
+            }
+            line.extend_from_slice(b"\r\n");
+            self.conn.out().extend_from_slice(&line);
+        } else if root != Some("") || limit.is_none() {
+            return self.no(tag, "[NONEXISTENT] No such quota root");
+        }
+        if let Some(l) = limit {
+            self.conn
+                .line(&format!("* QUOTA \"\" (STORAGE {} {})", kib(used), kib(l)));
+        }
+        self.ok(
+            tag,
+            if mailbox.is_some() {
+                "GETQUOTAROOT completed"
+            } else {
+                "GETQUOTA completed"
+            },
+        )
+    }
+
     async fn append(
         &mut self,
         tag: &str,
@@ -1298,6 +1352,16 @@ impl Session {
         // Stored with CRLF line ends only, so that every reader (POP3 above all) gets framing it
         // can trust and RFC822.SIZE is the size sent.
         let data = postern_types::crlf(&data);
+        match self
+            .srv
+            .store
+            .over_quota(self.account(), data.len() as u64)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => return self.no(tag, "[OVERQUOTA] Quota exceeded"),
+            Err(e) => return self.store_failed(tag, e),
+        }
         match self
             .srv
             .store

@@ -254,6 +254,15 @@ impl Session {
         let indices = resolve(set, &sel.msgs, uid);
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
         let (acct, src) = (self.account(), sel.mailbox.id);
+        if !move_ {
+            // a copy adds to the account's storage; a move does not
+            let bytes: u64 = indices.iter().map(|&i| sel.msgs[i].size).sum();
+            match self.srv.store.over_quota(acct, bytes).await {
+                Ok(false) => {}
+                Ok(true) => return self.no(tag, "[OVERQUOTA] Quota exceeded"),
+                Err(e) => return self.store_failed(tag, e),
+            }
+        }
         match self
             .srv
             .store

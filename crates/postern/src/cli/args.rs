@@ -479,6 +479,11 @@ pub enum UserCmd {
     Cert(CertCmd),
     /// The networks and clients the account has signed in from (new-sign-in notices).
     Signins { address: String },
+    /// Storage used and the quota; with SIZE (500M, 2G, none, default), sets the quota.
+    Quota {
+        address: String,
+        size: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

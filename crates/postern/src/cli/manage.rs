@@ -305,6 +305,30 @@ pub async fn user(cfg: &Config, cmd: &UserCmd) -> Result<()> {
                 );
             }
         }
+        UserCmd::Quota { address: a, size } => {
+            let a = address(a)?;
+            if let Some(size) = size {
+                ops::accounts::set_quota(&store, &actor, &a, size).await?;
+            }
+            let info = store.account(&a).await?;
+            let (used, limit) = store.quota(info.id).await?;
+            let mib = |b: u64| {
+                if b < 1 << 20 {
+                    format!("{:.1} KiB", b as f64 / 1024.0)
+                } else {
+                    format!("{:.1} MiB", b as f64 / 1048576.0)
+                }
+            };
+            match limit {
+                Some(l) => println!(
+                    "{a}: {} of {} used ({}%)",
+                    mib(used),
+                    mib(l),
+                    used.saturating_mul(100) / l.max(1)
+                ),
+                None => println!("{a}: {} used, no quota", mib(used)),
+            }
+        }
         UserCmd::Pop3 { address: a, on } => {
             let a = address(a)?;
             ops::accounts::set_pop3(&store, &actor, &a, *on).await?;

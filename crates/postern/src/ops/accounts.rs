@@ -115,6 +115,36 @@ pub async fn set_pop3(store: &Store, actor: &Actor, a: &EmailAddress, on: bool) 
     record(store, actor, "pop3_set", a.as_str(), detail).await
 }
 
+/// Sets an account's storage quota: "none", "default" ([storage] default_quota_mb), or a size
+/// (`500M`, `2G`, `100K`, bytes). Audited as `quota_set`.
+pub async fn set_quota(store: &Store, actor: &Actor, a: &EmailAddress, size: &str) -> Result<()> {
+    let bytes = match size.trim().to_ascii_lowercase().as_str() {
+        "default" => None,
+        "none" | "0" => Some(0),
+        s => {
+            let (num, mult) = match s.char_indices().last() {
+                Some((i, 'k')) => (&s[..i], 1u64 << 10),
+                Some((i, 'm')) => (&s[..i], 1 << 20),
+                Some((i, 'g')) => (&s[..i], 1 << 30),
+                Some((i, 't')) => (&s[..i], 1 << 40),
+                _ => (s, 1),
+            };
+            let n: u64 = num.trim().parse().map_err(|_| {
+                anyhow::anyhow!("invalid size {size:?} (use 500M, 2G, none, default)")
+            })?;
+            Some(n.saturating_mul(mult))
+        }
+    };
+    let info = store.account(a).await?;
+    store.set_quota(info.id, bytes).await?;
+    let detail = match bytes {
+        None => "default".to_owned(),
+        Some(0) => "none".to_owned(),
+        Some(b) => format!("{b} bytes"),
+    };
+    record(store, actor, "quota_set", a.as_str(), &detail).await
+}
+
 /// Lifts a lockout (and forgets the failure counts) in the running server's guard.
 pub async fn unlock(store: &Store, guard: &Guard, actor: &Actor, a: &EmailAddress) -> Result<bool> {
     let was = guard.unlock(a.as_str());
