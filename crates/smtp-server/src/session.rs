@@ -950,16 +950,8 @@ impl Session {
         let mut left = size;
         while left > 0 {
             if self.conn.buf.is_empty() {
-                match self.conn.fill(tokio::time::Instant::now() + timeout).await {
-                    Ok(_) => {}
-                    Err(ReadError::Timeout) => {
-                        let h = self.host().to_owned();
-                        self.conn
-                            .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
-                        return Flow::Close(Close::Timeout);
-                    }
-                    Err(ReadError::Eof) => return Flow::Close(Close::Eof),
-                    Err(ReadError::Io(_)) => return Flow::Close(Close::IoError),
+                if let Err(e) = self.conn.fill(tokio::time::Instant::now() + timeout).await {
+                    return self.body_read_failed(e);
                 }
             }
             let n = left.min(self.conn.buf.len());
@@ -1014,6 +1006,20 @@ impl Session {
         flow
     }
 
+    /// The end of a session whose message body (DATA or BDAT) stopped arriving.
+    fn body_read_failed(&mut self, e: ReadError) -> Flow {
+        match e {
+            ReadError::Timeout => {
+                let h = self.host().to_owned();
+                self.conn
+                    .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
+                Flow::Close(Close::Timeout)
+            }
+            ReadError::Eof => Flow::Close(Close::Eof),
+            ReadError::Io(_) => Flow::Close(Close::IoError),
+        }
+    }
+
     async fn data(&mut self) -> Flow {
         if self.bdat.is_some() {
             return self.error("503 5.5.1 DATA in the middle of a BDAT transaction");
@@ -1046,16 +1052,8 @@ impl Session {
                 ));
             }
             let deadline = tokio::time::Instant::now() + timeout;
-            match self.conn.fill(deadline).await {
-                Ok(_) => {}
-                Err(ReadError::Timeout) => {
-                    let h = self.host().to_owned();
-                    self.conn
-                        .reply(&format!("421 4.4.2 {h} Timeout, closing connection"));
-                    return Flow::Close(Close::Timeout);
-                }
-                Err(ReadError::Eof) => return Flow::Close(Close::Eof),
-                Err(ReadError::Io(_)) => return Flow::Close(Close::IoError),
+            if let Err(e) = self.conn.fill(deadline).await {
+                return self.body_read_failed(e);
             }
         }
         let result = reader.finish();

@@ -262,6 +262,26 @@ impl Store {
         })
     }
 
+    /// Stamps a credential's last use (time and source); a failure is only logged, since the
+    /// login it follows has succeeded.
+    async fn record_use(
+        &self,
+        sql: &'static str,
+        id: i64,
+        ip: std::net::IpAddr,
+        what: &'static str,
+    ) {
+        let r = sqlx::query(sql)
+            .bind(now())
+            .bind(ip.to_string())
+            .bind(id)
+            .execute(&self.write)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, what, "could not record a credential's use");
+        }
+    }
+
     /// `[storage] default_quota_mb`: the quota of accounts without their own (0: none).
     pub fn with_default_quota(self, bytes: u64) -> Self {
         self.default_quota
@@ -499,16 +519,13 @@ impl CredentialStore for Store {
     }
 
     async fn app_password_used(&self, id: i64, ip: std::net::IpAddr) {
-        let r =
-            sqlx::query("UPDATE app_passwords SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
-                .bind(now())
-                .bind(ip.to_string())
-                .bind(id)
-                .execute(&self.write)
-                .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not record app password use");
-        }
+        self.record_use(
+            "UPDATE app_passwords SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            id,
+            ip,
+            "app password",
+        )
+        .await;
     }
 
     async fn cert_credential(
@@ -547,16 +564,13 @@ impl CredentialStore for Store {
     }
 
     async fn client_cert_used(&self, id: i64, ip: std::net::IpAddr) {
-        let r =
-            sqlx::query("UPDATE client_certs SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
-                .bind(now())
-                .bind(ip.to_string())
-                .bind(id)
-                .execute(&self.write)
-                .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not record client certificate use");
-        }
+        self.record_use(
+            "UPDATE client_certs SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            id,
+            ip,
+            "client certificate",
+        )
+        .await;
     }
 
     async fn scram_missing(
@@ -575,16 +589,13 @@ impl CredentialStore for Store {
     }
 
     async fn application_used(&self, id: i64, ip: std::net::IpAddr) {
-        let r =
-            sqlx::query("UPDATE applications SET last_used_at = ?, last_used_ip = ? WHERE id = ?")
-                .bind(now())
-                .bind(ip.to_string())
-                .bind(id)
-                .execute(&self.write)
-                .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "could not record application use");
-        }
+        self.record_use(
+            "UPDATE applications SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            id,
+            ip,
+            "application",
+        )
+        .await;
     }
 }
 
