@@ -213,8 +213,10 @@ def test_ldap_bind_as_user_provisioning_groups_injection_and_outage(make_server,
     # an empty password is never an (anonymous) bind
     m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
     assert m._simple_command("LOGIN", DAVE, '""')[0] == "NO"
-    # local accounts keep their local password
+    # local accounts keep their local password; a directory account's is changed there
     assert imap_login(srv, BOB, BOB_PW) == "ok"
+    p = srv.cli("user", "passwd", DAVE, "--password-stdin", stdin="Local-Pass-dave-99!\n", check=False)
+    assert p.returncode != 0 and "directory" in p.stderr, p.stderr
     assert reasons(srv, DAVE)[:2] == ["ok", "ok"]
     assert "bad_password" in reasons(srv, DAVE)
     assert reasons(srv, ERIN) == ["directory_denied"]

@@ -30,6 +30,15 @@ pub async fn set_password(
     a: &EmailAddress,
     pw: &SecretString,
 ) -> Result<()> {
+    use postern_auth::CredentialStore;
+    if store
+        .credential(a.as_str())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_some_and(|c| c.directory)
+    {
+        anyhow::bail!("{a}'s password is the directory's (LDAP); change it there");
+    }
     crate::password::change_account_password(cfg, store, a, pw).await?;
     record(store, actor, "password_reset", a.as_str(), "").await
 }
