@@ -78,6 +78,11 @@ pub enum ScramTarget {
 }
 
 impl StoredCredential {
+    /// The source is outside the account's allowed networks (when it has any).
+    pub fn outside(&self, ip: IpAddr) -> bool {
+        !self.allowed_networks.is_empty() && !self.allowed_networks.iter().any(|n| n.contains(ip))
+    }
+
     /// A mail account's credential with no restrictions (tests and simple stores).
     pub fn account(account_id: i64, address: &str, password_hash: &str) -> Self {
         StoredCredential {
@@ -1029,16 +1034,11 @@ impl Authenticator {
                         Some(c.account_id),
                         Err(FailureReason::Disabled),
                     ),
-                    Ok(Some(c))
-                        if !c.allowed_networks.is_empty()
-                            && !c.allowed_networks.iter().any(|n| n.contains(ip)) =>
-                    {
-                        (
-                            AuthOutcome::Failure,
-                            Some(c.account_id),
-                            Err(FailureReason::NetworkNotAllowed),
-                        )
-                    }
+                    Ok(Some(c)) if c.outside(ip) => (
+                        AuthOutcome::Failure,
+                        Some(c.account_id),
+                        Err(FailureReason::NetworkNotAllowed),
+                    ),
                     Ok(Some(c)) => (
                         AuthOutcome::Success(Principal::account(c.account_id, c.address)),
                         Some(c.account_id),
@@ -1129,8 +1129,7 @@ impl Authenticator {
                     let now = self.guard_now() as i64;
                     let cert = cert.expect("found through a certificate");
                     let id = Some(c.account_id);
-                    let outside = !c.allowed_networks.is_empty()
-                        && !c.allowed_networks.iter().any(|n| n.contains(ip));
+                    let outside = c.outside(ip);
                     if !authzid.is_empty() && !authzid.trim().eq_ignore_ascii_case(&c.address) {
                         (
                             AuthOutcome::Failure,
@@ -1337,9 +1336,7 @@ impl Authenticator {
                 );
             }
         };
-        let outside = |c: &StoredCredential| {
-            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip))
-        };
+        let outside = |c: &StoredCredential| c.outside(ip);
         if let Some(c) = cred
             .as_ref()
             .filter(|c| c.kind == PrincipalKind::Application)
@@ -1511,8 +1508,7 @@ impl Authenticator {
             },
         };
         let id = Some(c.account_id);
-        let outside =
-            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip));
+        let outside = c.outside(ip);
         if c.disabled {
             (AuthOutcome::Failure, id, Err(FailureReason::Disabled))
         } else if outside {
@@ -1581,8 +1577,7 @@ impl Authenticator {
         if c.kind == PrincipalKind::Application {
             return fail(FailureReason::BadPassword);
         }
-        let outside =
-            !c.allowed_networks.is_empty() && !c.allowed_networks.iter().any(|n| n.contains(ip));
+        let outside = c.outside(ip);
         for a in &c.app_passwords {
             let Some(sig) = a.scram.as_ref().and_then(|v| proof.check(v)) else {
                 continue;
