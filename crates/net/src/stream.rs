@@ -50,10 +50,12 @@ pub struct TlsInfo {
 
 impl MailStream {
     /// After the final reply and a shutdown of our side, reads and discards what the client is
-    /// still sending, for at most 2 s and 1 MiB. Closing a socket with unread input makes the
+    /// still sending, for at most 2 s and 16 MiB. Closing a socket with unread input makes the
     /// kernel send a reset, which can destroy the final reply (421, BYE, -ERR) before the client
     /// reads it: a client pushing an endless line would never learn why it was cut off
-    /// ("lingering close", as web servers do).
+    /// ("lingering close", as web servers do). The byte cap is what a client on a fast link
+    /// sends while a loaded peer gets round to reading (1 MiB was gone in milliseconds on
+    /// loopback and the reply lost under load); it costs no memory, the chunk is reused.
     pub async fn linger(&mut self) {
         use tokio::io::AsyncReadExt;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -61,7 +63,7 @@ impl MailStream {
         // whole life, lingering or not (16 KiB × 10,000 idle connections).
         let mut chunk = vec![0u8; 16 * 1024];
         let mut total = 0usize;
-        while total < 1024 * 1024 {
+        while total < 16 * 1024 * 1024 {
             match tokio::time::timeout_at(deadline, self.read(&mut chunk)).await {
                 Ok(Ok(n)) if n > 0 => total += n,
                 _ => return,
