@@ -50,6 +50,64 @@ pub fn resolve(set: &SequenceSet, msgs: &[MessageMeta], uid: bool) -> Vec<usize>
     out
 }
 
+/// The (low, high) UID ranges a UID set names, `*` being `largest` (QRESYNC's known UIDs and
+/// the UID FETCH set whose expunges VANISHED reports: UIDs that no longer exist count too).
+pub fn uid_ranges(set: &SequenceSet, largest: u32) -> Vec<(u32, u32)> {
+    use imap_codec::imap_types::sequence::{SeqOrUid, Sequence};
+    let val = |s: &SeqOrUid| match s {
+        SeqOrUid::Asterisk => largest,
+        SeqOrUid::Value(v) => v.get(),
+    };
+    set.0
+        .as_ref()
+        .iter()
+        .map(|seq| match seq {
+            Sequence::Single(s) => (val(s), val(s)),
+            Sequence::Range(x, y) => (val(x).min(val(y)), val(x).max(val(y))),
+        })
+        .collect()
+}
+
+pub fn in_ranges(ranges: &[(u32, u32)], uid: u32) -> bool {
+    ranges.iter().any(|&(a, b)| uid >= a && uid <= b)
+}
+
+/// Ascending numbers as a sequence set on the wire, runs compressed: `1:3,7,9:10`.
+pub fn compress(ids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let start = ids[i];
+        let mut end = start;
+        while i + 1 < ids.len() && ids[i + 1] == end.wrapping_add(1) {
+            i += 1;
+            end = ids[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether a search uses the MODSEQ key (CONDSTORE: the answer then carries the highest MODSEQ
+/// of the matches, RFC 7162 3.1.5).
+pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        _ => false,
+    }
+}
+
 /// True if a message sequence set names a number past the last message: RFC 3501 9
 /// (seq-number) makes such a set invalid (BAD), not an empty match. A range with `*` (`1:*`,
 /// `5:*`) always names the last message and stays valid, also in an empty mailbox.
@@ -178,6 +236,9 @@ fn eval(key: &SearchKey<'_>, c: &Candidate<'_>, lazy: &mut Lazy<'_>) -> bool {
         }
         SearchKey::Not(k) => !eval(k, c, lazy),
         SearchKey::Or(a, b) => eval(a, c, lazy) || eval(b, c, lazy),
+        // RFC 7162 3.1.5: MODSEQ at least n. Postern keeps one MODSEQ per message, not one per
+        // flag, so a metadata item name (`"/flags/\\seen" all`) compares the message's.
+        SearchKey::ModSequence { modseq, .. } => m.modseq >= *modseq,
         #[allow(unreachable_patterns)]
         _ => false,
     }
@@ -212,5 +273,20 @@ mod tests {
         // "n:*" with n larger than every UID still names the last message (RFC 3501 6.4.8)
         assert_eq!(resolve(&s("100:*"), &m, true), vec![3]);
         assert!(resolve(&s("1"), &[], true).is_empty());
+    }
+
+    #[test]
+    fn sets_on_the_wire() {
+        assert_eq!(compress(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(compress(&[5]), "5");
+        assert_eq!(compress(&[]), "");
+        assert_eq!(
+            compress(&[u32::MAX - 1, u32::MAX]),
+            format!("{}:{}", u32::MAX - 1, u32::MAX)
+        );
+        let s = |t: &str| SequenceSet::try_from(t).unwrap();
+        let r = uid_ranges(&s("3:1,7,20:*"), 25);
+        assert_eq!(r, vec![(1, 3), (7, 7), (20, 25)]);
+        assert!(in_ranges(&r, 2) && in_ranges(&r, 25) && !in_ranges(&r, 5));
     }
 }

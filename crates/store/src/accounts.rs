@@ -267,6 +267,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM vanished WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM mailboxes WHERE account_id = ?")
             .bind(id)
             .execute(&mut *tx)

@@ -54,6 +54,8 @@ pub(crate) enum Kind {
         uids: Vec<u32>,
         op: crate::mailbox::FlagOp,
         flags: Vec<String>,
+        /// CONDSTORE (RFC 7162 3.1.3): messages changed after this MODSEQ are left alone.
+        unchanged_since: Option<u64>,
     },
     /// An entry of the outbound queue.
     Enqueue {
@@ -72,16 +74,15 @@ pub(crate) enum Done {
     Appended(u32, u32),
     /// The queue id.
     Queued(i64),
-    /// For each message that still exists: its UID, its flags now, and its MODSEQ (0 when the
-    /// flags did not change).
-    Flagged(Vec<(u32, Vec<String>, u64)>),
+    /// What the STORE did (see [`crate::mailbox::Flagged`]).
+    Flagged(crate::mailbox::Flagged),
 }
 
 impl Done {
     /// Whether sessions have something to learn (a STORE that changed no flag has not).
     fn changed(&self) -> bool {
         match self {
-            Done::Flagged(v) => v.iter().any(|(_, _, m)| *m != 0),
+            Done::Flagged(f) => f.messages.iter().any(|m| m.changed),
             _ => true,
         }
     }
@@ -440,8 +441,9 @@ async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) ->
             uids,
             op,
             flags,
+            unchanged_since,
             ..
-        } => store_flags(tx, *mailbox, uids, *op, flags).await,
+        } => store_flags(tx, *mailbox, uids, *op, flags, *unchanged_since).await,
         Kind::Enqueue {
             sender,
             account,
@@ -475,19 +477,23 @@ async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) ->
 
 /// STORE inside the batch's transaction: the messages' flags are read in one statement, the
 /// mailbox's MODSEQ is raised once if anything changes, and each changed message is written.
+/// With `unchanged_since`, a message whose MODSEQ is above it is not touched but reported as
+/// modified: the check and the write are in one transaction, so no other change slips between.
 async fn store_flags(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     mailbox: i64,
     uids: &[u32],
     op: crate::mailbox::FlagOp,
     flags: &[String],
+    unchanged_since: Option<u64>,
 ) -> Result<Done> {
-    use crate::mailbox::{apply_flags, join_flags, parse_flags};
+    use crate::mailbox::{apply_flags, join_flags, parse_flags, FlagChange, Flagged};
+    let mut out = Flagged::default();
     let (Some(&lo), Some(&hi)) = (uids.iter().min(), uids.iter().max()) else {
-        return Ok(Done::Flagged(Vec::new()));
+        return Ok(Done::Flagged(out));
     };
     let rows = sqlx::query(
-        "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+        "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
     )
     .bind(mailbox)
     .bind(lo as i64)
@@ -496,18 +502,30 @@ async fn store_flags(
     .await?;
     let mut current = std::collections::HashMap::with_capacity(rows.len());
     for r in &rows {
-        current.insert(r.try_get::<i64, _>(0)? as u32, r.try_get::<String, _>(1)?);
+        current.insert(
+            r.try_get::<i64, _>(0)? as u32,
+            (r.try_get::<String, _>(1)?, r.try_get::<i64, _>(2)? as u64),
+        );
     }
-    let mut out = Vec::with_capacity(uids.len());
+    out.messages.reserve(uids.len());
     let mut modseq: Option<i64> = None;
     for &uid in uids {
-        let Some(now) = current.get(&uid) else {
+        let Some((now, old_modseq)) = current.get(&uid) else {
             continue;
         };
+        if unchanged_since.is_some_and(|u| *old_modseq > u) {
+            out.modified.push(uid);
+            continue;
+        }
         let now = parse_flags(now);
         let new = apply_flags(&now, op, flags);
         if new == now {
-            out.push((uid, new, 0));
+            out.messages.push(FlagChange {
+                uid,
+                flags: new,
+                modseq: *old_modseq,
+                changed: false,
+            });
             continue;
         }
         let m = match modseq {
@@ -529,7 +547,12 @@ async fn store_flags(
             .bind(uid as i64)
             .execute(&mut **tx)
             .await?;
-        out.push((uid, new, m as u64));
+        out.messages.push(FlagChange {
+            uid,
+            flags: new,
+            modseq: m as u64,
+            changed: true,
+        });
     }
     Ok(Done::Flagged(out))
 }

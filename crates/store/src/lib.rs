@@ -53,7 +53,8 @@ use postern_types::{Domain, EmailAddress};
 
 pub use blob::BlobStore;
 pub use mailbox::{
-    ChangeBus, FlagOp, Mailbox, MailboxCounts, MailboxState, MessageMeta, DELIMITER,
+    ChangeBus, FlagChange, FlagOp, Flagged, Mailbox, MailboxCounts, MailboxState, MessageMeta,
+    Vanished, DELIMITER,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +417,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0023_directory_admins.sql"),
     include_str!("../migrations/0024_recent.sql"),
     include_str!("../migrations/0025_quota.sql"),
+    include_str!("../migrations/0026_vanished.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {
@@ -620,6 +622,74 @@ mod tests {
         let a = EmailAddress::parse("a@example.test").unwrap();
         let id = s.add_account(&a, "h").await.unwrap();
         (d, s, id)
+    }
+
+    /// QRESYNC's record: every way a message leaves a mailbox (EXPUNGE, MOVE, RENAME INBOX)
+    /// records its UID with the MODSEQ of the removal, which is above what the client knew.
+    /// UNCHANGEDSINCE holds back exactly the messages changed after the given MODSEQ.
+    #[tokio::test]
+    async fn vanished_and_unchanged_since() {
+        let (_d, s, id) = store_with_account().await;
+        let inbox = s.get_mailbox(id, "INBOX").await.unwrap().unwrap().id;
+        for i in 0..6 {
+            s.append(
+                id,
+                inbox,
+                format!("Subject: {i}\r\n\r\nx").as_bytes(),
+                &[],
+                now(),
+            )
+            .await
+            .unwrap();
+        }
+        s.create_mailbox(id, "Other").await.unwrap();
+        let other = s.get_mailbox(id, "Other").await.unwrap().unwrap().id;
+        let known = s.mailbox_modseq(inbox).await.unwrap().unwrap();
+        let v = s.vanished_since(inbox, known).await.unwrap();
+        assert!(v.complete && v.uids.is_empty());
+        // 2 is flagged after `known`: UNCHANGEDSINCE known holds it back, changes 1
+        let flag = |u: &[u32], since| {
+            let s = s.clone();
+            let u = u.to_vec();
+            async move {
+                s.store_flags(id, inbox, &u, FlagOp::Add, &["\\Deleted".into()], since)
+                    .await
+                    .unwrap()
+            }
+        };
+        flag(&[2], None).await;
+        let f = flag(&[1, 2], Some(known)).await;
+        assert_eq!(f.modified, vec![2]);
+        assert_eq!(f.messages.len(), 1);
+        assert!(f.messages[0].changed && f.messages[0].uid == 1 && f.messages[0].modseq > known);
+        // a STORE that changes nothing keeps the message's MODSEQ
+        let again = flag(&[1], None).await;
+        assert!(!again.messages[0].changed);
+        assert_eq!(again.messages[0].modseq, f.messages[0].modseq);
+        assert_eq!(s.expunge(id, inbox, None, false).await.unwrap(), vec![1, 2]);
+        s.copy_messages(id, inbox, &[4], other, true).await.unwrap();
+        let v = s.vanished_since(inbox, known).await.unwrap();
+        assert_eq!(v.uids, vec![1, 2, 4]);
+        let after_expunge = s.mailbox_modseq(inbox).await.unwrap().unwrap() - 1;
+        assert_eq!(
+            s.vanished_since(inbox, after_expunge).await.unwrap().uids,
+            vec![4]
+        );
+        s.rename_mailbox(id, "INBOX", "Old").await.unwrap();
+        assert_eq!(
+            s.vanished_since(inbox, known).await.unwrap().uids,
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        // a mailbox deleted takes its record with it
+        s.delete_mailbox(id, "Old").await.unwrap();
+        s.delete_mailbox(id, "Other").await.unwrap();
+        let left: i64 = sqlx::query("SELECT COUNT(*) FROM vanished WHERE mailbox_id != ?")
+            .bind(inbox)
+            .fetch_one(&s.read)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -66,6 +66,30 @@ pub struct MailboxCounts {
     pub highest_modseq: u64,
 }
 
+/// What QRESYNC learns of expunges since a MODSEQ (see [`Store::vanished_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vanished {
+    pub uids: Vec<u32>,
+    pub complete: bool,
+}
+
+/// One message a STORE reached: its flags and MODSEQ now, and whether this STORE changed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagChange {
+    pub uid: u32,
+    pub flags: Vec<String>,
+    pub modseq: u64,
+    pub changed: bool,
+}
+
+/// What a STORE did: the messages that still exist and were not held back, and (CONDSTORE
+/// UNCHANGEDSINCE) the UIDs left alone because they changed after the client's MODSEQ.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flagged {
+    pub messages: Vec<FlagChange>,
+    pub modified: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagOp {
     Add,
@@ -242,6 +266,10 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM vanished WHERE mailbox_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         // the name may come back: its next UIDVALIDITY must be larger than this one's
         sqlx::query(
             "UPDATE accounts SET uidvalidity_floor = max(uidvalidity_floor,
@@ -320,10 +348,17 @@ impl Store {
                 .bind(dst)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
+            // INBOX stays, emptied: its messages vanished from it
+            let moved: Vec<u32> = uids.iter().map(|&u| u as u32).collect();
+            if moved.is_empty() {
+                sqlx::query(
+                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?",
+                )
                 .bind(src)
                 .execute(&mut *tx)
                 .await?;
+            }
+            record_vanished(&mut tx, src, &moved).await?;
         } else {
             let children = sqlx::query("SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)")
                 .bind(account_id)
@@ -532,9 +567,10 @@ impl Store {
         }
     }
 
-    /// Changes flags of the given UIDs; returns the new flags of each message that still exists.
-    /// Goes through the group committer (see `commit.rs`): STOREs of many sessions, appends and
-    /// deliveries that arrive together share one transaction and its fsync.
+    /// Changes flags of the given UIDs; returns the flags and MODSEQ of each message that still
+    /// exists, and with `unchanged_since` (CONDSTORE) those it held back. Goes through the group
+    /// committer (see `commit.rs`): STOREs of many sessions, appends and deliveries that arrive
+    /// together share one transaction and its fsync.
     pub async fn store_flags(
         &self,
         account_id: i64,
@@ -542,13 +578,15 @@ impl Store {
         uids: &[u32],
         op: FlagOp,
         flags: &[String],
-    ) -> Result<Vec<(u32, Vec<String>, u64)>> {
+        unchanged_since: Option<u64>,
+    ) -> Result<Flagged> {
         let kind = crate::commit::Kind::Flags {
             account: account_id,
             mailbox: mailbox_id,
             uids: uids.to_vec(),
             op,
             flags: flags.to_vec(),
+            unchanged_since,
         };
         match self.commit_job(kind).await? {
             crate::commit::Done::Flagged(out) => Ok(out),
@@ -594,12 +632,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        if !gone.is_empty() {
-            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
-                .bind(mailbox_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        record_vanished(&mut tx, mailbox_id, &gone).await?;
         let orphans = orphaned_blobs(&mut tx, blobs).await?;
         tx.commit().await?;
         self.remove_blobs(&orphans);
@@ -683,17 +716,44 @@ impl Store {
             // dropped without commit: rolled back
             return Err(StoreError::Expunged(missing));
         }
-        if move_ && !pairs.is_empty() {
-            sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?")
-                .bind(src)
-                .execute(&mut *tx)
-                .await?;
+        if move_ {
+            let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+            record_vanished(&mut tx, src, &moved).await?;
         }
         tx.commit().await?;
         if !pairs.is_empty() {
             self.changes.notify(account_id);
         }
         Ok((uidvalidity as u32, pairs))
+    }
+
+    /// The UIDs expunged from a mailbox after MODSEQ `since` (QRESYNC), ascending. `complete`
+    /// is false when `since` is older than the record (expunges before it was kept): the caller
+    /// must then treat every UID it cannot find as vanished (RFC 7162 3.2.5.2 allows reporting
+    /// UIDs that never existed).
+    pub async fn vanished_since(&self, mailbox_id: i64, since: u64) -> Result<Vanished> {
+        let floor: i64 = sqlx::query("SELECT vanished_floor FROM mailboxes WHERE id = ?")
+            .bind(mailbox_id)
+            .fetch_optional(&self.read)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox #{mailbox_id}")))?
+            .try_get(0)?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+        )
+        .bind(mailbox_id)
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        let uids = rows
+            .iter()
+            .map(|r| Ok(r.try_get::<i64, _>(0)? as u32))
+            .collect::<Result<Vec<u32>>>()?;
+        Ok(Vanished {
+            uids,
+            complete: since >= floor,
+        })
     }
 
     /// Whether POP3 is allowed for this account (the "prefer IMAP" switch).
@@ -727,6 +787,34 @@ impl Store {
     pub fn now(&self) -> i64 {
         now()
     }
+}
+
+/// Raises the mailbox's MODSEQ once for messages just removed from it (expunged, moved away)
+/// and records each UID with that MODSEQ for QRESYNC.
+async fn record_vanished(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    mailbox_id: i64,
+    uids: &[u32],
+) -> Result<()> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let modseq: i64 = sqlx::query(
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq",
+    )
+    .bind(mailbox_id)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get(0)?;
+    for &uid in uids {
+        sqlx::query("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)")
+            .bind(mailbox_id)
+            .bind(i64::from(uid))
+            .bind(modseq)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Of `candidates`, the blobs no message and no queue entry references any more.

@@ -11,15 +11,50 @@ impl Session {
         set: &imap_codec::imap_types::sequence::SequenceSet,
         items: &[MessageDataItemName<'static>],
         uid: bool,
+        cond: Conditions,
     ) -> Flow {
         self.refresh_view(sel, uid).await;
         let read_only = sel.read_only;
-        let indices = resolve(set, &sel.msgs, uid);
+        let mut indices = resolve(set, &sel.msgs, uid);
         if !uid
             && (seq_out_of_range(set, sel.msgs.len())
                 || (!sel.msgs.is_empty() && indices.is_empty()))
         {
             return self.bad(tag, "Invalid message sequence number");
+        }
+        // CONDSTORE (RFC 7162 3.1.4): MODSEQ asked for, or CHANGEDSINCE (which implies it)
+        let wants_modseq = cond.changed_since.is_some()
+            || items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq));
+        if wants_modseq {
+            self.condstore_on(Some(sel.modseq));
+        }
+        if let Some(since) = cond.changed_since {
+            if cond.vanished {
+                // RFC 7162 3.2.6: the expunged UIDs of the set, before the FETCH responses
+                let largest = sel
+                    .msgs
+                    .last()
+                    .map_or(0, |m| m.uid)
+                    .max(sel.mailbox.uidnext.saturating_sub(1));
+                let ranges = uid_ranges(set, largest);
+                let gone = match self.srv.store.vanished_since(sel.mailbox.id, since).await {
+                    Ok(v) if v.complete => v
+                        .uids
+                        .into_iter()
+                        .filter(|&u| in_ranges(&ranges, u))
+                        .filter(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).is_err())
+                        .collect(),
+                    Ok(_) => missing_uids(&ranges, &sel.msgs, largest),
+                    Err(e) => return self.store_failed(tag, e),
+                };
+                if !gone.is_empty() {
+                    self.conn
+                        .line(&format!("* VANISHED (EARLIER) {}", compress(&gone)));
+                }
+            }
+            indices.retain(|&i| sel.msgs[i].modseq > since);
         }
         let needs_body = items.iter().any(|i| {
             matches!(
@@ -59,13 +94,14 @@ impl Session {
                 match self
                     .srv
                     .store
-                    .store_flags(acct, id, &unseen, FlagOp::Add, &["\\Seen".to_owned()])
+                    .store_flags(acct, id, &unseen, FlagOp::Add, &["\\Seen".to_owned()], None)
                     .await
                 {
                     Ok(changed) => {
-                        for (u, flags, _) in changed {
-                            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
-                                sel.msgs[i].flags = flags;
+                        for c in changed.messages {
+                            if let Ok(i) = sel.msgs.binary_search_by_key(&c.uid, |m| m.uid) {
+                                sel.msgs[i].flags = c.flags;
+                                sel.msgs[i].modseq = c.modseq;
                             }
                         }
                     }
@@ -205,6 +241,11 @@ impl Session {
                 out.extend_from_slice(
                     format!("FLAGS {}", flags_list(&m.flags, sel.recent.has(m.uid))).as_bytes(),
                 );
+            }
+            // a flag change (\Seen set by this FETCH) carries its MODSEQ once CONDSTORE is on
+            if wants_modseq || (self.condstore && sets_seen) {
+                sep(&mut out);
+                out.extend_from_slice(format!("MODSEQ ({})", m.modseq).as_bytes());
             }
             out.extend_from_slice(b")\r\n");
             self.conn.out().extend_from_slice(&out);

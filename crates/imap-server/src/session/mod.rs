@@ -37,7 +37,9 @@ use crate::conn::{Conn, Input};
 mod fetch;
 mod selected;
 use crate::mime::{Parsed, Spec};
-use crate::search::{matches, resolve, seq_out_of_range, Candidate};
+use crate::search::{
+    compress, in_ranges, matches, resolve, seq_out_of_range, uid_ranges, uses_modseq, Candidate,
+};
 use crate::wire;
 use crate::{AccountSlot, ImapServer};
 
@@ -106,6 +108,22 @@ enum Flow {
     Close,
 }
 
+/// FETCH modifiers of CONDSTORE/QRESYNC (RFC 7162 3.1.4, 3.2.6).
+#[derive(Clone, Copy, Default)]
+struct Conditions {
+    changed_since: Option<u64>,
+    vanished: bool,
+}
+
+/// How a STORE applies (RFC 3501 6.4.6, RFC 7162 3.1.3).
+#[derive(Clone, Copy)]
+struct StoreHow {
+    op: FlagOp,
+    silent: bool,
+    uid: bool,
+    unchanged_since: Option<u64>,
+}
+
 pub struct Session {
     srv: Arc<ImapServer>,
     protocol: Protocol,
@@ -122,6 +140,10 @@ pub struct Session {
     /// Cut off while the client may still be sending (input abuse): linger before closing so the
     /// final reply is not destroyed by a reset (see `MailStream::linger`).
     linger: bool,
+    /// CONDSTORE (RFC 7162 3.1) is on: flag updates carry MODSEQ, SELECT reports HIGHESTMODSEQ.
+    condstore: bool,
+    /// QRESYNC (RFC 7162 3.2) is on (ENABLE QRESYNC): expunges are reported as VANISHED.
+    qresync: bool,
 }
 
 pub async fn handle_connection(
@@ -183,6 +205,8 @@ pub async fn serve_stream(
         errors: 0,
         commands: 0,
         linger: false,
+        condstore: false,
+        qresync: false,
     };
     if early {
         // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
@@ -314,6 +338,27 @@ fn flags_list(flags: &[String], recent: bool) -> String {
     }
 }
 
+/// The UIDs in `known` (up to `largest`) that `msgs` no longer holds: what QRESYNC reports as
+/// vanished when the expunge record does not reach back to the client's MODSEQ. At most 100,000
+/// are listed (a client that claims to know 1:4000000000 gets the first of them; it is told the
+/// rest at its next full resync).
+fn missing_uids(known: &[(u32, u32)], msgs: &[MessageMeta], largest: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for &(a, b) in known {
+        for uid in a..=b.min(largest) {
+            if out.len() >= 100_000 {
+                return out;
+            }
+            if msgs.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                out.push(uid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// LIST pattern matching: `*` matches anything, `%` anything but the delimiter.
 fn pattern_matches(pattern: &[char], name: &[char]) -> bool {
     match pattern.first() {
@@ -363,7 +408,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE");
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.tls.is_none() {
             // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
@@ -590,9 +635,25 @@ impl Session {
                     _ => self.no(&tag, "Unsupported authentication mechanism"),
                 }
             }
-            CommandBody::Enable { .. } if authed => {
-                // No extension that needs enabling is implemented; say so by enabling nothing.
-                self.conn.line("* ENABLED");
+            CommandBody::Enable { capabilities } if authed => {
+                // RFC 5161: ENABLED lists what this command turned on; unknown names are ignored.
+                use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+                let mut enabled = String::from("* ENABLED");
+                for c in capabilities.as_ref() {
+                    let name = c.to_string().to_ascii_uppercase();
+                    let is_condstore = matches!(c, CapabilityEnable::CondStore);
+                    if is_condstore || name == "QRESYNC" {
+                        let modseq = self.selected.as_ref().map(|s| s.modseq);
+                        if self.condstore_on(modseq) && is_condstore {
+                            enabled.push_str(" CONDSTORE");
+                        }
+                    }
+                    if name == "QRESYNC" && !self.qresync {
+                        self.qresync = true;
+                        enabled.push_str(" QRESYNC");
+                    }
+                }
+                self.conn.line(&enabled);
                 self.ok(&tag, "ENABLE completed")
             }
             CommandBody::GetQuotaRoot { mailbox } if authed => {
@@ -609,12 +670,14 @@ impl Session {
                 self.conn.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
                 self.ok(&tag, "NAMESPACE completed")
             }
-            CommandBody::Select { mailbox, .. } if authed => {
-                self.select(&tag, &mailbox, false).await
-            }
-            CommandBody::Examine { mailbox, .. } if authed => {
-                self.select(&tag, &mailbox, true).await
-            }
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } if authed => self.select(&tag, &mailbox, false, &parameters).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } if authed => self.select(&tag, &mailbox, true, &parameters).await,
             CommandBody::Create { mailbox } if authed => self.create(&tag, &mailbox).await,
             CommandBody::Delete { mailbox } if authed => self.delete(&tag, &mailbox).await,
             CommandBody::Rename { from, to } if authed => self.rename(&tag, &from, &to).await,
@@ -742,7 +805,7 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
                 let items = match macro_or_item_names {
                     MacroOrMessageDataItemNames::Macro(m) => {
@@ -750,7 +813,28 @@ impl Session {
                     }
                     MacroOrMessageDataItemNames::MessageDataItemNames(v) => v,
                 };
-                (self.fetch(sel, tag, &sequence_set, &items, uid).await, true)
+                use imap_codec::imap_types::command::FetchModifier;
+                let mut changed_since = None;
+                let mut vanished = false;
+                for m in &modifiers {
+                    match m {
+                        FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                        FetchModifier::Vanished => vanished = true,
+                    }
+                }
+                // RFC 7162 3.2.6: VANISHED only on UID FETCH with CHANGEDSINCE, QRESYNC enabled
+                if vanished && !(uid && self.qresync && changed_since.is_some()) {
+                    return (
+                        self.bad(tag, "VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC"),
+                        true,
+                    );
+                }
+                let cond = Conditions {
+                    changed_since,
+                    vanished,
+                };
+                let f = self.fetch(sel, tag, &sequence_set, &items, uid, cond).await;
+                (f, true)
             }
             CommandBody::Store {
                 sequence_set,
@@ -758,7 +842,7 @@ impl Session {
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
                 let op = match kind {
                     StoreType::Add => FlagOp::Add,
@@ -767,9 +851,20 @@ impl Session {
                 };
                 let flags: Vec<String> = flags.iter().map(flag_string).collect();
                 let silent = response == StoreResponse::Silent;
-                let f = self
-                    .store(sel, tag, &sequence_set, op, &flags, silent, uid)
-                    .await;
+                use imap_codec::imap_types::command::StoreModifier;
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|m| match m {
+                        StoreModifier::UnchangedSince(n) => *n,
+                    })
+                    .next();
+                let how = StoreHow {
+                    op,
+                    silent,
+                    uid,
+                    unchanged_since,
+                };
+                let f = self.store(sel, tag, &sequence_set, &flags, how).await;
                 (f, true)
             }
             CommandBody::Copy {
@@ -1017,9 +1112,54 @@ impl Session {
         }
     }
 
-    async fn select(&mut self, tag: &str, m: &ImapMailbox<'_>, read_only: bool) -> Flow {
+    /// CONDSTORE turned on by this command (RFC 7162 3.1: ENABLE, or a command that uses
+    /// MODSEQ). With a mailbox selected the client learns its HIGHESTMODSEQ now. True if it
+    /// was off.
+    fn condstore_on(&mut self, selected_modseq: Option<u64>) -> bool {
+        if self.condstore {
+            return false;
+        }
+        self.condstore = true;
+        if let Some(m) = selected_modseq {
+            self.conn.line(&format!("* OK [HIGHESTMODSEQ {m}] Highest"));
+        }
+        true
+    }
+
+    async fn select(
+        &mut self,
+        tag: &str,
+        m: &ImapMailbox<'_>,
+        read_only: bool,
+        parameters: &[imap_codec::imap_types::command::SelectParameter],
+    ) -> Flow {
+        use imap_codec::imap_types::command::SelectParameter;
+        let mut qresync = None;
+        for p in parameters {
+            match p {
+                SelectParameter::CondStore => {}
+                SelectParameter::QResync { .. } if !self.qresync => {
+                    // RFC 7162 3.2.5: QRESYNC must be enabled first
+                    return self.bad(tag, "QRESYNC is not enabled");
+                }
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => qresync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids)),
+            }
+        }
+        // RFC 7162 3.2.11 (and RFC 9051): selecting closes the mailbox selected before.
+        if self.selected.is_some() {
+            self.conn
+                .line("* OK [CLOSED] Previous mailbox is now closed");
+        }
         // RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected.
         self.selected = None;
+        if !parameters.is_empty() {
+            self.condstore_on(None);
+        }
         let mb = match self.find_mailbox(tag, m).await {
             Ok(mb) => mb,
             Err(f) => return f,
@@ -1056,6 +1196,49 @@ impl Session {
             .line(&format!("* OK [UIDVALIDITY {}] UIDs valid", c.uidvalidity));
         self.conn
             .line(&format!("* OK [UIDNEXT {}] Predicted next UID", c.uidnext));
+        if self.condstore {
+            self.conn.line(&format!(
+                "* OK [HIGHESTMODSEQ {}] Highest",
+                c.highest_modseq
+            ));
+        }
+        // QRESYNC with the UIDVALIDITY the client knew: what vanished and what changed since
+        // its MODSEQ, limited to the UIDs it says it knows (RFC 7162 3.2.5.1).
+        if let Some((_, since, known)) = qresync.filter(|q| q.0 == c.uidvalidity) {
+            let largest = c.uidnext.saturating_sub(1);
+            let known = known
+                .as_ref()
+                .map(|k| uid_ranges(k, largest))
+                .unwrap_or_else(|| vec![(1, largest)]);
+            match self.srv.store.vanished_since(mb.id, since).await {
+                Ok(v) => {
+                    let gone: Vec<u32> = if v.complete {
+                        v.uids
+                            .into_iter()
+                            .filter(|&u| in_ranges(&known, u))
+                            .collect()
+                    } else {
+                        missing_uids(&known, &msgs, largest)
+                    };
+                    if !gone.is_empty() {
+                        self.conn
+                            .line(&format!("* VANISHED (EARLIER) {}", compress(&gone)));
+                    }
+                }
+                Err(e) => return self.store_failed(tag, e),
+            }
+            for (i, m) in msgs.iter().enumerate() {
+                if m.modseq > since && in_ranges(&known, m.uid) {
+                    self.conn.line(&format!(
+                        "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))",
+                        i + 1,
+                        m.uid,
+                        flags_list(&m.flags, recent.has(m.uid)),
+                        m.modseq
+                    ));
+                }
+            }
+        }
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
@@ -1275,6 +1458,12 @@ impl Session {
                 }
                 StatusDataItemName::Unseen => parts.push(format!("UNSEEN {}", c.unseen)),
                 StatusDataItemName::Deleted => parts.push(format!("DELETED {}", c.deleted)),
+                StatusDataItemName::Size => parts.push(format!("SIZE {}", c.size)),
+                StatusDataItemName::HighestModSeq => {
+                    let modseq = self.selected.as_ref().map(|s| s.modseq);
+                    self.condstore_on(modseq);
+                    parts.push(format!("HIGHESTMODSEQ {}", c.highest_modseq))
+                }
                 _ => {}
             }
         }

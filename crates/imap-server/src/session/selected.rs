@@ -35,14 +35,20 @@ impl Session {
         if learn_keywords(&mut sel.keywords, fresh.iter().flat_map(|m| m.flags.iter())) {
             out.extend_from_slice(flags_announcement(&sel.keywords, sel.read_only).as_bytes());
         }
-        // Expunges, highest sequence number first so that the numbers stay right.
+        // Expunges, highest sequence number first so that the numbers stay right; with QRESYNC
+        // one VANISHED of their UIDs instead (RFC 7162 3.2.10).
         let mut kept = Vec::with_capacity(sel.msgs.len());
         let mut any_deferred = false;
+        let mut vanished = Vec::new();
         for i in (0..sel.msgs.len()).rev() {
             let uid = sel.msgs[i].uid;
             if fresh.binary_search_by_key(&uid, |m| m.uid).is_err() {
                 if allow_expunge {
-                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    if self.qresync {
+                        vanished.push(uid);
+                    } else {
+                        out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    }
                     continue;
                 }
                 any_deferred = true;
@@ -50,14 +56,30 @@ impl Session {
             kept.push(sel.msgs[i].clone());
         }
         kept.reverse();
-        // Flag changes of messages still present.
+        if !vanished.is_empty() {
+            vanished.reverse();
+            out.extend_from_slice(format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes());
+        }
+        // Flag changes of messages still present (with CONDSTORE, every MODSEQ change).
         for (i, m) in kept.iter_mut().enumerate() {
             if let Ok(j) = fresh.binary_search_by_key(&m.uid, |f| f.uid) {
-                if fresh[j].flags != m.flags {
-                    m.flags = fresh[j].flags.clone();
+                let f = &fresh[j];
+                let report = if self.condstore {
+                    f.modseq != m.modseq
+                } else {
+                    f.flags != m.flags
+                };
+                m.modseq = f.modseq;
+                if report {
+                    m.flags = f.flags.clone();
+                    let modseq = if self.condstore {
+                        format!(" MODSEQ ({})", m.modseq)
+                    } else {
+                        String::new()
+                    };
                     out.extend_from_slice(
                         format!(
-                            "* {} FETCH (UID {} FLAGS {})\r\n",
+                            "* {} FETCH (UID {} FLAGS {}{modseq})\r\n",
                             i + 1,
                             m.uid,
                             flags_list(&m.flags, sel.recent.has(m.uid))
@@ -132,7 +154,12 @@ impl Session {
         self.refresh_view(sel, uid).await;
         let blobs = self.srv.store.blobs().clone();
         let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
+        let with_modseq = uses_modseq(key);
+        if with_modseq {
+            self.condstore_on(Some(sel.modseq));
+        }
         let mut hits = Vec::new();
+        let mut top_modseq = 0;
         for (i, m) in sel.msgs.iter().enumerate() {
             let c = Candidate {
                 index: i,
@@ -143,34 +170,40 @@ impl Session {
             };
             if matches(key, &c) {
                 hits.push(if uid { m.uid } else { i as u32 + 1 });
+                top_modseq = top_modseq.max(m.modseq);
             }
         }
         let mut line = String::from("* SEARCH");
-        for h in hits {
+        for h in &hits {
             line.push(' ');
             line.push_str(&h.to_string());
+        }
+        // RFC 7162 3.1.5: the highest MODSEQ of what matched (nothing when nothing did)
+        if with_modseq && !hits.is_empty() {
+            line.push_str(&format!(" (MODSEQ {top_modseq})"));
         }
         self.conn.line(&line);
         self.ok(tag, "SEARCH completed")
     }
 
-    #[allow(clippy::too_many_arguments)] // the STORE command's parts, as parsed
     pub(super) async fn store(
         &mut self,
         sel: &mut Selected,
         tag: &str,
         set: &imap_codec::imap_types::sequence::SequenceSet,
-        op: FlagOp,
         flags: &[String],
-        silent: bool,
-        uid: bool,
+        how: StoreHow,
     ) -> Flow {
+        let uid = how.uid;
         self.refresh_view(sel, uid).await;
         if sel.read_only {
             return self.no(tag, "[READ-ONLY] Mailbox is read-only");
         }
         if !uid && seq_out_of_range(set, sel.msgs.len()) {
             return self.bad(tag, "Invalid message sequence number");
+        }
+        if how.unchanged_since.is_some() {
+            self.condstore_on(Some(sel.modseq));
         }
         let indices = resolve(set, &sel.msgs, uid);
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
@@ -180,10 +213,10 @@ impl Session {
             .cloned()
             .collect();
         let (acct, id) = (self.account(), sel.mailbox.id);
-        let changed = match self
+        let done = match self
             .srv
             .store
-            .store_flags(acct, id, &uids, op, &flags)
+            .store_flags(acct, id, &uids, how.op, &flags, how.unchanged_since)
             .await
         {
             Ok(c) => c,
@@ -193,29 +226,43 @@ impl Session {
         // a keyword this STORE introduced is announced first, even to a .SILENT STORE
         if learn_keywords(
             &mut sel.keywords,
-            changed.iter().flat_map(|(_, f, _)| f.iter()),
+            done.messages.iter().flat_map(|c| c.flags.iter()),
         ) {
             out.extend_from_slice(flags_announcement(&sel.keywords, sel.read_only).as_bytes());
         }
-        let expunged = uids.len().saturating_sub(changed.len());
-        for (u, new_flags, _) in changed {
-            if let Ok(i) = sel.msgs.binary_search_by_key(&u, |m| m.uid) {
-                sel.msgs[i].flags = new_flags;
-                if !silent {
-                    let uid_part = if uid {
-                        format!("UID {u} ")
-                    } else {
-                        String::new()
-                    };
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH ({uid_part}FLAGS {})\r\n",
-                            i + 1,
-                            flags_list(&sel.msgs[i].flags, sel.recent.has(u))
-                        )
-                        .as_bytes(),
-                    );
-                }
+        let expunged = uids
+            .len()
+            .saturating_sub(done.messages.len() + done.modified.len());
+        for c in &done.messages {
+            let Ok(i) = sel.msgs.binary_search_by_key(&c.uid, |m| m.uid) else {
+                continue;
+            };
+            sel.msgs[i].flags = c.flags.clone();
+            sel.msgs[i].modseq = c.modseq;
+            let uid_part = if uid {
+                format!("UID {} ", c.uid)
+            } else {
+                String::new()
+            };
+            if !how.silent {
+                let modseq = if self.condstore {
+                    format!(" MODSEQ ({})", c.modseq)
+                } else {
+                    String::new()
+                };
+                out.extend_from_slice(
+                    format!(
+                        "* {} FETCH ({uid_part}FLAGS {}{modseq})\r\n",
+                        i + 1,
+                        flags_list(&sel.msgs[i].flags, sel.recent.has(c.uid))
+                    )
+                    .as_bytes(),
+                );
+            } else if self.condstore && c.changed {
+                // RFC 7162 3.1.3: a changed message's new MODSEQ is sent even to .SILENT
+                out.extend_from_slice(
+                    format!("* {} FETCH ({uid_part}MODSEQ ({}))\r\n", i + 1, c.modseq).as_bytes(),
+                );
             }
         }
         self.conn.out().extend_from_slice(&out);
@@ -224,6 +271,22 @@ impl Session {
             return self.no(
                 tag,
                 "[EXPUNGEISSUED] Some of the messages were expunged by another session; the others were updated",
+            );
+        }
+        if !done.modified.is_empty() {
+            // RFC 7162 3.1.3: what UNCHANGEDSINCE held back, as UIDs or sequence numbers
+            let ids: Vec<u32> = if uid {
+                done.modified.clone()
+            } else {
+                done.modified
+                    .iter()
+                    .filter_map(|u| sel.msgs.binary_search_by_key(u, |m| m.uid).ok())
+                    .map(|i| i as u32 + 1)
+                    .collect()
+            };
+            return self.ok(
+                tag,
+                &format!("[MODIFIED {}] Conditional STORE failed", compress(&ids)),
             );
         }
         self.ok(tag, "STORE completed")
