@@ -10,6 +10,7 @@ pub mod conn;
 pub mod mime;
 pub mod search;
 pub mod session;
+pub mod sort;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -67,8 +67,8 @@ impl<'a> Parsed<'a> {
                 _ => message_section(root, spec),
             };
         }
-        let mut node = root;
-        for &n in path {
+        let mut node = message_part(root, path[0])?;
+        for &n in &path[1..] {
             node = child(node, n)?;
         }
         match spec {
@@ -177,6 +177,52 @@ impl<'a> Parsed<'a> {
         chrono::NaiveDate::from_ymd_opt(d.year.into(), d.month.into(), d.day.into())
     }
 
+    /// The header fields SORT and THREAD use (RFC 5256, 5957), into `f`; `sent` stays as the
+    /// caller set it (the arrival) when the Date: header is missing or invalid.
+    pub fn sort_fields(&self, f: &mut crate::sort::Fields) {
+        let Some(m) = &self.msg else {
+            return;
+        };
+        if let Some(d) = m.date().filter(|d| d.is_valid()) {
+            f.sent = d.to_timestamp();
+        }
+        f.subject = m.subject().unwrap_or_default().to_owned();
+        let first = |a: Option<&Address<'_>>| -> (String, String) {
+            // a group comes first as its name, as in ENVELOPE (RFC 3501 7.4.2: the group's
+            // start is an address whose mailbox is the group name)
+            if let Some(Address::Group(g)) = a {
+                if let Some(name) = g.first().and_then(|g| g.name.as_deref()) {
+                    return (name.to_owned(), name.to_owned());
+                }
+            }
+            let Some(a) = a.and_then(|a| a.first()) else {
+                return (String::new(), String::new());
+            };
+            let spec = a.address.as_deref().unwrap_or_default();
+            let mailbox = spec.split('@').next().unwrap_or_default().to_owned();
+            let display = match a.name.as_deref().map(str::trim) {
+                Some(n) if !n.is_empty() => n.to_owned(),
+                _ => spec.to_owned(),
+            };
+            (mailbox, display)
+        };
+        (f.from, f.display_from) = first(m.from());
+        (f.to, f.display_to) = first(m.to());
+        f.cc = first(m.cc()).0;
+        f.message_id = m.message_id().map(str::to_owned);
+        let ids = |v: &mail_parser::HeaderValue<'_>| -> Vec<String> {
+            match v {
+                mail_parser::HeaderValue::Text(t) => vec![t.to_string()],
+                mail_parser::HeaderValue::TextList(l) => l.iter().map(|t| t.to_string()).collect(),
+                _ => Vec::new(),
+            }
+        };
+        f.references = ids(m.references());
+        if f.references.is_empty() {
+            f.references = ids(m.in_reply_to()).into_iter().take(1).collect();
+        }
+    }
+
     /// An address header for SEARCH FROM/TO/CC/BCC: its raw text, then every address decoded
     /// ("Name <a@b>", encoded words decoded, group names and members), so that a search matches
     /// the display name as the user sees it as well as the address.
@@ -218,6 +264,17 @@ impl<'a> Parsed<'a> {
     }
 }
 
+/// The length of the header section with its blank line (CRLF or bare LF), or the whole
+/// message when it has no body: what SORT and THREAD parse, never the body.
+pub fn header_end(raw: &[u8]) -> usize {
+    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).unwrap_or(raw.len()),
+    }
+}
+
 /// The parts of a multipart that can be walked into. mail-parser (0.11) can return a part list
 /// that points back at the multipart itself or at its parents (found by fuzzing: a 305-byte
 /// message made BODYSTRUCTURE grow past 4 GB, `tests/fuzz_regressions/oom-25107ae7…`); a real
@@ -233,6 +290,25 @@ fn children<'i>(node: Node<'_, '_>, ids: &'i [u32]) -> impl Iterator<Item = usiz
 /// the work and the output however the part lists are linked.
 const MAX_STRUCTURE_PARTS: usize = 5000;
 
+/// Part `n` of a message (RFC 3501 6.4.5): a part of its multipart body, or, when its body is a
+/// single part (a message/rfc822 one included), 1 = that body. As Dovecot numbers it: in a
+/// message whose body is message/rfc822, BODY[1] is the whole encapsulated message and 1.2 is
+/// part 2 of that message.
+fn message_part<'m, 'a>(msg: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
+    if n == 0 {
+        return None;
+    }
+    match &msg.part().body {
+        PartType::Multipart(ids) => children(msg, ids).nth(n as usize - 1).map(|id| Node {
+            msg: msg.msg,
+            idx: id,
+        }),
+        _ if n == 1 => Some(msg),
+        _ => None,
+    }
+}
+
+/// Part `n` below a part: of a multipart, or of the message a message/rfc822 part holds.
 fn child<'m, 'a>(node: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
     if n == 0 {
         return None;
@@ -242,13 +318,14 @@ fn child<'m, 'a>(node: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
             msg: node.msg,
             idx: id,
         }),
-        PartType::Message(nested) => child(
+        PartType::Message(nested) => message_part(
             Node {
                 msg: nested,
                 idx: 0,
             },
             n,
         ),
+        // a single part's part 1 is itself (Dovecot and Cyrus answer BODY[2.1] so)
         _ if n == 1 => Some(node),
         _ => None,
     }
@@ -312,12 +389,9 @@ pub fn filter_headers(header: &[u8], names: &[String], keep: bool) -> Vec<u8> {
 }
 
 fn count_lines(b: &[u8]) -> usize {
-    let n = b.iter().filter(|&&c| c == b'\n').count();
-    if b.last().is_some_and(|&c| c != b'\n') {
-        n + 1
-    } else {
-        n
-    }
+    // line ends, as Dovecot and Cyrus count: a part's last line before its boundary has none
+    // (the CRLF before a boundary belongs to the boundary, RFC 2046 5.1.1)
+    b.iter().filter(|&&c| c == b'\n').count()
 }
 
 fn upper_quoted(out: &mut Vec<u8>, s: &str) {
@@ -447,7 +521,8 @@ fn structure(out: &mut Vec<u8>, node: Node<'_, '_>, ext: bool, depth: usize, bud
     out.push(b' ');
     upper_quoted(out, &st);
     out.push(b' ');
-    params(out, ct, is_text && ct.is_none());
+    // a text part without parameters is us-ascii (RFC 2045 5.2), nested or not
+    params(out, ct, is_text);
     out.push(b' ');
     nstring(
         out,
@@ -680,7 +755,7 @@ mod tests {
         let mut b = Vec::new();
         p.body_structure(&mut b, true);
         let b = String::from_utf8(b).unwrap();
-        assert!(b.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 1 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{b}");
+        assert!(b.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 5 0 NIL NIL NIL NIL)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{b}");
         assert!(
             b.ends_with(" \"MIXED\" (\"BOUNDARY\" \"b1\") NIL NIL NIL)"),
             "{b}"

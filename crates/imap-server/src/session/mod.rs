@@ -36,7 +36,7 @@ use crate::conn::{Conn, Input};
 
 mod fetch;
 mod selected;
-use crate::mime::{Parsed, Spec};
+use crate::mime::{header_end, Parsed, Spec};
 use crate::search::{
     compress, in_ranges, matches, resolve, seq_out_of_range, uid_ranges, uses_modseq, Candidate,
 };
@@ -106,6 +106,19 @@ impl Selected {
 enum Flow {
     Continue,
     Close,
+}
+
+/// What SORT or THREAD makes of the messages a search matched.
+enum Ordering {
+    Sort(Vec<imap_codec::imap_types::extensions::sort::SortCriterion>),
+    OrderedSubject,
+    References,
+}
+
+/// The charsets SEARCH, SORT and THREAD accept (RFC 3501 6.4.4: US-ASCII at least; strings are
+/// compared as UTF-8).
+fn known_charset(cs: &str) -> bool {
+    cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")
 }
 
 /// FETCH modifiers of CONDSTORE/QRESYNC (RFC 7162 3.1.4, 3.2.6).
@@ -408,7 +421,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE");
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.tls.is_none() {
             // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
@@ -723,6 +736,8 @@ impl Session {
             | CommandBody::Expunge
             | CommandBody::ExpungeUid { .. }
             | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
             | CommandBody::Fetch { .. }
             | CommandBody::Store { .. }
             | CommandBody::Copy { .. }
@@ -746,6 +761,8 @@ impl Session {
             | CommandBody::Expunge
             | CommandBody::ExpungeUid { .. }
             | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
             | CommandBody::Fetch { .. }
             | CommandBody::Store { .. }
             | CommandBody::Copy { .. }
@@ -792,14 +809,46 @@ impl Session {
                 uid,
             } => {
                 if let Some(cs) = charset {
-                    let cs = cs.as_ref().to_ascii_uppercase();
-                    if cs != "UTF-8" && cs != "US-ASCII" {
+                    if !known_charset(cs.as_ref()) {
                         let f = self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
                         return (f, true);
                     }
                 }
                 let key = imap_codec::imap_types::search::SearchKey::And(criteria);
                 (self.search(sel, tag, &key, uid).await, true)
+            }
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                if !known_charset(charset.as_ref()) {
+                    let f = self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                    return (f, true);
+                }
+                let key = imap_codec::imap_types::search::SearchKey::And(search_criteria);
+                let how = Ordering::Sort(sort_criteria.into_inner());
+                (self.sort(sel, tag, &key, uid, how).await, true)
+            }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
+                let how = match algorithm {
+                    ThreadingAlgorithm::OrderedSubject => Ordering::OrderedSubject,
+                    ThreadingAlgorithm::References => Ordering::References,
+                    _ => return (self.bad(tag, "Unknown threading algorithm"), true),
+                };
+                if !known_charset(charset.as_ref()) {
+                    let f = self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                    return (f, true);
+                }
+                let key = imap_codec::imap_types::search::SearchKey::And(search_criteria);
+                (self.sort(sel, tag, &key, uid, how).await, true)
             }
             CommandBody::Fetch {
                 sequence_set,

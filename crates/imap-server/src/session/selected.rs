@@ -144,22 +144,15 @@ impl Session {
         }
     }
 
-    pub(super) async fn search(
-        &mut self,
-        sel: &mut Selected,
-        tag: &str,
+    /// The messages of the view a search key matches: indices, in sequence order.
+    fn search_hits(
+        &self,
+        sel: &Selected,
         key: &imap_codec::imap_types::search::SearchKey<'_>,
-        uid: bool,
-    ) -> Flow {
-        self.refresh_view(sel, uid).await;
+    ) -> Vec<usize> {
         let blobs = self.srv.store.blobs().clone();
         let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
-        let with_modseq = uses_modseq(key);
-        if with_modseq {
-            self.condstore_on(Some(sel.modseq));
-        }
         let mut hits = Vec::new();
-        let mut top_modseq = 0;
         for (i, m) in sel.msgs.iter().enumerate() {
             let c = Candidate {
                 index: i,
@@ -169,21 +162,116 @@ impl Session {
                 recent: sel.recent.has(m.uid),
             };
             if matches(key, &c) {
-                hits.push(if uid { m.uid } else { i as u32 + 1 });
-                top_modseq = top_modseq.max(m.modseq);
+                hits.push(i);
             }
         }
+        hits
+    }
+
+    /// RFC 7162 3.1.5: SEARCH (and SORT) with MODSEQ answer with the highest MODSEQ of what
+    /// matched (nothing when nothing did).
+    fn modseq_suffix(
+        &mut self,
+        sel: &Selected,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        hits: &[usize],
+    ) -> String {
+        if !uses_modseq(key) {
+            return String::new();
+        }
+        self.condstore_on(Some(sel.modseq));
+        match hits.iter().map(|&i| sel.msgs[i].modseq).max() {
+            Some(top) => format!(" (MODSEQ {top})"),
+            None => String::new(),
+        }
+    }
+
+    pub(super) async fn search(
+        &mut self,
+        sel: &mut Selected,
+        tag: &str,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+    ) -> Flow {
+        self.refresh_view(sel, uid).await;
+        let hits = self.search_hits(sel, key);
+        let suffix = self.modseq_suffix(sel, key, &hits);
         let mut line = String::from("* SEARCH");
-        for h in &hits {
+        for &i in &hits {
             line.push(' ');
-            line.push_str(&h.to_string());
+            let id = if uid { sel.msgs[i].uid } else { i as u32 + 1 };
+            line.push_str(&id.to_string());
         }
-        // RFC 7162 3.1.5: the highest MODSEQ of what matched (nothing when nothing did)
-        if with_modseq && !hits.is_empty() {
-            line.push_str(&format!(" (MODSEQ {top_modseq})"));
-        }
+        line.push_str(&suffix);
         self.conn.line(&line);
         self.ok(tag, "SEARCH completed")
+    }
+
+    /// SORT and THREAD (RFC 5256): the search, then the order or the threads of its matches,
+    /// from a few header fields per message (each body read once, one at a time).
+    pub(super) async fn sort(
+        &mut self,
+        sel: &mut Selected,
+        tag: &str,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+        how: Ordering,
+    ) -> Flow {
+        self.refresh_view(sel, uid).await;
+        let hits = self.search_hits(sel, key);
+        let suffix = self.modseq_suffix(sel, key, &hits);
+        let mut items = Vec::with_capacity(hits.len());
+        for &i in &hits {
+            let m = &sel.msgs[i];
+            let mut f = crate::sort::Fields {
+                id: if uid { m.uid } else { i as u32 + 1 },
+                seq: i as u32 + 1,
+                arrival: m.internal_date,
+                sent: m.internal_date,
+                size: m.size,
+                ..Default::default()
+            };
+            // Only the header is needed: parse that much, never a large body.
+            if let Ok(raw) = self.srv.store.blobs().get(&m.blob_id) {
+                let end = header_end(&raw);
+                Parsed::new(&raw[..end]).sort_fields(&mut f);
+            }
+            items.push(f);
+        }
+        let (name, line) = match how {
+            Ordering::Sort(criteria) => {
+                crate::sort::sort(&mut items, &criteria);
+                let mut line = String::from("* SORT");
+                for f in &items {
+                    line.push(' ');
+                    line.push_str(&f.id.to_string());
+                }
+                line.push_str(&suffix);
+                ("SORT", line)
+            }
+            Ordering::OrderedSubject | Ordering::References => {
+                let threads = if matches!(how, Ordering::References) {
+                    crate::sort::thread_references(&items)
+                } else {
+                    crate::sort::thread_orderedsubject(&items)
+                };
+                let body = crate::sort::render(&threads, &items);
+                let line = if body.is_empty() {
+                    "* THREAD".to_owned()
+                } else {
+                    format!("* THREAD {body}")
+                };
+                ("THREAD", line)
+            }
+        };
+        self.conn.line(&line);
+        let done = match (uid, name) {
+            (true, "SORT") => "UID SORT completed",
+            (false, "SORT") => "SORT completed",
+            (true, _) => "UID THREAD completed",
+            (false, _) => "THREAD completed",
+        };
+        self.ok(tag, done)
     }
 
     pub(super) async fn store(
