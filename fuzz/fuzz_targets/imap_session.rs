@@ -25,6 +25,7 @@ fn server() -> &'static (world::World, Arc<postern_imap::ImapServer>) {
             tls: w.tls.clone(),
             sessions: Default::default(),
             revocations: Default::default(),
+            compressed: Default::default(),
         });
         (w, srv)
     })

@@ -1360,8 +1360,16 @@ pub struct ImapConfig {
     /// Invalid commands in one session before the server says BYE.
     #[serde(default = "d_errors")]
     pub max_errors: u32,
+    /// Sessions that may have COMPRESS=DEFLATE on at once (each holds about 300 KiB of
+    /// compression state); beyond it COMPRESS gets `NO [LIMIT]` and the session goes on
+    /// uncompressed. 0 turns COMPRESS off (not advertised).
+    #[serde(default = "d_compressed")]
+    pub max_compressed_sessions: usize,
 }
 
+fn d_compressed() -> usize {
+    1000
+}
 fn d_imap_cmd() -> usize {
     65536
 }
@@ -1385,6 +1393,7 @@ impl Default for ImapConfig {
             max_connections_per_ip: d_conns_ip(),
             max_sessions_per_account: d_conns_ip(),
             max_errors: d_errors(),
+            max_compressed_sessions: d_compressed(),
         }
     }
 }

@@ -103,6 +103,18 @@ impl Conn {
         self.io.out()
     }
 
+    /// COMPRESS=DEFLATE from the next byte each way (see [`LineConn::start_compression`]).
+    /// A client sends nothing after COMPRESS until its answer (RFC 4978 3: it cannot know
+    /// whether to compress before); anything pipelined anyway is dropped, as after STARTTLS.
+    pub async fn start_compression(&mut self) -> std::io::Result<()> {
+        self.reset_input();
+        self.io.start_compression().await
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.io.compressed()
+    }
+
     pub fn line(&mut self, s: &str) {
         self.io.line(s);
     }

@@ -33,6 +33,30 @@ pub struct ImapServer {
     pub sessions: Arc<AccountSessions>,
     /// Live sessions by account, for incident response.
     pub revocations: Arc<postern_net::Revocations>,
+    /// Sessions with COMPRESS=DEFLATE on (bounded by `imap.max_compressed_sessions`).
+    pub compressed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Held by a session with COMPRESS on; gives its place back when the session ends.
+pub struct CompressedSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl CompressedSlot {
+    /// A place among the compressed sessions, if one is free.
+    pub fn take(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| CompressedSlot(count.clone()))
+    }
+}
+
+impl Drop for CompressedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Counts open sessions per account, to enforce `imap.max_sessions_per_account`.

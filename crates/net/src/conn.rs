@@ -40,8 +40,21 @@ fn stream_taken() -> io::Error {
     io::Error::new(io::ErrorKind::NotConnected, "stream taken")
 }
 
+/// COMPRESS=DEFLATE (RFC 4978): once on, every byte each way is raw DEFLATE (RFC 1951).
+struct Deflate {
+    inflate: flate2::Decompress,
+    deflate: flate2::Compress,
+    /// Compressed input read and not inflated yet.
+    pending: Vec<u8>,
+    /// The last inflate filled its output: the inflater may hold more output without needing
+    /// more input.
+    full: bool,
+}
+
 pub struct LineConn {
     stream: Option<MailStream>,
+    /// COMPRESS=DEFLATE, when the session turned it on.
+    deflate: Option<Box<Deflate>>,
     /// Input read from the socket and not consumed yet.
     pub buf: Vec<u8>,
     out: Vec<u8>,
@@ -55,6 +68,7 @@ impl LineConn {
     pub fn new(stream: MailStream, chunk: usize) -> Self {
         LineConn {
             stream: Some(stream),
+            deflate: None,
             buf: Vec::new(),
             out: Vec::new(),
             chunk: chunk.max(512),
@@ -102,11 +116,55 @@ impl LineConn {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Compression on from the next byte each way (IMAP COMPRESS DEFLATE, after its OK was
+    /// flushed): what the client pipelined after the command is already compressed. The
+    /// deflater's window and tables are about 300 KiB per session; the caller bounds how many
+    /// sessions may have one.
+    pub async fn start_compression(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.deflate = Some(Box::new(Deflate {
+            inflate: flate2::Decompress::new(false),
+            deflate: flate2::Compress::new(flate2::Compression::new(6), false),
+            pending: std::mem::take(&mut self.buf),
+            full: false,
+        }));
+        Ok(())
+    }
+
+    pub fn compressed(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// `out` deflated with a sync flush, so the client can inflate all of it now.
+    fn deflated(d: &mut Deflate, out: &[u8]) -> io::Result<Vec<u8>> {
+        let mut z = Vec::with_capacity(out.len() / 2 + 64);
+        let mut input = out;
+        loop {
+            if z.capacity() - z.len() < 1024 {
+                z.reserve(z.capacity().max(4096));
+            }
+            let before = d.deflate.total_in();
+            d.deflate
+                .compress_vec(input, &mut z, flate2::FlushCompress::Sync)
+                .map_err(io::Error::other)?;
+            input = &input[(d.deflate.total_in() - before) as usize..];
+            // done when all input is in and the flush left spare room (nothing more to emit)
+            if input.is_empty() && z.capacity() > z.len() {
+                return Ok(z);
+            }
+        }
+    }
+
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let out = std::mem::take(&mut self.out);
+        let mut out = std::mem::take(&mut self.out);
+        if let Some(d) = self.deflate.as_mut() {
+            let z = Self::deflated(d, &out)?;
+            out.clear();
+            out = z;
+        }
         let s = self.stream()?;
         s.write_all(&out).await?;
         s.flush().await?;
@@ -122,6 +180,9 @@ impl LineConn {
     /// them). Returns the number of bytes read.
     pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
+        if self.deflate.is_some() {
+            return self.fill_inflated(deadline).await;
+        }
         // Straight into the buffer's spare capacity: a chunk array here would be part of every
         // session's future, and zeroed, while it waits (16 KiB resident per idle connection).
         self.buf.reserve(self.chunk);
@@ -139,6 +200,58 @@ impl LineConn {
             Ok(Err(e)) => Err(ReadError::Io(e)),
             Ok(Ok(0)) => Err(ReadError::Eof),
             Ok(Ok(n)) => Ok(n),
+        }
+    }
+
+    /// [`LineConn::fill`] under COMPRESS: inflates at most one chunk of output at a time, so
+    /// a small compressed input that inflates to gigabytes (a decompression bomb) meets the
+    /// same line and literal caps as plain input, a chunk at a time, and is cut off by them.
+    async fn fill_inflated(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        loop {
+            let chunk = self.chunk;
+            let Some(d) = self.deflate.as_mut() else {
+                return Err(ReadError::Io(stream_taken()));
+            };
+            if !d.pending.is_empty() || d.full {
+                // exactly `chunk` bytes of room: decompress_vec writes no further than capacity
+                let mut out = Vec::with_capacity(chunk);
+                let (in0, out0) = (d.inflate.total_in(), d.inflate.total_out());
+                let status = d
+                    .inflate
+                    .decompress_vec(&d.pending, &mut out, flate2::FlushDecompress::None)
+                    .map_err(|e| {
+                        ReadError::Io(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+                    })?;
+                let used = (d.inflate.total_in() - in0) as usize;
+                let made = (d.inflate.total_out() - out0) as usize;
+                d.pending.drain(..used);
+                d.full = made == chunk;
+                self.buf.extend_from_slice(&out);
+                if made > 0 {
+                    return Ok(made);
+                }
+                if status == flate2::Status::StreamEnd {
+                    // the client ended its compressed stream: nothing more can come
+                    return Err(ReadError::Eof);
+                }
+                if used > 0 {
+                    continue;
+                }
+            }
+            let mut raw = Vec::with_capacity(chunk);
+            let s = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| ReadError::Io(stream_taken()))?;
+            match tokio::time::timeout_at(deadline, s.read_buf(&mut raw)).await {
+                Err(_) => return Err(ReadError::Timeout),
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+                Ok(Ok(0)) => return Err(ReadError::Eof),
+                Ok(Ok(_)) => {}
+            }
+            if let Some(d) = self.deflate.as_mut() {
+                d.pending.extend_from_slice(&raw);
+            }
         }
     }
 

@@ -312,6 +312,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         tls: tls.clone(),
         sessions: Default::default(),
         revocations: revocations.clone(),
+        compressed: Default::default(),
     });
     let pop3 = Arc::new(postern_pop3::Pop3Server {
         hostname: cfg.server.hostname.clone(),

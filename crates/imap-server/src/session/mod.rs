@@ -157,6 +157,8 @@ pub struct Session {
     condstore: bool,
     /// QRESYNC (RFC 7162 3.2) is on (ENABLE QRESYNC): expunges are reported as VANISHED.
     qresync: bool,
+    /// COMPRESS=DEFLATE is on: this session's place among the compressed ones.
+    _compressed: Option<crate::CompressedSlot>,
 }
 
 pub async fn handle_connection(
@@ -220,6 +222,7 @@ pub async fn serve_stream(
         linger: false,
         condstore: false,
         qresync: false,
+        _compressed: None,
     };
     if early {
         // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
@@ -423,6 +426,12 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
+        if self.principal.is_some()
+            && self.srv.config.max_compressed_sessions > 0
+            && !self.conn.compressed()
+        {
+            caps.push_str(" COMPRESS=DEFLATE");
+        }
         if self.tls.is_none() {
             // RFC 3501 6.2.1 / RFC 8314: no credentials before TLS.
             caps.push_str(" STARTTLS LOGINDISABLED");
@@ -669,6 +678,7 @@ impl Session {
                 self.conn.line(&enabled);
                 self.ok(&tag, "ENABLE completed")
             }
+            CommandBody::Compress { .. } if authed => self.compress(&tag).await,
             CommandBody::GetQuotaRoot { mailbox } if authed => {
                 self.get_quota(&tag, Some(&mailbox), None).await
             }
@@ -1159,6 +1169,27 @@ impl Session {
             Ok(None) => Err(self.no(tag, missing)),
             Err(e) => Err(self.store_failed(tag, e)),
         }
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): the OK goes uncompressed, then both directions are raw
+    /// DEFLATE. Only after login (nothing secret is compressed beside attacker-chosen text).
+    async fn compress(&mut self, tag: &str) -> Flow {
+        if self.conn.compressed() {
+            return self.no(tag, "[COMPRESSIONACTIVE] DEFLATE is already on");
+        }
+        let max = self.srv.config.max_compressed_sessions;
+        let Some(slot) = crate::CompressedSlot::take(&self.srv.compressed, max) else {
+            return self.no(
+                tag,
+                "[LIMIT] Too many compressed sessions; go on uncompressed",
+            );
+        };
+        self.conn.line(&format!("{tag} OK DEFLATE active"));
+        if self.conn.start_compression().await.is_err() {
+            return Flow::Close;
+        }
+        self._compressed = Some(slot);
+        Flow::Continue
     }
 
     /// CONDSTORE turned on by this command (RFC 7162 3.1: ENABLE, or a command that uses
