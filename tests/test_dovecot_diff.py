@@ -82,6 +82,14 @@ CORPUS = [
     # 10: same sent date as 1 (ties go by sequence number)
     msg("From: Alice Liddell <alice@example.test>", "To: dave@example.test", "Subject: party on friday",
         "Date: Mon, 02 Nov 2026 10:00:00 +0000", "Message-ID: <p10@example.test>"),
+    # 11: quoted-printable text and a base64 attachment holding NUL bytes (BINARY, RFC 3516)
+    msg("From: files@example.test", "To: bob@example.test", "Subject: binary parts",
+        "Date: Sat, 07 Nov 2026 11:00:00 +0000", "Message-ID: <b11@example.test>", "MIME-Version: 1.0",
+        "Content-Type: multipart/mixed; boundary=bb",
+        body="--bb\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+             "caf=C3=A9 au lait, a soft=\r\nbreak\r\n"
+             "--bb\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             "AAECAwBoZWxsbwA=\r\n--bb--\r\n"),
 ]
 
 COMMANDS = [
@@ -98,10 +106,18 @@ COMMANDS = [
     "UID THREAD REFERENCES UTF-8 ALL",
     "UID THREAD ORDEREDSUBJECT UTF-8 ALL",
     "THREAD REFERENCES UTF-8 NOT FROM nobody",
+    # ESEARCH (RFC 4731)
+    "SEARCH RETURN (MIN MAX COUNT ALL) FROM alice",
+    "UID SEARCH RETURN () SINCE 3-Nov-2026",
+    "UID SEARCH RETURN (COUNT) FROM nobody-at-all",
+    "SEARCH RETURN (MIN) NOT ALL",
+    "UID SEARCH RETURN (MAX COUNT) OR SUBJECT party SUBJECT deepest",
 ]
 FETCHES = ["ENVELOPE", "BODYSTRUCTURE", "BODY", "BODY.PEEK[1]", "BODY.PEEK[2]", "BODY.PEEK[2.HEADER]",
            "BODY.PEEK[2.TEXT]", "BODY.PEEK[2.1]", "BODY.PEEK[2.MIME]", "BODY.PEEK[1.2.HEADER]",
-           "BODY.PEEK[1.2.1]", "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]", "RFC822.SIZE"]
+           "BODY.PEEK[1.2.1]", "BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]", "RFC822.SIZE",
+           "BINARY.PEEK[1]", "BINARY.PEEK[2]", "BINARY.SIZE[1]", "BINARY.SIZE[2]", "BINARY.PEEK[1]<2.5>",
+           "BINARY.PEEK[2.1]"]
 
 
 @pytest.fixture(scope="module")

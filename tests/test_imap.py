@@ -637,3 +637,38 @@ def test_recent_semantics_across_sessions_rfc3501_2_3_2(make_server):
     assert recent_after(a, "select", "INBOX") == [b"0"]
     for m in (a, b, c, d):
         m.logout()
+
+
+def test_binary_fetch_rfc3516(server):
+    """FETCH BINARY[section] gives a part's content with its transfer encoding undone (base64,
+    quoted-printable), as a literal8 when it holds NUL or 8-bit bytes; BINARY.SIZE its decoded size;
+    BINARY without PEEK sets \\Seen; an encoding the server cannot undo is NO [UNKNOWN-CTE]."""
+    r = raw_login(server)
+    r.send(b"c CREATE Bin\r\n")
+    r.until_tagged("c")
+    msg = (b"Subject: bin\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9=\r\n!\r\n"
+           b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n"
+           b"--b\r\nContent-Type: application/x-odd\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n"
+           b"--b--\r\n")
+    r.send(b"a APPEND Bin {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert r.until_tagged("a")[-1].startswith("a OK")
+    r.send(b"s SELECT Bin\r\n")
+    r.until_tagged("s")
+    r.send(b"f FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[2])\r\n")
+    head = r.line()
+    assert head == "* 1 FETCH (BINARY[1] ~{6}", head
+    rest = "café!".encode() + b" BINARY.SIZE[2] 4)\r\n"
+    assert r.buf.startswith(rest), r.buf
+    r.buf = r.buf[len(rest):]
+    assert r.until_tagged("f")[-1].startswith("f OK")
+    r.send(b"g FETCH 1 (BINARY[2])\r\n")
+    head = r.line()
+    assert head == "* 1 FETCH (BINARY[2] ~{4}", head
+    assert r.buf.startswith(b"\x00\x01\x02\x03"), r.buf
+    r.buf = r.buf[4:]
+    got = r.until_tagged("g")
+    assert "\\Seen" in got[0] and got[-1].startswith("g OK"), got
+    r.send(b"h FETCH 1 (BINARY.PEEK[3])\r\n")
+    assert r.until_tagged("h")[-1].startswith("h NO [UNKNOWN-CTE]")
+    r.send(b"z LOGOUT\r\n")

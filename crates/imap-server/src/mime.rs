@@ -25,6 +25,11 @@ impl<'m, 'a> Node<'m, 'a> {
     }
 }
 
+/// A Content-Transfer-Encoding BINARY cannot undo (RFC 3516 4.3: `NO [UNKNOWN-CTE]`), or
+/// content that is not valid in its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCte;
+
 /// What BODY[...] asks for after the part path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Spec {
@@ -84,6 +89,50 @@ impl<'a> Parsed<'a> {
                 ),
                 _ => None,
             },
+        }
+    }
+
+    /// BINARY[section] (RFC 3516): the section's content with its Content-Transfer-Encoding
+    /// undone (base64, quoted-printable; 7bit, 8bit and binary as they are), no charset
+    /// conversion; true beside it when an encoding was undone. `Ok(None)` if the section does
+    /// not exist, `Err` for an encoding the server cannot undo (`NO [UNKNOWN-CTE]`).
+    pub fn binary_section(&self, path: &[u32]) -> Result<Option<(Vec<u8>, bool)>, UnknownCte> {
+        let Some(root) = self.root() else {
+            return Ok(matches!(path, [] | [1]).then(|| (self.raw.to_vec(), false)));
+        };
+        let Some((&first, rest)) = path.split_first() else {
+            return Ok(Some((self.raw.to_vec(), false)));
+        };
+        let Some(mut node) = message_part(root, first) else {
+            return Ok(None);
+        };
+        for &n in rest {
+            match child(node, n) {
+                Some(c) => node = c,
+                None => return Ok(None),
+            }
+        }
+        let body = body_bytes(node);
+        let part = node.part();
+        if matches!(part.body, PartType::Multipart(_)) {
+            return Ok(Some((body.to_vec(), false)));
+        }
+        let cte = part
+            .content_transfer_encoding()
+            .unwrap_or("7bit")
+            .trim()
+            .to_ascii_lowercase();
+        match cte.as_str() {
+            "7bit" | "8bit" | "binary" => Ok(Some((body.to_vec(), false))),
+            "base64" => mail_parser::decoders::base64::base64_decode(body)
+                .map(|d| Some((d, true)))
+                .ok_or(UnknownCte),
+            "quoted-printable" => {
+                mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                    .map(|d| Some((d, true)))
+                    .ok_or(UnknownCte)
+            }
+            _ => Err(UnknownCte),
         }
     }
 

@@ -108,6 +108,75 @@ pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
     }
 }
 
+/// What `SEARCH RETURN (...)` asks for (ESEARCH, RFC 4731); none named means ALL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReturnOptions {
+    pub min: bool,
+    pub max: bool,
+    pub all: bool,
+    pub count: bool,
+}
+
+/// ESEARCH's `[UID] SEARCH RETURN (options) criteria`, which imap-codec does not parse: the
+/// RETURN clause is cut out of the command (it comes before any literal, on the first line)
+/// and its options are returned beside the plain SEARCH that is left. None when the command is
+/// not a SEARCH with RETURN; `Some(Err)` for options that are malformed or not supported (SAVE:
+/// SEARCHRES is not offered).
+pub fn split_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, ReturnOptions), &'static str>> {
+    let line_end = cmd
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(cmd.len());
+    let line = &cmd[..line_end];
+    let mut words = line.splitn(4, |&b| b == b' ');
+    let _tag = words.next()?;
+    let mut word = words.next()?;
+    let mut consumed = line.len() - line.splitn(2, |&b| b == b' ').nth(1)?.len();
+    if word.eq_ignore_ascii_case(b"UID") {
+        consumed += word.len() + 1;
+        word = words.next()?;
+    }
+    if !word.eq_ignore_ascii_case(b"SEARCH") {
+        return None;
+    }
+    consumed += word.len() + 1;
+    let rest = line.get(consumed..)?;
+    if rest.len() < 7 || !rest[..7].eq_ignore_ascii_case(b"RETURN ") {
+        return None;
+    }
+    let after = &rest[7..];
+    let Some(list) = after.strip_prefix(b"(") else {
+        return Some(Err("RETURN needs a parenthesized list"));
+    };
+    let Some(close) = list.iter().position(|&b| b == b')') else {
+        return Some(Err("RETURN list is not closed"));
+    };
+    let mut opts = ReturnOptions::default();
+    for o in list[..close]
+        .split(|&b| b == b' ')
+        .filter(|o| !o.is_empty())
+    {
+        match o.to_ascii_uppercase().as_slice() {
+            b"MIN" => opts.min = true,
+            b"MAX" => opts.max = true,
+            b"ALL" => opts.all = true,
+            b"COUNT" => opts.count = true,
+            b"SAVE" => return Some(Err("SAVE is not supported (no SEARCHRES)")),
+            _ => return Some(Err("Unknown RETURN option")),
+        }
+    }
+    if opts == ReturnOptions::default() {
+        opts.all = true;
+    }
+    let tail = &list[close + 1..];
+    let tail = tail.strip_prefix(b" ").unwrap_or(tail);
+    let mut out = Vec::with_capacity(cmd.len());
+    out.extend_from_slice(&line[..consumed]);
+    out.extend_from_slice(tail);
+    out.extend_from_slice(&cmd[line_end..]);
+    Some(Ok((out, opts)))
+}
+
 /// True if a message sequence set names a number past the last message: RFC 3501 9
 /// (seq-number) makes such a set invalid (BAD), not an empty match. A range with `*` (`1:*`,
 /// `5:*`) always names the last message and stays valid, also in an empty mailbox.
@@ -273,6 +342,29 @@ mod tests {
         // "n:*" with n larger than every UID still names the last message (RFC 3501 6.4.8)
         assert_eq!(resolve(&s("100:*"), &m, true), vec![3]);
         assert!(resolve(&s("1"), &[], true).is_empty());
+    }
+
+    #[test]
+    fn esearch_return_clause() {
+        let ok = |c: &str| split_return(c.as_bytes()).unwrap().unwrap();
+        let (cmd, o) = ok("a SEARCH RETURN (MIN COUNT) UNSEEN\r\n");
+        assert_eq!(cmd, b"a SEARCH UNSEEN\r\n");
+        assert!(o.min && o.count && !o.max && !o.all);
+        let (cmd, o) = ok("t UID search return () TEXT {5}\r\nhello\r\n");
+        assert_eq!(cmd, b"t UID search TEXT {5}\r\nhello\r\n");
+        assert!(o.all && !o.count);
+        assert!(split_return(b"a SEARCH UNSEEN\r\n").is_none());
+        assert!(split_return(b"a FETCH 1 RETURN (MIN)\r\n").is_none());
+        assert!(split_return(b"a SEARCH RETURN (SAVE) ALL\r\n")
+            .unwrap()
+            .is_err());
+        assert!(split_return(b"a SEARCH RETURN (MIN ALL\r\n")
+            .unwrap()
+            .is_err());
+        assert!(split_return(b"a SEARCH RETURN MIN ALL\r\n")
+            .unwrap()
+            .is_err());
+        assert!(split_return(b"a").is_none() && split_return(b"").is_none());
     }
 
     #[test]

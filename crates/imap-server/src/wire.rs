@@ -29,6 +29,16 @@ pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// BINARY's data (RFC 3516 4.2): a literal8 (`~{n}`) when it holds a NUL, which a plain
+/// literal may not, or when an encoding was undone and 8-bit octets came out (as Dovecot
+/// answers); otherwise a plain literal, which every client reads.
+pub fn literal8(out: &mut Vec<u8>, s: &[u8], decoded: bool) {
+    if s.contains(&0) || (decoded && s.iter().any(|&b| b >= 0x80)) {
+        out.push(b'~');
+    }
+    literal(out, s);
+}
+
 /// An nstring: NIL or a string.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {

@@ -66,6 +66,8 @@ impl Session {
                     | MessageDataItemName::Rfc822
                     | MessageDataItemName::Rfc822Header
                     | MessageDataItemName::Rfc822Text
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
             )
         });
         let sets_seen = !read_only
@@ -73,6 +75,7 @@ impl Session {
                 matches!(
                     i,
                     MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Binary { peek: false, .. }
                         | MessageDataItemName::Rfc822
                         | MessageDataItemName::Rfc822Text
                 )
@@ -113,6 +116,7 @@ impl Session {
         // Bodies of messages this session still lists are kept for it (see ViewPin), so a read
         // fails only on a real fault; that message gets no FETCH response, never an empty body.
         let mut unreadable = 0usize;
+        let mut unknown_cte = false;
         for &i in &indices {
             let m = &sel.msgs[i];
             let raw = if needs_body {
@@ -233,6 +237,45 @@ impl Session {
                             }
                         }
                     }
+                    MessageDataItemName::Binary {
+                        section, partial, ..
+                    } => {
+                        let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                        let label = path_label(&path);
+                        let (data, decoded) = match parsed.as_ref().map(|p| p.binary_section(&path))
+                        {
+                            Some(Ok(d)) => d.unwrap_or_default(),
+                            Some(Err(_)) | None => {
+                                unknown_cte = true;
+                                continue;
+                            }
+                        };
+                        sep(&mut out);
+                        let (data, origin) = match partial {
+                            Some((origin, len)) => {
+                                let start = (*origin as usize).min(data.len());
+                                let end = start.saturating_add(len.get() as usize).min(data.len());
+                                (&data[start..end], format!("<{origin}>"))
+                            }
+                            None => (&data[..], String::new()),
+                        };
+                        out.extend_from_slice(format!("BINARY[{label}]{origin} ").as_bytes());
+                        wire::literal8(&mut out, data, decoded);
+                    }
+                    MessageDataItemName::BinarySize { section } => {
+                        let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                        let size = match parsed.as_ref().map(|p| p.binary_section(&path)) {
+                            Some(Ok(d)) => d.map_or(0, |d| d.0.len()),
+                            Some(Err(_)) | None => {
+                                unknown_cte = true;
+                                continue;
+                            }
+                        };
+                        sep(&mut out);
+                        out.extend_from_slice(
+                            format!("BINARY.SIZE[{}] {size}", path_label(&path)).as_bytes(),
+                        );
+                    }
                     _ => {}
                 }
             }
@@ -253,6 +296,13 @@ impl Session {
                 return Flow::Close;
             }
         }
+        if unknown_cte {
+            // RFC 3516 4.3
+            return self.no(
+                tag,
+                "[UNKNOWN-CTE] A part's content transfer encoding cannot be decoded",
+            );
+        }
         if unreadable > 0 {
             return self.no(
                 tag,
@@ -268,6 +318,14 @@ impl Session {
             },
         )
     }
+}
+
+/// A part path as FETCH echoes it: `1.2.3`.
+fn path_label(path: &[u32]) -> String {
+    path.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 pub(super) fn astring_text(a: &AString<'_>) -> String {

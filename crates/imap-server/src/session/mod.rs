@@ -159,6 +159,8 @@ pub struct Session {
     qresync: bool,
     /// COMPRESS=DEFLATE is on: this session's place among the compressed ones.
     _compressed: Option<crate::CompressedSlot>,
+    /// ESEARCH: the RETURN options of the SEARCH being run (cut out before decoding).
+    esearch: Option<crate::search::ReturnOptions>,
 }
 
 pub async fn handle_connection(
@@ -223,6 +225,7 @@ pub async fn serve_stream(
         condstore: false,
         qresync: false,
         _compressed: None,
+        esearch: None,
     };
     if early {
         // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
@@ -424,7 +427,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES");
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE ESEARCH SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.principal.is_some()
             && self.srv.config.max_compressed_sessions > 0
@@ -501,6 +504,24 @@ impl Session {
             };
             self.commands += 1;
             let codec = CommandCodec::default();
+            self.esearch = None;
+            let bytes = match crate::search::split_return(&bytes) {
+                None => bytes,
+                Some(Ok((plain, opts))) => {
+                    self.esearch = Some(opts);
+                    plain
+                }
+                Some(Err(why)) => {
+                    let tag = String::from_utf8_lossy(
+                        bytes.split(|&b| b == b' ').next().unwrap_or_default(),
+                    )
+                    .into_owned();
+                    if let Flow::Close = self.bad(&tag, why) {
+                        return;
+                    }
+                    continue;
+                }
+            };
             let cmd = match codec.decode(&bytes) {
                 Ok((b"", cmd)) => cmd.into_static(),
                 _ => {

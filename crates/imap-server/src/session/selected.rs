@@ -196,6 +196,39 @@ impl Session {
         self.refresh_view(sel, uid).await;
         let hits = self.search_hits(sel, key);
         let suffix = self.modseq_suffix(sel, key, &hits);
+        if let Some(o) = self.esearch.take() {
+            // RFC 4731: one ESEARCH with what RETURN asked for; MIN, MAX and ALL only if
+            // something matched, COUNT always
+            let ids: Vec<u32> = hits
+                .iter()
+                .map(|&i| if uid { sel.msgs[i].uid } else { i as u32 + 1 })
+                .collect();
+            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
+                if o.min {
+                    line.push_str(&format!(" MIN {first}"));
+                }
+                if o.max {
+                    line.push_str(&format!(" MAX {last}"));
+                }
+            }
+            // in Dovecot's order: MIN MAX ALL COUNT
+            if o.all && !ids.is_empty() {
+                line.push_str(&format!(" ALL {}", compress(&ids)));
+            }
+            if o.count {
+                line.push_str(&format!(" COUNT {}", ids.len()));
+            }
+            if let Some(m) = suffix.strip_prefix(" (").and_then(|s| s.strip_suffix(')')) {
+                line.push(' ');
+                line.push_str(m);
+            }
+            self.conn.line(&line);
+            return self.ok(tag, "SEARCH completed");
+        }
         let mut line = String::from("* SEARCH");
         for &i in &hits {
             line.push(' ');
