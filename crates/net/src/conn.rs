@@ -181,7 +181,9 @@ impl LineConn {
     pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
         self.flush().await.map_err(ReadError::Io)?;
         if self.deflate.is_some() {
-            return self.fill_inflated(deadline).await;
+            // boxed: its state would otherwise be part of every waiting session's future,
+            // compressed or not
+            return Box::pin(self.fill_inflated(deadline)).await;
         }
         // Straight into the buffer's spare capacity: a chunk array here would be part of every
         // session's future, and zeroed, while it waits (16 KiB resident per idle connection).
