@@ -10,35 +10,29 @@ from conftest import BOB, BOB_PW
 from test_imap import RawImap, raw_login
 
 
-class Deflated:
-    """The client side of a compressed session over a RawImap."""
+class Deflated(RawImap):
+    """The client side of a compressed session, taking over a RawImap's socket: what it sends
+    is deflated, what it reads inflated (RawImap's until_tagged reads through `line`)."""
 
     def __init__(self, raw):
         self.raw = raw
+        self.sock = raw.sock
         self.z = zlib.compressobj(6, zlib.DEFLATED, -15)
         self.unz = zlib.decompressobj(-15)
         self.buf = self.unz.decompress(raw.buf) if raw.buf else b""
         raw.buf = b""
 
     def send(self, data: bytes):
-        self.raw.sock.sendall(self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH))
+        self.sock.sendall(self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH))
 
     def line(self):
         while b"\r\n" not in self.buf:
-            chunk = self.raw.sock.recv(65536)
+            chunk = self.sock.recv(65536)
             if not chunk:
                 raise EOFError(self.buf)
             self.buf += self.unz.decompress(chunk)
         line, self.buf = self.buf.split(b"\r\n", 1)
         return line.decode(errors="replace")
-
-    def until_tagged(self, tag):
-        lines = []
-        while True:
-            l = self.line()
-            lines.append(l)
-            if l.startswith(tag + " ") or l.startswith("* BYE"):
-                return lines
 
     def cmd(self, tag, text):
         self.send(f"{tag} {text}\r\n".encode())

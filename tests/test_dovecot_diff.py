@@ -260,25 +260,26 @@ def normalised(item: str, answer: bytes) -> bytes:
     return strings_decoded(answer) if item in ("ENVELOPE", "BODYSTRUCTURE", "BODY") else answer
 
 
-def test_sort_and_thread_answer_as_dovecot_does(server, dovecot):
+def both(server, dovecot, box):
+    """A session on each server, logged in, with the corpus loaded into `box` and examined."""
     ours = raw_login(server)
     theirs = RawImap(dovecot)
     theirs.line()
     session(theirs, "l", "LOGIN diff diffpass")
-    load(ours, "Diff")
-    load(theirs, "Diff")
+    load(ours, box)
+    load(theirs, box)
+    return ours, theirs
+
+
+def test_sort_and_thread_answer_as_dovecot_does(server, dovecot):
+    ours, theirs = both(server, dovecot, "Diff")
     for cmd in COMMANDS:
         a, b = raw(ours, "x", cmd), raw(theirs, "x", cmd)
         assert a == b, f"{cmd}\n  postern: {a!r}\n  dovecot: {b!r}"
 
 
 def test_fetch_of_nested_and_tricky_messages_as_dovecot_does(server, dovecot):
-    ours = raw_login(server)
-    theirs = RawImap(dovecot)
-    theirs.line()
-    session(theirs, "l", "LOGIN diff diffpass")
-    load(ours, "Diff2")
-    load(theirs, "Diff2")
+    ours, theirs = both(server, dovecot, "Diff2")
     diffs = []
     for item in FETCHES:
         for n in range(1, len(CORPUS) + 1):

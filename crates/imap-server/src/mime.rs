@@ -344,17 +344,20 @@ const MAX_STRUCTURE_PARTS: usize = 5000;
 /// message whose body is message/rfc822, BODY[1] is the whole encapsulated message and 1.2 is
 /// part 2 of that message.
 fn message_part<'m, 'a>(msg: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
-    if n == 0 {
-        return None;
-    }
     match &msg.part().body {
-        PartType::Multipart(ids) => children(msg, ids).nth(n as usize - 1).map(|id| Node {
-            msg: msg.msg,
-            idx: id,
-        }),
+        PartType::Multipart(ids) => nth_part(msg, ids, n),
         _ if n == 1 => Some(msg),
         _ => None,
     }
+}
+
+/// Part `n` (from 1) of a multipart node.
+fn nth_part<'m, 'a>(node: Node<'m, 'a>, ids: &[u32], n: u32) -> Option<Node<'m, 'a>> {
+    let i = (n as usize).checked_sub(1)?;
+    children(node, ids).nth(i).map(|id| Node {
+        msg: node.msg,
+        idx: id,
+    })
 }
 
 /// Part `n` below a part: of a multipart, or of the message a message/rfc822 part holds.
@@ -363,10 +366,7 @@ fn child<'m, 'a>(node: Node<'m, 'a>, n: u32) -> Option<Node<'m, 'a>> {
         return None;
     }
     match &node.part().body {
-        PartType::Multipart(ids) => children(node, ids).nth(n as usize - 1).map(|id| Node {
-            msg: node.msg,
-            idx: id,
-        }),
+        PartType::Multipart(ids) => nth_part(node, ids, n),
         PartType::Message(nested) => message_part(
             Node {
                 msg: nested,
