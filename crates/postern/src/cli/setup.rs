@@ -313,7 +313,7 @@ async fn demo_in(dir: &Path, throwaway: bool, format: Option<LogFormat>) -> Resu
          data directory: {}{}\n\
          Try: swaks --server 127.0.0.1:{} --tls --auth-user {user} --auth-password '<password>' \\\n\
          \x20      --from {user} --to {user}\n\
-         Then: curl -k --user '{user}:<password>' 'imaps://127.0.0.1:{}/INBOX;MAILINDEX=1'\n\
+         Then: curl -k --user '{user}:<password>' 'imaps://127.0.0.1:{}/INBOX;MAILINDEX=2'   (1 is the new-sign-in notice)\n\
          Stop with Ctrl-C.\n\
          ======================================================",
         pw.expose_secret(),
