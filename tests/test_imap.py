@@ -672,3 +672,53 @@ def test_binary_fetch_rfc3516(server):
     r.send(b"h FETCH 1 (BINARY.PEEK[3])\r\n")
     assert r.until_tagged("h")[-1].startswith("h NO [UNKNOWN-CTE]")
     r.send(b"z LOGOUT\r\n")
+
+
+def test_list_extended_and_list_status_rfc5258_5819(server):
+    """LIST-EXTENDED: selection by subscription or special use, RECURSIVEMATCH's CHILDINFO for a
+    parent of what was selected, several patterns, \\Subscribed on request; LIST-STATUS: a STATUS
+    after each mailbox listed; malformed options are BAD."""
+    r = raw_login(server)
+
+    def ok(tag, cmd):
+        r.send(f"{tag} {cmd}\r\n".encode())
+        got = r.until_tagged(tag)
+        assert got[-1].startswith(f"{tag} OK"), got
+        return got[:-1]
+
+    r.send(b"c CAPABILITY\r\n")
+    caps = r.until_tagged("c")[0]
+    assert " LIST-EXTENDED" in caps and " LIST-STATUS" in caps, caps
+    for box in ("Qx", "Qx/Sub", "Qx/Sub/Deep", "Qy"):
+        ok("m", f"CREATE {box}")
+    # CREATE subscribes; leave the parents unsubscribed
+    ok("u1", "UNSUBSCRIBE Qx")
+    ok("u2", "UNSUBSCRIBE Qx/Sub")
+    body = b"Subject: lx\r\n\r\nx\r\n"
+    r.send(b"a APPEND Qy {%d+}\r\n" % len(body) + body + b"\r\n")
+    r.until_tagged("a")
+    # subscribed only, with RECURSIVEMATCH: Qx and Qx/Sub are parents of a subscribed mailbox
+    got = ok("l1", 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "Q*"')
+    assert got == ['* LIST (\\HasChildren) "/" "Qx" ("CHILDINFO" ("SUBSCRIBED"))',
+                   '* LIST (\\HasChildren) "/" "Qx/Sub" ("CHILDINFO" ("SUBSCRIBED"))',
+                   '* LIST (\\HasNoChildren \\Subscribed) "/" "Qx/Sub/Deep"',
+                   '* LIST (\\HasNoChildren \\Subscribed) "/" "Qy"'], got
+    # without RECURSIVEMATCH: the subscribed ones only
+    got = ok("l2", 'LIST (SUBSCRIBED) "" "Q*"')
+    assert [l.rsplit(" ", 1)[1] for l in got] == ['"Qx/Sub/Deep"', '"Qy"'], got
+    # several patterns; RETURN (SUBSCRIBED) marks without selecting; STATUS after each
+    got = ok("l3", 'LIST "" (Qy "Qx/%") RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))')
+    assert got == ['* LIST (\\HasChildren) "/" "Qx/Sub"', '* STATUS "Qx/Sub" (MESSAGES 0 UNSEEN 0)',
+                   '* LIST (\\HasNoChildren \\Subscribed) "/" "Qy"', '* STATUS "Qy" (MESSAGES 1 UNSEEN 1)'], got
+    # special use
+    got = ok("l4", 'LIST (SPECIAL-USE) "" "*"')
+    names = {l.rsplit(" ", 1)[1].strip('"') for l in got}
+    assert {"Sent", "Trash", "Drafts", "Junk"} <= names and "INBOX" not in names and "Qy" not in names, got
+    # the plain form is unchanged
+    got = ok("l5", 'LIST "" Qy')
+    assert got == ['* LIST (\\HasNoChildren) "/" "Qy"'], got
+    for bad in ('LIST (RECURSIVEMATCH) "" *', 'LIST (NOPE) "" *', 'LIST "" * RETURN (NOPE)',
+                'LIST "" * RETURN (STATUS (NOPE))'):
+        r.send(f"b {bad}\r\n".encode())
+        assert r.until_tagged("b")[-1].startswith("b BAD"), bad
+    r.send(b"z LOGOUT\r\n")

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod listext;
 pub mod mime;
 pub mod search;
 pub mod session;

@@ -644,6 +644,9 @@ mod tests {
         }
         s.create_mailbox(id, "Other").await.unwrap();
         let other = s.get_mailbox(id, "Other").await.unwrap().unwrap().id;
+        // an empty mailbox has nothing unseen (its LEFT JOIN row has no message)
+        let c = s.mailbox_counts(other).await.unwrap();
+        assert_eq!((c.messages, c.unseen, c.deleted, c.size), (0, 0, 0, 0));
         let known = s.mailbox_modseq(inbox).await.unwrap().unwrap();
         let v = s.vanished_since(inbox, known).await.unwrap();
         assert!(v.complete && v.uids.is_empty());

@@ -410,7 +410,7 @@ impl Store {
         let r = sqlx::query(
             "SELECT b.uidnext, b.uidvalidity, b.highest_modseq, COUNT(m.id) AS n,
                     COALESCE(SUM(m.size), 0) AS bytes,
-                    COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Seen %' THEN 0 ELSE 1 END), 0) AS unseen,
+                    COALESCE(SUM(CASE WHEN m.id IS NULL OR (' ' || m.flags || ' ') LIKE '% \\Seen %' THEN 0 ELSE 1 END), 0) AS unseen,
                     COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Deleted %' THEN 1 ELSE 0 END), 0) AS deleted
              FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = ? GROUP BY b.id",
         )

@@ -427,7 +427,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE ESEARCH SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY");
+        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.principal.is_some()
             && self.srv.config.max_compressed_sessions > 0
@@ -522,6 +522,23 @@ impl Session {
                     continue;
                 }
             };
+            if let Some(parsed) = crate::listext::parse(&bytes) {
+                let flow = match parsed {
+                    Ok(l) if self.principal.is_some() => Box::pin(self.list_extended(l)).await,
+                    Ok(l) => self.bad(&l.tag, "Command not valid before login"),
+                    Err(why) => {
+                        let tag = String::from_utf8_lossy(
+                            bytes.split(|&b| b == b' ').next().unwrap_or_default(),
+                        )
+                        .into_owned();
+                        self.bad(&tag, why)
+                    }
+                };
+                if let Flow::Close = flow {
+                    return;
+                }
+                continue;
+            }
             let cmd = match codec.decode(&bytes) {
                 Ok((b"", cmd)) => cmd.into_static(),
                 _ => {
@@ -1531,6 +1548,105 @@ impl Session {
         self.ok(tag, &format!("{cmd} completed"))
     }
 
+    /// LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819): selection by subscription or
+    /// special use (with RECURSIVEMATCH's CHILDINFO for parents of what was selected), several
+    /// patterns, \Subscribed on request, and a STATUS after each mailbox listed.
+    async fn list_extended(&mut self, l: crate::listext::ExtendedList) -> Flow {
+        let tag = l.tag.clone();
+        // the STATUS items as a STATUS command would take them (imap-codec checks them)
+        let status_items: Option<Vec<StatusDataItemName>> = match &l.status {
+            None => None,
+            Some(items) => {
+                let probe = format!("s STATUS INBOX ({items})\r\n");
+                match CommandCodec::default().decode(probe.as_bytes()) {
+                    Ok((
+                        _,
+                        Command {
+                            body: CommandBody::Status { item_names, .. },
+                            ..
+                        },
+                    )) => Some(item_names.to_vec()),
+                    _ => return self.bad(&tag, "Invalid STATUS items"),
+                }
+            }
+        };
+        let all = match self.srv.store.list_mailboxes(self.account()).await {
+            Ok(v) => v,
+            Err(e) => return self.store_failed(&tag, e),
+        };
+        let mut out = Vec::new();
+        let mut matchers = Vec::new();
+        for p in &l.patterns {
+            if p.is_empty() {
+                out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
+                continue;
+            }
+            let full = format!("{}{p}", l.reference);
+            let full = wire::utf7_decode(&full).unwrap_or(full);
+            matchers.push((
+                full.chars().collect::<Vec<char>>(),
+                full.to_ascii_uppercase().chars().collect::<Vec<char>>(),
+            ));
+        }
+        let matches = |name: &str| {
+            let chars: Vec<char> = name.chars().collect();
+            matchers.iter().any(|(pat, upper)| {
+                pattern_matches(pat, &chars) || (name == "INBOX" && pattern_matches(upper, &chars))
+            })
+        };
+        let selected = |b: &Mailbox| {
+            (!l.subscribed || b.subscribed) && (!l.special_use || b.special_use.is_some())
+        };
+        for b in &all {
+            if !matches(&b.name) {
+                continue;
+            }
+            let prefix = format!("{}{DELIMITER}", b.name);
+            let below: Vec<&Mailbox> = all.iter().filter(|o| o.name.starts_with(&prefix)).collect();
+            let mut attrs = vec![if below.is_empty() {
+                "\\HasNoChildren"
+            } else {
+                "\\HasChildren"
+            }];
+            let mut childinfo = Vec::new();
+            if !selected(b) {
+                // RFC 5258 3.5: a parent that is not selected itself but has selected children
+                if !l.recursive || !below.iter().any(|o| selected(o)) {
+                    continue;
+                }
+                if l.subscribed {
+                    childinfo.push("\"SUBSCRIBED\"");
+                }
+                if l.special_use {
+                    childinfo.push("\"SPECIAL-USE\"");
+                }
+            }
+            if let Some(su) = &b.special_use {
+                attrs.push(su);
+            }
+            if (l.subscribed || l.return_subscribed) && b.subscribed {
+                attrs.push("\\Subscribed");
+            }
+            let mut line = format!("* LIST ({}) \"/\" ", attrs.join(" ")).into_bytes();
+            wire::mailbox(&mut line, &display_name(&b.name));
+            if !childinfo.is_empty() {
+                line.extend_from_slice(
+                    format!(" (\"CHILDINFO\" ({}))", childinfo.join(" ")).as_bytes(),
+                );
+            }
+            line.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&line);
+            if let Some(items) = &status_items {
+                match self.status_line(b, items).await {
+                    Ok(s) => out.extend_from_slice(&s),
+                    Err(e) => return self.store_failed(&tag, e),
+                }
+            }
+        }
+        self.conn.out().extend_from_slice(&out);
+        self.ok(&tag, "LIST completed")
+    }
+
     async fn status(
         &mut self,
         tag: &str,
@@ -1541,18 +1657,30 @@ impl Session {
             Ok(mb) => mb,
             Err(f) => return f,
         };
-        let c = match self.srv.store.mailbox_counts(mb.id).await {
-            Ok(c) => c,
-            Err(e) => return self.store_failed(tag, e),
-        };
+        match self.status_line(&mb, items).await {
+            Ok(line) => {
+                self.conn.out().extend_from_slice(&line);
+                self.ok(tag, "STATUS completed")
+            }
+            Err(e) => self.store_failed(tag, e),
+        }
+    }
+
+    /// The untagged STATUS of a mailbox (STATUS, and LIST-STATUS after a LIST line).
+    async fn status_line(
+        &mut self,
+        mb: &Mailbox,
+        items: &[StatusDataItemName],
+    ) -> Result<Vec<u8>, StoreError> {
+        let c = self.srv.store.mailbox_counts(mb.id).await?;
         let mut parts = Vec::new();
         for i in items {
             match i {
                 StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", c.messages)),
-                StatusDataItemName::Recent => match self.srv.store.count_recent(mb.id).await {
-                    Ok(n) => parts.push(format!("RECENT {n}")),
-                    Err(e) => return self.store_failed(tag, e),
-                },
+                StatusDataItemName::Recent => {
+                    let n = self.srv.store.count_recent(mb.id).await?;
+                    parts.push(format!("RECENT {n}"))
+                }
                 StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", c.uidnext)),
                 StatusDataItemName::UidValidity => {
                     parts.push(format!("UIDVALIDITY {}", c.uidvalidity))
@@ -1571,8 +1699,7 @@ impl Session {
         let mut line = b"* STATUS ".to_vec();
         wire::mailbox(&mut line, &display_name(&mb.name));
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
-        self.conn.out().extend_from_slice(&line);
-        self.ok(tag, "STATUS completed")
+        Ok(line)
     }
 
     /// QUOTA (RFC 9208): one quota root, "", for the whole account, with the STORAGE resource
