@@ -1,5 +1,6 @@
 //! IMAP input as the server frames and decodes it: imap-codec's Fragmentizer (lines and
-//! literals, capped) then the CommandCodec on each complete message.
+//! literals, capped), our own parsers of what imap-codec does not parse (ESEARCH's RETURN,
+//! LIST-EXTENDED), then the CommandCodec on each complete message.
 #![no_main]
 #![forbid(unsafe_code)]
 use imap_codec::decode::Decoder;
@@ -19,6 +20,11 @@ fuzz_target!(|data: &[u8]| {
         if let FragmentInfo::Line { .. } = info {
             if frag.is_message_complete() {
                 let bytes = frag.message_bytes().to_vec();
+                let _ = postern_imap::listext::parse(&bytes);
+                let bytes = match postern_imap::search::split_return(&bytes) {
+                    Some(Ok((plain, _))) => plain,
+                    _ => bytes,
+                };
                 if let Ok((_, cmd)) = codec.decode(&bytes) {
                     let _ = cmd.into_static();
                 }
