@@ -102,7 +102,9 @@ def stream_until_closed(sock, prefix, mb, pid, piece=b"a" * 1_000_000, suffix=b"
     reader.join(timeout=20)
     last = b"".join(replies).decode(errors="replace").strip().splitlines()
     sock.close()
-    return sent, (" | ".join(last[-2:])[:150] if last else "closed, no reply"), peak
+    # each of the last two lines cut on its own: a long greeting (the capability list) must not
+    # push the final reply out of what the caller sees
+    return sent, (" | ".join(l[:150] for l in last[-2:]) if last else "closed, no reply"), peak
 
 
 def idle_wave(n, ports):
