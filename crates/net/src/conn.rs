@@ -307,7 +307,7 @@ impl LineConn {
     }
 
     /// After [`LineConn::shutdown`] of a session cut off while the client was still sending: reads
-    /// and drops what keeps coming for a short while (at most 2 s and 1 MiB) before the socket is
+    /// and drops what keeps coming for a short while (at most 2 s and 16 MiB) before the socket is
     /// closed. Closing with unread input makes the kernel send a reset, which can destroy the
     /// final replies before the client reads them ("lingering close", as web servers do).
     pub async fn linger(&mut self) {
