@@ -1,5 +1,5 @@
-//! Message structure for FETCH: ENVELOPE, BODYSTRUCTURE and BODY[section] (RFC 3501 6.4.5, 7.4.2),
-//! computed from `mail-parser`'s part tree and byte offsets. Section bytes are always sliced from
+//! Message structure for FETCH: ENVELOPE, BODYSTRUCTURE, BODY[section] and BINARY[section]
+//! (RFC 3501 6.4.5, 7.4.2; RFC 3516), and the header fields SORT and THREAD use, computed from `mail-parser`'s part tree and byte offsets. Section bytes are always sliced from
 //! the stored message, never re-encoded, so BODY[] is byte for byte what was delivered.
 
 use mail_parser::{Address, Message, MessageParser, MimeHeaders, PartType};

@@ -1,7 +1,8 @@
 //! [`LineConn`]: the one connection type of the line protocols (SMTP, IMAP, POP3). Buffered,
 //! capped I/O: command lines with a length cap and a deadline, replies buffered and flushed only
 //! when the client waits for them (pipelining), reads into the buffer's spare capacity, the
-//! STARTTLS upgrade that discards clear text buffered before it, lingering close and shutdown.
+//! STARTTLS upgrade that discards clear text buffered before it, IMAP's COMPRESS=DEFLATE (input
+//! inflated a chunk at a time into the same caps), lingering close and shutdown.
 //!
 //! Written once so that the defences in it exist once: an endless line is cut off instead of
 //! being read until the deadline, and input pipelined behind STARTTLS (the CVE-2011-0411 class)

@@ -1,6 +1,6 @@
 //! Commands of the selected state (RFC 3501 6.4) but FETCH: keeping the session's view in step
-//! with other sessions (untagged EXISTS, EXPUNGE, FETCH FLAGS), EXPUNGE, SEARCH, STORE, COPY and
-//! MOVE, IDLE.
+//! with other sessions (untagged EXISTS, EXPUNGE or VANISHED, FETCH FLAGS with MODSEQ), EXPUNGE,
+//! SEARCH and ESEARCH, SORT and THREAD, STORE (with UNCHANGEDSINCE), COPY and MOVE, IDLE.
 
 use super::*;
 
