@@ -1,4 +1,5 @@
-//! IMAP server (RFC 3501 IMAP4rev1 with the extensions clients rely on) on ports 143 (STARTTLS)
+//! IMAP server (RFC 3501 IMAP4rev1 and RFC 9051 IMAP4rev2, with the extensions clients rely on)
+//! on ports 143 (STARTTLS)
 //! and 993 (implicit TLS).
 //!
 //! Commands are framed by `imap-codec`'s [`Fragmentizer`](imap_codec::fragmentizer::Fragmentizer)
@@ -12,6 +13,7 @@ pub mod mime;
 pub mod search;
 pub mod session;
 pub mod sort;
+pub mod utf8;
 pub mod wire;
 
 use std::collections::HashMap;

@@ -108,20 +108,148 @@ pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
     }
 }
 
-/// What `SEARCH RETURN (...)` asks for (ESEARCH, RFC 4731); none named means ALL.
+/// What `SEARCH RETURN (...)` asks for (ESEARCH, RFC 4731); none named means ALL. SAVE
+/// (SEARCHRES, RFC 5182) keeps the result for `$`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReturnOptions {
     pub min: bool,
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    pub save: bool,
+}
+
+impl ReturnOptions {
+    /// Whether an ESEARCH response is due: not when SAVE was the only option (RFC 5182 2.4).
+    pub fn answers(&self) -> bool {
+        self.min || self.max || self.all || self.count
+    }
+
+    /// Of the matches (`ids`, ascending), what SAVE keeps: only the smallest and/or largest
+    /// when SAVE came with MIN and/or MAX alone, else all (RFC 5182 2.4).
+    pub fn saved(&self, ids: &[u32]) -> Vec<u32> {
+        if (self.min || self.max) && !self.all && !self.count {
+            let mut out = Vec::new();
+            if let (true, Some(&f)) = (self.min, ids.first()) {
+                out.push(f);
+            }
+            if let (true, Some(&l)) = (self.max, ids.last()) {
+                if out.last() != Some(&l) {
+                    out.push(l);
+                }
+            }
+            out
+        } else {
+            ids.to_vec()
+        }
+    }
+}
+
+/// SEARCHRES (RFC 5182): the `$` of a command, replaced by the saved result before the command
+/// is decoded (imap-codec knows no `$`). `uids` are the saved messages' UIDs and `seqs` their
+/// sequence numbers in the session's view, both ascending. `$` as the message set of FETCH,
+/// STORE, COPY, MOVE or UID EXPUNGE becomes the UIDs (UID command) or the sequence numbers; in
+/// SEARCH, SORT or THREAD criteria `UID $` becomes `UID uids`, and a bare `$` becomes
+/// `UID uids` too (the same messages). Only the first line is looked at, outside quoted
+/// strings. Returns None when there is no `$`, else the command and whether the set was empty
+/// (the command then acts on no message: a placeholder set stands in for the syntax).
+pub fn substitute_saved(cmd: &[u8], uids: &[u32], seqs: &[u32]) -> Option<(Vec<u8>, bool)> {
+    let line_end = cmd
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(cmd.len());
+    let line = &cmd[..line_end];
+    if !line.contains(&b'$') {
+        return None;
+    }
+    // tokens (start, end) outside quoted strings; parentheses are their own tokens
+    let mut tokens: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b' ' => i += 1,
+            b'(' | b')' => {
+                tokens.push((i, i + 1));
+                i += 1;
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < line.len() && line[i] != b'"' {
+                    i += if line[i] == b'\\' { 2 } else { 1 };
+                }
+                i = (i + 1).min(line.len());
+                tokens.push((start, i));
+            }
+            _ => {
+                let start = i;
+                while i < line.len() && !matches!(line[i], b' ' | b'(' | b')' | b'"') {
+                    i += 1;
+                }
+                tokens.push((start, i));
+            }
+        }
+    }
+    let word = |t: usize| tokens.get(t).map(|&(a, b)| &line[a..b]);
+    let mut name_at = 1;
+    let uid = word(1).is_some_and(|w| w.eq_ignore_ascii_case(b"UID"));
+    if uid {
+        name_at = 2;
+    }
+    let name = word(name_at)?.to_ascii_uppercase();
+    let criteria = matches!(name.as_slice(), b"SEARCH" | b"SORT" | b"THREAD");
+    let set_command = matches!(name.as_slice(), b"FETCH" | b"STORE" | b"COPY" | b"MOVE")
+        || (uid && name == b"EXPUNGE");
+    if !criteria && !set_command {
+        return None;
+    }
+    let render = |ids: &[u32]| {
+        if ids.is_empty() {
+            // no message has it: the placeholder matches nothing
+            u32::MAX.to_string()
+        } else {
+            compress(ids)
+        }
+    };
+    let mut out = Vec::with_capacity(cmd.len() + 16);
+    let mut copied = 0;
+    let mut empty = false;
+    let mut found = false;
+    for (t, &(a, b)) in tokens.iter().enumerate() {
+        if &line[a..b] != b"$" {
+            continue;
+        }
+        let replacement = if set_command {
+            if t != name_at + 1 {
+                continue;
+            }
+            let ids = if uid { uids } else { seqs };
+            empty = ids.is_empty();
+            render(ids)
+        } else if t > name_at && word(t - 1).is_some_and(|w| w.eq_ignore_ascii_case(b"UID")) {
+            render(uids)
+        } else if t > name_at {
+            format!("UID {}", render(uids))
+        } else {
+            continue;
+        };
+        found = true;
+        out.extend_from_slice(&line[copied..a]);
+        out.extend_from_slice(replacement.as_bytes());
+        copied = b;
+    }
+    if !found {
+        return None;
+    }
+    out.extend_from_slice(&line[copied..]);
+    out.extend_from_slice(&cmd[line_end..]);
+    Some((out, empty))
 }
 
 /// ESEARCH's `[UID] SEARCH RETURN (options) criteria`, which imap-codec does not parse: the
 /// RETURN clause is cut out of the command (it comes before any literal, on the first line)
 /// and its options are returned beside the plain SEARCH that is left. None when the command is
-/// not a SEARCH with RETURN; `Some(Err)` for options that are malformed or not supported (SAVE:
-/// SEARCHRES is not offered).
+/// not a SEARCH with RETURN; `Some(Err)` for options that are malformed or unknown.
 pub fn split_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, ReturnOptions), &'static str>> {
     let line_end = cmd
         .iter()
@@ -161,13 +289,14 @@ pub fn split_return(cmd: &[u8]) -> Option<Result<(Vec<u8>, ReturnOptions), &'sta
             b"MAX" => opts.max = true,
             b"ALL" => opts.all = true,
             b"COUNT" => opts.count = true,
-            b"SAVE" => return Some(Err("SAVE is not supported (no SEARCHRES)")),
+            b"SAVE" => opts.save = true,
             _ => return Some(Err("Unknown RETURN option")),
         }
     }
     if opts == ReturnOptions::default() {
         opts.all = true;
     }
+    // RETURN (SAVE) alone answers nothing: `all` stays off
     let tail = &list[close + 1..];
     let tail = tail.strip_prefix(b" ").unwrap_or(tail);
     let mut out = Vec::with_capacity(cmd.len());
@@ -355,9 +484,12 @@ mod tests {
         assert!(o.all && !o.count);
         assert!(split_return(b"a SEARCH UNSEEN\r\n").is_none());
         assert!(split_return(b"a FETCH 1 RETURN (MIN)\r\n").is_none());
-        assert!(split_return(b"a SEARCH RETURN (SAVE) ALL\r\n")
-            .unwrap()
-            .is_err());
+        let (_, o) = ok("a SEARCH RETURN (SAVE) ALL\r\n");
+        assert!(o.save && !o.answers());
+        let (_, o) = ok("a SEARCH RETURN (SAVE MIN MAX) ALL\r\n");
+        assert!(o.answers() && o.saved(&[2, 5, 9]) == vec![2, 9] && o.saved(&[4]) == vec![4]);
+        let (_, o) = ok("a SEARCH RETURN (SAVE COUNT MIN) ALL\r\n");
+        assert_eq!(o.saved(&[2, 5, 9]), vec![2, 5, 9]);
         assert!(split_return(b"a SEARCH RETURN (MIN ALL\r\n")
             .unwrap()
             .is_err());
@@ -365,6 +497,47 @@ mod tests {
             .unwrap()
             .is_err());
         assert!(split_return(b"a").is_none() && split_return(b"").is_none());
+    }
+
+    #[test]
+    fn searchres_dollar() {
+        let sub = |c: &str, u: &[u32], q: &[u32]| {
+            substitute_saved(c.as_bytes(), u, q).map(|(o, e)| (String::from_utf8(o).unwrap(), e))
+        };
+        let (uids, seqs) = ([10, 11, 12, 20], [1, 2, 3, 5]);
+        assert_eq!(
+            sub("a FETCH $ (FLAGS)\r\n", &uids, &seqs),
+            Some(("a FETCH 1:3,5 (FLAGS)\r\n".into(), false))
+        );
+        assert_eq!(
+            sub("a UID STORE $ +FLAGS (\\Seen)\r\n", &uids, &seqs),
+            Some(("a UID STORE 10:12,20 +FLAGS (\\Seen)\r\n".into(), false))
+        );
+        assert_eq!(
+            sub("a UID EXPUNGE $\r\n", &uids, &seqs).unwrap().0,
+            "a UID EXPUNGE 10:12,20\r\n"
+        );
+        assert_eq!(
+            sub("a SEARCH $ UNSEEN\r\n", &uids, &seqs).unwrap().0,
+            "a SEARCH UID 10:12,20 UNSEEN\r\n"
+        );
+        assert_eq!(
+            sub("a UID SEARCH OR (UID $) SUBJECT \"$\"\r\n", &uids, &seqs)
+                .unwrap()
+                .0,
+            "a UID SEARCH OR (UID 10:12,20) SUBJECT \"$\"\r\n"
+        );
+        // empty: a placeholder no message has, and the flag
+        assert_eq!(
+            sub("a COPY $ Trash\r\n", &[], &[]),
+            Some((format!("a COPY {} Trash\r\n", u32::MAX), true))
+        );
+        // no `$`, `$` inside a quoted string, or where no set goes: untouched
+        assert_eq!(sub("a FETCH 1 FLAGS\r\n", &uids, &seqs), None);
+        assert_eq!(sub("a SEARCH SUBJECT \"$\"\r\n", &uids, &seqs), None);
+        assert_eq!(sub("a SELECT $\r\n", &uids, &seqs), None);
+        assert_eq!(sub("a COPY 1 $\r\n", &uids, &seqs), None);
+        assert_eq!(sub("a", &uids, &seqs), None);
     }
 
     #[test]

@@ -47,11 +47,21 @@ pub fn nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
-/// A mailbox name for LIST/STATUS replies: quoted (or literal when it holds 8-bit text, which
-/// only UTF8=ACCEPT clients get; others see modified UTF-7 names produced by the session).
+/// A mailbox name for LIST/STATUS replies, quoted. Names are checked to hold no control
+/// characters, and only UTF8=ACCEPT or IMAP4rev2 clients get 8-bit ones (as RFC 6855 3's
+/// quoted UTF-8, which such clients read); others see modified UTF-7 names made by the session.
 pub fn mailbox(out: &mut Vec<u8>, name: &str) {
     if name.eq_ignore_ascii_case("INBOX") {
         out.extend_from_slice(b"INBOX");
+    } else if name.len() <= 1024 && !name.chars().any(char::is_control) {
+        out.push(b'"');
+        for &b in name.as_bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
     } else {
         string(out, name.as_bytes());
     }

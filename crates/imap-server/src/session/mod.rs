@@ -61,11 +61,16 @@ struct Selected {
     /// first to be told of; a read-only session sees the mailbox's mark instead (UIDs above it
     /// are recent for everyone until a read-write session claims them).
     recent: Recent,
+    /// SEARCHRES (RFC 5182): the UIDs the last `SEARCH RETURN (SAVE)` kept, for `$`; empty
+    /// at SELECT. Expunged messages drop out when `$` is used (only those in the view count).
+    saved: Vec<u32>,
 }
 
 enum Recent {
     Claimed(Vec<(u32, u32)>),
     Above(u32),
+    /// IMAP4rev2: no message is \Recent, and nothing is claimed.
+    Off,
 }
 
 impl Recent {
@@ -73,6 +78,7 @@ impl Recent {
         match self {
             Recent::Claimed(ranges) => ranges.iter().any(|&(a, b)| uid > a && uid <= b),
             Recent::Above(mark) => uid > *mark,
+            Recent::Off => false,
         }
     }
 }
@@ -99,6 +105,7 @@ impl Selected {
                     *mark = m;
                 }
             }
+            Recent::Off => {}
         }
     }
 }
@@ -161,6 +168,17 @@ pub struct Session {
     _compressed: Option<crate::CompressedSlot>,
     /// ESEARCH: the RETURN options of the SEARCH being run (cut out before decoding).
     esearch: Option<crate::search::ReturnOptions>,
+    /// SEARCHRES: the command being run named `$` and the saved result was empty (it then
+    /// acts on no message, RFC 5182 2.1).
+    dollar_empty: bool,
+    /// IMAP4rev2 (RFC 9051) is on (ENABLE IMAP4rev2): no \Recent, SEARCH answers ESEARCH,
+    /// SELECT names the mailbox in a LIST line, mailbox names in UTF-8.
+    rev2: bool,
+    /// Mailbox names are UTF-8 on the wire (UTF8=ACCEPT or IMAP4rev2), not modified UTF-7.
+    utf8: bool,
+    /// UTF8=ACCEPT (RFC 6855) is on: also header strings (ENVELOPE) in UTF-8, and APPEND takes
+    /// `UTF8 (literal8)`.
+    utf8_accept: bool,
 }
 
 pub async fn handle_connection(
@@ -226,6 +244,10 @@ pub async fn serve_stream(
         qresync: false,
         _compressed: None,
         esearch: None,
+        dollar_empty: false,
+        rev2: false,
+        utf8: false,
+        utf8_accept: false,
     };
     if early {
         // RFC 3501 7.1: the server speaks first; a client that does not wait is not a mail client.
@@ -258,30 +280,33 @@ pub async fn serve_stream(
     );
 }
 
-fn mailbox_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
+/// A mailbox name from the wire: modified UTF-7 for IMAP4rev1 clients, UTF-8 once the client
+/// enabled UTF8=ACCEPT or IMAP4rev2 (`utf8`; RFC 6855 3, RFC 9051 5.1).
+fn mailbox_name(m: &ImapMailbox<'_>, utf8: bool) -> Result<String, &'static str> {
     let raw: &[u8] = match m {
         ImapMailbox::Inbox => return Ok("INBOX".to_owned()),
         ImapMailbox::Other(o) => o.as_ref(),
     };
-    name_from_wire(raw)
+    name_from_wire(raw, utf8)
 }
 
 /// The name CREATE makes: a trailing hierarchy delimiter only declares that the client means to
 /// create names below it (RFC 3501 6.3.3), so `CREATE a/` creates `a`.
-fn create_name(m: &ImapMailbox<'_>) -> Result<String, &'static str> {
+fn create_name(m: &ImapMailbox<'_>, utf8: bool) -> Result<String, &'static str> {
     match m {
         ImapMailbox::Other(o) if o.as_ref().len() > 1 && o.as_ref().ends_with(b"/") => {
             let raw = o.as_ref();
-            name_from_wire(&raw[..raw.len() - 1])
+            name_from_wire(&raw[..raw.len() - 1], utf8)
         }
-        _ => mailbox_name(m),
+        _ => mailbox_name(m, utf8),
     }
 }
 
-fn name_from_wire(raw: &[u8]) -> Result<String, &'static str> {
+fn name_from_wire(raw: &[u8], utf8: bool) -> Result<String, &'static str> {
     let s = std::str::from_utf8(raw).map_err(|_| "Mailbox name is not valid UTF-8")?;
-    // Names arrive in modified UTF-7 (RFC 3501 5.1.3); stored in UTF-8.
-    let name = if s.contains('&') {
+    // Names arrive in modified UTF-7 (RFC 3501 5.1.3) from IMAP4rev1 clients, in UTF-8 from
+    // the others; stored in UTF-8.
+    let name = if s.contains('&') && !utf8 {
         wire::utf7_decode(s).ok_or("Mailbox name is not valid modified UTF-7")?
     } else {
         s.to_owned()
@@ -335,8 +360,13 @@ fn flags_announcement(keywords: &[String], read_only: bool) -> String {
     }
 }
 
-fn display_name(name: &str) -> String {
-    wire::utf7_encode(name)
+/// A mailbox name for the wire: modified UTF-7 unless the client takes UTF-8.
+fn display_name(name: &str, utf8: bool) -> String {
+    if utf8 {
+        name.to_owned()
+    } else {
+        wire::utf7_encode(name)
+    }
 }
 
 fn flag_string(f: &Flag<'_>) -> String {
@@ -427,7 +457,7 @@ impl postern_auth::sasl::Challenger for Challenger<'_> {
 
 impl Session {
     fn capabilities(&self) -> String {
-        let mut caps = String::from("IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY");
+        let mut caps = String::from("IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT SPECIAL-USE CHILDREN QUOTA QUOTA=RES-STORAGE CONDSTORE QRESYNC STATUS=SIZE ESEARCH LIST-EXTENDED LIST-STATUS SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY SEARCHRES UTF8=ACCEPT");
         caps.push_str(&format!(" APPENDLIMIT={}", self.srv.config.max_append_size));
         if self.principal.is_some()
             && self.srv.config.max_compressed_sessions > 0
@@ -521,6 +551,31 @@ impl Session {
                     }
                     continue;
                 }
+            };
+            let bytes = match self.utf8_accept.then(|| crate::utf8::unwrap_append(&bytes)) {
+                Some(Some(plain)) => plain,
+                _ => bytes,
+            };
+            self.dollar_empty = false;
+            let bytes = match &self.selected {
+                Some(sel) => {
+                    let seqs: Vec<u32> = sel
+                        .saved
+                        .iter()
+                        .filter_map(|&u| sel.msgs.binary_search_by_key(&u, |m| m.uid).ok())
+                        .map(|i| i as u32 + 1)
+                        .collect();
+                    let uids: Vec<u32> =
+                        seqs.iter().map(|&q| sel.msgs[q as usize - 1].uid).collect();
+                    match crate::search::substitute_saved(&bytes, &uids, &seqs) {
+                        Some((b, empty)) => {
+                            self.dollar_empty = empty;
+                            b
+                        }
+                        None => bytes,
+                    }
+                }
+                None => bytes,
             };
             if let Some(parsed) = crate::listext::parse(&bytes) {
                 let flow = match parsed {
@@ -712,6 +767,16 @@ impl Session {
                         self.qresync = true;
                         enabled.push_str(" QRESYNC");
                     }
+                    if name == "IMAP4REV2" && !self.rev2 {
+                        self.rev2 = true;
+                        self.utf8 = true;
+                        enabled.push_str(" IMAP4rev2");
+                    }
+                    if name == "UTF8=ACCEPT" && !self.utf8_accept {
+                        self.utf8_accept = true;
+                        self.utf8 = true;
+                        enabled.push_str(" UTF8=ACCEPT");
+                    }
                 }
                 self.conn.line(&enabled);
                 self.ok(&tag, "ENABLE completed")
@@ -827,6 +892,21 @@ impl Session {
         body: CommandBody<'static>,
         sel: &mut Selected,
     ) -> (Flow, bool) {
+        if self.dollar_empty {
+            // RFC 5182 2.1: `$` with an empty saved result names no message; the command
+            // succeeds and does nothing
+            let name = match &body {
+                CommandBody::Fetch { .. } => Some("FETCH"),
+                CommandBody::Store { .. } => Some("STORE"),
+                CommandBody::Copy { .. } => Some("COPY"),
+                CommandBody::Move { .. } => Some("MOVE"),
+                CommandBody::ExpungeUid { .. } => Some("EXPUNGE"),
+                _ => None,
+            };
+            if let Some(name) = name {
+                return (self.ok(tag, &format!("{name} completed")), true);
+            }
+        }
         match body {
             CommandBody::Unselect | CommandBody::Close => {
                 let close = matches!(body, CommandBody::Close);
@@ -858,6 +938,10 @@ impl Session {
             } => {
                 if let Some(cs) = charset {
                     if !known_charset(cs.as_ref()) {
+                        if self.esearch.is_some_and(|o| o.save) {
+                            // RFC 5182 2.1: a failed SEARCH ... SAVE empties the saved result
+                            sel.saved.clear();
+                        }
                         let f = self.no(tag, "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
                         return (f, true);
                     }
@@ -1198,7 +1282,7 @@ impl Session {
         m: &ImapMailbox<'_>,
         missing: &str,
     ) -> Result<Mailbox, Flow> {
-        let name = match mailbox_name(m) {
+        let name = match mailbox_name(m, self.utf8) {
             Ok(n) => n,
             Err(e) => return Err(self.no(tag, e)),
         };
@@ -1296,7 +1380,11 @@ impl Session {
         self.conn.out().extend_from_slice(flags.as_bytes());
         self.conn.line(&format!("* {} EXISTS", msgs.len()));
         let max_uid = msgs.last().map_or(0, |m| m.uid);
-        let recent = if read_only {
+        let recent = if self.rev2 {
+            // RFC 9051 removed \Recent: such a session claims nothing, so IMAP4rev1 sessions
+            // still see the new messages as recent
+            Recent::Off
+        } else if read_only {
             Recent::Above(self.srv.store.recent_mark(mb.id).await.unwrap_or(max_uid))
         } else {
             match self.srv.store.claim_recent(mb.id, max_uid).await {
@@ -1304,11 +1392,23 @@ impl Session {
                 _ => Recent::Claimed(Vec::new()),
             }
         };
-        let n_recent = msgs.iter().filter(|m| recent.has(m.uid)).count();
-        self.conn.line(&format!("* {n_recent} RECENT"));
-        if let Some(first) = msgs.iter().position(|m| !m.has_flag("\\Seen")) {
-            self.conn
-                .line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
+        if self.rev2 {
+            // RFC 9051 6.3.2: a LIST line names the mailbox with its attributes; RECENT and
+            // the UNSEEN code are gone
+            match self.srv.store.list_mailboxes(self.account()).await {
+                Ok(all) => {
+                    let line = self.list_line(&all, &mb);
+                    self.conn.out().extend_from_slice(&line);
+                }
+                Err(e) => return self.store_failed(tag, e),
+            }
+        } else {
+            let n_recent = msgs.iter().filter(|m| recent.has(m.uid)).count();
+            self.conn.line(&format!("* {n_recent} RECENT"));
+            if let Some(first) = msgs.iter().position(|m| !m.has_flag("\\Seen")) {
+                self.conn
+                    .line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
+            }
         }
         self.conn
             .line(&format!("* OK [UIDVALIDITY {}] UIDs valid", c.uidvalidity));
@@ -1365,6 +1465,7 @@ impl Session {
             keywords,
             pin,
             recent,
+            saved: Vec::new(),
         });
         if read_only {
             self.ok(tag, "[READ-ONLY] EXAMINE completed")
@@ -1374,7 +1475,7 @@ impl Session {
     }
 
     async fn create(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Flow {
-        let name = match create_name(m) {
+        let name = match create_name(m, self.utf8) {
             Ok(n) => n,
             Err(e) => return self.no(tag, e),
         };
@@ -1397,7 +1498,7 @@ impl Session {
     }
 
     async fn delete(&mut self, tag: &str, m: &ImapMailbox<'_>) -> Flow {
-        let name = match mailbox_name(m) {
+        let name = match mailbox_name(m, self.utf8) {
             Ok(n) => n,
             Err(e) => return self.no(tag, e),
         };
@@ -1426,7 +1527,7 @@ impl Session {
     }
 
     async fn rename(&mut self, tag: &str, from: &ImapMailbox<'_>, to: &ImapMailbox<'_>) -> Flow {
-        let (from, to) = match (mailbox_name(from), mailbox_name(to)) {
+        let (from, to) = match (mailbox_name(from, self.utf8), mailbox_name(to, self.utf8)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return self.no(tag, e),
         };
@@ -1445,7 +1546,7 @@ impl Session {
     }
 
     async fn subscribe(&mut self, tag: &str, m: &ImapMailbox<'_>, on: bool) -> Flow {
-        let name = match mailbox_name(m) {
+        let name = match mailbox_name(m, self.utf8) {
             Ok(n) => n,
             Err(e) => return self.no(tag, e),
         };
@@ -1489,7 +1590,12 @@ impl Session {
             return self.ok(tag, &format!("{cmd} completed"));
         }
         let full = format!("{reference}{pattern}");
-        let full = wire::utf7_decode(&full).unwrap_or(full);
+        let utf8 = self.utf8;
+        let full = if utf8 {
+            full
+        } else {
+            wire::utf7_decode(&full).unwrap_or(full)
+        };
         let pat: Vec<char> = full.chars().collect();
         let all = match self.srv.store.list_mailboxes(self.account()).await {
             Ok(v) => v,
@@ -1502,7 +1608,7 @@ impl Session {
         };
         let emit = |out: &mut Vec<u8>, attrs: &str, name: &str| {
             let mut line = format!("* {cmd} ({attrs}) \"/\" ").into_bytes();
-            wire::mailbox(&mut line, &display_name(name));
+            wire::mailbox(&mut line, &display_name(name, utf8));
             out.extend_from_slice(&line);
             out.extend_from_slice(b"\r\n");
         };
@@ -1532,20 +1638,28 @@ impl Session {
             }
         } else {
             for b in all.iter().filter(|b| matches(&b.name)) {
-                let prefix = format!("{}{DELIMITER}", b.name);
-                let mut attrs = vec![if all.iter().any(|o| o.name.starts_with(&prefix)) {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                }];
-                if let Some(su) = &b.special_use {
-                    attrs.push(su);
-                }
-                emit(&mut out, &attrs.join(" "), &b.name);
+                out.extend_from_slice(&self.list_line(&all, b));
             }
         }
         self.conn.out().extend_from_slice(&out);
         self.ok(tag, &format!("{cmd} completed"))
+    }
+
+    /// The plain LIST line of mailbox `b` (of `all`): child attributes and special use.
+    fn list_line(&self, all: &[Mailbox], b: &Mailbox) -> Vec<u8> {
+        let prefix = format!("{}{DELIMITER}", b.name);
+        let mut attrs = vec![if all.iter().any(|o| o.name.starts_with(&prefix)) {
+            "\\HasChildren"
+        } else {
+            "\\HasNoChildren"
+        }];
+        if let Some(su) = &b.special_use {
+            attrs.push(su);
+        }
+        let mut line = format!("* LIST ({}) \"/\" ", attrs.join(" ")).into_bytes();
+        wire::mailbox(&mut line, &display_name(&b.name, self.utf8));
+        line.extend_from_slice(b"\r\n");
+        line
     }
 
     /// LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819): selection by subscription or
@@ -1582,7 +1696,11 @@ impl Session {
                 continue;
             }
             let full = format!("{}{p}", l.reference);
-            let full = wire::utf7_decode(&full).unwrap_or(full);
+            let full = if self.utf8 {
+                full
+            } else {
+                wire::utf7_decode(&full).unwrap_or(full)
+            };
             matchers.push((
                 full.chars().collect::<Vec<char>>(),
                 full.to_ascii_uppercase().chars().collect::<Vec<char>>(),
@@ -1628,7 +1746,7 @@ impl Session {
                 attrs.push("\\Subscribed");
             }
             let mut line = format!("* LIST ({}) \"/\" ", attrs.join(" ")).into_bytes();
-            wire::mailbox(&mut line, &display_name(&b.name));
+            wire::mailbox(&mut line, &display_name(&b.name, self.utf8));
             if !childinfo.is_empty() {
                 line.extend_from_slice(
                     format!(" (\"CHILDINFO\" ({}))", childinfo.join(" ")).as_bytes(),
@@ -1697,7 +1815,7 @@ impl Session {
             }
         }
         let mut line = b"* STATUS ".to_vec();
-        wire::mailbox(&mut line, &display_name(&mb.name));
+        wire::mailbox(&mut line, &display_name(&mb.name, self.utf8));
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         Ok(line)
     }
@@ -1721,9 +1839,9 @@ impl Session {
         };
         let kib = |b: u64| b.div_ceil(1024);
         if let Some(m) = mailbox {
-            let name = mailbox_name(m).unwrap_or_default();
+            let name = mailbox_name(m, self.utf8).unwrap_or_default();
             let mut line = b"* QUOTAROOT ".to_vec();
-            wire::mailbox(&mut line, &display_name(&name));
+            wire::mailbox(&mut line, &display_name(&name, self.utf8));
             if limit.is_some() {
                 line.extend_from_slice(b" \"\"");
             }
@@ -1839,7 +1957,7 @@ mod tests {
 
     #[test]
     fn mailbox_names() {
-        let mk = |s: &str| mailbox_name(&ImapMailbox::try_from(s).unwrap());
+        let mk = |s: &str| mailbox_name(&ImapMailbox::try_from(s).unwrap(), false);
         assert_eq!(mk("inbox").unwrap(), "INBOX");
         assert_eq!(mk("INBOX/x").unwrap(), "INBOX/x");
         assert_eq!(mk("&ZeVnLIqe-").unwrap(), "日本語");
@@ -1847,7 +1965,7 @@ mod tests {
         assert!(mk("/a").is_err());
         assert!(mk("&Jjo").is_err());
         assert!(mk("a/").is_err());
-        let create = |s: &str| create_name(&ImapMailbox::try_from(s).unwrap());
+        let create = |s: &str| create_name(&ImapMailbox::try_from(s).unwrap(), false);
         assert_eq!(create("a/").unwrap(), "a");
         assert_eq!(create("a/b/").unwrap(), "a/b");
         assert!(create("a//").is_err());

@@ -99,14 +99,11 @@ impl Session {
         if grew {
             // RFC 3501 7.3.2: RECENT goes with EXISTS
             sel.learn_recent(&self.srv.store, max_uid).await;
-            out.extend_from_slice(
-                format!(
-                    "* {} EXISTS\r\n* {} RECENT\r\n",
-                    sel.msgs.len(),
-                    sel.recent_count()
-                )
-                .as_bytes(),
-            );
+            out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
+            if !self.rev2 {
+                // IMAP4rev2 has no RECENT (RFC 9051)
+                out.extend_from_slice(format!("* {} RECENT\r\n", sel.recent_count()).as_bytes());
+            }
         }
         if !any_deferred {
             sel.modseq = modseq;
@@ -196,7 +193,22 @@ impl Session {
         self.refresh_view(sel, uid).await;
         let hits = self.search_hits(sel, key);
         let suffix = self.modseq_suffix(sel, key, &hits);
-        if let Some(o) = self.esearch.take() {
+        // IMAP4rev2 answers every SEARCH with ESEARCH, ALL when RETURN was not given (RFC 9051
+        // 6.4.4)
+        let esearch = self.esearch.take().or_else(|| {
+            self.rev2.then_some(crate::search::ReturnOptions {
+                all: true,
+                ..Default::default()
+            })
+        });
+        if let Some(o) = esearch {
+            if o.save {
+                let uids: Vec<u32> = hits.iter().map(|&i| sel.msgs[i].uid).collect();
+                sel.saved = o.saved(&uids);
+                if !o.answers() {
+                    return self.ok(tag, "SEARCH completed, result saved");
+                }
+            }
             // RFC 4731: one ESEARCH with what RETURN asked for; MIN, MAX and ALL only if
             // something matched, COUNT always
             let ids: Vec<u32> = hits
