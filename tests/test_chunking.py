@@ -95,3 +95,55 @@ def test_bdat_on_submission_after_auth(make_server):
     forged = f"From: {BOB}\r\nSubject: forged\r\n\r\nx\r\n".encode()
     assert bdat(r, forged, last=True)[0] == 550
     r.close()
+
+
+def test_binarymime_parts_arrive_as_base64_and_decode_to_the_octets_sent(make_server):
+    """BINARYMIME (RFC 3030 3): BODY=BINARYMIME is BDAT only (DATA is 503); a binary part (NUL,
+    bare CR and LF, any octet) is stored re-encoded in base64 with its Content-Transfer-Encoding
+    saying so, the other parts untouched; IMAP's BINARY fetch gives the exact octets back. Binary
+    octets in the header section are refused."""
+    import email
+    import imaplib
+
+    from conftest import BOB_PW, tls_client_context
+
+    srv = make_server()
+    r = session(srv.smtp)
+    code, lines = r.cmd("EHLO sender.test")
+    assert "BINARYMIME" in lines, lines
+    assert r.cmd("MAIL FROM:<someone@remote.test> BODY=BINARYMIME")[0] == 250
+    assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    assert r.cmd("DATA")[0] == 503
+    blob = bytes(range(256)) * 20 + b"\r\n.\r\nMAIL FROM:<x@y>\r\n\n\r\x00"
+    msg = (b"From: someone@remote.test\r\nTo: " + BOB.encode() + b"\r\nSubject: binary\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+           b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n"
+           b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+           + blob + b"\r\n--b1--\r\n")
+    n = len(srv.inbox(BOB))
+    assert bdat(r, msg[:100])[0] == 250
+    assert bdat(r, msg[100:], last=True)[0] == 250
+    stored = srv.inbox(BOB)[-1]
+    assert len(srv.inbox(BOB)) == n + 1
+    assert b"\x00" not in stored and b"Content-Transfer-Encoding: base64\r\n" in stored
+    assert b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attachment\r\n--b1" in stored
+    parts = [p for p in email.message_from_bytes(stored).walk() if not p.is_multipart()]
+    assert parts[1].get_payload(decode=True) == blob
+    # the same octets through IMAP BINARY (RFC 3516)
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context())
+    m.login(BOB, BOB_PW)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch(str(n + 1), "(BINARY.PEEK[2])")
+    assert typ == "OK" and data[0][1] == blob, data[0][0]
+    m.logout()
+    # binary octets in the header section: refused, nothing stored
+    assert r.cmd("MAIL FROM:<someone@remote.test> BODY=BINARYMIME")[0] == 250
+    assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    code, _ = bdat(r, b"Subject: a\x00b\r\n\r\nx\r\n", last=True)
+    assert code == 554
+    assert len(srv.inbox(BOB)) == n + 1
+    # without BODY=BINARYMIME, the old rules: binary content is refused
+    assert r.cmd("MAIL FROM:<someone@remote.test>")[0] == 250
+    assert r.cmd(f"RCPT TO:<{BOB}>")[0] == 250
+    assert bdat(r, msg, last=True)[0] == 550
+    r.close()

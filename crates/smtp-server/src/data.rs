@@ -31,8 +31,8 @@ pub enum DataProblem {
 }
 
 /// Checks a message that arrived in BDAT chunks (RFC 3030): the length delimits it, so there is
-/// no end marker to confuse, but the same content rules as DATA apply (no bare CR or LF, no NUL:
-/// BINARYMIME is not offered).
+/// no end marker to confuse, but the same content rules as DATA apply (no bare CR or LF, no NUL).
+/// A BINARYMIME message meets them after `binarymime::downgrade` re-encoded its binary parts.
 pub fn check_chunked(body: &[u8]) -> Result<(), DataProblem> {
     let mut prev = 0u8;
     for (i, &b) in body.iter().enumerate() {

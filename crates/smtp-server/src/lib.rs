@@ -6,6 +6,7 @@
 //! checks (SPF, DKIM, ARC, DMARC, own domains, greylisting, DNS block lists) are [`inbound`].
 #![forbid(unsafe_code)]
 
+pub mod binarymime;
 pub mod conn;
 pub mod data;
 pub mod inbound;

@@ -28,7 +28,7 @@ use postern_net::{ConnPermit, MailStream, Refusal, TlsInfo};
 use postern_types::EmailAddress;
 use smtp_proto::{
     Request, AUTH_EXTERNAL, AUTH_LOGIN, AUTH_OAUTHBEARER, AUTH_PLAIN, AUTH_SCRAM_SHA_256,
-    AUTH_SCRAM_SHA_256_PLUS, AUTH_XOAUTH2, MAIL_SMTPUTF8,
+    AUTH_SCRAM_SHA_256_PLUS, AUTH_XOAUTH2, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8,
 };
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +81,8 @@ struct Session {
     principal: Option<Principal>,
     mail_from: Option<String>,
     smtputf8: bool,
+    /// MAIL FROM said BODY=BINARYMIME (RFC 3030 3): BDAT only, binary parts allowed.
+    binarymime: bool,
     rcpts: Vec<Recipient>,
     /// RCPT commands in this transaction, repeats included: repeating one address must not
     /// buy unlimited look-ups.
@@ -155,6 +157,7 @@ pub async fn serve_stream(
         principal: None,
         mail_from: None,
         smtputf8: false,
+        binarymime: false,
         rcpts: Vec::new(),
         rcpt_commands: 0,
         bdat: None,
@@ -332,6 +335,7 @@ impl Session {
         self.sender_checks = None;
         self.mail_from = None;
         self.smtputf8 = false;
+        self.binarymime = false;
         self.rcpts.clear();
         self.rcpt_commands = 0;
     }
@@ -447,6 +451,7 @@ impl Session {
             format!("SIZE {}", self.srv.config.max_message_size),
             "8BITMIME".to_owned(),
             "CHUNKING".to_owned(),
+            "BINARYMIME".to_owned(),
             "ENHANCEDSTATUSCODES".to_owned(),
             "SMTPUTF8".to_owned(),
         ];
@@ -764,6 +769,7 @@ impl Session {
         }
         self.mail_from = Some(sender);
         self.smtputf8 = smtputf8;
+        self.binarymime = flags & MAIL_BODY_BINARYMIME != 0;
         self.idle_commands = 0;
         self.ok("250 2.1.0 Sender OK")
     }
@@ -984,7 +990,22 @@ impl Session {
                 None => self.ok("250 2.0.0 OK"),
             };
         }
-        let flow = match self.bdat.take() {
+        let binary = self.binarymime;
+        let flow = match self.bdat.take().map(|r| {
+            // BINARYMIME: binary parts become base64 first; the result then meets the rules of
+            // any other message (crate::binarymime)
+            r.and_then(|body| match binary {
+                true => crate::binarymime::downgrade(&body).map_err(|e| match e {
+                    crate::binarymime::BinaryProblem::Header => {
+                        "554 5.6.0 Message refused: binary octets in the header section"
+                    }
+                    crate::binarymime::BinaryProblem::Structure => {
+                        "554 5.6.0 Message refused: binary octets outside a binary MIME part"
+                    }
+                }),
+                false => Ok(body),
+            })
+        }) {
             Some(Ok(mut body)) => match crate::data::check_chunked(&body) {
                 Err(DataProblem::Nul) => {
                     self.error("550 5.6.0 Message refused: NUL characters are not allowed")
@@ -1023,6 +1044,10 @@ impl Session {
     async fn data(&mut self) -> Flow {
         if self.bdat.is_some() {
             return self.error("503 5.5.1 DATA in the middle of a BDAT transaction");
+        }
+        if self.binarymime {
+            // RFC 3030 3: a BINARYMIME message can only be sent with BDAT
+            return self.error("503 5.5.1 BODY=BINARYMIME requires BDAT");
         }
         if self.mail_from.is_none() {
             return self.error("503 5.5.1 Need MAIL command first");
