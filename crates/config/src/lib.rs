@@ -1365,6 +1365,14 @@ pub struct ImapConfig {
     /// uncompressed. 0 turns COMPRESS off (not advertised).
     #[serde(default = "d_compressed")]
     pub max_compressed_sessions: usize,
+    /// QRESYNC's expunge record kept per mailbox (entries); older ones are pruned hourly, and
+    /// a client resynchronising from before them is told every known UID that is gone.
+    #[serde(default = "d_vanished_keep")]
+    pub vanished_records_per_mailbox: u64,
+}
+
+fn d_vanished_keep() -> u64 {
+    100_000
 }
 
 fn d_compressed() -> usize {
@@ -1394,6 +1402,7 @@ impl Default for ImapConfig {
             max_sessions_per_account: d_conns_ip(),
             max_errors: d_errors(),
             max_compressed_sessions: d_compressed(),
+            vanished_records_per_mailbox: d_vanished_keep(),
         }
     }
 }

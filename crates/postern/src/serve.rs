@@ -237,6 +237,12 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     if let Err(e) = store.greylist_expire(postern_store::now(), grey).await {
                         tracing::warn!(error = %e, "greylist expiry failed");
                     }
+                    if let Err(e) = store
+                        .prune_vanished(cfg.imap.vanished_records_per_mailbox)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "pruning the expunge record failed");
+                    }
                     // DMARC aggregate and TLS reports of the finished days
                     let today = postern_store::now().div_euclid(86400);
                     let actor = crate::actor::Actor::system("reports");

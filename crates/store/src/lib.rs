@@ -683,6 +683,14 @@ mod tests {
             s.vanished_since(inbox, known).await.unwrap().uids,
             vec![1, 2, 3, 4, 5, 6]
         );
+        // pruning to 3 records drops the oldest expunge (1, 2) whole; a client from before
+        // what is kept is told the record is incomplete, one after it gets the exact list
+        assert_eq!(s.prune_vanished(3).await.unwrap(), 2);
+        assert!(!s.vanished_since(inbox, known).await.unwrap().complete);
+        let v = s.vanished_since(inbox, after_expunge).await.unwrap();
+        assert!(v.complete);
+        assert_eq!(v.uids, vec![3, 4, 5, 6]);
+        assert_eq!(s.prune_vanished(3).await.unwrap(), 0);
         // a mailbox deleted takes its record with it
         s.delete_mailbox(id, "Old").await.unwrap();
         s.delete_mailbox(id, "Other").await.unwrap();

@@ -756,6 +756,51 @@ impl Store {
         })
     }
 
+    /// Keeps the expunge record (QRESYNC's VANISHED) from growing without end: of each mailbox
+    /// with more than `keep` records, the oldest go (whole expunges: the records of one share its
+    /// MODSEQ), and the mailbox's `vanished_floor` rises to below the oldest MODSEQ kept, so that a client resynchronising from before it is told every
+    /// known UID that no longer exists (RFC 7162 3.2.5.2) instead of a partial list. Returns
+    /// the number of records removed.
+    pub async fn prune_vanished(&self, keep: u64) -> Result<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let over =
+            sqlx::query("SELECT mailbox_id FROM vanished GROUP BY mailbox_id HAVING COUNT(*) > ?")
+                .bind(keep)
+                .fetch_all(&self.read)
+                .await?;
+        let mut removed = 0;
+        for row in over {
+            let id: i64 = row.try_get(0)?;
+            let mut tx = self.write.begin().await?;
+            let cutoff: Option<i64> = sqlx::query(
+                "SELECT modseq FROM vanished WHERE mailbox_id = ? ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+            )
+            .bind(id)
+            .bind(keep)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+            let Some(cutoff) = cutoff else { continue };
+            // records of one expunge share its MODSEQ: the group at the cut stays whole
+            removed += sqlx::query("DELETE FROM vanished WHERE mailbox_id = ? AND modseq < ?")
+                .bind(id)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            sqlx::query(
+                "UPDATE mailboxes SET vanished_floor = MAX(vanished_floor, ?) WHERE id = ?",
+            )
+            .bind(cutoff - 1)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(removed)
+    }
+
     /// Whether POP3 is allowed for this account (the "prefer IMAP" switch).
     pub async fn pop3_enabled(&self, account_id: i64) -> Result<bool> {
         let v: i64 = sqlx::query("SELECT pop3_enabled FROM accounts WHERE id = ?")
