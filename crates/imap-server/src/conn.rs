@@ -212,10 +212,8 @@ impl Conn {
                         Err(_) => return Input::Closed,
                     }
                     self.frag.enqueue_bytes(&self.io.buf);
-                    self.io.buf.clear();
-                    if self.io.buf.capacity() > chunk {
-                        self.io.buf = Vec::new();
-                    }
+                    // all of it is in the Fragmentizer now: the session waits without a buffer
+                    self.io.buf = Vec::new();
                 }
             }
         }

@@ -188,14 +188,22 @@ impl LineConn {
         }
         // Straight into the buffer's spare capacity: a chunk array here would be part of every
         // session's future, and zeroed, while it waits (16 KiB resident per idle connection).
-        self.buf.reserve(self.chunk);
-        let s = self
-            .stream
+        // The room is taken only once input is there: a waiting session holds no buffer.
+        let chunk = self.chunk;
+        let (stream, buf) = (&mut self.stream, &mut self.buf);
+        let s = stream
             .as_mut()
             .ok_or_else(|| ReadError::Io(stream_taken()))?;
-        let r = tokio::time::timeout_at(deadline, s.read_buf(&mut self.buf)).await;
-        // An idle session keeps no large empty buffer (it was reserved for one read).
-        if self.buf.is_empty() && self.buf.capacity() > self.chunk {
+        let r = tokio::time::timeout_at(deadline, async {
+            if buf.is_empty() {
+                s.input_ready().await?;
+            }
+            buf.reserve(chunk);
+            s.read_buf(buf).await
+        })
+        .await;
+        // An idle session keeps no empty buffer (it was reserved for one read).
+        if self.buf.is_empty() {
             self.buf = Vec::new();
         }
         match r {
