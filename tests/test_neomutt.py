@@ -3,25 +3,19 @@ certificate verified: it lists a mailbox, a message is read (its body shown, \\S
 server), one flagged, one deleted and expunged, one saved (moved) into another mailbox, and a
 message that arrives while neomutt watches the mailbox appears in its index. The server's state
 is then read back with imaplib."""
-import imaplib
 import shutil
 import subprocess
 import time
 
 import pytest
 
-from conftest import BOB, BOB_PW, tls_client_context
+from conftest import BOB, BOB_PW
+from test_offlineimap import imap, server_state
 
 NEOMUTT = shutil.which("neomutt")
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(NEOMUTT is None or TMUX is None,
                                 reason="needs Debian's neomutt and tmux packages")
-
-
-def imap(server):
-    m = imaplib.IMAP4_SSL("127.0.0.1", server.imaps, ssl_context=tls_client_context(), timeout=15)
-    m.login(BOB, BOB_PW)
-    return m
 
 
 class Tmux:
@@ -52,21 +46,6 @@ class Tmux:
 
     def kill(self):
         subprocess.run([TMUX, "kill-session", "-t", self.name], capture_output=True)
-
-
-def state(server, box):
-    """{subject: flags} of a mailbox, read by a fresh session."""
-    m = imap(server)
-    m.select(box, readonly=True)
-    typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    out = {}
-    for item in data:
-        if isinstance(item, tuple):
-            subject = item[1].decode().strip().removeprefix("Subject: ")
-            flags = item[0].decode().split("FLAGS (")[1].split(")")[0]
-            out[subject] = set(flags.split())
-    m.logout()
-    return out
 
 
 def test_neomutt_reads_flags_deletes_and_moves(server, tmp_path):
@@ -129,14 +108,14 @@ set index_format = "%4C %Z %s"
         t.keys("$")
         deadline = time.time() + 20
         while time.time() < deadline:
-            s = state(server, "Mutt")
-            if set(s) == {"mutt 0", "mutt 1"}:
+            s = server_state(server, "Mutt")
+            if set(s) == {"Subject: mutt 0", "Subject: mutt 1"}:
                 break
             time.sleep(0.5)
-        assert set(s) == {"mutt 0", "mutt 1"}, (s, t.screen())
-        assert "\\Seen" in s["mutt 0"], s
-        assert "\\Flagged" in s["mutt 1"], s
-        assert set(state(server, "MuttDone")) == {"mutt 3"}
+        assert set(s) == {"Subject: mutt 0", "Subject: mutt 1"}, (s, t.screen())
+        assert "\\Seen" in s["Subject: mutt 0"], s
+        assert "\\Flagged" in s["Subject: mutt 1"], s
+        assert set(server_state(server, "MuttDone")) == {"Subject: mutt 3"}
         # a message that arrives while neomutt has the mailbox open shows up in its index
         m = imap(server)
         m.append("Mutt", None, None,

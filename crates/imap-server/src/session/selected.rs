@@ -72,20 +72,8 @@ impl Session {
                 m.modseq = f.modseq;
                 if report {
                     m.flags = f.flags.clone();
-                    let modseq = if self.condstore {
-                        format!(" MODSEQ ({})", m.modseq)
-                    } else {
-                        String::new()
-                    };
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH (UID {} FLAGS {}{modseq})\r\n",
-                            i + 1,
-                            m.uid,
-                            flags_list(&m.flags, sel.recent.has(m.uid))
-                        )
-                        .as_bytes(),
-                    );
+                    let recent = sel.recent.has(m.uid);
+                    self.flags_fetch(&mut out, i + 1, Some(m.uid), &m.flags, recent, m.modseq);
                 }
             }
         }
@@ -378,19 +366,9 @@ impl Session {
                 String::new()
             };
             if !how.silent {
-                let modseq = if self.condstore {
-                    format!(" MODSEQ ({})", c.modseq)
-                } else {
-                    String::new()
-                };
-                out.extend_from_slice(
-                    format!(
-                        "* {} FETCH ({uid_part}FLAGS {}{modseq})\r\n",
-                        i + 1,
-                        flags_list(&sel.msgs[i].flags, sel.recent.has(c.uid))
-                    )
-                    .as_bytes(),
-                );
+                let recent = sel.recent.has(c.uid);
+                let shown = uid.then_some(c.uid);
+                self.flags_fetch(&mut out, i + 1, shown, &c.flags, recent, c.modseq);
             } else if self.condstore && c.changed {
                 // RFC 7162 3.1.3: a changed message's new MODSEQ is sent even to .SILENT
                 out.extend_from_slice(
@@ -495,6 +473,27 @@ impl Session {
             }
             Err(e) => self.store_failed(tag, e),
         }
+    }
+
+    /// The untagged FETCH that tells a message's flags (changed by another session, or by this
+    /// one's STORE): with its UID when given, with MODSEQ once CONDSTORE is on.
+    fn flags_fetch(
+        &self,
+        out: &mut Vec<u8>,
+        seq: usize,
+        uid: Option<u32>,
+        flags: &[String],
+        recent: bool,
+        modseq: u64,
+    ) {
+        let uid = uid.map(|u| format!("UID {u} ")).unwrap_or_default();
+        let modseq = if self.condstore {
+            format!(" MODSEQ ({modseq})")
+        } else {
+            String::new()
+        };
+        let flags = flags_list(flags, recent);
+        out.extend_from_slice(format!("* {seq} FETCH ({uid}FLAGS {flags}{modseq})\r\n").as_bytes());
     }
 
     /// IDLE runs unboxed in the session's own future (see `run`), so what it awaits is part of
