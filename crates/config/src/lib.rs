@@ -1945,6 +1945,12 @@ impl Config {
             seen.insert(a);
         }
         for l in &self.listeners {
+            if l.protocol == Protocol::Web {
+                return Err(format!(
+                    "listener {}: \"web\" is not a listener protocol (the portal is served by the [admin] listener)",
+                    l.address
+                ));
+            }
             if !seen.insert(l.address) {
                 return Err(format!("two listeners use the address {}", l.address));
             }

@@ -692,6 +692,7 @@ async fn opening(p: Protocol, a: SocketAddr, starttls: bool) -> Result<(Box<dyn 
         Protocol::Submissions | Protocol::Imaps | Protocol::Pop3s => {
             return Ok((c.into_inner(), Vec::new()))
         }
+        Protocol::Web => anyhow::bail!("the web portal is not a mail listener"),
         Protocol::Smtp | Protocol::Submission => {
             c.reply().await?;
             c.send("EHLO audit.postern.invalid").await?;

@@ -370,6 +370,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             shutdown: shutdown.clone(),
         };
         let task = match protocol {
+            // refused by Config::validate: the portal is served by the admin listener
+            Protocol::Web => continue,
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => {
                 let srv = smtp.clone();
                 spawn_listener(

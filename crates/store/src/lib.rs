@@ -37,6 +37,7 @@ pub mod scram;
 pub mod secrets;
 pub mod totp;
 pub mod views;
+pub mod web;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -418,6 +419,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0024_recent.sql"),
     include_str!("../migrations/0025_quota.sql"),
     include_str!("../migrations/0026_vanished.sql"),
+    include_str!("../migrations/0027_web_sessions.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

@@ -28,6 +28,9 @@ pub enum Protocol {
     Pop3,
     /// POP3 over implicit TLS on port 995.
     Pop3s,
+    /// The self-service web portal (`/account` over HTTPS on the admin listener): a door for
+    /// logins only, never a `[[listener]]` protocol. No app password opens it.
+    Web,
 }
 
 impl Protocol {
@@ -40,6 +43,7 @@ impl Protocol {
             Protocol::Imaps => "imaps",
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
+            Protocol::Web => "web",
         }
     }
     /// The IANA port of the protocol, to which `postern init --port-offset` adds.
@@ -52,6 +56,7 @@ impl Protocol {
             Protocol::Imaps => 993,
             Protocol::Pop3 => 110,
             Protocol::Pop3s => 995,
+            Protocol::Web => 443,
         }
     }
 }
@@ -78,6 +83,7 @@ impl Protocol {
             Protocol::Imap | Protocol::Imaps => "imap",
             Protocol::Pop3 | Protocol::Pop3s => "pop3",
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => "smtp",
+            Protocol::Web => "web",
         }
     }
 }
