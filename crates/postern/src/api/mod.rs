@@ -27,6 +27,7 @@ mod bans;
 mod common;
 mod domains;
 mod listener;
+mod portal;
 mod session;
 mod users;
 
@@ -100,8 +101,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/admins/{name}", delete(remove_admin))
         .route("/api-keys", get(list_api_keys).post(add_api_key))
         .route("/api-keys/{name}", delete(revoke_api_key));
+    // The self-service portal of mail users (HTML forms)
+    let account = Router::new()
+        .route("/", get(portal::home))
+        .route("/login", get(portal::login_form).post(portal::login))
+        .route("/logout", post(portal::logout))
+        .route("/style.css", get(portal::style))
+        .route("/app-passwords", post(portal::create_app_password))
+        .route("/app-passwords/revoke", post(portal::revoke_app_password));
     Router::new()
         .nest("/api/v1", v1)
+        .nest("/account", account)
+        .route("/account/", get(portal::home))
         // Prometheus scrapes here with an API key (or a session) of a role that may read the
         // audit log (auditor, superadmin)
         .route("/metrics", get(metrics))
@@ -134,8 +145,8 @@ async fn security_headers(mut r: Response) -> Response {
             .expect("static"),
     );
     // JSON only: nothing in a reply may run, load or be framed, should a browser render it.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
+    // (The portal's pages set their own, which allows their stylesheet and nothing else.)
+    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(
         "default-src 'none'; frame-ancestors 'none'"
             .parse()
             .expect("static"),

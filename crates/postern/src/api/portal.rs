@@ -1,0 +1,550 @@
+//! The self-service portal of mail users (`/account`), served beside the admin API over HTTPS:
+//! server-rendered pages (askama), no script at all, the same operations as the CLI and the API
+//! (every change audited with the user as its actor, `web:ADDRESS`).
+//!
+//! Signing in goes through the auth core as any mail login does (door `web`: the same guard,
+//! throttling, bans and audit; app passwords never open it); an account with a second factor
+//! then needs its TOTP or recovery code, checked here, a wrong one counting as a failed login.
+//! The session is a cookie `__Host-postern_account` (Secure, HttpOnly, SameSite=Strict, path
+//! `/`), stored as its SHA-256 digest and ended by logout, expiry, a disabled account or an
+//! incident lock. Every form carries the session's CSRF token. Pages are sent with a
+//! Content-Security-Policy that allows only this site's stylesheet, with `no-store`.
+
+use askama::Template;
+use axum::Form;
+use postern_auth::{AuthOutcome, LoginAttempt};
+use postern_types::Protocol;
+
+use super::common::*;
+
+const COOKIE: &str = "__Host-postern_account";
+/// How long a portal session lasts (no sliding renewal: sign in again after it).
+const SESSION_SECS: i64 = 30 * 60;
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+const STYLE: &str = include_str!("../../static/account.css");
+
+#[derive(Template)]
+#[template(path = "account/login.html")]
+struct LoginPage {
+    message: Option<&'static str>,
+    address: String,
+}
+
+struct AppPasswordRow {
+    name: String,
+    protocols: String,
+    expires: String,
+    last_used: String,
+}
+
+struct SigninRow {
+    when: String,
+    protocol: String,
+    ip: String,
+    mechanism: String,
+    result: String,
+}
+
+struct Created {
+    name: String,
+    secret: String,
+    /// (what, host:port and security) for the mail program's settings
+    servers: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "account/overview.html")]
+struct Overview {
+    address: String,
+    csrf: String,
+    notice: Option<String>,
+    created: Option<Created>,
+    two_factor: bool,
+    app_passwords: Vec<AppPasswordRow>,
+    signins: Vec<SigninRow>,
+}
+
+/// A rendered page with the portal's headers (the API's layer adds no-store, HSTS, nosniff and
+/// the referrer policy, and keeps this CSP).
+fn page(t: impl Template, status: StatusCode) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_FRAME_OPTIONS, "DENY"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "portal: a page did not render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+fn login_page(message: Option<&'static str>, address: String, status: StatusCode) -> Response {
+    page(LoginPage { message, address }, status)
+}
+
+fn when(ts: i64) -> String {
+    chrono::DateTime::from_timestamp(ts, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+/// The session token from the request's cookies.
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The live session of the request, with its token's digest.
+async fn session(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Option<(postern_store::web::WebSession, [u8; 32])>> {
+    let Some(token) = cookie_token(headers) else {
+        return Ok(None);
+    };
+    let d = digest(&token);
+    Ok(st.store.web_session(&d).await?.map(|s| (s, d)))
+}
+
+/// A form's CSRF token must be the session's (their digests compared: the timing of the
+/// comparison tells nothing about the token).
+fn csrf_ok(s: &postern_store::web::WebSession, given: &str) -> bool {
+    digest(&s.csrf) == digest(given)
+}
+
+fn actor(s: &postern_store::web::WebSession, ip: IpAddr) -> Actor {
+    Actor {
+        door: "web",
+        name: postern_auth::loggable_username(&s.address),
+        ip: Some(ip),
+    }
+}
+
+pub(super) async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+pub(super) async fn login_form(State(st): St, headers: axum::http::HeaderMap) -> Response {
+    match session(&st, &headers).await {
+        Ok(Some(_)) => redirect("/account"),
+        _ => login_page(None, String::new(), StatusCode::OK),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    address: String,
+    password: SecretString,
+    #[serde(default)]
+    code: Option<SecretString>,
+}
+
+async fn audit_second_factor(st: &ApiState, address: &str, ip: IpAddr, ok: bool) {
+    let r = st
+        .store
+        .append_audit(&[NewAudit {
+            ts: postern_store::now(),
+            event: "auth".into(),
+            protocol: Some("web".into()),
+            ip: Some(ip.to_string()),
+            username: Some(postern_auth::loggable_username(address)),
+            mechanism: Some("password+totp".into()),
+            tls: Some("TLS".into()),
+            result: if ok { "ok" } else { "failed" }.into(),
+            reason: (!ok).then(|| "bad_second_factor".to_owned()),
+            ..Default::default()
+        }])
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "portal: could not write the audit log");
+    }
+}
+
+pub(super) async fn login(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    Form(f): Form<LoginForm>,
+) -> ApiResult<Response> {
+    const FAILED: &str = "Sign-in failed: check the address, the password and the code.";
+    let ip = addr.ip();
+    let address = f.address.trim().to_lowercase();
+    let keep = postern_auth::loggable_username(&address);
+    if address.len() > 320 {
+        return Ok(login_page(
+            Some(FAILED),
+            String::new(),
+            StatusCode::UNAUTHORIZED,
+        ));
+    }
+    let outcome = st
+        .auth
+        .authenticate(LoginAttempt {
+            username: &address,
+            password: &f.password,
+            protocol: Protocol::Web,
+            mechanism: "password",
+            remote_ip: ip,
+            tls: Some("TLS"),
+        })
+        .await;
+    let account_id = match outcome {
+        AuthOutcome::Success(p) => p.account_id,
+        AuthOutcome::AppPasswordRequired => {
+            // the password was right and the account has a second factor: its code decides
+            let code = f
+                .code
+                .as_ref()
+                .map(|c| c.expose_secret().trim().to_owned())
+                .unwrap_or_default();
+            let info = match EmailAddress::parse(&address) {
+                Ok(a) => st.store.account(&a).await.ok(),
+                Err(_) => None,
+            };
+            let Some(info) = info else {
+                return Ok(login_page(Some(FAILED), keep, StatusCode::UNAUTHORIZED));
+            };
+            if code.is_empty() {
+                return Ok(login_page(
+                    Some("Enter the code from your authenticator app (or a recovery code)."),
+                    keep,
+                    StatusCode::UNAUTHORIZED,
+                ));
+            }
+            let owner = postern_store::totp::account_owner(info.id);
+            let proof = crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "portal: second-factor check failed");
+                    ApiError::Internal
+                })?;
+            let guard = st.auth.guard();
+            if proof.is_none() {
+                audit_second_factor(&st, &address, ip, false).await;
+                let effect = guard.failure(ip, &address, &SecretString::from(code)).await;
+                let status = if effect.banned.is_some() {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                return Ok(login_page(Some(FAILED), keep, status));
+            }
+            guard.success(ip, &address);
+            audit_second_factor(&st, &address, ip, true).await;
+            info.id
+        }
+        AuthOutcome::PasswordExpired => {
+            return Ok(login_page(
+                Some("Your password has expired: ask your administrator for a new one."),
+                keep,
+                StatusCode::UNAUTHORIZED,
+            ))
+        }
+        AuthOutcome::Refused => {
+            return Ok(login_page(
+                Some("Too many failed sign-ins from your address; try again later."),
+                keep,
+                StatusCode::TOO_MANY_REQUESTS,
+            ))
+        }
+        AuthOutcome::TemporaryFailure => {
+            return Ok(login_page(
+                Some("The server is busy; try again in a moment."),
+                keep,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ))
+        }
+        AuthOutcome::Failure => {
+            return Ok(login_page(Some(FAILED), keep, StatusCode::UNAUTHORIZED))
+        }
+    };
+    let token = new_token("pwa_");
+    let csrf = new_token("");
+    st.store
+        .create_web_session(
+            &digest(token.expose_secret()),
+            account_id,
+            csrf.expose_secret(),
+            postern_store::now() + SESSION_SECS,
+            &ip.to_string(),
+        )
+        .await?;
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
+        token.expose_secret()
+    );
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/account".to_owned()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub(super) async fn logout(
+    State(st): St,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> ApiResult<Response> {
+    if let Some((s, d)) = session(&st, &headers).await? {
+        if !csrf_ok(&s, &f.csrf) {
+            return Err(ApiError::Forbidden);
+        }
+        st.store.end_web_session(&d).await?;
+    }
+    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/account/login".to_owned()),
+            (header::SET_COOKIE, gone),
+        ],
+    )
+        .into_response())
+}
+
+/// The overview page of a session, with a notice or a just-created app password.
+async fn overview(
+    st: &ApiState,
+    s: &postern_store::web::WebSession,
+    notice: Option<String>,
+    created: Option<Created>,
+) -> ApiResult<Response> {
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let two_factor = st
+        .store
+        .second_factor(&owner)
+        .await?
+        .is_some_and(|f| f.confirmed);
+    let app_passwords = st
+        .store
+        .list_app_passwords(s.account_id)
+        .await?
+        .into_iter()
+        .map(|a| AppPasswordRow {
+            name: a.name,
+            protocols: a.protocols.join(", "),
+            expires: a.expires_at.map_or_else(|| "never".into(), when),
+            last_used: match (a.last_used_at, a.last_used_ip) {
+                (Some(t), Some(ip)) => format!("{} from {ip}", when(t)),
+                (Some(t), None) => when(t),
+                _ => "never".into(),
+            },
+        })
+        .collect();
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    let since = postern_store::now() - 30 * 86400;
+    let mut signins: Vec<SigninRow> = crate::ops::incident::timeline(&st.store, &a, Some(since))
+        .await?
+        .into_iter()
+        .filter(|r| r.event == "auth")
+        .map(|r| SigninRow {
+            when: when(r.ts),
+            protocol: r.protocol.unwrap_or_default(),
+            ip: r.ip.unwrap_or_default(),
+            mechanism: r.mechanism.unwrap_or_default(),
+            result: r.result,
+        })
+        .collect();
+    signins.reverse();
+    signins.truncate(50);
+    Ok(page(
+        Overview {
+            address: s.address.clone(),
+            csrf: s.csrf.clone(),
+            notice,
+            created,
+            two_factor,
+            app_passwords,
+            signins,
+        },
+        StatusCode::OK,
+    ))
+}
+
+pub(super) async fn home(State(st): St, headers: axum::http::HeaderMap) -> ApiResult<Response> {
+    match session(&st, &headers).await? {
+        Some((s, _)) => overview(&st, &s, None, None).await,
+        None => Ok(redirect("/account/login")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CreateForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    imap: Option<String>,
+    #[serde(default)]
+    smtp: Option<String>,
+    #[serde(default)]
+    pop3: Option<String>,
+    #[serde(default)]
+    days: Option<String>,
+}
+
+/// The settings a mail program needs, from the configured listeners (TLS ports only).
+fn servers(cfg: &Config) -> Vec<(String, String)> {
+    let host = &cfg.server.hostname;
+    let mut out = Vec::new();
+    for l in &cfg.listeners {
+        let (what, how) = match l.protocol {
+            Protocol::Imaps => ("Incoming mail (IMAP)", "SSL/TLS"),
+            Protocol::Submissions => ("Outgoing mail (SMTP)", "SSL/TLS"),
+            Protocol::Submission => ("Outgoing mail (SMTP)", "STARTTLS"),
+            Protocol::Imap => ("Incoming mail (IMAP)", "STARTTLS"),
+            _ => continue,
+        };
+        out.push((
+            what.to_owned(),
+            format!("{host}, port {}, {how}", l.address.port()),
+        ));
+    }
+    out
+}
+
+pub(super) async fn create_app_password(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CreateForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    let protocols: Vec<String> = [("imap", &f.imap), ("smtp", &f.smtp), ("pop3", &f.pop3)]
+        .into_iter()
+        .filter(|(_, on)| on.is_some())
+        .map(|(p, _)| p.to_owned())
+        .collect();
+    let days = match f.days.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        None => None,
+        Some(d) => match d.parse::<u64>() {
+            Ok(n) if (1..=3650).contains(&n) => Some(n * 86400),
+            _ => {
+                let n = Some("The expiry must be a number of days from 1 to 3650.".into());
+                return overview(&st, &s, n, None).await;
+            }
+        },
+    };
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    let name = f.name.trim().to_owned();
+    let actor = actor(&s, addr.ip());
+    match crate::ops::app_passwords::create(&st.store, &actor, &a, &name, &protocols, days, &[])
+        .await
+    {
+        Ok((_, _, _, secret)) => {
+            let created = Created {
+                name,
+                secret: secret.expose_secret().to_owned(),
+                servers: servers(&st.cfg),
+            };
+            overview(&st, &s, None, Some(created)).await
+        }
+        Err(e) => {
+            let n = client_text(&format!("Not created: {e}"));
+            overview(&st, &s, Some(n), None).await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    csrf: String,
+    name: String,
+}
+
+pub(super) async fn revoke_app_password(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<RevokeForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    let notice = match crate::ops::app_passwords::revoke(
+        &st.store,
+        &actor(&s, addr.ip()),
+        &a,
+        &f.name,
+    )
+    .await
+    {
+        Ok(()) => format!("App password “{}” revoked.", f.name),
+        Err(_) => "No such app password.".to_owned(),
+    };
+    overview(&st, &s, Some(client_text(&notice)), None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_read_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            "a=1; __Host-postern_account=pwa_x".parse().unwrap(),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("pwa_x"));
+        let mut h = axum::http::HeaderMap::new();
+        h.append(header::COOKIE, "postern_account=pwa_x".parse().unwrap());
+        assert_eq!(cookie_token(&h), None);
+    }
+
+    #[test]
+    fn pages_escape_what_they_show() {
+        let html = LoginPage {
+            message: None,
+            address: "\"><script>alert(1)</script>".into(),
+        }
+        .render()
+        .unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&#34;&#62;&#60;script&#62;")
+                || html.contains("&quot;&gt;&lt;script&gt;"),
+            "{html}"
+        );
+    }
+}

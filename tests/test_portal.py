@@ -1,0 +1,158 @@
+"""The self-service portal (/account) in a real browser: Debian's chromium driven by Playwright.
+A user with two-factor authentication signs in with password and TOTP code, creates an app
+password (shown once, with the server settings), uses it over IMAP from Python, sees that login
+and the app password's last use on the page, revokes it, and IMAP then fails. Every page carries
+a strict Content-Security-Policy and no-store; a form without the session's CSRF token is
+refused; wrong password, unknown user and wrong code all get the same answer; an app password
+does not open the portal; after sign-out the old cookie is worth nothing. Screenshots of the
+pages go to $ARTIFACTS (or the test's temporary directory)."""
+import imaplib
+import os
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+from conftest import ALICE, ALICE_PW, BOB, BOB_PW, tls_client_context
+from test_twofactor import enroll, totp
+
+CHROMIUM = shutil.which("chromium")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover
+    sync_playwright = None
+pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
+                                reason="needs Debian's chromium and Playwright for Python")
+
+CSP = "default-src 'none'; style-src 'self'"
+
+
+def imap_login(srv, user, pw):
+    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
+    try:
+        m.login(user, pw)
+        m.logout()
+        return "ok"
+    except imaplib.IMAP4.error as e:
+        return str(e)
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        ctx = b.new_context(ignore_https_errors=True, viewport={"width": 1100, "height": 900})
+        yield ctx
+        ctx.close()
+        b.close()
+
+
+def shot(page, tmp_path, name):
+    out = os.environ.get("ARTIFACTS") or str(tmp_path)
+    os.makedirs(out, exist_ok=True)
+    page.screenshot(path=os.path.join(out, f"portal-{name}.png"), full_page=True)
+
+
+def sign_in(page, base, address, password, code=None):
+    page.goto(f"{base}/account/login")
+    page.fill("#address", address)
+    page.fill("#password", password)
+    if code is not None:
+        page.fill("#code", code)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+
+
+def test_portal_two_factor_app_password_lifecycle(server, browser, tmp_path):
+    base = f"https://127.0.0.1:{server.admin}"
+    secret, _, rc, err = enroll(server, BOB)
+    assert rc == 0, err
+    page = browser.new_page()
+    # not signed in: the portal sends to its login page, with the portal's headers
+    resp = page.goto(f"{base}/account")
+    assert page.url.endswith("/account/login"), page.url
+    h = resp.headers
+    assert h["content-security-policy"].startswith(CSP), h
+    assert "frame-ancestors 'none'" in h["content-security-policy"]
+    assert h["cache-control"] == "no-store" and h["x-content-type-options"] == "nosniff"
+    assert "max-age=" in h["strict-transport-security"]
+    shot(page, tmp_path, "login")
+    # the password alone is not enough on an account with a second factor
+    sign_in(page, base, BOB, BOB_PW)
+    assert "Enter the code from your authenticator app" in page.inner_text("main")
+    # a wrong code, a wrong password and an unknown user get the same answer
+    failed = "Sign-in failed: check the address, the password and the code."
+    sign_in(page, base, BOB, BOB_PW, "000000" if totp(secret, time.time() + 30) != "000000" else "111111")
+    assert failed in page.inner_text("main")
+    sign_in(page, base, BOB, "wrong-" + BOB_PW, totp(secret, time.time() + 30))
+    assert failed in page.inner_text("main")
+    sign_in(page, base, "nobody@example.test", BOB_PW, "123456")
+    assert failed in page.inner_text("main")
+    # the right code (the next step's: the current one was spent by the enrolment)
+    sign_in(page, base, BOB, BOB_PW, totp(secret, time.time() + 30))
+    assert page.url.rstrip("/").endswith("/account"), page.url
+    assert page.inner_text("#twofactor") == "on"
+    cookies = {c["name"]: c for c in browser.cookies()}
+    c = cookies["__Host-postern_account"]
+    assert c["secure"] and c["httpOnly"] and c["sameSite"] == "Strict" and c["path"] == "/"
+    # create an app password for IMAP only: shown once, with the settings a mail program needs
+    page.fill("#ap-name", "phone")
+    page.uncheck("input[name=smtp]")
+    with page.expect_navigation():
+        page.click("text=Create app password")
+    app_pw = page.inner_text("#new-secret").strip()
+    assert len(app_pw) >= 16, app_pw
+    settings = page.inner_text("table.settings")
+    assert f"port {server.imaps}, SSL/TLS" in settings and BOB in settings, settings
+    shot(page, tmp_path, "created")
+    # it opens IMAP (not the account password: 2FA is on), and the page shows its use
+    assert imap_login(server, BOB, app_pw) == "ok"
+    assert imap_login(server, BOB, BOB_PW) != "ok"
+    page.goto(f"{base}/account")
+    assert "#new-secret" not in page.content() and app_pw not in page.content()
+    row = page.inner_text("#app-passwords tbody tr")
+    assert "phone" in row and "imap" in row and "from 127.0.0.1" in row, row
+    signins = page.inner_text("#signins")
+    assert "imap\t127.0.0.1\tLOGIN\tok" in signins and "web\t127.0.0.1\tpassword+totp\tok" in signins, signins
+    shot(page, tmp_path, "overview")
+    # a form without the session's CSRF token is refused, with the session's own cookie
+    r = page.request.post(f"{base}/account/app-passwords/revoke", form={"name": "phone", "csrf": "x"})
+    assert r.status == 403
+    assert imap_login(server, BOB, app_pw) == "ok"
+    # an app password does not open the portal
+    other = browser.browser.new_context(ignore_https_errors=True).new_page()
+    sign_in(other, base, BOB, app_pw)
+    assert failed in other.inner_text("main")
+    other.context.close()
+    # revoke: IMAP with it fails from then on
+    with page.expect_navigation():
+        page.click("button[aria-label='Revoke phone']")
+    assert "revoked" in page.inner_text("main")
+    assert imap_login(server, BOB, app_pw) != "ok"
+    # sign out: the old cookie no longer opens the portal
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    assert page.url.endswith("/account/login")
+    r = page.request.get(f"{base}/account", headers={"cookie": f"__Host-postern_account={c['value']}"},
+                         max_redirects=0)
+    assert r.status == 303 and r.headers["location"] == "/account/login"
+    # every change was audited with the user as its actor
+    with sqlite3.connect(server.dir / "postern.db") as db:
+        rows = db.execute("SELECT event, actor FROM audit_log WHERE event LIKE 'app_password_%' "
+                          "AND username = ?", (BOB,)).fetchall()
+    assert ("app_password_created", f"web:{BOB}") in rows and ("app_password_revoked", f"web:{BOB}") in rows, rows
+
+
+def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
+    """An account without a second factor signs in with its password; the page fits a phone
+    screen (no horizontal scrolling)."""
+    base = f"https://127.0.0.1:{server.admin}"
+    page = browser.browser.new_context(ignore_https_errors=True,
+                                       viewport={"width": 375, "height": 740}).new_page()
+    sign_in(page, base, ALICE, ALICE_PW)
+    assert page.inner_text("#twofactor") == "off"
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    shot(page, tmp_path, "phone")
+    page.context.close()
