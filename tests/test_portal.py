@@ -146,7 +146,8 @@ def test_portal_two_factor_app_password_lifecycle(server, browser, tmp_path):
 
 def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     """An account without a second factor signs in with its password; the page fits a phone
-    screen (no horizontal scrolling)."""
+    screen (no horizontal scrolling); the user turns two-factor authentication on, then locks
+    the account ("this wasn't me")."""
     base = f"https://127.0.0.1:{server.admin}"
     page = browser.browser.new_context(ignore_https_errors=True,
                                        viewport={"width": 375, "height": 740}).new_page()
@@ -155,4 +156,36 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
     shot(page, tmp_path, "phone")
+    assert imap_login(server, ALICE, ALICE_PW) == "ok"
+    # two-factor enrolment from the portal: the password again, then the secret shown as a QR
+    # code and as text, confirmed with a code computed from it; recovery codes shown once
+    page.fill("#reauth", "not-" + ALICE_PW)
+    with page.expect_navigation():
+        page.click("#begin-2fa")
+    assert "The password was not right." in page.inner_text("main")
+    page.fill("#reauth", ALICE_PW)
+    with page.expect_navigation():
+        page.click("#begin-2fa")
+    assert page.locator(".qr svg").count() == 1
+    secret = page.inner_text("#totp-secret").strip()
+    shot(page, tmp_path, "enrol")
+    page.fill("#code", totp(secret))
+    with page.expect_navigation():
+        page.click("form[action='/account/2fa/confirm'] button")
+    codes = page.locator("#recovery-codes li").all_inner_texts()
+    assert len(codes) == 10 and len(set(codes)) == 10, codes
+    page.goto(f"{base}/account")
+    assert page.inner_text("#twofactor") == "on"
+    # with 2FA on, the account password no longer opens IMAP (app passwords do)
+    assert imap_login(server, ALICE, ALICE_PW) != "ok"
+    # "this wasn't me": the account's own incident lock ends this session and mail logins
+    with page.expect_navigation():
+        page.click("#lock")
+    assert "Your account is locked" in page.inner_text("main")
+    page.goto(f"{base}/account")
+    assert page.url.endswith("/account/login")
+    with sqlite3.connect(server.dir / "postern.db") as db:
+        actors = dict(db.execute("SELECT event, actor FROM audit_log WHERE username = ? AND event IN "
+                                 "('incident_locked', '2fa_enabled')", (ALICE,)).fetchall())
+    assert actors == {"incident_locked": f"web:{ALICE}", "2fa_enabled": f"web:{ALICE}"}, actors
     page.context.close()

@@ -108,7 +108,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/logout", post(portal::logout))
         .route("/style.css", get(portal::style))
         .route("/app-passwords", post(portal::create_app_password))
-        .route("/app-passwords/revoke", post(portal::revoke_app_password));
+        .route("/app-passwords/revoke", post(portal::revoke_app_password))
+        .route("/lock", post(portal::lock_own_account))
+        .route("/2fa/begin", post(portal::begin_two_factor))
+        .route("/2fa/confirm", post(portal::confirm_two_factor));
     Router::new()
         .nest("/api/v1", v1)
         .nest("/account", account)

@@ -54,6 +54,17 @@ struct Created {
 }
 
 #[derive(Template)]
+#[template(path = "account/twofactor.html")]
+struct TwoFactorPage {
+    message: Option<&'static str>,
+    csrf: String,
+    /// The otpauth URI as an inline SVG (made here from our own data, not the user's)
+    qr_svg: String,
+    secret: String,
+    recovery: Vec<String>,
+}
+
+#[derive(Template)]
 #[template(path = "account/overview.html")]
 struct Overview {
     address: String,
@@ -513,6 +524,178 @@ pub(super) async fn revoke_app_password(
         Err(_) => "No such app password.".to_owned(),
     };
     overview(&st, &s, Some(client_text(&notice)), None).await
+}
+
+#[derive(Deserialize)]
+pub struct ReauthForm {
+    csrf: String,
+    password: SecretString,
+}
+
+/// The session's account password checked again before a sensitive change (through the auth
+/// core: a wrong one counts as a failed login). True if it is right.
+async fn reauthenticated(
+    st: &ApiState,
+    s: &postern_store::web::WebSession,
+    password: &SecretString,
+    ip: IpAddr,
+) -> bool {
+    let outcome = st
+        .auth
+        .authenticate(LoginAttempt {
+            username: &s.address,
+            password,
+            protocol: Protocol::Web,
+            mechanism: "password",
+            remote_ip: ip,
+            tls: Some("TLS"),
+        })
+        .await;
+    // with a second factor on, a right password answers AppPasswordRequired
+    matches!(
+        outcome,
+        AuthOutcome::Success(_) | AuthOutcome::AppPasswordRequired
+    )
+}
+
+/// Starts a TOTP enrolment (after the password again): the secret as a QR code and as text.
+pub(super) async fn begin_two_factor(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<ReauthForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return overview(&st, &s, Some("The password was not right.".into()), None).await;
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let e = match crate::twofactor::begin(
+        &st.store,
+        &st.keys,
+        &owner,
+        &st.cfg.server.hostname,
+        &s.address,
+    )
+    .await
+    {
+        Ok(e) => e,
+        Err(err) => {
+            let n = client_text(&format!("{err}"));
+            return overview(&st, &s, Some(n), None).await;
+        }
+    };
+    let qr_svg = qrcode::QrCode::new(e.uri.as_bytes())
+        .map(|c| {
+            c.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default();
+    // the XML prologue has no place inside HTML
+    let qr_svg = match qr_svg.find("<svg") {
+        Some(i) => qr_svg[i..].to_owned(),
+        None => String::new(),
+    };
+    Ok(page(
+        TwoFactorPage {
+            message: None,
+            csrf: s.csrf.clone(),
+            qr_svg,
+            secret: e.secret_base32.as_str().to_owned(),
+            recovery: Vec::new(),
+        },
+        StatusCode::OK,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    csrf: String,
+    code: SecretString,
+}
+
+/// Confirms the enrolment with a code from the app; the recovery codes are shown once.
+pub(super) async fn confirm_two_factor(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let code = f.code.expose_secret().trim().to_owned();
+    match crate::twofactor::confirm(&st.store, &st.keys, &owner, &code).await {
+        Ok(recovery) => {
+            record(
+                &st.store,
+                &actor(&s, addr.ip()),
+                "2fa_enabled",
+                &s.address,
+                "",
+            )
+            .await
+            .map_err(|_| ApiError::Internal)?;
+            Ok(page(
+                TwoFactorPage {
+                    message: None,
+                    csrf: s.csrf.clone(),
+                    qr_svg: String::new(),
+                    secret: String::new(),
+                    recovery,
+                },
+                StatusCode::OK,
+            ))
+        }
+        Err(_) => {
+            let n = "The code was not right; start again and check the phone's clock.";
+            overview(&st, &s, Some(n.into()), None).await
+        }
+    }
+}
+
+/// "This wasn't me": the account's own incident lock (the same operation as `postern incident
+/// lock`): logins off, app passwords and second factor removed, queued mail held, every live
+/// session ended, this one included; an administrator unlocks it with a new password.
+pub(super) async fn lock_own_account(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    crate::ops::incident::lock(
+        &st.store,
+        &actor(&s, addr.ip()),
+        &a,
+        "locked by its owner from the portal (a sign-in was not theirs)",
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "portal: incident lock failed");
+        ApiError::Internal
+    })?;
+    Ok(login_page(
+        Some("Your account is locked: every password, app password and session of it is off. Ask your administrator to unlock it with a new password."),
+        String::new(),
+        StatusCode::OK,
+    ))
 }
 
 #[cfg(test)]
