@@ -239,12 +239,45 @@ pub(super) async fn login(
             let Some(info) = info else {
                 return Ok(login_page(Some(FAILED), keep, StatusCode::UNAUTHORIZED));
             };
+            // A wrong or missing code after the right password counts against the source and
+            // the account's second factor (Guard::code_failure: a few lock it for unknown
+            // sources), and gets the reply a wrong password gets: the password step is no
+            // oracle.
+            let guard = st.auth.guard();
+            let code_fail = || async {
+                audit_second_factor(&st, &address, ip, false).await;
+                let effect = guard.code_failure(ip, &address).await;
+                if effect.locked {
+                    tracing::error!(target: "postern::alert", event = "second_factor_locked", account = %keep, ip = %ip, "wrong second-factor codes after the right password: the password is known; change it");
+                    let _ = record(
+                        &st.store,
+                        &Actor::system("guard"),
+                        "second_factor_locked",
+                        &address,
+                        &format!("second factor locked for unknown sources after wrong codes from {ip}: the password is known to someone"),
+                    )
+                    .await;
+                }
+                let status = if effect.banned.is_some() {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                login_page(Some(FAILED), keep.clone(), status)
+            };
+            match guard.check_code(ip, &address) {
+                Verdict::Banned => {
+                    return Ok(login_page(
+                        Some("Too many failed sign-ins from your address; try again later."),
+                        keep,
+                        StatusCode::TOO_MANY_REQUESTS,
+                    ))
+                }
+                Verdict::Locked => return Ok(code_fail().await),
+                Verdict::Allow => {}
+            }
             if code.is_empty() {
-                return Ok(login_page(
-                    Some("Enter the code from your authenticator app (or a recovery code)."),
-                    keep,
-                    StatusCode::UNAUTHORIZED,
-                ));
+                return Ok(code_fail().await);
             }
             let owner = postern_store::totp::account_owner(info.id);
             let proof = crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
@@ -253,16 +286,8 @@ pub(super) async fn login(
                     tracing::error!(error = %e, "portal: second-factor check failed");
                     ApiError::Internal
                 })?;
-            let guard = st.auth.guard();
             if proof.is_none() {
-                audit_second_factor(&st, &address, ip, false).await;
-                let effect = guard.failure(ip, &address, &SecretString::from(code)).await;
-                let status = if effect.banned.is_some() {
-                    StatusCode::TOO_MANY_REQUESTS
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                return Ok(login_page(Some(FAILED), keep, status));
+                return Ok(code_fail().await);
             }
             guard.success(ip, &address);
             audit_second_factor(&st, &address, ip, true).await;
