@@ -23,6 +23,7 @@ mod admins;
 mod app_passwords;
 mod applications;
 mod audit;
+mod autoconfig;
 mod bans;
 mod common;
 mod domains;
@@ -115,6 +116,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .nest("/account", account)
+        // client autoconfiguration (Thunderbird, Outlook)
+        .route(
+            "/.well-known/autoconfig/mail/config-v1.1.xml",
+            get(autoconfig::thunderbird),
+        )
+        .route("/mail/config-v1.1.xml", get(autoconfig::thunderbird))
+        .route(
+            "/autodiscover/autodiscover.xml",
+            post(autoconfig::autodiscover),
+        )
+        .route(
+            "/Autodiscover/Autodiscover.xml",
+            post(autoconfig::autodiscover),
+        )
         .route("/account/", get(portal::home))
         // Prometheus scrapes here with an API key (or a session) of a role that may read the
         // audit log (auditor, superadmin)

@@ -1,0 +1,146 @@
+//! Client autoconfiguration over HTTPS, so that a user types an address and a password and the
+//! mail program finds the rest: Thunderbird's autoconfig (`/.well-known/autoconfig/mail/
+//! config-v1.1.xml`, and `/mail/config-v1.1.xml` for a host `autoconfig.DOMAIN` pointed at this
+//! listener) and Microsoft's Autodiscover "POX" (`POST /autodiscover/autodiscover.xml`).
+//!
+//! Only the implicit-TLS listeners are offered (IMAPS, POP3S when POP3 is on, submissions; the
+//! STARTTLS ones only when no implicit-TLS one exists), with the password sent inside TLS
+//! (`password-cleartext` / `SSL on`): never a port that could be used without encryption.
+//! Only for the server's own domains; the XML is written here (two fixed documents) with every
+//! value escaped.
+
+use postern_types::Protocol;
+
+use super::common::*;
+
+/// (kind, port, implicit TLS) of what a mail program should use, in order of preference.
+fn endpoints(cfg: &Config) -> Vec<(&'static str, u16, bool)> {
+    let mut out = Vec::new();
+    for (kind, implicit, starttls) in [
+        ("imap", Protocol::Imaps, Protocol::Imap),
+        ("pop3", Protocol::Pop3s, Protocol::Pop3),
+        ("smtp", Protocol::Submissions, Protocol::Submission),
+    ] {
+        if kind == "pop3" && !cfg.pop3.enabled {
+            continue;
+        }
+        let find = |p| cfg.listeners.iter().find(|l| l.protocol == p);
+        if let Some(l) = find(implicit) {
+            out.push((kind, l.address.port(), true));
+        } else if let Some(l) = find(starttls) {
+            out.push((kind, l.address.port(), false));
+        }
+    }
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+fn xml(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The address asked about, if it is of one of our domains.
+async fn local_address(st: &ApiState, address: &str) -> ApiResult<EmailAddress> {
+    let a = EmailAddress::parse(address.trim())
+        .map_err(|_| ApiError::BadRequest("not an email address".into()))?;
+    if !st.store.is_local_domain(a.domain()).await? {
+        return Err(ApiError::NotFound("not a domain of this server".into()));
+    }
+    Ok(a)
+}
+
+#[derive(Deserialize)]
+pub struct AutoconfigQuery {
+    emailaddress: String,
+}
+
+pub(super) async fn thunderbird(
+    State(st): St,
+    Query(q): Query<AutoconfigQuery>,
+) -> ApiResult<Response> {
+    let a = local_address(&st, &q.emailaddress).await?;
+    let host = xml_escape(&st.cfg.server.hostname);
+    let domain = xml_escape(a.domain());
+    let mut servers = String::new();
+    for (kind, port, implicit) in endpoints(&st.cfg) {
+        let (tag, socket) = match (kind, implicit) {
+            ("smtp", true) => ("outgoingServer", "SSL"),
+            ("smtp", false) => ("outgoingServer", "STARTTLS"),
+            (_, true) => ("incomingServer", "SSL"),
+            (_, false) => ("incomingServer", "STARTTLS"),
+        };
+        servers.push_str(&format!(
+            "    <{tag} type=\"{kind}\">\n      <hostname>{host}</hostname>\n      <port>{port}</port>\n      \
+             <socketType>{socket}</socketType>\n      <authentication>password-cleartext</authentication>\n      \
+             <username>%EMAILADDRESS%</username>\n    </{tag}>\n"
+        ));
+    }
+    Ok(xml(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clientConfig version=\"1.1\">\n  \
+         <emailProvider id=\"{domain}\">\n    <domain>{domain}</domain>\n    \
+         <displayName>{domain} mail</displayName>\n    <displayShortName>{domain}</displayShortName>\n\
+         {servers}  </emailProvider>\n</clientConfig>\n"
+    )))
+}
+
+/// The `<EMailAddress>` of an Autodiscover request (the one element it needs; a full XML parser
+/// for one text node of a bounded body would add nothing).
+fn requested_address(body: &str) -> Option<&str> {
+    let start = body.find("<EMailAddress>")? + "<EMailAddress>".len();
+    let len = body[start..].find("</EMailAddress>")?;
+    Some(body[start..start + len].trim())
+}
+
+pub(super) async fn autodiscover(State(st): St, body: String) -> ApiResult<Response> {
+    let address = requested_address(&body)
+        .ok_or_else(|| ApiError::BadRequest("no EMailAddress in the request".into()))?;
+    let a = local_address(&st, address).await?;
+    let host = xml_escape(&st.cfg.server.hostname);
+    let login = xml_escape(a.as_str());
+    let mut protocols = String::new();
+    for (kind, port, implicit) in endpoints(&st.cfg) {
+        let (t, enc) = match (kind, implicit) {
+            ("imap", _) => ("IMAP", implicit),
+            ("pop3", _) => ("POP3", implicit),
+            _ => ("SMTP", implicit),
+        };
+        let encryption = if enc { "SSL" } else { "TLS" };
+        protocols.push_str(&format!(
+            "      <Protocol>\n        <Type>{t}</Type>\n        <Server>{host}</Server>\n        \
+             <Port>{port}</Port>\n        <LoginName>{login}</LoginName>\n        <SPA>off</SPA>\n        \
+             <Encryption>{encryption}</Encryption>\n        <AuthRequired>on</AuthRequired>\n      </Protocol>\n"
+        ));
+    }
+    Ok(xml(format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Autodiscover xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006\">\n  \
+         <Response xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a\">\n    \
+         <Account>\n      <AccountType>email</AccountType>\n      <Action>settings</Action>\n{protocols}    </Account>\n  \
+         </Response>\n</Autodiscover>\n"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_of_an_autodiscover_request() {
+        let body = "<?xml version=\"1.0\"?><Autodiscover xmlns=\"x\"><Request>\
+                    <EMailAddress> bob@example.test </EMailAddress>\
+                    <AcceptableResponseSchema>y</AcceptableResponseSchema></Request></Autodiscover>";
+        assert_eq!(requested_address(body), Some("bob@example.test"));
+        assert_eq!(requested_address("<EMailAddress>x"), None);
+        assert_eq!(xml_escape("a<&>\"'"), "a&lt;&amp;&gt;&quot;&apos;");
+    }
+}
