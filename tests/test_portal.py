@@ -157,13 +157,33 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     assert width <= 375, width
     shot(page, tmp_path, "phone")
     assert imap_login(server, ALICE, ALICE_PW) == "ok"
+    # a new password: the current one first, then the server's own policy decides
+    page.fill("#pw-current", ALICE_PW)
+    page.fill("#pw-new", "password123")
+    with page.expect_navigation():
+        page.click("#change-password")
+    refused = page.inner_text(".notice")
+    assert refused.startswith("Password not changed:"), refused
+    new_pw = "Quartz-Lantern-Voyage-" + ALICE_PW[-4:] + "-Mosaic"
+    page.fill("#pw-current", "wrong-" + ALICE_PW)
+    page.fill("#pw-new", new_pw)
+    with page.expect_navigation():
+        page.click("#change-password")
+    assert "The current password was not right." in page.inner_text(".notice")
+    page.fill("#pw-current", ALICE_PW)
+    page.fill("#pw-new", new_pw)
+    with page.expect_navigation():
+        page.click("#change-password")
+    assert page.inner_text(".notice") == "Password changed."
+    assert imap_login(server, ALICE, ALICE_PW) != "ok" and imap_login(server, ALICE, new_pw) == "ok"
+    ALICE_NEW = new_pw
     # two-factor enrolment from the portal: the password again, then the secret shown as a QR
     # code and as text, confirmed with a code computed from it; recovery codes shown once
-    page.fill("#reauth", "not-" + ALICE_PW)
+    page.fill("#reauth", "not-" + ALICE_NEW)
     with page.expect_navigation():
         page.click("#begin-2fa")
     assert "The password was not right." in page.inner_text("main")
-    page.fill("#reauth", ALICE_PW)
+    page.fill("#reauth", ALICE_NEW)
     with page.expect_navigation():
         page.click("#begin-2fa")
     assert page.locator(".qr svg").count() == 1
@@ -177,7 +197,7 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     page.goto(f"{base}/account")
     assert page.inner_text("#twofactor") == "on"
     # with 2FA on, the account password no longer opens IMAP (app passwords do)
-    assert imap_login(server, ALICE, ALICE_PW) != "ok"
+    assert imap_login(server, ALICE, ALICE_NEW) != "ok"
     # "this wasn't me": the account's own incident lock ends this session and mail logins
     with page.expect_navigation():
         page.click("#lock")

@@ -111,6 +111,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/app-passwords", post(portal::create_app_password))
         .route("/app-passwords/revoke", post(portal::revoke_app_password))
         .route("/lock", post(portal::lock_own_account))
+        .route("/password", post(portal::change_password))
         .route("/2fa/begin", post(portal::begin_two_factor))
         .route("/2fa/confirm", post(portal::confirm_two_factor));
     Router::new()

@@ -689,6 +689,47 @@ pub(super) async fn confirm_two_factor(
     }
 }
 
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    csrf: String,
+    current: SecretString,
+    new: SecretString,
+}
+
+/// A new password, after the current one: the server's own policy (length, strength estimate
+/// with its feedback, common and breached lists, no reuse) decides, as for `postern user passwd`.
+pub(super) async fn change_password(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<PasswordForm>,
+) -> ApiResult<Response> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Ok(redirect("/account/login"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    if !reauthenticated(&st, &s, &f.current, addr.ip()).await {
+        let n = "The current password was not right.".to_owned();
+        return overview(&st, &s, Some(n), None).await;
+    }
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    let notice = match crate::ops::accounts::set_password(
+        &st.cfg,
+        &st.store,
+        &actor(&s, addr.ip()),
+        &a,
+        &f.new,
+    )
+    .await
+    {
+        Ok(()) => "Password changed.".to_owned(),
+        Err(e) => client_text(&format!("Password not changed: {e}")),
+    };
+    overview(&st, &s, Some(notice), None).await
+}
+
 /// "This wasn't me": the account's own incident lock (the same operation as `postern incident
 /// lock`): logins off, app passwords and second factor removed, queued mail held, every live
 /// session ended, this one included; an administrator unlocks it with a new password.
