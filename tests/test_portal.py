@@ -209,3 +209,35 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
                                  "('incident_locked', '2fa_enabled')", (ALICE,)).fetchall())
     assert actors == {"incident_locked": f"web:{ALICE}", "2fa_enabled": f"web:{ALICE}"}, actors
     page.context.close()
+
+
+AXE = os.path.join(os.path.dirname(__file__), "axe", "node_modules", "axe-core", "axe.min.js")
+
+
+@pytest.mark.skipif(not os.path.exists(AXE), reason="needs axe-core (npm ci --prefix tests/axe)")
+def test_portal_pages_have_no_serious_accessibility_violations(server, browser):
+    """axe-core (injected past the pages' CSP, which would refuse it) finds no serious or
+    critical violation on the sign-in page, the account page and the enrolment page."""
+    user, pw = "dora@example.test", "Granite-Meadow-Ferry-2091-Lumen"
+    server.cli("user", "add", user, "--password-stdin", stdin=pw + "\n")
+    base = f"https://127.0.0.1:{server.admin}"
+    ctx = browser.browser.new_context(ignore_https_errors=True, bypass_csp=True)
+    page = ctx.new_page()
+
+    def check(name):
+        page.add_script_tag(path=AXE)
+        result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        assert result["testEngine"]["name"] == "axe-core" and result["passes"], name
+        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+               for v in result["violations"] if v["impact"] in ("serious", "critical")]
+        assert not bad, (name, bad)
+
+    page.goto(f"{base}/account/login")
+    check("login")
+    sign_in(page, base, user, pw)
+    check("account")
+    page.fill("#reauth", pw)
+    with page.expect_navigation():
+        page.click("#begin-2fa")
+    check("enrolment")
+    ctx.close()
