@@ -712,3 +712,56 @@ impl AuditSink for AuditWriter {
         });
     }
 }
+
+/// What the administrators' dashboard shows of logins since a time.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSummary {
+    /// (hour start, result "ok" or "failed", count), oldest first.
+    pub per_hour: Vec<(i64, String, i64)>,
+    /// (protocol, result, count)
+    pub per_protocol: Vec<(String, String, i64)>,
+    /// (user name, failed logins), most first.
+    pub most_failed: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// Login outcomes since `since` from the audit log: per hour, per protocol, and the accounts
+    /// with the most failures (the dashboard's charts).
+    pub async fn auth_summary(&self, since: i64) -> Result<AuthSummary> {
+        let mut out = AuthSummary::default();
+        let rows = sqlx::query(
+            "SELECT (ts / 3600) * 3600 AS h, CASE WHEN result = 'ok' THEN 'ok' ELSE 'failed' END AS r,
+                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= ? GROUP BY h, r ORDER BY h",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        for r in rows {
+            out.per_hour
+                .push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        }
+        let rows = sqlx::query(
+            "SELECT COALESCE(protocol, ''), CASE WHEN result = 'ok' THEN 'ok' ELSE 'failed' END AS r,
+                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= ?
+             GROUP BY 1, r ORDER BY 1, r",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        for r in rows {
+            out.per_protocol
+                .push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
+        }
+        let rows = sqlx::query(
+            "SELECT COALESCE(username, ''), COUNT(*) AS n FROM audit_log
+             WHERE event = 'auth' AND result != 'ok' AND ts >= ? GROUP BY 1 ORDER BY n DESC LIMIT 8",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        for r in rows {
+            out.most_failed.push((r.try_get(0)?, r.try_get(1)?));
+        }
+        Ok(out)
+    }
+}

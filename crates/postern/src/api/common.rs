@@ -310,13 +310,26 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        caller_for_token(st, token, ip, "api").await
+    }
+}
+
+/// The caller a token stands for: an administrator's session (its actor's door is `door`:
+/// "api" for a bearer token, "console" for the web console's cookie) or an API key.
+pub(crate) async fn caller_for_token(
+    st: &ApiState,
+    token: &str,
+    ip: IpAddr,
+    door: &'static str,
+) -> ApiResult<Caller> {
+    {
         let d = digest(token);
         if token.starts_with("psn_") {
             if let Some(a) = st.store.admin_session(&d, "session").await? {
                 let role = Role::parse(&a.role).ok_or(ApiError::Forbidden)?;
                 return Ok(Caller {
                     actor: Actor {
-                        door: "api",
+                        door,
                         name: a.name,
                         ip: Some(ip),
                     },

@@ -26,6 +26,7 @@ mod audit;
 mod autoconfig;
 mod bans;
 mod common;
+mod console;
 mod domains;
 mod listener;
 mod portal;
@@ -114,8 +115,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/password", post(portal::change_password))
         .route("/2fa/begin", post(portal::begin_two_factor))
         .route("/2fa/confirm", post(portal::confirm_two_factor));
+    // The administrators' web console (HTML forms; the same operations and role checks)
+    let admin = Router::new()
+        .route("/", get(console::home))
+        .route("/login", get(console::login_form).post(console::login))
+        .route("/logout", post(console::logout))
+        .route("/bans/lift", post(console::lift_ban));
     Router::new()
         .nest("/api/v1", v1)
+        .nest("/admin", admin)
         .nest("/account", account)
         // client autoconfiguration (Thunderbird, Outlook)
         .route(

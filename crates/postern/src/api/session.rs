@@ -451,3 +451,16 @@ async fn failed(effect: postern_auth::guard::FailureEffect) -> ApiError {
         ApiError::Unauthorized("invalid credentials")
     }
 }
+
+/// A login request as the web console makes it from its form (the same checks as the API's).
+pub(super) fn login_request(
+    name: String,
+    password: SecretString,
+    totp: Option<SecretString>,
+) -> LoginReq {
+    LoginReq {
+        name,
+        password,
+        totp,
+    }
+}

@@ -1,0 +1,383 @@
+//! The administrators' web console (`/admin`), first part: sign-in (password and TOTP, through
+//! the admin API's own login, so the same guard, code accounting and audit apply), a dashboard
+//! of the last day's logins drawn server-side as inline SVG (per hour, per door, the most
+//! attacked names), the active bans with a button to lift one, and the queue's depth.
+//!
+//! The session is the admin API's own (a `psn_` token, `[admin] session_secs`), carried in the
+//! cookie `__Host-postern_admin` (Secure, HttpOnly, SameSite=Strict); the caller it stands for
+//! is built by the same code as a bearer token's, with the door `console`, so every role check
+//! and every audit event is the API's. The CSRF token of its forms is derived from the session
+//! token (a digest no other site can compute). Each section shows only what the role may read,
+//! and every action checks the role again.
+
+use askama::Template;
+use axum::Form;
+
+use super::common::*;
+
+const COOKIE: &str = "__Host-postern_admin";
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+struct LoginPage {
+    message: Option<&'static str>,
+}
+
+struct BanRow {
+    target: String,
+    until: String,
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/dashboard.html")]
+struct Dashboard {
+    name: String,
+    role: String,
+    csrf: String,
+    notice: Option<String>,
+    can_audit: bool,
+    can_read_bans: bool,
+    can_manage_bans: bool,
+    ok_total: i64,
+    failed_total: i64,
+    /// An inline SVG built here from numbers only.
+    chart: String,
+    per_protocol: Vec<(String, i64, i64)>,
+    most_failed: Vec<(String, i64)>,
+    bans: Vec<BanRow>,
+    queued: i64,
+    held: i64,
+}
+
+fn page(t: impl Template, status: StatusCode) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CONTENT_SECURITY_POLICY, CSP),
+                (header::X_FRAME_OPTIONS, "DENY"),
+            ],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console: a page did not render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn redirect(to: &'static str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+}
+
+fn token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn csrf_of(token: &str) -> String {
+    hex::encode(digest(&format!("console-csrf:{token}")))
+}
+
+/// The signed-in administrator of the request and the session token.
+async fn caller(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+    ip: IpAddr,
+) -> Option<(Caller, String)> {
+    let t = token(headers)?;
+    let c = caller_for_token(st, &t, ip, "console").await.ok()?;
+    // API keys are for automation, not for a browser
+    c.session.is_some().then_some((c, t))
+}
+
+pub(super) async fn login_form(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    match caller(&st, &headers, addr.ip()).await {
+        Some(_) => redirect("/admin"),
+        None => page(LoginPage { message: None }, StatusCode::OK),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    name: String,
+    password: SecretString,
+    totp: SecretString,
+}
+
+pub(super) async fn login(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    const FAILED: &str = "Sign-in failed: check the name, the password and the code.";
+    let req = super::session::login_request(f.name, f.password, Some(f.totp));
+    let r = super::session::login(State(st.clone()), ConnectInfo(PeerAddr(addr)), Body(req)).await;
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(ApiError::TooMany) => {
+            let m = Some("Too many failed sign-ins from your address; try again later.");
+            return page(LoginPage { message: m }, StatusCode::TOO_MANY_REQUESTS);
+        }
+        Err(_) => {
+            return page(
+                LoginPage {
+                    message: Some(FAILED),
+                },
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+    };
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(t) = v["token"].as_str().filter(|_| v["status"] == "ok") else {
+        // first sign-in: the TOTP enrolment is done through the API (POST /api/v1/login/enroll)
+        let m = Some("This administrator has no second factor yet: finish its enrolment first (POST /api/v1/login/enroll).");
+        return page(LoginPage { message: m }, StatusCode::UNAUTHORIZED);
+    };
+    let cookie = format!(
+        "{COOKIE}={t}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        st.cfg.admin.session_secs
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/admin".to_owned()),
+            (header::SET_COOKIE, cookie),
+        ],
+    )
+        .into_response()
+}
+
+/// Logins per hour of the last 24 as bars: succeeded above the axis, failed below.
+fn chart(per_hour: &[(i64, String, i64)], now: i64) -> String {
+    let first = (now / 3600 - 23) * 3600;
+    let mut ok = [0i64; 24];
+    let mut failed = [0i64; 24];
+    for (h, r, n) in per_hour {
+        let i = (h - first) / 3600;
+        if (0..24).contains(&i) {
+            if r == "ok" {
+                ok[i as usize] += n;
+            } else {
+                failed[i as usize] += n;
+            }
+        }
+    }
+    let max = ok
+        .iter()
+        .chain(failed.iter())
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let (w, half) = (24.0 * 20.0, 80.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {}\" width=\"100%\" role=\"img\" \
+         aria-label=\"Logins per hour\" id=\"logins-chart\"><line x1=\"0\" y1=\"{half}\" x2=\"{w}\" y2=\"{half}\" stroke=\"#888\"/>",
+        2.0 * half + 4.0
+    );
+    for i in 0..24 {
+        let x = i as f64 * 20.0 + 3.0;
+        let hok = ok[i] as f64 / max * (half - 2.0);
+        let hf = failed[i] as f64 / max * (half - 2.0);
+        if ok[i] > 0 {
+            svg.push_str(&format!(
+                "<rect class=\"ok\" x=\"{x}\" y=\"{:.1}\" width=\"14\" height=\"{hok:.1}\" fill=\"#0b5cad\"><title>{} succeeded</title></rect>",
+                half - hok,
+                ok[i]
+            ));
+        }
+        if failed[i] > 0 {
+            svg.push_str(&format!(
+                "<rect class=\"failed\" x=\"{x}\" y=\"{half}\" width=\"14\" height=\"{hf:.1}\" fill=\"#c0262d\"><title>{} failed</title></rect>",
+                failed[i]
+            ));
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+async fn dashboard(
+    st: &ApiState,
+    c: &Caller,
+    t: &str,
+    notice: Option<String>,
+) -> ApiResult<Response> {
+    let can_audit = c.may(Perm::ReadAudit).is_ok();
+    let can_read_bans = c.may(Perm::ReadBans).is_ok();
+    let can_manage_bans = c.may(Perm::ManageBans).is_ok();
+    let now = postern_store::now();
+    let summary = if can_audit {
+        st.store.auth_summary(now - 24 * 3600).await?
+    } else {
+        Default::default()
+    };
+    let total = |which: &str| {
+        summary
+            .per_hour
+            .iter()
+            .filter(|(_, r, _)| r == which)
+            .map(|(_, _, n)| n)
+            .sum::<i64>()
+    };
+    let mut per_protocol: Vec<(String, i64, i64)> = Vec::new();
+    for (p, r, n) in &summary.per_protocol {
+        if !per_protocol.iter().any(|x| &x.0 == p) {
+            per_protocol.push((p.clone(), 0, 0));
+        }
+        if let Some(row) = per_protocol.iter_mut().find(|x| &x.0 == p) {
+            if r == "ok" {
+                row.1 += n;
+            } else {
+                row.2 += n;
+            }
+        }
+    }
+    let bans = if can_read_bans {
+        st.store
+            .list_bans()
+            .await?
+            .into_iter()
+            .map(|b| BanRow {
+                target: b.target.to_string(),
+                until: chrono::DateTime::from_timestamp(b.until as i64, 0)
+                    .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default(),
+                reason: b.reason,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let counts = st.store.queue_counts().await?;
+    let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    Ok(page(
+        Dashboard {
+            name: c.actor.name.clone(),
+            role: c.role.as_str().to_owned(),
+            csrf: csrf_of(t),
+            notice,
+            can_audit,
+            can_read_bans,
+            can_manage_bans,
+            ok_total: total("ok"),
+            failed_total: total("failed"),
+            chart: chart(&summary.per_hour, now),
+            per_protocol,
+            most_failed: summary.most_failed,
+            bans,
+            queued: count("queued"),
+            held: count("held"),
+        },
+        StatusCode::OK,
+    ))
+}
+
+pub(super) async fn home(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    match caller(&st, &headers, addr.ip()).await {
+        Some((c, t)) => dashboard(&st, &c, &t, None).await,
+        None => Ok(redirect("/admin/login")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct LiftForm {
+    csrf: String,
+    target: String,
+}
+
+pub(super) async fn lift_ban(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<LiftForm>,
+) -> ApiResult<Response> {
+    let Some((c, t)) = caller(&st, &headers, addr.ip()).await else {
+        return Ok(redirect("/admin/login"));
+    };
+    if csrf_of(&t) != f.csrf {
+        return Err(ApiError::Forbidden);
+    }
+    c.may(Perm::ManageBans)?;
+    let target = Cidr::parse(&f.target).map_err(ApiError::Unprocessable)?;
+    let notice =
+        if crate::ops::bans::remove(&st.store, Some(st.auth.guard()), &c.actor, &target).await? {
+            format!("The ban on {target} is lifted.")
+        } else {
+            format!("No ban on {target}.")
+        };
+    dashboard(&st, &c, &t, Some(notice)).await
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub(super) async fn logout(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> ApiResult<Response> {
+    if let Some((_, t)) = caller(&st, &headers, addr.ip()).await {
+        if csrf_of(&t) != f.csrf {
+            return Err(ApiError::Forbidden);
+        }
+        st.store.end_admin_session(&digest(&t)).await?;
+    }
+    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/admin/login".to_owned()),
+            (header::SET_COOKIE, gone),
+        ],
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_draws_each_hour() {
+        let now = 100 * 3600 + 1800;
+        let svg = chart(
+            &[
+                (100 * 3600, "ok".into(), 4),
+                (100 * 3600, "failed".into(), 8),
+                (90 * 3600, "failed".into(), 2),
+                (10 * 3600, "failed".into(), 99),
+            ],
+            now,
+        );
+        assert_eq!(svg.matches("class=\"ok\"").count(), 1);
+        assert_eq!(svg.matches("class=\"failed\"").count(), 2, "{svg}");
+        assert!(svg.contains("<title>8 failed</title>") && !svg.contains("99"));
+    }
+}
