@@ -94,6 +94,8 @@ pub async fn init(
     }
     if let Some(a) = cfg.admin.listen {
         println!("  listener: {:<12} https://{a}/api/v1", "admin API");
+        println!("  listener: {:<12} https://{a}/account", "user portal");
+        println!("  listener: {:<12} https://{a}/admin", "console");
     }
     Ok(cfg)
 }
