@@ -5,22 +5,13 @@ and lifts the ban, after which the source is heard again. A helpdesk administrat
 data on the page and the API refuses it the audit log; a form without the CSRF token is refused;
 the pages carry the strict CSP."""
 import os
-import shutil
 import time
-
-import pytest
 
 from conftest import BOB, BOB_PW
 from test_admin_api import Api, create_admin, first_login, totp
 from test_defence import FAST, imap_login
 
-CHROMIUM = shutil.which("chromium")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover
-    sync_playwright = None
-pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
-                                reason="needs Debian's chromium and Playwright for Python")
+from test_portal import CHROMIUM, pytestmark, sync_playwright  # noqa: F401 (pytestmark applies here)
 
 ATTACKER = "127.0.3.7"
 

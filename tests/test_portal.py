@@ -6,7 +6,6 @@ a strict Content-Security-Policy and no-store; a form without the session's CSRF
 refused; wrong password, unknown user and wrong code all get the same answer; an app password
 does not open the portal; after sign-out the old cookie is worth nothing. Screenshots of the
 pages go to $ARTIFACTS (or the test's temporary directory)."""
-import imaplib
 import os
 import shutil
 import sqlite3
@@ -14,8 +13,8 @@ import time
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, tls_client_context
-from test_twofactor import enroll, totp
+from conftest import ALICE, ALICE_PW, BOB, BOB_PW
+from test_twofactor import enroll, imap_login, totp
 
 CHROMIUM = shutil.which("chromium")
 try:
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
                                 reason="needs Debian's chromium and Playwright for Python")
 
 CSP = "default-src 'none'; style-src 'self'"
-
-
-def imap_login(srv, user, pw):
-    m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
-    try:
-        m.login(user, pw)
-        m.logout()
-        return "ok"
-    except imaplib.IMAP4.error as e:
-        return str(e)
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ use askama::Template;
 use axum::Form;
 
 use super::common::*;
+use super::html::{cookie, page, redirect, with_cookie};
 
 const COOKIE: &str = "__Host-postern_admin";
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
 
 #[derive(Template)]
 #[template(path = "admin/login.html")]
@@ -52,40 +51,6 @@ struct Dashboard {
     held: i64,
 }
 
-fn page(t: impl Template, status: StatusCode) -> Response {
-    match t.render() {
-        Ok(body) => (
-            status,
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CONTENT_SECURITY_POLICY, CSP),
-                (header::X_FRAME_OPTIONS, "DENY"),
-            ],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "console: a page did not render");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-fn redirect(to: &'static str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
-}
-
-fn token(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
 fn csrf_of(token: &str) -> String {
     hex::encode(digest(&format!("console-csrf:{token}")))
 }
@@ -96,7 +61,7 @@ async fn caller(
     headers: &axum::http::HeaderMap,
     ip: IpAddr,
 ) -> Option<(Caller, String)> {
-    let t = token(headers)?;
+    let t = cookie(headers, COOKIE)?;
     let c = caller_for_token(st, &t, ip, "console").await.ok()?;
     // API keys are for automation, not for a browser
     c.session.is_some().then_some((c, t))
@@ -152,18 +117,7 @@ pub(super) async fn login(
         let m = Some("This administrator has no second factor yet: finish its enrolment first (POST /api/v1/login/enroll).");
         return page(LoginPage { message: m }, StatusCode::UNAUTHORIZED);
     };
-    let cookie = format!(
-        "{COOKIE}={t}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
-        st.cfg.admin.session_secs
-    );
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/admin".to_owned()),
-            (header::SET_COOKIE, cookie),
-        ],
-    )
-        .into_response()
+    with_cookie("/admin", COOKIE, t, st.cfg.admin.session_secs as i64)
 }
 
 /// Logins per hour of the last 24 as bars: succeeded above the axis, failed below.
@@ -349,15 +303,7 @@ pub(super) async fn logout(
         }
         st.store.end_admin_session(&digest(&t)).await?;
     }
-    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
-    Ok((
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/admin/login".to_owned()),
-            (header::SET_COOKIE, gone),
-        ],
-    )
-        .into_response())
+    Ok(with_cookie("/admin/login", COOKIE, "", 0))
 }
 
 #[cfg(test)]

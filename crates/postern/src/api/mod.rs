@@ -28,6 +28,7 @@ mod bans;
 mod common;
 mod console;
 mod domains;
+mod html;
 mod listener;
 mod portal;
 mod session;

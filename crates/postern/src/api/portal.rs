@@ -16,12 +16,11 @@ use postern_auth::{AuthOutcome, LoginAttempt};
 use postern_types::Protocol;
 
 use super::common::*;
+use super::html::{cookie, page, redirect, with_cookie};
 
 const COOKIE: &str = "__Host-postern_account";
 /// How long a portal session lasts (no sliding renewal: sign in again after it).
 const SESSION_SECS: i64 = 30 * 60;
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
 const STYLE: &str = include_str!("../../static/account.css");
 
 #[derive(Template)]
@@ -76,31 +75,6 @@ struct Overview {
     signins: Vec<SigninRow>,
 }
 
-/// A rendered page with the portal's headers (the API's layer adds no-store, HSTS, nosniff and
-/// the referrer policy, and keeps this CSP).
-fn page(t: impl Template, status: StatusCode) -> Response {
-    match t.render() {
-        Ok(body) => (
-            status,
-            [
-                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                (header::CONTENT_SECURITY_POLICY, CSP),
-                (header::X_FRAME_OPTIONS, "DENY"),
-            ],
-            body,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "portal: a page did not render");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-fn redirect(to: &'static str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
-}
-
 fn login_page(message: Option<&'static str>, address: String, status: StatusCode) -> Response {
     page(LoginPage { message, address }, status)
 }
@@ -111,28 +85,32 @@ fn when(ts: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The session token from the request's cookies.
-fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
 /// The live session of the request, with its token's digest.
 async fn session(
     st: &ApiState,
     headers: &axum::http::HeaderMap,
 ) -> ApiResult<Option<(postern_store::web::WebSession, [u8; 32])>> {
-    let Some(token) = cookie_token(headers) else {
+    let Some(token) = cookie(headers, COOKIE) else {
         return Ok(None);
     };
     let d = digest(&token);
     Ok(st.store.web_session(&d).await?.map(|s| (s, d)))
+}
+
+/// The session of a form's request, its CSRF token checked: `Err` with the reply to send when
+/// there is no session (to the sign-in page) or the token is not the session's (403).
+async fn form_session(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+    csrf: &str,
+) -> ApiResult<Result<postern_store::web::WebSession, Response>> {
+    let Some((s, _)) = session(st, headers).await? else {
+        return Ok(Err(redirect("/account/login")));
+    };
+    if !csrf_ok(&s, csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(Ok(s))
 }
 
 /// A form's CSRF token must be the session's (their digests compared: the timing of the
@@ -329,18 +307,12 @@ pub(super) async fn login(
             &ip.to_string(),
         )
         .await?;
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
-        token.expose_secret()
-    );
-    Ok((
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/account".to_owned()),
-            (header::SET_COOKIE, cookie),
-        ],
-    )
-        .into_response())
+    Ok(with_cookie(
+        "/account",
+        COOKIE,
+        token.expose_secret(),
+        SESSION_SECS,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -359,15 +331,7 @@ pub(super) async fn logout(
         }
         st.store.end_web_session(&d).await?;
     }
-    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
-    Ok((
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, "/account/login".to_owned()),
-            (header::SET_COOKIE, gone),
-        ],
-    )
-        .into_response())
+    Ok(with_cookie("/account/login", COOKIE, "", 0))
 }
 
 /// The overview page of a session, with a notice or a just-created app password.
@@ -476,12 +440,10 @@ pub(super) async fn create_app_password(
     headers: axum::http::HeaderMap,
     Form(f): Form<CreateForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     let protocols: Vec<String> = [("imap", &f.imap), ("smtp", &f.smtp), ("pop3", &f.pop3)]
         .into_iter()
         .filter(|(_, on)| on.is_some())
@@ -530,12 +492,10 @@ pub(super) async fn revoke_app_password(
     headers: axum::http::HeaderMap,
     Form(f): Form<RevokeForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
     let notice = match crate::ops::app_passwords::revoke(
         &st.store,
@@ -590,12 +550,10 @@ pub(super) async fn begin_two_factor(
     headers: axum::http::HeaderMap,
     Form(f): Form<ReauthForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
         return overview(&st, &s, Some("The password was not right.".into()), None).await;
     }
@@ -652,12 +610,10 @@ pub(super) async fn confirm_two_factor(
     headers: axum::http::HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     let owner = postern_store::totp::account_owner(s.account_id);
     let code = f.code.expose_secret().trim().to_owned();
     match crate::twofactor::confirm(&st.store, &st.keys, &owner, &code).await {
@@ -704,12 +660,10 @@ pub(super) async fn change_password(
     headers: axum::http::HeaderMap,
     Form(f): Form<PasswordForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     if !reauthenticated(&st, &s, &f.current, addr.ip()).await {
         let n = "The current password was not right.".to_owned();
         return overview(&st, &s, Some(n), None).await;
@@ -739,12 +693,10 @@ pub(super) async fn lock_own_account(
     headers: axum::http::HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> ApiResult<Response> {
-    let Some((s, _)) = session(&st, &headers).await? else {
-        return Ok(redirect("/account/login"));
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return Err(ApiError::Forbidden);
-    }
     let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
     crate::ops::incident::lock(
         &st.store,
