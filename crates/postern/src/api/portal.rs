@@ -727,10 +727,10 @@ mod tests {
             header::COOKIE,
             "a=1; __Host-postern_account=pwa_x".parse().unwrap(),
         );
-        assert_eq!(cookie_token(&h).as_deref(), Some("pwa_x"));
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("pwa_x"));
         let mut h = axum::http::HeaderMap::new();
         h.append(header::COOKIE, "postern_account=pwa_x".parse().unwrap());
-        assert_eq!(cookie_token(&h), None);
+        assert_eq!(cookie(&h, COOKIE), None);
     }
 
     #[test]
