@@ -1,6 +1,7 @@
 //! Who made an administrative change, and the audit event that records it. The host shell
-//! (`cli:USER`) and the admin API (`api:ADMIN` or `apikey:NAME`) both go through [`record`], so
-//! every change carries the identity of the one who made it.
+//! (`cli:USER`), the admin API (`api:ADMIN` or `apikey:NAME`), the console (`console:ADMIN`) and
+//! the users' portal (`web:ADDRESS`) all go through [`record`], so every change carries the
+//! identity of the one who made it.
 
 use std::net::IpAddr;
 
@@ -9,7 +10,8 @@ use postern_store::Store;
 
 #[derive(Debug, Clone)]
 pub struct Actor {
-    /// "cli", "api" or "apikey".
+    /// "cli", "api", "apikey", "console" (the admin web console), "web" (a mail user in the
+    /// portal) or "server".
     pub door: &'static str,
     pub name: String,
     pub ip: Option<IpAddr>,

@@ -9,6 +9,10 @@
 //!
 //! Replies never reveal internals: store and I/O errors become `500 {"error":"internal error"}`
 //! (and a log line); a failed login is the same `401` whether the name exists or not.
+//!
+//! The same listener serves HTML pages on top of the same operations: the mail users'
+//! self-service portal (`/account`, `portal.rs`), the administrators' console (`/admin`,
+//! `console.rs`), and client autoconfiguration for Thunderbird and Outlook (`autoconfig.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
