@@ -7,13 +7,25 @@ use sqlx::Row;
 use crate::{now, Result, Store};
 
 /// A live portal session.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebSession {
     pub account_id: i64,
     pub address: String,
     /// The CSRF token its forms carry (not a secret from the user; from other sites).
     pub csrf: String,
     pub expires_at: i64,
+}
+
+/// The CSRF token is redacted: it must not reach a log line.
+impl std::fmt::Debug for WebSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSession")
+            .field("account_id", &self.account_id)
+            .field("address", &self.address)
+            .field("csrf", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl Store {

@@ -557,8 +557,10 @@ impl Session {
                 _ => bytes,
             };
             self.dollar_empty = false;
+            // SEARCHRES: the saved result is looked up only for a command that names `$`
+            let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
             let bytes = match &self.selected {
-                Some(sel) => {
+                Some(sel) if first_line.contains(&b'$') => {
                     let seqs: Vec<u32> = sel
                         .saved
                         .iter()
@@ -575,7 +577,7 @@ impl Session {
                         None => bytes,
                     }
                 }
-                None => bytes,
+                _ => bytes,
             };
             if let Some(parsed) = crate::listext::parse(&bytes) {
                 let flow = match parsed {
