@@ -65,6 +65,12 @@ pub enum Perm {
     LockAccounts,
     /// Lift an incident lock (helpdesk may not).
     UnlockAccounts,
+    /// See the outbound queue (senders, recipients, states).
+    ReadQueue,
+    /// Retry, hold, release or remove queued messages.
+    ManageQueue,
+    /// See the stored secrets' names and metadata (never a value).
+    ReadSecrets,
 }
 
 /// Whether `role` may do `perm` at all (a domain-admin is further limited to its domains).
@@ -93,7 +99,10 @@ pub fn allows(role: Role, perm: Perm) -> bool {
                 | ManageBans
                 | LockAccounts
         ),
-        Role::Auditor => matches!(perm, ReadDirectory | ReadCredentials | ReadBans | ReadAudit),
+        Role::Auditor => matches!(
+            perm,
+            ReadDirectory | ReadCredentials | ReadBans | ReadAudit | ReadQueue | ReadSecrets
+        ),
     }
 }
 

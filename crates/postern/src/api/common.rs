@@ -98,18 +98,19 @@ pub(crate) fn client_text(m: &str) -> String {
     out
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (code, msg) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, client_text(&m)),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.to_owned()),
+impl ApiError {
+    /// The status and the message a client is told (no internals).
+    pub(crate) fn client_message(&self) -> (StatusCode, String) {
+        match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, client_text(m)),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, (*m).to_owned()),
             ApiError::Forbidden => (
                 StatusCode::FORBIDDEN,
                 "your role does not allow this".to_owned(),
             ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, client_text(&m)),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, client_text(&m)),
-            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, client_text(&m)),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, client_text(m)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, client_text(m)),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, client_text(m)),
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is too large".to_owned(),
@@ -118,12 +119,18 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed logins from your address; try again later".to_owned(),
             ),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.to_owned()),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, (*m).to_owned()),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error".to_owned(),
             ),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, msg) = self.client_message();
         let mut r = (code, axum::Json(json!({ "error": msg }))).into_response();
         if code == StatusCode::UNAUTHORIZED {
             r.headers_mut()

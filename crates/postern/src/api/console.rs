@@ -30,13 +30,65 @@ struct BanRow {
     reason: String,
 }
 
+/// A link of the console's navigation.
+pub(super) struct Nav {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+/// What every console page shows around its content: who is signed in, the navigation (only
+/// the sections the role may read), the sign-out form's CSRF token, and a notice.
+pub(super) struct Frame {
+    pub name: String,
+    pub role: String,
+    pub csrf: String,
+    pub nav: Vec<Nav>,
+    pub notice: Option<String>,
+    /// The notice reports a refusal or an error.
+    pub failed: bool,
+}
+
+impl Frame {
+    pub(super) fn new(c: &Caller, token: &str, current: &str) -> Frame {
+        const SECTIONS: [(&str, &str, Option<Perm>); 9] = [
+            ("/admin", "Dashboard", None),
+            ("/admin/users", "Users", Some(Perm::ReadDirectory)),
+            ("/admin/domains", "Domains", Some(Perm::ReadDirectory)),
+            (
+                "/admin/applications",
+                "Applications",
+                Some(Perm::ReadCredentials),
+            ),
+            ("/admin/bans", "Bans", Some(Perm::ReadBans)),
+            ("/admin/audit", "Audit log", Some(Perm::ReadAudit)),
+            ("/admin/queue", "Queue", Some(Perm::ReadQueue)),
+            ("/admin/secrets", "Secrets", Some(Perm::ReadSecrets)),
+            ("/admin/admins", "Administrators", Some(Perm::ManageAdmins)),
+        ];
+        Frame {
+            name: c.actor.name.clone(),
+            role: c.role.as_str().to_owned(),
+            csrf: csrf_of(token),
+            nav: SECTIONS
+                .iter()
+                .filter(|(_, _, p)| p.is_none_or(|p| c.may(p).is_ok()))
+                .map(|(href, label, _)| Nav {
+                    href,
+                    label,
+                    current: *href == current,
+                })
+                .collect(),
+            notice: None,
+            failed: false,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "admin/dashboard.html")]
 struct Dashboard {
-    name: String,
-    role: String,
-    csrf: String,
-    notice: Option<String>,
+    f: Frame,
     can_audit: bool,
     can_read_bans: bool,
     can_manage_bans: bool,
@@ -51,12 +103,12 @@ struct Dashboard {
     held: i64,
 }
 
-fn csrf_of(token: &str) -> String {
+pub(super) fn csrf_of(token: &str) -> String {
     hex::encode(digest(&format!("console-csrf:{token}")))
 }
 
 /// The signed-in administrator of the request and the session token.
-async fn caller(
+pub(super) async fn caller(
     st: &ApiState,
     headers: &axum::http::HeaderMap,
     ip: IpAddr,
@@ -226,10 +278,10 @@ async fn dashboard(
     let count = |s: &str| counts.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
     Ok(page(
         Dashboard {
-            name: c.actor.name.clone(),
-            role: c.role.as_str().to_owned(),
-            csrf: csrf_of(t),
-            notice,
+            f: Frame {
+                notice,
+                ..Frame::new(c, t, "/admin")
+            },
             can_audit,
             can_read_bans,
             can_manage_bans,
@@ -304,6 +356,14 @@ pub(super) async fn logout(
         st.store.end_admin_session(&digest(&t)).await?;
     }
     Ok(with_cookie("/admin/login", COOKIE, "", 0))
+}
+
+/// The dashboard's live refresh (see the file's own comment).
+pub(super) async fn live_js() -> Response {
+    super::html::asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/live.js"),
+    )
 }
 
 #[cfg(test)]

@@ -51,3 +51,24 @@ pub(super) async fn remove_domain(
     crate::ops::domains::remove(&st.store, &c.actor, &d).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// The DNS records to publish for a local domain (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT), and
+/// notes on what is still missing; the same list as `postern dns DOMAIN`.
+pub(super) async fn dns_records(
+    State(st): St,
+    c: Caller,
+    Seg(name): Seg,
+) -> ApiResult<axum::Json<Value>> {
+    c.may(Perm::ReadDirectory)?;
+    let d = parse_domain(&name)?;
+    c.scope(d.as_str())?;
+    if !st.store.is_local_domain(d.as_str()).await? {
+        return Err(ApiError::NotFound(format!("domain {d} not found")));
+    }
+    let (records, notes) = crate::dkim::records(&st.store, &st.cfg, d.as_str()).await?;
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|(name, kind, value)| json!({"name": name, "type": kind, "value": value}))
+        .collect();
+    Ok(axum::Json(json!({"records": records, "notes": notes})))
+}

@@ -5,9 +5,23 @@ use askama::Template;
 
 use super::common::*;
 
-/// The pages' policy: this site's stylesheet and nothing else; no script at all.
+/// The pages' policy: this site's stylesheet and scripts and nothing else; no inline script or
+/// style, no other origin, no framing.
 pub(super) const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-                              form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+                              script-src 'self'; connect-src 'self'; form-action 'self'; \
+                              frame-ancestors 'none'; base-uri 'none'";
+
+/// A static file compiled into the binary, with its type and a policy that lets it do nothing.
+pub(super) fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+        ],
+        body,
+    )
+        .into_response()
+}
 
 /// A rendered page with the pages' headers (the API's layer adds no-store, HSTS, nosniff and
 /// the referrer policy, and keeps this CSP).

@@ -31,10 +31,12 @@ mod autoconfig;
 mod bans;
 mod common;
 mod console;
+mod console_pages;
 mod domains;
 mod html;
 mod listener;
 mod portal;
+mod queue;
 mod session;
 mod users;
 
@@ -47,6 +49,7 @@ pub use common::ApiState;
 use common::*;
 use domains::*;
 pub use listener::TlsListener;
+use queue::*;
 use session::*;
 use users::*;
 
@@ -68,6 +71,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/me/password", post(change_own_password))
         .route("/domains", get(list_domains).post(add_domain))
         .route("/domains/{name}", delete(remove_domain))
+        .route("/domains/{name}/dns", get(dns_records))
+        .route("/queue", get(list_queue))
+        .route("/queue/{id}", delete(remove_queued))
+        .route("/queue/{id}/retry", post(retry_queued))
+        .route("/queue/{id}/hold", post(hold_queued))
+        .route("/queue/{id}/release", post(release_queued))
+        .route("/secrets", get(list_secrets))
         .route("/users", get(list_users).post(add_user))
         .route("/users/{address}", get(get_user).delete(remove_user))
         .route("/users/{address}/password", post(set_password))
@@ -125,7 +135,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(console::home))
         .route("/login", get(console::login_form).post(console::login))
         .route("/logout", post(console::logout))
-        .route("/bans/lift", post(console::lift_ban));
+        .route("/bans/lift", post(console::lift_ban))
+        .route("/do", post(console_pages::act_form))
+        .route("/live.js", get(console::live_js))
+        .route("/{section}", get(console_pages::view));
     Router::new()
         .nest("/api/v1", v1)
         .nest("/admin", admin)
