@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
                                 reason="needs Debian's chromium and Playwright for Python")
 
 CSP = "default-src 'none'; style-src 'self'"
+assert "unsafe-inline" not in CSP
 
 
 @pytest.fixture
@@ -198,6 +199,83 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
                                  "('incident_locked', '2fa_enabled')", (ALICE,)).fetchall())
     assert actors == {"incident_locked": f"web:{ALICE}", "2fa_enabled": f"web:{ALICE}"}, actors
     page.context.close()
+
+
+def test_portal_phone_profile_live_feedback_and_second_factor_management(server, browser, tmp_path):
+    """The new-password field tells the server's verdict while it is typed (script from this
+    origin only); an app password for IMAP and SMTP comes with a QR code and an Apple
+    .mobileconfig whose settings and password work; with TOTP on, the user makes new recovery
+    codes (the old ones stop working) and turns the second factor off with a code (a wrong code
+    does not)."""
+    import plistlib
+    user, pw = "gina@example.test", "Harbor-Cobalt-Willow-5521-Tundra"
+    server.cli("user", "add", user, "--password-stdin", stdin=pw + "\n")
+    base = f"https://127.0.0.1:{server.admin}"
+    page = browser.new_page()
+    sign_in(page, base, user, pw)
+    # live feedback: the server's policy, before the form is sent
+    page.fill("#pw-new", "password123")
+    page.wait_for_selector("#pw-feedback.error", timeout=10000)
+    assert page.get_attribute("#pw-new", "aria-invalid") == "true"
+    page.fill("#pw-new", "Velvet-Orchard-Glacier-8830-Prism")
+    page.wait_for_selector("#pw-feedback.notice", timeout=10000)
+    assert page.inner_text("#pw-feedback") == "Strong enough for this server."
+    r = page.request.post(f"{base}/account/password/check", form={"csrf": "x", "new": "abc"})
+    assert r.status == 403
+    # an app password for a phone: QR code and configuration profile
+    page.fill("#ap-name", "iphone")
+    with page.expect_navigation():
+        page.click("text=Create app password")
+    app_pw = page.inner_text("#new-secret").strip()
+    assert page.locator("#secret-qr svg").count() == 1
+    with page.expect_download() as dl:
+        page.click("#mobileconfig")
+    assert dl.value.suggested_filename == "iphone.mobileconfig"
+    profile = plistlib.loads(open(dl.value.path(), "rb").read())
+    assert profile["PayloadType"] == "Configuration"
+    mail = profile["PayloadContent"][0]
+    assert mail["PayloadType"] == "com.apple.mail.managed" and mail["EmailAddress"] == user
+    assert mail["IncomingMailServerPortNumber"] == server.imaps and mail["IncomingMailServerUseSSL"] is True
+    assert mail["OutgoingMailServerPortNumber"] == server.submissions and mail["OutgoingMailServerUseSSL"] is True
+    assert mail["IncomingPassword"] == app_pw == mail["OutgoingPassword"]
+    assert imap_login(server, mail["IncomingMailServerUsername"], mail["IncomingPassword"]) == "ok"
+    shot(page, tmp_path, "phone-profile")
+    # TOTP on, then new recovery codes
+    page.goto(f"{base}/account")
+    page.fill("#reauth", pw)
+    with page.expect_navigation():
+        page.click("#begin-2fa")
+    secret = page.inner_text("#totp-secret").strip()
+    page.fill("#code", totp(secret))
+    with page.expect_navigation():
+        page.click("form[action='/account/2fa/confirm'] button")
+    first = page.locator("#recovery-codes li").all_inner_texts()
+    page.goto(f"{base}/account")
+    assert page.inner_text("#recovery-left") == "10"
+    page.fill("#reauth-recovery", pw)
+    with page.expect_navigation():
+        page.click("#new-recovery")
+    second = page.locator("#recovery-codes li").all_inner_texts()
+    assert len(second) == 10 and not set(first) & set(second)
+    # off: a wrong code (an old recovery code) is refused; a current code works
+    page.goto(f"{base}/account")
+    page.fill("#reauth-off", pw)
+    page.fill("#off-code", first[0])
+    with page.expect_navigation():
+        page.click("#twofactor-off")
+    assert "The code was not right." in page.inner_text(".notice")
+    assert page.inner_text("#twofactor") == "on"
+    page.fill("#reauth-off", pw)
+    page.fill("#off-code", second[0])
+    with page.expect_navigation():
+        page.click("#twofactor-off")
+    assert "Two-factor authentication is off." in page.inner_text(".notice")
+    assert page.inner_text("#twofactor") == "off"
+    assert imap_login(server, user, pw) == "ok"
+    with sqlite3.connect(server.dir / "postern.db") as db:
+        events = [e for (e,) in db.execute("SELECT event FROM audit_log WHERE username = ? AND actor = ?",
+                                           (user, f"web:{user}"))]
+    assert "2fa_recovery_renewed" in events and "2fa_disabled" in events, events
 
 
 AXE = os.path.join(os.path.dirname(__file__), "axe", "node_modules", "axe-core", "axe.min.js")

@@ -122,6 +122,18 @@ pub async fn confirm(store: &Store, key: &Keys, owner: &str, code: &str) -> Resu
     Ok(codes)
 }
 
+/// Replaces the recovery codes of a confirmed second factor with ten new ones (shown once).
+pub async fn renew_recovery_codes(store: &Store, key: &Keys, owner: &str) -> Result<Vec<String>> {
+    match store.second_factor(owner).await? {
+        Some(sf) if sf.confirmed => {}
+        _ => bail!("two-factor authentication is not on"),
+    }
+    let codes = new_recovery_codes();
+    let digests = recovery_digests(key, owner, &codes).await?;
+    store.confirm_second_factor(owner, &digests).await?;
+    Ok(codes)
+}
+
 /// How a second factor was proven.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proof {

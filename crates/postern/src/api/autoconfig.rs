@@ -144,3 +144,76 @@ mod tests {
         assert_eq!(xml_escape("a<&>\"'"), "a&lt;&amp;&gt;&quot;&apos;");
     }
 }
+
+/// An Apple configuration profile (`.mobileconfig`, a property list) that sets up one mail
+/// account on an iPhone, iPad or Mac with an app password: IMAP and SMTP over TLS (the same
+/// endpoints as autoconfig), the app password for both. None without an IMAP and an SMTP
+/// endpoint. Written here (a fixed document, every value escaped) rather than with a plist
+/// crate: nothing else in Postern reads or writes property lists.
+pub(super) fn mobileconfig(cfg: &Config, address: &str, secret: &str) -> Option<String> {
+    let eps = endpoints(cfg);
+    let find = |k: &str| eps.iter().find(|(kind, _, _)| *kind == k).copied();
+    let (_, imap_port, _) = find("imap")?;
+    let (_, smtp_port, _) = find("smtp")?;
+    let host = xml_escape(&cfg.server.hostname);
+    let a = xml_escape(address);
+    let pw = xml_escape(secret);
+    let uuid = || {
+        let b: [u8; 16] = rand::random();
+        let h = hex::encode(b);
+        // version 4, RFC 4122 variant
+        format!(
+            "{}-{}-4{}-{}{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[13..16],
+            ["8", "9", "a", "b"][usize::from(b[8] & 3)],
+            &h[17..20],
+            &h[20..32]
+        )
+    };
+    let (u1, u2) = (uuid(), uuid());
+    Some(format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+  <key>PayloadContent</key>
+  <array>
+    <dict>
+      <key>EmailAccountDescription</key><string>{a}</string>
+      <key>EmailAccountName</key><string>{a}</string>
+      <key>EmailAccountType</key><string>EmailTypeIMAP</string>
+      <key>EmailAddress</key><string>{a}</string>
+      <key>IncomingMailServerAuthentication</key><string>EmailAuthPassword</string>
+      <key>IncomingMailServerHostName</key><string>{host}</string>
+      <key>IncomingMailServerPortNumber</key><integer>{imap_port}</integer>
+      <key>IncomingMailServerUseSSL</key><true/>
+      <key>IncomingMailServerUsername</key><string>{a}</string>
+      <key>IncomingPassword</key><string>{pw}</string>
+      <key>OutgoingMailServerAuthentication</key><string>EmailAuthPassword</string>
+      <key>OutgoingMailServerHostName</key><string>{host}</string>
+      <key>OutgoingMailServerPortNumber</key><integer>{smtp_port}</integer>
+      <key>OutgoingMailServerUseSSL</key><true/>
+      <key>OutgoingMailServerUsername</key><string>{a}</string>
+      <key>OutgoingPassword</key><string>{pw}</string>
+      <key>OutgoingPasswordSameAsIncomingPassword</key><true/>
+      <key>PayloadDisplayName</key><string>Mail ({a})</string>
+      <key>PayloadIdentifier</key><string>{host}.postern.mail.{u1}</string>
+      <key>PayloadType</key><string>com.apple.mail.managed</string>
+      <key>PayloadUUID</key><string>{u1}</string>
+      <key>PayloadVersion</key><integer>1</integer>
+    </dict>
+  </array>
+  <key>PayloadDescription</key><string>Sets up the mail account {a} with an app password.</string>
+  <key>PayloadDisplayName</key><string>{a}</string>
+  <key>PayloadIdentifier</key><string>{host}.postern.{u2}</string>
+  <key>PayloadRemovalDisallowed</key><false/>
+  <key>PayloadType</key><string>Configuration</string>
+  <key>PayloadUUID</key><string>{u2}</string>
+  <key>PayloadVersion</key><integer>1</integer>
+</dict>
+</plist>
+"#
+    ))
+}

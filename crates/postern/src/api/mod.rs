@@ -128,6 +128,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/app-passwords/revoke", post(portal::revoke_app_password))
         .route("/lock", post(portal::lock_own_account))
         .route("/password", post(portal::change_password))
+        .route("/password/check", post(portal::check_password))
+        .route("/strength.js", get(portal::strength_js))
+        .route("/2fa/off", post(portal::two_factor_off))
+        .route("/2fa/recovery", post(portal::new_recovery_codes))
         .route("/2fa/begin", post(portal::begin_two_factor))
         .route("/2fa/confirm", post(portal::confirm_two_factor));
     // The administrators' web console (HTML forms; the same operations and role checks)

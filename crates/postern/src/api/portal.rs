@@ -48,6 +48,10 @@ struct SigninRow {
 struct Created {
     name: String,
     secret: String,
+    /// The app password as a QR code (inline SVG), for a phone's camera.
+    qr_svg: String,
+    /// An Apple configuration profile with it, as a data: URL to download.
+    mobileconfig: Option<String>,
     /// (what, host:port and security) for the mail program's settings
     servers: Vec<(String, String)>,
 }
@@ -71,6 +75,7 @@ struct Overview {
     notice: Option<String>,
     created: Option<Created>,
     two_factor: bool,
+    recovery_left: i64,
     app_passwords: Vec<AppPasswordRow>,
     signins: Vec<SigninRow>,
 }
@@ -347,6 +352,11 @@ async fn overview(
         .second_factor(&owner)
         .await?
         .is_some_and(|f| f.confirmed);
+    let recovery_left = if two_factor {
+        st.store.recovery_codes_left(&owner).await?
+    } else {
+        0
+    };
     let app_passwords = st
         .store
         .list_app_passwords(s.account_id)
@@ -386,6 +396,7 @@ async fn overview(
             notice,
             created,
             two_factor,
+            recovery_left,
             app_passwords,
             signins,
         },
@@ -465,10 +476,25 @@ pub(super) async fn create_app_password(
     match crate::ops::app_passwords::create(&st.store, &actor, &a, &name, &protocols, days, &[])
         .await
     {
-        Ok((_, _, _, secret)) => {
+        Ok((protocols, _, _, secret)) => {
+            let secret = secret.expose_secret();
+            let both = ["imap", "smtp"]
+                .iter()
+                .all(|p| protocols.iter().any(|x| x == p));
+            let mobileconfig = both
+                .then(|| super::autoconfig::mobileconfig(&st.cfg, &s.address, secret))
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "data:application/x-apple-aspen-config;base64,{}",
+                        base64::engine::general_purpose::STANDARD.encode(p)
+                    )
+                });
             let created = Created {
                 name,
-                secret: secret.expose_secret().to_owned(),
+                secret: secret.to_owned(),
+                qr_svg: qr_svg(secret),
+                mobileconfig,
                 servers: servers(&st.cfg),
             };
             overview(&st, &s, None, Some(created)).await
@@ -543,6 +569,22 @@ async fn reauthenticated(
     )
 }
 
+/// `data` as a QR code in an inline SVG (made here from our own data, never the user's input).
+fn qr_svg(data: &str) -> String {
+    let svg = qrcode::QrCode::new(data.as_bytes())
+        .map(|c| {
+            c.render::<qrcode::render::svg::Color>()
+                .min_dimensions(200, 200)
+                .build()
+        })
+        .unwrap_or_default();
+    // the XML prologue has no place inside HTML
+    match svg.find("<svg") {
+        Some(i) => svg[i..].to_owned(),
+        None => String::new(),
+    }
+}
+
 /// Starts a TOTP enrolment (after the password again): the secret as a QR code and as text.
 pub(super) async fn begin_two_factor(
     State(st): St,
@@ -573,18 +615,7 @@ pub(super) async fn begin_two_factor(
             return overview(&st, &s, Some(n), None).await;
         }
     };
-    let qr_svg = qrcode::QrCode::new(e.uri.as_bytes())
-        .map(|c| {
-            c.render::<qrcode::render::svg::Color>()
-                .min_dimensions(200, 200)
-                .build()
-        })
-        .unwrap_or_default();
-    // the XML prologue has no place inside HTML
-    let qr_svg = match qr_svg.find("<svg") {
-        Some(i) => qr_svg[i..].to_owned(),
-        None => String::new(),
-    };
+    let qr_svg = qr_svg(e.uri.as_str());
     Ok(page(
         TwoFactorPage {
             message: None,
@@ -682,6 +713,128 @@ pub(super) async fn change_password(
         Err(e) => client_text(&format!("Password not changed: {e}")),
     };
     overview(&st, &s, Some(notice), None).await
+}
+
+#[derive(Deserialize)]
+pub struct OffForm {
+    csrf: String,
+    password: SecretString,
+    code: SecretString,
+}
+
+/// Turns the second factor off: the password and a current code (or a recovery code) first.
+pub(super) async fn two_factor_off(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<OffForm>,
+) -> ApiResult<Response> {
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
+    };
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return overview(&st, &s, Some("The password was not right.".into()), None).await;
+    }
+    // the code is counted as at sign-in: a wrong one is a failure against the source and the
+    // account's second factor
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let code = f.code.expose_secret().trim().to_owned();
+    let guard = st.auth.guard();
+    let proven = match guard.check_code(addr.ip(), &s.address) {
+        postern_auth::guard::Verdict::Allow if !code.is_empty() => {
+            crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
+                .await
+                .map_err(|_| ApiError::Internal)?
+        }
+        _ => None,
+    };
+    if proven.is_none() {
+        guard.code_failure(addr.ip(), &s.address).await;
+        return overview(&st, &s, Some("The code was not right.".into()), None).await;
+    }
+    let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
+    crate::ops::accounts::reset_2fa(
+        &st.store,
+        &actor(&s, addr.ip()),
+        &a,
+        "turned off by its owner from the portal",
+    )
+    .await?;
+    let n = "Two-factor authentication is off. Your app passwords still work.";
+    overview(&st, &s, Some(n.into()), None).await
+}
+
+/// Ten new recovery codes (after the password again); the old ones stop working.
+pub(super) async fn new_recovery_codes(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<ReauthForm>,
+) -> ApiResult<Response> {
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
+    };
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return overview(&st, &s, Some("The password was not right.".into()), None).await;
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let recovery = crate::twofactor::renew_recovery_codes(&st.store, &st.keys, &owner).await?;
+    record(
+        &st.store,
+        &actor(&s, addr.ip()),
+        "2fa_recovery_renewed",
+        &s.address,
+        "",
+    )
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    Ok(page(
+        TwoFactorPage {
+            message: None,
+            csrf: s.csrf.clone(),
+            qr_svg: String::new(),
+            secret: String::new(),
+            recovery,
+        },
+        StatusCode::OK,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct CheckForm {
+    csrf: String,
+    new: SecretString,
+}
+
+/// The server's verdict on a password being typed (the live feedback of the change form): the
+/// same policy as the change itself, nothing stored, nothing logged.
+pub(super) async fn check_password(
+    State(st): St,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<CheckForm>,
+) -> ApiResult<axum::Json<Value>> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Err(ApiError::Unauthorized("sign in first"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    let policy = crate::password::policy(&st.cfg).map_err(|_| ApiError::Internal)?;
+    Ok(axum::Json(
+        match policy.check(f.new.expose_secret(), &s.address) {
+            Ok(()) => json!({"acceptable": true, "message": "Strong enough for this server."}),
+            Err(v) => json!({"acceptable": false, "message": client_text(&v.to_string())}),
+        },
+    ))
+}
+
+pub(super) async fn strength_js() -> Response {
+    super::html::asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/strength.js"),
+    )
 }
 
 /// "This wasn't me": the account's own incident lock (the same operation as `postern incident
