@@ -130,21 +130,6 @@ pub(super) async fn autodiscover(State(st): St, body: String) -> ApiResult<Respo
     )))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_address_of_an_autodiscover_request() {
-        let body = "<?xml version=\"1.0\"?><Autodiscover xmlns=\"x\"><Request>\
-                    <EMailAddress> bob@example.test </EMailAddress>\
-                    <AcceptableResponseSchema>y</AcceptableResponseSchema></Request></Autodiscover>";
-        assert_eq!(requested_address(body), Some("bob@example.test"));
-        assert_eq!(requested_address("<EMailAddress>x"), None);
-        assert_eq!(xml_escape("a<&>\"'"), "a&lt;&amp;&gt;&quot;&apos;");
-    }
-}
-
 /// An Apple configuration profile (`.mobileconfig`, a property list) that sets up one mail
 /// account on an iPhone, iPad or Mac with an app password: IMAP and SMTP over TLS (the same
 /// endpoints as autoconfig), the app password for both. None without an IMAP and an SMTP
@@ -216,4 +201,19 @@ pub(super) fn mobileconfig(cfg: &Config, address: &str, secret: &str) -> Option<
 </plist>
 "#
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_of_an_autodiscover_request() {
+        let body = "<?xml version=\"1.0\"?><Autodiscover xmlns=\"x\"><Request>\
+                    <EMailAddress> bob@example.test </EMailAddress>\
+                    <AcceptableResponseSchema>y</AcceptableResponseSchema></Request></Autodiscover>";
+        assert_eq!(requested_address(body), Some("bob@example.test"));
+        assert_eq!(requested_address("<EMailAddress>x"), None);
+        assert_eq!(xml_escape("a<&>\"'"), "a&lt;&amp;&gt;&quot;&apos;");
+    }
 }
