@@ -89,6 +89,14 @@ def test_portal_two_factor_app_password_lifecycle(server, browser, tmp_path):
     # create an app password for IMAP only: shown once, with the settings a mail program needs
     page.fill("#ap-name", "phone")
     page.uncheck("input[name=smtp]")
+    page.fill("#ap-reauth", "wrong-" + BOB_PW)
+    with page.expect_navigation():
+        page.click("text=Create app password")
+    assert "The password was not right." in page.inner_text(".notice")
+    assert page.locator("#new-secret").count() == 0
+    page.fill("#ap-name", "phone")
+    page.uncheck("input[name=smtp]")
+    page.fill("#ap-reauth", BOB_PW)
     with page.expect_navigation():
         page.click("text=Create app password")
     app_pw = page.inner_text("#new-secret").strip()
@@ -224,6 +232,7 @@ def test_portal_phone_profile_live_feedback_and_second_factor_management(server,
     assert r.status == 403
     # an app password for a phone: QR code and configuration profile
     page.fill("#ap-name", "iphone")
+    page.fill("#ap-reauth", pw)
     with page.expect_navigation():
         page.click("text=Create app password")
     app_pw = page.inner_text("#new-secret").strip()

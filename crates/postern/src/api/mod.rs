@@ -35,6 +35,7 @@ mod console_pages;
 mod domains;
 mod html;
 mod listener;
+mod me;
 mod portal;
 mod queue;
 mod session;
@@ -69,6 +70,20 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/logout", post(logout))
         .route("/me", get(me))
         .route("/me/password", post(change_own_password))
+        .route(
+            "/me/session",
+            post(me::create_session).delete(me::end_session),
+        )
+        .route("/me/account", get(me::account))
+        .route("/me/account/password", post(me::change_password))
+        .route("/me/account/password-check", post(me::check_password))
+        .route(
+            "/me/app-passwords",
+            get(me::list_app_passwords).post(me::create_app_password),
+        )
+        .route("/me/app-passwords/{name}", delete(me::revoke_app_password))
+        .route("/me/signins", get(me::signins))
+        .route("/me/lock", post(me::lock))
         .route("/domains", get(list_domains).post(add_domain))
         .route("/domains/{name}", delete(remove_domain))
         .route("/domains/{name}/dns", get(dns_records))

@@ -18,9 +18,9 @@ use postern_types::Protocol;
 use super::common::*;
 use super::html::{cookie, page, redirect, with_cookie};
 
-const COOKIE: &str = "__Host-postern_account";
+pub(super) const COOKIE: &str = "__Host-postern_account";
 /// How long a portal session lasts (no sliding renewal: sign in again after it).
-const SESSION_SECS: i64 = 30 * 60;
+pub(super) const SESSION_SECS: i64 = 30 * 60;
 const STYLE: &str = include_str!("../../static/account.css");
 
 #[derive(Template)]
@@ -120,11 +120,11 @@ async fn form_session(
 
 /// A form's CSRF token must be the session's (their digests compared: the timing of the
 /// comparison tells nothing about the token).
-fn csrf_ok(s: &postern_store::web::WebSession, given: &str) -> bool {
+pub(super) fn csrf_ok(s: &postern_store::web::WebSession, given: &str) -> bool {
     digest(&s.csrf) == digest(given)
 }
 
-fn actor(s: &postern_store::web::WebSession, ip: IpAddr) -> Actor {
+pub(super) fn actor(s: &postern_store::web::WebSession, ip: IpAddr) -> Actor {
     Actor {
         door: "web",
         name: postern_auth::loggable_username(&s.address),
@@ -179,40 +179,44 @@ async fn audit_second_factor(st: &ApiState, address: &str, ip: IpAddr, ok: bool)
     }
 }
 
-pub(super) async fn login(
-    State(st): St,
-    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
-    Form(f): Form<LoginForm>,
-) -> ApiResult<Response> {
-    const FAILED: &str = "Sign-in failed: check the address, the password and the code.";
-    let ip = addr.ip();
-    let address = f.address.trim().to_lowercase();
+/// Why a sign-in failed: what the user is told, and the status.
+pub(super) struct SignInFailed(pub &'static str, pub StatusCode);
+
+const FAILED: &str = "Sign-in failed: check the address, the password and the code.";
+
+/// Signs a mail user in (the portal's form and `POST /api/v1/me/session` alike): the password
+/// through the auth core (door `web`), then, with a second factor on, its code, counted by the
+/// guard as at every other door. The account's id when both are right.
+pub(super) async fn sign_in(
+    st: &ApiState,
+    ip: IpAddr,
+    address: &str,
+    password: &SecretString,
+    code: Option<&SecretString>,
+) -> ApiResult<Result<i64, SignInFailed>> {
+    let failed = |status| Ok(Err(SignInFailed(FAILED, status)));
+    let address = address.trim().to_lowercase();
     let keep = postern_auth::loggable_username(&address);
     if address.len() > 320 {
-        return Ok(login_page(
-            Some(FAILED),
-            String::new(),
-            StatusCode::UNAUTHORIZED,
-        ));
+        return failed(StatusCode::UNAUTHORIZED);
     }
     let outcome = st
         .auth
         .authenticate(LoginAttempt {
             username: &address,
-            password: &f.password,
+            password,
             protocol: Protocol::Web,
             mechanism: "password",
             remote_ip: ip,
             tls: Some("TLS"),
         })
         .await;
-    let account_id = match outcome {
+    const BUSY: &str = "Too many failed sign-ins from your address; try again later.";
+    Ok(Ok(match outcome {
         AuthOutcome::Success(p) => p.account_id,
         AuthOutcome::AppPasswordRequired => {
             // the password was right and the account has a second factor: its code decides
-            let code = f
-                .code
-                .as_ref()
+            let code = code
                 .map(|c| c.expose_secret().trim().to_owned())
                 .unwrap_or_default();
             let info = match EmailAddress::parse(&address) {
@@ -220,7 +224,7 @@ pub(super) async fn login(
                 Err(_) => None,
             };
             let Some(info) = info else {
-                return Ok(login_page(Some(FAILED), keep, StatusCode::UNAUTHORIZED));
+                return failed(StatusCode::UNAUTHORIZED);
             };
             // A wrong or missing code after the right password counts against the source and
             // the account's second factor (Guard::code_failure: a few lock it for unknown
@@ -228,7 +232,7 @@ pub(super) async fn login(
             // oracle.
             let guard = st.auth.guard();
             let code_fail = || async {
-                audit_second_factor(&st, &address, ip, false).await;
+                audit_second_factor(st, &address, ip, false).await;
                 let effect = guard.code_failure(ip, &address).await;
                 if effect.locked {
                     tracing::error!(target: "postern::alert", event = "second_factor_locked", account = %keep, ip = %ip, "wrong second-factor codes after the right password: the password is known; change it");
@@ -246,15 +250,11 @@ pub(super) async fn login(
                 } else {
                     StatusCode::UNAUTHORIZED
                 };
-                login_page(Some(FAILED), keep.clone(), status)
+                Err(SignInFailed(FAILED, status))
             };
             match guard.check_code(ip, &address) {
                 Verdict::Banned => {
-                    return Ok(login_page(
-                        Some("Too many failed sign-ins from your address; try again later."),
-                        keep,
-                        StatusCode::TOO_MANY_REQUESTS,
-                    ))
+                    return Ok(Err(SignInFailed(BUSY, StatusCode::TOO_MANY_REQUESTS)))
                 }
                 Verdict::Locked => return Ok(code_fail().await),
                 Verdict::Allow => {}
@@ -273,34 +273,33 @@ pub(super) async fn login(
                 return Ok(code_fail().await);
             }
             guard.success(ip, &address);
-            audit_second_factor(&st, &address, ip, true).await;
+            audit_second_factor(st, &address, ip, true).await;
             info.id
         }
         AuthOutcome::PasswordExpired => {
-            return Ok(login_page(
-                Some("Your password has expired: ask your administrator for a new one."),
-                keep,
+            return Ok(Err(SignInFailed(
+                "Your password has expired: ask your administrator for a new one.",
                 StatusCode::UNAUTHORIZED,
-            ))
+            )))
         }
-        AuthOutcome::Refused => {
-            return Ok(login_page(
-                Some("Too many failed sign-ins from your address; try again later."),
-                keep,
-                StatusCode::TOO_MANY_REQUESTS,
-            ))
-        }
+        AuthOutcome::Refused => return Ok(Err(SignInFailed(BUSY, StatusCode::TOO_MANY_REQUESTS))),
         AuthOutcome::TemporaryFailure => {
-            return Ok(login_page(
-                Some("The server is busy; try again in a moment."),
-                keep,
+            return Ok(Err(SignInFailed(
+                "The server is busy; try again in a moment.",
                 StatusCode::SERVICE_UNAVAILABLE,
-            ))
+            )))
         }
-        AuthOutcome::Failure => {
-            return Ok(login_page(Some(FAILED), keep, StatusCode::UNAUTHORIZED))
-        }
-    };
+        AuthOutcome::Failure => return failed(StatusCode::UNAUTHORIZED),
+    }))
+}
+
+/// A new session for an account: the token (for the cookie or a bearer header) and its CSRF
+/// token; only the token's digest is stored.
+pub(super) async fn new_session(
+    st: &ApiState,
+    account_id: i64,
+    ip: IpAddr,
+) -> ApiResult<(SecretString, SecretString)> {
     let token = new_token("pwa_");
     let csrf = new_token("");
     st.store
@@ -312,6 +311,28 @@ pub(super) async fn login(
             &ip.to_string(),
         )
         .await?;
+    Ok((token, csrf))
+}
+
+pub(super) async fn login(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    Form(f): Form<LoginForm>,
+) -> ApiResult<Response> {
+    let ip = addr.ip();
+    let keep = postern_auth::loggable_username(&f.address.trim().to_lowercase());
+    let account_id = match sign_in(&st, ip, &f.address, &f.password, f.code.as_ref()).await? {
+        Ok(id) => id,
+        Err(SignInFailed(m, status)) => {
+            let keep = if f.address.len() > 320 {
+                String::new()
+            } else {
+                keep
+            };
+            return Ok(login_page(Some(m), keep, status));
+        }
+    };
+    let (token, _) = new_session(&st, account_id, ip).await?;
     Ok(with_cookie(
         "/account",
         COOKIE,
@@ -423,6 +444,8 @@ pub struct CreateForm {
     pop3: Option<String>,
     #[serde(default)]
     days: Option<String>,
+    /// The account password, asked again before a new credential is made.
+    password: SecretString,
 }
 
 /// The settings a mail program needs, from the configured listeners (TLS ports only).
@@ -455,6 +478,9 @@ pub(super) async fn create_app_password(
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return overview(&st, &s, Some("The password was not right.".into()), None).await;
+    }
     let protocols: Vec<String> = [("imap", &f.imap), ("smtp", &f.smtp), ("pop3", &f.pop3)]
         .into_iter()
         .filter(|(_, on)| on.is_some())
@@ -545,7 +571,7 @@ pub struct ReauthForm {
 
 /// The session's account password checked again before a sensitive change (through the auth
 /// core: a wrong one counts as a failed login). True if it is right.
-async fn reauthenticated(
+pub(super) async fn reauthenticated(
     st: &ApiState,
     s: &postern_store::web::WebSession,
     password: &SecretString,
@@ -821,13 +847,16 @@ pub(super) async fn check_password(
     if !csrf_ok(&s, &f.csrf) {
         return Err(ApiError::Forbidden);
     }
+    Ok(axum::Json(verdict(&st, &s.address, &f.new)?))
+}
+
+/// The password policy's verdict on a candidate password of `address`, as JSON.
+pub(super) fn verdict(st: &ApiState, address: &str, password: &SecretString) -> ApiResult<Value> {
     let policy = crate::password::policy(&st.cfg).map_err(|_| ApiError::Internal)?;
-    Ok(axum::Json(
-        match policy.check(f.new.expose_secret(), &s.address) {
-            Ok(()) => json!({"acceptable": true, "message": "Strong enough for this server."}),
-            Err(v) => json!({"acceptable": false, "message": client_text(&v.to_string())}),
-        },
-    ))
+    Ok(match policy.check(password.expose_secret(), address) {
+        Ok(()) => json!({"acceptable": true, "message": "Strong enough for this server."}),
+        Err(v) => json!({"acceptable": false, "message": client_text(&v.to_string())}),
+    })
 }
 
 pub(super) async fn strength_js() -> Response {
