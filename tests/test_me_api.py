@@ -161,3 +161,48 @@ def test_schemathesis_over_the_mail_users_api(make_server, tmp_path):
                        "AND username = ? AND result = 'failed'", (USER,)).fetchone()[0]
     assert n >= 1
     assert srv.proc.poll() is None
+
+
+def test_the_web_listener_serves_users_only(make_server):
+    """[web] listen: the portal, /api/v1/me and autoconfiguration on their own HTTPS port; the
+    console and the admin API are not there (404), so the admin listener can stay private."""
+    from conftest import free_port
+    port = free_port()
+    srv = make_server(toml_extra=f'[web]\nlisten = "127.0.0.1:{port}"\n')
+    srv.cli("user", "add", USER, "--password-stdin", stdin=PW + "\n")
+
+    def get(path, method="GET", body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=CTX, timeout=15) as r:
+                return r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.read(), e.headers
+
+    code, body, h = get("/account/login")
+    assert code == 200 and b"Sign in" in body and h["Content-Security-Policy"].startswith("default-src 'none'")
+    code, body, _ = get("/api/v1/me/session", "POST", {"address": USER, "password": PW})
+    assert code == 201 and json.loads(body)["token"].startswith("pwa_")
+    code, body, _ = get(f"/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress={USER}")
+    assert code == 200 and b"<incomingServer" in body
+    for path in ["/admin", "/admin/login", "/api/v1/users", "/api/v1/openapi.json", "/metrics"]:
+        code, _, _ = get(path)
+        assert code == 404, path
+    code, _, _ = get("/api/v1/login", "POST", {"name": "admin", "password": "x"})
+    assert code == 404
+    # the admin listener still serves everything
+    code, _ = Api(srv).call("GET", "/openapi.json")
+    assert code == 200
+
+
+def test_the_web_listener_allowlist(make_server):
+    from conftest import free_port
+    port = free_port()
+    srv = make_server(toml_extra=f'[web]\nlisten = "127.0.0.1:{port}"\nallow = ["10.0.0.0/8"]\n')
+    req = urllib.request.Request(f"https://127.0.0.1:{port}/account/login")
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(req, context=CTX, timeout=10).read()
+    assert srv.proc.poll() is None

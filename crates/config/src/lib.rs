@@ -99,6 +99,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub dns: DnsConfig,
@@ -958,6 +960,21 @@ pub struct AdminConfig {
     /// Largest request body, in bytes.
     #[serde(default = "d_admin_body")]
     pub max_body_bytes: usize,
+}
+
+/// A listener for mail users only: the self-service portal (`/account`), its JSON API
+/// (`/api/v1/me/…`) and client autoconfiguration, over HTTPS with the mail listeners'
+/// certificate. The administrators' console and API are not served there, so `[admin] listen`
+/// can stay on loopback or a private network while users reach the portal from anywhere.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Empty (the default): the portal is served by the admin listener only.
+    #[serde(default, deserialize_with = "de_opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// If not empty, only these networks (CIDR) may connect.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -1890,11 +1907,16 @@ impl Config {
         {
             return Err(format!("secrets.master_key {m:?} needs secrets.vault_addr"));
         }
-        for a in &self.admin.allow {
-            if !valid_cidr(a) {
-                return Err(format!(
-                    "admin.allow: {a:?} is not an IP address or CIDR network"
-                ));
+        for (what, list) in [
+            ("admin.allow", &self.admin.allow),
+            ("web.allow", &self.web.allow),
+        ] {
+            for a in list {
+                if !valid_cidr(a) {
+                    return Err(format!(
+                        "{what}: {a:?} is not an IP address or CIDR network"
+                    ));
+                }
             }
         }
         if self.audit.checkpoint_secs < 10 {
@@ -1944,6 +1966,14 @@ impl Config {
         if let Some(a) = self.admin.listen {
             seen.insert(a);
         }
+        if let Some(w) = self.web.listen {
+            if !seen.insert(w) {
+                return Err(format!(
+                    "[web] listen {w} is the admin listener's address: leave it out to serve the portal there"
+                ));
+            }
+        }
+
         for l in &self.listeners {
             if l.protocol == Protocol::Web {
                 return Err(format!(

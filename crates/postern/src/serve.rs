@@ -411,27 +411,40 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         };
         loops.push(task);
     }
-    let api_task = match cfg.admin.listen {
-        Some(addr) => {
-            let random: [u8; 32] = rand::random();
-            let state = Arc::new(crate::api::ApiState {
-                cfg: cfg.clone(),
-                store: store.clone(),
-                auth: auth.clone(),
-                keys: keys.clone(),
-                dummy_hash: auth.pool().hasher().hash(&random)?,
-                ldap: ldap.clone().filter(|l| l.serves_admins()),
-            });
-            let sd = shutdown.clone();
-            Some(
-                crate::api::serve(state, addr, http_tls.rustls().clone(), async move {
-                    sd.cancelled().await
-                })
-                .await?,
-            )
-        }
-        None => None,
+    // the admin listener (console, admin API, and the portal) and, when configured, the mail
+    // users' own web listener (portal only); one state for both
+    let api_state = if cfg.admin.listen.is_some() || cfg.web.listen.is_some() {
+        let random: [u8; 32] = rand::random();
+        Some(Arc::new(crate::api::ApiState {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            auth: auth.clone(),
+            keys: keys.clone(),
+            dummy_hash: auth.pool().hasher().hash(&random)?,
+            ldap: ldap.clone().filter(|l| l.serves_admins()),
+        }))
+    } else {
+        None
     };
+    let mut api_tasks = Vec::new();
+    for (surface, listen) in [
+        (crate::api::Surface::Admin, cfg.admin.listen),
+        (crate::api::Surface::Users, cfg.web.listen),
+    ] {
+        if let (Some(addr), Some(state)) = (listen, &api_state) {
+            let sd = shutdown.clone();
+            api_tasks.push(
+                crate::api::serve(
+                    state.clone(),
+                    surface,
+                    addr,
+                    http_tls.rustls().clone(),
+                    async move { sd.cancelled().await },
+                )
+                .await?,
+            );
+        }
+    }
     let sts_task = match cfg.mta_sts.listen {
         Some(addr) => {
             let sd = shutdown.clone();
@@ -529,9 +542,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     for l in loops {
         let _ = l.await;
     }
-    for t in [api_task, sts_task, metrics_task, acme_task]
+    for t in api_tasks
         .into_iter()
-        .flatten()
+        .chain([sts_task, metrics_task, acme_task].into_iter().flatten())
     {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }

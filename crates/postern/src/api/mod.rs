@@ -61,15 +61,17 @@ async fn not_found() -> ApiError {
 // ---------------------------------------------------------------------------------------------
 // Router and server
 
-pub fn router(state: Arc<ApiState>) -> Router {
-    let max_body = state.cfg.admin.max_body_bytes;
-    let v1 = Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/login", post(login))
-        .route("/login/enroll", post(login_enroll))
-        .route("/logout", post(logout))
-        .route("/me", get(me))
-        .route("/me/password", post(change_own_password))
+/// What a listener serves: everything (the admin listener) or the mail users' part only (the
+/// `[web]` listener: portal, `/api/v1/me/…`, autoconfiguration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Admin,
+    Users,
+}
+
+/// The mail users' JSON API, under `/api/v1`.
+fn me_routes() -> Router<Arc<ApiState>> {
+    Router::new()
         .route(
             "/me/session",
             post(me::create_session).delete(me::end_session),
@@ -84,6 +86,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/me/app-passwords/{name}", delete(me::revoke_app_password))
         .route("/me/signins", get(me::signins))
         .route("/me/lock", post(me::lock))
+}
+
+pub fn router(state: Arc<ApiState>, surface: Surface) -> Router {
+    let max_body = state.cfg.admin.max_body_bytes;
+    let v1 = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/login", post(login))
+        .route("/login/enroll", post(login_enroll))
+        .route("/logout", post(logout))
+        .route("/me", get(me))
+        .route("/me/password", post(change_own_password))
         .route("/domains", get(list_domains).post(add_domain))
         .route("/domains/{name}", delete(remove_domain))
         .route("/domains/{name}/dns", get(dns_records))
@@ -158,9 +171,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/do", post(console_pages::act_form))
         .route("/live.js", get(console::live_js))
         .route("/{section}", get(console_pages::view));
-    Router::new()
-        .nest("/api/v1", v1)
-        .nest("/admin", admin)
+    let users = Router::new()
         .nest("/account", account)
         // client autoconfiguration (Thunderbird, Outlook)
         .route(
@@ -176,11 +187,17 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/Autodiscover/Autodiscover.xml",
             post(autoconfig::autodiscover),
         )
-        .route("/account/", get(portal::home))
-        // Prometheus scrapes here with an API key (or a session) of a role that may read the
-        // audit log (auditor, superadmin)
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
+        .route("/account/", get(portal::home));
+    let app = match surface {
+        Surface::Admin => users
+            .nest("/api/v1", v1.merge(me_routes()))
+            .nest("/admin", admin)
+            // Prometheus scrapes here with an API key (or a session) of a role that may read
+            // the audit log (auditor, superadmin)
+            .route("/metrics", get(metrics)),
+        Surface::Users => users.nest("/api/v1", me_routes()),
+    };
+    app.fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
@@ -222,35 +239,39 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
-/// Binds the API listener and serves it until `shutdown` resolves.
+/// Binds the admin listener (`Surface::Admin`, `[admin]`) or the mail users' web listener
+/// (`Surface::Users`, `[web]`) and serves it until `shutdown` resolves.
 pub async fn serve(
     state: Arc<ApiState>,
+    surface: Surface,
     addr: SocketAddr,
     tls: tokio_rustls::TlsAcceptor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let what = match surface {
+        Surface::Admin => "the admin API",
+        Surface::Users => "the web portal",
+    };
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the admin API: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for {what}: {e}"))?;
     let local = tcp.local_addr()?;
-    let allow: Vec<Cidr> = state
-        .cfg
-        .admin
-        .allow
-        .iter()
-        .filter_map(|a| Cidr::parse(a).ok())
-        .collect();
+    let allow = match surface {
+        Surface::Admin => &state.cfg.admin.allow,
+        Surface::Users => &state.cfg.web.allow,
+    };
+    let allow: Vec<Cidr> = allow.iter().filter_map(|a| Cidr::parse(a).ok()).collect();
     let guard = state.auth.guard().clone();
     let (listener, accept) = TlsListener::start(tcp, tls, allow, guard);
-    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
-    tracing::info!(address = %local, "admin API listening (HTTPS)");
+    let app = router(state, surface).into_make_service_with_connect_info::<PeerAddr>();
+    tracing::info!(address = %local, "{what} listening (HTTPS)");
     Ok(tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         accept.abort();
         if let Err(e) = r {
-            tracing::error!(error = %e, "admin API stopped");
+            tracing::error!(error = %e, "{what} stopped");
         }
     }))
 }

@@ -97,6 +97,12 @@ pub async fn init(
         println!("  listener: {:<12} https://{a}/account", "user portal");
         println!("  listener: {:<12} https://{a}/admin", "console");
     }
+    if let Some(a) = cfg.web.listen {
+        println!(
+            "  listener: {:<12} https://{a}/account (mail users only)",
+            "web portal"
+        );
+    }
     Ok(cfg)
 }
 
