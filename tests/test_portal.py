@@ -287,6 +287,78 @@ def test_portal_phone_profile_live_feedback_and_second_factor_management(server,
     assert "2fa_recovery_renewed" in events and "2fa_disabled" in events, events
 
 
+def test_portal_passkey_as_second_factor(make_server, browser, tmp_path):
+    """With TOTP on, a user adds a passkey (Chromium's virtual authenticator, through the DevTools
+    WebAuthn domain) after the password again, then signs in with address, password and the passkey
+    instead of a code; a wrong password with the passkey fails like any other; removing the second
+    factor removes the passkeys."""
+    srv = make_server(toml_extra='[web]\npasskey_rp_id = "localhost"\n')
+    user, pw = "ivy@example.test", "Saffron-Glacier-Tidal-6620-Rook"
+    srv.cli("user", "add", user, "--password-stdin", stdin=pw + "\n")
+    secret, _, rc, err = enroll(srv, user)
+    assert rc == 0, err
+    base = f"https://localhost:{srv.admin}"
+    page = browser.new_page()
+    cdp = browser.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    auth = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+        "hasUserVerification": True, "isUserVerified": True}})["authenticatorId"]
+    sign_in(page, base, user, pw, totp(secret, time.time() + 30))
+    assert page.locator("#twofactor").count() == 1, (page.url, page.inner_text("body"))
+    assert page.inner_text("#twofactor") == "on"
+    # add a passkey: the password first
+    page.fill("#pk-name", "laptop")
+    page.fill("#pk-pw", "wrong-" + pw)
+    page.click("#add-passkey")
+    page.wait_for_selector("#passkey-status:has-text('not right')", timeout=10000)
+    page.fill("#pk-pw", pw)
+    with page.expect_navigation():
+        page.click("#add-passkey")
+    assert "Passkey “laptop” added" in page.inner_text(".notice"), page.inner_text("main")
+    assert "laptop" in page.inner_text("#passkeys")
+    creds = cdp.send("WebAuthn.getCredentials", {"authenticatorId": auth})["credentials"]
+    assert len(creds) == 1 and creds[0]["isResidentCredential"] and creds[0]["rpId"] == "localhost"
+    shot(page, tmp_path, "passkeys")
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    # sign in with the passkey instead of a code
+    page.goto(f"{base}/account/login")
+    page.fill("#address", user)
+    page.fill("#password", pw)
+    with page.expect_navigation():
+        page.click("#passkey-signin")
+    assert page.url.rstrip("/").endswith("/account"), page.inner_text("main")
+    assert "web\t127.0.0.1\tpassword+passkey\tok" in page.inner_text("#signins")
+    assert "never" not in page.inner_text("#passkeys")
+    with page.expect_navigation():
+        page.click("text=Sign out")
+    # the passkey does not stand for the password
+    page.goto(f"{base}/account/login")
+    page.fill("#address", user)
+    page.fill("#password", "wrong-" + pw)
+    with page.expect_navigation():
+        page.click("#passkey-signin")
+    assert "Sign-in failed" in page.inner_text("main")
+    # a replayed assertion (the same answer again) is refused: each challenge works once
+    page.goto(f"{base}/account/login")
+    page.fill("#address", user)
+    page.fill("#password", pw)
+    answers = []
+    page.on("request", lambda r: answers.append(r.post_data) if r.url.endswith("/account/login") and r.method == "POST" else None)
+    with page.expect_navigation():
+        page.click("#passkey-signin")
+    assert page.url.rstrip("/").endswith("/account")
+    r = page.context.request.post(f"{base}/account/login", data=answers[-1],
+                                  headers={"content-type": "application/x-www-form-urlencoded"}, max_redirects=0)
+    assert r.status == 401, r.status
+    # the administrator resets the second factor: the passkeys go with it
+    srv.cli("user", "2fa", "disable", user, "--admin-override", "--reason", "lost phone")
+    page.goto(f"{base}/account")
+    assert page.inner_text("#twofactor") == "off"
+    assert page.locator("#passkeys").count() == 0
+
+
 AXE = os.path.join(os.path.dirname(__file__), "axe", "node_modules", "axe-core", "axe.min.js")
 
 

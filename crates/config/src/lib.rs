@@ -975,6 +975,11 @@ pub struct WebConfig {
     /// If not empty, only these networks (CIDR) may connect.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// The WebAuthn relying party id of passkeys: the host name users reach the portal at (its
+    /// origin must be `https://` this name, any port). Default: `[server] hostname`. Passkeys
+    /// are bound to it: changing it makes the registered ones unusable.
+    #[serde(default)]
+    pub passkey_rp_id: Option<String>,
 }
 
 impl Default for AdminConfig {

@@ -27,6 +27,7 @@ mod metrics_http;
 mod notify;
 mod oidc;
 mod ops;
+mod passkeys;
 mod password;
 mod privileges;
 mod reports;

@@ -422,6 +422,12 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             keys: keys.clone(),
             dummy_hash: auth.pool().hasher().hash(&random)?,
             ldap: ldap.clone().filter(|l| l.serves_admins()),
+            passkeys: Arc::new(crate::passkeys::Passkeys::new(
+                cfg.web
+                    .passkey_rp_id
+                    .as_deref()
+                    .unwrap_or(&cfg.server.hostname),
+            )?),
         }))
     } else {
         None

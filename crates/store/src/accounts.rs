@@ -279,6 +279,22 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        // its second factors (keyed by owner, no foreign key): a later account with a reused id
+        // must not inherit them
+        let owner = crate::totp::account_owner(id);
+        for table in [
+            "second_factors",
+            "recovery_codes",
+            "passkeys",
+            "passkey_users",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE owner = ?"
+            )))
+            .bind(&owner)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query("DELETE FROM accounts WHERE id = ?")
             .bind(id)
             .execute(&mut *tx)

@@ -52,6 +52,10 @@ impl Store {
             .bind(&owner)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM passkeys WHERE owner = ?")
+            .bind(&owner)
+            .execute(&mut *tx)
+            .await?;
         let queued_messages_held = sqlx::query(
             "UPDATE queue SET status = 'held' WHERE account_id = ? AND status = 'queued'",
         )

@@ -32,6 +32,7 @@ pub mod greylist;
 pub mod incident;
 pub mod lock;
 pub mod mailbox;
+pub mod passkeys;
 pub mod queue;
 pub mod scram;
 pub mod secrets;
@@ -420,6 +421,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0025_quota.sql"),
     include_str!("../migrations/0026_vanished.sql"),
     include_str!("../migrations/0027_web_sessions.sql"),
+    include_str!("../migrations/0028_passkeys.sql"),
 ];
 
 async fn schema_version(pool: &SqlitePool) -> Result<i64> {

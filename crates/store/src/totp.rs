@@ -154,6 +154,11 @@ impl Store {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
+        // passkeys are a second factor beside it: they go with it
+        sqlx::query("DELETE FROM passkeys WHERE owner = ?")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(n > 0)
     }

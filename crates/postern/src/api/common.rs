@@ -40,6 +40,8 @@ pub struct ApiState {
     pub dummy_hash: String,
     /// The directory, when administrators come from it too.
     pub ldap: Option<Arc<crate::directory::Ldap>>,
+    /// WebAuthn ceremonies (passkeys as a second factor).
+    pub passkeys: Arc<crate::passkeys::Passkeys>,
 }
 
 pub(crate) type St = State<Arc<ApiState>>;

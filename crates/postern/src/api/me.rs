@@ -100,7 +100,16 @@ pub(super) async fn create_session(
     Body(req): Body<SessionReq>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let ip = addr.ip();
-    match portal::sign_in(&st, ip, &req.address, &req.password, req.code.as_ref()).await? {
+    match portal::sign_in(
+        &st,
+        ip,
+        &req.address,
+        &req.password,
+        req.code.as_ref(),
+        None,
+    )
+    .await?
+    {
         Ok(id) => {
             let (token, csrf) = portal::new_session(&st, id, ip).await?;
             Ok((

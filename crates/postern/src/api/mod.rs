@@ -159,6 +159,11 @@ pub fn router(state: Arc<ApiState>, surface: Surface) -> Router {
         .route("/password/check", post(portal::check_password))
         .route("/strength.js", get(portal::strength_js))
         .route("/2fa/off", post(portal::two_factor_off))
+        .route("/passkeys/begin", post(portal::begin_passkey))
+        .route("/passkeys/finish", post(portal::finish_passkey))
+        .route("/passkeys/remove", post(portal::remove_passkey))
+        .route("/passkeys/challenge", post(portal::passkey_challenge))
+        .route("/passkey.js", get(portal::passkey_js))
         .route("/2fa/recovery", post(portal::new_recovery_codes))
         .route("/2fa/begin", post(portal::begin_two_factor))
         .route("/2fa/confirm", post(portal::confirm_two_factor));

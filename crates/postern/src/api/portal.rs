@@ -76,6 +76,8 @@ struct Overview {
     created: Option<Created>,
     two_factor: bool,
     recovery_left: i64,
+    /// (name, created, last used)
+    passkeys: Vec<(String, String, String)>,
     app_passwords: Vec<AppPasswordRow>,
     signins: Vec<SigninRow>,
 }
@@ -156,9 +158,12 @@ pub struct LoginForm {
     password: SecretString,
     #[serde(default)]
     code: Option<SecretString>,
+    /// A passkey's assertion (`PublicKeyCredential.toJSON()`), instead of a code.
+    #[serde(default)]
+    passkey: Option<String>,
 }
 
-async fn audit_second_factor(st: &ApiState, address: &str, ip: IpAddr, ok: bool) {
+async fn audit_second_factor(st: &ApiState, address: &str, ip: IpAddr, ok: bool, mechanism: &str) {
     let r = st
         .store
         .append_audit(&[NewAudit {
@@ -167,7 +172,7 @@ async fn audit_second_factor(st: &ApiState, address: &str, ip: IpAddr, ok: bool)
             protocol: Some("web".into()),
             ip: Some(ip.to_string()),
             username: Some(postern_auth::loggable_username(address)),
-            mechanism: Some("password+totp".into()),
+            mechanism: Some(mechanism.into()),
             tls: Some("TLS".into()),
             result: if ok { "ok" } else { "failed" }.into(),
             reason: (!ok).then(|| "bad_second_factor".to_owned()),
@@ -193,6 +198,7 @@ pub(super) async fn sign_in(
     address: &str,
     password: &SecretString,
     code: Option<&SecretString>,
+    passkey: Option<&str>,
 ) -> ApiResult<Result<i64, SignInFailed>> {
     let failed = |status| Ok(Err(SignInFailed(FAILED, status)));
     let address = address.trim().to_lowercase();
@@ -231,8 +237,14 @@ pub(super) async fn sign_in(
             // sources), and gets the reply a wrong password gets: the password step is no
             // oracle.
             let guard = st.auth.guard();
+            let passkey = passkey.filter(|p| !p.is_empty());
+            let mechanism = if passkey.is_some() {
+                "password+passkey"
+            } else {
+                "password+totp"
+            };
             let code_fail = || async {
-                audit_second_factor(st, &address, ip, false).await;
+                audit_second_factor(st, &address, ip, false, mechanism).await;
                 let effect = guard.code_failure(ip, &address).await;
                 if effect.locked {
                     tracing::error!(target: "postern::alert", event = "second_factor_locked", account = %keep, ip = %ip, "wrong second-factor codes after the right password: the password is known; change it");
@@ -259,21 +271,30 @@ pub(super) async fn sign_in(
                 Verdict::Locked => return Ok(code_fail().await),
                 Verdict::Allow => {}
             }
-            if code.is_empty() {
-                return Ok(code_fail().await);
-            }
             let owner = postern_store::totp::account_owner(info.id);
-            let proof = crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "portal: second-factor check failed");
-                    ApiError::Internal
-                })?;
-            if proof.is_none() {
+            let proven = match passkey {
+                Some(answer) => st
+                    .passkeys
+                    .verify(&st.store, &owner, answer.as_bytes())
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "portal: passkey check failed");
+                        ApiError::Internal
+                    })?,
+                None if code.is_empty() => false,
+                None => crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "portal: second-factor check failed");
+                        ApiError::Internal
+                    })?
+                    .is_some(),
+            };
+            if !proven {
                 return Ok(code_fail().await);
             }
             guard.success(ip, &address);
-            audit_second_factor(st, &address, ip, true).await;
+            audit_second_factor(st, &address, ip, true, mechanism).await;
             info.id
         }
         AuthOutcome::PasswordExpired => {
@@ -321,17 +342,19 @@ pub(super) async fn login(
 ) -> ApiResult<Response> {
     let ip = addr.ip();
     let keep = postern_auth::loggable_username(&f.address.trim().to_lowercase());
-    let account_id = match sign_in(&st, ip, &f.address, &f.password, f.code.as_ref()).await? {
-        Ok(id) => id,
-        Err(SignInFailed(m, status)) => {
-            let keep = if f.address.len() > 320 {
-                String::new()
-            } else {
-                keep
-            };
-            return Ok(login_page(Some(m), keep, status));
-        }
-    };
+    let passkey = f.passkey.as_deref();
+    let account_id =
+        match sign_in(&st, ip, &f.address, &f.password, f.code.as_ref(), passkey).await? {
+            Ok(id) => id,
+            Err(SignInFailed(m, status)) => {
+                let keep = if f.address.len() > 320 {
+                    String::new()
+                } else {
+                    keep
+                };
+                return Ok(login_page(Some(m), keep, status));
+            }
+        };
     let (token, _) = new_session(&st, account_id, ip).await?;
     Ok(with_cookie(
         "/account",
@@ -378,6 +401,16 @@ async fn overview(
     } else {
         0
     };
+    let passkeys = st
+        .store
+        .passkeys(&owner)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let used = p.last_used_at.map_or_else(|| "never".into(), when);
+            (p.name, when(p.created_at), used)
+        })
+        .collect();
     let app_passwords = st
         .store
         .list_app_passwords(s.account_id)
@@ -418,6 +451,7 @@ async fn overview(
             created,
             two_factor,
             recovery_left,
+            passkeys,
             app_passwords,
             signins,
         },
@@ -857,6 +891,154 @@ pub(super) fn verdict(st: &ApiState, address: &str, password: &SecretString) -> 
         Ok(()) => json!({"acceptable": true, "message": "Strong enough for this server."}),
         Err(v) => json!({"acceptable": false, "message": client_text(&v.to_string())}),
     })
+}
+
+#[derive(Deserialize)]
+pub struct PasskeyBeginForm {
+    csrf: String,
+    password: SecretString,
+}
+
+/// Starts adding a passkey (after the password again; with TOTP on, as passkeys are a second
+/// factor beside it): the options for `navigator.credentials.create`, as JSON for the page's
+/// script.
+pub(super) async fn begin_passkey(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<PasskeyBeginForm>,
+) -> ApiResult<axum::Json<Value>> {
+    let Some((s, _)) = session(&st, &headers).await? else {
+        return Err(ApiError::Unauthorized("sign in first"));
+    };
+    if !csrf_ok(&s, &f.csrf) {
+        return Err(ApiError::Forbidden);
+    }
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return Err(ApiError::Unprocessable(
+            "The password was not right.".into(),
+        ));
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    if !st.store.second_factor_confirmed(&owner).await? {
+        return Err(ApiError::Unprocessable(
+            "Turn on two-factor authentication first: a passkey is a second factor beside it."
+                .into(),
+        ));
+    }
+    let options = st
+        .passkeys
+        .begin_registration(&st.store, &owner, &s.address)
+        .await
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(axum::Json(options))
+}
+
+#[derive(Deserialize)]
+pub struct PasskeyFinishForm {
+    csrf: String,
+    name: String,
+    credential: String,
+}
+
+/// Stores the passkey the browser made (its answer checked against the challenge given).
+pub(super) async fn finish_passkey(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<PasskeyFinishForm>,
+) -> ApiResult<Response> {
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
+    };
+    let name: String = f.name.trim().chars().filter(|c| !c.is_control()).collect();
+    if name.is_empty() || name.chars().count() > 64 {
+        let n = "A passkey needs a name of 1 to 64 characters.".to_owned();
+        return overview(&st, &s, Some(n), None).await;
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let notice = match st
+        .passkeys
+        .finish_registration(&st.store, &owner, &name, f.credential.as_bytes())
+        .await
+    {
+        Ok(()) => {
+            record(
+                &st.store,
+                &actor(&s, addr.ip()),
+                "passkey_added",
+                &s.address,
+                &format!("name={name}"),
+            )
+            .await
+            .map_err(|_| ApiError::Internal)?;
+            format!("Passkey “{name}” added: use it instead of a code when you sign in.")
+        }
+        Err(e) => client_text(&format!("Passkey not added: {e}")),
+    };
+    overview(&st, &s, Some(notice), None).await
+}
+
+#[derive(Deserialize)]
+pub struct PasskeyRemoveForm {
+    csrf: String,
+    name: String,
+    password: SecretString,
+}
+
+pub(super) async fn remove_passkey(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<PasskeyRemoveForm>,
+) -> ApiResult<Response> {
+    let s = match form_session(&st, &headers, &f.csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(reply),
+    };
+    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
+        return overview(&st, &s, Some("The password was not right.".into()), None).await;
+    }
+    let owner = postern_store::totp::account_owner(s.account_id);
+    let notice = match st.store.remove_passkey(&owner, &f.name).await {
+        Ok(()) => {
+            record(
+                &st.store,
+                &actor(&s, addr.ip()),
+                "passkey_removed",
+                &s.address,
+                &format!("name={}", f.name),
+            )
+            .await
+            .map_err(|_| ApiError::Internal)?;
+            format!("Passkey “{}” removed.", f.name)
+        }
+        Err(_) => "No such passkey.".to_owned(),
+    };
+    overview(&st, &s, Some(client_text(&notice)), None).await
+}
+
+/// A challenge for signing in with a passkey (any passkey of this site: no account is named, so
+/// nothing is told about one). A banned source gets none.
+pub(super) async fn passkey_challenge(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+) -> ApiResult<axum::Json<Value>> {
+    if st.auth.guard().is_banned(addr.ip()) {
+        return Err(ApiError::TooMany);
+    }
+    st.passkeys
+        .begin_authentication()
+        .map(axum::Json)
+        .map_err(|_| ApiError::Unavailable("try again in a few minutes"))
+}
+
+pub(super) async fn passkey_js() -> Response {
+    super::html::asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/passkey.js"),
+    )
 }
 
 pub(super) async fn strength_js() -> Response {
