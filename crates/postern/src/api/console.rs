@@ -137,13 +137,15 @@ pub struct LoginForm {
     totp: SecretString,
 }
 
+const FAILED: &str = "Sign-in failed: check the name, the password and the code.";
+
 pub(super) async fn login(
     State(st): St,
     ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
     Form(f): Form<LoginForm>,
 ) -> Response {
-    const FAILED: &str = "Sign-in failed: check the name, the password and the code.";
-    let req = super::session::login_request(f.name, f.password, Some(f.totp));
+    let totp = Some(f.totp).filter(|t| !t.expose_secret().trim().is_empty());
+    let req = super::session::login_request(f.name, f.password, totp);
     let r = super::session::login(State(st.clone()), ConnectInfo(PeerAddr(addr)), Body(req)).await;
     let resp = match r {
         Ok(resp) => resp,
@@ -164,12 +166,97 @@ pub(super) async fn login(
         .await
         .unwrap_or_default();
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if v["status"] == "enrollment_required" {
+        // first sign-in: the TOTP enrolment, here as through POST /api/v1/login/enroll
+        return page(
+            EnrollPage {
+                message: None,
+                qr_svg: super::portal::qr_svg(v["otpauth_uri"].as_str().unwrap_or_default()),
+                secret: v["secret"].as_str().unwrap_or_default().to_owned(),
+                enrollment_token: v["enrollment_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                recovery: Vec::new(),
+            },
+            StatusCode::OK,
+        );
+    }
     let Some(t) = v["token"].as_str().filter(|_| v["status"] == "ok") else {
-        // first sign-in: the TOTP enrolment is done through the API (POST /api/v1/login/enroll)
-        let m = Some("This administrator has no second factor yet: finish its enrolment first (POST /api/v1/login/enroll).");
-        return page(LoginPage { message: m }, StatusCode::UNAUTHORIZED);
+        return page(
+            LoginPage {
+                message: Some(FAILED),
+            },
+            StatusCode::UNAUTHORIZED,
+        );
     };
     with_cookie("/admin", COOKIE, t, st.cfg.admin.session_secs as i64)
+}
+
+#[derive(Template)]
+#[template(path = "admin/enroll.html")]
+struct EnrollPage {
+    message: Option<&'static str>,
+    qr_svg: String,
+    secret: String,
+    enrollment_token: String,
+    recovery: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct EnrollForm {
+    enrollment_token: SecretString,
+    code: SecretString,
+}
+
+/// Finishes a first sign-in's TOTP enrolment (the API's own `login/enroll`): the recovery codes
+/// are shown once and the session starts.
+pub(super) async fn enroll(
+    State(st): St,
+    ConnectInfo(PeerAddr(addr)): ConnectInfo<PeerAddr>,
+    Form(f): Form<EnrollForm>,
+) -> Response {
+    let req = super::session::enroll_request(f.enrollment_token, f.code);
+    let r = super::session::login_enroll(State(st.clone()), ConnectInfo(PeerAddr(addr)), Body(req))
+        .await;
+    let Ok(resp) = r else {
+        let m = Some("The code was not right or the enrolment expired: sign in again.");
+        return page(LoginPage { message: m }, StatusCode::UNAUTHORIZED);
+    };
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(t), Some(codes)) = (v["token"].as_str(), v["recovery_codes"].as_array()) else {
+        return page(
+            LoginPage {
+                message: Some(FAILED),
+            },
+            StatusCode::UNAUTHORIZED,
+        );
+    };
+    let recovery = codes
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    let mut r = page(
+        EnrollPage {
+            message: None,
+            qr_svg: String::new(),
+            secret: String::new(),
+            enrollment_token: String::new(),
+            recovery,
+        },
+        StatusCode::OK,
+    );
+    let cookie = format!(
+        "{COOKIE}={t}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        st.cfg.admin.session_secs
+    );
+    if let Ok(v) = cookie.parse() {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 /// Logins per hour of the last 24 as bars: succeeded above the axis, failed below.

@@ -171,6 +171,7 @@ pub fn router(state: Arc<ApiState>, surface: Surface) -> Router {
     let admin = Router::new()
         .route("/", get(console::home))
         .route("/login", get(console::login_form).post(console::login))
+        .route("/login/enroll", post(console::enroll))
         .route("/logout", post(console::logout))
         .route("/bans/lift", post(console::lift_ban))
         .route("/do", post(console_pages::act_form))

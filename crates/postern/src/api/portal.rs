@@ -630,7 +630,7 @@ pub(super) async fn reauthenticated(
 }
 
 /// `data` as a QR code in an inline SVG (made here from our own data, never the user's input).
-fn qr_svg(data: &str) -> String {
+pub(super) fn qr_svg(data: &str) -> String {
     let svg = qrcode::QrCode::new(data.as_bytes())
         .map(|c| {
             c.render::<qrcode::render::svg::Color>()

@@ -453,6 +453,13 @@ async fn failed(effect: postern_auth::guard::FailureEffect) -> ApiError {
 }
 
 /// A login request as the web console makes it from its form (the same checks as the API's).
+pub(super) fn enroll_request(enrollment_token: SecretString, code: SecretString) -> EnrollReq {
+    EnrollReq {
+        enrollment_token,
+        code,
+    }
+}
+
 pub(super) fn login_request(
     name: String,
     password: SecretString,
