@@ -1,7 +1,9 @@
-//! The administrators' web console (`/admin`), first part: sign-in (password and TOTP, through
-//! the admin API's own login, so the same guard, code accounting and audit apply), a dashboard
-//! of the last day's logins drawn server-side as inline SVG (per hour, per door, the most
-//! attacked names), the active bans with a button to lift one, and the queue's depth.
+//! The administrators' web console (`/admin`): sign-in (password and TOTP, through the admin
+//! API's own login, so the same guard, code accounting and audit apply; a first sign-in enrols
+//! TOTP), the navigation shared by every section, and the dashboard: the last day's logins drawn
+//! server-side as inline SVG (per hour, per door, the most attacked names), the active bans with
+//! a button to lift one, and the queue's depth, refreshed by a script of this site. The other
+//! sections are in `console_pages.rs`.
 //!
 //! The session is the admin API's own (a `psn_` token, `[admin] session_secs`), carried in the
 //! cookie `__Host-postern_admin` (Secure, HttpOnly, SameSite=Strict); the caller it stands for

@@ -1,6 +1,8 @@
-//! The self-service portal of mail users (`/account`), served beside the admin API over HTTPS:
-//! server-rendered pages (askama), no script at all, the same operations as the CLI and the API
-//! (every change audited with the user as its actor, `web:ADDRESS`).
+//! The self-service portal of mail users (`/account`), served beside the admin API (and on the
+//! users-only `[web]` listener) over HTTPS: server-rendered pages (askama), the same operations
+//! as the CLI and the API (every change audited with the user as its actor, `web:ADDRESS`).
+//! Two small scripts of this site add live password feedback and passkeys (WebAuthn runs in the
+//! browser); everything else works without JavaScript.
 //!
 //! Signing in goes through the auth core as any mail login does (door `web`: the same guard,
 //! throttling, bans and audit; app passwords never open it); an account with a second factor
@@ -8,7 +10,8 @@
 //! The session is a cookie `__Host-postern_account` (Secure, HttpOnly, SameSite=Strict, path
 //! `/`), stored as its SHA-256 digest and ended by logout, expiry, a disabled account or an
 //! incident lock. Every form carries the session's CSRF token. Pages are sent with a
-//! Content-Security-Policy that allows only this site's stylesheet, with `no-store`.
+//! Content-Security-Policy that allows only this site's stylesheet and scripts (no inline
+//! script), with `no-store`.
 
 use askama::Template;
 use axum::Form;
