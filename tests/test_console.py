@@ -261,3 +261,41 @@ def test_console_sections_act_through_the_api(make_server, tmp_path):
         hpage.goto(f"{base}/admin/user?address=frank%40example.test")
         assert hpage.locator("#set-password").count() == 1 and hpage.locator("#new-app-password").count() == 0
         b.close()
+
+
+def test_console_dashboard_shows_a_hydra_run(make_server, tmp_path):
+    """hydra brute-forces IMAPS (wrong passwords only) from an allowlisted administrator network
+    (so the browser on the same address is not cut off); the dashboard, already open, shows the
+    failed logins per door and the attacked account after its own refresh."""
+    import shutil
+    import subprocess
+    hydra = shutil.which("hydra")
+    if not hydra:
+        import pytest
+        pytest.skip("hydra not installed")
+    srv = make_server(toml_extra=FAST + 'allowlist = ["127.0.0.1/32"]\n')
+    boot = create_admin(srv, "bootstrap")
+    api = Api(srv)
+    _, secret, _ = first_login(api, "admin", boot["password"])
+    words = tmp_path / "words.txt"
+    words.write_text("".join(f"guess-{i}-Wrong\n" for i in range(30)))
+    base = f"https://127.0.0.1:{srv.admin}"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        ctx = b.new_context(ignore_https_errors=True)
+        page = console_login(ctx, base, "admin", boot["password"], totp(secret, time.time() + 30))
+        before = page.inner_text("#login-totals")
+        out = subprocess.run([hydra, "-l", BOB, "-P", str(words), "-S", "-s", str(srv.imaps), "-t", "4",
+                              "-w", "5", "-W", "1", "-I", "127.0.0.1", "imap"],
+                             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL).stdout
+        assert "valid password found" not in out or "0 valid password" in out, out[-1500:]
+        # the open page refreshes itself: wait for a refresh after the run
+        page.evaluate("document.getElementById('live').dataset.refreshedAt = ''")
+        page.wait_for_selector("#live[data-refreshed-at^='2']", timeout=25000)
+        totals = page.inner_text("#login-totals")
+        failed = int(totals.split(" failed")[0].split(", ")[-1])
+        assert failed >= 30, (before, totals)
+        assert BOB in page.inner_text("#attacked")
+        row = page.locator("#per-protocol tr", has_text="imap").inner_text()
+        assert int(row.split("\t")[-1]) >= 30, row
+        b.close()
