@@ -66,6 +66,8 @@ def test_console_shows_an_attack_and_lifts_its_ban(make_server, tmp_path):
         assert BOB in page.inner_text("#attacked")
         assert "imap" in page.inner_text("#per-protocol")
         assert ATTACKER in page.inner_text("#bans")
+        assert int(page.inner_text("#event-totals").split(" bans")[0]) >= 1
+        assert page.locator("#events-chart rect.ban").count() >= 1
         out = os.environ.get("ARTIFACTS") or str(tmp_path)
         os.makedirs(out, exist_ok=True)
         page.screenshot(path=os.path.join(out, "console-dashboard.png"), full_page=True)
@@ -211,6 +213,8 @@ def test_console_sections_act_through_the_api(make_server, tmp_path):
         page.goto(f"{base}/admin")
         page.wait_for_selector("#live[data-refreshed-at]", timeout=25000)
         assert "Live: refreshed" in page.inner_text("#live-status")
+        # the message Alice sent shows among the day's events
+        assert "1 messages sent" in page.inner_text("#event-totals")
         # every section passes axe-core's serious/critical rules
         if os.path.exists(AXE):
             actx = b.new_context(ignore_https_errors=True, bypass_csp=True)

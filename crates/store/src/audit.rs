@@ -722,6 +722,9 @@ pub struct AuthSummary {
     pub per_protocol: Vec<(String, String, i64)>,
     /// (user name, failed logins), most first.
     pub most_failed: Vec<(String, i64)>,
+    /// (hour start, event, count) of bans, lockouts and messages sent by accounts and
+    /// applications (`ban`, `lockout`, `mail_sent`), oldest first.
+    pub events_per_hour: Vec<(i64, String, i64)>,
 }
 
 impl Store {
@@ -761,6 +764,17 @@ impl Store {
         .await?;
         for r in rows {
             out.most_failed.push((r.try_get(0)?, r.try_get(1)?));
+        }
+        let rows = sqlx::query(
+            "SELECT (ts / 3600) * 3600 AS h, event, COUNT(*) FROM audit_log
+             WHERE event IN ('ban', 'lockout', 'mail_sent') AND ts >= ? GROUP BY h, event ORDER BY h",
+        )
+        .bind(since)
+        .fetch_all(&self.read)
+        .await?;
+        for r in rows {
+            out.events_per_hour
+                .push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?));
         }
         Ok(out)
     }

@@ -100,6 +100,11 @@ struct Dashboard {
     chart: String,
     per_protocol: Vec<(String, i64, i64)>,
     most_failed: Vec<(String, i64)>,
+    /// Bans, lockouts and messages sent in the last 24 hours, and their chart.
+    bans_total: i64,
+    lockouts_total: i64,
+    sent_total: i64,
+    events_chart: String,
     bans: Vec<BanRow>,
     queued: i64,
     held: i64,
@@ -311,6 +316,49 @@ fn chart(per_hour: &[(i64, String, i64)], now: i64) -> String {
     svg
 }
 
+/// Bans, lockouts and messages sent per hour of the last 24, as three thin bars per hour (each
+/// scaled to its own maximum: they differ by orders of magnitude).
+fn events_chart(per_hour: &[(i64, String, i64)], now: i64) -> String {
+    let first = (now / 3600 - 23) * 3600;
+    const KINDS: [(&str, &str, &str); 3] = [
+        ("ban", "#c0262d", "bans"),
+        ("lockout", "#b35c00", "lockouts"),
+        ("mail_sent", "#0b5cad", "messages sent"),
+    ];
+    let mut counts = [[0i64; 24]; 3];
+    for (h, e, n) in per_hour {
+        let i = (h - first) / 3600;
+        if let (Some(k), true) = (
+            KINDS.iter().position(|(name, _, _)| name == e),
+            (0..24).contains(&i),
+        ) {
+            counts[k][i as usize] += n;
+        }
+    }
+    let height = 80.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 480 {}\" width=\"100%\" role=\"img\" \
+         aria-label=\"Bans, lockouts and messages sent per hour\" id=\"events-chart\">\
+         <line x1=\"0\" y1=\"{height}\" x2=\"480\" y2=\"{height}\" stroke=\"#888\"/>",
+        height + 4.0
+    );
+    for (k, (name, colour, label)) in KINDS.iter().enumerate() {
+        let max = counts[k].iter().copied().max().unwrap_or(0).max(1) as f64;
+        for (i, n) in counts[k].iter().enumerate() {
+            if *n > 0 {
+                let h = *n as f64 / max * (height - 2.0);
+                svg.push_str(&format!(
+                    "<rect class=\"{name}\" x=\"{}\" y=\"{:.1}\" width=\"5\" height=\"{h:.1}\" fill=\"{colour}\"><title>{n} {label}</title></rect>",
+                    i as f64 * 20.0 + 2.0 + k as f64 * 6.0,
+                    height - h
+                ));
+            }
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 async fn dashboard(
     st: &ApiState,
     c: &Caller,
@@ -331,6 +379,14 @@ async fn dashboard(
             .per_hour
             .iter()
             .filter(|(_, r, _)| r == which)
+            .map(|(_, _, n)| n)
+            .sum::<i64>()
+    };
+    let event_total = |which: &str| {
+        summary
+            .events_per_hour
+            .iter()
+            .filter(|(_, e, _)| e == which)
             .map(|(_, _, n)| n)
             .sum::<i64>()
     };
@@ -377,6 +433,10 @@ async fn dashboard(
             ok_total: total("ok"),
             failed_total: total("failed"),
             chart: chart(&summary.per_hour, now),
+            bans_total: event_total("ban"),
+            lockouts_total: event_total("lockout"),
+            sent_total: event_total("mail_sent"),
+            events_chart: events_chart(&summary.events_per_hour, now),
             per_protocol,
             most_failed: summary.most_failed,
             bans,
@@ -474,5 +534,24 @@ mod tests {
         assert_eq!(svg.matches("class=\"ok\"").count(), 1);
         assert_eq!(svg.matches("class=\"failed\"").count(), 2, "{svg}");
         assert!(svg.contains("<title>8 failed</title>") && !svg.contains("99"));
+    }
+
+    #[test]
+    fn the_events_chart_draws_each_kind() {
+        let now = 100 * 3600 + 10;
+        let svg = events_chart(
+            &[
+                (100 * 3600, "ban".into(), 2),
+                (99 * 3600, "mail_sent".into(), 500),
+                (99 * 3600, "lockout".into(), 1),
+                (99 * 3600, "auth".into(), 7),
+                (50 * 3600, "ban".into(), 9),
+            ],
+            now,
+        );
+        assert_eq!(svg.matches("class=\"ban\"").count(), 1, "{svg}");
+        assert!(svg.contains("<title>500 messages sent</title>"));
+        assert!(svg.contains("<title>1 lockouts</title>") && !svg.contains("<title>9 "));
+        assert!(!svg.contains(">7 "));
     }
 }
