@@ -209,13 +209,16 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     page.context.close()
 
 
-def test_portal_phone_profile_live_feedback_and_second_factor_management(server, browser, tmp_path):
+def test_portal_phone_profile_live_feedback_and_second_factor_management(make_server, browser, tmp_path):
     """The new-password field tells the server's verdict while it is typed (script from this
     origin only); an app password for IMAP and SMTP comes with a QR code and an Apple
     .mobileconfig whose settings and password work; with TOTP on, the user makes new recovery
     codes (the old ones stop working) and turns the second factor off with a code (a wrong code
     does not)."""
     import plistlib
+    # its own server: the wrong passwords and codes below must not add to the other tests'
+    # failures from the same address (the per-IP window would ban it)
+    server = make_server()
     user, pw = "gina@example.test", "Harbor-Cobalt-Willow-5521-Tundra"
     server.cli("user", "add", user, "--password-stdin", stdin=pw + "\n")
     base = f"https://127.0.0.1:{server.admin}"
@@ -249,6 +252,16 @@ def test_portal_phone_profile_live_feedback_and_second_factor_management(server,
     assert mail["IncomingPassword"] == app_pw == mail["OutgoingPassword"]
     assert imap_login(server, mail["IncomingMailServerUsername"], mail["IncomingPassword"]) == "ok"
     shot(page, tmp_path, "phone-profile")
+    # one only from another network: refused from here
+    page.goto(f"{base}/account")
+    page.fill("#ap-name", "office")
+    page.fill("#ap-networks", "10.0.0.0/8")
+    page.fill("#ap-reauth", pw)
+    with page.expect_navigation():
+        page.click("text=Create app password")
+    office_pw = page.inner_text("#new-secret").strip()
+    assert "10.0.0.0/8" in page.locator("#app-passwords tr", has_text="office").inner_text()
+    assert imap_login(server, user, office_pw) != "ok"
     # TOTP on, then new recovery codes
     page.goto(f"{base}/account")
     page.fill("#reauth", pw)

@@ -36,6 +36,7 @@ struct LoginPage {
 struct AppPasswordRow {
     name: String,
     protocols: String,
+    networks: String,
     expires: String,
     last_used: String,
 }
@@ -422,6 +423,11 @@ async fn overview(
         .map(|a| AppPasswordRow {
             name: a.name,
             protocols: a.protocols.join(", "),
+            networks: if a.networks.is_empty() {
+                "anywhere".into()
+            } else {
+                a.networks.join(", ")
+            },
             expires: a.expires_at.map_or_else(|| "never".into(), when),
             last_used: match (a.last_used_at, a.last_used_ip) {
                 (Some(t), Some(ip)) => format!("{} from {ip}", when(t)),
@@ -481,6 +487,9 @@ pub struct CreateForm {
     pop3: Option<String>,
     #[serde(default)]
     days: Option<String>,
+    /// Networks (CIDR, comma- or space-separated) it may be used from; empty: anywhere.
+    #[serde(default)]
+    networks: Option<String>,
     /// The account password, asked again before a new credential is made.
     password: SecretString,
 }
@@ -536,8 +545,19 @@ pub(super) async fn create_app_password(
     let a = EmailAddress::parse(&s.address).map_err(|_| ApiError::Internal)?;
     let name = f.name.trim().to_owned();
     let actor = actor(&s, addr.ip());
-    match crate::ops::app_passwords::create(&st.store, &actor, &a, &name, &protocols, days, &[])
-        .await
+    let networks: Vec<String> = f
+        .networks
+        .as_deref()
+        .unwrap_or("")
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match crate::ops::app_passwords::create(
+        &st.store, &actor, &a, &name, &protocols, days, &networks,
+    )
+    .await
     {
         Ok((protocols, _, _, secret)) => {
             let secret = secret.expose_secret();
