@@ -471,7 +471,15 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     let metrics_task = match cfg.metrics.listen {
         Some(addr) => {
             let sd = shutdown.clone();
-            Some(crate::metrics_http::serve(addr, async move { sd.cancelled().await }).await?)
+            Some(
+                crate::metrics_http::serve(
+                    addr,
+                    store.clone(),
+                    cfg.server.hostname.clone(),
+                    async move { sd.cancelled().await },
+                )
+                .await?,
+            )
         }
         None => None,
     };

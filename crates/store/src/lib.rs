@@ -373,6 +373,16 @@ impl Store {
         self
     }
 
+    /// Whether the database answers (a trivial read, then a trivial write transaction), for
+    /// health checks.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.read).await?;
+        let mut tx = self.write.begin().await?;
+        sqlx::query("SELECT 1").fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
     }
