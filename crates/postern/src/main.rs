@@ -19,6 +19,7 @@ mod backend;
 mod backup;
 mod banpolicy;
 mod cli;
+mod cluster;
 mod datadir;
 mod directory;
 mod dkim;

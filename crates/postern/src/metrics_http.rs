@@ -63,10 +63,7 @@ pub async fn serve(
                 )
             }),
         )
-        .route(
-            "/health",
-            get(move || health(store.clone(), node.clone())),
-        );
+        .route("/health", get(move || health(store.clone(), node.clone())));
     tracing::info!(address = %addr, "metrics and health listening (plain HTTP)");
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(tcp, app).with_graceful_shutdown(shutdown).await {

@@ -92,6 +92,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         .await
         .context("opening the audit chain's key")?;
     let checkpoints = spawn_checkpoints(&cfg, &store);
+    // [cluster]: bans shared with the other nodes through Redis
+    let redis = crate::cluster::attach(&cfg, &store, &keys).await?;
     let a = &cfg.auth;
     let hasher = postern_auth::Argon2Hasher::new(
         a.argon2_memory_kib,
@@ -111,6 +113,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         Some(Arc::new(store.clone())),
     ));
     guard.sync_bans().await;
+    if let Some(client) = redis {
+        crate::cluster::listen(client, guard.clone());
+    }
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
     // and the identity providers' keys.
     let dns = postern_dns::Dns::new(&cfg.dns).context("setting up the DNS resolver")?;

@@ -566,7 +566,37 @@ impl Store {
 
     // ---- bans ----
 
+    /// Shares bans with other nodes from now on (cluster mode): bans are kept there, and only
+    /// while it cannot be reached in this database (and pushed there when it is back).
+    pub fn share_bans(&self, shared: std::sync::Arc<dyn SharedBans>) {
+        let _ = self.shared_bans.set(shared);
+    }
+
+    /// The active bans: this database's, and the shared ones in cluster mode. Bans made here
+    /// while the shared store was unreachable are moved there once it answers again.
     pub async fn list_bans(&self) -> Result<Vec<Ban>> {
+        let mut local = self.local_bans().await?;
+        let Some(shared) = self.shared_bans.get() else {
+            return Ok(local);
+        };
+        let mut all = match shared.list().await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "shared bans unreachable: this node's own bans apply");
+                return Ok(local);
+            }
+        };
+        for b in local.drain(..) {
+            if shared.put(&b).await.is_ok() {
+                self.remove_local_ban(&b.target).await?;
+            }
+            all.retain(|x| x.target != b.target);
+            all.push(b);
+        }
+        Ok(all)
+    }
+
+    async fn local_bans(&self) -> Result<Vec<Ban>> {
         let rows = sqlx::query(
             "SELECT target, until, reason, offences FROM bans WHERE until > ? ORDER BY until",
         )
@@ -586,7 +616,17 @@ impl Store {
             .collect()
     }
 
+    /// Records a ban: in the shared store in cluster mode (every node applies it), else (or
+    /// while that store cannot be reached) in this database.
     pub async fn put_ban(&self, ban: &Ban) -> Result<()> {
+        if let Some(shared) = self.shared_bans.get() {
+            match shared.put(ban).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, target = %ban.target, "shared bans unreachable: the ban is kept on this node until they answer")
+                }
+            }
+        }
         sqlx::query(
             "INSERT INTO bans (target, until, reason, offences, created_at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT(target) DO UPDATE SET until = excluded.until, reason = excluded.reason, offences = excluded.offences",
@@ -601,7 +641,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_ban(&self, target: &Cidr) -> Result<bool> {
+    async fn remove_local_ban(&self, target: &Cidr) -> Result<bool> {
         Ok(sqlx::query("DELETE FROM bans WHERE target = ?")
             .bind(target.to_string())
             .execute(&self.write)
@@ -610,12 +650,46 @@ impl Store {
             > 0)
     }
 
+    /// Lifts a ban here and, in cluster mode, on every node.
+    pub async fn remove_ban(&self, target: &Cidr) -> Result<bool> {
+        let mut found = self.remove_local_ban(target).await?;
+        if let Some(shared) = self.shared_bans.get() {
+            match shared.remove(target).await {
+                Ok(f) => found |= f,
+                Err(e) => {
+                    return Err(StoreError::Conflict(format!(
+                        "the shared bans cannot be reached, so the ban cannot be lifted on the other nodes: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn clear_bans(&self) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM bans")
+        let mut n = sqlx::query("DELETE FROM bans")
             .execute(&self.write)
             .await?
-            .rows_affected())
+            .rows_affected();
+        if let Some(shared) = self.shared_bans.get() {
+            n += shared.clear().await.map_err(|e| {
+                StoreError::Conflict(format!("the shared bans cannot be reached: {e}"))
+            })?;
+        }
+        Ok(n)
     }
+}
+
+/// Bans shared between the nodes of a cluster (Redis, `[cluster] redis`; implemented by the
+/// server, which owns the connection). Every method may fail when the shared store cannot be
+/// reached; the store then falls back to this node's database.
+#[async_trait::async_trait]
+pub trait SharedBans: Send + Sync {
+    async fn put(&self, ban: &Ban) -> std::result::Result<(), String>;
+    async fn remove(&self, target: &Cidr) -> std::result::Result<bool, String>;
+    async fn clear(&self) -> std::result::Result<u64, String>;
+    /// The active bans.
+    async fn list(&self) -> std::result::Result<Vec<Ban>, String>;
 }
 
 #[async_trait::async_trait]

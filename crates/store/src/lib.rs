@@ -174,6 +174,8 @@ pub struct StoredMessage {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Where bans are shared with other nodes (`[cluster] redis`), when set (see [`audit`]).
+    shared_bans: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn audit::SharedBans>>>,
     read: SqlitePool,
     write: SqlitePool,
     blobs: BlobStore,
@@ -243,6 +245,7 @@ impl Store {
             .await?;
         let blobs = BlobStore::open(blob_dir)?;
         Ok(Store {
+            shared_bans: Default::default(),
             read,
             write,
             blobs,
