@@ -27,7 +27,7 @@ class Api:
         self.base = f"https://127.0.0.1:{srv.admin}/api/v1"
         self.token = token
 
-    def call(self, method, path, body=None, token=None):
+    def call(self, method, path, body=None, token=None, headers=()):
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
@@ -35,6 +35,8 @@ class Api:
         tok = token or self.token
         if tok:
             req.add_header("Authorization", f"Bearer {tok}")
+        for k, v in headers:
+            req.add_header(k, v)
         try:
             with urllib.request.urlopen(req, context=CTX, timeout=15) as r:
                 raw = r.read()

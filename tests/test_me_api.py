@@ -21,23 +21,7 @@ USER, PW = "hana@example.test", "Copper-Summit-Lagoon-4417-Fable"
 
 
 def call(srv, method, path, body=None, token=None, headers=()):
-    return Api(srv, token).call(method, path, body) if not headers else _raw(srv, method, path, body, headers)
-
-
-def _raw(srv, method, path, body, headers):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"https://127.0.0.1:{srv.admin}/api/v1{path}", data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    for k, v in headers:
-        req.add_header(k, v)
-    try:
-        with urllib.request.urlopen(req, context=CTX, timeout=15) as r:
-            raw = r.read()
-            return r.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, (json.loads(raw) if raw else None)
+    return Api(srv, token).call(method, path, body, headers=headers)
 
 
 def test_me_api_credentials_lifecycle(make_server):

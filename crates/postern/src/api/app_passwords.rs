@@ -52,10 +52,21 @@ pub(super) async fn create_app_password(
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     c.may(Perm::IssueSecrets)?;
     let (a, _) = scoped_account(&st, &c, &address).await?;
+    create_for(&st, &c.actor, &a, &req).await
+}
+
+/// Creates an app password for `a` (the admin API's and the mail user's own call alike): the
+/// reply carries the secret, once.
+pub(super) async fn create_for(
+    st: &ApiState,
+    actor: &Actor,
+    a: &EmailAddress,
+    req: &AppPasswordReq,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let (protocols, networks, expires_at, secret) = crate::ops::app_passwords::create(
         &st.store,
-        &c.actor,
-        &a,
+        actor,
+        a,
         &req.name,
         &req.protocols,
         req.expires_in,

@@ -205,13 +205,8 @@ pub(super) async fn list_app_passwords(State(st): St, u: MailUser) -> ApiResult<
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewAppPasswordReq {
-    name: String,
-    #[serde(default = "super::app_passwords::all_protocols")]
-    protocols: Vec<String>,
-    #[serde(default)]
-    networks: Vec<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
+    #[serde(flatten)]
+    app_password: super::app_passwords::AppPasswordReq,
     /// The account password, asked again before a new credential is made.
     password: SecretString,
 }
@@ -222,24 +217,7 @@ pub(super) async fn create_app_password(
     Body(req): Body<NewAppPasswordReq>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     u.reauthenticate(&st, &req.password).await?;
-    let a = u.address()?;
-    let (protocols, networks, expires_at, secret) = crate::ops::app_passwords::create(
-        &st.store,
-        &u.actor(),
-        &a,
-        &req.name,
-        &req.protocols,
-        req.expires_in,
-        &req.networks,
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "address": a.as_str(), "name": req.name, "protocols": protocols,
-            "networks": networks, "expires_at": expires_at, "secret": secret.expose_secret(),
-        })),
-    ))
+    super::app_passwords::create_for(&st, &u.actor(), &u.address()?, &req.app_password).await
 }
 
 pub(super) async fn revoke_app_password(

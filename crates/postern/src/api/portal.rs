@@ -130,6 +130,33 @@ pub(super) fn csrf_ok(s: &postern_store::web::WebSession, given: &str) -> bool {
     digest(&s.csrf) == digest(given)
 }
 
+/// Records a change the session's user made (actor `web:ADDRESS`) in the audit log.
+async fn audit(
+    st: &ApiState,
+    s: &postern_store::web::WebSession,
+    ip: IpAddr,
+    event: &str,
+    detail: &str,
+) -> ApiResult<()> {
+    record(&st.store, &actor(s, ip), event, &s.address, detail)
+        .await
+        .map_err(|_| ApiError::Internal)
+}
+
+/// The page that shows new recovery codes, once.
+fn recovery_page(s: &postern_store::web::WebSession, recovery: Vec<String>) -> Response {
+    page(
+        TwoFactorPage {
+            message: None,
+            csrf: s.csrf.clone(),
+            qr_svg: String::new(),
+            secret: String::new(),
+            recovery,
+        },
+        StatusCode::OK,
+    )
+}
+
 pub(super) fn actor(s: &postern_store::web::WebSession, ip: IpAddr) -> Actor {
     Actor {
         door: "web",
@@ -732,25 +759,8 @@ pub(super) async fn confirm_two_factor(
     let code = f.code.expose_secret().trim().to_owned();
     match crate::twofactor::confirm(&st.store, &st.keys, &owner, &code).await {
         Ok(recovery) => {
-            record(
-                &st.store,
-                &actor(&s, addr.ip()),
-                "2fa_enabled",
-                &s.address,
-                "",
-            )
-            .await
-            .map_err(|_| ApiError::Internal)?;
-            Ok(page(
-                TwoFactorPage {
-                    message: None,
-                    csrf: s.csrf.clone(),
-                    qr_svg: String::new(),
-                    secret: String::new(),
-                    recovery,
-                },
-                StatusCode::OK,
-            ))
+            audit(&st, &s, addr.ip(), "2fa_enabled", "").await?;
+            Ok(recovery_page(&s, recovery))
         }
         Err(_) => {
             let n = "The code was not right; start again and check the phone's clock.";
@@ -864,25 +874,8 @@ pub(super) async fn new_recovery_codes(
     }
     let owner = postern_store::totp::account_owner(s.account_id);
     let recovery = crate::twofactor::renew_recovery_codes(&st.store, &st.keys, &owner).await?;
-    record(
-        &st.store,
-        &actor(&s, addr.ip()),
-        "2fa_recovery_renewed",
-        &s.address,
-        "",
-    )
-    .await
-    .map_err(|_| ApiError::Internal)?;
-    Ok(page(
-        TwoFactorPage {
-            message: None,
-            csrf: s.csrf.clone(),
-            qr_svg: String::new(),
-            secret: String::new(),
-            recovery,
-        },
-        StatusCode::OK,
-    ))
+    audit(&st, &s, addr.ip(), "2fa_recovery_renewed", "").await?;
+    Ok(recovery_page(&s, recovery))
 }
 
 #[derive(Deserialize)]
@@ -987,15 +980,7 @@ pub(super) async fn finish_passkey(
         .await
     {
         Ok(()) => {
-            record(
-                &st.store,
-                &actor(&s, addr.ip()),
-                "passkey_added",
-                &s.address,
-                &format!("name={name}"),
-            )
-            .await
-            .map_err(|_| ApiError::Internal)?;
+            audit(&st, &s, addr.ip(), "passkey_added", &format!("name={name}")).await?;
             format!("Passkey “{name}” added: use it instead of a code when you sign in.")
         }
         Err(e) => client_text(&format!("Passkey not added: {e}")),
@@ -1026,15 +1011,14 @@ pub(super) async fn remove_passkey(
     let owner = postern_store::totp::account_owner(s.account_id);
     let notice = match st.store.remove_passkey(&owner, &f.name).await {
         Ok(()) => {
-            record(
-                &st.store,
-                &actor(&s, addr.ip()),
+            audit(
+                &st,
+                &s,
+                addr.ip(),
                 "passkey_removed",
-                &s.address,
                 &format!("name={}", f.name),
             )
-            .await
-            .map_err(|_| ApiError::Internal)?;
+            .await?;
             format!("Passkey “{}” removed.", f.name)
         }
         Err(_) => "No such passkey.".to_owned(),
