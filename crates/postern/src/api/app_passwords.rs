@@ -5,6 +5,15 @@ use super::common::*;
 // ---------------------------------------------------------------------------------------------
 // App passwords and applications
 
+/// An app password as the API shows it (never its secret).
+pub(super) fn app_password_json(p: postern_store::apppw::AppPasswordInfo) -> Value {
+    json!({
+        "name": p.name, "protocols": p.protocols, "networks": p.networks,
+        "expires_at": p.expires_at, "created_at": p.created_at,
+        "last_used_at": p.last_used_at, "last_used_ip": p.last_used_ip,
+    })
+}
+
 pub(super) async fn list_app_passwords(
     State(st): St,
     c: Caller,
@@ -17,13 +26,7 @@ pub(super) async fn list_app_passwords(
         .list_app_passwords(info.id)
         .await?
         .into_iter()
-        .map(|p| {
-            json!({
-                "name": p.name, "protocols": p.protocols, "networks": p.networks,
-                "expires_at": p.expires_at, "created_at": p.created_at,
-                "last_used_at": p.last_used_at, "last_used_ip": p.last_used_ip,
-            })
-        })
+        .map(app_password_json)
         .collect();
     Ok(axum::Json(Value::Array(list)))
 }

@@ -191,13 +191,7 @@ pub(super) async fn list_app_passwords(State(st): St, u: MailUser) -> ApiResult<
         .list_app_passwords(u.s.account_id)
         .await?
         .into_iter()
-        .map(|p| {
-            json!({
-                "name": p.name, "protocols": p.protocols, "networks": p.networks,
-                "expires_at": p.expires_at, "created_at": p.created_at,
-                "last_used_at": p.last_used_at, "last_used_ip": p.last_used_ip,
-            })
-        })
+        .map(super::app_passwords::app_password_json)
         .collect();
     Ok(axum::Json(Value::Array(list)))
 }

@@ -124,6 +124,27 @@ async fn form_session(
     Ok(Ok(s))
 }
 
+/// The session of a form that asks the password again before a sensitive change: `Err` with the
+/// reply to send when there is no session, or the password is not right (the overview, saying
+/// so; the failure counted as a login failure by the auth core).
+async fn reauthed_session(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+    csrf: &str,
+    password: &SecretString,
+    ip: IpAddr,
+) -> ApiResult<Result<postern_store::web::WebSession, Response>> {
+    let s = match form_session(st, headers, csrf).await? {
+        Ok(s) => s,
+        Err(reply) => return Ok(Err(reply)),
+    };
+    if !reauthenticated(st, &s, password, ip).await {
+        let n = Some("The password was not right.".to_owned());
+        return overview(st, &s, n, None).await.map(Err);
+    }
+    Ok(Ok(s))
+}
+
 /// A form's CSRF token must be the session's (their digests compared: the timing of the
 /// comparison tells nothing about the token).
 pub(super) fn csrf_ok(s: &postern_store::web::WebSession, given: &str) -> bool {
@@ -547,13 +568,10 @@ pub(super) async fn create_app_password(
     headers: axum::http::HeaderMap,
     Form(f): Form<CreateForm>,
 ) -> ApiResult<Response> {
-    let s = match form_session(&st, &headers, &f.csrf).await? {
+    let s = match reauthed_session(&st, &headers, &f.csrf, &f.password, addr.ip()).await? {
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
-    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
-        return overview(&st, &s, Some("The password was not right.".into()), None).await;
-    }
     let protocols: Vec<String> = [("imap", &f.imap), ("smtp", &f.smtp), ("pop3", &f.pop3)]
         .into_iter()
         .filter(|(_, on)| on.is_some())
@@ -702,13 +720,10 @@ pub(super) async fn begin_two_factor(
     headers: axum::http::HeaderMap,
     Form(f): Form<ReauthForm>,
 ) -> ApiResult<Response> {
-    let s = match form_session(&st, &headers, &f.csrf).await? {
+    let s = match reauthed_session(&st, &headers, &f.csrf, &f.password, addr.ip()).await? {
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
-    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
-        return overview(&st, &s, Some("The password was not right.".into()), None).await;
-    }
     let owner = postern_store::totp::account_owner(s.account_id);
     let e = match crate::twofactor::begin(
         &st.store,
@@ -822,13 +837,10 @@ pub(super) async fn two_factor_off(
     headers: axum::http::HeaderMap,
     Form(f): Form<OffForm>,
 ) -> ApiResult<Response> {
-    let s = match form_session(&st, &headers, &f.csrf).await? {
+    let s = match reauthed_session(&st, &headers, &f.csrf, &f.password, addr.ip()).await? {
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
-    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
-        return overview(&st, &s, Some("The password was not right.".into()), None).await;
-    }
     // the code is counted as at sign-in: a wrong one is a failure against the source and the
     // account's second factor
     let owner = postern_store::totp::account_owner(s.account_id);
@@ -865,13 +877,10 @@ pub(super) async fn new_recovery_codes(
     headers: axum::http::HeaderMap,
     Form(f): Form<ReauthForm>,
 ) -> ApiResult<Response> {
-    let s = match form_session(&st, &headers, &f.csrf).await? {
+    let s = match reauthed_session(&st, &headers, &f.csrf, &f.password, addr.ip()).await? {
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
-    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
-        return overview(&st, &s, Some("The password was not right.".into()), None).await;
-    }
     let owner = postern_store::totp::account_owner(s.account_id);
     let recovery = crate::twofactor::renew_recovery_codes(&st.store, &st.keys, &owner).await?;
     audit(&st, &s, addr.ip(), "2fa_recovery_renewed", "").await?;
@@ -1001,13 +1010,10 @@ pub(super) async fn remove_passkey(
     headers: axum::http::HeaderMap,
     Form(f): Form<PasskeyRemoveForm>,
 ) -> ApiResult<Response> {
-    let s = match form_session(&st, &headers, &f.csrf).await? {
+    let s = match reauthed_session(&st, &headers, &f.csrf, &f.password, addr.ip()).await? {
         Ok(s) => s,
         Err(reply) => return Ok(reply),
     };
-    if !reauthenticated(&st, &s, &f.password, addr.ip()).await {
-        return overview(&st, &s, Some("The password was not right.".into()), None).await;
-    }
     let owner = postern_store::totp::account_owner(s.account_id);
     let notice = match st.store.remove_passkey(&owner, &f.name).await {
         Ok(()) => {
