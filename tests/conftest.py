@@ -88,8 +88,9 @@ class Server:
     def cli(self, *args, **kw):
         return run_cli(self.dir, *args, **kw)
 
-    def db(self):
-        return sqlite3.connect(f"file:{self.dir / 'postern.db'}?mode=ro", uri=True)
+    def db(self, write=False):
+        """The server's database, SQLite or (POSTERN_TEST_PG) PostgreSQL, read-only unless `write`."""
+        return open_db(self.dir, write)
 
     def inbox(self, address, mailbox="INBOX"):
         """The stored messages of a mailbox, as bytes, in UID order."""
@@ -167,11 +168,63 @@ def suite_dns():
     return _DNS
 
 
+# POSTERN_TEST_PG=HOST:PORT runs every server of the suite on PostgreSQL instead of SQLite: a
+# fresh database each, made by the role `mail` (password `mailpass`, allowed to create databases),
+# as tests/run.sh sets up on a private PostgreSQL cluster.
+PG = os.environ.get("POSTERN_TEST_PG")
+os.environ.setdefault("POSTERN_TEST_PGPASS", "mailpass")
+
+
+def pg_database():
+    """A new, empty PostgreSQL database on POSTERN_TEST_PG: its URL (no password in it)."""
+    host, port = PG.rsplit(":", 1)
+    name = f"pt_{os.getpid()}_{random.randrange(1 << 40)}"
+    subprocess.run(["psql", f"host={host} port={port} user=mail dbname=mail", "-qc", f"CREATE DATABASE {name}"],
+                   env={**os.environ, "PGPASSWORD": os.environ["POSTERN_TEST_PGPASS"]}, check=True,
+                   capture_output=True, timeout=60)
+    return f"postgres://mail@{host}:{port}/{name}"
+
+
+class PgDb:
+    """A server's PostgreSQL database with the part of sqlite3's interface the tests use
+    (`execute` with `?` parameters, `with`)."""
+
+    def __init__(self, url):
+        import psycopg
+        self.conn = psycopg.connect(url, password=os.environ["POSTERN_TEST_PGPASS"], autocommit=True)
+
+    def execute(self, sql, params=()):
+        cur = self.conn.cursor()
+        cur.execute(sql.replace("%", "%%").replace("?", "%s"), tuple(params))
+        return cur
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.conn.close()
+
+
+def open_db(datadir, write=False):
+    """The database of a data directory (as `Server.db`)."""
+    import tomllib
+    cfg = tomllib.loads((Path(datadir) / "postern.toml").read_text())
+    db = cfg.get("storage", {}).get("database", "postern.db")
+    if db.startswith("postgres"):
+        return PgDb(db)
+    path = Path(datadir) / db
+    return sqlite3.connect(path) if write else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
 def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
     d = tmp_path / "data"
     off = free_offset()
+    db = ["--database", pg_database(), "--database-password", "env:POSTERN_TEST_PGPASS"] if PG else []
     run_cli(d, "init", "--dir", str(d), "--domain", "example.test", "--hostname", "mail.example.test",
-            "--listen-ip", "127.0.0.1", "--port-offset", str(off))
+            "--listen-ip", "127.0.0.1", "--port-offset", str(off), *db)
     if os.geteuid() == 0:
         # CI runs as root: the test servers stay root (a real server drops to [server] user;
         # tests/test_privileges.py covers that)

@@ -69,7 +69,7 @@ def first_login(api, name, password):
 
 
 def audit_rows(srv, event):
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return c.execute("SELECT username, actor, ip, reason, mechanism FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 

@@ -10,7 +10,7 @@ import sqlite3
 import time
 import urllib.request
 
-from conftest import ALICE, ALICE_PW, BOB, free_port, init_dir, start, tls_client_context
+from conftest import open_db, ALICE, ALICE_PW, BOB, free_port, init_dir, start, tls_client_context
 from hooks import WebhookReceiver
 
 
@@ -103,7 +103,7 @@ def test_broken_audit_chain_alerts(tmp_path):
         finally:
             assert srv.stop() == 0
         # someone edits a row behind Postern's back
-        with sqlite3.connect(d / "postern.db") as c:
+        with open_db(d, write=True) as c:
             n = c.execute("UPDATE audit_log SET reason = 'nothing to see' WHERE id = (SELECT MIN(id) FROM audit_log)").rowcount
         assert n == 1
         srv = start(d, off)

@@ -46,7 +46,7 @@ def test_app_password_lifecycle_and_scopes(make_server):
     p.pass_(phone)
     p.quit()
     # only a digest is stored
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         stored = [r[0] for r in c.execute("SELECT digest FROM app_passwords")]
     assert stored and phone not in stored[0]
     listing = srv.cli("app-password", "list", BOB).stdout
@@ -69,7 +69,7 @@ def test_app_password_lifecycle_and_scopes(make_server):
     # duplicate names and bad protocols are refused
     assert srv.cli("app-password", "create", BOB, "--name", "bookkeeping", check=False).returncode != 0
     assert srv.cli("app-password", "create", BOB, "--name", "x", "--protocols", "ftp", check=False).returncode != 0
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         reasons = {r[0] for r in c.execute("SELECT reason FROM audit_log WHERE reason IS NOT NULL")}
     assert "app_password_scope" in reasons
 
@@ -107,7 +107,7 @@ def test_max_password_age(make_server, tmp_path):
     srv.stop()
     cfg = srv.dir / "postern.toml"
     cfg.write_text(cfg.read_text().replace("[password_policy]\n", "[password_policy]\nmax_age_days = 30\n"))
-    with sqlite3.connect(srv.dir / "postern.db") as c:
+    with srv.db(write=True) as c:
         c.execute("UPDATE accounts SET password_changed_at = password_changed_at - 31 * 86400 WHERE address = ?", (BOB,))
         # Alice's password expires in about 5 days: within the default 14-day warning period
         c.execute("UPDATE accounts SET password_changed_at = password_changed_at - 25 * 86400 - 60 WHERE address = ?",

@@ -38,7 +38,7 @@ def send(srv, user, secret, sender, to=BOB, header_from=None):
 
 
 def audit(srv, event):
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return c.execute("SELECT username, actor, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
@@ -81,7 +81,7 @@ def test_application_sends_only_as_its_senders_and_never_reads_mail(make_server)
     except poplib.error_proto:
         pass
     # only a digest is stored, and the CLI never shows the secret again
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         stored = " ".join(str(v) for row in c.execute("SELECT * FROM applications") for v in row)
     assert secret not in stored and secret[4:] not in stored
     listing = srv.cli("app", "list").stdout + srv.cli("app", "show", "billing").stdout

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import open_db, BIN, run_cli
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_user_lifecycle(datadir):
 
 def sqlite_hash(datadir):
     import sqlite3
-    with sqlite3.connect(datadir / "postern.db") as c:
+    with open_db(datadir, write=True) as c:
         return c.execute("SELECT password_hash FROM accounts").fetchone()[0]
 
 

@@ -64,7 +64,7 @@ def audit(srv, where, timeout=5):
     """Audit rows matching `where`, waiting a little for the batched audit writer."""
     end = time.time() + timeout
     while True:
-        with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+        with srv.db() as c:
             rows = c.execute(f"SELECT username, protocol, result, reason FROM audit_log WHERE {where}").fetchall()
         if rows or time.time() > end:
             return rows
@@ -128,7 +128,7 @@ def test_external_with_registered_certificates(make_server, tmp_path):
     assert {r[1] for r in ok} >= {"imap", "submissions", "pop3"}, ok
     reasons = {r[3] for r in audit(srv, "event = 'auth' AND mechanism = 'EXTERNAL' AND result = 'failed'")}
     assert {"unknown_certificate", "identity_mismatch"} <= reasons, reasons
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         (used,) = c.execute("SELECT last_used_ip FROM client_certs WHERE name = 'laptop'").fetchone()
     assert used == "127.0.0.1"
 
@@ -170,7 +170,7 @@ def test_client_certs_over_the_api_and_expiry(make_server, tmp_path):
     code, _ = api.call("DELETE", f"/users/{BOB}/certs/phone", token=token)
     assert code == 204
     assert not imap_external(srv, ctx_with(cert, key))[0]
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         events = [r[0] for r in c.execute(
             "SELECT event FROM audit_log WHERE event LIKE 'client_cert_%' ORDER BY id")]
     assert events == ["client_cert_added", "client_cert_removed"], events

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, init_dir, run_cli, start, tls_client_context
+from conftest import open_db, ALICE, ALICE_PW, BOB, BOB_PW, init_dir, run_cli, start, tls_client_context
 
 DAVE, DAVE_PW = "dave@example.test", "Crash-Kill-Pop3-Drop-7!q"
 
@@ -109,7 +109,7 @@ def pop3_load(srv, stop, pending, deleted, lock):
 
 
 def mailbox_tokens(srv, address, mailbox):
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         rows = c.execute(
             "SELECT m.uid, m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id "
             "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
@@ -151,7 +151,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
         for addr, box in ((ALICE, "INBOX"), (BOB, "INBOX"), (BOB, "Archive"), (DAVE, "INBOX")):
             uids = [u for u, _ in mailbox_tokens(srv, addr, box)]
             assert uids == sorted(set(uids))
-            with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+            with open_db(d) as c:
                 nxt = c.execute("SELECT uidnext FROM mailboxes b JOIN accounts a ON a.id = b.account_id "
                                 "WHERE a.address = ? AND b.name = ?", (addr, box)).fetchone()[0]
             assert nxt >= max_uid.get((addr, box), 0)
@@ -168,7 +168,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path):
             time.sleep(0.2)
         assert "orphan blobs swept" in srv.log()
         assert srv.cli("audit-log", "verify").returncode == 0
-        with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+        with open_db(d) as c:
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             referenced = {r[0] for r in c.execute("SELECT blob_id FROM messages UNION SELECT blob_id FROM queue")}
         on_disk = {p.name for p in (d / "blobs").rglob("*") if p.is_file()}

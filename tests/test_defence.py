@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW, plain_b64, tls_client_context
+from conftest import open_db, ALICE, ALICE_PW, BOB, BOB_PW, plain_b64, tls_client_context
 
 # Keep the suite fast: the progressive delay tops out at 1 s here instead of 4 s. Every count,
 # window and ban length is the default.
@@ -65,7 +65,7 @@ def closed_without_reply(s):
 
 
 def audit_rows(server, where="1=1", args=()):
-    with sqlite3.connect(f"file:{server.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with open_db(server.dir) as c:
         return c.execute(f"SELECT event, ip, username, result, reason FROM audit_log WHERE {where} ORDER BY id", args).fetchall()
 
 

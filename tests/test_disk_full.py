@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import ALICE, BOB, BOB_PW, init_dir, start, tls_client_context
+from conftest import open_db, ALICE, BOB, BOB_PW, init_dir, start, tls_client_context
 
 
 def send(srv, size):
@@ -62,7 +62,7 @@ def test_disk_full_is_temporary_and_recoverable(small_disk):
         # space returns: mail is accepted again, nothing stored was damaged
         filler.unlink()
         confirmed.append(send(srv, 400_000))
-        with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+        with open_db(d) as c:
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         stored = [m for m in srv.inbox(ALICE)]
         for t in confirmed:

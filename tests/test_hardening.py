@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ALICE
+from conftest import open_db, ALICE
 from test_admin_api import create_admin, first_login
 from test_twofactor import totp
 
@@ -103,7 +103,7 @@ def test_wrong_codes_from_many_addresses_lock_the_second_factor_but_not_the_know
     # the known client still logs in (the same code: refused above before it was checked)
     c, r = login(srv, "admin", admin.pw, totp(admin.secret, time.time() + 30))
     assert c == 200, r
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as db:
+    with srv.db() as db:
         locks = db.execute("SELECT reason FROM audit_log WHERE event = 'second_factor_locked'").fetchall()
     assert len(locks) == 1 and "password is known" in locks[0][0]
     assert "second_factor_locked" in srv.log()
@@ -161,7 +161,7 @@ def test_allowlisted_networks_are_never_banned(make_server):
     # a ban stored by hand over the allowlisted network does not drop it
     p = srv.cli("ban", "add", "127.0.0.70", check=False)
     assert p.returncode != 0
-    with sqlite3.connect(str(srv.dir / "postern.db")) as db:
+    with open_db(srv.dir, write=True) as db:
         db.execute("INSERT INTO bans (target, until, reason, offences, created_at) VALUES "
                    "('127.0.0.64/26', ?, 'by hand', 1, 0)", (int(time.time()) + 3600,))
     time.sleep(3)
@@ -212,7 +212,7 @@ def verify(d):
 
 
 def test_edited_row_with_a_recomputed_sha256_chain_is_caught(chain):
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         rs = rows(db)
         target = rs[5]
         db.execute("UPDATE audit_log SET ip = '198.51.100.1' WHERE id = ?", (target[0],))
@@ -226,7 +226,7 @@ def test_edited_row_with_a_recomputed_sha256_chain_is_caught(chain):
 
 
 def test_rechaining_everything_is_caught(chain):
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         prev = ""
         for r in rows(db):
             h = sha_chain(prev, r)
@@ -237,21 +237,21 @@ def test_rechaining_everything_is_caught(chain):
 
 
 def test_deleting_the_first_rows_is_caught(chain):
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         db.execute("DELETE FROM audit_log WHERE id <= 3")
     p = verify(chain)
     assert p.returncode != 0 and "row 4" in p.stderr and "deleted" in p.stderr, p.stderr
 
 
 def test_deleting_rows_in_the_middle_is_caught(chain):
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         db.execute("DELETE FROM audit_log WHERE id IN (5, 6)")
     p = verify(chain)
     assert p.returncode != 0 and "5..7" in p.stderr, p.stderr
 
 
 def test_deleting_the_last_rows_is_caught_by_the_checkpoint(chain):
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         last = db.execute("SELECT MAX(id) FROM audit_log").fetchone()[0]
         db.execute("DELETE FROM audit_log WHERE id > ?", (last - 3,))
     p = verify(chain)
@@ -277,7 +277,7 @@ def test_a_forged_checkpoint_is_refused(chain):
 
 def test_retention_pruning_passes(chain):
     # rows made "old", then the retention the server runs hourly
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         db.execute("UPDATE audit_log SET ts = ts - 100 * 86400 WHERE id <= 6")
     cfg = chain / "postern.toml"
     # the table header at the start of a line (comments may name it too)
@@ -289,18 +289,18 @@ def test_retention_pruning_passes(chain):
     srv = start(chain, off)
     deadline = time.time() + 20
     while time.time() < deadline:
-        with sqlite3.connect(f"file:{chain / 'postern.db'}?mode=ro", uri=True) as db:
+        with open_db(chain) as db:
             if db.execute("SELECT COUNT(*) FROM audit_log WHERE event = 'audit_pruned'").fetchone()[0]:
                 break
         time.sleep(0.2)
     assert srv.stop() == 0
-    with sqlite3.connect(f"file:{chain / 'postern.db'}?mode=ro", uri=True) as db:
+    with open_db(chain) as db:
         first = db.execute("SELECT MIN(id) FROM audit_log").fetchone()[0]
     assert first == 7
     p = verify(chain)
     assert p.returncode == 0 and "intact" in p.stdout, p.stderr
     # and deleting one more old row after the pruning is still caught
-    with sqlite3.connect(str(chain / "postern.db")) as db:
+    with open_db(chain, write=True) as db:
         db.execute("DELETE FROM audit_log WHERE id = 7")
     p = verify(chain)
     assert p.returncode != 0, p.stdout
@@ -360,7 +360,7 @@ def test_administrators_change_reset_disable(admin):
     srv.cli("admin", "enable", "admin")
     c, _ = login(srv, "admin", out["password"], admin.recovery[-1])
     assert c == 200
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as db:
+    with srv.db() as db:
         events = [r[0] for r in db.execute("SELECT event FROM audit_log")]
     for e in ("admin_password_changed", "admin_password_reset", "admin_disabled", "admin_enabled"):
         assert e in events, e

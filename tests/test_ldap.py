@@ -186,7 +186,7 @@ def imap_login(srv, user, pw):
 
 def reasons(srv, user):
     time.sleep(0.3)
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return [r[0] for r in c.execute(
             "SELECT COALESCE(reason, result) FROM audit_log WHERE event = 'auth' AND username = ? ORDER BY id",
             (user,))]
@@ -222,7 +222,7 @@ def test_ldap_bind_as_user_provisioning_groups_injection_and_outage(make_server,
     assert reasons(srv, ERIN) == ["directory_denied"]
     for evil in ["*", "dave@example.test)(uid=*", "*)(|(mail=*"]:
         assert reasons(srv, evil) == ["unknown_user"], evil
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         assert c.execute("SELECT directory FROM accounts WHERE address = ?", (DAVE,)).fetchone()[0] == "ldap"
         assert c.execute("SELECT COUNT(*) FROM audit_log WHERE event = 'account_provisioned'").fetchone()[0] == 1
 
@@ -298,7 +298,7 @@ admin_groups = { superadmin = "(&(objectClass=groupOfNames)(cn=mail-admins)(memb
     # wins); the password step passes, and the second factor is still asked for
     code, r = api.call("POST", "/login", {"name": "desk", "password": DESK_PW})
     assert code == 401
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         rows = dict(c.execute("SELECT name, role FROM admins WHERE directory = 'ldap'").fetchall())
         denied = c.execute("SELECT COUNT(*) FROM audit_log WHERE protocol = 'admin-api' AND reason = 'directory_denied'").fetchone()[0]
         last_desk = c.execute("SELECT reason FROM audit_log WHERE protocol = 'admin-api' AND username = 'desk' "

@@ -140,7 +140,7 @@ def test_schemathesis_over_the_mail_users_api(make_server, tmp_path):
     # an app password was checked, and the wrong ones were counted as failed logins at door web
     # (which, repeated, ban the fuzzer's address, as they should)
     import sqlite3
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as db:
+    with srv.db() as db:
         n = db.execute("SELECT count(*) FROM audit_log WHERE event = 'auth' AND protocol = 'web' "
                        "AND username = ? AND result = 'failed'", (USER,)).fetchone()[0]
     assert n >= 1

@@ -31,7 +31,7 @@ def wait_notices(srv, n, timeout=5):
 
 
 def signin_events(srv):
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return c.execute("SELECT ip, protocol, mechanism, result, reason FROM audit_log "
                          "WHERE event = 'new_signin' ORDER BY id").fetchall()
 

@@ -147,7 +147,7 @@ def imap_oauth(srv, user, token, mech="OAUTHBEARER", source="127.0.0.1"):
 
 def audit_reasons(srv):
     time.sleep(0.3)
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return [r for r in c.execute(
             "SELECT mechanism, result, reason FROM audit_log WHERE event = 'auth' AND mechanism IN "
             "('OAUTHBEARER', 'XOAUTH2') ORDER BY id")]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BOB, BOB_PW
+from conftest import open_db, ALICE, ALICE_PW, BOB, BOB_PW
 from test_twofactor import enroll, imap_login, totp
 
 CHROMIUM = shutil.which("chromium")
@@ -136,7 +136,7 @@ def test_portal_two_factor_app_password_lifecycle(server, browser, tmp_path):
                          max_redirects=0)
     assert r.status == 303 and r.headers["location"] == "/account/login"
     # every change was audited with the user as its actor
-    with sqlite3.connect(server.dir / "postern.db") as db:
+    with open_db(server.dir, write=True) as db:
         rows = db.execute("SELECT event, actor FROM audit_log WHERE event LIKE 'app_password_%' "
                           "AND username = ?", (BOB,)).fetchall()
     assert ("app_password_created", f"web:{BOB}") in rows and ("app_password_revoked", f"web:{BOB}") in rows, rows
@@ -202,7 +202,7 @@ def test_portal_without_second_factor_and_on_a_phone(server, browser, tmp_path):
     assert "Your account is locked" in page.inner_text("main")
     page.goto(f"{base}/account")
     assert page.url.endswith("/account/login")
-    with sqlite3.connect(server.dir / "postern.db") as db:
+    with open_db(server.dir, write=True) as db:
         actors = dict(db.execute("SELECT event, actor FROM audit_log WHERE username = ? AND event IN "
                                  "('incident_locked', '2fa_enabled')", (ALICE,)).fetchall())
     assert actors == {"incident_locked": f"web:{ALICE}", "2fa_enabled": f"web:{ALICE}"}, actors
@@ -294,7 +294,7 @@ def test_portal_phone_profile_live_feedback_and_second_factor_management(make_se
     assert "Two-factor authentication is off." in page.inner_text(".notice")
     assert page.inner_text("#twofactor") == "off"
     assert imap_login(server, user, pw) == "ok"
-    with sqlite3.connect(server.dir / "postern.db") as db:
+    with open_db(server.dir, write=True) as db:
         events = [e for (e,) in db.execute("SELECT event FROM audit_log WHERE username = ? AND actor = ?",
                                            (user, f"web:{user}"))]
     assert "2fa_recovery_renewed" in events and "2fa_disabled" in events, events

@@ -121,7 +121,7 @@ def app_password(srv, name, *args, user=BOB):
 
 
 def audit_rows(srv, where):
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         return c.execute(f"SELECT username, mechanism, result, reason, protocol FROM audit_log WHERE {where}").fetchall()
 
 
@@ -138,7 +138,7 @@ def test_scram_with_app_passwords_on_imap_smtp_pop3(make_server):
     srv = make_server()
     phone = app_password(srv, "phone")
     # a verifier is made at creation, under the account's salt; no account verifier (off)
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         (v,) = c.execute("SELECT scram_verifier FROM app_passwords WHERE name = 'phone'").fetchone()
         salt, iters, acct = c.execute(
             "SELECT scram_salt, scram_iterations, scram_verifier FROM accounts WHERE address = ?", (BOB,)).fetchone()
@@ -326,7 +326,7 @@ def test_scram_for_account_passwords_setting(make_server):
     m.login(BOB, BOB_PW)
     m.logout()
     time.sleep(0.5)
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         assert c.execute("SELECT scram_verifier FROM accounts WHERE address = ?", (BOB,)).fetchone()[0] is None
     # on: an existing account gets its verifier at its next password login
     srv.stop()
@@ -366,6 +366,6 @@ def test_scram_for_account_passwords_setting(make_server):
     srv.stop()
     cfg.write_text(cfg.read_text().replace("scram_for_account_passwords = true", "scram_for_account_passwords = false"))
     srv.restart()
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         assert c.execute("SELECT COUNT(*) FROM accounts WHERE scram_verifier IS NOT NULL").fetchone()[0] == 0
     assert imap_scram(srv, BOB, app)[0]

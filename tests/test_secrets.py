@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BIN, free_offset, free_port, init_dir, run_cli, start, tls_client_context
+from conftest import open_db, ALICE, ALICE_PW, BIN, free_offset, free_port, init_dir, run_cli, start, tls_client_context
 
 VALUE = "relay-" + pysecrets.token_urlsafe(24)
 
@@ -35,7 +35,7 @@ def grep_tree(root: Path, needle: bytes):
 
 
 def audit(d, event):
-    with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+    with open_db(d) as c:
         return c.execute("SELECT username, actor, reason FROM audit_log WHERE event = ?", (event,)).fetchall()
 
 
@@ -178,7 +178,7 @@ def test_openbao_kv_and_transit(tmp_path, bao):
     bao.call("POST", "/v1/transit/keys/postern", {})
     out = run_cli(d, "secret", "rotate-master-key", "--to", "transit:postern").stdout
     assert "transit:transit/postern" in out
-    with sqlite3.connect(d / "postern.db") as c:
+    with open_db(d, write=True) as c:
         sealed = c.execute("SELECT sealed FROM secrets WHERE name = 'relay'").fetchone()[0]
     assert b"vault:v1:" in sealed and VALUE.encode() not in sealed
     assert run_cli(d, "secret", "reveal", "relay").stdout.strip() == VALUE
@@ -277,7 +277,7 @@ def test_dkim_keys_that_never_leave_openbao(tmp_path, bao):
                 s.sendmail(ALICE, ["someone@remote.test"],
                            f"From: {ALICE}\r\nTo: someone@remote.test\r\nSubject: {subject}\r\n"
                            f"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
-            with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+            with open_db(d) as c:
                 blob = c.execute("SELECT blob_id FROM queue ORDER BY id DESC LIMIT 1").fetchone()[0]
             queued = (d / "blobs" / blob[:2] / blob).read_bytes()
             assert subject.encode() in queued
@@ -288,7 +288,7 @@ def test_dkim_keys_that_never_leave_openbao(tmp_path, bao):
             assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: record), f"{algorithm} signature does not verify"
             assert not dkim.verify(signed.replace(b"hello", b"HELLO"), dnsfunc=lambda name, timeout=5: record)
         # no private key at rest: nothing sealed for these selectors
-        with sqlite3.connect(f"file:{d / 'postern.db'}?mode=ro", uri=True) as c:
+        with open_db(d) as c:
             names = [r[0] for r in c.execute("SELECT name FROM secrets")]
         assert not any(n.startswith("dkim:") for n in names), names
         # OpenBao stops: the message is still accepted and queued, unsigned (logged), never lost

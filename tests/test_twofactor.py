@@ -112,7 +112,7 @@ def test_totp_turns_the_password_off_for_mail(make_server):
     p = srv.cli("user", "2fa", "disable", BOB, stdin=recovery[0] + "\n", check=False)
     assert p.returncode == 0, p.stderr
     assert imap_login(srv, BOB, BOB_PW) == "ok"
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         events = [r[0] for r in c.execute("SELECT event FROM audit_log WHERE username = ?", (BOB,))]
         reasons = {r[0] for r in c.execute("SELECT reason FROM audit_log WHERE event = 'auth'")}
     assert "2fa_enabled" in events and "2fa_disabled" in events and "2fa_code_refused" in events
@@ -138,6 +138,6 @@ def test_codes_are_single_use_and_admin_override(make_server):
     assert srv.cli("user", "2fa", "disable", BOB, "--admin-override", check=False).returncode != 0
     srv.cli("user", "2fa", "disable", BOB, "--admin-override", "--reason", "lost phone, ticket 42")
     assert "off" in srv.cli("user", "2fa", "status", BOB).stdout
-    with sqlite3.connect(f"file:{srv.dir / 'postern.db'}?mode=ro", uri=True) as c:
+    with srv.db() as c:
         reason = c.execute("SELECT reason FROM audit_log WHERE event = '2fa_disabled'").fetchone()[0]
     assert "ticket 42" in reason

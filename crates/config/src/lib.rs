@@ -981,6 +981,16 @@ pub struct ClusterConfig {
     pub node_name: Option<String>,
 }
 
+impl Config {
+    /// This node's name in a cluster: `[cluster] node_name`, else `[server] hostname`.
+    pub fn node_name(&self) -> String {
+        self.cluster
+            .node_name
+            .clone()
+            .unwrap_or_else(|| self.server.hostname.clone())
+    }
+}
+
 /// A listener for mail users only: the self-service portal (`/account`), its JSON API
 /// (`/api/v1/me/…`) and client autoconfiguration, over HTTPS with the mail listeners'
 /// certificate. The administrators' console and API are not served there, so `[admin] listen`
@@ -1022,9 +1032,21 @@ fn d_admin_body() -> usize {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// SQLite database file.
+    /// The database: a SQLite file (the default, one node), or a PostgreSQL URL
+    /// `postgres://USER@HOST:PORT/DB` that several nodes share (its password in
+    /// `database_password`, never in the URL).
     #[serde(default = "d_db")]
     pub database: PathBuf,
+    /// The PostgreSQL password: a reference (`env:NAME`, `file:PATH`, `vault:MOUNT/PATH#FIELD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_password: Option<String>,
+    /// PostgreSQL: connections this node keeps for reads (writes use one more).
+    #[serde(default = "d_pool_size")]
+    pub pool_size: u32,
+    /// Where message bodies are kept: `"files"` (the `blobs` directory, the SQLite default) or
+    /// `"database"` (rows of the PostgreSQL database, its default: every node reads every body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bodies: Option<BodiesIn>,
     /// Directory of message bodies.
     #[serde(default = "d_blobs")]
     pub blobs: PathBuf,
@@ -1039,10 +1061,42 @@ pub struct StorageConfig {
     pub default_quota_mb: u64,
 }
 
+fn d_pool_size() -> u32 {
+    8
+}
+
+/// `[storage] bodies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodiesIn {
+    Files,
+    Database,
+}
+
+impl StorageConfig {
+    /// Whether message bodies are rows of the database (the default on PostgreSQL).
+    pub fn bodies_in_database(&self) -> bool {
+        match self.bodies {
+            Some(b) => b == BodiesIn::Database,
+            None => self.postgres_url().is_some(),
+        }
+    }
+
+    /// The PostgreSQL URL when `database` is one (`postgres://` or `postgresql://`).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database
+            .to_str()
+            .filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             database: d_db(),
+            database_password: None,
+            pool_size: d_pool_size(),
+            bodies: None,
             blobs: d_blobs(),
             batch_sync: true,
             default_quota_mb: 0,
@@ -1791,6 +1845,12 @@ impl Config {
             );
         }
         let b = &self.backup;
+        if b.dir.is_some() && self.storage.postgres_url().is_some() {
+            return Err(
+                "backup.dir: scheduled backups copy a SQLite installation; on PostgreSQL use its own tools (pg_dump, continuous archiving)"
+                    .into(),
+            );
+        }
         if b.dir.is_some() != b.key.is_some() {
             return Err(
                 "backup.dir and backup.key go together: scheduled backups need both".into(),
@@ -1930,6 +1990,35 @@ impl Config {
             && self.secrets.vault_addr.is_none()
         {
             return Err(format!("secrets.master_key {m:?} needs secrets.vault_addr"));
+        }
+        if let Some(u) = self.storage.postgres_url() {
+            let rest = &u[u.find("://").map_or(0, |i| i + 3)..];
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            if authority
+                .split('@')
+                .next()
+                .is_some_and(|userinfo| authority.contains('@') && userinfo.contains(':'))
+            {
+                return Err(
+                    "storage.database must not carry a password: use storage.database_password = \"env:NAME\" (or file:, vault:)"
+                        .into(),
+                );
+            }
+        }
+        if self.storage.bodies == Some(BodiesIn::Database) && self.storage.postgres_url().is_none()
+        {
+            return Err("storage.bodies = \"database\" needs a postgres:// database".into());
+        }
+        if let Some(p) = &self.storage.database_password {
+            if self.storage.postgres_url().is_none() {
+                return Err("storage.database_password is for a postgres:// database".into());
+            }
+            if !["env:", "file:", "vault:"].iter().any(|k| p.starts_with(k)) {
+                return Err(
+                    "storage.database_password must be a reference (env:NAME, file:PATH, vault:…), not the password"
+                        .into(),
+                );
+            }
         }
         if let Some(r) = &self.cluster.redis {
             if !(r.starts_with("redis://") || r.starts_with("rediss://")) {
@@ -2194,6 +2283,15 @@ mod tests {
                 .unwrap()
                 .validate()
         };
+        c("[storage]\ndatabase='postgres://mail@127.0.0.1:5432/mail'\ndatabase_password='env:P'\n")
+            .unwrap();
+        let e = c("[storage]\ndatabase='postgres://mail:pw@127.0.0.1/mail'\n").unwrap_err();
+        assert!(e.contains("must not carry a password"), "{e}");
+        let e = c("[storage]\ndatabase='postgres://mail@h/mail'\ndatabase_password='pw'\n")
+            .unwrap_err();
+        assert!(e.contains("must be a reference"), "{e}");
+        let e = c("[storage]\ndatabase_password='env:P'\n").unwrap_err();
+        assert!(e.contains("postgres://"), "{e}");
         c("[cluster]\nredis='redis://127.0.0.1:6379'\nredis_password='env:R'\n").unwrap();
         let e = c("[cluster]\nredis='redis://:pw@127.0.0.1:6379'\n").unwrap_err();
         assert!(e.contains("must not carry a password"), "{e}");

@@ -405,7 +405,7 @@ impl Session {
             return self.err("Command not valid in this state");
         };
         let m = d.message(index).clone();
-        let data = match self.srv.store.blobs().get(&m.blob_id) {
+        let data = match self.srv.store.body(&m.blob_id).await {
             Ok(b) => b,
             Err(e) => {
                 // Expunged by another session between the check and the read: gone for good,

@@ -306,6 +306,12 @@ pub async fn create(
     if to.exists() {
         bail!("{} exists; a backup never overwrites a file", to.display());
     }
+    if cfg.storage.postgres_url().is_some() {
+        bail!(
+            "`postern backup` copies a SQLite installation; on PostgreSQL back up the database with \
+             its own tools (pg_dump, or continuous archiving), which see every node's writes"
+        );
+    }
     if cfg.storage.database.is_absolute() || cfg.storage.blobs.is_absolute() {
         bail!("[storage] database and blobs must be relative to the configuration's directory for a backup that can be restored elsewhere");
     }

@@ -1,4 +1,5 @@
-//! `[cluster]`: state shared by several Postern nodes. Today: bans, in Redis.
+//! `[cluster]`: state shared by several Postern nodes through Redis: bans, and mailbox change
+//! notifications.
 //!
 //! A ban is a field of the hash `postern:bans` (the network, then its end, reason, offences and
 //! the node that made it, as JSON: addresses of attackers, no secret) and is announced on the
@@ -6,6 +7,11 @@
 //! one node (by its guard, the API, the console or the CLI) is refused by all within a moment,
 //! and a lift is lifted everywhere. When Redis cannot be reached, a node keeps serving with its
 //! own bans (kept in its database, logged), and moves them to Redis once it answers again.
+//!
+//! A change to an account's mailboxes (a delivery, an APPEND, flags, an expunge) is announced on
+//! the channel `postern:changes` as `NODE ACCOUNT_ID` (a number, nothing else); the other nodes
+//! wake their sessions of that account (IDLE, NOTIFY), which then read the shared database. When
+//! Redis is down, sessions on other nodes see the change at their next command or IDLE poll.
 //!
 //! Redis's client (`redis`, with its connection manager, which reconnects) is used as is; the
 //! listener reconnects and resubscribes by itself, and reloads the bans after each reconnection.
@@ -23,6 +29,7 @@ use redis::{AsyncCommands, IntoConnectionInfo};
 
 const KEY: &str = "postern:bans";
 const CHANNEL: &str = "postern:bans";
+const CHANGES: &str = "postern:changes";
 /// How long a Redis call may take before the node falls back on its own state.
 const CALL: Duration = Duration::from_millis(800);
 
@@ -156,35 +163,68 @@ pub async fn attach(
         None => None,
     };
     let client = client(url, password.as_ref().map(|p| p.as_str()))?;
-    let node = cfg
-        .cluster
-        .node_name
-        .clone()
-        .unwrap_or_else(|| cfg.server.hostname.clone());
+    let node = cfg.node_name();
     store.share_bans(Arc::new(RedisBans {
         client: client.clone(),
         conn: tokio::sync::Mutex::new(None),
-        node,
+        node: node.clone(),
     }));
     Ok(Some(client))
 }
 
+/// Announces this node's mailbox changes to the other nodes (a server, not a CLI command: the
+/// store's change bus is what its sessions wait on). Changes are queued (a bounded queue; when
+/// Redis is slow or down the oldest wait, and what does not fit is dropped: other nodes' sessions
+/// then see it at their next poll) and published by one task.
+pub fn relay_changes(client: redis::Client, store: &postern_store::Store, node: String) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<i64>(4096);
+    store.changes().relay_to(Box::new(move |account| {
+        let _ = tx.try_send(account);
+    }));
+    tokio::spawn(async move {
+        let mut conn: Option<ConnectionManager> = None;
+        while let Some(account) = rx.recv().await {
+            if conn.is_none() {
+                conn = tokio::time::timeout(CALL, client.get_connection_manager())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let msg = format!("{node} {account}");
+            match tokio::time::timeout(CALL, c.publish::<_, _, i64>(CHANGES, msg)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not announce a mailbox change"),
+                Err(_) => tracing::debug!("announcing a mailbox change timed out"),
+            }
+        }
+    });
+}
+
 /// Listens for other nodes' ban changes and reloads the guard's bans at each (and after each
-/// reconnection, in case one was missed), until the process ends.
-pub fn listen(client: redis::Client, guard: Arc<Guard>) {
+/// reconnection, in case one was missed), and for their mailbox changes, which wake this node's
+/// sessions of the account; until the process ends.
+pub fn listen(client: redis::Client, guard: Arc<Guard>, store: postern_store::Store, node: String) {
     tokio::spawn(async move {
         let mut down_since: Option<std::time::Instant> = None;
         loop {
             match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
+                Ok(mut pubsub) => match pubsub.subscribe(&[CHANNEL, CHANGES]).await {
                     Ok(()) => {
                         if down_since.take().is_some() {
                             tracing::info!("Redis answers again: bans are shared again");
                         }
                         guard.sync_bans().await;
                         let mut messages = pubsub.on_message();
-                        while messages.next().await.is_some() {
-                            guard.sync_bans().await;
+                        while let Some(m) = messages.next().await {
+                            if m.get_channel_name() == CHANGES {
+                                let text: String = m.get_payload().unwrap_or_default();
+                                if let Some(account) = foreign_change(&text, &node) {
+                                    store.changes().notify_local(account);
+                                }
+                            } else {
+                                guard.sync_bans().await;
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "Redis subscription failed"),
@@ -205,4 +245,23 @@ pub fn listen(client: redis::Client, guard: Arc<Guard>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
+}
+
+/// The account of a change announced by another node (`NODE ACCOUNT_ID`); None for this node's
+/// own announcements and anything malformed.
+fn foreign_change(text: &str, me: &str) -> Option<i64> {
+    let (node, account) = text.rsplit_once(' ')?;
+    (node != me).then(|| account.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn changes_of_other_nodes_only() {
+        assert_eq!(super::foreign_change("b 42", "a"), Some(42));
+        assert_eq!(super::foreign_change("a 42", "a"), None);
+        assert_eq!(super::foreign_change("mail b.example 7", "a"), Some(7));
+        assert_eq!(super::foreign_change("b x", "a"), None);
+        assert_eq!(super::foreign_change("", "a"), None);
+    }
 }

@@ -41,18 +41,65 @@ pub async fn open_store(cfg: &Config) -> Result<Store> {
 /// [`open_store`] without opening the master key (for `check-config`, which says what it finds
 /// instead of creating anything).
 pub async fn open_store_plain(cfg: &Config) -> Result<Store> {
-    let db = cfg.path(&cfg.storage.database);
-    let blobs = cfg.path(&cfg.storage.blobs);
+    let anchor = lock_anchor(cfg);
     let what = COMMAND.get().map_or("cli", String::as_str);
-    let ctx = || format!("opening the database {}", db.display());
-    match postern_store::lock::DataLock::exclusive(&db, what) {
-        Ok(lock) => Ok(Store::open(&db, &blobs)
-            .await
-            .with_context(ctx)?
-            .with_lock(lock)),
-        Err(postern_store::lock::LockError::Held { .. }) => Store::open_beside_server(&db, &blobs)
-            .await
-            .with_context(ctx),
+    match postern_store::lock::DataLock::exclusive(&anchor, what) {
+        Ok(lock) => Ok(open_database(cfg, true).await?.with_lock(lock)),
+        Err(postern_store::lock::LockError::Held { .. }) => open_database(cfg, false).await,
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The path this node's data directory lock is named after: the SQLite file, or (on
+/// PostgreSQL, where the database is shared and only the bodies are this node's) the blob
+/// directory.
+pub fn lock_anchor(cfg: &Config) -> std::path::PathBuf {
+    match cfg.storage.postgres_url() {
+        Some(_) => cfg.path(&cfg.storage.blobs),
+        None => cfg.path(&cfg.storage.database),
+    }
+}
+
+/// Opens the configured database, SQLite or PostgreSQL; `may_migrate` when this process holds
+/// the data directory's lock.
+pub async fn open_database(cfg: &Config, may_migrate: bool) -> Result<Store> {
+    let blobs = cfg.path(&cfg.storage.blobs);
+    if let Some(url) = cfg.storage.postgres_url() {
+        let password = match &cfg.storage.database_password {
+            Some(r) => {
+                Some(crate::keys::resolve_before_store(cfg, r, "storage.database_password").await?)
+            }
+            None => None,
+        };
+        return Store::open_postgres(
+            url,
+            password.as_deref().map(String::as_str),
+            cfg.storage.pool_size,
+            &blobs,
+            cfg.storage.bodies_in_database(),
+            may_migrate,
+        )
+        .await
+        .with_context(|| format!("opening the database {}", redact_url(url)));
+    }
+    let db = cfg.path(&cfg.storage.database);
+    let ctx = || format!("opening the database {}", db.display());
+    if may_migrate {
+        Store::open(&db, &blobs).await.with_context(ctx)
+    } else {
+        Store::open_beside_server(&db, &blobs)
+            .await
+            .with_context(ctx)
+    }
+}
+
+/// A database URL for messages: the user and host, never a password.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(a database URL that does not parse)".into(),
     }
 }

@@ -39,6 +39,20 @@ fn read_simple_ref(r: &str, cfg: &Config) -> Result<Zeroizing<String>> {
     bail!("{r:?}: expected env:NAME or file:PATH")
 }
 
+/// Resolves a reference needed before the database is open (`[storage] database_password`):
+/// `env:`, `file:` or `vault:` (the read is logged, since the audit log is not open yet).
+pub async fn resolve_before_store(cfg: &Config, r: &str, why: &str) -> Result<Zeroizing<String>> {
+    if let Some(v) = r.strip_prefix("vault:") {
+        let settings =
+            vault_settings(cfg)?.context("a vault: reference needs [secrets] vault_addr")?;
+        let client = postern_secrets::vault::Client::connect(&settings).await?;
+        let value = client.kv2_field(v).await?;
+        tracing::info!(reference = r, why, "read a secret from the secret manager");
+        return Ok(value);
+    }
+    read_simple_ref(r, cfg).with_context(|| format!("resolving {why}"))
+}
+
 fn check_private(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)

@@ -39,14 +39,12 @@ pub fn init_logging(cfg: &Config, format: Option<LogFormat>) {
 /// Opens the store for `serve`/`demo`: the data directory's lock first (a second server on the
 /// same directory stops here, before it touches anything), then migrations.
 async fn open_store_exclusive(cfg: &Config, what: &str) -> Result<Store> {
-    let db = cfg.path(&cfg.storage.database);
-    let blobs = cfg.path(&cfg.storage.blobs);
+    let anchor = crate::datadir::lock_anchor(cfg);
     // A CLI command may hold the lock for a moment: wait for it, never for another server.
     let lock =
-        postern_store::lock::DataLock::exclusive_waiting(&db, what, Duration::from_secs(10))?;
-    Ok(Store::open(&db, &blobs)
-        .await
-        .with_context(|| format!("opening the database {}", db.display()))?
+        postern_store::lock::DataLock::exclusive_waiting(&anchor, what, Duration::from_secs(10))?;
+    Ok(crate::datadir::open_database(cfg, true)
+        .await?
         .with_lock(lock))
 }
 
@@ -92,7 +90,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         .await
         .context("opening the audit chain's key")?;
     let checkpoints = spawn_checkpoints(&cfg, &store);
-    // [cluster]: bans shared with the other nodes through Redis
+    // [cluster]: bans and mailbox changes shared with the other nodes through Redis
     let redis = crate::cluster::attach(&cfg, &store, &keys).await?;
     let a = &cfg.auth;
     let hasher = postern_auth::Argon2Hasher::new(
@@ -114,7 +112,8 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     ));
     guard.sync_bans().await;
     if let Some(client) = redis {
-        crate::cluster::listen(client, guard.clone());
+        crate::cluster::relay_changes(client.clone(), &store, cfg.node_name());
+        crate::cluster::listen(client, guard.clone(), store.clone(), cfg.node_name());
     }
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
     // and the identity providers' keys.
@@ -199,7 +198,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
     // Bans added or lifted with `postern ban` reach the running server within 2 s, rotated
     // application secrets are retired (and audited) within 2 s of their grace period's end; once
     // an hour the audit log is trimmed to its retention, greylisting state expires and the DMARC
-    // aggregate reports of finished days are sent.
+    // aggregate reports of finished days are sent. Several nodes on one database take turns: the
+    // hourly work runs on the node that claims it (every 2 minutes each node tries; one claim
+    // per hour succeeds), never on two at once.
     {
         let guard = guard.clone();
         let store = store.clone();
@@ -208,6 +209,7 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let certs = certs.clone();
         let dns = dns.clone();
         let cfg = cfg.clone();
+        let node = cfg.node_name();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             let mut n: u64 = 0;
@@ -235,7 +237,22 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                     tracing::warn!(error = %e, "retiring rotated application secrets failed");
                 }
                 n += 1;
-                if n % 1800 == 1 {
+                let hourly = n % 60 == 1
+                    && match store.claim_job("hourly", 3600, &node).await {
+                        Ok(claimed) => claimed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claiming the hourly jobs failed");
+                            false
+                        }
+                    };
+                if hourly {
+                    if store.blobs().is_database() {
+                        match store.sweep_bodies().await {
+                            Ok(n) if n > 0 => tracing::info!(removed = n, "unused bodies swept"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "sweeping unused bodies failed"),
+                        }
+                    }
                     if let Err(e) = store.prune_audit(retention).await {
                         tracing::warn!(error = %e, "audit log retention failed");
                     }

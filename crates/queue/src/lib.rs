@@ -148,9 +148,11 @@ impl Delivery {
     pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             let now = postern_store::now();
-            match self.store.due_messages(now, 256).await {
+            // lease no more than the free workers can start: what is leased waits for a worker
+            let free = self.workers.available_permits().clamp(1, 256) as i64;
+            match self.store.lease_due(now, free).await {
                 Ok(ids) => {
-                    for id in ids {
+                    for (k, &id) in ids.iter().enumerate() {
                         if !self
                             .in_flight
                             .lock()
@@ -161,7 +163,13 @@ impl Delivery {
                         }
                         let permit = tokio::select! {
                             p = self.workers.clone().acquire_owned() => p.expect("never closed"),
-                            _ = shutdown.cancelled() => return self.drain().await,
+                            _ = shutdown.cancelled() => {
+                                // the leases of what was not started go back: due at once again
+                                if let Err(e) = self.store.release_leases(&ids[k..], now).await {
+                                    tracing::warn!(error = %e, "releasing queue leases failed");
+                                }
+                                return self.drain().await;
+                            }
                         };
                         let me = self.clone();
                         tokio::spawn(async move {

@@ -13,7 +13,7 @@ impl Store {
     /// already be an account or an alias.
     pub async fn add_account(&self, address: &EmailAddress, password_hash: &str) -> Result<i64> {
         let mut tx = self.write.begin().await?;
-        let domain_id: i64 = sqlx::query("SELECT id FROM domains WHERE name = ?")
+        let domain_id: i64 = sqlx::query("SELECT id FROM domains WHERE name = $1")
             .bind(address.domain())
             .fetch_optional(&mut *tx)
             .await?
@@ -24,7 +24,7 @@ impl Store {
                 ))
             })?
             .try_get(0)?;
-        if sqlx::query("SELECT 1 FROM accounts WHERE address = ?1 UNION ALL SELECT 1 FROM aliases WHERE address = ?1")
+        if sqlx::query("SELECT 1 FROM accounts WHERE address = $1 UNION ALL SELECT 1 FROM aliases WHERE address = $1")
             .bind(address.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -35,7 +35,7 @@ impl Store {
         let t = now();
         let id: i64 = sqlx::query(
             "INSERT INTO accounts (address, domain_id, password_hash, created_at, password_changed_at)
-             VALUES (?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(address.as_str())
         .bind(domain_id)
@@ -47,7 +47,7 @@ impl Store {
         .try_get(0)?;
         for (i, (name, special)) in DEFAULT_MAILBOXES.iter().enumerate() {
             // UIDVALIDITY: creation time plus an offset, unique per mailbox of the account.
-            sqlx::query("INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)")
+            sqlx::query("INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES ($1, $2, $3, $4)")
                 .bind(id)
                 .bind(*name)
                 .bind(*special)
@@ -71,7 +71,7 @@ impl Store {
         keep: u32,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("SELECT id, password_hash FROM accounts WHERE address = ?")
+        let row = sqlx::query("SELECT id, password_hash FROM accounts WHERE address = $1")
             .bind(address.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -79,7 +79,7 @@ impl Store {
         let (id, old): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
         if keep > 0 {
             sqlx::query(
-                "INSERT INTO password_history (account_id, hash, replaced_at) VALUES (?, ?, ?)",
+                "INSERT INTO password_history (account_id, hash, replaced_at) VALUES ($1, $2, $3)",
             )
             .bind(id)
             .bind(&old)
@@ -88,8 +88,8 @@ impl Store {
             .await?;
         }
         sqlx::query(
-            "DELETE FROM password_history WHERE account_id = ?1 AND rowid NOT IN
-             (SELECT rowid FROM password_history WHERE account_id = ?1 ORDER BY replaced_at DESC, rowid DESC LIMIT ?2)",
+            "DELETE FROM password_history WHERE account_id = $1 AND rowid NOT IN
+             (SELECT rowid FROM password_history WHERE account_id = $1 ORDER BY replaced_at DESC, rowid DESC LIMIT $2)",
         )
         .bind(id)
         .bind(keep as i64)
@@ -97,8 +97,8 @@ impl Store {
         .await?;
         sqlx::query(
             // The SCRAM verifier of the old password goes with it.
-            "UPDATE accounts SET password_hash = ?, password_changed_at = ?, must_change_password = 0,
-                                 scram_verifier = NULL WHERE id = ?",
+            "UPDATE accounts SET password_hash = $1, password_changed_at = $2, must_change_password = 0,
+                                 scram_verifier = NULL WHERE id = $3",
         )
         .bind(password_hash)
         .bind(now())
@@ -118,14 +118,14 @@ impl Store {
         let id = self.account(address).await?.id;
         let mut out: Vec<String> =
             vec![
-                sqlx::query("SELECT password_hash FROM accounts WHERE id = ?")
+                sqlx::query("SELECT password_hash FROM accounts WHERE id = $1")
                     .bind(id)
                     .fetch_one(&self.read)
                     .await?
                     .try_get(0)?,
             ];
         let rows = sqlx::query(
-            "SELECT hash FROM password_history WHERE account_id = ? ORDER BY replaced_at DESC, rowid DESC LIMIT ?",
+            "SELECT hash FROM password_history WHERE account_id = $1 ORDER BY replaced_at DESC, rowid DESC LIMIT $2",
         )
         .bind(id)
         .bind(n as i64)
@@ -138,7 +138,7 @@ impl Store {
     }
 
     pub async fn must_change_password(&self, account_id: i64) -> Result<bool> {
-        let v: i64 = sqlx::query("SELECT must_change_password FROM accounts WHERE id = ?")
+        let v: i64 = sqlx::query("SELECT must_change_password FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_one(&self.read)
             .await?
@@ -151,7 +151,7 @@ impl Store {
     async fn update_account<'q>(
         &self,
         address: &'q EmailAddress,
-        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     ) -> Result<()> {
         let r = q.bind(address.as_str()).execute(&self.write).await?;
         if r.rows_affected() == 0 {
@@ -164,7 +164,7 @@ impl Store {
     pub async fn expire_password(&self, address: &EmailAddress) -> Result<()> {
         self.update_account(
             address,
-            sqlx::query("UPDATE accounts SET must_change_password = 1 WHERE address = ?"),
+            sqlx::query("UPDATE accounts SET must_change_password = 1 WHERE address = $1"),
         )
         .await
     }
@@ -172,7 +172,8 @@ impl Store {
     pub async fn set_disabled(&self, address: &EmailAddress, disabled: bool) -> Result<()> {
         self.update_account(
             address,
-            sqlx::query("UPDATE accounts SET disabled = ? WHERE address = ?").bind(disabled),
+            sqlx::query("UPDATE accounts SET disabled = $1 WHERE address = $2")
+                .bind(i64::from(disabled)),
         )
         .await
     }
@@ -180,7 +181,8 @@ impl Store {
     pub async fn set_received_details(&self, address: &EmailAddress, on: bool) -> Result<()> {
         self.update_account(
             address,
-            sqlx::query("UPDATE accounts SET received_details = ? WHERE address = ?").bind(on),
+            sqlx::query("UPDATE accounts SET received_details = $1 WHERE address = $2")
+                .bind(i64::from(on)),
         )
         .await
     }
@@ -193,7 +195,7 @@ impl Store {
     ) -> Result<()> {
         self.update_account(
             address,
-            sqlx::query("UPDATE accounts SET allowed_networks = ? WHERE address = ?")
+            sqlx::query("UPDATE accounts SET allowed_networks = $1 WHERE address = $2")
                 .bind(nets.join(",")),
         )
         .await
@@ -205,7 +207,7 @@ impl Store {
         messages: Option<u32>,
         recipients: Option<u32>,
     ) -> Result<()> {
-        self.update_account(address, sqlx::query("UPDATE accounts SET send_messages_per_hour = ?, send_recipients_per_hour = ? WHERE address = ?")
+        self.update_account(address, sqlx::query("UPDATE accounts SET send_messages_per_hour = $1, send_recipients_per_hour = $2 WHERE address = $3")
             .bind(messages.map(i64::from))
             .bind(recipients.map(i64::from)))
             .await
@@ -214,7 +216,7 @@ impl Store {
     /// Per-account overrides of the hourly send limits (messages, recipients).
     pub async fn send_limits(&self, account_id: i64) -> Result<(Option<u32>, Option<u32>)> {
         let r = sqlx::query(
-            "SELECT send_messages_per_hour, send_recipients_per_hour FROM accounts WHERE id = ?",
+            "SELECT send_messages_per_hour, send_recipients_per_hour FROM accounts WHERE id = $1",
         )
         .bind(account_id)
         .fetch_one(&self.read)
@@ -226,7 +228,7 @@ impl Store {
     }
 
     pub async fn allowed_networks(&self, account_id: i64) -> Result<Vec<String>> {
-        let v: String = sqlx::query("SELECT allowed_networks FROM accounts WHERE id = ?")
+        let v: String = sqlx::query("SELECT allowed_networks FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_one(&self.read)
             .await?
@@ -240,7 +242,8 @@ impl Store {
     pub async fn set_pop3_enabled(&self, address: &EmailAddress, on: bool) -> Result<()> {
         self.update_account(
             address,
-            sqlx::query("UPDATE accounts SET pop3_enabled = ? WHERE address = ?").bind(on),
+            sqlx::query("UPDATE accounts SET pop3_enabled = $1 WHERE address = $2")
+                .bind(i64::from(on)),
         )
         .await
     }
@@ -248,14 +251,14 @@ impl Store {
     /// Removes an account, its aliases, mailboxes and messages, and the bodies no longer referenced.
     pub async fn remove_account(&self, address: &EmailAddress) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = ?")
+        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = $1")
             .bind(address.as_str())
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?
             .try_get(0)?;
         let blobs: Vec<String> = sqlx::query(
-            "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = ?",
+            "SELECT DISTINCT m.blob_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = $1",
         )
         .bind(id)
         .fetch_all(&mut *tx)
@@ -263,19 +266,19 @@ impl Store {
         .iter()
         .map(|r| r.try_get(0))
         .collect::<std::result::Result<_, _>>()?;
-        sqlx::query("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)")
+        sqlx::query("DELETE FROM messages WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = $1)")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM vanished WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = ?)")
+        sqlx::query("DELETE FROM vanished WHERE mailbox_id IN (SELECT id FROM mailboxes WHERE account_id = $1)")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM mailboxes WHERE account_id = ?")
+        sqlx::query("DELETE FROM mailboxes WHERE account_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM aliases WHERE account_id = ?")
+        sqlx::query("DELETE FROM aliases WHERE account_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -289,19 +292,19 @@ impl Store {
             "passkey_users",
         ] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE owner = ?"
+                "DELETE FROM {table} WHERE owner = $1"
             )))
             .bind(&owner)
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("DELETE FROM accounts WHERE id = ?")
+        sqlx::query("DELETE FROM accounts WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         let mut orphans = Vec::new();
         for b in blobs {
-            let used = sqlx::query("SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1")
+            let used = sqlx::query("SELECT 1 FROM messages WHERE blob_id = $1 UNION ALL SELECT 1 FROM queue WHERE blob_id = $1 LIMIT 1")
                 .bind(&b)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -315,7 +318,7 @@ impl Store {
         Ok(())
     }
 
-    fn account_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AccountInfo> {
+    fn account_from_row(r: &sqlx::any::AnyRow) -> Result<AccountInfo> {
         Ok(sqlx::FromRow::from_row(r)?)
     }
 
@@ -327,7 +330,7 @@ impl Store {
     }
 
     pub async fn account(&self, address: &EmailAddress) -> Result<AccountInfo> {
-        let row = sqlx::query("SELECT id, address, disabled, received_details, created_at, password_changed_at FROM accounts WHERE address = ?")
+        let row = sqlx::query("SELECT id, address, disabled, received_details, created_at, password_changed_at FROM accounts WHERE address = $1")
             .bind(address.as_str())
             .fetch_optional(&self.read)
             .await?
@@ -336,7 +339,7 @@ impl Store {
     }
 
     pub async fn account_by_id(&self, id: i64) -> Result<AccountInfo> {
-        let row = sqlx::query("SELECT id, address, disabled, received_details, created_at, password_changed_at FROM accounts WHERE id = ?")
+        let row = sqlx::query("SELECT id, address, disabled, received_details, created_at, password_changed_at FROM accounts WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.read)
             .await?
@@ -347,9 +350,9 @@ impl Store {
     pub async fn mailboxes(&self, account_id: i64) -> Result<Vec<MailboxInfo>> {
         let rows = sqlx::query(
             "SELECT b.name, b.special_use, b.uidvalidity, b.uidnext,
-                    COUNT(m.id) AS n, COALESCE(SUM(m.size), 0) AS bytes
+                    COUNT(m.id) AS n, CAST(COALESCE(SUM(m.size), 0) AS BIGINT) AS bytes
              FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id
-             WHERE b.account_id = ? GROUP BY b.id ORDER BY b.id",
+             WHERE b.account_id = $1 GROUP BY b.id ORDER BY b.id",
         )
         .bind(account_id)
         .fetch_all(&self.read)
@@ -372,7 +375,7 @@ impl Store {
     pub async fn messages(&self, account_id: i64, mailbox: &str) -> Result<Vec<StoredMessage>> {
         let rows = sqlx::query(
             "SELECT m.uid, m.blob_id, m.size, m.internal_date FROM messages m
-             JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = ? AND b.name = ? ORDER BY m.uid",
+             JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = $1 AND b.name = $2 ORDER BY m.uid",
         )
         .bind(account_id)
         .bind(mailbox)

@@ -37,7 +37,7 @@ fn split(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn admin(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<AdminInfo, sqlx::Error> {
+fn admin(r: &sqlx::any::AnyRow) -> std::result::Result<AdminInfo, sqlx::Error> {
     Ok(AdminInfo {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -49,7 +49,7 @@ fn admin(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<AdminInfo, sqlx::Er
     })
 }
 
-fn api_key(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<ApiKeyInfo, sqlx::Error> {
+fn api_key(r: &sqlx::any::AnyRow) -> std::result::Result<ApiKeyInfo, sqlx::Error> {
     Ok(ApiKeyInfo {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -69,7 +69,7 @@ impl Store {
     /// Whether the administrator `name` exists and came from a directory.
     pub async fn admin_from_directory(&self, name: &str) -> Result<Option<bool>> {
         Ok(
-            sqlx::query("SELECT directory IS NOT NULL FROM admins WHERE name = ?")
+            sqlx::query("SELECT directory IS NOT NULL FROM admins WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.read)
                 .await?
@@ -89,8 +89,8 @@ impl Store {
     ) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO admins (name, password_hash, role, domains, created_at, created_by, directory)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'directory', 'ldap')
-             ON CONFLICT (name) DO UPDATE SET role = ?3, domains = ?4 WHERE admins.directory IS NOT NULL",
+             VALUES ($1, $2, $3, $4, $5, 'directory', 'ldap')
+             ON CONFLICT (name) DO UPDATE SET role = $3, domains = $4 WHERE admins.directory IS NOT NULL",
         )
         .bind(name)
         .bind(unusable_phc)
@@ -124,7 +124,7 @@ impl Store {
     ) -> Result<i64> {
         let r = sqlx::query(
             "INSERT INTO admins (name, password_hash, role, domains, created_at, created_by)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(name)
         .bind(password_hash)
@@ -132,9 +132,9 @@ impl Store {
         .bind(domains.join(","))
         .bind(now())
         .bind(created_by)
-        .execute(&self.write)
+        .fetch_one(&self.write)
         .await;
-        let id = r.as_ref().map(|r| r.last_insert_rowid()).unwrap_or(0);
+        let id = r.as_ref().map_or(Ok(0), |r| r.try_get::<i64, _>("id"))?;
         crate::inserted(r, format!("administrator {name:?}"))?;
         Ok(id)
     }
@@ -142,7 +142,7 @@ impl Store {
     /// The administrator and its password hash.
     pub async fn admin_login(&self, name: &str) -> Result<Option<(AdminInfo, String)>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {ADMIN_COLS}, password_hash FROM admins WHERE name = ?"
+            "SELECT {ADMIN_COLS}, password_hash FROM admins WHERE name = $1"
         )))
         .bind(name)
         .fetch_optional(&self.read)
@@ -175,7 +175,7 @@ impl Store {
     /// A new password hash for an administrator; its sessions end (they were opened with the
     /// old password).
     pub async fn set_admin_password(&self, name: &str, password_hash: &str) -> Result<()> {
-        let n = sqlx::query("UPDATE admins SET password_hash = ? WHERE name = ?")
+        let n = sqlx::query("UPDATE admins SET password_hash = $1 WHERE name = $2")
             .bind(password_hash)
             .bind(name)
             .execute(&self.write)
@@ -191,7 +191,7 @@ impl Store {
 
     /// Stops (or allows again) an administrator's logins; disabling ends its sessions.
     pub async fn set_admin_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        let n = sqlx::query("UPDATE admins SET disabled = ? WHERE name = ?")
+        let n = sqlx::query("UPDATE admins SET disabled = $1 WHERE name = $2")
             .bind(disabled as i64)
             .bind(name)
             .execute(&self.write)
@@ -209,7 +209,7 @@ impl Store {
 
     /// Removes an administrator and ends its sessions.
     pub async fn remove_admin(&self, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM admins WHERE name = ?")
+        let n = sqlx::query("DELETE FROM admins WHERE name = $1")
             .bind(name)
             .execute(&self.write)
             .await?
@@ -230,7 +230,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO admin_sessions (digest, admin_id, kind, created_at, expires_at, ip)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(hex::encode(digest))
         .bind(admin_id)
@@ -248,7 +248,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT a.id, a.name, a.role, a.domains, a.disabled, a.created_at, a.created_by
              FROM admin_sessions s JOIN admins a ON a.id = s.admin_id
-             WHERE s.digest = ? AND s.kind = ? AND s.expires_at > ? AND a.disabled = 0",
+             WHERE s.digest = $1 AND s.kind = $2 AND s.expires_at > $3 AND a.disabled = 0",
         )
         .bind(hex::encode(digest))
         .bind(kind)
@@ -259,7 +259,7 @@ impl Store {
     }
 
     pub async fn end_admin_session(&self, digest: &[u8; 32]) -> Result<()> {
-        sqlx::query("DELETE FROM admin_sessions WHERE digest = ? OR expires_at <= ?")
+        sqlx::query("DELETE FROM admin_sessions WHERE digest = $1 OR expires_at <= $2")
             .bind(hex::encode(digest))
             .bind(now())
             .execute(&self.write)
@@ -268,11 +268,13 @@ impl Store {
     }
 
     pub async fn end_admin_sessions_of(&self, admin_id: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM admin_sessions WHERE admin_id = ?")
-            .bind(admin_id)
-            .execute(&self.write)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM admin_sessions WHERE admin_id = $1")
+                .bind(admin_id)
+                .execute(&self.write)
+                .await?
+                .rows_affected(),
+        )
     }
 
     pub async fn create_api_key(
@@ -286,7 +288,7 @@ impl Store {
     ) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO api_keys (name, digest, role, domains, expires_at, created_at, created_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(name)
         .bind(hex::encode(digest))
@@ -304,7 +306,7 @@ impl Store {
     pub async fn api_key(&self, digest: &[u8; 32]) -> Result<Option<ApiKeyInfo>> {
         let t = now();
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE api_keys SET last_used_at = ? WHERE digest = ? AND (expires_at IS NULL OR expires_at > ?)
+            "UPDATE api_keys SET last_used_at = $1 WHERE digest = $2 AND (expires_at IS NULL OR expires_at > $3)
              RETURNING {KEY_COLS}"
         )))
         .bind(t)
@@ -328,7 +330,7 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM api_keys WHERE name = ?")
+        let n = sqlx::query("DELETE FROM api_keys WHERE name = $1")
             .bind(name)
             .execute(&self.write)
             .await?

@@ -8,7 +8,7 @@ use crate::{now, Result, Store, StoreError};
 impl Store {
     pub async fn add_alias(&self, alias: &EmailAddress, target: &EmailAddress) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        if sqlx::query("SELECT 1 FROM domains WHERE name = ?")
+        if sqlx::query("SELECT 1 FROM domains WHERE name = $1")
             .bind(alias.domain())
             .fetch_optional(&mut *tx)
             .await?
@@ -16,13 +16,13 @@ impl Store {
         {
             return Err(StoreError::NotFound(format!("domain {}", alias.domain())));
         }
-        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = ?")
+        let id: i64 = sqlx::query("SELECT id FROM accounts WHERE address = $1")
             .bind(target.as_str())
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("account {target}")))?
             .try_get(0)?;
-        if sqlx::query("SELECT 1 FROM accounts WHERE address = ?1 UNION ALL SELECT 1 FROM aliases WHERE address = ?1")
+        if sqlx::query("SELECT 1 FROM accounts WHERE address = $1 UNION ALL SELECT 1 FROM aliases WHERE address = $1")
             .bind(alias.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -30,7 +30,7 @@ impl Store {
         {
             return Err(StoreError::Exists(format!("account or alias {alias}")));
         }
-        sqlx::query("INSERT INTO aliases (address, account_id, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO aliases (address, account_id, created_at) VALUES ($1, $2, $3)")
             .bind(alias.as_str())
             .bind(id)
             .bind(now())
@@ -41,7 +41,7 @@ impl Store {
     }
 
     pub async fn remove_alias(&self, alias: &EmailAddress) -> Result<()> {
-        let r = sqlx::query("DELETE FROM aliases WHERE address = ?")
+        let r = sqlx::query("DELETE FROM aliases WHERE address = $1")
             .bind(alias.as_str())
             .execute(&self.write)
             .await?;

@@ -32,7 +32,7 @@ impl Store {
     pub async fn add_app_password(&self, account_id: i64, new: NewAppPassword<'_>) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO app_passwords (account_id, name, digest, protocols, networks, expires_at, created_at, scram_verifier)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(account_id)
         .bind(new.name)
@@ -50,7 +50,7 @@ impl Store {
     pub async fn list_app_passwords(&self, account_id: i64) -> Result<Vec<AppPasswordInfo>> {
         let rows = sqlx::query(
             "SELECT name, protocols, networks, expires_at, created_at, last_used_at, last_used_ip
-             FROM app_passwords WHERE account_id = ? ORDER BY name",
+             FROM app_passwords WHERE account_id = $1 ORDER BY name",
         )
         .bind(account_id)
         .fetch_all(&self.read)
@@ -77,7 +77,7 @@ impl Store {
     }
 
     pub async fn revoke_app_password(&self, account_id: i64, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM app_passwords WHERE account_id = ? AND name = ?")
+        let n = sqlx::query("DELETE FROM app_passwords WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
             .execute(&self.write)
@@ -92,7 +92,7 @@ impl Store {
     pub(crate) async fn app_password_creds(&self, account_id: i64) -> Result<Vec<AppPasswordCred>> {
         let rows = sqlx::query(
             "SELECT id, name, digest, protocols, networks, expires_at, scram_verifier
-             FROM app_passwords WHERE account_id = ?",
+             FROM app_passwords WHERE account_id = $1",
         )
         .bind(account_id)
         .fetch_all(&self.read)

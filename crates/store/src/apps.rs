@@ -51,7 +51,7 @@ const COLUMNS: &str =
     "id, name, allow_from, networks, send_messages_per_hour, send_recipients_per_hour,
      expires_at, disabled, created_at, rotated_at, old_valid_until, last_used_at, last_used_ip";
 
-fn info(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<ApplicationInfo, sqlx::Error> {
+fn info(r: &sqlx::any::AnyRow) -> std::result::Result<ApplicationInfo, sqlx::Error> {
     Ok(ApplicationInfo {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -85,7 +85,7 @@ impl Store {
         let r = sqlx::query(
             "INSERT INTO applications (name, digest, allow_from, networks, send_messages_per_hour,
                  send_recipients_per_hour, expires_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(name)
         .bind(hex::encode(digest))
@@ -95,9 +95,9 @@ impl Store {
         .bind(app.send_recipients_per_hour.map(i64::from))
         .bind(app.expires_at)
         .bind(now())
-        .execute(&self.write)
+        .fetch_one(&self.write)
         .await;
-        let id = r.as_ref().map(|r| r.last_insert_rowid()).unwrap_or(0);
+        let id = r.as_ref().map_or(Ok(0), |r| r.try_get::<i64, _>("id"))?;
         crate::inserted(r, format!("application {name:?}"))?;
         Ok(id)
     }
@@ -124,15 +124,15 @@ impl Store {
 
     async fn find_application<T>(&self, column: &'static str, key: T) -> Result<ApplicationInfo>
     where
-        T: for<'q> sqlx::Encode<'q, sqlx::Sqlite>
-            + sqlx::Type<sqlx::Sqlite>
+        T: for<'q> sqlx::Encode<'q, sqlx::Any>
+            + sqlx::Type<sqlx::Any>
             + Send
             + std::fmt::Debug
             + 'static,
     {
         let what = format!("application {key:?}");
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM applications WHERE {column} = ?"
+            "SELECT {COLUMNS} FROM applications WHERE {column} = $1"
         )))
         .bind(key)
         .fetch_optional(&self.read)
@@ -152,8 +152,8 @@ impl Store {
         old_valid_until: i64,
     ) -> Result<()> {
         let n = sqlx::query(
-            "UPDATE applications SET old_digest = digest, old_valid_until = ?, digest = ?, rotated_at = ?
-             WHERE name = ?",
+            "UPDATE applications SET old_digest = digest, old_valid_until = $1, digest = $2, rotated_at = $3
+             WHERE name = $4",
         )
         .bind(old_valid_until)
         .bind(hex::encode(digest))
@@ -172,7 +172,7 @@ impl Store {
     pub async fn retire_previous_secrets(&self, at: i64) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "UPDATE applications SET old_digest = NULL, old_valid_until = NULL
-             WHERE old_digest IS NOT NULL AND old_valid_until <= ? RETURNING name",
+             WHERE old_digest IS NOT NULL AND old_valid_until <= $1 RETURNING name",
         )
         .bind(at)
         .fetch_all(&self.write)
@@ -184,7 +184,7 @@ impl Store {
     }
 
     pub async fn set_application_disabled(&self, name: &str, disabled: bool) -> Result<()> {
-        let n = sqlx::query("UPDATE applications SET disabled = ? WHERE name = ?")
+        let n = sqlx::query("UPDATE applications SET disabled = $1 WHERE name = $2")
             .bind(disabled as i64)
             .bind(name)
             .execute(&self.write)
@@ -197,7 +197,7 @@ impl Store {
     }
 
     pub async fn remove_application(&self, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM applications WHERE name = ?")
+        let n = sqlx::query("DELETE FROM applications WHERE name = $1")
             .bind(name)
             .execute(&self.write)
             .await?
@@ -214,7 +214,7 @@ impl Store {
     ) -> Result<Option<StoredCredential>> {
         let row = sqlx::query(
             "SELECT id, name, digest, old_digest, old_valid_until, networks, expires_at, disabled
-             FROM applications WHERE name = ?",
+             FROM applications WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.read)

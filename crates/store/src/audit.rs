@@ -181,7 +181,7 @@ fn parse_pruned(text: &str) -> Option<(i64, String)> {
 
 /// Inserts one row chained to `prev` (keyed when a key is given); returns its hash.
 async fn insert_row(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     key: Option<&AuditKey>,
     prev: &str,
     e: &NewAudit,
@@ -192,7 +192,7 @@ async fn insert_row(
     };
     sqlx::query(
         "INSERT INTO audit_log (ts, event, protocol, ip, username, account_id, mechanism, tls, result, reason, prev_hash, hash, keyed, actor)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(e.ts)
     .bind(&e.event)
@@ -213,9 +213,12 @@ async fn insert_row(
     Ok(hash)
 }
 
-fn row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRow> {
+fn row(r: &sqlx::any::AnyRow) -> Result<AuditRow> {
     Ok(sqlx::FromRow::from_row(r)?)
 }
+
+/// The PostgreSQL advisory lock key under which audit rows are appended ("audit" in ASCII).
+const AUDIT_CHAIN_LOCK: i64 = 0x0061_7564_6974;
 
 impl Store {
     /// Appends events in one transaction, chaining each to the previous row.
@@ -229,7 +232,19 @@ impl Store {
         // CLI command append from two processes; a deferred transaction would read a head the
         // other process then moves, and fail to upgrade (SQLITE_BUSY_SNAPSHOT) instead of
         // waiting its turn.
-        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await?;
+        // On PostgreSQL several nodes append: an advisory lock held until the commit serialises
+        // them, so that the chain stays one line whichever node writes.
+        let mut tx = match self.backend {
+            crate::Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
+            crate::Backend::Postgres => {
+                let mut tx = self.write.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(AUDIT_CHAIN_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        };
         let last = sqlx::query("SELECT hash, keyed FROM audit_log ORDER BY id DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;
@@ -266,7 +281,7 @@ impl Store {
             if self.audit_failure_cap > 0 && e.event == "auth" && e.result != "ok" {
                 if let Some(u) = &e.username {
                     let n: i64 = sqlx::query(
-                        "SELECT COUNT(*) FROM audit_log WHERE username = ? AND result = 'failed' AND ts > ?",
+                        "SELECT COUNT(*) FROM audit_log WHERE username = $1 AND result = 'failed' AND ts > $2",
                     )
                     .bind(u)
                     .bind(e.ts - 86400)
@@ -359,7 +374,7 @@ impl Store {
             if c.id <= pruned_upto {
                 continue;
             }
-            let row = sqlx::query("SELECT hash FROM audit_log WHERE id = ?")
+            let row = sqlx::query("SELECT hash FROM audit_log WHERE id = $1")
                 .bind(c.id)
                 .fetch_optional(&self.read)
                 .await?;
@@ -485,23 +500,30 @@ impl Store {
 
     /// When the newest event of a kind was recorded (e.g. `backup_created`).
     pub async fn last_audit_event(&self, event: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query("SELECT MAX(ts) FROM audit_log WHERE event = ?")
-            .bind(event)
-            .fetch_one(&self.read)
-            .await?
-            .try_get(0)?)
+        Ok(
+            sqlx::query("SELECT MAX(ts) FROM audit_log WHERE event = $1")
+                .bind(event)
+                .fetch_one(&self.read)
+                .await?
+                .try_get(0)?,
+        )
     }
 
     pub async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let mut sql = String::from("SELECT * FROM audit_log WHERE 1=1");
+        let mut n = 0;
+        let mut param = |sql: &mut String, cond: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {cond} ${n}"));
+        };
         if q.account.is_some() {
-            sql.push_str(" AND username = ?");
+            param(&mut sql, "username =");
         }
         if q.ip.is_some() {
-            sql.push_str(" AND ip = ?");
+            param(&mut sql, "ip =");
         }
         if q.since.is_some() {
-            sql.push_str(" AND ts >= ?");
+            param(&mut sql, "ts >=");
         }
         if q.failed_only {
             sql.push_str(" AND result <> 'ok'");
@@ -509,7 +531,7 @@ impl Store {
         if q.success_only {
             sql.push_str(" AND result = 'ok'");
         }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
         // The SQL is assembled from fixed fragments only; every value is bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         if let Some(a) = &q.account {
@@ -536,13 +558,13 @@ impl Store {
             return Ok(0);
         }
         let cut = now() - (days as i64) * 86400;
-        let upto: Option<i64> = sqlx::query("SELECT MAX(id) FROM audit_log WHERE ts < ?")
+        let upto: Option<i64> = sqlx::query("SELECT MAX(id) FROM audit_log WHERE ts < $1")
             .bind(cut)
             .fetch_one(&self.read)
             .await?
             .try_get(0)?;
         let Some(upto) = upto else { return Ok(0) };
-        let head: String = sqlx::query("SELECT hash FROM audit_log WHERE id = ?")
+        let head: String = sqlx::query("SELECT hash FROM audit_log WHERE id = $1")
             .bind(upto)
             .fetch_one(&self.read)
             .await?
@@ -557,7 +579,7 @@ impl Store {
             }])
             .await?;
         }
-        Ok(sqlx::query("DELETE FROM audit_log WHERE id <= ?")
+        Ok(sqlx::query("DELETE FROM audit_log WHERE id <= $1")
             .bind(upto)
             .execute(&self.write)
             .await?
@@ -598,7 +620,7 @@ impl Store {
 
     async fn local_bans(&self) -> Result<Vec<Ban>> {
         let rows = sqlx::query(
-            "SELECT target, until, reason, offences FROM bans WHERE until > ? ORDER BY until",
+            "SELECT target, until, reason, offences FROM bans WHERE until > $1 ORDER BY until",
         )
         .bind(now())
         .fetch_all(&self.read)
@@ -628,7 +650,7 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO bans (target, until, reason, offences, created_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO bans (target, until, reason, offences, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT(target) DO UPDATE SET until = excluded.until, reason = excluded.reason, offences = excluded.offences",
         )
         .bind(ban.target.to_string())
@@ -642,7 +664,7 @@ impl Store {
     }
 
     async fn remove_local_ban(&self, target: &Cidr) -> Result<bool> {
-        Ok(sqlx::query("DELETE FROM bans WHERE target = ?")
+        Ok(sqlx::query("DELETE FROM bans WHERE target = $1")
             .bind(target.to_string())
             .execute(&self.write)
             .await?
@@ -808,7 +830,7 @@ impl Store {
         let mut out = AuthSummary::default();
         let rows = sqlx::query(
             "SELECT (ts / 3600) * 3600 AS h, CASE WHEN result = 'ok' THEN 'ok' ELSE 'failed' END AS r,
-                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= ? GROUP BY h, r ORDER BY h",
+                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= $1 GROUP BY h, r ORDER BY h",
         )
         .bind(since)
         .fetch_all(&self.read)
@@ -819,7 +841,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT COALESCE(protocol, ''), CASE WHEN result = 'ok' THEN 'ok' ELSE 'failed' END AS r,
-                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= ?
+                    COUNT(*) FROM audit_log WHERE event = 'auth' AND ts >= $1
              GROUP BY 1, r ORDER BY 1, r",
         )
         .bind(since)
@@ -831,7 +853,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT COALESCE(username, ''), COUNT(*) AS n FROM audit_log
-             WHERE event = 'auth' AND result != 'ok' AND ts >= ? GROUP BY 1 ORDER BY n DESC LIMIT 8",
+             WHERE event = 'auth' AND result != 'ok' AND ts >= $1 GROUP BY 1 ORDER BY n DESC LIMIT 8",
         )
         .bind(since)
         .fetch_all(&self.read)
@@ -841,7 +863,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT (ts / 3600) * 3600 AS h, event, COUNT(*) FROM audit_log
-             WHERE event IN ('ban', 'lockout', 'mail_sent') AND ts >= ? GROUP BY h, event ORDER BY h",
+             WHERE event IN ('ban', 'lockout', 'mail_sent') AND ts >= $1 GROUP BY h, event ORDER BY h",
         )
         .bind(since)
         .fetch_all(&self.read)

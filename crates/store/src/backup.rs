@@ -31,7 +31,7 @@ impl Store {
         let dest = dest
             .to_str()
             .ok_or_else(|| StoreError::Conflict("the snapshot path is not UTF-8".into()))?;
-        sqlx::query("VACUUM INTO ?")
+        sqlx::query("VACUUM INTO $1")
             .bind(dest)
             .execute(&self.read)
             .await?;

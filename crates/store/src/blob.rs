@@ -17,6 +17,9 @@ pub struct BlobStore {
     guard_path: PathBuf,
     /// Removals deferred while a backup ran; done by the next removal that may.
     deferred: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Bodies are rows of the database's `bodies` table instead of files (`[storage] bodies =
+    /// "database"`): what several nodes read alike.
+    db: Option<sqlx::AnyPool>,
 }
 
 /// A running backup's hold on the blob directory: no body is removed until it is dropped.
@@ -43,7 +46,36 @@ impl BlobStore {
             guard: std::sync::Arc::new(guard),
             guard_path,
             deferred: Default::default(),
+            db: None,
         })
+    }
+
+    /// Keeps bodies in the database of `pool` (written by the store with their rows).
+    pub(crate) fn in_database(mut self, pool: sqlx::AnyPool) -> Self {
+        self.db = Some(pool);
+        self
+    }
+
+    /// Whether bodies are rows of the database rather than files.
+    pub fn is_database(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// A body, from its file or its row.
+    pub async fn read(&self, id: &str) -> io::Result<Vec<u8>> {
+        let Some(db) = &self.db else {
+            return self.get(id);
+        };
+        use sqlx::Row;
+        let row = sqlx::query("SELECT data FROM bodies WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await
+            .map_err(io::Error::other)?;
+        match row {
+            Some(r) => r.try_get::<Vec<u8>, _>(0).map_err(io::Error::other),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no such body")),
+        }
     }
 
     /// The blob directory, for a backup.
@@ -162,7 +194,28 @@ impl BlobStore {
 
     /// Removes a body, unless a backup is running: then the removal waits for the next one made
     /// after the backup (or, after a crash, for the start-up orphan sweep).
+    ///
+    /// In the database, a body is only marked unused here: another node may still show the
+    /// message in an open session, so [`crate::Store::sweep_bodies`] removes it later.
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        if let Some(db) = &self.db {
+            let (db, id) = (db.clone(), id.to_owned());
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                // no runtime (a test): the sweep's age rule removes it
+                return Ok(());
+            };
+            rt.spawn(async move {
+                let r = sqlx::query("UPDATE bodies SET orphaned_at = $1 WHERE id = $2")
+                    .bind(crate::now())
+                    .bind(&id)
+                    .execute(&db)
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(body = %id, error = %e, "could not mark a body unused");
+                }
+            });
+            return Ok(());
+        }
         let path = self.path_of(id)?;
         let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
         match self.guard.try_lock_shared() {

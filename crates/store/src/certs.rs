@@ -26,7 +26,7 @@ impl Store {
     ) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO client_certs (account_id, name, fingerprint, not_after, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(account_id)
         .bind(name)
@@ -44,7 +44,7 @@ impl Store {
     pub async fn list_client_certs(&self, account_id: i64) -> Result<Vec<ClientCertInfo>> {
         let rows = sqlx::query(
             "SELECT name, fingerprint, not_after, created_at, last_used_at, last_used_ip
-             FROM client_certs WHERE account_id = ? ORDER BY name",
+             FROM client_certs WHERE account_id = $1 ORDER BY name",
         )
         .bind(account_id)
         .fetch_all(&self.read)
@@ -64,7 +64,7 @@ impl Store {
     }
 
     pub async fn remove_client_cert(&self, account_id: i64, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM client_certs WHERE account_id = ? AND name = ?")
+        let n = sqlx::query("DELETE FROM client_certs WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
             .execute(&self.write)
@@ -80,7 +80,7 @@ impl Store {
     pub async fn cert_owner(&self, fingerprint: &str) -> Result<Option<(i64, String)>> {
         Ok(sqlx::query(
             "SELECT c.id, a.address FROM client_certs c JOIN accounts a ON a.id = c.account_id
-             WHERE c.fingerprint = ?",
+             WHERE c.fingerprint = $1",
         )
         .bind(fingerprint)
         .fetch_optional(&self.read)
@@ -101,7 +101,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut tx = self.write.begin().await?;
         let prev: Option<i64> = sqlx::query(
-            "SELECT last_seen FROM signin_sources WHERE account_id = ? AND network = ? AND client = ?",
+            "SELECT last_seen FROM signin_sources WHERE account_id = $1 AND network = $2 AND client = $3",
         )
         .bind(account_id)
         .bind(network)
@@ -111,8 +111,8 @@ impl Store {
         .map(|r| r.get(0));
         sqlx::query(
             "INSERT INTO signin_sources (account_id, network, client, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (account_id, network, client) DO UPDATE SET last_seen = ?4",
+             VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (account_id, network, client) DO UPDATE SET last_seen = $4",
         )
         .bind(account_id)
         .bind(network)
@@ -129,7 +129,7 @@ impl Store {
     pub async fn signin_sources(&self, account_id: i64) -> Result<Vec<(String, String, i64, i64)>> {
         Ok(sqlx::query(
             "SELECT network, client, first_seen, last_seen FROM signin_sources
-             WHERE account_id = ? ORDER BY last_seen DESC LIMIT 500",
+             WHERE account_id = $1 ORDER BY last_seen DESC LIMIT 500",
         )
         .bind(account_id)
         .fetch_all(&self.read)
@@ -148,7 +148,7 @@ impl Store {
         since: i64,
     ) -> Result<i64> {
         Ok(sqlx::query(
-            "SELECT COUNT(*) FROM audit_log WHERE account_id = ? AND event = ? AND result = ? AND ts >= ?",
+            "SELECT COUNT(*) FROM audit_log WHERE account_id = $1 AND event = $2 AND result = $3 AND ts >= $4",
         )
         .bind(account_id)
         .bind(event)

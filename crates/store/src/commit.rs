@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use sqlx::{Row, SqlitePool};
+use sqlx::{AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mailbox::ChangeBus;
@@ -102,7 +102,7 @@ impl Job {
 
 /// Starts the committer on `write` (the store's single writing connection).
 pub(crate) fn start(
-    write: SqlitePool,
+    write: AnyPool,
     changes: Arc<ChangeBus>,
     blobs: crate::blob::BlobStore,
 ) -> mpsc::Sender<Job> {
@@ -117,12 +117,17 @@ pub(crate) fn start(
                     Err(_) => break,
                 }
             }
-            // the bodies first: written on one blocking thread, then one syncfs for all
-            let bodies: Vec<(usize, String, Vec<Vec<u8>>)> = batch
-                .iter_mut()
-                .enumerate()
-                .filter_map(|(i, j)| j.body.take().map(|b| (i, j.blob.clone(), b)))
-                .collect();
+            // the bodies first: written on one blocking thread, then one syncfs for all (in the
+            // database, they are rows of the batch's transaction instead)
+            let bodies: Vec<(usize, String, Vec<Vec<u8>>)> = if blobs.is_database() {
+                Vec::new()
+            } else {
+                batch
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, j)| j.body.take().map(|b| (i, j.blob.clone(), b)))
+                    .collect()
+            };
             let mut failed: Vec<Option<StoreError>> = batch.iter().map(|_| None).collect();
             if !bodies.is_empty() {
                 let b = blobs.clone();
@@ -175,9 +180,10 @@ pub(crate) fn start(
 /// whole batch in a handful of statements (every statement is a round trip to SQLite's connection
 /// thread); if anything fails, the transaction is rolled back and each job is written in a
 /// transaction of its own (the same [`write_batch`] on one job), so that only the failing one fails.
-async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
+async fn commit(write: &AnyPool, jobs: &[&Job]) -> Vec<Result<Done>> {
     let all = async {
         let mut tx = write.begin().await?;
+        insert_bodies(&mut tx, jobs).await?;
         let done = write_batch(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok::<_, StoreError>(done)
@@ -193,6 +199,7 @@ async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
             for job in jobs {
                 let one = async {
                     let mut tx = write.begin().await?;
+                    insert_bodies(&mut tx, &[*job]).await?;
                     let done = write_batch(&mut tx, &[*job]).await?.remove(0);
                     tx.commit().await?;
                     Ok::<_, StoreError>(done)
@@ -203,6 +210,22 @@ async fn commit(write: &SqlitePool, jobs: &[&Job]) -> Vec<Result<Done>> {
             out
         }
     }
+}
+
+/// The bodies the jobs still carry (bodies kept in the database: files were written before),
+/// as rows of the batch's transaction: a body is committed exactly when its message is.
+async fn insert_bodies(tx: &mut sqlx::Transaction<'_, sqlx::Any>, jobs: &[&Job]) -> Result<()> {
+    for job in jobs {
+        if let Some(parts) = &job.body {
+            sqlx::query("INSERT INTO bodies (id, data, created_at) VALUES ($1, $2, $3)")
+                .bind(&job.blob)
+                .bind(parts.concat())
+                .bind(crate::now())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The mailbox a message goes to, before its id is known.
@@ -229,7 +252,7 @@ struct Slot<'a> {
 /// entries. Messages of one mailbox get consecutive UIDs in the order they arrived. Any failure
 /// (a missing account or mailbox) fails the whole batch, which [`commit`] then redoes job by job.
 async fn write_batch(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     jobs: &[&Job],
 ) -> Result<Vec<Done>> {
     let mut slots: Vec<Slot> = Vec::new();
@@ -277,13 +300,13 @@ async fn write_batch(
             Target::Mailbox(account, mailbox) => (account, None, Some(mailbox)),
         };
         let row = sqlx::query(
-            "UPDATE mailboxes SET uidnext = uidnext + ?3, highest_modseq = highest_modseq + ?3
-             WHERE account_id = ?1 AND id = COALESCE(?4,
-                 (SELECT id FROM mailboxes WHERE account_id = ?1 AND
-                  (name = 'INBOX' OR (?2 IS NOT NULL AND (special_use = '\\Junk' OR name = ?2)))
+            "UPDATE mailboxes SET uidnext = uidnext + $3, highest_modseq = highest_modseq + $3
+             WHERE account_id = $1 AND id = COALESCE($4,
+                 (SELECT id FROM mailboxes WHERE account_id = $1 AND
+                  (name = 'INBOX' OR ($2 IS NOT NULL AND (special_use = '\\Junk' OR name = $2)))
                   ORDER BY CASE WHEN name = 'INBOX' THEN 2 WHEN special_use = '\\Junk' THEN 0 ELSE 1 END
                   LIMIT 1))
-             RETURNING id, uidvalidity, uidnext - ?3 AS uid, highest_modseq - ?3 + 1 AS modseq",
+             RETURNING id, uidvalidity, uidnext - $3 AS uid, highest_modseq - $3 + 1 AS modseq",
         )
         .bind(account)
         .bind(quarantine)
@@ -368,7 +391,16 @@ fn insert_sql(n: usize) -> &'static str {
     let all = SQL.get_or_init(|| {
         (0..=6)
             .map(|p| {
-                let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; 1 << p].join(", ");
+                let rows = (0..1usize << p)
+                    .map(|r| {
+                        let k = r * 7;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 format!("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES {rows}")
             })
             .collect()
@@ -431,7 +463,7 @@ fn shared(e: &StoreError) -> StoreError {
 }
 
 /// A job without message rows (a STORE, a queue entry), inside the batch's transaction.
-async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) -> Result<Done> {
+async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &Job) -> Result<Done> {
     match &job.kind {
         Kind::Deliver { .. } | Kind::Append { .. } => Err(StoreError::Conflict(
             "a message job is written by write_batch".into(),
@@ -450,7 +482,7 @@ async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) ->
             recipients,
         } => {
             let id: i64 = sqlx::query(
-                "INSERT INTO queue (blob_id, size, sender, account_id, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO queue (blob_id, size, sender, account_id, created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             )
             .bind(&job.blob)
             .bind(job.size)
@@ -463,7 +495,7 @@ async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) ->
             .try_get(0)?;
             for r in recipients {
                 sqlx::query(
-                    "INSERT OR IGNORE INTO queue_recipients (queue_id, address) VALUES (?, ?)",
+                    "INSERT INTO queue_recipients (queue_id, address) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 )
                 .bind(id)
                 .bind(r)
@@ -480,7 +512,7 @@ async fn write_other(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, job: &Job) ->
 /// With `unchanged_since`, a message whose MODSEQ is above it is not touched but reported as
 /// modified: the check and the write are in one transaction, so no other change slips between.
 async fn store_flags(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     mailbox: i64,
     uids: &[u32],
     op: crate::mailbox::FlagOp,
@@ -493,7 +525,7 @@ async fn store_flags(
         return Ok(Done::Flagged(out));
     };
     let rows = sqlx::query(
-        "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+        "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = $1 AND uid BETWEEN $2 AND $3 ORDER BY uid",
     )
     .bind(mailbox)
     .bind(lo as i64)
@@ -531,7 +563,7 @@ async fn store_flags(
         let m = match modseq {
             Some(m) => m,
             None => {
-                let m: i64 = sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq")
+                let m: i64 = sqlx::query("UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq")
                     .bind(mailbox)
                     .fetch_one(&mut **tx)
                     .await?
@@ -540,13 +572,15 @@ async fn store_flags(
                 m
             }
         };
-        sqlx::query("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?")
-            .bind(join_flags(&new))
-            .bind(m)
-            .bind(mailbox)
-            .bind(uid as i64)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE messages SET flags = $1, modseq = $2 WHERE mailbox_id = $3 AND uid = $4",
+        )
+        .bind(join_flags(&new))
+        .bind(m)
+        .bind(mailbox)
+        .bind(uid as i64)
+        .execute(&mut **tx)
+        .await?;
         out.messages.push(FlagChange {
             uid,
             flags: new,

@@ -8,12 +8,15 @@ use postern_types::EmailAddress;
 
 use crate::{now, QueueEntry, Result, Store, StoreError};
 
+/// How long a body in the database outlives its last message (see [`Store::sweep_bodies`]).
+pub const BODY_GRACE: i64 = 3600;
+
 impl Store {
     /// The account that receives mail for `address` (an account address or an alias), if any.
     /// Disabled accounts still receive mail (disabling stops logins, not delivery).
     pub async fn resolve_recipient(&self, address: &EmailAddress) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "SELECT id FROM accounts WHERE address = ?1 UNION ALL SELECT account_id FROM aliases WHERE address = ?1 LIMIT 1",
+            "SELECT id FROM accounts WHERE address = $1 UNION ALL SELECT account_id FROM aliases WHERE address = $1 LIMIT 1",
         )
         .bind(address.as_str())
         .fetch_optional(&self.read)
@@ -26,7 +29,7 @@ impl Store {
 
     /// The addresses an account may send as: its own and its aliases.
     pub async fn owned_addresses(&self, account_id: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT address FROM accounts WHERE id = ?1 UNION ALL SELECT address FROM aliases WHERE account_id = ?1")
+        let rows = sqlx::query("SELECT address FROM accounts WHERE id = $1 UNION ALL SELECT address FROM aliases WHERE account_id = $1")
             .bind(account_id)
             .fetch_all(&self.read)
             .await?;
@@ -126,7 +129,7 @@ impl Store {
         let size: usize = message.iter().map(Vec::len).sum();
         // with batch_sync the committer writes the body with the rest of its batch; without, it
         // is written and fsynced here, in parallel with other deliveries
-        let (blob, body) = if self.batch_sync {
+        let (blob, body) = if self.batch_sync || self.blobs.is_database() {
             (crate::blob::BlobStore::new_id(), Some(message))
         } else {
             (self.put_blob(message).await?, None)
@@ -148,6 +151,9 @@ impl Store {
     /// process wrote and fsynced but has not yet committed would look orphaned, and removing it
     /// would lose a message that is acknowledged a moment later.
     pub async fn sweep_orphan_blobs(&self, before: std::time::SystemTime) -> Result<usize> {
+        if self.blobs.is_database() {
+            return self.sweep_bodies().await;
+        }
         if !self.holds_lock() {
             return Err(StoreError::Conflict(
                 "the orphan-blob sweep needs the data directory's lock".into(),
@@ -160,7 +166,7 @@ impl Store {
         let mut removed = 0;
         for id in ids {
             let used = sqlx::query(
-                "SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1",
+                "SELECT 1 FROM messages WHERE blob_id = $1 UNION ALL SELECT 1 FROM queue WHERE blob_id = $1 LIMIT 1",
             )
             .bind(&id)
             .fetch_optional(&self.write)
@@ -172,6 +178,25 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Bodies in the database that nothing uses: those marked unused (by an expunge, a delivered
+    /// queue entry) more than [`BODY_GRACE`] ago, so that a session on another node that still
+    /// shows the message can read it meanwhile, and unmarked ones older than a day (a mark that
+    /// failed). A body a message or queue entry uses again is kept.
+    pub async fn sweep_bodies(&self) -> Result<usize> {
+        let now = now();
+        let n = sqlx::query(
+            "DELETE FROM bodies WHERE (orphaned_at < $1 OR (orphaned_at IS NULL AND created_at < $2))
+               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_id = bodies.id)
+               AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.blob_id = bodies.id)",
+        )
+        .bind(now - BODY_GRACE)
+        .bind(now - 86400)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(n as usize)
     }
 
     /// Durably queues one message for remote delivery. Returns the queue id.
@@ -198,7 +223,7 @@ impl Store {
     pub async fn queue_list(&self) -> Result<Vec<QueueEntry>> {
         let rows = sqlx::query(
             "SELECT q.id, q.sender, q.size, q.created_at, q.status, q.attempts,
-                    (SELECT group_concat(address, ' ') FROM queue_recipients r WHERE r.queue_id = q.id) AS rcpts
+                    (SELECT string_agg(address, ' ') FROM queue_recipients r WHERE r.queue_id = q.id) AS rcpts
              FROM queue q ORDER BY q.id",
         )
         .fetch_all(&self.read)

@@ -21,7 +21,7 @@ pub struct DkimKeyInfo {
     pub transit_key: Option<String>,
 }
 
-fn info(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<DkimKeyInfo, sqlx::Error> {
+fn info(r: &sqlx::any::AnyRow) -> std::result::Result<DkimKeyInfo, sqlx::Error> {
     Ok(DkimKeyInfo {
         domain: r.try_get("domain")?,
         selector: r.try_get("selector")?,
@@ -44,13 +44,13 @@ impl Store {
         transit_key: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        sqlx::query("UPDATE dkim_keys SET active = 0 WHERE domain = ?")
+        sqlx::query("UPDATE dkim_keys SET active = 0 WHERE domain = $1")
             .bind(domain)
             .execute(&mut *tx)
             .await?;
         let r = sqlx::query(
             "INSERT INTO dkim_keys (domain, selector, algorithm, public_key, active, created_at, transit_key)
-             VALUES (?, ?, ?, ?, 1, ?, ?)",
+             VALUES ($1, $2, $3, $4, 1, $5, $6)",
         )
         .bind(domain)
         .bind(selector)
@@ -68,7 +68,7 @@ impl Store {
     pub async fn dkim_keys(&self, domain: Option<&str>) -> Result<Vec<DkimKeyInfo>> {
         let rows = sqlx::query(
             "SELECT domain, selector, algorithm, public_key, active, created_at, transit_key FROM dkim_keys
-             WHERE ?1 IS NULL OR domain = ?1 ORDER BY domain, created_at, selector",
+             WHERE $1 IS NULL OR domain = $1 ORDER BY domain, created_at, selector",
         )
         .bind(domain)
         .fetch_all(&self.read)
@@ -82,7 +82,7 @@ impl Store {
     pub async fn active_dkim_key(&self, domain: &str) -> Result<Option<DkimKeyInfo>> {
         let row = sqlx::query(
             "SELECT domain, selector, algorithm, public_key, active, created_at, transit_key FROM dkim_keys
-             WHERE domain = ? AND active = 1",
+             WHERE domain = $1 AND active = 1",
         )
         .bind(domain)
         .fetch_optional(&self.read)
@@ -92,7 +92,7 @@ impl Store {
 
     /// Stops publishing a selector that no longer signs.
     pub async fn retire_dkim_key(&self, domain: &str, selector: &str) -> Result<()> {
-        let row = sqlx::query("SELECT active FROM dkim_keys WHERE domain = ? AND selector = ?")
+        let row = sqlx::query("SELECT active FROM dkim_keys WHERE domain = $1 AND selector = $2")
             .bind(domain)
             .bind(selector)
             .fetch_optional(&self.write)
@@ -105,7 +105,7 @@ impl Store {
                 "this selector signs new mail; generate a new key first".into(),
             )),
             Some(_) => {
-                sqlx::query("DELETE FROM dkim_keys WHERE domain = ? AND selector = ?")
+                sqlx::query("DELETE FROM dkim_keys WHERE domain = $1 AND selector = $2")
                     .bind(domain)
                     .bind(selector)
                     .execute(&self.write)

@@ -40,7 +40,7 @@ impl Store {
     ) -> Result<()> {
         let rua = serde_json::to_string(rua).unwrap_or_else(|_| "[]".into());
         sqlx::query(
-            "INSERT INTO dmarc_results (day, domain, rua, policy, record, count) VALUES (?, ?, ?, ?, ?, 1)
+            "INSERT INTO dmarc_results (day, domain, rua, policy, record, count) VALUES ($1, $2, $3, $4, $5, 1)
              ON CONFLICT (day, domain, record) DO UPDATE SET count = count + 1, rua = excluded.rua, policy = excluded.policy",
         )
         .bind(day)
@@ -61,10 +61,10 @@ impl Store {
     ) -> Result<Vec<(i64, String)>> {
         let sql = match kind {
             ReportKind::Dmarc => {
-                "SELECT DISTINCT day, domain FROM dmarc_results WHERE day < ? ORDER BY day, domain"
+                "SELECT DISTINCT day, domain FROM dmarc_results WHERE day < $1 ORDER BY day, domain"
             }
             ReportKind::Tls => {
-                "SELECT DISTINCT day, domain FROM tlsrpt_results WHERE day < ? ORDER BY day, domain"
+                "SELECT DISTINCT day, domain FROM tlsrpt_results WHERE day < $1 ORDER BY day, domain"
             }
         };
         let rows = sqlx::query(sql)
@@ -79,8 +79,8 @@ impl Store {
     /// Forgets the rows of one report of `kind` (sent, or nobody to send it to).
     pub async fn report_done(&self, kind: ReportKind, day: i64, domain: &str) -> Result<()> {
         let sql = match kind {
-            ReportKind::Dmarc => "DELETE FROM dmarc_results WHERE day = ? AND domain = ?",
-            ReportKind::Tls => "DELETE FROM tlsrpt_results WHERE day = ? AND domain = ?",
+            ReportKind::Dmarc => "DELETE FROM dmarc_results WHERE day = $1 AND domain = $2",
+            ReportKind::Tls => "DELETE FROM tlsrpt_results WHERE day = $1 AND domain = $2",
         };
         sqlx::query(sql)
             .bind(day)
@@ -93,7 +93,7 @@ impl Store {
     /// The rows of one report.
     pub async fn dmarc_rows(&self, day: i64, domain: &str) -> Result<DmarcRows> {
         let rows = sqlx::query(
-            "SELECT rua, policy, record, count FROM dmarc_results WHERE day = ? AND domain = ? ORDER BY record",
+            "SELECT rua, policy, record, count FROM dmarc_results WHERE day = $1 AND domain = $2 ORDER BY record",
         )
         .bind(day)
         .bind(domain)
@@ -127,7 +127,7 @@ impl Store {
     /// The cached MTA-STS policy of a recipient domain, expired or not.
     pub async fn mta_sts_cached(&self, domain: &str) -> Result<Option<CachedPolicy>> {
         let row = sqlx::query(
-            "SELECT id, policy, fetched_at, expires_at FROM mta_sts_policies WHERE domain = ?",
+            "SELECT id, policy, fetched_at, expires_at FROM mta_sts_policies WHERE domain = $1",
         )
         .bind(domain.to_ascii_lowercase())
         .fetch_optional(&self.read)
@@ -153,7 +153,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO mta_sts_policies (domain, id, policy, fetched_at, expires_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO mta_sts_policies (domain, id, policy, fetched_at, expires_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (domain) DO UPDATE SET id = excluded.id, policy = excluded.policy,
              fetched_at = excluded.fetched_at, expires_at = excluded.expires_at",
         )
@@ -192,7 +192,7 @@ impl Store {
         result: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO tlsrpt_results (day, domain, policy_type, policy, mx, result, count) VALUES (?, ?, ?, ?, ?, ?, 1)
+            "INSERT INTO tlsrpt_results (day, domain, policy_type, policy, mx, result, count) VALUES ($1, $2, $3, $4, $5, $6, 1)
              ON CONFLICT (day, domain, policy_type, mx, result) DO UPDATE SET count = count + 1, policy = excluded.policy",
         )
         .bind(day)
@@ -208,7 +208,7 @@ impl Store {
 
     pub async fn tlsrpt_rows(&self, day: i64, domain: &str) -> Result<Vec<TlsResult>> {
         let rows = sqlx::query(
-            "SELECT policy_type, policy, mx, result, count FROM tlsrpt_results WHERE day = ? AND domain = ?
+            "SELECT policy_type, policy, mx, result, count FROM tlsrpt_results WHERE day = $1 AND domain = $2
              ORDER BY policy_type, mx, result",
         )
         .bind(day)

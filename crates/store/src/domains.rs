@@ -8,7 +8,7 @@ use crate::{now, DomainInfo, Result, Store, StoreError};
 impl Store {
     pub async fn add_domain(&self, domain: &Domain) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO domains (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO domains (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
         .bind(domain.as_str())
         .bind(now())
@@ -36,7 +36,7 @@ impl Store {
     /// Removes a domain that has no accounts left (refuses otherwise: mail would be lost silently).
     pub async fn remove_domain(&self, domain: &Domain) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let row = sqlx::query("SELECT id, (SELECT COUNT(*) FROM accounts a WHERE a.domain_id = d.id) AS n FROM domains d WHERE name = ?")
+        let row = sqlx::query("SELECT id, (SELECT COUNT(*) FROM accounts a WHERE a.domain_id = d.id) AS n FROM domains d WHERE name = $1")
             .bind(domain.as_str())
             .fetch_optional(&mut *tx)
             .await?
@@ -48,11 +48,11 @@ impl Store {
             )));
         }
         let id: i64 = row.try_get("id")?;
-        sqlx::query("DELETE FROM aliases WHERE address LIKE '%@' || ?")
+        sqlx::query("DELETE FROM aliases WHERE address LIKE '%@' || $1")
             .bind(domain.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM domains WHERE id = ?")
+        sqlx::query("DELETE FROM domains WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -76,7 +76,7 @@ impl Store {
                 }
             }
         }
-        let local = sqlx::query("SELECT 1 FROM domains WHERE name = ?")
+        let local = sqlx::query("SELECT 1 FROM domains WHERE name = $1")
             .bind(domain)
             .fetch_optional(&self.read)
             .await?

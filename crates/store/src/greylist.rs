@@ -54,7 +54,7 @@ impl Store {
         let mut tx = self.write.begin().await?;
         let fresh = now - p.expire;
         let allowed = |kind: &'static str, value: &str| {
-            sqlx::query("UPDATE greylist_allow SET last_seen = ?4 WHERE kind = ?1 AND value = ?2 AND passes >= ?3 AND last_seen > ?5")
+            sqlx::query("UPDATE greylist_allow SET last_seen = $4 WHERE kind = $1 AND value = $2 AND passes >= $3 AND last_seen > $5")
                 .bind(kind)
                 .bind(value.to_owned())
                 .bind(if kind == "network" { p.auto_allow_after } else { 1 })
@@ -81,7 +81,7 @@ impl Store {
                 return Ok(GreyVerdict::AllowedSender);
             }
         }
-        let row = sqlx::query("SELECT first_seen, last_seen, passed FROM greylist WHERE network = ? AND sender = ? AND recipient = ?")
+        let row = sqlx::query("SELECT first_seen, last_seen, passed FROM greylist WHERE network = $1 AND sender = $2 AND recipient = $3")
             .bind(t.network)
             .bind(t.sender)
             .bind(t.recipient)
@@ -97,7 +97,7 @@ impl Store {
         };
         let verdict = match state {
             Some((_, last, true)) if last > fresh => {
-                sqlx::query("UPDATE greylist SET last_seen = ? WHERE network = ? AND sender = ? AND recipient = ?")
+                sqlx::query("UPDATE greylist SET last_seen = $1 WHERE network = $2 AND sender = $3 AND recipient = $4")
                     .bind(now)
                     .bind(t.network)
                     .bind(t.sender)
@@ -111,15 +111,15 @@ impl Store {
                 if waited < p.delay {
                     GreyVerdict::Defer(p.delay - waited)
                 } else {
-                    sqlx::query("UPDATE greylist SET last_seen = ?, passed = 1 WHERE network = ? AND sender = ? AND recipient = ?")
+                    sqlx::query("UPDATE greylist SET last_seen = $1, passed = 1 WHERE network = $2 AND sender = $3 AND recipient = $4")
                         .bind(now)
                         .bind(t.network)
                         .bind(t.sender)
                         .bind(t.recipient)
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('network', ?1, 1, ?2)
-                                 ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = ?2")
+                    sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('network', $1, 1, $2)
+                                 ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = $2")
                         .bind(t.network)
                         .bind(now)
                         .execute(&mut *tx)
@@ -129,8 +129,8 @@ impl Store {
             }
             // New, or forgotten (expired pass, or a retry that never came in time): start over.
             _ => {
-                sqlx::query("INSERT INTO greylist (network, sender, recipient, first_seen, last_seen, passed) VALUES (?1, ?2, ?3, ?4, ?4, 0)
-                             ON CONFLICT (network, sender, recipient) DO UPDATE SET first_seen = ?4, last_seen = ?4, passed = 0")
+                sqlx::query("INSERT INTO greylist (network, sender, recipient, first_seen, last_seen, passed) VALUES ($1, $2, $3, $4, $4, 0)
+                             ON CONFLICT (network, sender, recipient) DO UPDATE SET first_seen = $4, last_seen = $4, passed = 0")
                     .bind(t.network)
                     .bind(t.sender)
                     .bind(t.recipient)
@@ -147,8 +147,8 @@ impl Store {
     /// Remembers that mail from `domain` authenticated (SPF pass or aligned DKIM pass): its later
     /// mail skips greylisting whenever SPF passes for it.
     pub async fn greylist_allow_domain(&self, domain: &str, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('domain', ?1, 1, ?2)
-                     ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = ?2")
+        sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('domain', $1, 1, $2)
+                     ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = $2")
             .bind(domain.to_ascii_lowercase())
             .bind(now)
             .execute(&self.write)
@@ -158,13 +158,13 @@ impl Store {
 
     /// Forgets what expired. Returns the rows removed.
     pub async fn greylist_expire(&self, now: i64, p: GreyPolicy) -> Result<u64> {
-        let a = sqlx::query("DELETE FROM greylist WHERE (passed = 1 AND last_seen <= ?1) OR (passed = 0 AND first_seen <= ?2)")
+        let a = sqlx::query("DELETE FROM greylist WHERE (passed = 1 AND last_seen <= $1) OR (passed = 0 AND first_seen <= $2)")
             .bind(now - p.expire)
             .bind(now - p.retry_window)
             .execute(&self.write)
             .await?
             .rows_affected();
-        let b = sqlx::query("DELETE FROM greylist_allow WHERE last_seen <= ?")
+        let b = sqlx::query("DELETE FROM greylist_allow WHERE last_seen <= $1")
             .bind(now - p.expire)
             .execute(&self.write)
             .await?

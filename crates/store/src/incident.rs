@@ -21,8 +21,8 @@ impl Store {
     pub async fn incident_lock(&self, account_id: i64, now: i64) -> Result<LockEffect> {
         let mut tx = self.write.begin().await?;
         let r = sqlx::query(
-            "UPDATE accounts SET disabled = 1, must_change_password = 1, incident_locked_at = ?1,
-             sessions_revoked_at = ?1 WHERE id = ?2",
+            "UPDATE accounts SET disabled = 1, must_change_password = 1, incident_locked_at = $1,
+             sessions_revoked_at = $1 WHERE id = $2",
         )
         .bind(now)
         .bind(account_id)
@@ -31,33 +31,33 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("account #{account_id}")));
         }
-        let app_passwords_revoked = sqlx::query("DELETE FROM app_passwords WHERE account_id = ?")
+        let app_passwords_revoked = sqlx::query("DELETE FROM app_passwords WHERE account_id = $1")
             .bind(account_id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let client_certs_removed = sqlx::query("DELETE FROM client_certs WHERE account_id = ?")
+        let client_certs_removed = sqlx::query("DELETE FROM client_certs WHERE account_id = $1")
             .bind(account_id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         let owner = crate::totp::account_owner(account_id);
-        let second_factor_removed = sqlx::query("DELETE FROM second_factors WHERE owner = ?")
+        let second_factor_removed = sqlx::query("DELETE FROM second_factors WHERE owner = $1")
             .bind(&owner)
             .execute(&mut *tx)
             .await?
             .rows_affected()
             > 0;
-        sqlx::query("DELETE FROM recovery_codes WHERE owner = ?")
+        sqlx::query("DELETE FROM recovery_codes WHERE owner = $1")
             .bind(&owner)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM passkeys WHERE owner = ?")
+        sqlx::query("DELETE FROM passkeys WHERE owner = $1")
             .bind(&owner)
             .execute(&mut *tx)
             .await?;
         let queued_messages_held = sqlx::query(
-            "UPDATE queue SET status = 'held' WHERE account_id = ? AND status = 'queued'",
+            "UPDATE queue SET status = 'held' WHERE account_id = $1 AND status = 'queued'",
         )
         .bind(account_id)
         .execute(&mut *tx)
@@ -77,7 +77,7 @@ impl Store {
     pub async fn incident_unlock(&self, account_id: i64) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE accounts SET disabled = 0, incident_locked_at = NULL
-             WHERE id = ? AND incident_locked_at IS NOT NULL",
+             WHERE id = $1 AND incident_locked_at IS NOT NULL",
         )
         .bind(account_id)
         .execute(&self.write)
@@ -87,7 +87,7 @@ impl Store {
 
     /// When the account was locked, if it is.
     pub async fn incident_locked_at(&self, account_id: i64) -> Result<Option<i64>> {
-        let row = sqlx::query("SELECT incident_locked_at FROM accounts WHERE id = ?")
+        let row = sqlx::query("SELECT incident_locked_at FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_optional(&self.read)
             .await?;
@@ -100,7 +100,7 @@ impl Store {
     /// Accounts whose sessions were revoked after `since`, with the time.
     pub async fn sessions_revoked_since(&self, since: i64) -> Result<Vec<(i64, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, sessions_revoked_at FROM accounts WHERE sessions_revoked_at > ?",
+            "SELECT id, sessions_revoked_at FROM accounts WHERE sessions_revoked_at > $1",
         )
         .bind(since)
         .fetch_all(&self.read)

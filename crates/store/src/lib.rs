@@ -41,12 +41,10 @@ pub mod views;
 pub mod web;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
 use sqlx::Row;
 
 use postern_auth::{CredentialStore, CredentialStoreError, StoredCredential};
@@ -136,7 +134,9 @@ pub struct DomainInfo {
 pub struct AccountInfo {
     pub id: i64,
     pub address: String,
+    #[sqlx(try_from = "Flag")]
     pub disabled: bool,
+    #[sqlx(try_from = "Flag")]
     pub received_details: bool,
     pub created_at: i64,
     pub password_changed_at: i64,
@@ -176,8 +176,10 @@ pub struct StoredMessage {
 pub struct Store {
     /// Where bans are shared with other nodes (`[cluster] redis`), when set (see [`audit`]).
     shared_bans: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn audit::SharedBans>>>,
-    read: SqlitePool,
-    write: SqlitePool,
+    /// Which engine holds the data.
+    backend: Backend,
+    read: AnyPool,
+    write: AnyPool,
     blobs: BlobStore,
     changes: std::sync::Arc<ChangeBus>,
     /// Failed auth rows kept per login name per day (0: no cap).
@@ -216,16 +218,24 @@ impl Store {
     }
 
     async fn open_mode(db: &Path, blob_dir: &Path, may_migrate: bool) -> Result<Store> {
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(db)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let write = SqlitePoolOptions::new()
+        sqlx::any::install_default_drivers();
+        let url = sqlite_url(db)?;
+        // The pragmas sqlx's URL form cannot carry are set on every new connection: WAL, and
+        // `synchronous = FULL` so that a commit is on disk when it returns.
+        let write = AnyPoolOptions::new()
             .max_connections(1)
-            .connect_with(opts.clone())
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .execute(c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&format!("{url}?mode=rwc"))
             .await?;
         if may_migrate {
             migrate(&write).await?;
@@ -239,12 +249,25 @@ impl Store {
                 )));
             }
         }
-        let read = SqlitePoolOptions::new()
+        let read = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.read_only(true))
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                        .execute(c)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&format!("{url}?mode=ro"))
             .await?;
         let blobs = BlobStore::open(blob_dir)?;
-        Ok(Store {
+        Ok(Store::from_pools(Backend::Sqlite, read, write, blobs))
+    }
+
+    fn from_pools(backend: Backend, read: AnyPool, write: AnyPool, blobs: BlobStore) -> Store {
+        Store {
+            backend,
             shared_bans: Default::default(),
             read,
             write,
@@ -259,7 +282,60 @@ impl Store {
             scram_iterations: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(10_000)),
             default_quota: Default::default(),
             domain_cache: Default::default(),
-        })
+        }
+    }
+
+    /// Opens a PostgreSQL database (`[storage] database = "postgres://USER@HOST:PORT/DB"`), creating
+    /// the schema or bringing it up to date when `may_migrate` (several nodes starting at once
+    /// take turns: the steps run under an advisory lock). `password` comes from the
+    /// configuration's secret reference, never from the URL. Bodies stay in `blob_dir`.
+    ///
+    /// Writes go through one connection per node, as with SQLite, so that the store's
+    /// read-then-write transactions keep their meaning on one node.
+    pub async fn open_postgres(
+        url: &str,
+        password: Option<&str>,
+        pool_size: u32,
+        blob_dir: &Path,
+        bodies_in_database: bool,
+        may_migrate: bool,
+    ) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let mut database_url = url::Url::parse(url)
+            .map_err(|e| StoreError::Conflict(format!("the database URL is not valid: {e}")))?;
+        if let Some(pw) = password {
+            database_url
+                .set_password(Some(pw))
+                .map_err(|()| StoreError::Conflict("the database URL takes no password".into()))?;
+        }
+        let opts: sqlx::any::AnyConnectOptions = database_url.as_str().parse()?;
+        let write = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        if may_migrate {
+            migrate_postgres(&write).await?;
+        } else {
+            let version = schema_version_postgres(&write).await?;
+            if version != SCHEMA_VERSION {
+                write.close().await;
+                return Err(StoreError::Conflict(format!(
+                    "the database has schema version {version} and this postern needs {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        let read = AnyPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .connect_with(opts)
+            .await?;
+        let mut blobs = BlobStore::open(blob_dir)?;
+        if bodies_in_database {
+            blobs = blobs.in_database(read.clone());
+        }
+        let mut store = Store::from_pools(Backend::Postgres, read, write, blobs);
+        // bodies and rows are on different systems: each body is synced on its own
+        store.batch_sync = false;
+        Ok(store)
     }
 
     fn committer(&self) -> &tokio::sync::mpsc::Sender<commit::Job> {
@@ -299,9 +375,9 @@ impl Store {
     pub async fn quota(&self, account_id: i64) -> Result<(u64, Option<u64>)> {
         let r = sqlx::query(
             "SELECT a.quota_bytes,
-                    (SELECT COALESCE(SUM(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
+                    (SELECT CAST(COALESCE(SUM(m.size), 0) AS BIGINT) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
                      WHERE b.account_id = a.id) AS used
-             FROM accounts a WHERE a.id = ?",
+             FROM accounts a WHERE a.id = $1",
         )
         .bind(account_id)
         .fetch_optional(&self.read)
@@ -326,7 +402,7 @@ impl Store {
 
     /// Sets an account's own quota: None = the default, Some(0) = none, Some(n) = n bytes.
     pub async fn set_quota(&self, account_id: i64, bytes: Option<u64>) -> Result<()> {
-        sqlx::query("UPDATE accounts SET quota_bytes = ? WHERE id = ?")
+        sqlx::query("UPDATE accounts SET quota_bytes = $1 WHERE id = $2")
             .bind(bytes.map(|b| b.min(i64::MAX as u64) as i64))
             .bind(account_id)
             .execute(&self.write)
@@ -390,6 +466,36 @@ impl Store {
         &self.blobs
     }
 
+    /// A message body by its id, from its file or (bodies in the database) its row.
+    pub async fn body(&self, blob_id: &str) -> std::io::Result<Vec<u8>> {
+        self.blobs.read(blob_id).await
+    }
+
+    /// Claims the periodic job `name` for this period of `period` seconds: true for exactly one
+    /// caller per period among every node on the database (the one whose update moved the
+    /// job's last run), false for the others and for a job already run in this period.
+    pub async fn claim_job(&self, name: &str, period: i64, node: &str) -> Result<bool> {
+        let now = now();
+        sqlx::query(
+            "INSERT INTO periodic_jobs (name, last_run, node) VALUES ($1, 0, '') ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .execute(&self.write)
+        .await?;
+        // a little early is still this period: ticks of different nodes drift
+        let claimed = sqlx::query(
+            "UPDATE periodic_jobs SET last_run = $1, node = $2 WHERE name = $3 AND last_run <= $4",
+        )
+        .bind(now)
+        .bind(node)
+        .bind(name)
+        .bind(now - period + period / 10)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
     pub async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
@@ -435,16 +541,190 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0026_vanished.sql"),
     include_str!("../migrations/0027_web_sessions.sql"),
     include_str!("../migrations/0028_passkeys.sql"),
+    include_str!("../migrations/0029_bodies_jobs.sql"),
 ];
 
-async fn schema_version(pool: &SqlitePool) -> Result<i64> {
+/// A `sqlite://` URL naming the file `db` (made absolute; every byte outside a small safe set
+/// percent-encoded, which sqlx decodes, so that `?`, `#` or `%` in a path stay part of it).
+fn sqlite_url(db: &Path) -> Result<String> {
+    let abs = std::path::absolute(db)?;
+    let path = abs
+        .to_str()
+        .ok_or_else(|| StoreError::Conflict("the database path is not UTF-8".into()))?;
+    let mut url = String::from("sqlite://");
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(url)
+}
+
+/// The engine that holds a [`Store`]'s data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One file beside the blob directory (the default): one node.
+    Sqlite,
+    /// A PostgreSQL database that several nodes share.
+    Postgres,
+}
+
+/// A boolean column: SQLite keeps 0/1 in an INTEGER and PostgreSQL a `boolean` or an integer; the
+/// `Any` driver decodes neither as the other, so every boolean is read through this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Flag(pub bool);
+
+impl From<Flag> for bool {
+    fn from(f: Flag) -> bool {
+        f.0
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for Flag {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <i64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+    fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+        <i64 as sqlx::Type<sqlx::Any>>::compatible(ty)
+            || <bool as sqlx::Type<sqlx::Any>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for Flag {
+    fn decode(
+        value: sqlx::any::AnyValueRef<'r>,
+    ) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::ValueRef;
+        if <bool as sqlx::Type<sqlx::Any>>::compatible(&value.type_info()) {
+            return Ok(Flag(<bool as sqlx::Decode<sqlx::Any>>::decode(value)?));
+        }
+        Ok(Flag(<i64 as sqlx::Decode<sqlx::Any>>::decode(value)? != 0))
+    }
+}
+
+impl Store {
+    /// The engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+/// A SQLite migration step in PostgreSQL's dialect. The steps are written once, for SQLite, in
+/// the small common subset of DDL both engines read; what differs is typed here: 64-bit
+/// integers, `bytea`, identity keys for SQLite's `INTEGER PRIMARY KEY`, and a `rowid` column
+/// where a query orders by SQLite's implicit one.
+fn postgres_ddl(sql: &str) -> String {
+    /// Tables whose queries use SQLite's implicit `rowid`.
+    const ROWID_TABLES: &[&str] = &["password_history"];
+    let mut out = sql
+        .replace(
+            "INTEGER PRIMARY KEY",
+            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        )
+        .replace(" WITHOUT ROWID", "");
+    for (from, to) in [("INTEGER", "BIGINT"), ("BLOB", "BYTEA")] {
+        out = replace_word(&out, from, to);
+    }
+    for t in ROWID_TABLES {
+        out = out.replace(
+            &format!("CREATE TABLE {t} ("),
+            &format!("CREATE TABLE {t} (\n    rowid BIGINT GENERATED BY DEFAULT AS IDENTITY,"),
+        );
+    }
+    out
+}
+
+/// `s` with every `from` that stands as a whole word replaced by `to`.
+fn replace_word(s: &str, from: &str, to: &str) -> String {
+    let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(from) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + from.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if ident(before) || ident(after) {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        rest = &rest[i + from.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The advisory lock key under which nodes take turns to migrate ("postern" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0070_6f73_7465_726e;
+
+async fn schema_version_postgres(pool: &AnyPool) -> Result<i64> {
+    let exists: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'postern_schema'
+         AND table_schema = current_schema()",
+    )
+    .fetch_one(pool)
+    .await?
+    .try_get(0)?;
+    if exists == 0 {
+        return Ok(0);
+    }
+    Ok(sqlx::query("SELECT version FROM postern_schema")
+        .fetch_optional(pool)
+        .await?
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+async fn migrate_postgres(pool: &AnyPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS postern_schema (version BIGINT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let version: i64 = sqlx::query("SELECT version FROM postern_schema")
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Conflict(format!(
+            "the database has schema version {version}, newer than this postern ({SCHEMA_VERSION}); upgrade postern"
+        )));
+    }
+    for (_, sql) in (1i64..)
+        .zip(MIGRATIONS.iter())
+        .filter(|(v, _)| *v > version)
+    {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(postgres_ddl(sql)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::raw_sql("DELETE FROM postern_schema")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO postern_schema (version) VALUES ($1)")
+        .bind(SCHEMA_VERSION)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn schema_version(pool: &AnyPool) -> Result<i64> {
     Ok(sqlx::query("PRAGMA user_version")
         .fetch_one(pool)
         .await?
         .try_get(0)?)
 }
 
-async fn migrate(pool: &SqlitePool) -> Result<()> {
+async fn migrate(pool: &AnyPool) -> Result<()> {
     let version = schema_version(pool).await?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Conflict(format!(
@@ -481,7 +761,7 @@ impl CredentialStore for Store {
         let row = sqlx::query(
             "SELECT id, address, password_hash, disabled, allowed_networks, password_changed_at, must_change_password,
                     scram_salt, scram_iterations, scram_verifier, directory
-             FROM accounts WHERE address = ?",
+             FROM accounts WHERE address = $1",
         )
         .bind(login)
         .fetch_optional(&self.read)
@@ -504,7 +784,7 @@ impl CredentialStore for Store {
                 account_id: r.try_get("id")?,
                 address: r.try_get("address")?,
                 password_hash: r.try_get("password_hash")?,
-                disabled: r.try_get("disabled")?,
+                disabled: r.try_get::<Flag, _>("disabled")?.0,
                 allowed_networks: r
                     .try_get::<String, _>("allowed_networks")?
                     .split(',')
@@ -539,7 +819,7 @@ impl CredentialStore for Store {
 
     async fn app_password_used(&self, id: i64, ip: std::net::IpAddr) {
         self.record_use(
-            "UPDATE app_passwords SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            "UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2 WHERE id = $3",
             id,
             ip,
             "app password",
@@ -574,7 +854,7 @@ impl CredentialStore for Store {
             return Ok(None);
         }
         self.add_account(&address, unusable_phc).await.map_err(e)?;
-        sqlx::query("UPDATE accounts SET directory = 'ldap' WHERE address = ?")
+        sqlx::query("UPDATE accounts SET directory = 'ldap' WHERE address = $1")
             .bind(address.as_str())
             .execute(&self.write)
             .await
@@ -584,7 +864,7 @@ impl CredentialStore for Store {
 
     async fn client_cert_used(&self, id: i64, ip: std::net::IpAddr) {
         self.record_use(
-            "UPDATE client_certs SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            "UPDATE client_certs SET last_used_at = $1, last_used_ip = $2 WHERE id = $3",
             id,
             ip,
             "client certificate",
@@ -609,7 +889,7 @@ impl CredentialStore for Store {
 
     async fn application_used(&self, id: i64, ip: std::net::IpAddr) {
         self.record_use(
-            "UPDATE applications SET last_used_at = ?, last_used_ip = ? WHERE id = ?",
+            "UPDATE applications SET last_used_at = $1, last_used_ip = $2 WHERE id = $3",
             id,
             ip,
             "application",
@@ -628,6 +908,77 @@ mod tests {
             .await
             .unwrap();
         (d, s)
+    }
+
+    #[test]
+    fn postgres_ddl_types_and_rowid() {
+        let t = postgres_ddl(
+            "CREATE TABLE password_history (\n    account_id INTEGER NOT NULL,\n    hash TEXT\n);\n\
+             CREATE TABLE x (id INTEGER PRIMARY KEY, data BLOB, big_integer_count INTEGER) WITHOUT ROWID;",
+        );
+        assert!(
+            t.contains("rowid BIGINT GENERATED BY DEFAULT AS IDENTITY,"),
+            "{t}"
+        );
+        assert!(t.contains("account_id BIGINT NOT NULL"), "{t}");
+        assert!(
+            t.contains("id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+            "{t}"
+        );
+        assert!(t.contains("data BYTEA"), "{t}");
+        // only whole words
+        assert!(t.contains("big_integer_count BIGINT)"), "{t}");
+        assert!(!t.contains("WITHOUT ROWID"), "{t}");
+        // every step translates to something without SQLite-only words
+        for m in MIGRATIONS {
+            let t = postgres_ddl(m);
+            for w in ["WITHOUT ROWID", " BLOB", "INTEGER PRIMARY KEY"] {
+                assert!(!t.contains(w), "{w} left in {t}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn periodic_jobs_are_claimed_once_per_period() {
+        let (_d, s) = store().await;
+        assert!(s.claim_job("hourly", 3600, "a").await.unwrap());
+        assert!(!s.claim_job("hourly", 3600, "b").await.unwrap());
+        assert!(!s.claim_job("hourly", 3600, "a").await.unwrap());
+        // another job has its own period
+        assert!(s.claim_job("daily", 86400, "b").await.unwrap());
+        // once the period is (nearly) over, the next claim wins
+        sqlx::query("UPDATE periodic_jobs SET last_run = last_run - 3300 WHERE name = 'hourly'")
+            .execute(&s.write)
+            .await
+            .unwrap();
+        assert!(s.claim_job("hourly", 3600, "b").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn leased_queue_entries_are_taken_once() {
+        let (_d, s) = store().await;
+        for i in 0..3 {
+            let body = format!("Subject: {i}\r\n\r\nx").into_bytes();
+            s.enqueue(vec![body], "a@a.test", None, &["b@remote.test".into()])
+                .await
+                .unwrap();
+        }
+        let t = now();
+        let first = s.lease_due(t, 2).await.unwrap();
+        assert_eq!(first.len(), 2);
+        let second = s.lease_due(t, 10).await.unwrap();
+        assert_eq!(second.len(), 1, "only the one not leased yet");
+        assert!(first.iter().all(|id| !second.contains(id)));
+        assert!(s.lease_due(t, 10).await.unwrap().is_empty());
+        // given back: due again at once
+        s.release_leases(&first, t).await.unwrap();
+        let again = s.lease_due(t, 10).await.unwrap();
+        assert_eq!(again, first);
+        // a lease that ran out (its node died) is taken again
+        assert_eq!(
+            s.lease_due(t + queue::QUEUE_LEASE, 10).await.unwrap().len(),
+            3
+        );
     }
 
     /// A store with the domain example.test and the account a@example.test (its id).
@@ -711,7 +1062,7 @@ mod tests {
         // a mailbox deleted takes its record with it
         s.delete_mailbox(id, "Old").await.unwrap();
         s.delete_mailbox(id, "Other").await.unwrap();
-        let left: i64 = sqlx::query("SELECT COUNT(*) FROM vanished WHERE mailbox_id != ?")
+        let left: i64 = sqlx::query("SELECT COUNT(*) FROM vanished WHERE mailbox_id != $1")
             .bind(inbox)
             .fetch_one(&s.read)
             .await
@@ -868,7 +1219,7 @@ mod tests {
             let opts = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(&path)
                 .create_if_missing(true);
-            let pool = SqlitePool::connect_with(opts).await.unwrap();
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
             for (step, sql) in (1i64..).zip(MIGRATIONS.iter()).filter(|(v, _)| *v <= 6) {
                 sqlx::raw_sql(*sql).execute(&pool).await.unwrap();
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {step}")))

@@ -98,13 +98,30 @@ pub enum FlagOp {
 }
 
 /// Per-account change signals: a session in IDLE waits on its account's channel instead of
-/// polling the database in a loop. In-process only; a cluster would carry these over Redis.
+/// polling the database in a loop. Nodes of a cluster pass them on through Redis (`[cluster]
+/// redis`, see `postern::cluster`), so a delivery on one node wakes IDLE on another.
 #[derive(Default)]
 pub struct ChangeBus {
     accounts: Mutex<HashMap<i64, watch::Sender<u64>>>,
+    /// Where changes are also announced to other nodes on the same database (`[cluster]
+    /// redis`), when set.
+    relay: std::sync::OnceLock<Box<dyn Fn(i64) + Send + Sync>>,
 }
 
 impl ChangeBus {
+    /// Announces every change made here to other nodes too (called once, by the cluster).
+    pub fn relay_to(&self, f: Box<dyn Fn(i64) + Send + Sync>) {
+        let _ = self.relay.set(f);
+    }
+
+    /// A change another node made: wakes this node's sessions of the account only.
+    pub fn notify_local(&self, account_id: i64) {
+        let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&account_id) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     pub fn subscribe(&self, account_id: i64) -> watch::Receiver<u64> {
         let mut map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(account_id)
@@ -112,10 +129,11 @@ impl ChangeBus {
             .subscribe()
     }
 
+    /// A change made on this node: wakes its sessions of the account, and other nodes'.
     pub fn notify(&self, account_id: i64) {
-        let map = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = map.get(&account_id) {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.notify_local(account_id);
+        if let Some(relay) = self.relay.get() {
+            relay(account_id);
         }
     }
 }
@@ -149,7 +167,7 @@ pub(crate) fn apply_flags(current: &[String], op: FlagOp, flags: &[String]) -> V
     out
 }
 
-fn mailbox_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mailbox> {
+fn mailbox_from_row(r: &sqlx::any::AnyRow) -> Result<Mailbox> {
     Ok(Mailbox {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
@@ -161,7 +179,7 @@ fn mailbox_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Mailbox> {
     })
 }
 
-fn meta_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<MessageMeta> {
+fn meta_from_row(r: &sqlx::any::AnyRow) -> Result<MessageMeta> {
     Ok(MessageMeta {
         uid: r.try_get::<i64, _>("uid")? as u32,
         flags: parse_flags(&r.try_get::<String, _>("flags")?),
@@ -183,8 +201,9 @@ fn new_uidvalidity() -> i64 {
 /// used again never gets a UIDVALIDITY it had before, even within the same second.
 macro_rules! uidvalidity_sql {
     () => {
-        "max(?3, (SELECT uidvalidity_floor + 1 FROM accounts WHERE id = ?1),
-             COALESCE((SELECT MAX(uidvalidity) + 1 FROM mailboxes WHERE account_id = ?1), 0))"
+        "(SELECT MAX(v) FROM (SELECT $3 AS v
+             UNION ALL SELECT uidvalidity_floor + 1 FROM accounts WHERE id = $1
+             UNION ALL SELECT MAX(uidvalidity) + 1 FROM mailboxes WHERE account_id = $1) AS candidates)"
     };
 }
 
@@ -209,7 +228,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             mailbox_cols!(),
-            " FROM mailboxes WHERE account_id = ? ORDER BY name = 'INBOX' DESC, name"
+            " FROM mailboxes WHERE account_id = $1 ORDER BY name = 'INBOX' DESC, name"
         ))
         .bind(account_id)
         .fetch_all(&self.read)
@@ -221,7 +240,7 @@ impl Store {
         let row = sqlx::query(concat!(
             "SELECT ",
             mailbox_cols!(),
-            " FROM mailboxes WHERE account_id = ? AND name = ?"
+            " FROM mailboxes WHERE account_id = $1 AND name = $2"
         ))
         .bind(account_id)
         .bind(name)
@@ -232,7 +251,7 @@ impl Store {
 
     pub async fn create_mailbox(&self, account_id: i64, name: &str) -> Result<()> {
         let res = sqlx::query(concat!(
-            "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?1, ?2, ",
+            "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES ($1, $2, ",
             uidvalidity_sql!(),
             ")"
         ))
@@ -247,7 +266,7 @@ impl Store {
     /// Deletes a mailbox and its messages (blobs no longer referenced are removed).
     pub async fn delete_mailbox(&self, account_id: i64, name: &str) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let id: i64 = sqlx::query("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+        let id: i64 = sqlx::query("SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2")
             .bind(account_id)
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -255,31 +274,31 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("mailbox {name}")))?
             .try_get(0)?;
         let blobs: Vec<String> =
-            sqlx::query("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = ?")
+            sqlx::query("SELECT DISTINCT blob_id FROM messages WHERE mailbox_id = $1")
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .map(|r| r.try_get(0))
                 .collect::<std::result::Result<_, _>>()?;
-        sqlx::query("DELETE FROM messages WHERE mailbox_id = ?")
+        sqlx::query("DELETE FROM messages WHERE mailbox_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM vanished WHERE mailbox_id = ?")
+        sqlx::query("DELETE FROM vanished WHERE mailbox_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         // the name may come back: its next UIDVALIDITY must be larger than this one's
         sqlx::query(
-            "UPDATE accounts SET uidvalidity_floor = max(uidvalidity_floor,
-                 (SELECT uidvalidity FROM mailboxes WHERE id = ?1)) WHERE id = ?2",
+            "UPDATE accounts SET uidvalidity_floor = (SELECT MAX(v) FROM (SELECT uidvalidity_floor AS v
+                 UNION ALL SELECT uidvalidity FROM mailboxes WHERE id = $1) AS candidates) WHERE id = $2",
         )
         .bind(id)
         .bind(account_id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM mailboxes WHERE id = ?")
+        sqlx::query("DELETE FROM mailboxes WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -295,7 +314,7 @@ impl Store {
     pub async fn rename_mailbox(&self, account_id: i64, from: &str, to: &str) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let exists = |name: String| {
-            sqlx::query("SELECT id FROM mailboxes WHERE account_id = ? AND name = ?")
+            sqlx::query("SELECT id FROM mailboxes WHERE account_id = $1 AND name = $2")
                 .bind(account_id)
                 .bind(name)
         };
@@ -313,7 +332,7 @@ impl Store {
         }
         if from == "INBOX" {
             let row = sqlx::query(concat!(
-                "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES (?1, ?2, ",
+                "INSERT INTO mailboxes (account_id, name, uidvalidity) VALUES ($1, $2, ",
                 uidvalidity_sql!(),
                 ") RETURNING id"
             ))
@@ -325,7 +344,7 @@ impl Store {
             let dst: i64 = row.try_get(0)?;
             // Renumber from 1 in the new mailbox, keeping order.
             let uids: Vec<i64> =
-                sqlx::query("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid")
+                sqlx::query("SELECT uid FROM messages WHERE mailbox_id = $1 ORDER BY uid")
                     .bind(src)
                     .fetch_all(&mut *tx)
                     .await?
@@ -334,7 +353,7 @@ impl Store {
                     .collect::<std::result::Result<_, _>>()?;
             for (i, uid) in uids.iter().enumerate() {
                 sqlx::query(
-                    "UPDATE messages SET mailbox_id = ?, uid = ? WHERE mailbox_id = ? AND uid = ?",
+                    "UPDATE messages SET mailbox_id = $1, uid = $2 WHERE mailbox_id = $3 AND uid = $4",
                 )
                 .bind(dst)
                 .bind(i as i64 + 1)
@@ -343,7 +362,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query("UPDATE mailboxes SET uidnext = ? WHERE id = ?")
+            sqlx::query("UPDATE mailboxes SET uidnext = $1 WHERE id = $2")
                 .bind(uids.len() as i64 + 1)
                 .bind(dst)
                 .execute(&mut *tx)
@@ -352,7 +371,7 @@ impl Store {
             let moved: Vec<u32> = uids.iter().map(|&u| u as u32).collect();
             if moved.is_empty() {
                 sqlx::query(
-                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?",
+                    "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1",
                 )
                 .bind(src)
                 .execute(&mut *tx)
@@ -360,7 +379,7 @@ impl Store {
             }
             record_vanished(&mut tx, src, &moved).await?;
         } else {
-            let children = sqlx::query("SELECT id, name FROM mailboxes WHERE account_id = ? AND (name = ? OR substr(name, 1, ?) = ?)")
+            let children = sqlx::query("SELECT id, name FROM mailboxes WHERE account_id = $1 AND (name = $2 OR substr(name, 1, CAST($3 AS INTEGER)) = $4)")
                 .bind(account_id)
                 .bind(from)
                 .bind(from.len() as i64 + 1)
@@ -379,7 +398,7 @@ impl Store {
                 {
                     return Err(StoreError::Exists(format!("mailbox {new}")));
                 }
-                sqlx::query("UPDATE mailboxes SET name = ? WHERE id = ?")
+                sqlx::query("UPDATE mailboxes SET name = $1 WHERE id = $2")
                     .bind(new)
                     .bind(id)
                     .execute(&mut *tx)
@@ -393,7 +412,7 @@ impl Store {
 
     pub async fn set_subscribed(&self, account_id: i64, name: &str, on: bool) -> Result<()> {
         let n =
-            sqlx::query("UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?")
+            sqlx::query("UPDATE mailboxes SET subscribed = $1 WHERE account_id = $2 AND name = $3")
                 .bind(on as i64)
                 .bind(account_id)
                 .bind(name)
@@ -409,10 +428,10 @@ impl Store {
     pub async fn mailbox_counts(&self, mailbox_id: i64) -> Result<MailboxCounts> {
         let r = sqlx::query(
             "SELECT b.uidnext, b.uidvalidity, b.highest_modseq, COUNT(m.id) AS n,
-                    COALESCE(SUM(m.size), 0) AS bytes,
-                    COALESCE(SUM(CASE WHEN m.id IS NULL OR (' ' || m.flags || ' ') LIKE '% \\Seen %' THEN 0 ELSE 1 END), 0) AS unseen,
-                    COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Deleted %' THEN 1 ELSE 0 END), 0) AS deleted
-             FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = ? GROUP BY b.id",
+                    CAST(COALESCE(SUM(m.size), 0) AS BIGINT) AS bytes,
+                    CAST(COALESCE(SUM(CASE WHEN m.id IS NULL OR (' ' || m.flags || ' ') LIKE '% \\Seen %' ESCAPE '!' THEN 0 ELSE 1 END), 0) AS BIGINT) AS unseen,
+                    CAST(COALESCE(SUM(CASE WHEN (' ' || m.flags || ' ') LIKE '% \\Deleted %' ESCAPE '!' THEN 1 ELSE 0 END), 0) AS BIGINT) AS deleted
+             FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = $1 GROUP BY b.id",
         )
         .bind(mailbox_id)
         .fetch_optional(&self.read)
@@ -440,14 +459,14 @@ impl Store {
             return Ok(mark);
         }
         let mut tx = self.write.begin().await?;
-        let before: i64 = sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = ?")
+        let before: i64 = sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
             .bind(mailbox_id)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| r.get(0))
             .unwrap_or(i64::from(up_to));
         if before < i64::from(up_to) {
-            sqlx::query("UPDATE mailboxes SET recent_uid = ? WHERE id = ?")
+            sqlx::query("UPDATE mailboxes SET recent_uid = $1 WHERE id = $2")
                 .bind(i64::from(up_to))
                 .bind(mailbox_id)
                 .execute(&mut *tx)
@@ -461,7 +480,7 @@ impl Store {
     pub async fn count_recent(&self, mailbox_id: i64) -> Result<u32> {
         Ok(sqlx::query(
             "SELECT COUNT(*) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id
-             WHERE b.id = ? AND m.uid > b.recent_uid",
+             WHERE b.id = $1 AND m.uid > b.recent_uid",
         )
         .bind(mailbox_id)
         .fetch_one(&self.read)
@@ -472,20 +491,22 @@ impl Store {
 
     /// The mailbox's \Recent mark (read-only sessions and STATUS look without claiming).
     pub async fn recent_mark(&self, mailbox_id: i64) -> Result<u32> {
-        Ok(sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = ?")
-            .bind(mailbox_id)
-            .fetch_optional(&self.read)
-            .await?
-            .map_or(0, |r| {
-                r.get::<i64, _>(0).clamp(0, i64::from(u32::MAX)) as u32
-            }))
+        Ok(
+            sqlx::query("SELECT recent_uid FROM mailboxes WHERE id = $1")
+                .bind(mailbox_id)
+                .fetch_optional(&self.read)
+                .await?
+                .map_or(0, |r| {
+                    r.get::<i64, _>(0).clamp(0, i64::from(u32::MAX)) as u32
+                }),
+        )
     }
 
     /// The mailbox's current HIGHESTMODSEQ (one indexed row: the cheap "anything new?" poll).
     /// None if the mailbox is gone.
     pub async fn mailbox_modseq(&self, mailbox_id: i64) -> Result<Option<u64>> {
         Ok(
-            sqlx::query("SELECT highest_modseq FROM mailboxes WHERE id = ?")
+            sqlx::query("SELECT highest_modseq FROM mailboxes WHERE id = $1")
                 .bind(mailbox_id)
                 .fetch_optional(&self.read)
                 .await?
@@ -500,7 +521,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT ",
             meta_cols!(),
-            " FROM messages WHERE mailbox_id = ? ORDER BY uid"
+            " FROM messages WHERE mailbox_id = $1 ORDER BY uid"
         ))
         .bind(mailbox_id)
         .fetch_all(&self.read)
@@ -519,7 +540,7 @@ impl Store {
             "SELECT b.uidvalidity AS b_validity, b.uidnext AS b_next, b.highest_modseq AS b_modseq,
                     m.uid, m.flags, m.modseq, m.size, m.internal_date, m.blob_id
              FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id
-             WHERE b.id = ? ORDER BY m.uid",
+             WHERE b.id = $1 ORDER BY m.uid",
         )
         .bind(mailbox_id)
         .fetch_all(&self.read)
@@ -607,7 +628,7 @@ impl Store {
     ) -> Result<Vec<u32>> {
         let mut tx = self.write.begin().await?;
         let rows = sqlx::query(
-            "SELECT uid, flags, blob_id FROM messages WHERE mailbox_id = ? ORDER BY uid",
+            "SELECT uid, flags, blob_id FROM messages WHERE mailbox_id = $1 ORDER BY uid",
         )
         .bind(mailbox_id)
         .fetch_all(&mut *tx)
@@ -626,7 +647,7 @@ impl Store {
             }
         }
         for &uid in &gone {
-            sqlx::query("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?")
+            sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 AND uid = $2")
                 .bind(mailbox_id)
                 .bind(uid as i64)
                 .execute(&mut *tx)
@@ -657,7 +678,7 @@ impl Store {
     ) -> Result<(u32, Vec<(u32, u32)>)> {
         let mut tx = self.write.begin().await?;
         let uidvalidity: i64 =
-            sqlx::query("SELECT uidvalidity FROM mailboxes WHERE id = ? AND account_id = ?")
+            sqlx::query("SELECT uidvalidity FROM mailboxes WHERE id = $1 AND account_id = $2")
                 .bind(dst)
                 .bind(account_id)
                 .fetch_optional(&mut *tx)
@@ -670,7 +691,7 @@ impl Store {
             let Some(r) = sqlx::query(concat!(
                 "SELECT ",
                 meta_cols!(),
-                " FROM messages WHERE mailbox_id = ? AND uid = ?"
+                " FROM messages WHERE mailbox_id = $1 AND uid = $2"
             ))
             .bind(src)
             .bind(uid as i64)
@@ -686,14 +707,14 @@ impl Store {
             let m = meta_from_row(&r)?;
             let row = sqlx::query(
                 "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1
-                 WHERE id = ? RETURNING uidnext - 1 AS uid, highest_modseq",
+                 WHERE id = $1 RETURNING uidnext - 1 AS uid, highest_modseq",
             )
             .bind(dst)
             .fetch_one(&mut *tx)
             .await?;
             let (new_uid, modseq): (i64, i64) =
                 (row.try_get("uid")?, row.try_get("highest_modseq")?);
-            sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO messages (mailbox_id, uid, blob_id, size, internal_date, flags, modseq) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(dst)
                 .bind(new_uid)
                 .bind(&m.blob_id)
@@ -704,7 +725,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             if move_ {
-                sqlx::query("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?")
+                sqlx::query("DELETE FROM messages WHERE mailbox_id = $1 AND uid = $2")
                     .bind(src)
                     .bind(uid as i64)
                     .execute(&mut *tx)
@@ -732,7 +753,7 @@ impl Store {
     /// must then treat every UID it cannot find as vanished (RFC 7162 3.2.5.2 allows reporting
     /// UIDs that never existed).
     pub async fn vanished_since(&self, mailbox_id: i64, since: u64) -> Result<Vanished> {
-        let floor: i64 = sqlx::query("SELECT vanished_floor FROM mailboxes WHERE id = ?")
+        let floor: i64 = sqlx::query("SELECT vanished_floor FROM mailboxes WHERE id = $1")
             .bind(mailbox_id)
             .fetch_optional(&self.read)
             .await?
@@ -740,7 +761,7 @@ impl Store {
             .try_get(0)?;
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let rows = sqlx::query(
-            "SELECT uid FROM vanished WHERE mailbox_id = ? AND modseq > ? ORDER BY uid",
+            "SELECT uid FROM vanished WHERE mailbox_id = $1 AND modseq > $2 ORDER BY uid",
         )
         .bind(mailbox_id)
         .bind(since)
@@ -764,7 +785,7 @@ impl Store {
     pub async fn prune_vanished(&self, keep: u64) -> Result<u64> {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let over =
-            sqlx::query("SELECT mailbox_id FROM vanished GROUP BY mailbox_id HAVING COUNT(*) > ?")
+            sqlx::query("SELECT mailbox_id FROM vanished GROUP BY mailbox_id HAVING COUNT(*) > $1")
                 .bind(keep)
                 .fetch_all(&self.read)
                 .await?;
@@ -773,7 +794,7 @@ impl Store {
             let id: i64 = row.try_get(0)?;
             let mut tx = self.write.begin().await?;
             let cutoff: Option<i64> = sqlx::query(
-                "SELECT modseq FROM vanished WHERE mailbox_id = ? ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+                "SELECT modseq FROM vanished WHERE mailbox_id = $1 ORDER BY modseq DESC LIMIT 1 OFFSET $2",
             )
             .bind(id)
             .bind(keep)
@@ -783,14 +804,14 @@ impl Store {
             .transpose()?;
             let Some(cutoff) = cutoff else { continue };
             // records of one expunge share its MODSEQ: the group at the cut stays whole
-            removed += sqlx::query("DELETE FROM vanished WHERE mailbox_id = ? AND modseq < ?")
+            removed += sqlx::query("DELETE FROM vanished WHERE mailbox_id = $1 AND modseq < $2")
                 .bind(id)
                 .bind(cutoff)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
             sqlx::query(
-                "UPDATE mailboxes SET vanished_floor = MAX(vanished_floor, ?) WHERE id = ?",
+                "UPDATE mailboxes SET vanished_floor = CASE WHEN vanished_floor > $1 THEN vanished_floor ELSE $1 END WHERE id = $2",
             )
             .bind(cutoff - 1)
             .bind(id)
@@ -803,7 +824,7 @@ impl Store {
 
     /// Whether POP3 is allowed for this account (the "prefer IMAP" switch).
     pub async fn pop3_enabled(&self, account_id: i64) -> Result<bool> {
-        let v: i64 = sqlx::query("SELECT pop3_enabled FROM accounts WHERE id = ?")
+        let v: i64 = sqlx::query("SELECT pop3_enabled FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_optional(&self.read)
             .await?
@@ -819,7 +840,7 @@ impl Store {
 
     /// The UIDs a mailbox holds now (POP3 checks its maildrop against it).
     pub async fn existing_uids(&self, mailbox_id: i64) -> Result<Vec<u32>> {
-        let rows = sqlx::query("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid")
+        let rows = sqlx::query("SELECT uid FROM messages WHERE mailbox_id = $1 ORDER BY uid")
             .bind(mailbox_id)
             .fetch_all(&self.read)
             .await?;
@@ -837,7 +858,7 @@ impl Store {
 /// Raises the mailbox's MODSEQ once for messages just removed from it (expunged, moved away)
 /// and records each UID with that MODSEQ for QRESYNC.
 async fn record_vanished(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     mailbox_id: i64,
     uids: &[u32],
 ) -> Result<()> {
@@ -845,26 +866,29 @@ async fn record_vanished(
         return Ok(());
     }
     let modseq: i64 = sqlx::query(
-        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ? RETURNING highest_modseq",
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = $1 RETURNING highest_modseq",
     )
     .bind(mailbox_id)
     .fetch_one(&mut **tx)
     .await?
     .try_get(0)?;
     for &uid in uids {
-        sqlx::query("INSERT OR REPLACE INTO vanished (mailbox_id, uid, modseq) VALUES (?, ?, ?)")
-            .bind(mailbox_id)
-            .bind(i64::from(uid))
-            .bind(modseq)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO vanished (mailbox_id, uid, modseq) VALUES ($1, $2, $3)
+             ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
+        )
+        .bind(mailbox_id)
+        .bind(i64::from(uid))
+        .bind(modseq)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
 
 /// Of `candidates`, the blobs no message and no queue entry references any more.
 async fn orphaned_blobs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     mut candidates: Vec<String>,
 ) -> Result<Vec<String>> {
     candidates.sort();
@@ -872,7 +896,7 @@ async fn orphaned_blobs(
     let mut out = Vec::new();
     for b in candidates {
         let used = sqlx::query(
-            "SELECT 1 FROM messages WHERE blob_id = ?1 UNION ALL SELECT 1 FROM queue WHERE blob_id = ?1 LIMIT 1",
+            "SELECT 1 FROM messages WHERE blob_id = $1 UNION ALL SELECT 1 FROM queue WHERE blob_id = $1 LIMIT 1",
         )
         .bind(&b)
         .fetch_optional(&mut **tx)

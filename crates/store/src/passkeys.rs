@@ -19,7 +19,7 @@ pub struct Passkey {
     pub last_used_at: Option<i64>,
 }
 
-fn row(r: &sqlx::sqlite::SqliteRow) -> Result<Passkey> {
+fn row(r: &sqlx::any::AnyRow) -> Result<Passkey> {
     Ok(Passkey {
         owner: r.try_get("owner")?,
         credential_id: r.try_get("credential_id")?,
@@ -37,13 +37,13 @@ const COLUMNS: &str =
 impl Store {
     /// The owner's user handle, made (from `fresh`) on first use.
     pub async fn passkey_user_handle(&self, owner: &str, fresh: &[u8]) -> Result<Vec<u8>> {
-        sqlx::query("INSERT INTO passkey_users (owner, user_handle) VALUES (?, ?) ON CONFLICT (owner) DO NOTHING")
+        sqlx::query("INSERT INTO passkey_users (owner, user_handle) VALUES ($1, $2) ON CONFLICT (owner) DO NOTHING")
             .bind(owner)
             .bind(fresh)
             .execute(&self.write)
             .await?;
         Ok(
-            sqlx::query("SELECT user_handle FROM passkey_users WHERE owner = ?")
+            sqlx::query("SELECT user_handle FROM passkey_users WHERE owner = $1")
                 .bind(owner)
                 .fetch_one(&self.write)
                 .await?
@@ -54,7 +54,7 @@ impl Store {
     /// The owner of a user handle, if any.
     pub async fn passkey_owner(&self, user_handle: &[u8]) -> Result<Option<String>> {
         Ok(
-            sqlx::query("SELECT owner FROM passkey_users WHERE user_handle = ?")
+            sqlx::query("SELECT owner FROM passkey_users WHERE user_handle = $1")
                 .bind(user_handle)
                 .fetch_optional(&self.read)
                 .await?
@@ -66,7 +66,7 @@ impl Store {
     pub async fn add_passkey(&self, p: &Passkey) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO passkeys (owner, credential_id, name, static_state, dynamic_state, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&p.owner)
         .bind(&p.credential_id)
@@ -87,7 +87,7 @@ impl Store {
 
     pub async fn passkeys(&self, owner: &str) -> Result<Vec<Passkey>> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM passkeys WHERE owner = ? ORDER BY created_at, id"
+            "SELECT {COLUMNS} FROM passkeys WHERE owner = $1 ORDER BY created_at, id"
         )))
         .bind(owner)
         .fetch_all(&self.read)
@@ -99,7 +99,7 @@ impl Store {
 
     pub async fn passkey_by_credential(&self, credential_id: &[u8]) -> Result<Option<Passkey>> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM passkeys WHERE credential_id = ?"
+            "SELECT {COLUMNS} FROM passkeys WHERE credential_id = $1"
         )))
         .bind(credential_id)
         .fetch_optional(&self.write)
@@ -112,7 +112,7 @@ impl Store {
     /// Records a use (and the new dynamic state: signature counter, flags).
     pub async fn passkey_used(&self, credential_id: &[u8], dynamic_state: &[u8]) -> Result<()> {
         sqlx::query(
-            "UPDATE passkeys SET dynamic_state = ?, last_used_at = ? WHERE credential_id = ?",
+            "UPDATE passkeys SET dynamic_state = $1, last_used_at = $2 WHERE credential_id = $3",
         )
         .bind(dynamic_state)
         .bind(now())
@@ -123,7 +123,7 @@ impl Store {
     }
 
     pub async fn remove_passkey(&self, owner: &str, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM passkeys WHERE owner = ? AND name = ?")
+        let n = sqlx::query("DELETE FROM passkeys WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .execute(&self.write)

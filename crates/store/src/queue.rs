@@ -34,18 +34,57 @@ pub struct QueuedMessage {
     pub recipients: Vec<QueuedRecipient>,
 }
 
+/// How long a leased queue entry waits before another attempt may take it (see
+/// [`Store::lease_due`]): longer than one attempt lasts (its connections time out sooner).
+pub const QUEUE_LEASE: i64 = 600;
+
 impl Store {
-    /// Ids of queued (not held) messages whose next attempt is due, oldest first.
-    pub async fn due_messages(&self, at: i64, limit: i64) -> Result<Vec<i64>> {
-        let rows = sqlx::query(
-            "SELECT id FROM queue WHERE status = 'queued' AND next_attempt_at <= ?
-             ORDER BY next_attempt_at, id LIMIT ?",
-        )
-        .bind(at)
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?;
-        Ok(rows.iter().filter_map(|r| r.try_get("id").ok()).collect())
+    /// Leases queued (not held) messages whose next attempt is due, oldest first, and returns
+    /// their ids: their next attempt moves [`QUEUE_LEASE`] seconds on, so that no other node
+    /// (nor this one's next look) takes them while this attempt runs. The attempt then sets the
+    /// real next attempt, or removes the message; if this node dies, the lease runs out and
+    /// another node attempts it.
+    ///
+    /// On PostgreSQL the rows are taken with `FOR UPDATE SKIP LOCKED`: nodes leasing at the same
+    /// moment get disjoint sets, and a row another node has just leased is no longer due.
+    pub async fn lease_due(&self, at: i64, limit: i64) -> Result<Vec<i64>> {
+        let sql = match self.backend {
+            crate::Backend::Sqlite => {
+                "UPDATE queue SET next_attempt_at = $1 + $3 WHERE id IN
+                   (SELECT id FROM queue WHERE status = 'queued' AND next_attempt_at <= $1
+                    ORDER BY next_attempt_at, id LIMIT $2)
+                 RETURNING id"
+            }
+            crate::Backend::Postgres => {
+                "UPDATE queue SET next_attempt_at = $1 + $3 WHERE id IN
+                   (SELECT id FROM queue WHERE status = 'queued' AND next_attempt_at <= $1
+                    ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(at)
+            .bind(limit)
+            .bind(QUEUE_LEASE)
+            .fetch_all(&self.write)
+            .await?;
+        let mut ids: Vec<i64> = rows.iter().filter_map(|r| r.try_get("id").ok()).collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Gives leased entries back (a stopping node had not started them): due at `at` again.
+    pub async fn release_leases(&self, ids: &[i64], at: i64) -> Result<()> {
+        for &id in ids {
+            sqlx::query(
+                "UPDATE queue SET next_attempt_at = $1 WHERE id = $2 AND status = 'queued' AND next_attempt_at > $1",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        }
+        Ok(())
     }
 
     /// The earliest next attempt of a queued message (for the scheduler's sleep).
@@ -61,7 +100,7 @@ impl Store {
     pub async fn queued_message(&self, id: i64) -> Result<QueuedMessage> {
         let r = sqlx::query(
             "SELECT id, blob_id, size, sender, account_id, created_at, next_attempt_at, attempts,
-                    status, last_error, warned FROM queue WHERE id = ?",
+                    status, last_error, warned FROM queue WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.write)
@@ -69,7 +108,7 @@ impl Store {
         .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
         let rcpts = sqlx::query(
             "SELECT address, status, last_error, updated_at FROM queue_recipients
-             WHERE queue_id = ? ORDER BY address",
+             WHERE queue_id = $1 ORDER BY address",
         )
         .bind(id)
         .fetch_all(&self.write)
@@ -102,6 +141,9 @@ impl Store {
 
     /// The message bytes of a queued message.
     pub async fn queued_body(&self, blob_id: &str) -> Result<Vec<u8>> {
+        if self.blobs.is_database() {
+            return Ok(self.blobs.read(blob_id).await?);
+        }
         let blobs = self.blobs.clone();
         let id = blob_id.to_owned();
         Ok(tokio::task::spawn_blocking(move || blobs.get(&id))
@@ -118,8 +160,8 @@ impl Store {
         error: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE queue_recipients SET status = ?, last_error = ?, updated_at = ?
-             WHERE queue_id = ? AND address = ?",
+            "UPDATE queue_recipients SET status = $1, last_error = $2, updated_at = $3
+             WHERE queue_id = $4 AND address = $5",
         )
         .bind(status)
         .bind(error)
@@ -134,7 +176,7 @@ impl Store {
     /// Counts an attempt and sets the next one.
     pub async fn reschedule(&self, id: i64, next: i64, error: Option<&str>) -> Result<()> {
         sqlx::query(
-            "UPDATE queue SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+            "UPDATE queue SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2 WHERE id = $3",
         )
         .bind(next)
         .bind(error)
@@ -145,7 +187,7 @@ impl Store {
     }
 
     pub async fn mark_warned(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE queue SET warned = 1 WHERE id = ?")
+        sqlx::query("UPDATE queue SET warned = 1 WHERE id = $1")
             .bind(id)
             .execute(&self.write)
             .await?;
@@ -154,7 +196,7 @@ impl Store {
 
     /// Removes a message from the queue and its blob.
     pub async fn remove_queued(&self, id: i64) -> Result<()> {
-        let blob: Option<String> = sqlx::query("DELETE FROM queue WHERE id = ? RETURNING blob_id")
+        let blob: Option<String> = sqlx::query("DELETE FROM queue WHERE id = $1 RETURNING blob_id")
             .bind(id)
             .fetch_optional(&self.write)
             .await?
@@ -175,7 +217,7 @@ impl Store {
         } else {
             ("held", "queued")
         };
-        let n = sqlx::query("UPDATE queue SET status = ? WHERE id = ? AND status = ?")
+        let n = sqlx::query("UPDATE queue SET status = $1 WHERE id = $2 AND status = $3")
             .bind(to)
             .bind(id)
             .bind(from)
@@ -190,7 +232,7 @@ impl Store {
 
     /// Makes a message due now.
     pub async fn retry_now(&self, id: i64) -> Result<()> {
-        let n = sqlx::query("UPDATE queue SET next_attempt_at = ? WHERE id = ?")
+        let n = sqlx::query("UPDATE queue SET next_attempt_at = $1 WHERE id = $2")
             .bind(now())
             .bind(id)
             .execute(&self.write)

@@ -19,9 +19,9 @@ impl Store {
             .scram_iterations
             .load(std::sync::atomic::Ordering::Relaxed);
         let r = sqlx::query(
-            "UPDATE accounts SET scram_salt = COALESCE(scram_salt, ?),
-                                 scram_iterations = COALESCE(scram_iterations, ?)
-             WHERE id = ? RETURNING scram_salt, scram_iterations",
+            "UPDATE accounts SET scram_salt = COALESCE(scram_salt, $1),
+                                 scram_iterations = COALESCE(scram_iterations, $2)
+             WHERE id = $3 RETURNING scram_salt, scram_iterations",
         )
         .bind(&fresh[..])
         .bind(iterations as i64)
@@ -66,7 +66,7 @@ impl Store {
         match target {
             ScramTarget::Account => {
                 sqlx::query(
-                    "UPDATE accounts SET scram_verifier = ? WHERE id = ? AND password_hash = ?",
+                    "UPDATE accounts SET scram_verifier = $1 WHERE id = $2 AND password_hash = $3",
                 )
                 .bind(bytes)
                 .bind(cred.account_id)
@@ -76,7 +76,7 @@ impl Store {
             }
             ScramTarget::AppPassword(id) => {
                 sqlx::query(
-                    "UPDATE app_passwords SET scram_verifier = ? WHERE id = ? AND account_id = ?",
+                    "UPDATE app_passwords SET scram_verifier = $1 WHERE id = $2 AND account_id = $3",
                 )
                 .bind(bytes)
                 .bind(id)

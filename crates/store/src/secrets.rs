@@ -36,7 +36,7 @@ impl Store {
         let t = now();
         sqlx::query(
             "INSERT INTO secrets (name, description, key_id, sealed, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT(name) DO UPDATE SET description = excluded.description,
                  key_id = excluded.key_id, sealed = excluded.sealed, updated_at = excluded.updated_at",
         )
@@ -53,7 +53,7 @@ impl Store {
 
     /// The sealed value of a secret.
     pub async fn sealed_secret(&self, name: &str) -> Result<Vec<u8>> {
-        let row = sqlx::query("SELECT sealed FROM secrets WHERE name = ?")
+        let row = sqlx::query("SELECT sealed FROM secrets WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.read)
             .await?;
@@ -91,7 +91,7 @@ impl Store {
     }
 
     pub async fn remove_secret(&self, name: &str) -> Result<()> {
-        let n = sqlx::query("DELETE FROM secrets WHERE name = ?")
+        let n = sqlx::query("DELETE FROM secrets WHERE name = $1")
             .bind(name)
             .execute(&self.write)
             .await?
@@ -138,13 +138,13 @@ impl Store {
         for r in rows {
             let q = match r.table {
                 "secrets" => sqlx::query(
-                    "UPDATE secrets SET sealed = ?, key_id = ?, updated_at = ? WHERE name = ?",
+                    "UPDATE secrets SET sealed = $1, key_id = $2, updated_at = $3 WHERE name = $4",
                 )
                 .bind(&r.sealed)
                 .bind(key_id)
                 .bind(now())
                 .bind(&r.key),
-                _ => sqlx::query("UPDATE second_factors SET sealed_secret = ? WHERE owner = ?")
+                _ => sqlx::query("UPDATE second_factors SET sealed_secret = $1 WHERE owner = $2")
                     .bind(&r.sealed)
                     .bind(&r.key),
             };

@@ -26,7 +26,7 @@ impl Store {
     pub async fn begin_second_factor(&self, owner: &str, sealed: &[u8]) -> Result<()> {
         let mut tx = self.write.begin().await?;
         let confirmed: Option<i64> =
-            sqlx::query("SELECT confirmed FROM second_factors WHERE owner = ?")
+            sqlx::query("SELECT confirmed FROM second_factors WHERE owner = $1")
                 .bind(owner)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -36,8 +36,10 @@ impl Store {
             return Err(StoreError::Exists("a second factor".into()));
         }
         sqlx::query(
-            "INSERT OR REPLACE INTO second_factors (owner, sealed_secret, confirmed, last_step, created_at)
-             VALUES (?, ?, 0, 0, ?)",
+            "INSERT INTO second_factors (owner, sealed_secret, confirmed, last_step, created_at)
+             VALUES ($1, $2, 0, 0, $3)
+             ON CONFLICT (owner) DO UPDATE SET sealed_secret = excluded.sealed_secret,
+                 confirmed = 0, last_step = 0, created_at = excluded.created_at",
         )
         .bind(owner)
         .bind(sealed)
@@ -50,7 +52,7 @@ impl Store {
 
     pub async fn second_factor(&self, owner: &str) -> Result<Option<SecondFactor>> {
         let row = sqlx::query(
-            "SELECT sealed_secret, confirmed, last_step FROM second_factors WHERE owner = ?",
+            "SELECT sealed_secret, confirmed, last_step FROM second_factors WHERE owner = $1",
         )
         .bind(owner)
         .fetch_optional(&self.write)
@@ -67,7 +69,7 @@ impl Store {
 
     pub async fn second_factor_confirmed(&self, owner: &str) -> Result<bool> {
         Ok(
-            sqlx::query("SELECT 1 FROM second_factors WHERE owner = ? AND confirmed = 1")
+            sqlx::query("SELECT 1 FROM second_factors WHERE owner = $1 AND confirmed = 1")
                 .bind(owner)
                 .fetch_optional(&self.read)
                 .await?
@@ -78,24 +80,22 @@ impl Store {
     /// Records that the code of time step `step` was accepted; false if that step or a later one
     /// was already used (a replay), so each code works once.
     pub async fn accept_totp_step(&self, owner: &str, step: i64) -> Result<bool> {
-        Ok(
-            sqlx::query(
-                "UPDATE second_factors SET last_step = ? WHERE owner = ? AND last_step < ?",
-            )
-            .bind(step)
-            .bind(owner)
-            .bind(step)
-            .execute(&self.write)
-            .await?
-            .rows_affected()
-                == 1,
+        Ok(sqlx::query(
+            "UPDATE second_factors SET last_step = $1 WHERE owner = $2 AND last_step < $3",
         )
+        .bind(step)
+        .bind(owner)
+        .bind(step)
+        .execute(&self.write)
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     /// Marks the enrolment confirmed and stores its recovery codes (digests), in one transaction.
     pub async fn confirm_second_factor(&self, owner: &str, recovery: &[String]) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let n = sqlx::query("UPDATE second_factors SET confirmed = 1 WHERE owner = ?")
+        let n = sqlx::query("UPDATE second_factors SET confirmed = 1 WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)
             .await?
@@ -103,12 +103,12 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NotFound("a pending second factor".into()));
         }
-        sqlx::query("DELETE FROM recovery_codes WHERE owner = ?")
+        sqlx::query("DELETE FROM recovery_codes WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)
             .await?;
         for d in recovery {
-            sqlx::query("INSERT INTO recovery_codes (owner, digest) VALUES (?, ?)")
+            sqlx::query("INSERT INTO recovery_codes (owner, digest) VALUES ($1, $2)")
                 .bind(owner)
                 .bind(d)
                 .execute(&mut *tx)
@@ -121,7 +121,7 @@ impl Store {
     /// Uses a recovery code (by digest); false if unknown or already used.
     pub async fn use_recovery_code(&self, owner: &str, digest: &str) -> Result<bool> {
         Ok(sqlx::query(
-            "UPDATE recovery_codes SET used_at = ? WHERE owner = ? AND digest = ? AND used_at IS NULL",
+            "UPDATE recovery_codes SET used_at = $1 WHERE owner = $2 AND digest = $3 AND used_at IS NULL",
         )
         .bind(now())
         .bind(owner)
@@ -134,7 +134,7 @@ impl Store {
 
     pub async fn recovery_codes_left(&self, owner: &str) -> Result<i64> {
         Ok(sqlx::query(
-            "SELECT COUNT(*) AS n FROM recovery_codes WHERE owner = ? AND used_at IS NULL",
+            "SELECT COUNT(*) AS n FROM recovery_codes WHERE owner = $1 AND used_at IS NULL",
         )
         .bind(owner)
         .fetch_one(&self.read)
@@ -145,17 +145,17 @@ impl Store {
     /// Removes the second factor and its recovery codes; false if there was none.
     pub async fn remove_second_factor(&self, owner: &str) -> Result<bool> {
         let mut tx = self.write.begin().await?;
-        let n = sqlx::query("DELETE FROM second_factors WHERE owner = ?")
+        let n = sqlx::query("DELETE FROM second_factors WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM recovery_codes WHERE owner = ?")
+        sqlx::query("DELETE FROM recovery_codes WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)
             .await?;
         // passkeys are a second factor beside it: they go with it
-        sqlx::query("DELETE FROM passkeys WHERE owner = ?")
+        sqlx::query("DELETE FROM passkeys WHERE owner = $1")
             .bind(owner)
             .execute(&mut *tx)
             .await?;

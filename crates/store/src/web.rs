@@ -39,7 +39,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO web_sessions (digest, account_id, csrf, created_at, expires_at, ip)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(hex::encode(digest))
         .bind(account_id)
@@ -58,7 +58,7 @@ impl Store {
         let row = sqlx::query(
             "SELECT s.account_id, a.address, s.csrf, s.expires_at
              FROM web_sessions s JOIN accounts a ON a.id = s.account_id
-             WHERE s.digest = ? AND s.expires_at > ? AND a.disabled = 0
+             WHERE s.digest = $1 AND s.expires_at > $2 AND a.disabled = 0
                AND s.created_at >= a.sessions_revoked_at",
         )
         .bind(hex::encode(digest))
@@ -78,7 +78,7 @@ impl Store {
 
     /// Ends one session (logout), and sweeps expired ones.
     pub async fn end_web_session(&self, digest: &[u8; 32]) -> Result<()> {
-        sqlx::query("DELETE FROM web_sessions WHERE digest = ? OR expires_at <= ?")
+        sqlx::query("DELETE FROM web_sessions WHERE digest = $1 OR expires_at <= $2")
             .bind(hex::encode(digest))
             .bind(now())
             .execute(&self.write)

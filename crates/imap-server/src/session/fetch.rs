@@ -120,7 +120,7 @@ impl Session {
         for &i in &indices {
             let m = &sel.msgs[i];
             let raw = if needs_body {
-                match self.srv.store.blobs().get(&m.blob_id) {
+                match self.srv.store.body(&m.blob_id).await {
                     Ok(r) => Some(r),
                     Err(e) => {
                         tracing::error!(blob = %m.blob_id, error = %e, "message blob unreadable");

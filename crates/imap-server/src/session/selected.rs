@@ -130,23 +130,41 @@ impl Session {
     }
 
     /// The messages of the view a search key matches: indices, in sequence order.
-    fn search_hits(
+    ///
+    /// The matcher asks for a body only when the key needs one; bodies are read asynchronously
+    /// (they may be rows of a database), so each message is first tried without: if the matcher
+    /// asked, its body is read and the message tried again with it.
+    async fn search_hits(
         &self,
         sel: &Selected,
         key: &imap_codec::imap_types::search::SearchKey<'_>,
     ) -> Vec<usize> {
-        let blobs = self.srv.store.blobs().clone();
-        let load = move |m: &MessageMeta| blobs.get(&m.blob_id).ok();
         let mut hits = Vec::new();
         for (i, m) in sel.msgs.iter().enumerate() {
-            let c = Candidate {
-                index: i,
-                meta: m,
-                all: &sel.msgs,
-                body: &load,
-                recent: sel.recent.has(m.uid),
+            let recent = sel.recent.has(m.uid);
+            let try_with = |body: Option<Vec<u8>>, asked: &std::sync::atomic::AtomicBool| {
+                let load = |_: &MessageMeta| {
+                    asked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    body.clone()
+                };
+                matches(
+                    key,
+                    &Candidate {
+                        index: i,
+                        meta: m,
+                        all: &sel.msgs,
+                        body: &load,
+                        recent,
+                    },
+                )
             };
-            if matches(key, &c) {
+            let asked = std::sync::atomic::AtomicBool::new(false);
+            let mut hit = try_with(None, &asked);
+            if asked.load(std::sync::atomic::Ordering::Relaxed) {
+                let raw = self.srv.store.body(&m.blob_id).await.ok();
+                hit = try_with(raw, &asked);
+            }
+            if hit {
                 hits.push(i);
             }
         }
@@ -179,7 +197,7 @@ impl Session {
         uid: bool,
     ) -> Flow {
         self.refresh_view(sel, uid).await;
-        let hits = self.search_hits(sel, key);
+        let hits = self.search_hits(sel, key).await;
         let suffix = self.modseq_suffix(sel, key, &hits);
         // IMAP4rev2 answers every SEARCH with ESEARCH, ALL when RETURN was not given (RFC 9051
         // 6.4.4)
@@ -251,7 +269,7 @@ impl Session {
         how: Ordering,
     ) -> Flow {
         self.refresh_view(sel, uid).await;
-        let hits = self.search_hits(sel, key);
+        let hits = self.search_hits(sel, key).await;
         let suffix = self.modseq_suffix(sel, key, &hits);
         let mut items = Vec::with_capacity(hits.len());
         for &i in &hits {
@@ -265,7 +283,7 @@ impl Session {
                 ..Default::default()
             };
             // Only the header is needed: parse that much, never a large body.
-            if let Ok(raw) = self.srv.store.blobs().get(&m.blob_id) {
+            if let Ok(raw) = self.srv.store.body(&m.blob_id).await {
                 let end = header_end(&raw);
                 Parsed::new(&raw[..end]).sort_fields(&mut f);
             }

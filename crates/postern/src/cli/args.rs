@@ -57,6 +57,14 @@ pub enum Command {
         /// (run init as root) and `[server] user` names it.
         #[arg(long)]
         user: Option<String>,
+        /// A PostgreSQL database instead of the SQLite file: `postgres://USER@HOST:PORT/DB`
+        /// (several nodes share it; a node whose database is already set up joins it).
+        #[arg(long)]
+        database: Option<String>,
+        /// With --database: a reference to its password (`env:NAME`, `file:PATH`,
+        /// `vault:MOUNT/PATH#FIELD`), never the password itself.
+        #[arg(long, requires = "database")]
+        database_password: Option<String>,
     },
     /// Run every configured listener until SIGTERM or SIGINT.
     Serve,

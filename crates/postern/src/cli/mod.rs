@@ -60,6 +60,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             listen_ip,
             port_offset,
             user,
+            database,
+            database_password,
         } => setup::init_cli(
             dir,
             domain,
@@ -67,6 +69,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             *listen_ip,
             *port_offset,
             user.as_deref(),
+            database
+                .as_deref()
+                .map(|url| (url, database_password.as_deref())),
         )
         .await
         .with_context(|| format!("init of {}", dir.display())),

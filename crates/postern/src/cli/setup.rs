@@ -31,6 +31,7 @@ pub async fn init(
     hostname: Option<&str>,
     ip: IpAddr,
     port_offset: u16,
+    database: Option<(&str, Option<&str>)>,
 ) -> Result<Config> {
     let domain = domain_arg(domain)?;
     let hostname = hostname
@@ -55,7 +56,19 @@ pub async fn init(
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    let text = postern_config::initial_config_text(&hostname, ip, port_offset);
+    let mut text = postern_config::initial_config_text(&hostname, ip, port_offset);
+    if let Some((url, password)) = database {
+        let mut line = format!("database = {}", toml_string(url));
+        if let Some(p) = password {
+            line.push_str(&format!("\ndatabase_password = {}", toml_string(p)));
+        }
+        let new = text.replacen("database = \"postern.db\"", &line, 1);
+        anyhow::ensure!(
+            new != text,
+            "no [storage] database line in the initial configuration"
+        );
+        text = new;
+    }
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let cfg = Config::load(&config_path)?;
@@ -67,16 +80,38 @@ pub async fn init(
             &hostname, &cert, &key,
         )?)
     };
-    if let Some(p) = cfg.secrets.master_key.strip_prefix("file:") {
-        let path = cfg.path(Path::new(p));
-        if !path.exists() {
-            postern_secrets::MasterKey::generate_file(&path)?;
-        }
-    }
     // Nothing is sealed yet: the master key can still be changed in the configuration before
     // the first account (which seals the audit chain's key) without a rotation.
-    let store = crate::datadir::open_store_plain(&cfg).await?;
-    store.add_domain(&domain).await?;
+    let store = match crate::datadir::open_store_plain(&cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            // leave nothing half made: a second try starts from scratch
+            let _ = std::fs::remove_file(&config_path);
+            return Err(e);
+        }
+    };
+    // A shared database another node set up: this node joins it, and must use the master key
+    // its data is sealed with, so none is generated here.
+    let joined = !store.sealed_rows().await?.is_empty();
+    if let Some(p) = cfg.secrets.master_key.strip_prefix("file:") {
+        let path = cfg.path(Path::new(p));
+        if !path.exists() && !joined {
+            postern_secrets::MasterKey::generate_file(&path)?;
+        }
+        if !path.exists() && joined {
+            println!(
+                "This database is already set up: this node joins it. Copy the master key file {} \
+                 from a node (or point [secrets] master_key at the reference the nodes share) before \
+                 starting it.",
+                path.display()
+            );
+        }
+    }
+    match store.add_domain(&domain).await {
+        Ok(()) => {}
+        Err(postern_store::StoreError::Exists(_)) if cfg.storage.postgres_url().is_some() => {}
+        Err(e) => return Err(e.into()),
+    }
     store.close().await;
     println!("Initialised {}", dir.display());
     println!("  config:   {}", config_path.display());
@@ -114,8 +149,9 @@ pub async fn init_cli(
     ip: IpAddr,
     port_offset: u16,
     user: Option<&str>,
+    database: Option<(&str, Option<&str>)>,
 ) -> Result<()> {
-    let cfg = init(dir, domain, hostname, ip, port_offset).await?;
+    let cfg = init(dir, domain, hostname, ip, port_offset, database).await?;
     if let Some(u) = user {
         set_server_user(&cfg.file, u)?;
         crate::privileges::give_to(dir, u)?;
@@ -285,6 +321,7 @@ async fn demo_in(dir: &Path, throwaway: bool, format: Option<LogFormat>) -> Resu
         Some("mail.example.test"),
         "127.0.0.1".parse()?,
         10000,
+        None,
     )
     .await?;
     if nix::unistd::Uid::effective().is_root() {
