@@ -32,6 +32,7 @@ pub mod greylist;
 pub mod incident;
 pub mod lock;
 pub mod mailbox;
+pub mod migrate;
 pub mod passkeys;
 pub mod queue;
 pub mod scram;
@@ -309,8 +310,13 @@ impl Store {
                 .map_err(|()| StoreError::Conflict("the database URL takes no password".into()))?;
         }
         let opts: sqlx::any::AnyConnectOptions = database_url.as_str().parse()?;
+        // While PostgreSQL is away, a caller waits this long for a connection and then fails
+        // (a 451 to an SMTP client, a NO to IMAP) instead of hanging; the pool reconnects by
+        // itself once the database answers again.
+        let wait = std::time::Duration::from_secs(3);
         let write = AnyPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(wait)
             .connect_with(opts.clone())
             .await?;
         if may_migrate {
@@ -326,6 +332,7 @@ impl Store {
         }
         let read = AnyPoolOptions::new()
             .max_connections(pool_size.max(1))
+            .acquire_timeout(wait)
             .connect_with(opts)
             .await?;
         let mut blobs = BlobStore::open(blob_dir)?;

@@ -68,6 +68,20 @@ pub enum Command {
     },
     /// Run every configured listener until SIGTERM or SIGINT.
     Serve,
+    /// Copy a SQLite installation (its database, message bodies and audit chain) into an empty
+    /// PostgreSQL database, then check row counts and the audit chain there. The server of
+    /// DIR must be stopped.
+    Migrate {
+        /// The data directory of the SQLite installation.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database: `postgres://USER@HOST:PORT/DB`.
+        #[arg(long)]
+        to: String,
+        /// A reference to its password (`env:NAME`, `file:PATH`, `vault:MOUNT/PATH#FIELD`).
+        #[arg(long)]
+        to_password: Option<String>,
+    },
     /// A first look: a throw-away server on 127.0.0.1 for the domain example.test, with one user
     /// whose generated password is printed once. Ports: SMTP 10025, submission 10587,
     /// submissions 10465, IMAP 10143, IMAPS 10993, POP3 10110, POP3S 10995, admin API (HTTPS)

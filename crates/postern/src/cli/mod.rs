@@ -80,6 +80,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::serve::serve(cfg, log_format, None).await
         }
         Command::Demo => setup::demo(cli.dir.clone(), log_format).await,
+        Command::Migrate {
+            from,
+            to,
+            to_password,
+        } => setup::migrate(from, to, to_password.as_deref()).await,
         Command::CheckConfig => {
             let cfg = cli.load_config()?;
             setup::check_config(&cfg).await

@@ -391,3 +391,78 @@ fn hex_id() -> String {
     let b: [u8; 4] = rand::random();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// `postern migrate --from DIR --to postgres://…`: see [`postern_store::migrate`].
+pub async fn migrate(from: &Path, to: &str, to_password: Option<&str>) -> Result<()> {
+    let cfg = Config::load(&from.join("postern.toml"))?;
+    if cfg.storage.postgres_url().is_some() {
+        bail!("{} already uses PostgreSQL", from.display());
+    }
+    if !to.starts_with("postgres://") && !to.starts_with("postgresql://") {
+        bail!("--to must be a postgres:// URL");
+    }
+    if url::Url::parse(to).is_ok_and(|u| u.password().is_some()) {
+        bail!("--to must not carry a password: give --to-password env:NAME (or file:, vault:)");
+    }
+    let db = cfg.path(&cfg.storage.database);
+    let blobs = cfg.path(&cfg.storage.blobs);
+    // the server must be stopped: a copy of a database that changes is not a copy
+    let lock = postern_store::lock::DataLock::exclusive(&db, "migrate")
+        .map_err(|e| anyhow::anyhow!("{e}: stop the server of {} first", from.display()))?;
+    let src = postern_store::Store::open(&db, &blobs)
+        .await?
+        .with_lock(lock);
+    crate::keys::Keys::load(&cfg, &src)
+        .await?
+        .load_audit_key()
+        .await?;
+    match src.verify_audit().await? {
+        Ok(_) => {}
+        Err(e) => bail!(
+            "the audit chain of {} does not verify ({e}); nothing was copied",
+            from.display()
+        ),
+    }
+    let password = match to_password {
+        Some(r) => Some(crate::keys::resolve_before_store(&cfg, r, "--to-password").await?),
+        None => None,
+    };
+    let dst = postern_store::Store::open_postgres(
+        to,
+        password.as_deref().map(String::as_str),
+        2,
+        &blobs,
+        true,
+        true,
+    )
+    .await
+    .with_context(|| format!("opening {}", crate::datadir::redact_url(to)))?;
+    let report = src.copy_to(&dst).await?;
+    for (t, n) in &report.tables {
+        println!("  {t}: {n} rows");
+    }
+    println!(
+        "  bodies: {} (from {} into the database)",
+        report.bodies,
+        blobs.display()
+    );
+    // the chain, checked again where it now lives (its key is sealed by the same master key)
+    let keys = crate::keys::Keys::load(&cfg, &dst).await?;
+    keys.load_audit_key().await?;
+    match dst.verify_audit().await? {
+        Ok(n) => println!("audit chain: {n} rows, intact in PostgreSQL"),
+        Err(e) => bail!("the audit chain does not verify in PostgreSQL: {e}"),
+    }
+    dst.close().await;
+    src.close().await;
+    println!(
+        "Copied. To run this installation on PostgreSQL, set in {}:\n  [storage]\n  database = \"{}\"",
+        cfg.file.display(),
+        crate::datadir::redact_url(to)
+    );
+    if let Some(r) = to_password {
+        println!("  database_password = \"{r}\"");
+    }
+    println!("The SQLite database and the blob directory are left as they were.");
+    Ok(())
+}
