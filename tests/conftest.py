@@ -100,7 +100,14 @@ class Server:
                 "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
                 (address, mailbox),
             ).fetchall()
-        return [(self.dir / "blobs" / blob[:2] / blob).read_bytes() for _uid, blob in rows]
+        return [self.body(blob) for _uid, blob in rows]
+
+    def body(self, blob):
+        """A stored body by its id: a file of the blob directory, or (PostgreSQL) a row."""
+        if isinstance(self.db(), PgDb):
+            with self.db() as c:
+                return bytes(c.execute("SELECT data FROM bodies WHERE id = ?", (blob,)).fetchone()[0])
+        return (self.dir / "blobs" / blob[:2] / blob).read_bytes()
 
     def uids(self, address, mailbox="INBOX"):
         with self.db() as c:
@@ -177,7 +184,12 @@ os.environ.setdefault("POSTERN_TEST_PGPASS", "mailpass")
 
 def pg_database():
     """A new, empty PostgreSQL database on POSTERN_TEST_PG: its URL (no password in it)."""
-    host, port = PG.rsplit(":", 1)
+    return pg_database_on(PG)
+
+
+def pg_database_on(hostport):
+    """A new, empty database on the PostgreSQL at HOST:PORT (role `mail`): its URL."""
+    host, port = hostport.rsplit(":", 1)
     name = f"pt_{os.getpid()}_{random.randrange(1 << 40)}"
     subprocess.run(["psql", f"host={host} port={port} user=mail dbname=mail", "-qc", f"CREATE DATABASE {name}"],
                    env={**os.environ, "PGPASSWORD": os.environ["POSTERN_TEST_PGPASS"]}, check=True,
@@ -219,10 +231,14 @@ def open_db(datadir, write=False):
     return sqlite3.connect(path) if write else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra=""):
+def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra="", database=None, sqlite=False):
+    """A data directory with the suite's defaults. `database`: a PostgreSQL URL to use (a node
+    that joins a database another node set up) instead of SQLite or POSTERN_TEST_PG's fresh one;
+    `sqlite`: SQLite whatever POSTERN_TEST_PG says."""
     d = tmp_path / "data"
     off = free_offset()
-    db = ["--database", pg_database(), "--database-password", "env:POSTERN_TEST_PGPASS"] if PG else []
+    database = database or (pg_database() if PG and not sqlite else None)
+    db = ["--database", database, "--database-password", "env:POSTERN_TEST_PGPASS"] if database else []
     run_cli(d, "init", "--dir", str(d), "--domain", "example.test", "--hostname", "mail.example.test",
             "--listen-ip", "127.0.0.1", "--port-offset", str(off), *db)
     if os.geteuid() == 0:

@@ -4,6 +4,7 @@
 # create databases: every test server gets a fresh one.
 #   tests/pg.sh start DIR   -> prints HOST:PORT; the cluster lives in DIR
 #   tests/pg.sh stop DIR
+#   tests/pg.sh down DIR / up DIR   -> stopped and started again on the same port (failure tests)
 set -euo pipefail
 cmd=${1:?start|stop}; dir=${2:?directory}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -17,8 +18,10 @@ start)
     -E UTF8 --locale=C.UTF-8 >/dev/null
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   # durable like production (fsync on); many connections: every test server keeps a pool
-  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w \
-    -o "-p $port -k $dir/run -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null
+  # the settings go to the data directory's configuration, so that `up` starts it the same way
+  printf "port = %s\nunix_socket_directories = '%s'\nlisten_addresses = '127.0.0.1'\nmax_connections = 400\n" \
+    "$port" "$dir/run" >> "$dir/data/postgresql.conf"
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
   as_pg psql -h "$dir/run" -p "$port" -U postgres -qc "CREATE ROLE mail LOGIN CREATEDB PASSWORD 'mailpass'" postgres
   as_pg psql -h "$dir/run" -p "$port" -U postgres -qc "CREATE DATABASE mail OWNER mail" postgres
   echo "127.0.0.1:$port"
@@ -26,5 +29,11 @@ start)
 stop)
   as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
   ;;
-*) echo "usage: $0 start|stop DIR" >&2; exit 2;;
+down)   # stop, keeping the data and the port (for failure tests): `up` starts it again
+  as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+  ;;
+up)
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
+  ;;
+*) echo "usage: $0 start|stop|down|up DIR" >&2; exit 2;;
 esac

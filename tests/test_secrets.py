@@ -279,7 +279,7 @@ def test_dkim_keys_that_never_leave_openbao(tmp_path, bao):
                            f"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
             with open_db(d) as c:
                 blob = c.execute("SELECT blob_id FROM queue ORDER BY id DESC LIMIT 1").fetchone()[0]
-            queued = (d / "blobs" / blob[:2] / blob).read_bytes()
+            queued = srv.body(blob)
             assert subject.encode() in queued
             sig_start = queued.index(b"DKIM-Signature:")
             signed = queued[sig_start:]
