@@ -52,7 +52,10 @@ def free_port():
 def free_offset():
     """A port offset for which every standard port (+offset) is free on 127.0.0.1."""
     for _ in range(200):
-        off = random.randrange(20000, 50000)
+        # below Linux's ephemeral range (32768-60999): a server's own outgoing connections (to
+        # PostgreSQL, Redis) take ports from it, and one left in TIME_WAIT by a killed server
+        # would keep its successor from binding the same port
+        off = random.randrange(20000, 32768 - 8080)
         ok = True
         for base in (25, 587, 465, 143, 993, 110, 995, 8080):
             s = socket.socket()
@@ -229,6 +232,22 @@ def open_db(datadir, write=False):
         return PgDb(db)
     path = Path(datadir) / db
     return sqlite3.connect(path) if write else sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def raw_db(datadir):
+    """Everything the database holds, as bytes, to look for what must never be stored in clear:
+    the SQLite file, or a `pg_dump` of the PostgreSQL database."""
+    db = open_db(datadir)
+    if isinstance(db, PgDb):
+        i = db.conn.info
+        dsn = f"host={i.host} port={i.port} user={i.user} dbname={i.dbname}"
+        db.close()
+        out = subprocess.run(["pg_dump", "--data-only", dsn],
+                             env={**os.environ, "PGPASSWORD": os.environ["POSTERN_TEST_PGPASS"]},
+                             capture_output=True, check=True, timeout=60)
+        return out.stdout
+    db.close()
+    return (Path(datadir) / "postern.db").read_bytes()
 
 
 def init_dir(tmp_path, smtp_extra="", with_users=True, toml_extra="", database=None, sqlite=False):

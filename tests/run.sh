@@ -33,8 +33,11 @@ command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # HAProxy: contrib/haproxy/haproxy.cfg in front of Postern (PROXY protocol v2, health checks)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
-# Redis: the bans two nodes share ([cluster] redis)
+# Redis: the bans and change notifications nodes share ([cluster] redis)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# PostgreSQL: the store's second backend (the suite runs again on it; tests/pg.sh starts a private
+# cluster) and the multi-node tests; pg_dump reads what a test must not find in clear
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]}"
@@ -59,6 +62,8 @@ python3 -c "import imapclient" 2>/dev/null || python3 -m pip install -q imapclie
 python3 -c "import playwright" 2>/dev/null || python3 -m pip install -q "playwright==1.49.0"
 python3 -c "import scramp" 2>/dev/null || python3 -m pip install -q "scramp==1.5.0"
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
+# psycopg: tests read a PostgreSQL server's database as they read SQLite's
+python3 -c "import psycopg" 2>/dev/null || python3 -m pip install -q "psycopg[binary]==3.2.3"
 command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q "schemathesis==4.32.5"
 # dkimpy (an independent DKIM verifier; PyNaCl for ed25519) and dnslib (a DNS server on loopback)
 python3 -c "import dkim, nacl, dnslib, authres" 2>/dev/null || python3 -m pip install -q dkimpy pynacl dnslib authres
@@ -98,5 +103,29 @@ target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 export POSTERN_BIN="$target_dir/debug/postern"
 python3 -m pytest -q -p no:cacheprovider tests "$@"
+echo "== black-box tests again on PostgreSQL ([storage] database = postgres://…, bodies in the database)"
+# The tests whose servers exercise the store: each server gets a fresh database of a private
+# PostgreSQL cluster. (The multi-node and migration tests above run on PostgreSQL already; the
+# tests of SQLite's files, backups and the data directory's permissions do not apply.)
+PG_TESTS=(tests/test_imap.py tests/test_imap4rev2.py tests/test_condstore.py tests/test_sort_thread.py
+  tests/test_shared_mailbox.py tests/test_pop3.py tests/test_submission.py tests/test_inbound.py
+  tests/test_chunking.py tests/test_quota.py tests/test_app_passwords.py tests/test_applications.py
+  tests/test_twofactor.py tests/test_scram.py tests/test_incident.py tests/test_audit_trail.py
+  tests/test_defence.py tests/test_outbound.py tests/test_mx_delivery.py tests/test_crash.py
+  tests/test_lifecycle.py tests/test_admin_api.py tests/test_inbound_auth.py tests/test_imap_load.py)
+if [ $# -eq 0 ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  pgdir=$(mktemp -d /tmp/postern-pg-suite.XXXXXX)
+  chmod 755 "$pgdir"
+  pg=$(bash tests/pg.sh start "$pgdir")
+  set +e
+  POSTERN_TEST_PG=$pg python3 -m pytest -q -p no:cacheprovider "${PG_TESTS[@]}"
+  rc=$?
+  set -e
+  bash tests/pg.sh stop "$pgdir"
+  rm -rf "$pgdir"
+  [ $rc -eq 0 ] || exit $rc
+else
+  echo "(skipped: PostgreSQL is not installed, or a selection of tests was asked for)"
+fi
 echo "== fuzz targets, briefly (long runs: bench/fuzz-long.sh)"
 bash fuzz/run-short.sh "${FUZZ_SECS:-20}"

@@ -4,7 +4,6 @@ admin, and a schemathesis run against the API's own OpenAPI description."""
 import json
 import os
 import shutil
-import sqlite3
 import ssl
 import subprocess
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE, BOB, ROOT
+from conftest import raw_db, ALICE, BOB, ROOT
 from test_twofactor import totp
 
 CTX = ssl.create_default_context()
@@ -116,7 +115,7 @@ def test_bootstrap_login_totp_sessions(api_server):
     assert api.call("POST", "/logout", token=token)[0] == 204
     assert api.call("GET", "/me", token=token)[0] == 401
     # the TOTP seed is sealed, tokens are stored as digests
-    db = (srv.dir / "postern.db").read_bytes()
+    db = raw_db(srv.dir)
     assert secret.encode() not in db and token.encode() not in db and boot["password"].encode() not in db
     logins = [r for r in audit_rows(srv, "auth") if r[4] == "password+totp"]
     assert any(r[0] == "admin" for r in logins)

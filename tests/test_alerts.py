@@ -6,7 +6,6 @@ import imaplib
 import os
 import smtplib
 import socket
-import sqlite3
 import time
 import urllib.request
 

@@ -4,7 +4,6 @@ import imaplib
 import json
 import poplib
 import smtplib
-import sqlite3
 import time
 
 import pytest

@@ -4,7 +4,6 @@ import imaplib
 import json
 import poplib
 import smtplib
-import sqlite3
 import time
 
 from conftest import BOB, tls_client_context

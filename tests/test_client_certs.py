@@ -6,7 +6,6 @@ import imaplib
 import json
 import shutil
 import smtplib
-import sqlite3
 import subprocess
 import time
 

@@ -8,7 +8,6 @@ import poplib
 import random
 import signal
 import smtplib
-import sqlite3
 import threading
 import time
 import uuid

@@ -5,7 +5,6 @@ import imaplib
 import shutil
 import smtplib
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -211,15 +210,14 @@ def test_audit_log_chain_query_logins_and_tamper_detection(make_server):
     logins = srv.cli("user", "logins", BOB).stdout
     assert "127.0.0.1" in logins and "imap" in logins and "TLSv1.3" in logins
     srv.stop()
-    db = srv.dir / "postern.db"
-    with sqlite3.connect(db) as c:
+    with srv.db(write=True) as c:
         c.execute("UPDATE audit_log SET result = 'ok' WHERE reason = 'bad_password'")
     bad = srv.cli("audit-log", "verify", check=False)
     assert bad.returncode != 0 and "edited" in bad.stderr
-    with sqlite3.connect(db) as c:
+    with srv.db(write=True) as c:
         c.execute("UPDATE audit_log SET result = 'failed' WHERE reason = 'bad_password'")
     assert srv.cli("audit-log", "verify", check=False).returncode == 0
-    with sqlite3.connect(db) as c:
+    with srv.db(write=True) as c:
         c.execute("DELETE FROM audit_log WHERE id = (SELECT MIN(id) + 1 FROM audit_log)")
     bad = srv.cli("audit-log", "verify", check=False)
     assert bad.returncode != 0 and "deleted" in bad.stderr

@@ -4,7 +4,6 @@ import imaplib
 import os
 import shutil
 import smtplib
-import sqlite3
 import subprocess
 import uuid
 

@@ -6,7 +6,6 @@ keep their local passwords."""
 import imaplib
 import shutil
 import smtplib
-import sqlite3
 import subprocess
 import time
 from pathlib import Path

@@ -9,7 +9,7 @@ import time
 
 import smtplib
 
-from conftest import ALICE, ALICE_PW, BIN, Raw, init_dir, start, tls_client_context, wait_port
+from conftest import raw_db, ALICE, ALICE_PW, BIN, Raw, init_dir, start, tls_client_context, wait_port
 
 
 def test_sigterm_finishes_the_message_in_flight(tmp_path):
@@ -115,7 +115,7 @@ def test_demo_one_command(tmp_path):
             assert s.sendmail("demo@example.test", ["demo@example.test"],
                               "From: demo@example.test\r\nSubject: demo\r\n\r\nhi\r\n") == {}
         # The generated password is stored only as an argon2id hash.
-        db = (d / "postern.db").read_bytes()
+        db = raw_db(d)
         assert password.encode() not in db and b"$argon2id$" in db
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,7 +3,6 @@ within `[notify] known_days` puts a notice in its INBOX (and a `new_signin` audi
 known one does not, not twice (also across a restart), never for allowlisted networks, and at
 most `max_per_day` a day."""
 import poplib
-import sqlite3
 import time
 
 from conftest import BOB, BOB_PW, tls_client_context

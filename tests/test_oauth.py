@@ -11,7 +11,6 @@ import json
 import shutil
 import smtplib
 import socket
-import sqlite3
 import ssl
 import subprocess
 import time

@@ -8,7 +8,6 @@ does not open the portal; after sign-out the old cookie is worth nothing. Screen
 pages go to $ARTIFACTS (or the test's temporary directory)."""
 import os
 import shutil
-import sqlite3
 import time
 
 import pytest

@@ -7,7 +7,6 @@ import json
 import shutil
 import smtplib
 import socket
-import sqlite3
 import subprocess
 import time
 

@@ -8,7 +8,6 @@ import secrets as pysecrets
 import shutil
 import smtplib
 import socket
-import sqlite3
 import ssl
 import subprocess
 import time

@@ -6,12 +6,11 @@ import imaplib
 import json
 import poplib
 import smtplib
-import sqlite3
 import struct
 import subprocess
 import time
 
-from conftest import BIN, BOB, BOB_PW, tls_client_context
+from conftest import raw_db, BIN, BOB, BOB_PW, tls_client_context
 
 
 def totp(secret_b32, t=None, step=30):
@@ -101,7 +100,7 @@ def test_totp_turns_the_password_off_for_mail(make_server):
     assert pop3_login(srv, BOB, app) == "ok"
     # the seed is sealed: neither it nor its base32 form is in the database
     raw = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    db = (srv.dir / "postern.db").read_bytes()
+    db = raw_db(srv.dir)
     assert raw not in db and secret.encode() not in db
     for c in recovery:
         assert c.encode() not in db

@@ -982,6 +982,19 @@ pub struct ClusterConfig {
 }
 
 impl Config {
+    /// The data directory: the SQLite database's, or (on PostgreSQL, where this node keeps only
+    /// its certificate, keys and lock) the blob directory's parent.
+    pub fn data_dir(&self) -> PathBuf {
+        let anchor = match self.storage.postgres_url() {
+            Some(_) => self.path(&self.storage.blobs),
+            None => self.path(&self.storage.database),
+        };
+        anchor
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| self.base_dir.clone())
+    }
+
     /// This node's name in a cluster: `[cluster] node_name`, else `[server] hostname`.
     pub fn node_name(&self) -> String {
         self.cluster

@@ -88,10 +88,7 @@ pub fn before_runtime(cli: &Cli) -> Result<()> {
 }
 
 fn data_dir(cfg: &postern_config::Config) -> std::path::PathBuf {
-    cfg.path(&cfg.storage.database)
-        .parent()
-        .map(std::path::Path::to_owned)
-        .unwrap_or_else(|| cfg.base_dir.clone())
+    cfg.data_dir()
 }
 
 fn become_user(user: &User, keep_bind: bool) -> Result<()> {

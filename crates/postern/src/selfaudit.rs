@@ -318,8 +318,7 @@ fn mode(p: &Path) -> Option<u32> {
 }
 
 fn files(cfg: &Config, r: &mut Report) {
-    let data = cfg.path(&cfg.storage.database);
-    let data_dir = data.parent().unwrap_or(Path::new(".")).to_owned();
+    let data_dir = cfg.data_dir();
     match mode(&data_dir) {
         Some(m) if m & 0o077 != 0 => r.add(
             "files.data_dir_open",

@@ -73,7 +73,8 @@ impl Store {
                 .bind(name)
                 .fetch_optional(&self.read)
                 .await?
-                .map(|r| r.get::<i64, _>(0) != 0),
+                .map(|r| r.try_get::<crate::Flag, _>(0).map(bool::from))
+                .transpose()?,
         )
     }
 

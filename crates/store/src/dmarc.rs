@@ -41,7 +41,7 @@ impl Store {
         let rua = serde_json::to_string(rua).unwrap_or_else(|_| "[]".into());
         sqlx::query(
             "INSERT INTO dmarc_results (day, domain, rua, policy, record, count) VALUES ($1, $2, $3, $4, $5, 1)
-             ON CONFLICT (day, domain, record) DO UPDATE SET count = count + 1, rua = excluded.rua, policy = excluded.policy",
+             ON CONFLICT (day, domain, record) DO UPDATE SET count = dmarc_results.count + 1, rua = excluded.rua, policy = excluded.policy",
         )
         .bind(day)
         .bind(domain.to_ascii_lowercase())
@@ -193,7 +193,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "INSERT INTO tlsrpt_results (day, domain, policy_type, policy, mx, result, count) VALUES ($1, $2, $3, $4, $5, $6, 1)
-             ON CONFLICT (day, domain, policy_type, mx, result) DO UPDATE SET count = count + 1, policy = excluded.policy",
+             ON CONFLICT (day, domain, policy_type, mx, result) DO UPDATE SET count = tlsrpt_results.count + 1, policy = excluded.policy",
         )
         .bind(day)
         .bind(domain.to_ascii_lowercase())

@@ -119,7 +119,7 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('network', $1, 1, $2)
-                                 ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = $2")
+                                 ON CONFLICT (kind, value) DO UPDATE SET passes = greylist_allow.passes + 1, last_seen = $2")
                         .bind(t.network)
                         .bind(now)
                         .execute(&mut *tx)
@@ -148,7 +148,7 @@ impl Store {
     /// mail skips greylisting whenever SPF passes for it.
     pub async fn greylist_allow_domain(&self, domain: &str, now: i64) -> Result<()> {
         sqlx::query("INSERT INTO greylist_allow (kind, value, passes, last_seen) VALUES ('domain', $1, 1, $2)
-                     ON CONFLICT (kind, value) DO UPDATE SET passes = passes + 1, last_seen = $2")
+                     ON CONFLICT (kind, value) DO UPDATE SET passes = greylist_allow.passes + 1, last_seen = $2")
             .bind(domain.to_ascii_lowercase())
             .bind(now)
             .execute(&self.write)
