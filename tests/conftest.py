@@ -103,14 +103,20 @@ class Server:
                 "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
                 (address, mailbox),
             ).fetchall()
-        return [self.body(blob) for _uid, blob in rows]
+        return self.bodies([blob for _uid, blob in rows])
 
     def body(self, blob):
         """A stored body by its id: a file of the blob directory, or (PostgreSQL) a row."""
-        if isinstance(self.db(), PgDb):
-            with self.db() as c:
-                return bytes(c.execute("SELECT data FROM bodies WHERE id = ?", (blob,)).fetchone()[0])
-        return (self.dir / "blobs" / blob[:2] / blob).read_bytes()
+        return self.bodies([blob])[0]
+
+    def bodies(self, blobs):
+        """Stored bodies by their ids, in that order (one query on PostgreSQL)."""
+        if not database_url(self.dir).startswith("postgres"):
+            return [(self.dir / "blobs" / b[:2] / b).read_bytes() for b in blobs]
+        with self.db() as c:
+            found = {r[0]: bytes(r[1]) for r in c.execute(
+                "SELECT id, data FROM bodies WHERE id = ANY(?)", (list(blobs),)).fetchall()}
+        return [found[b] for b in blobs]
 
     def uids(self, address, mailbox="INBOX"):
         with self.db() as c:
@@ -223,11 +229,16 @@ class PgDb:
         self.conn.close()
 
 
-def open_db(datadir, write=False):
-    """The database of a data directory (as `Server.db`)."""
+def database_url(datadir):
+    """`[storage] database` of a data directory: a SQLite file name or a postgres:// URL."""
     import tomllib
     cfg = tomllib.loads((Path(datadir) / "postern.toml").read_text())
-    db = cfg.get("storage", {}).get("database", "postern.db")
+    return cfg.get("storage", {}).get("database", "postern.db")
+
+
+def open_db(datadir, write=False):
+    """The database of a data directory (as `Server.db`)."""
+    db = database_url(datadir)
     if db.startswith("postgres"):
         return PgDb(db)
     path = Path(datadir) / db

@@ -114,8 +114,7 @@ def mailbox_tokens(srv, address, mailbox):
             "JOIN accounts a ON a.id = b.account_id WHERE a.address = ? AND b.name = ? ORDER BY m.uid",
             (address, mailbox)).fetchall()
     out = []
-    for uid, blob in rows:
-        data = srv.body(blob)  # a row always has its body
+    for (uid, _), data in zip(rows, srv.bodies([b for _, b in rows])):  # a row always has its body
         token = data.split(b"Subject: ")[1][:32].decode()
         assert f"end {token}".encode() in data or f"appended {token}".encode() in data, "half a message"
         out.append((uid, token))
