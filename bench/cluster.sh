@@ -29,6 +29,7 @@ cargo build --release --locked -p postern >/dev/null 2>&1
 BIN=${POSTERN_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/postern}
 
 WORK=$(mktemp -d /tmp/postern-cluster-bench.XXXXXX)
+chmod 755 "$WORK"  # the private PostgreSQL below runs as the postgres user
 DNS_OUT=$(mktemp)
 python3 bench/fake-dns.py >"$DNS_OUT" &
 DNS_PID=$!
@@ -86,7 +87,7 @@ run_sqlite() {  # prints msgs/s
 run_pg() {  # $1 = nodes; prints msgs/s
   local n=$1 D db url i pids=() ports=()
   D=$(mktemp -d "$WORK/pg$n.XXXXXX")
-  db="bench_$(basename "$D" | tr -c 'a-zA-Z0-9\n' '_')"
+  db="bench_$(basename "$D" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '_')"
   psql "host=${PG%:*} port=${PG#*:} user=mail dbname=mail" -qc "CREATE DATABASE $db"
   url="postgres://mail@${PG}/$db"
   for i in $(seq 1 "$n"); do
