@@ -10,7 +10,6 @@ Redis. Prints p50, p90, p99 and max in milliseconds. Everything shares this mach
 """
 import os
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from conftest import ALICE, ALICE_PW, tls_client_context  # noqa: E402
+from conftest import ALICE  # noqa: E402
 import test_cluster  # noqa: E402
 from test_cluster_bans import PASSWORD, Redis  # noqa: E402
 
@@ -40,17 +39,7 @@ def main():
     nodes = test_cluster.cluster(tmp, pg, redis, names=("a", "b"))
     a, b = test_cluster.start_all(nodes)
     try:
-        raw = socket.create_connection(("127.0.0.1", a.imaps), timeout=10)
-        s = tls_client_context().wrap_socket(raw)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(f'1 LOGIN "{ALICE}" "{ALICE_PW}"\r\n'.encode())
-        assert f.readline().startswith(b"1 OK")
-        s.sendall(b"2 SELECT INBOX\r\n")
-        while not f.readline().startswith(b"2 OK"):
-            pass
-        s.sendall(b"3 IDLE\r\n")
-        assert f.readline().startswith(b"+")
+        s, f = test_cluster.idle_session(a.imaps)
         smtp = smtplib.SMTP("127.0.0.1", b.smtp, timeout=20)
         smtp.ehlo("client.test")
         times = []

@@ -19,7 +19,6 @@ import shutil
 import signal
 import smtplib
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -109,6 +108,22 @@ def stop_all(servers):
 SENDER = "someone@remote.test"
 
 
+def idle_session(port):
+    """An IMAPS session of alice in IDLE on INBOX: (its socket, a reader of its lines)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = tls_client_context().wrap_socket(raw)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(f'1 LOGIN "{ALICE}" "{ALICE_PW}"\r\n'.encode())
+    assert f.readline().startswith(b"1 OK")
+    s.sendall(b"2 SELECT INBOX\r\n")
+    while not f.readline().startswith(b"2 OK"):
+        pass
+    s.sendall(b"3 IDLE\r\n")
+    assert f.readline().startswith(b"+")
+    return s, f
+
+
 def inbound(port, rcpt, subject, body="hello", message_id=None):
     message_id = message_id or f"<{uuid.uuid4()}@client.test>"
     msg = (f"From: {SENDER}\r\nTo: {rcpt}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n\r\n{body}\r\n")
@@ -146,17 +161,7 @@ def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
         assert imap_login(b.imaps, BOB, BOB_PW) == "ok"
 
         # IDLE on a; a delivery through b wakes it within a second
-        raw = socket.create_connection(("127.0.0.1", a.imaps), timeout=10)
-        s = tls_client_context().wrap_socket(raw)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(f'1 LOGIN "{ALICE}" "{ALICE_PW}"\r\n'.encode())
-        assert f.readline().startswith(b"1 OK")
-        s.sendall(b"2 SELECT INBOX\r\n")
-        while not f.readline().startswith(b"2 OK"):
-            pass
-        s.sendall(b"3 IDLE\r\n")
-        assert f.readline().startswith(b"+")
+        s, f = idle_session(a.imaps)
         time.sleep(0.3)
         t0 = time.time()
         inbound(b.smtp, ALICE, "wake up")
@@ -550,17 +555,7 @@ def test_redis_stopped_and_restarted_under_load(tmp_path, postgres, redis):
         load.finish()
         assert not load.perm and not load.temp, (load.perm[:3], load.temp[:3])
         # IDLE wake-up across nodes works again
-        raw = socket.create_connection(("127.0.0.1", a.imaps), timeout=10)
-        s = tls_client_context().wrap_socket(raw)
-        f = s.makefile("rb")
-        f.readline()
-        s.sendall(f'1 LOGIN "{ALICE}" "{ALICE_PW}"\r\n'.encode())
-        assert f.readline().startswith(b"1 OK")
-        s.sendall(b"2 SELECT INBOX\r\n")
-        while not f.readline().startswith(b"2 OK"):
-            pass
-        s.sendall(b"3 IDLE\r\n")
-        assert f.readline().startswith(b"+")
+        s, f = idle_session(a.imaps)
         time.sleep(0.3)
         t0 = time.time()
         inbound(b.smtp, ALICE, "after redis came back")
