@@ -1,17 +1,23 @@
-//! Storage: domains, accounts, aliases, mailboxes, messages and the outbound queue in SQLite, message
-//! bodies in a [`BlobStore`]. Knows no protocol. One file per concern: `domains`, `accounts`,
-//! `aliases`, `delivery` (local delivery and queueing), `mailbox` (IMAP/POP3 operations), `queue`,
+//! Storage: domains, accounts, aliases, mailboxes, messages and the outbound queue in SQLite (one
+//! node, the default) or PostgreSQL (several nodes, see [`Store::open_postgres`]), message bodies
+//! in a [`BlobStore`] (files, or rows of the database). Knows no protocol. One file per concern:
+//! `domains`, `accounts`, `aliases`, `delivery` (local delivery and queueing), `mailbox`
+//! (IMAP/POP3 operations), `queue` (with leases, so that nodes never attempt one entry twice),
 //! `audit` (bans and the keyed audit chain), `apps`, `apppw`, `admins`, `totp`, `secrets`,
 //! `dkim`, `greylist`, `dmarc` (report counts and cached MTA-STS policies), `incident`; `lock`
 //! (one server per data directory), `views` (bodies kept for session views), `commit` (group
 //! commit of new messages and flag changes: local deliveries, IMAP APPEND and STORE, queue
-//! entries) and `backup` (the consistent copy a backup takes).
-//! Migrations are the numbered files in `crates/store/migrations/`.
+//! entries), `backup` (the consistent copy a backup takes) and `migrate` (SQLite to PostgreSQL).
+//! Migrations are the numbered files in `crates/store/migrations/`, written for SQLite and typed
+//! for PostgreSQL by `postgres_ddl`. Every query is written once for both engines (sqlx's `Any`
+//! driver, numbered parameters, the SQL both speak).
 //!
 //! Writes go through a one-connection pool so that they are serialised without SQLITE_BUSY
-//! retries; reads use a separate pool. The database runs in WAL mode with `synchronous = FULL`: a
+//! retries; reads use a separate pool. SQLite runs in WAL mode with `synchronous = FULL`: a
 //! committed transaction is on disk when the commit returns, which is what lets the SMTP server say
-//! 250 only after [`Store::deliver_local`] or [`Store::enqueue`] returned.
+//! 250 only after [`Store::deliver_local`] or [`Store::enqueue`] returned. PostgreSQL commits
+//! durably by default; several nodes serialise what must be one line (schema steps, the audit
+//! chain) with advisory locks.
 #![forbid(unsafe_code)]
 
 mod accounts;
