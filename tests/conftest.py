@@ -49,15 +49,21 @@ def free_port():
     return p
 
 
+_RECENT_PORTS = []
+
+
 def free_offset():
-    """A port offset for which every standard port (+offset) is free on 127.0.0.1."""
-    for _ in range(200):
+    """A port offset for which every standard port (+offset) is free on 127.0.0.1, and not one
+    handed out lately (several data directories are made before their servers start: a free port
+    is not yet a taken one)."""
+    for _ in range(500):
         # below Linux's ephemeral range (32768-60999): a server's own outgoing connections (to
         # PostgreSQL, Redis) take ports from it, and one left in TIME_WAIT by a killed server
         # would keep its successor from binding the same port
         off = random.randrange(20000, 32768 - 8080)
-        ok = True
-        for base in (25, 587, 465, 143, 993, 110, 995, 8080):
+        bases = (25, 587, 465, 143, 993, 110, 995, 8080)
+        ok = not any(base + off in _RECENT_PORTS for base in bases)
+        for base in bases if ok else ():
             s = socket.socket()
             try:
                 s.bind(("127.0.0.1", base + off))
@@ -66,6 +72,8 @@ def free_offset():
             finally:
                 s.close()
         if ok:
+            _RECENT_PORTS.extend(base + off for base in bases)
+            del _RECENT_PORTS[:-512]
             return off
     raise RuntimeError("no free ports")
 
