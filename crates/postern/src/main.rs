@@ -71,6 +71,9 @@ fn main() -> ExitCode {
     match rt.block_on(cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The runtime's tasks stopped first (a start-up task such as the audit checkpoint
+            // could still log), so that this stays the last line.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
             // One clear line: what failed and where (the chain of contexts).
             eprintln!("postern: error: {e:#}");
             ExitCode::FAILURE
