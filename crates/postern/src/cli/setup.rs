@@ -57,6 +57,9 @@ pub async fn init(
             .with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut text = postern_config::initial_config_text(&hostname, ip, port_offset);
+    if let Some(p) = database.and_then(|(_, p)| p) {
+        password_reference(p, "--database-password")?;
+    }
     if let Some((url, password)) = database {
         let mut line = format!("database = {}", toml_string(url));
         if let Some(p) = password {
@@ -424,7 +427,10 @@ pub async fn migrate(from: &Path, to: &str, to_password: Option<&str>) -> Result
         ),
     }
     let password = match to_password {
-        Some(r) => Some(crate::keys::resolve_before_store(&cfg, r, "--to-password").await?),
+        Some(r) => Some({
+            password_reference(r, "--to-password")?;
+            crate::keys::resolve_before_store(&cfg, r, "--to-password").await?
+        }),
         None => None,
     };
     let dst = postern_store::Store::open_postgres(
@@ -465,4 +471,14 @@ pub async fn migrate(from: &Path, to: &str, to_password: Option<&str>) -> Result
     }
     println!("The SQLite database and the blob directory are left as they were.");
     Ok(())
+}
+
+/// A password option must name where the password is (`env:`, `file:`, `vault:`): a password
+/// itself on a command line is refused, and never repeated in the message (nor written to a file).
+fn password_reference(r: &str, what: &str) -> Result<()> {
+    if ["env:", "file:", "vault:"].iter().any(|p| r.starts_with(p)) {
+        Ok(())
+    } else {
+        bail!("{what} takes a reference (env:NAME, file:PATH or vault:MOUNT/PATH#FIELD), never the password itself")
+    }
 }
