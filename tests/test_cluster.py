@@ -29,7 +29,7 @@ import pytest
 from conftest import (ALICE, ALICE_PW, BOB, BOB_PW, PG, ROOT, free_port, init_dir, open_db, pg_database_on,
                       start, tls_client_context)
 from test_cluster_bans import PASSWORD, REDIS, Redis, refused_within
-from test_defence import FAST, imap_login
+from test_defence import FAST, HYDRA, imap_login, wordlist
 from test_haproxy import HAPROXY
 from test_mx_delivery import dns  # noqa: F401  (the fixture: a DNS zone on loopback)
 
@@ -178,6 +178,48 @@ def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
         ok, took = refused_within(a.imaps, "127.0.0.77", secs=1.0)
         assert ok, f"not refused by a {took:.2f} s after the ban on c"
 
+        # an attack spread over the nodes meets one set of counters (in Redis): ten wrong
+        # passwords for bob from ten addresses, through a, b and c in turn, lock the account for
+        # unknown sources on every node; the address bob logged in from (through b) is a known
+        # client on a as well
+        for i in range(10):
+            node = servers[i % 3]
+            assert imap_login(node.imaps, BOB, f"wrong-{i}", source=f"127.0.1.{i + 1}") == "fail"
+        for node in servers:
+            assert imap_login(node.imaps, BOB, BOB_PW, source="127.0.2.1") == "fail"
+        assert imap_login(a.imaps, BOB, BOB_PW) == "ok"
+
+        # one POP3 session per maildrop in the cluster (RFC 1939 4): held through a, refused
+        # through b, free again for b once a's session ends
+        import poplib
+        first = poplib.POP3_SSL("127.0.0.1", a.pop3s, context=tls_client_context(), timeout=10)
+        first.user(ALICE)
+        first.pass_(ALICE_PW)
+        second = poplib.POP3_SSL("127.0.0.1", b.pop3s, context=tls_client_context(), timeout=10)
+        second.user(ALICE)
+        with pytest.raises(poplib.error_proto, match="IN-USE"):
+            second.pass_(ALICE_PW)
+        first.quit()
+        time.sleep(0.3)
+        third = poplib.POP3_SSL("127.0.0.1", b.pop3s, context=tls_client_context(), timeout=10)
+        third.user(ALICE)
+        third.pass_(ALICE_PW)
+        assert third.stat()[0] >= 2
+        third.quit()
+
+        # one send limit for alice whichever node she submits through
+        a.cli("user", "send-limits", ALICE, "--messages-per-hour", "3")
+        for i, node in enumerate([a, b, c, a]):
+            with smtplib.SMTP_SSL("127.0.0.1", node.submissions, context=tls_client_context(), timeout=20) as sub:
+                sub.login(ALICE, ALICE_PW)
+                msg = f"From: {ALICE}\r\nTo: {BOB}\r\nSubject: limit {i}\r\n\r\nx\r\n"
+                if i < 3:
+                    sub.sendmail(ALICE, [BOB], msg)
+                else:
+                    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                        sub.sendmail(ALICE, [BOB], msg)
+                    assert refused.value.recipients[BOB][0] == 451, refused.value.recipients
+
         # the audit chain is one line whichever node wrote, and verifies from any node
         out = b.cli("audit-log", "verify")
         assert "intact" in out.stdout, out.stdout + out.stderr
@@ -292,9 +334,11 @@ retry_schedule_secs = [1]
         sink.close()
 
 
-def haproxy_smtp_config(nodes_smtp, front, checks):
+def haproxy_config(backend_ports, front, checks):
+    """HAProxy in TCP mode in front of the nodes' `backend_ports`, PROXY v2 to each, health
+    checked on its metrics listener's /health."""
     servers = "\n".join(f"    server n{i} 127.0.0.1:{p} send-proxy-v2 check port {checks[i]} inter 500 fall 1 rise 2"
-                        for i, p in enumerate(nodes_smtp))
+                        for i, p in enumerate(backend_ports))
     return f"""global
     maxconn 2000
 defaults
@@ -305,19 +349,20 @@ defaults
     timeout check 1s
     retries 3
     option redispatch
-backend postern_smtp
+backend postern
     option httpchk GET /health
     http-check expect status 200
     balance roundrobin
 {servers}
-frontend smtp
+frontend front
     bind 127.0.0.1:{front}
-    default_backend postern_smtp
+    default_backend postern
 """
 
 
-@pytest.mark.skipif(not HAPROXY, reason="haproxy is installed by tests/run.sh")
-def test_node_killed_under_smtp_load_loses_nothing_acknowledged(tmp_path, postgres, redis):
+def proxied_nodes(tmp_path, postgres, redis, protocol, port):
+    """Three nodes whose `protocol` listener (standard port `port`) takes PROXY v2 from
+    127.0.0.1, each with a metrics listener for HAProxy's health checks: (nodes, metrics ports)."""
     metrics = [free_port() for _ in range(3)]
     nodes = []
     url = pg_database_on(postgres)
@@ -326,7 +371,7 @@ def test_node_killed_under_smtp_load_loses_nothing_acknowledged(tmp_path, postgr
         if i > 0:
             (tmp_path / name / "data").mkdir()
             shutil.copy(nodes[0][0] / "master.key", tmp_path / name / "data" / "master.key")
-        d, off = init_dir(tmp_path / name, with_users=(i == 0), database=url, toml_extra=f'''
+        d, off = init_dir(tmp_path / name, with_users=(i == 0), database=url, toml_extra=FAST + f'''
 [metrics]
 listen = "127.0.0.1:{metrics[i]}"
 [cluster]
@@ -336,14 +381,70 @@ node_name = "{name}"
 ''')
         cfg = d / "postern.toml"
         text = cfg.read_text()
-        block = f'protocol = "smtp"\naddress = "127.0.0.1:{25 + off}"\n'
+        block = f'protocol = "{protocol}"\naddress = "127.0.0.1:{port + off}"\n'
         assert block in text
         cfg.write_text(text.replace(block, block + 'proxy_from = ["127.0.0.1/32"]\n'))
         nodes.append((d, off))
+    return nodes, metrics
+
+
+@pytest.mark.skipif(not (HAPROXY and HYDRA), reason="haproxy and hydra are installed by tests/run.sh")
+def test_hydra_through_haproxy_over_three_nodes_meets_one_limit(tmp_path, postgres, redis):
+    """hydra against the HAProxy address, its connections spread over three nodes: it finds
+    nothing, the passwords verified are bounded by one per-address limit for the whole cluster
+    (not one per node), and the attacker is banned on every node."""
+    nodes, metrics = proxied_nodes(tmp_path, postgres, redis, "imaps", 993)
     servers = start_all(nodes)
     front = free_port()
     conf = tmp_path / "haproxy.cfg"
-    conf.write_text(haproxy_smtp_config([s.smtp for s in servers], front, metrics))
+    conf.write_text(haproxy_config([s.imaps for s in servers], front, metrics))
+    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # HAProxy's first checks
+        # the owner logs in through HAProxy from her usual address first
+        assert imap_login(front, BOB, BOB_PW, source="127.0.0.3") == "ok"
+        words = wordlist(tmp_path, BOB_PW)
+        p = subprocess.Popen([HYDRA, "-l", BOB, "-P", str(words), "-S", "-s", str(front), "-t", "4", "-w", "5",
+                              "-W", "1", "-I", "127.0.0.1", "imap"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        assert BOB_PW not in out, out[-2000:]
+        assert "1 valid password found" not in out
+        with open_db(nodes[0][0]) as db:
+            verified = db.execute("SELECT COUNT(*) FROM audit_log WHERE event = 'auth' AND ip = '127.0.0.1' "
+                                  "AND reason IN ('bad_password', 'unknown_user')").fetchone()[0]
+            bans = db.execute("SELECT COUNT(*) FROM audit_log WHERE event = 'ban' AND ip = '127.0.0.1'").fetchone()[0]
+        # one per-address limit (10) for the cluster, plus what hydra had in flight
+        assert 0 < verified <= 10 + 4, verified
+        assert bans >= 1
+        # the attempts went to every node (round robin through HAProxy)
+        per_node = [sum(1 for line in s.log().splitlines()
+                        if 'reason="bad_password"' in line and "ip=127.0.0.1 " in line) for s in servers]
+        assert all(n > 0 for n in per_node), per_node
+        # banned on every node: three connections through HAProxy (one to each node, round robin)
+        # are closed before the login
+        assert [imap_login(front, ALICE, ALICE_PW) for _ in servers] == ["closed"] * 3
+        # bob is locked for unknown sources on every node, not for his own address
+        assert [imap_login(front, BOB, BOB_PW, source="127.0.0.4") for _ in servers] == ["fail"] * 3
+        assert [imap_login(front, BOB, BOB_PW, source="127.0.0.3") for _ in servers] == ["ok"] * 3
+        print(f"hydra through HAProxy over three nodes: {verified} passwords verified in all, per node {per_node}")
+    finally:
+        hap.terminate()
+        hap.wait(timeout=10)
+        stop_all(servers)
+
+
+@pytest.mark.skipif(not HAPROXY, reason="haproxy is installed by tests/run.sh")
+def test_node_killed_under_smtp_load_loses_nothing_acknowledged(tmp_path, postgres, redis):
+    nodes, metrics = proxied_nodes(tmp_path, postgres, redis, "smtp", 25)
+    servers = start_all(nodes)
+    front = free_port()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(haproxy_config([s.smtp for s in servers], front, metrics))
     hap = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     acked, failed = [], []
     stop = threading.Event()

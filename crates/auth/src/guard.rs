@@ -1,8 +1,9 @@
 //! Throttling, bans and lockout, decided before any password hashing.
 //!
-//! One mechanism for SMTP, IMAP and POP3, kept in memory (a cluster would put the same counters in
-//! Redis behind [`Guard`]'s methods). Every decision takes the time from an injected [`Clock`], so
-//! windows, escalation and expiry are unit-tested without sleeping.
+//! One mechanism for SMTP, IMAP and POP3, kept in memory and, in a cluster ([`Guard::share`]),
+//! also in Redis, so that an attack spread over several nodes meets one set of counters (see
+//! [`crate::shared`]). Every decision takes the time from an injected [`Clock`], so windows,
+//! escalation and expiry are unit-tested without sleeping.
 //!
 //! * Per source IP, per network (IPv4 /24, IPv6 /64) and per account failure counters over a short
 //!   window, plus a long window per account for slow attacks.
@@ -26,6 +27,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::shared::{self, SharedCounters};
 
 /// Seconds since the Unix epoch.
 pub trait Clock: Send + Sync {
@@ -181,6 +184,14 @@ pub struct Guard {
     key: zeroize::Zeroizing<[u8; 32]>,
     state: Mutex<State>,
     store: Option<Arc<dyn BanStore>>,
+    shared: std::sync::OnceLock<Shared>,
+}
+
+/// The cluster's view of the guard's counters ([`Guard::share`]).
+struct Shared {
+    counters: Arc<dyn SharedCounters>,
+    /// Shared by all nodes: the same account, source and password give the same tag everywhere.
+    key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// Bound on every per-key history, so that an attack cannot grow memory without limit.
@@ -194,7 +205,20 @@ impl Guard {
             key: zeroize::Zeroizing::new(rand::random()),
             state: Mutex::new(State::default()),
             store,
+            shared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shares the failure windows, lockouts, known clients, repeated wrong passwords and ban
+    /// escalation with the other nodes through `counters`, under `key` (the same on every node:
+    /// account names, sources and passwords only appear there as HMACs under it). The node's own
+    /// counts are kept as well: a decision takes the larger of the two, and the node's alone when
+    /// the shared store does not answer. Once per guard; a second call is ignored.
+    pub fn share(&self, counters: Arc<dyn SharedCounters>, key: [u8; 32]) {
+        let _ = self.shared.set(Shared {
+            counters,
+            key: zeroize::Zeroizing::new(key),
+        });
     }
 
     /// The current time on the guard's clock (Unix seconds); the auth core uses it for every
@@ -263,8 +287,153 @@ impl Guard {
             .is_some_and(|&t| now.saturating_sub(t) <= cfg.known_client_secs)
     }
 
+    /// The shared key of an account's fact (`kind:TAG`, the account as an HMAC).
+    fn account_key(sh: &Shared, kind: &str, account: &str) -> String {
+        format!("{kind}:{}", shared::tag(&sh.key, &[account.as_bytes()]))
+    }
+
+    /// Whether `ip` logged in to `account` recently, on this node or (shared) any other.
+    async fn known(&self, account: &str, ip: IpAddr, now: u64) -> bool {
+        if Self::is_known(&self.lock(), &self.cfg, account, ip, now) {
+            return true;
+        }
+        let Some(sh) = self.shared.get() else {
+            return false;
+        };
+        let key = format!(
+            "known:{}",
+            shared::tag(
+                &sh.key,
+                &[account.as_bytes(), canonical(ip).to_string().as_bytes()]
+            )
+        );
+        match sh.counters.get(&key).await {
+            Ok(v) => v.is_some(),
+            Err(e) => {
+                tracing::debug!(error = %e, "known-client look-up: this node's view only");
+                false
+            }
+        }
+    }
+
+    /// A shared value of numbers (`until level last`), if any and readable.
+    async fn shared_numbers(&self, key: &str) -> Option<Vec<u64>> {
+        let sh = self.shared.get()?;
+        match sh.counters.get(key).await {
+            Ok(Some(v)) => Some(v.split(' ').filter_map(|n| n.parse().ok()).collect()),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "shared guard state: this node's view only");
+                None
+            }
+        }
+    }
+
+    async fn shared_set(&self, key: &str, value: &str, ttl: u64) {
+        if let Some(sh) = self.shared.get() {
+            if let Err(e) = sh.counters.set(key, value, ttl.max(1)).await {
+                tracing::debug!(error = %e, "shared guard state not updated");
+            }
+        }
+    }
+
+    /// The end of the account's lockout (password logins), on this node or any other.
+    async fn locked_until(&self, account: &str) -> u64 {
+        let local = self.lock().locked_until.get(account).copied().unwrap_or(0);
+        let Some(sh) = self.shared.get() else {
+            return local;
+        };
+        let shared = self
+            .shared_numbers(&Self::account_key(sh, "lock", account))
+            .await
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0);
+        local.max(shared)
+    }
+
+    /// The account's second-factor lock: (until, level, time of the last lock), the later of
+    /// this node's and the shared one.
+    async fn code_lock(&self, account: &str) -> (u64, u32, u64) {
+        let local = self
+            .lock()
+            .code_locked
+            .get(account)
+            .copied()
+            .unwrap_or((0, 0, 0));
+        let Some(sh) = self.shared.get() else {
+            return local;
+        };
+        match self
+            .shared_numbers(&Self::account_key(sh, "codelock", account))
+            .await
+            .as_deref()
+        {
+            Some(&[until, level, last]) if last >= local.2 => (until, level as u32, last),
+            _ => local,
+        }
+    }
+
+    /// Adds a failure to a window kept here (`local`) and, when shared, under `key`; returns the
+    /// larger count.
+    async fn count(
+        &self,
+        local: impl FnOnce(&mut State) -> u32,
+        key: impl FnOnce(&Shared) -> String,
+        now: u64,
+        window: u64,
+    ) -> u32 {
+        let n = local(&mut self.lock());
+        let Some(sh) = self.shared.get() else {
+            return n;
+        };
+        match sh.counters.add(&key(sh), now, window, 1).await {
+            Ok(u) => n.max(u.events),
+            Err(e) => {
+                tracing::debug!(error = %e, "failure counted on this node only");
+                n
+            }
+        }
+    }
+
+    /// Remembers a wrong password from a source; returns whether it was a repeat of one seen
+    /// within `same_password_secs` (here or, shared, on any node).
+    async fn repeated(&self, account: &str, ip: IpAddr, password: &SecretString, now: u64) -> bool {
+        let fp = self.fingerprint(account, ip, password);
+        let local = {
+            let mut st = self.lock();
+            self.sweep(&mut st, now);
+            let repeat = st
+                .recent_wrong
+                .get(&fp)
+                .is_some_and(|&t| now.saturating_sub(t) <= self.cfg.same_password_secs);
+            st.recent_wrong.insert(fp, now);
+            repeat
+        };
+        let Some(sh) = self.shared.get() else {
+            return local;
+        };
+        let key = format!(
+            "wrong:{}",
+            shared::tag(
+                &sh.key,
+                &[
+                    account.as_bytes(),
+                    canonical(ip).to_string().as_bytes(),
+                    password.expose_secret().as_bytes(),
+                ]
+            )
+        );
+        match sh.counters.seen(&key, self.cfg.same_password_secs).await {
+            Ok(seen) => local || seen,
+            Err(e) => {
+                tracing::debug!(error = %e, "repeated-password check: this node's view only");
+                local
+            }
+        }
+    }
+
     /// Before hashing: may `ip` try a password for `account`?
-    pub fn check(&self, ip: IpAddr, account: &str) -> Verdict {
+    pub async fn check(&self, ip: IpAddr, account: &str) -> Verdict {
         if self.allowlisted(ip) {
             return Verdict::Allow;
         }
@@ -272,10 +441,7 @@ impl Guard {
             return Verdict::Banned;
         }
         let now = self.clock.now();
-        let st = self.lock();
-        if st.locked_until.get(account).is_some_and(|&u| u > now)
-            && !Self::is_known(&st, &self.cfg, account, ip, now)
-        {
+        if self.locked_until(account).await > now && !self.known(account, ip, now).await {
             return Verdict::Locked;
         }
         Verdict::Allow
@@ -283,7 +449,7 @@ impl Guard {
 
     /// Before checking a second-factor code: is the source banned, or the account's second factor
     /// locked for this (unknown) source?
-    pub fn check_code(&self, ip: IpAddr, account: &str) -> Verdict {
+    pub async fn check_code(&self, ip: IpAddr, account: &str) -> Verdict {
         if self.is_banned(ip) {
             return Verdict::Banned;
         }
@@ -291,41 +457,48 @@ impl Guard {
             return Verdict::Allow;
         }
         let now = self.clock.now();
-        let st = self.lock();
-        if st
-            .code_locked
-            .get(account)
-            .is_some_and(|&(u, _, _)| u > now)
-            && !Self::is_known(&st, &self.cfg, account, ip, now)
-        {
+        if self.code_lock(account).await.0 > now && !self.known(account, ip, now).await {
             return Verdict::Locked;
         }
         Verdict::Allow
     }
 
     /// Whether the account's second factor is locked for unknown sources now.
-    pub fn is_code_locked(&self, account: &str) -> bool {
-        let now = self.clock.now();
-        self.lock()
-            .code_locked
-            .get(account)
-            .is_some_and(|&(u, _, _)| u > now)
+    pub async fn is_code_locked(&self, account: &str) -> bool {
+        self.code_lock(account).await.0 > self.clock.now()
     }
 
     /// Counts one source failure (its address and network windows); bans past the limits.
-    fn count_source(&self, st: &mut State, ip: IpAddr, now: u64) -> (u32, Option<Ban>) {
+    async fn count_source(&self, ip: IpAddr, now: u64) -> (u32, Option<Ban>) {
         let w = self.cfg.window_secs;
-        let n_ip = st
-            .ip
-            .entry(canonical(ip))
-            .or_default()
-            .add(now, w, MAX_TIMES);
+        let host = canonical(ip);
+        let n_ip = self
+            .count(
+                |st| st.ip.entry(host).or_default().add(now, w, MAX_TIMES),
+                |_| format!("ip:{host}"),
+                now,
+                w,
+            )
+            .await;
         let net = Cidr::network_of(ip);
-        let n_net = st.net.entry(net).or_default().add(now, w, MAX_TIMES);
+        let n_net = self
+            .count(
+                |st| st.net.entry(net).or_default().add(now, w, MAX_TIMES),
+                |_| format!("net:{net}"),
+                now,
+                w,
+            )
+            .await;
         let ban = if n_ip >= self.cfg.ip_max_failures {
-            Some(self.ban_locked(st, Cidr::host(ip), now, "too many failed logins"))
+            Some(
+                self.make_ban(Cidr::host(ip), now, "too many failed logins")
+                    .await,
+            )
         } else if n_net >= self.cfg.network_max_failures {
-            Some(self.ban_locked(st, net, now, "too many failed logins from the network"))
+            Some(
+                self.make_ban(net, now, "too many failed logins from the network")
+                    .await,
+            )
         } else {
             None
         };
@@ -350,52 +523,64 @@ impl Guard {
     pub async fn code_failure(&self, ip: IpAddr, account: &str) -> FailureEffect {
         let now = self.clock.now();
         let mut effect = FailureEffect {
-            delay_ms: 0,
+            delay_ms: self.cfg.failure_delay_ms,
             banned: None,
             locked: false,
             repeat: false,
         };
-        let ban = {
-            let mut st = self.lock();
-            self.sweep(&mut st, now);
-            if self.allowlisted(ip) {
-                effect.delay_ms = self.cfg.failure_delay_ms;
-                return effect;
-            }
-            let (n_ip, ban) = self.count_source(&mut st, ip, now);
-            if !Self::is_known(&st, &self.cfg, account, ip, now) {
-                let n = st.code.entry(account.to_owned()).or_default().add(
+        self.sweep(&mut self.lock(), now);
+        if self.allowlisted(ip) {
+            return effect;
+        }
+        let (n_ip, ban) = self.count_source(ip, now).await;
+        if !self.known(account, ip, now).await {
+            let cw = self.cfg.code_window_secs;
+            let n = self
+                .count(
+                    |st| {
+                        st.code
+                            .entry(account.to_owned())
+                            .or_default()
+                            .add(now, cw, MAX_TIMES)
+                    },
+                    |sh| Self::account_key(sh, "code", account),
                     now,
-                    self.cfg.code_window_secs,
-                    MAX_TIMES,
-                );
-                let locked_now = st
-                    .code_locked
-                    .get(account)
-                    .is_some_and(|&(u, _, _)| u > now);
-                if n >= self.cfg.code_max_failures && !locked_now {
-                    let (_, level, last) =
-                        st.code_locked.get(account).copied().unwrap_or((0, 0, 0));
-                    let level =
-                        if level > 0 && now.saturating_sub(last) <= self.cfg.offender_memory_secs {
-                            level + 1
-                        } else {
-                            1
-                        };
-                    let secs = self
-                        .cfg
-                        .account_lockout_secs
-                        .saturating_mul(1u64 << (level - 1).min(30))
-                        .min(self.cfg.ban_max_secs.max(self.cfg.account_lockout_secs));
+                    cw,
+                )
+                .await;
+            let (until, level, last) = self.code_lock(account).await;
+            if n >= self.cfg.code_max_failures && until <= now {
+                let level =
+                    if level > 0 && now.saturating_sub(last) <= self.cfg.offender_memory_secs {
+                        level + 1
+                    } else {
+                        1
+                    };
+                let secs = self
+                    .cfg
+                    .account_lockout_secs
+                    .saturating_mul(1u64 << (level - 1).min(30))
+                    .min(self.cfg.ban_max_secs.max(self.cfg.account_lockout_secs));
+                {
+                    let mut st = self.lock();
                     st.code_locked
                         .insert(account.to_owned(), (now + secs, level, now));
                     st.code.remove(account);
-                    effect.locked = true;
                 }
+                if let Some(sh) = self.shared.get() {
+                    let value = format!("{} {level} {now}", now + secs);
+                    let ttl = secs + self.cfg.offender_memory_secs;
+                    self.shared_set(&Self::account_key(sh, "codelock", account), &value, ttl)
+                        .await;
+                    let _ = sh
+                        .counters
+                        .forget(&[Self::account_key(sh, "code", account)])
+                        .await;
+                }
+                effect.locked = true;
             }
-            effect.delay_ms = self.delay(n_ip);
-            ban
-        };
+        }
+        effect.delay_ms = self.delay(n_ip);
         self.persist(ban, &mut effect).await;
         effect
     }
@@ -410,52 +595,49 @@ impl Guard {
         password: &SecretString,
     ) -> FailureEffect {
         let now = self.clock.now();
-        let fp = self.fingerprint(account, ip, password);
         let mut effect = FailureEffect {
             delay_ms: self.cfg.failure_delay_ms,
             banned: None,
             locked: false,
             repeat: false,
         };
-        let ban = {
-            let mut st = self.lock();
-            self.sweep(&mut st, now);
-            let repeat = st
-                .recent_wrong
-                .get(&fp)
-                .is_some_and(|&t| now.saturating_sub(t) <= self.cfg.same_password_secs);
-            st.recent_wrong.insert(fp, now);
-            if repeat || self.allowlisted(ip) {
-                effect.repeat = repeat;
-                return effect;
-            }
-            let (n_ip, ban) = self.count_source(&mut st, ip, now);
-            effect.delay_ms = self.delay(n_ip);
-            ban
-        };
+        let repeat = self.repeated(account, ip, password, now).await;
+        if repeat || self.allowlisted(ip) {
+            effect.repeat = repeat;
+            return effect;
+        }
+        let (n_ip, ban) = self.count_source(ip, now).await;
+        effect.delay_ms = self.delay(n_ip);
         self.persist(ban, &mut effect).await;
         effect
     }
 
-    /// Lifts an account's lockout and forgets its failure counts (helpdesk "unlock").
-    /// Returns whether it was locked.
-    pub fn unlock(&self, account: &str) -> bool {
+    /// Lifts an account's lockout and forgets its failure counts (helpdesk "unlock"), on every
+    /// node when shared. Returns whether it was locked.
+    pub async fn unlock(&self, account: &str) -> bool {
         let now = self.clock.now();
-        let mut st = self.lock();
-        st.account.remove(account);
-        st.account_long.remove(account);
-        st.code.remove(account);
-        let code = st
-            .code_locked
-            .remove(account)
-            .is_some_and(|(until, _, _)| until > now);
-        st.locked_until
-            .remove(account)
-            .is_some_and(|until| until > now)
-            || code
+        let was = self.locked_until(account).await > now || self.code_lock(account).await.0 > now;
+        {
+            let mut st = self.lock();
+            st.account.remove(account);
+            st.account_long.remove(account);
+            st.code.remove(account);
+            st.code_locked.remove(account);
+            st.locked_until.remove(account);
+        }
+        if let Some(sh) = self.shared.get() {
+            let keys: Vec<String> = ["acc", "accl", "code", "codelock", "lock"]
+                .iter()
+                .map(|k| Self::account_key(sh, k, account))
+                .collect();
+            if let Err(e) = sh.counters.forget(&keys).await {
+                tracing::warn!(error = %e, "the unlock reached this node only");
+            }
+        }
+        was
     }
 
-    /// Bans and account lockouts in force now (for the metrics gauges).
+    /// Bans and account lockouts in force now, as this node knows them (for its metrics gauges).
     pub fn active_counts(&self) -> (usize, usize) {
         let now = self.clock.now();
         let st = self.lock();
@@ -465,21 +647,31 @@ impl Guard {
         )
     }
 
-    /// Whether the account is locked for unknown clients now.
-    pub fn is_locked(&self, account: &str) -> bool {
-        let now = self.clock.now();
-        self.lock()
-            .locked_until
-            .get(account)
-            .is_some_and(|&u| u > now)
+    /// Whether the account is locked for unknown clients now (on any node, when shared).
+    pub async fn is_locked(&self, account: &str) -> bool {
+        self.locked_until(account).await > self.clock.now()
     }
 
-    /// Records a successful login: the source becomes a known client of the account.
-    pub fn success(&self, ip: IpAddr, account: &str) {
+    /// Records a successful login: the source becomes a known client of the account (on every
+    /// node, when shared).
+    pub async fn success(&self, ip: IpAddr, account: &str) {
         let now = self.clock.now();
-        let mut st = self.lock();
-        st.known.insert((account.to_owned(), canonical(ip)), now);
-        self.sweep(&mut st, now);
+        {
+            let mut st = self.lock();
+            st.known.insert((account.to_owned(), canonical(ip)), now);
+            self.sweep(&mut st, now);
+        }
+        if let Some(sh) = self.shared.get() {
+            let key = format!(
+                "known:{}",
+                shared::tag(
+                    &sh.key,
+                    &[account.as_bytes(), canonical(ip).to_string().as_bytes()]
+                )
+            );
+            self.shared_set(&key, &now.to_string(), self.cfg.known_client_secs)
+                .await;
+        }
     }
 
     /// Records a failed login and returns what follows from it. `account` is the normalised login
@@ -491,63 +683,74 @@ impl Guard {
         password: &SecretString,
     ) -> FailureEffect {
         let now = self.clock.now();
-        let fp = self.fingerprint(account, ip, password);
         let mut effect = FailureEffect {
             delay_ms: 0,
             banned: None,
             locked: false,
             repeat: false,
         };
-        let ban = {
-            let mut st = self.lock();
-            self.sweep(&mut st, now);
-            if st
-                .recent_wrong
-                .get(&fp)
-                .is_some_and(|&t| now.saturating_sub(t) <= self.cfg.same_password_secs)
-            {
-                // The same wrong password again (a phone with an old password): counted once.
-                effect.repeat = true;
-                st.recent_wrong.insert(fp, now);
-                let n = st
-                    .ip
-                    .entry(canonical(ip))
-                    .or_default()
-                    .count(now, self.cfg.window_secs);
-                effect.delay_ms = self.delay(n.max(1));
-                return effect;
-            }
-            st.recent_wrong.insert(fp, now);
-            if self.allowlisted(ip) {
-                effect.delay_ms = self.cfg.failure_delay_ms;
-                return effect;
-            }
-            let w = self.cfg.window_secs;
-            let (n_ip, ban) = self.count_source(&mut st, ip, now);
-            if !Self::is_known(&st, &self.cfg, account, ip, now) {
-                let n_acc = st
-                    .account
-                    .entry(account.to_owned())
-                    .or_default()
-                    .add(now, w, MAX_TIMES);
-                let n_long = st.account_long.entry(account.to_owned()).or_default().add(
+        if self.repeated(account, ip, password, now).await {
+            // The same wrong password again (a phone with an old password): counted once.
+            effect.repeat = true;
+            let n = self
+                .lock()
+                .ip
+                .entry(canonical(ip))
+                .or_default()
+                .count(now, self.cfg.window_secs);
+            effect.delay_ms = self.delay(n.max(1));
+            return effect;
+        }
+        if self.allowlisted(ip) {
+            effect.delay_ms = self.cfg.failure_delay_ms;
+            return effect;
+        }
+        let w = self.cfg.window_secs;
+        let (n_ip, ban) = self.count_source(ip, now).await;
+        if !self.known(account, ip, now).await {
+            let n_acc = self
+                .count(
+                    |st| {
+                        st.account
+                            .entry(account.to_owned())
+                            .or_default()
+                            .add(now, w, MAX_TIMES)
+                    },
+                    |sh| Self::account_key(sh, "acc", account),
                     now,
-                    self.cfg.account_long_window_secs,
-                    MAX_TIMES,
-                );
-                if n_acc >= self.cfg.account_max_failures
-                    || n_long >= self.cfg.account_long_max_failures
-                {
-                    let until = now + self.cfg.account_lockout_secs;
-                    if st.locked_until.get(account).is_none_or(|&u| u < until) {
-                        st.locked_until.insert(account.to_owned(), until);
-                        effect.locked = true;
+                    w,
+                )
+                .await;
+            let lw = self.cfg.account_long_window_secs;
+            let n_long = self
+                .count(
+                    |st| {
+                        st.account_long
+                            .entry(account.to_owned())
+                            .or_default()
+                            .add(now, lw, MAX_TIMES)
+                    },
+                    |sh| Self::account_key(sh, "accl", account),
+                    now,
+                    lw,
+                )
+                .await;
+            if n_acc >= self.cfg.account_max_failures
+                || n_long >= self.cfg.account_long_max_failures
+            {
+                let until = now + self.cfg.account_lockout_secs;
+                if self.locked_until(account).await < until {
+                    self.lock().locked_until.insert(account.to_owned(), until);
+                    if let Some(sh) = self.shared.get() {
+                        let key = Self::account_key(sh, "lock", account);
+                        self.shared_set(&key, &until.to_string(), self.cfg.account_lockout_secs)
+                            .await;
                     }
+                    effect.locked = true;
                 }
             }
-            effect.delay_ms = self.delay(n_ip);
-            ban
-        };
+        }
+        effect.delay_ms = self.delay(n_ip);
         self.persist(ban, &mut effect).await;
         effect
     }
@@ -561,8 +764,34 @@ impl Guard {
             .min(self.cfg.failure_delay_max_ms)
     }
 
-    fn ban_locked(&self, st: &mut State, target: Cidr, now: u64, reason: &str) -> Ban {
-        let (prev, last) = st.offenders.get(&target).copied().unwrap_or((0, 0));
+    /// Bans `target`, for longer if it was banned within `offender_memory_secs` (on any node,
+    /// when shared); its failure window starts from zero. A target another node banned a moment
+    /// ago (two nodes past the limit at once) keeps that ban: the same offence, not a repeat.
+    async fn make_ban(&self, target: Cidr, now: u64, reason: &str) -> Ban {
+        let (mut prev, mut last) = self
+            .lock()
+            .offenders
+            .get(&target)
+            .copied()
+            .unwrap_or((0, 0));
+        let off_key = format!("off:{target}");
+        if let Some(&[o, t, until]) = self.shared_numbers(&off_key).await.as_deref() {
+            if until > now {
+                let ban = Ban {
+                    target,
+                    until,
+                    reason: reason.to_owned(),
+                    offences: o as u32,
+                };
+                let mut st = self.lock();
+                st.offenders.insert(target, (ban.offences, t));
+                st.bans.insert(target, ban.clone());
+                return ban;
+            }
+            if t >= last {
+                (prev, last) = (o as u32, t);
+            }
+        }
         let offences = if prev > 0 && now.saturating_sub(last) <= self.cfg.offender_memory_secs {
             prev + 1
         } else {
@@ -579,20 +808,33 @@ impl Guard {
             reason: reason.to_owned(),
             offences,
         };
-        st.offenders.insert(target, (offences, now));
-        st.bans.insert(target, ban.clone());
-        // A banned source starts from zero when the ban ends.
-        match target.prefix {
-            32 | 128 => {
-                st.ip.remove(&target.addr);
+        let window = {
+            let mut st = self.lock();
+            st.offenders.insert(target, (offences, now));
+            st.bans.insert(target, ban.clone());
+            // A banned source starts from zero when the ban ends.
+            match target.prefix {
+                32 | 128 => {
+                    st.ip.remove(&target.addr);
+                    format!("ip:{}", target.addr)
+                }
+                _ => {
+                    st.net.remove(&target);
+                    format!("net:{target}")
+                }
             }
-            _ => {
-                st.net.remove(&target);
-            }
+        };
+        if let Some(sh) = self.shared.get() {
+            self.shared_set(
+                &off_key,
+                &format!("{offences} {now} {}", ban.until),
+                secs + self.cfg.offender_memory_secs,
+            )
+            .await;
+            let _ = sh.counters.forget(&[window]).await;
         }
         ban
     }
-
     /// Adds a ban by hand (`postern ban add` goes through the store; this is for tests and the
     /// server's own use).
     pub fn ban(&self, target: Cidr, secs: u64, reason: &str) -> Ban {
@@ -679,7 +921,7 @@ mod tests {
         });
         let attacker = ip("203.0.113.9");
         let owner = ip("198.51.100.7");
-        g.success(owner, "admin:root");
+        g.success(owner, "admin:root").await;
         // 20 wrong codes from one address: every one counts, the address is banned.
         let mut banned = false;
         let mut locked = 0;
@@ -693,26 +935,35 @@ mod tests {
             locked, 1,
             "the second factor locks once, at the fifth wrong code"
         );
-        assert_eq!(g.check_code(attacker, "admin:root"), Verdict::Banned);
+        assert_eq!(g.check_code(attacker, "admin:root").await, Verdict::Banned);
         // from other addresses: locked for unknown sources, not for the owner's known one
-        assert_eq!(g.check_code(ip("192.0.2.1"), "admin:root"), Verdict::Locked);
-        assert_eq!(g.check_code(owner, "admin:root"), Verdict::Allow);
+        assert_eq!(
+            g.check_code(ip("192.0.2.1"), "admin:root").await,
+            Verdict::Locked
+        );
+        assert_eq!(g.check_code(owner, "admin:root").await, Verdict::Allow);
         // escalates: the next lock lasts twice as long
         clock.advance(901);
-        assert_eq!(g.check_code(ip("192.0.2.1"), "admin:root"), Verdict::Allow);
+        assert_eq!(
+            g.check_code(ip("192.0.2.1"), "admin:root").await,
+            Verdict::Allow
+        );
         for i in 0..5 {
             g.code_failure(ip(&format!("192.0.2.{}", 10 + i)), "admin:root")
                 .await;
         }
         clock.advance(1000);
         assert_eq!(
-            g.check_code(ip("192.0.2.99"), "admin:root"),
+            g.check_code(ip("192.0.2.99"), "admin:root").await,
             Verdict::Locked,
             "second lock: 1800 s"
         );
         clock.advance(801);
-        assert_eq!(g.check_code(ip("192.0.2.99"), "admin:root"), Verdict::Allow);
-        assert!(g.unlock("admin:root") || !g.is_code_locked("admin:root"));
+        assert_eq!(
+            g.check_code(ip("192.0.2.99"), "admin:root").await,
+            Verdict::Allow
+        );
+        assert!(g.unlock("admin:root").await || !g.is_code_locked("admin:root").await);
     }
 
     #[tokio::test]
@@ -775,9 +1026,9 @@ mod tests {
         }
         let e = g.failure(a, "u9@x", &pw("p9")).await;
         assert_eq!(e.banned.as_ref().unwrap().until, clock.now() + 100);
-        assert_eq!(g.check(a, "any@x"), Verdict::Banned);
+        assert_eq!(g.check(a, "any@x").await, Verdict::Banned);
         clock.advance(101);
-        assert_eq!(g.check(a, "any@x"), Verdict::Allow);
+        assert_eq!(g.check(a, "any@x").await, Verdict::Allow);
         // second offence: 200 s, third: 350 (capped)
         for i in 0..3 {
             g.failure(a, "v@x", &pw(&format!("q{i}"))).await;
@@ -789,9 +1040,9 @@ mod tests {
         }
         assert_eq!(g.ban_of(a).unwrap().until, clock.now() + 350);
         // other addresses are not affected
-        assert_eq!(g.check(ip("192.0.2.2"), "any@x"), Verdict::Allow);
+        assert_eq!(g.check(ip("192.0.2.2"), "any@x").await, Verdict::Allow);
         assert!(g.unban(&Cidr::host(a)));
-        assert_eq!(g.check(a, "any@x"), Verdict::Allow);
+        assert_eq!(g.check(a, "any@x").await, Verdict::Allow);
     }
 
     #[tokio::test]
@@ -820,8 +1071,8 @@ mod tests {
             g.failure(ip(&format!("198.51.100.{i}")), "u@x", &pw(&format!("p{i}")))
                 .await;
         }
-        assert_eq!(g.check(ip("198.51.100.200"), "z@x"), Verdict::Banned);
-        assert_eq!(g.check(ip("198.51.101.1"), "z@x"), Verdict::Allow);
+        assert_eq!(g.check(ip("198.51.100.200"), "z@x").await, Verdict::Banned);
+        assert_eq!(g.check(ip("198.51.101.1"), "z@x").await, Verdict::Allow);
     }
 
     #[tokio::test]
@@ -834,7 +1085,7 @@ mod tests {
             ..Default::default()
         });
         let home = ip("203.0.113.5");
-        g.success(home, "alice@x");
+        g.success(home, "alice@x").await;
         // distributed attack: one failure each from many addresses
         for i in 1..=5 {
             g.failure(
@@ -844,15 +1095,15 @@ mod tests {
             )
             .await;
         }
-        assert_eq!(g.check(ip("10.99.0.1"), "alice@x"), Verdict::Locked);
+        assert_eq!(g.check(ip("10.99.0.1"), "alice@x").await, Verdict::Locked);
         assert_eq!(
-            g.check(home, "alice@x"),
+            g.check(home, "alice@x").await,
             Verdict::Allow,
             "the real user keeps working"
         );
-        assert_eq!(g.check(ip("10.99.0.1"), "bob@x"), Verdict::Allow);
+        assert_eq!(g.check(ip("10.99.0.1"), "bob@x").await, Verdict::Allow);
         clock.advance(301);
-        assert_eq!(g.check(ip("10.99.0.1"), "alice@x"), Verdict::Allow);
+        assert_eq!(g.check(ip("10.99.0.1"), "alice@x").await, Verdict::Allow);
     }
 
     #[tokio::test]
@@ -864,11 +1115,11 @@ mod tests {
             ..Default::default()
         });
         let home = ip("203.0.113.5");
-        g.success(home, "alice@x");
+        g.success(home, "alice@x").await;
         for i in 0..5 {
             g.failure(home, "alice@x", &pw(&format!("typo{i}"))).await;
         }
-        assert_eq!(g.check(ip("198.51.100.1"), "alice@x"), Verdict::Allow);
+        assert_eq!(g.check(ip("198.51.100.1"), "alice@x").await, Verdict::Allow);
     }
 
     #[tokio::test]
@@ -891,7 +1142,7 @@ mod tests {
             )
             .await;
         }
-        assert_eq!(g.check(ip("10.50.0.1"), "alice@x"), Verdict::Locked);
+        assert_eq!(g.check(ip("10.50.0.1"), "alice@x").await, Verdict::Locked);
     }
 
     #[tokio::test]
@@ -906,7 +1157,7 @@ mod tests {
             let e = g.failure(phone, "alice@x", &pw("old password")).await;
             assert!(e.banned.is_none() && !e.locked);
         }
-        assert_eq!(g.check(phone, "alice@x"), Verdict::Allow);
+        assert_eq!(g.check(phone, "alice@x").await, Verdict::Allow);
         // after the memory period it counts again, once
         clock.advance(3601);
         let e = g.failure(phone, "alice@x", &pw("old password")).await;
@@ -926,7 +1177,7 @@ mod tests {
             assert!(e.banned.is_none());
         }
         g.ban(Cidr::host(admin), 100, "by hand");
-        assert_eq!(g.check(admin, "root@x"), Verdict::Allow);
+        assert_eq!(g.check(admin, "root@x").await, Verdict::Allow);
     }
 
     #[tokio::test]
@@ -943,5 +1194,157 @@ mod tests {
             d.push(g.failure(a, "u@x", &pw(&format!("{i}"))).await.delay_ms);
         }
         assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    /// Two nodes' guards over one shared store (Redis in production).
+    fn pair(cfg: GuardConfig) -> (Guard, Guard, Arc<Fake>, Arc<shared::MemoryCounters>) {
+        let clock = Arc::new(Fake(AtomicU64::new(1_000_000)));
+        let counters = Arc::new(shared::MemoryCounters::new(clock.clone()));
+        let a = Guard::new(cfg.clone(), clock.clone(), None);
+        let b = Guard::new(cfg, clock.clone(), None);
+        a.share(counters.clone(), [7; 32]);
+        b.share(counters.clone(), [7; 32]);
+        (a, b, clock, counters)
+    }
+
+    #[tokio::test]
+    async fn an_attack_spread_over_nodes_meets_one_set_of_counters() {
+        let (a, b, _, _) = pair(GuardConfig {
+            ip_max_failures: 10,
+            account_max_failures: 6,
+            ..GuardConfig::default()
+        });
+        let home = ip("198.51.100.7");
+        a.success(home, "alice@x").await;
+        // 5 wrong passwords on each node from one address: 10 in all, the tenth bans it
+        let attacker = ip("203.0.113.9");
+        let mut banned = None;
+        for i in 0..5 {
+            for g in [&a, &b] {
+                let e = g
+                    .failure(
+                        attacker,
+                        "alice@x",
+                        &pw(&format!("guess{i}{}", g as *const _ as usize)),
+                    )
+                    .await;
+                banned = banned.or(e.banned);
+            }
+        }
+        let ban = banned.expect("ten failures across two nodes ban the source");
+        assert_eq!(ban.offences, 1);
+        // the account locked after 6, for unknown sources on both nodes, not for its owner's
+        // address, which logged in through the other node
+        assert_eq!(a.check(ip("192.0.2.1"), "alice@x").await, Verdict::Locked);
+        assert_eq!(b.check(ip("192.0.2.1"), "alice@x").await, Verdict::Locked);
+        assert_eq!(b.check(home, "alice@x").await, Verdict::Allow);
+        assert!(b.is_locked("alice@x").await);
+        // an unlock on one node is an unlock on both
+        assert!(b.unlock("alice@x").await);
+        assert_eq!(a.check(ip("192.0.2.1"), "alice@x").await, Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn two_nodes_banning_one_source_at_once_do_not_escalate() {
+        let (a, b, _, _) = pair(GuardConfig {
+            ip_max_failures: 2,
+            ..GuardConfig::default()
+        });
+        let src = ip("203.0.113.60");
+        a.failure(src, "x@x", &pw("1")).await;
+        let first = a
+            .failure(src, "x@x", &pw("2"))
+            .await
+            .banned
+            .expect("banned");
+        // B's in-flight failures, counted past the limit on its own window too
+        b.failure(src, "x@x", &pw("3")).await;
+        let again = b
+            .failure(src, "x@x", &pw("4"))
+            .await
+            .banned
+            .expect("B bans too");
+        assert_eq!((again.offences, again.until), (first.offences, first.until));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_password_counts_once_whichever_node_sees_it() {
+        let (a, b, _, _) = pair(GuardConfig {
+            ip_max_failures: 3,
+            ..GuardConfig::default()
+        });
+        let phone = ip("198.51.100.20");
+        for g in [&a, &b, &a, &b, &a, &b] {
+            let e = g.failure(phone, "alice@x", &pw("old password")).await;
+            assert!(e.banned.is_none());
+        }
+        assert_eq!(b.check(phone, "alice@x").await, Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn second_factor_locks_and_bans_escalate_across_nodes() {
+        let (a, b, clock, _) = pair(GuardConfig {
+            ip_max_failures: 2,
+            network_max_failures: 1000,
+            code_max_failures: 4,
+            ..GuardConfig::default()
+        });
+        // wrong codes from four addresses, alternating nodes: the fourth locks the factor
+        let mut locked = 0;
+        for (i, g) in [&a, &b, &a, &b].into_iter().enumerate() {
+            locked += g
+                .code_failure(ip(&format!("203.0.113.{i}")), "bob@x")
+                .await
+                .locked as u32;
+        }
+        assert_eq!(locked, 1);
+        assert!(a.is_code_locked("bob@x").await);
+        assert_eq!(
+            a.check_code(ip("192.0.2.1"), "bob@x").await,
+            Verdict::Locked
+        );
+        // a source banned on A, then again on B after the ban ends: the second ban is longer
+        let src = ip("203.0.113.50");
+        a.failure(src, "x@x", &pw("1")).await;
+        let first = a
+            .failure(src, "x@x", &pw("2"))
+            .await
+            .banned
+            .expect("banned");
+        clock.advance(first.until - clock.now() + 1);
+        b.failure(src, "x@x", &pw("3")).await;
+        let second = b
+            .failure(src, "x@x", &pw("4"))
+            .await
+            .banned
+            .expect("banned again");
+        assert_eq!(second.offences, 2);
+    }
+
+    #[tokio::test]
+    async fn shared_store_down_each_node_keeps_its_own_limits() {
+        let (a, b, _, counters) = pair(GuardConfig {
+            ip_max_failures: 4,
+            ..GuardConfig::default()
+        });
+        counters.down.store(true, Ordering::SeqCst);
+        let src = ip("203.0.113.77");
+        for i in 0..3 {
+            assert!(a
+                .failure(src, "a@x", &pw(&format!("a{i}")))
+                .await
+                .banned
+                .is_none());
+            assert!(b
+                .failure(src, "a@x", &pw(&format!("b{i}")))
+                .await
+                .banned
+                .is_none());
+        }
+        // per node: the fourth on one node bans there
+        assert!(a.failure(src, "a@x", &pw("a9")).await.banned.is_some());
+        // back up: what the node counted still counts (max of both views)
+        counters.down.store(false, Ordering::SeqCst);
+        assert!(b.failure(src, "a@x", &pw("b9")).await.banned.is_some());
     }
 }

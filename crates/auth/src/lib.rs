@@ -15,6 +15,7 @@ pub mod hasher;
 pub mod policy;
 pub mod sasl;
 pub mod scram;
+pub mod shared;
 pub mod totp;
 
 use std::net::IpAddr;
@@ -807,7 +808,7 @@ impl Authenticator {
         let ip = attempt.remote_ip;
         // The guard decides before any hashing: a banned source or a locked account (for an
         // unknown source) costs no argon2 work.
-        let decided = match self.guard.check(ip, &login) {
+        let decided = match self.guard.check(ip, &login).await {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
             guard::Verdict::Allow => {
@@ -996,7 +997,7 @@ impl Authenticator {
         let fingerprint = SecretString::from(hex::encode(app_password_digest(
             bearer.token.expose_secret(),
         )));
-        let decided = match self.guard.check(ip, &login) {
+        let decided = match self.guard.check(ip, &login).await {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
             guard::Verdict::Allow => match verified {
@@ -1108,7 +1109,7 @@ impl Authenticator {
         };
         let fingerprint =
             SecretString::from(cert.map_or_else(String::new, |c| c.key_fingerprint.clone()));
-        let decided = match self.guard.check(ip, &login) {
+        let decided = match self.guard.check(ip, &login).await {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
             guard::Verdict::Allow => match found {
@@ -1192,7 +1193,7 @@ impl Authenticator {
             Err(_) => SecretString::from(format!("{:x}", rand::random::<u128>())),
         };
         let mut signature = None;
-        let decided = match self.guard.check(ip, &login) {
+        let decided = match self.guard.check(ip, &login).await {
             guard::Verdict::Banned => (AuthOutcome::Refused, None, Err(FailureReason::Banned)),
             guard::Verdict::Locked => (AuthOutcome::Failure, None, Err(FailureReason::Locked)),
             guard::Verdict::Allow => {
@@ -1219,7 +1220,7 @@ impl Authenticator {
         let (mut outcome, account_id, result) = decided;
         match (&outcome, result) {
             (AuthOutcome::Success(p), _) => {
-                self.guard.success(ip, login);
+                self.guard.success(ip, login).await;
                 if let (Some(o), PrincipalKind::Account) = (&self.signins, p.kind) {
                     o.signed_in(
                         p,

@@ -12,6 +12,7 @@ pub mod session;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use postern_auth::shared::SharedCounters;
 use postern_auth::Authenticator;
 use postern_config::Pop3Config;
 use postern_net::TlsAcceptor;
@@ -30,28 +31,77 @@ pub struct Pop3Server {
     pub revocations: Arc<postern_net::Revocations>,
 }
 
-/// RFC 1939 4: one POP3 session holds an account's maildrop at a time. In-process; a cluster
-/// would keep this lock in Redis.
+/// RFC 1939 4: one POP3 session holds an account's maildrop at a time. In the process and, in a
+/// cluster ([`MaildropLocks::share`]), in Redis too (`pop3:ACCOUNT_ID`, held by a random owner
+/// token, renewed while the session lasts, expiring [`SHARED_TTL`] after a node dies). Redis not
+/// answering: the node's own lock only (logged), so POP3 keeps working.
 #[derive(Default)]
 pub struct MaildropLocks {
     held: Mutex<HashSet<i64>>,
+    shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
 }
+
+/// How long a shared lock outlives its last renewal (a node that died holding it).
+pub const SHARED_TTL: u64 = 90;
 
 pub struct MaildropLock {
     owner: Arc<MaildropLocks>,
     account: i64,
+    /// The shared lock's owner token and its renewal task.
+    shared: Option<(String, tokio::task::JoinHandle<()>)>,
 }
 
 impl MaildropLocks {
-    pub fn try_lock(self: &Arc<Self>, account: i64) -> Option<MaildropLock> {
-        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if !h.insert(account) {
+    /// Holds maildrops across nodes through `counters` as well (once; a second call is ignored).
+    pub fn share(&self, counters: Arc<dyn SharedCounters>) {
+        let _ = self.shared.set(counters);
+    }
+
+    pub async fn try_lock(self: &Arc<Self>, account: i64) -> Option<MaildropLock> {
+        if !self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account)
+        {
             return None;
         }
-        Some(MaildropLock {
+        let mut lock = MaildropLock {
             owner: self.clone(),
             account,
-        })
+            shared: None,
+        };
+        let Some(counters) = self.shared.get() else {
+            return Some(lock);
+        };
+        let key = format!("pop3:{account}");
+        let token = format!("{:032x}", rand::random::<u128>());
+        match counters.hold(&key, &token, SHARED_TTL).await {
+            Ok(true) => {
+                let (c, k, t) = (counters.clone(), key, token.clone());
+                let renew = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(SHARED_TTL / 3)).await;
+                        match c.hold(&k, &t, SHARED_TTL).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(account, "the shared POP3 maildrop lock was lost");
+                                return;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "POP3 lock not renewed"),
+                        }
+                    }
+                });
+                lock.shared = Some((token, renew));
+                Some(lock)
+            }
+            // Held by a session on another node (dropping `lock` gives the local one back).
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, account, "POP3 maildrop locked on this node only");
+                Some(lock)
+            }
+        }
     }
 }
 
@@ -59,5 +109,54 @@ impl Drop for MaildropLock {
     fn drop(&mut self) {
         let mut h = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
         h.remove(&self.account);
+        if let Some((token, renew)) = self.shared.take() {
+            renew.abort();
+            if let (Some(c), Ok(rt)) = (
+                self.owner.shared.get().cloned(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                let key = format!("pop3:{}", self.account);
+                rt.spawn(async move {
+                    if let Err(e) = c.release(&key, &token).await {
+                        tracing::debug!(error = %e, "POP3 lock not given back: it expires");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_session_per_maildrop_across_nodes() {
+        let shared = Arc::new(postern_auth::shared::MemoryCounters::default());
+        let (a, b) = (
+            Arc::new(MaildropLocks::default()),
+            Arc::new(MaildropLocks::default()),
+        );
+        a.share(shared.clone());
+        b.share(shared.clone());
+        let held = a.try_lock(7).await.expect("free");
+        assert!(a.try_lock(7).await.is_none(), "held on this node");
+        assert!(b.try_lock(7).await.is_none(), "held on the other node");
+        assert!(b.try_lock(8).await.is_some(), "another maildrop is free");
+        drop(held);
+        // the shared lock is given back by a task: let it run
+        let mut got = None;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            got = b.try_lock(7).await;
+            if got.is_some() {
+                break;
+            }
+        }
+        assert!(got.is_some(), "given back when the session ends");
+        // Redis down: each node on its own lock
+        drop(got);
+        shared.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(a.try_lock(9).await.is_some());
     }
 }

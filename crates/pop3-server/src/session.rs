@@ -643,7 +643,7 @@ impl Session {
                 return Flow::Close;
             }
         }
-        let Some(lock) = self.srv.locks.try_lock(p.account_id) else {
+        let Some(lock) = self.srv.locks.try_lock(p.account_id).await else {
             self.conn
                 .send("-ERR [IN-USE] Maildrop is locked by another POP3 session");
             return Flow::Close;

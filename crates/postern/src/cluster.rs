@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use postern_auth::guard::{Ban, Cidr, Guard};
+use postern_auth::shared::{SharedCounters, SharedError, Usage};
 use postern_config::Config;
 use postern_store::audit::SharedBans;
 use redis::aio::ConnectionManager;
@@ -33,22 +34,64 @@ const CHANGES: &str = "postern:changes";
 /// How long a Redis call may take before the node falls back on its own state.
 const CALL: Duration = Duration::from_millis(800);
 
-pub struct RedisBans {
+/// A connection to Redis shared by the calls of one purpose, with a short pause after a failure:
+/// while Redis is down, calls fail at once (the node decides on its own state) instead of each
+/// waiting for the timeout.
+struct Link {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<ConnectionManager>>,
-    node: String,
+    paused_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
-impl RedisBans {
+/// Reconnection of a connection manager: tries at most half a second apart, so that a node is
+/// back on Redis within about that once it answers again (the default backoff doubles up to
+/// several seconds after an outage of a few), each call and connection attempt bounded.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_max_delay(Duration::from_millis(500))
+        .set_connection_timeout(Some(CALL))
+        .set_response_timeout(Some(CALL))
+}
+
+/// How long calls fail at once after one failed.
+const PAUSE: Duration = Duration::from_secs(2);
+
+impl Link {
+    fn new(client: redis::Client) -> Link {
+        Link {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            paused_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn paused(&self) -> bool {
+        let p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        p.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    fn failed(&self, e: String) -> String {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now() + PAUSE);
+        e
+    }
+
     async fn conn(&self) -> Result<ConnectionManager, String> {
+        if self.paused() {
+            return Err("Redis did not answer a moment ago".to_owned());
+        }
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(CALL, self.client.get_connection_manager())
-            .await
-            .map_err(|_| "Redis did not answer in time".to_owned())?
-            .map_err(|e| e.to_string())?;
+        let c = tokio::time::timeout(
+            CALL,
+            self.client
+                .get_connection_manager_with_config(manager_config()),
+        )
+        .await
+        .map_err(|_| self.failed("Redis did not answer in time".to_owned()))?
+        .map_err(|e| self.failed(e.to_string()))?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -59,8 +102,26 @@ impl RedisBans {
     ) -> Result<T, String> {
         tokio::time::timeout(CALL, f)
             .await
-            .map_err(|_| "Redis did not answer in time".to_owned())?
-            .map_err(|e| e.to_string())
+            .map_err(|_| self.failed("Redis did not answer in time".to_owned()))?
+            .map_err(|e| self.failed(e.to_string()))
+    }
+}
+
+pub struct RedisBans {
+    link: Link,
+    node: String,
+}
+
+impl RedisBans {
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        self.link.conn().await
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        self.link.call(f).await
     }
 
     async fn announce(&self, c: &mut ConnectionManager) {
@@ -68,6 +129,183 @@ impl RedisBans {
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not announce a ban change to the other nodes");
         }
+    }
+}
+
+/// The guard's and the send limits' shared counters ([`SharedCounters`]) in Redis, under
+/// `postern:s:`: a window is a sorted set of `TIME:WEIGHT:RANDOM` members scored by time, trimmed
+/// and read in one transaction; a value is a string with an expiry. Keys that identify an
+/// account or a credential are HMACs made by their callers.
+pub struct RedisCounters {
+    link: Link,
+}
+
+fn shared_key(key: &str) -> String {
+    format!("postern:s:{key}")
+}
+
+fn usage_of(members: &[String]) -> Usage {
+    Usage {
+        events: members.len() as u32,
+        weight: members
+            .iter()
+            .filter_map(|m| m.split(':').nth(1)?.parse::<u64>().ok())
+            .sum(),
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedCounters for RedisCounters {
+    async fn add(
+        &self,
+        key: &str,
+        now: u64,
+        window: u64,
+        weight: u32,
+    ) -> Result<Usage, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        let member = format!("{now}:{weight}:{:016x}", rand::random::<u64>());
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&k)
+            .arg("-inf")
+            .arg(now.saturating_sub(window))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&k)
+            .arg(now)
+            .arg(&member)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&k)
+            .arg(window.max(1))
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&k)
+            .arg(0)
+            .arg(-1);
+        let (members,): (Vec<String>,) = self
+            .link
+            .call(p.query_async(&mut c))
+            .await
+            .map_err(SharedError)?;
+        Ok(usage_of(&members))
+    }
+
+    async fn usage(&self, key: &str, now: u64, window: u64) -> Result<Usage, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&k)
+            .arg("-inf")
+            .arg(now.saturating_sub(window))
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&k)
+            .arg(0)
+            .arg(-1);
+        let (members,): (Vec<String>,) = self
+            .link
+            .call(p.query_async(&mut c))
+            .await
+            .map_err(SharedError)?;
+        Ok(usage_of(&members))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        self.link
+            .call(c.get(shared_key(key)))
+            .await
+            .map_err(SharedError)
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: u64) -> Result<(), SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        self.link
+            .call(c.set_ex::<_, _, ()>(shared_key(key), value, ttl.max(1)))
+            .await
+            .map_err(SharedError)
+    }
+
+    async fn seen(&self, key: &str, ttl: u64) -> Result<bool, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("EXISTS")
+            .arg(&k)
+            .cmd("SET")
+            .arg(&k)
+            .arg(1)
+            .arg("EX")
+            .arg(ttl.max(1))
+            .ignore();
+        let (n,): (i64,) = self
+            .link
+            .call(p.query_async(&mut c))
+            .await
+            .map_err(SharedError)?;
+        Ok(n > 0)
+    }
+
+    async fn hold(&self, key: &str, owner: &str, ttl: u64) -> Result<bool, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        let mut set = redis::cmd("SET");
+        set.arg(&k).arg(owner).arg("NX").arg("EX").arg(ttl.max(1));
+        let taken: Option<String> = self
+            .link
+            .call(set.query_async(&mut c))
+            .await
+            .map_err(SharedError)?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        // Held: by this owner (a renewal), or by another. Read, then renew: a lock renewed well
+        // inside its expiry cannot change hands in the one round trip between the two.
+        let current: Option<String> = self.link.call(c.get(&k)).await.map_err(SharedError)?;
+        if current.as_deref() != Some(owner) {
+            return Ok(false);
+        }
+        let renewed: i64 = self
+            .link
+            .call(c.expire(&k, ttl.max(1) as i64))
+            .await
+            .map_err(SharedError)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, key: &str, owner: &str) -> Result<(), SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        // Compare and delete: a lock that expired and was taken by another session meanwhile
+        // stays with it. Without a script (the client's `script` feature is off), the window
+        // between the two calls is one round trip, far inside the lock's expiry.
+        let current: Option<String> = self.link.call(c.get(&k)).await.map_err(SharedError)?;
+        if current.as_deref() == Some(owner) {
+            self.link
+                .call(c.del::<_, ()>(&k))
+                .await
+                .map_err(SharedError)?;
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, keys: &[String]) -> Result<(), SharedError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let keys: Vec<String> = keys.iter().map(|k| shared_key(k)).collect();
+        self.link
+            .call(c.del::<_, ()>(keys))
+            .await
+            .map_err(SharedError)
     }
 }
 
@@ -165,11 +403,18 @@ pub async fn attach(
     let client = client(url, password.as_ref().map(|p| p.as_str()))?;
     let node = cfg.node_name();
     store.share_bans(Arc::new(RedisBans {
-        client: client.clone(),
-        conn: tokio::sync::Mutex::new(None),
+        link: Link::new(client.clone()),
         node: node.clone(),
     }));
     Ok(Some(client))
+}
+
+/// The counters the guard and the send limits share with the other nodes (a server's, not a CLI
+/// command's: one connection of their own).
+pub fn counters(client: redis::Client) -> Arc<dyn SharedCounters> {
+    Arc::new(RedisCounters {
+        link: Link::new(client),
+    })
 }
 
 /// Announces this node's mailbox changes to the other nodes (a server, not a CLI command: the
@@ -185,10 +430,13 @@ pub fn relay_changes(client: redis::Client, store: &postern_store::Store, node: 
         let mut conn: Option<ConnectionManager> = None;
         while let Some(account) = rx.recv().await {
             if conn.is_none() {
-                conn = tokio::time::timeout(CALL, client.get_connection_manager())
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok());
+                conn = tokio::time::timeout(
+                    CALL,
+                    client.get_connection_manager_with_config(manager_config()),
+                )
+                .await
+                .ok()
+                .and_then(|r| r.ok());
             }
             let Some(c) = conn.as_mut() else { continue };
             let msg = format!("{node} {account}");

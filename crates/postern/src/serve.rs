@@ -111,6 +111,14 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         Some(Arc::new(store.clone())),
     ));
     guard.sync_bans().await;
+    // The guard's and the send limits' counters, shared with the other nodes in a cluster.
+    let counters = redis.as_ref().map(|c| crate::cluster::counters(c.clone()));
+    if let Some(c) = &counters {
+        // Every node derives the same key (the keys' MAC under the shared secret store): the
+        // HMACs that stand for accounts and passwords in Redis match across nodes.
+        let key = keys.mac("cluster shared counters", b"").await?;
+        guard.share(c.clone(), key);
+    }
     if let Some(client) = redis {
         crate::cluster::relay_changes(client.clone(), &store, cfg.node_name());
         crate::cluster::listen(client, guard.clone(), store.clone(), cfg.node_name());
@@ -312,7 +320,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }),
         auth: auth.clone(),
         tls: tls.clone(),
-        send_limiter: Default::default(),
+        send_limiter: {
+            let l = postern_smtp::limits::SendLimiter::default();
+            if let Some(c) = &counters {
+                l.share(c.clone());
+            }
+            l
+        },
         inbound: cfg.inbound.checks.then(|| {
             postern_smtp::inbound::Inbound::new(
                 dns.clone(),
@@ -348,7 +362,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         store: store.clone(),
         auth: auth.clone(),
         tls: tls.clone(),
-        locks: Default::default(),
+        locks: {
+            let l = postern_pop3::MaildropLocks::default();
+            if let Some(c) = &counters {
+                l.share(c.clone());
+            }
+            Arc::new(l)
+        },
         revocations: revocations.clone(),
     });
     if cfg.listeners.is_empty() {

@@ -800,11 +800,12 @@ impl Session {
         }
         if let Some(p) = &self.principal {
             let limits = self.send_limits(p).await;
-            if !self.srv.send_limiter.allows_recipient(
-                (p.kind, p.account_id),
-                limits,
-                self.rcpts.len() as u32,
-            ) {
+            if !self
+                .srv
+                .send_limiter
+                .allows_recipient((p.kind, p.account_id), limits, self.rcpts.len() as u32)
+                .await
+            {
                 let user = p.address.clone();
                 self.srv.auth.note(
                     "send_limit",
@@ -1278,7 +1279,7 @@ impl Session {
                     }
                 }
                 if let Some(a) = account {
-                    self.srv.send_limiter.record(a, rcpts as u32);
+                    self.srv.send_limiter.record(a, rcpts as u32).await;
                 }
                 tracing::info!(
                     event = "message",

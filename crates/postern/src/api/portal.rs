@@ -316,7 +316,7 @@ pub(super) async fn sign_in(
                 };
                 Err(SignInFailed(FAILED, status))
             };
-            match guard.check_code(ip, &address) {
+            match guard.check_code(ip, &address).await {
                 Verdict::Banned => {
                     return Ok(Err(SignInFailed(BUSY, StatusCode::TOO_MANY_REQUESTS)))
                 }
@@ -345,7 +345,7 @@ pub(super) async fn sign_in(
             if !proven {
                 return Ok(code_fail().await);
             }
-            guard.success(ip, &address);
+            guard.success(ip, &address).await;
             audit_second_factor(st, &address, ip, true, mechanism).await;
             info.id
         }
@@ -846,7 +846,7 @@ pub(super) async fn two_factor_off(
     let owner = postern_store::totp::account_owner(s.account_id);
     let code = f.code.expose_secret().trim().to_owned();
     let guard = st.auth.guard();
-    let proven = match guard.check_code(addr.ip(), &s.address) {
+    let proven = match guard.check_code(addr.ip(), &s.address).await {
         postern_auth::guard::Verdict::Allow if !code.is_empty() => {
             crate::twofactor::verify(&st.store, &st.keys, &owner, &code)
                 .await

@@ -52,7 +52,7 @@ pub(super) async fn login(
     let key = st.keys.clone();
     let guard = st.auth.guard().clone();
     let login = format!("admin:{}", req.name.trim().to_lowercase());
-    match guard.check(ip, &login) {
+    match guard.check(ip, &login).await {
         Verdict::Banned => return Err(ApiError::TooMany),
         Verdict::Locked => {
             audit_login(&st, &req.name, ip, false, "locked").await;
@@ -182,7 +182,7 @@ pub(super) async fn login(
             failed(effect).await
         }
     };
-    match guard.check_code(ip, &login) {
+    match guard.check_code(ip, &login).await {
         Verdict::Banned => return Err(ApiError::TooMany),
         Verdict::Locked => return Err(code_fail("second_factor_locked").await),
         Verdict::Allow => {}
@@ -196,7 +196,7 @@ pub(super) async fn login(
     if proof.is_none() {
         return Err(code_fail("bad_totp").await);
     }
-    guard.success(ip, &login);
+    guard.success(ip, &login).await;
     let detail = match proof {
         Some(crate::twofactor::Proof::RecoveryCode) => "recovery code used",
         _ => "",
@@ -321,7 +321,8 @@ pub(super) async fn login_enroll(
     // known client (a second-factor lock does not shut it out).
     st.auth
         .guard()
-        .success(addr.ip(), &format!("admin:{}", admin.name.to_lowercase()));
+        .success(addr.ip(), &format!("admin:{}", admin.name.to_lowercase()))
+        .await;
     session_reply(&st, admin.id, &admin.role, addr.ip(), Some(codes)).await
 }
 
@@ -361,7 +362,7 @@ pub(super) async fn change_own_password(
     let ip = c.actor.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let guard = st.auth.guard().clone();
     let login = format!("admin:{}", c.actor.name.to_lowercase());
-    match guard.check(ip, &login) {
+    match guard.check(ip, &login).await {
         Verdict::Banned => return Err(ApiError::TooMany),
         Verdict::Locked => return Err(ApiError::Unauthorized("invalid credentials")),
         Verdict::Allow => {}
@@ -395,7 +396,7 @@ pub(super) async fn change_own_password(
     }
     let hash = crate::password::check_and_hash(&st.cfg, &req.new_password, &admin.name)
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    if guard.check_code(ip, &login) != Verdict::Allow {
+    if guard.check_code(ip, &login).await != Verdict::Allow {
         return Err(ApiError::Unauthorized("invalid credentials"));
     }
     let owner = postern_store::totp::admin_owner(admin.id);

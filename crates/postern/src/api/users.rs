@@ -13,7 +13,7 @@ pub(super) async fn user_json(st: &ApiState, a: &postern_store::AccountInfo) -> 
         "created_at": a.created_at,
         "password_changed_at": a.password_changed_at,
         "two_factor": two_factor,
-        "locked": st.auth.guard().is_locked(&a.address),
+        "locked": st.auth.guard().is_locked(&a.address).await,
     }))
 }
 

@@ -156,7 +156,7 @@ pub async fn set_quota(store: &Store, actor: &Actor, a: &EmailAddress, size: &st
 
 /// Lifts a lockout (and forgets the failure counts) in the running server's guard.
 pub async fn unlock(store: &Store, guard: &Guard, actor: &Actor, a: &EmailAddress) -> Result<bool> {
-    let was = guard.unlock(a.as_str());
+    let was = guard.unlock(a.as_str()).await;
     record(store, actor, "user_unlocked", a.as_str(), "").await?;
     Ok(was)
 }
