@@ -5,6 +5,8 @@
 #   tests/pg.sh start DIR   -> prints HOST:PORT; the cluster lives in DIR
 #   tests/pg.sh stop DIR
 #   tests/pg.sh down DIR / up DIR   -> stopped and started again on the same port (failure tests)
+# With PG_TLS=CERTDIR (server.pem and server.key in it) at start: TLS on, and connections over
+# TCP must use it (hostssl only).
 set -euo pipefail
 cmd=${1:?start|stop}; dir=${2:?directory}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -21,6 +23,14 @@ start)
   # the settings go to the data directory's configuration, so that `up` starts it the same way
   printf "port = %s\nunix_socket_directories = '%s'\nlisten_addresses = '127.0.0.1'\nmax_connections = 400\n" \
     "$port" "$dir/run" >> "$dir/data/postgresql.conf"
+  if [ -n "${PG_TLS:-}" ]; then
+    install -m 0600 -o postgres "$PG_TLS/server.key" "$dir/data/server.key" 2>/dev/null \
+      || install -m 0600 "$PG_TLS/server.key" "$dir/data/server.key"
+    cp "$PG_TLS/server.pem" "$dir/data/server.crt"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir/data/server.crt"
+    printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >> "$dir/data/postgresql.conf"
+    sed -i 's/^host /hostssl /' "$dir/data/pg_hba.conf"
+  fi
   as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w start >/dev/null
   as_pg psql -h "$dir/run" -p "$port" -U postgres -qc "CREATE ROLE mail LOGIN CREATEDB PASSWORD 'mailpass'" postgres
   as_pg psql -h "$dir/run" -p "$port" -U postgres -qc "CREATE DATABASE mail OWNER mail" postgres

@@ -19,21 +19,31 @@ PASSWORD = "cluster-test-redis-pw-7731"
 
 
 class Redis:
-    def __init__(self, tmp_path):
+    """Debian's redis-server on loopback with a password; with `tls` (a directory holding ca.pem,
+    redis.pem and redis.key), on TLS only (no plain port)."""
+
+    def __init__(self, tmp_path, tls=None):
         self.port = free_port()
         self.dir = tmp_path / "redis"
         self.dir.mkdir(exist_ok=True)
         self.proc = None
+        self.tls = tls
+        self.cli_tls = ["--tls", "--cacert", str(tls / "ca.pem")] if tls else []
 
     def start(self):
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls / "redis.pem"),
+                     "--tls-key-file", str(self.tls / "redis.key"), "--tls-ca-cert-file", str(self.tls / "ca.pem"),
+                     "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--requirepass", PASSWORD,
+            [REDIS, "--bind", "127.0.0.1", *ports, "--requirepass", PASSWORD,
              "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
-            p = subprocess.run(["redis-cli", "-p", str(self.port), "-a", PASSWORD, "--no-auth-warning", "ping"],
-                               capture_output=True, text=True)
+            p = subprocess.run(["redis-cli", *self.cli_tls, "-p", str(self.port), "-a", PASSWORD, "--no-auth-warning",
+                                "ping"], capture_output=True, text=True)
             if "PONG" in p.stdout:
                 return
             time.sleep(0.1)
@@ -44,18 +54,37 @@ class Redis:
         self.proc.wait(timeout=10)
 
     def cli(self, *args):
-        return subprocess.run(["redis-cli", "-p", str(self.port), "-a", PASSWORD, "--no-auth-warning", *args],
+        return subprocess.run(["redis-cli", *self.cli_tls, "-p", str(self.port), "-a", PASSWORD, "--no-auth-warning",
+                               *args],
                               capture_output=True, text=True).stdout
 
 
-def node(tmp_path, name, redis):
+def node(tmp_path, name, redis, extra=""):
+    scheme = "rediss" if redis.tls else "redis"
     d, off = init_dir(tmp_path / name, toml_extra=FAST + f'''
 [cluster]
-redis = "redis://127.0.0.1:{redis.port}"
+redis = "{scheme}://127.0.0.1:{redis.port}"
 redis_password = "env:POSTERN_TEST_REDIS_PASSWORD"
 node_name = "{name}"
-''')
+{extra}''')
     return d, off
+
+
+def tls_files(d):
+    """A private CA and a certificate for 127.0.0.1 it signed (openssl): ca.pem, redis.pem, redis.key."""
+    d.mkdir()
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=cluster test CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "redis.key",
+            "-out", "redis.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-out", "redis.pem", "-extfile", "san.ext")
+    (d / "redis.key").chmod(0o644)
+    return d
 
 
 def refused_within(port, source, secs=1.0):
@@ -125,3 +154,33 @@ def test_bans_are_shared_between_nodes(tmp_path):
                 n.stop()
         if redis.proc.poll() is None:
             redis.stop()
+
+
+def test_bans_are_shared_over_tls_with_a_private_ca(tmp_path):
+    """rediss:// with [cluster] redis_ca: the nodes talk to Redis over TLS only (it has no plain
+    port) and share bans; a node that does not trust the CA (the system's store) is kept off
+    Redis (certificate verified, an alert logged) and serves on its own."""
+    os.environ["POSTERN_TEST_REDIS_PASSWORD"] = PASSWORD
+    tls = tls_files(tmp_path / "tls")
+    redis = Redis(tmp_path, tls=tls)
+    redis.start()
+    ca = f'redis_ca = "{tls / "ca.pem"}"\n'
+    da, oa = node(tmp_path, "a", redis, ca)
+    db, ob = node(tmp_path, "b", redis, ca)
+    dc, oc = node(tmp_path, "c", redis)
+    a, b, c = start(da, oa), start(db, ob), start(dc, oc)
+    try:
+        a.cli("ban", "add", "127.0.0.66/32", "--reason", "over tls")
+        ok, took = refused_within(b.imaps, "127.0.0.66", secs=1.0)
+        assert ok, f"not refused by b {took:.2f} s after the ban on a"
+        assert "127.0.0.66" in redis.cli("HKEYS", "postern:bans")
+        # the node without the CA never got through: its alert says why, and it did not get the ban
+        deadline = time.time() + 5
+        while time.time() < deadline and "cluster_redis_down" not in c.log():
+            time.sleep(0.1)
+        assert "cluster_redis_down" in c.log() and "UnknownIssuer" in c.log(), c.log()[-2000:]
+        assert imap_login(c.imaps, ALICE, ALICE_PW, source="127.0.0.66") == "ok"
+    finally:
+        for s in (a, b, c):
+            s.stop()
+        redis.stop()

@@ -979,6 +979,10 @@ pub struct ClusterConfig {
     /// This node's name in shared state and logs (default: `[server] hostname`).
     #[serde(default)]
     pub node_name: Option<String>,
+    /// With `rediss://`: the CA certificate (PEM) Redis's certificate must chain to, for a
+    /// private CA; absent, the system's trust store. The certificate is always verified.
+    #[serde(default)]
+    pub redis_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -2045,6 +2049,23 @@ impl Config {
                         .into(),
                 );
             }
+            if r.contains("#insecure") {
+                return Err(
+                    "cluster.redis: #insecure (no certificate verification) is refused; give the CA with cluster.redis_ca"
+                        .into(),
+                );
+            }
+        }
+        if self.cluster.redis_ca.is_some()
+            && !self
+                .cluster
+                .redis
+                .as_deref()
+                .is_some_and(|r| r.starts_with("rediss://"))
+        {
+            return Err(
+                "cluster.redis_ca is for TLS: cluster.redis must be a rediss:// URL".into(),
+            );
         }
         if let Some(p) = &self.cluster.redis_password {
             if !["env:", "file:", "secret:", "vault:"]
@@ -2312,6 +2333,11 @@ mod tests {
         assert!(e.contains("redis://"), "{e}");
         let e = c("[cluster]\nredis='redis://h:1'\nredis_password='hunter2'\n").unwrap_err();
         assert!(e.contains("reference") && !e.contains("hunter2"), "{e}");
+        c("[cluster]\nredis='rediss://h:6380'\nredis_ca='/etc/ca.pem'\n").unwrap();
+        let e = c("[cluster]\nredis='redis://h:6379'\nredis_ca='/etc/ca.pem'\n").unwrap_err();
+        assert!(e.contains("rediss://"), "{e}");
+        let e = c("[cluster]\nredis='rediss://h:6380/#insecure'\n").unwrap_err();
+        assert!(e.contains("redis_ca"), "{e}");
         let e =
             c("[admin]\nlisten='127.0.0.1:8080'\n[web]\nlisten='127.0.0.1:8080'\n").unwrap_err();
         assert!(e.contains("[web] listen"), "{e}");

@@ -375,7 +375,11 @@ impl SharedBans for RedisBans {
     }
 }
 
-fn client(url: &str, password: Option<&str>) -> Result<redis::Client> {
+fn client(
+    url: &str,
+    password: Option<&str>,
+    ca: Option<&std::path::Path>,
+) -> Result<redis::Client> {
     let mut info = url
         .into_connection_info()
         .with_context(|| format!("[cluster] redis {url:?}"))?;
@@ -383,7 +387,22 @@ fn client(url: &str, password: Option<&str>) -> Result<redis::Client> {
         let settings = info.redis_settings().clone().set_password(pw);
         info = info.set_redis_settings(settings);
     }
-    redis::Client::open(info).context("[cluster] redis")
+    match ca {
+        // rediss:// with a private CA: Redis's certificate must chain to it (and name the host).
+        Some(ca) => {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("[cluster] redis_ca {}", ca.display()))?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .context("[cluster] redis_ca")
+        }
+        None => redis::Client::open(info).context("[cluster] redis"),
+    }
 }
 
 /// Shares `store`'s bans through Redis when `[cluster] redis` is set; the returned client is for
@@ -400,7 +419,8 @@ pub async fn attach(
         Some(r) => Some(keys.resolve(r, "cluster.redis_password").await?),
         None => None,
     };
-    let client = client(url, password.as_ref().map(|p| p.as_str()))?;
+    let ca = cfg.cluster.redis_ca.as_ref().map(|p| cfg.path(p));
+    let client = client(url, password.as_ref().map(|p| p.as_str()), ca.as_deref())?;
     let node = cfg.node_name();
     store.share_bans(Arc::new(RedisBans {
         link: Link::new(client.clone()),
