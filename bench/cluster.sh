@@ -12,6 +12,12 @@
 # default synchronous_commit). Every message is counted in the database afterwards. Rounds
 # alternate the order; the median and the range are printed, as Markdown rows for BENCHMARKS.md.
 #   MSGS=12000 SESS=24 ROUNDS=3 bash bench/cluster.sh
+#
+# MODE=imap: the IMAP load instead (bench/imap-load.py: CLIENTS clients over implicit TLS, each
+# looping LOGIN, SELECT, FETCH, STORE, APPEND, LOGOUT for SECONDS_RUN seconds), the clients split
+# over the nodes (one generator per node, each with its own users so that their set-up does not
+# collide); IMAP commands per second summed over the generators, and none may fail.
+#   MODE=imap CLIENTS=24 SECONDS_RUN=20 ROUNDS=3 bash bench/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -20,6 +26,10 @@ MSGS=${MSGS:-12000}
 SESS=${SESS:-24}
 SIZE=${SIZE:-4096}
 ROUNDS=${ROUNDS:-3}
+MODE=${MODE:-smtp}
+CLIENTS=${CLIENTS:-24}
+SECONDS_RUN=${SECONDS_RUN:-20}
+USERS=12   # bench1..bench12, split over the generators
 export PEERS_DIR=${PEERS_DIR:-/tmp/postern-peers}
 
 echo "== the Postfix peer provides smtp-source"
@@ -59,11 +69,55 @@ init_node() {
   fi
   [ "$(id -u)" = 0 ] && sed -i 's/^\[server\]$/[server]\nuser = "root"/' "$d/postern.toml"
   sed -i 's/^\[smtp\]$/[smtp]\nmax_connections_per_ip = 1000/' "$d/postern.toml"
+  sed -i 's/^\[imap\]$/[imap]\nmax_connections_per_ip = 1000\nmax_sessions_per_account = 1000/' "$d/postern.toml"
   printf '\n[dns]\nserver = "127.0.0.1:%s"\n\n[greylist]\nenabled = false\n\n[delivery]\nenabled = false\n' \
     "$DNS_PORT" >> "$d/postern.toml"
   if [ -n "$name" ]; then
     printf '\n[cluster]\nredis = "redis://127.0.0.1:%s"\nnode_name = "%s"\n' "$REDIS_PORT" "$name" >> "$d/postern.toml"
   fi
+}
+
+add_users() {  # $1 = data directory
+  local i
+  for i in $(seq 1 "$USERS"); do
+    echo "Bench-Quantum#Orbit-$i-2026" | "$BIN" --dir "$1" user add "bench$i@example.test" --password-stdin >/dev/null
+  done
+}
+
+# drive PORT... : the load split over the ports, at once; prints the rate (msgs/s or IMAP ops/s)
+drive() {
+  local n=$# i=0 p gens=() t0 t1 outs=()
+  if [ "$MODE" = imap ]; then
+    for p in "$@"; do
+      local users="" u
+      for u in $(seq 1 "$USERS"); do
+        [ $(( (u - 1) % n )) = "$i" ] && users+="bench$u@example.test:Bench-Quantum#Orbit-$u-2026,"
+      done
+      outs+=("$WORK/imap.$i.json")
+      python3 bench/imap-load.py --port $((p - 25 + 993)) --users "${users%,}" --clients $((CLIENTS / n)) \
+        --seconds "$SECONDS_RUN" > "$WORK/imap.$i.json" &
+      gens+=($!)
+      i=$((i + 1))
+    done
+    for g in "${gens[@]}"; do wait "$g"; done
+    python3 - "${outs[@]}" <<'PY'
+import json, sys
+runs = [json.load(open(f)) for f in sys.argv[1:]]
+errors = sum(len(r.get("errors", [])) if isinstance(r.get("errors"), list) else r.get("errors", 0) for r in runs)
+if errors:
+    sys.exit(f"imap: {errors} errors: {runs}")
+print(round(sum(r["ops_per_s"] for r in runs), 1))
+PY
+    return
+  fi
+  t0=$(date +%s.%N)
+  for p in "$@"; do
+    /usr/sbin/smtp-source -s $((SESS / n)) -l "$SIZE" -m $((MSGS / n)) -f a@remote.test -t b@example.test "127.0.0.1:$p" &
+    gens+=($!)
+  done
+  for g in "${gens[@]}"; do wait "$g"; done
+  t1=$(date +%s.%N)
+  echo "scale=1; $(( (MSGS / n) * n )) / ($t1 - $t0)" | bc
 }
 
 wait_port() { for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; return 1; }
@@ -72,16 +126,17 @@ run_sqlite() {  # prints msgs/s
   local D; D=$(mktemp -d "$WORK/sqlite.XXXXXX")
   init_node "$D/data" 31000
   echo 'Bench!Quantum#Orbit-2026' | "$BIN" --dir "$D/data" user add b@example.test --password-stdin >/dev/null
+  [ "$MODE" = imap ] && add_users "$D/data"
   POSTERN_LOG=warn "$BIN" --dir "$D/data" serve >/dev/null 2>"$D/serve.log" </dev/null &
   local pid=$!
   wait_port 31025
-  local t0 t1; t0=$(date +%s.%N)
-  /usr/sbin/smtp-source -s "$SESS" -l "$SIZE" -m "$MSGS" -f a@remote.test -t b@example.test 127.0.0.1:31025
-  t1=$(date +%s.%N)
+  local rate; rate=$(drive 31025)
   kill -TERM $pid; wait $pid || true
-  local stored; stored=$(sqlite3 "$D/data/postern.db" "SELECT COUNT(*) FROM messages")
-  [ "$stored" = "$MSGS" ] || { echo "sqlite: stored $stored of $MSGS" >&2; exit 1; }
-  echo "scale=1; $MSGS / ($t1 - $t0)" | bc
+  if [ "$MODE" = smtp ]; then
+    local stored; stored=$(sqlite3 "$D/data/postern.db" "SELECT COUNT(*) FROM messages WHERE mailbox_id IN (SELECT x.id FROM mailboxes x JOIN accounts a ON a.id = x.account_id WHERE a.address = 'b@example.test')")
+    [ "$stored" = "$MSGS" ] || { echo "sqlite: stored $stored of $MSGS" >&2; exit 1; }
+  fi
+  echo "$rate"
 }
 
 run_pg() {  # $1 = nodes; prints msgs/s
@@ -96,6 +151,7 @@ run_pg() {  # $1 = nodes; prints msgs/s
     init_node "$D/n$i/data" "$off" "$url" "n$i"
     if [ "$i" = 1 ]; then
       echo 'Bench!Quantum#Orbit-2026' | "$BIN" --dir "$D/n1/data" user add b@example.test --password-stdin >/dev/null
+      [ "$MODE" = imap ] && add_users "$D/n1/data"
     fi
     ports+=($((25 + off)))
   done
@@ -104,33 +160,31 @@ run_pg() {  # $1 = nodes; prints msgs/s
     pids+=($!)
   done
   for p in "${ports[@]}"; do wait_port "$p"; done
-  local t0 t1 gens=(); t0=$(date +%s.%N)
-  for p in "${ports[@]}"; do
-    /usr/sbin/smtp-source -s $((SESS / n)) -l "$SIZE" -m $((MSGS / n)) -f a@remote.test -t b@example.test "127.0.0.1:$p" &
-    gens+=($!)
-  done
-  for g in "${gens[@]}"; do wait "$g"; done
-  t1=$(date +%s.%N)
+  local rate; rate=$(drive "${ports[@]}")
   for p in "${pids[@]}"; do kill -TERM "$p"; done
   for p in "${pids[@]}"; do wait "$p" || true; done
-  local want=$(( (MSGS / n) * n )) stored
-  stored=$(psql "host=${PG%:*} port=${PG#*:} user=mail dbname=$db" -qtAc "SELECT COUNT(*) FROM messages")
-  [ "$stored" = "$want" ] || { echo "pg$n: stored $stored of $want" >&2; exit 1; }
+  if [ "$MODE" = smtp ]; then
+    local want=$(( (MSGS / n) * n )) stored
+    stored=$(psql "host=${PG%:*} port=${PG#*:} user=mail dbname=$db" -qtAc "SELECT COUNT(*) FROM messages")
+    [ "$stored" = "$want" ] || { echo "pg$n: stored $stored of $want" >&2; exit 1; }
+  fi
   psql "host=${PG%:*} port=${PG#*:} user=mail dbname=mail" -qc "DROP DATABASE $db"
-  echo "scale=1; $want / ($t1 - $t0)" | bc
+  echo "$rate"
 }
 
 stats() { python3 -c 'import statistics,sys; v=sorted(map(float,sys.argv[1:])); print(f"{statistics.median(v):.1f} ({v[0]:.1f}-{v[-1]:.1f})")' "$@"; }
 
 declare -a S P1 P2 P3
+if [ "$MODE" = imap ]; then UNIT="IMAP ops/s"; LOAD="imap-load.py, $CLIENTS clients, ${SECONDS_RUN} s"
+else UNIT="msgs/s"; LOAD="-s $SESS -l $SIZE, $MSGS msgs"; fi
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then order="s 1 2 3"; else order="3 2 1 s"; fi
   for what in $order; do
     case $what in
-      s) v=$(run_sqlite); S+=("$v"); echo "round $r: sqlite 1 node $v msgs/s" ;;
-      1) v=$(run_pg 1); P1+=("$v"); echo "round $r: postgres 1 node $v msgs/s" ;;
-      2) v=$(run_pg 2); P2+=("$v"); echo "round $r: postgres 2 nodes $v msgs/s" ;;
-      3) v=$(run_pg 3); P3+=("$v"); echo "round $r: postgres 3 nodes $v msgs/s" ;;
+      s) v=$(run_sqlite); S+=("$v"); echo "round $r: sqlite 1 node $v $UNIT" ;;
+      1) v=$(run_pg 1); P1+=("$v"); echo "round $r: postgres 1 node $v $UNIT" ;;
+      2) v=$(run_pg 2); P2+=("$v"); echo "round $r: postgres 2 nodes $v $UNIT" ;;
+      3) v=$(run_pg 3); P3+=("$v"); echo "round $r: postgres 3 nodes $v $UNIT" ;;
     esac
   done
 done
@@ -138,4 +192,4 @@ when=$(date -u +%Y-%m-%dT%H:%MZ)
 echo
 echo "| run | SQLite, 1 node | PostgreSQL, 1 node | PostgreSQL, 2 nodes | PostgreSQL, 3 nodes |"
 echo "|---|---|---|---|---|"
-echo "| $when, -s $SESS -l $SIZE, $ROUNDS rounds × $MSGS msgs, msgs/s median (min-max) | $(stats "${S[@]}") | $(stats "${P1[@]}") | $(stats "${P2[@]}") | $(stats "${P3[@]}") |"
+echo "| $when, $LOAD, $ROUNDS rounds, $UNIT median (min-max) | $(stats "${S[@]}") | $(stats "${P1[@]}") | $(stats "${P2[@]}") | $(stats "${P3[@]}") |"

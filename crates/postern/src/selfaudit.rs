@@ -147,6 +147,7 @@ pub async fn run(cfg: &Config, store: &Store, opts: &Options) -> Result<Report> 
     let mut r = Report::default();
     certificate(cfg, &mut r);
     settings(cfg, &mut r);
+    cluster_links(cfg, &mut r);
     files(cfg, &mut r);
     credentials(store, &mut r).await?;
     audit_chain(cfg, store, &mut r).await;
@@ -305,6 +306,71 @@ fn settings(cfg: &Config, r: &mut Report) {
             "The admin login is then open to the whole internet's password guessing (throttled and banned, but reachable).",
             "Set [admin] allow to the networks administrators use, or keep it on loopback behind a VPN/SSH tunnel.",
             "[admin] listen, allow");
+    }
+}
+
+/// Whether a URL's host is this machine (a link that never leaves it needs no TLS).
+fn local_host(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        // postgres:// and redis:// are not "special" schemes to the URL standard: their
+        // hosts, addresses included, come as text.
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+        None => true,
+    }
+}
+
+/// The links of a node to PostgreSQL and Redis: encrypted and verified when they leave the machine.
+fn cluster_links(cfg: &Config, r: &mut Report) {
+    if let Some(db) = cfg
+        .storage
+        .postgres_url()
+        .and_then(|u| url::Url::parse(u).ok())
+    {
+        let mode = db
+            .query_pairs()
+            .find(|(k, _)| k == "sslmode")
+            .map(|(_, v)| v.into_owned());
+        let verified = matches!(mode.as_deref(), Some("verify-full" | "verify-ca"));
+        if !verified && !local_host(&db) {
+            r.add("storage.database_tls", Severity::High, "The database link is not verified TLS",
+                format!("[storage] database on {} with sslmode={}", db.host_str().unwrap_or(""), mode.as_deref().unwrap_or("(default: prefer)")),
+                "Password hashes, sealed secrets and every message body cross this link; without a verified certificate anyone on the path can read them or pose as the database.",
+                "Append ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the URL and allow only hostssl connections in pg_hba.conf.",
+                "[storage] database");
+        } else {
+            r.ok("the database link is local or verified TLS");
+        }
+    }
+    if let Some(redis) = cfg
+        .cluster
+        .redis
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+    {
+        if redis.scheme() == "redis" && !local_host(&redis) {
+            r.add("cluster.redis_tls", Severity::Medium, "Redis is reached in clear",
+                format!("[cluster] redis = {redis}"),
+                "The Redis password crosses the network in clear, and whoever can change what the nodes read there can lift bans and reset failure counts.",
+                "Serve Redis on TLS and use rediss:// (with [cluster] redis_ca for a private CA).",
+                "[cluster] redis, redis_ca");
+        } else {
+            r.ok("the Redis link is local or TLS");
+        }
+        if cfg.cluster.redis_password.is_none() {
+            r.add("cluster.redis_no_password", Severity::Medium, "Redis takes no password",
+                "[cluster] redis_password is not set".into(),
+                "Any process that reaches Redis can lift bans, clear failure counts and send false change notifications to every node.",
+                "Set requirepass (or an ACL user) in Redis and [cluster] redis_password = \"env:NAME\" (or file:, secret:, vault:).",
+                "[cluster] redis_password");
+        }
     }
 }
 
@@ -1255,5 +1321,41 @@ mod tests {
         assert!(t.find("high one").unwrap() < t.find("low one").unwrap());
         assert!(t.contains("1 checks passed; findings: 1 high, 0 medium, 1 low, 0 info"));
         assert_eq!(r.worst(), Some(Severity::High));
+    }
+
+    #[test]
+    fn cluster_links_leaving_the_machine_must_be_verified_tls() {
+        let ids = |extra: &str| {
+            let cfg = Config::parse(&format!("[server]\nhostname='a.test'\n{extra}")).unwrap();
+            let mut r = Report::default();
+            cluster_links(&cfg, &mut r);
+            r.findings.into_iter().map(|f| f.id).collect::<Vec<_>>()
+        };
+        let db = "[storage]\ndatabase_password='env:P'\ndatabase=";
+        assert_eq!(
+            ids(&format!("{db}'postgres://m@db.internal:5432/mail'\n")),
+            ["storage.database_tls"]
+        );
+        assert_eq!(
+            ids(&format!(
+                "{db}'postgres://m@db.internal/mail?sslmode=require'\n"
+            )),
+            ["storage.database_tls"]
+        );
+        assert!(ids(&format!(
+            "{db}'postgres://m@db.internal/mail?sslmode=verify-full&sslrootcert=/ca.pem'\n"
+        ))
+        .is_empty());
+        assert!(ids(&format!("{db}'postgres://m@127.0.0.1:5432/mail'\n")).is_empty());
+        assert_eq!(
+            ids("[cluster]\nredis='redis://10.0.0.5:6379'\n"),
+            ["cluster.redis_tls", "cluster.redis_no_password"]
+        );
+        assert!(
+            ids("[cluster]\nredis='rediss://r.internal:6380'\nredis_password='env:R'\n").is_empty()
+        );
+        assert!(
+            ids("[cluster]\nredis='redis://127.0.0.1:6379'\nredis_password='env:R'\n").is_empty()
+        );
     }
 }
