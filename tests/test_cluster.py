@@ -29,7 +29,7 @@ import pytest
 from conftest import (ALICE, ALICE_PW, BOB, BOB_PW, PG, ROOT, free_port, init_dir, open_db, pg_database_on,
                       start, tls_client_context)
 from test_cluster_bans import PASSWORD, REDIS, Redis, refused_within
-from test_defence import FAST, HYDRA, imap_login, wordlist
+from test_defence import FAST, HYDRA, hydra, imap_login
 from test_haproxy import HAPROXY
 from test_mx_delivery import dns  # noqa: F401  (the fixture: a DNS zone on loopback)
 
@@ -133,23 +133,28 @@ def inbound(port, rcpt, subject, body="hello", message_id=None):
     return msg.encode()
 
 
+def fetch_by_subject(port, subject):
+    """The one message of alice's INBOX with `subject`, read over IMAPS: its bytes."""
+    import imaplib
+    m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_client_context(), timeout=10)
+    m.login(ALICE, ALICE_PW)
+    m.select("INBOX")
+    typ, data = m.search(None, "SUBJECT", f'"{subject}"')
+    (num,) = data[0].split()
+    typ, got = m.fetch(num, "(BODY.PEEK[])")
+    m.logout()
+    return got[0][1]
+
+
 def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
     nodes = cluster(tmp_path, postgres, redis)
     a, b, c = servers = start_all(nodes)
     try:
         # a message through b, read back through c, byte for byte (the body is in the database)
         sent = inbound(b.smtp, ALICE, "through b", body="x" * 5000)
-        import imaplib
-        m = imaplib.IMAP4_SSL("127.0.0.1", c.imaps, ssl_context=tls_client_context(), timeout=10)
-        m.login(ALICE, ALICE_PW)
-        m.select("INBOX")
-        typ, data = m.search(None, "SUBJECT", '"through b"')
-        (num,) = data[0].split()
-        typ, got = m.fetch(num, "(BODY.PEEK[])")
-        body = got[0][1]
+        body = fetch_by_subject(c.imaps, "through b")
         assert body.endswith(sent), body[-200:]
         assert b"Received:" in body[: len(body) - len(sent)]
-        m.logout()
 
         # an app password made on a works on c; revoked on a, refused on c at once
         import json
@@ -360,6 +365,15 @@ frontend front
 """
 
 
+def start_haproxy(tmp_path, backend_ports, checks):
+    """HAProxy ([`haproxy_config`]) on a free port: (its port, its process)."""
+    front = free_port()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(haproxy_config(backend_ports, front, checks))
+    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return front, hap
+
+
 def proxied_nodes(tmp_path, postgres, redis, protocol, port):
     """Three nodes whose `protocol` listener (standard port `port`) takes PROXY v2 from
     127.0.0.1, each with a metrics listener for HAProxy's health checks: (nodes, metrics ports)."""
@@ -395,23 +409,12 @@ def test_hydra_through_haproxy_over_three_nodes_meets_one_limit(tmp_path, postgr
     (not one per node), and the attacker is banned on every node."""
     nodes, metrics = proxied_nodes(tmp_path, postgres, redis, "imaps", 993)
     servers = start_all(nodes)
-    front = free_port()
-    conf = tmp_path / "haproxy.cfg"
-    conf.write_text(haproxy_config([s.imaps for s in servers], front, metrics))
-    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    front, hap = start_haproxy(tmp_path, [s.imaps for s in servers], metrics)
     try:
         time.sleep(2)  # HAProxy's first checks
         # the owner logs in through HAProxy from her usual address first
         assert imap_login(front, BOB, BOB_PW, source="127.0.0.3") == "ok"
-        words = wordlist(tmp_path, BOB_PW)
-        p = subprocess.Popen([HYDRA, "-l", BOB, "-P", str(words), "-S", "-s", str(front), "-t", "4", "-w", "5",
-                              "-W", "1", "-I", "127.0.0.1", "imap"], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            out, _ = p.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, _ = p.communicate()
+        out = hydra(tmp_path, "imap", front, timeout=60)
         assert BOB_PW not in out, out[-2000:]
         assert "1 valid password found" not in out
         with open_db(nodes[0][0]) as db:
@@ -442,10 +445,7 @@ def test_hydra_through_haproxy_over_three_nodes_meets_one_limit(tmp_path, postgr
 def test_node_killed_under_smtp_load_loses_nothing_acknowledged(tmp_path, postgres, redis):
     nodes, metrics = proxied_nodes(tmp_path, postgres, redis, "smtp", 25)
     servers = start_all(nodes)
-    front = free_port()
-    conf = tmp_path / "haproxy.cfg"
-    conf.write_text(haproxy_config([s.smtp for s in servers], front, metrics))
-    hap = subprocess.Popen([HAPROXY, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    front, hap = start_haproxy(tmp_path, [s.smtp for s in servers], metrics)
     acked, failed = [], []
     stop = threading.Event()
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, BIN, ROOT, init_dir, pg_database_on, start, tls_client_context
-from test_cluster import PG_BIN, inbound, pg_dir
+from conftest import ALICE, BIN, ROOT, init_dir, pg_database_on, start
+from test_cluster import PG_BIN, fetch_by_subject, inbound, pg_dir
 from test_cluster_bans import tls_files
 
 pytestmark = pytest.mark.skipif(not PG_BIN, reason="PostgreSQL is installed by tests/run.sh")
@@ -39,15 +39,7 @@ def test_node_on_postgres_over_tls(tmp_path, tls_postgres):
     srv = start(d, off)
     try:
         sent = inbound(srv.smtp, ALICE, "over tls")
-        import imaplib
-        m = imaplib.IMAP4_SSL("127.0.0.1", srv.imaps, ssl_context=tls_client_context(), timeout=10)
-        m.login(ALICE, ALICE_PW)
-        m.select("INBOX")
-        typ, data = m.search(None, "SUBJECT", '"over tls"')
-        (num,) = data[0].split()
-        typ, got = m.fetch(num, "(BODY.PEEK[])")
-        assert got[0][1].endswith(sent)
-        m.logout()
+        assert fetch_by_subject(srv.imaps, "over tls").endswith(sent)
         import psycopg
         name = plain.rsplit("/", 1)[1]
         with psycopg.connect(plain, password=os.environ["POSTERN_TEST_PGPASS"], sslmode="require",

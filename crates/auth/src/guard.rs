@@ -395,6 +395,29 @@ impl Guard {
         }
     }
 
+    /// [`Guard::count`] for a window of the account's (`map` here, `kind:TAG` when shared).
+    async fn count_account(
+        &self,
+        map: fn(&mut State) -> &mut HashMap<String, Window>,
+        kind: &str,
+        account: &str,
+        now: u64,
+        window: u64,
+    ) -> u32 {
+        self.count(
+            |st| {
+                map(st)
+                    .entry(account.to_owned())
+                    .or_default()
+                    .add(now, window, MAX_TIMES)
+            },
+            |sh| Self::account_key(sh, kind, account),
+            now,
+            window,
+        )
+        .await
+    }
+
     /// Remembers a wrong password from a source; returns whether it was a repeat of one seen
     /// within `same_password_secs` (here or, shared, on any node).
     async fn repeated(&self, account: &str, ip: IpAddr, password: &SecretString, now: u64) -> bool {
@@ -536,17 +559,7 @@ impl Guard {
         if !self.known(account, ip, now).await {
             let cw = self.cfg.code_window_secs;
             let n = self
-                .count(
-                    |st| {
-                        st.code
-                            .entry(account.to_owned())
-                            .or_default()
-                            .add(now, cw, MAX_TIMES)
-                    },
-                    |sh| Self::account_key(sh, "code", account),
-                    now,
-                    cw,
-                )
+                .count_account(|st| &mut st.code, "code", account, now, cw)
                 .await;
             let (until, level, last) = self.code_lock(account).await;
             if n >= self.cfg.code_max_failures && until <= now {
@@ -709,31 +722,11 @@ impl Guard {
         let (n_ip, ban) = self.count_source(ip, now).await;
         if !self.known(account, ip, now).await {
             let n_acc = self
-                .count(
-                    |st| {
-                        st.account
-                            .entry(account.to_owned())
-                            .or_default()
-                            .add(now, w, MAX_TIMES)
-                    },
-                    |sh| Self::account_key(sh, "acc", account),
-                    now,
-                    w,
-                )
+                .count_account(|st| &mut st.account, "acc", account, now, w)
                 .await;
             let lw = self.cfg.account_long_window_secs;
             let n_long = self
-                .count(
-                    |st| {
-                        st.account_long
-                            .entry(account.to_owned())
-                            .or_default()
-                            .add(now, lw, MAX_TIMES)
-                    },
-                    |sh| Self::account_key(sh, "accl", account),
-                    now,
-                    lw,
-                )
+                .count_account(|st| &mut st.account_long, "accl", account, now, lw)
                 .await;
             if n_acc >= self.cfg.account_max_failures
                 || n_long >= self.cfg.account_long_max_failures

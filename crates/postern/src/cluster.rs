@@ -154,6 +154,40 @@ fn usage_of(members: &[String]) -> Usage {
     }
 }
 
+impl RedisCounters {
+    /// Trims the window `key` to `now - window`, adds an event of `weight` if given, and reads
+    /// what is left, in one transaction.
+    async fn window(
+        &self,
+        key: &str,
+        now: u64,
+        window: u64,
+        weight: Option<u32>,
+    ) -> Result<Usage, SharedError> {
+        let mut c = self.link.conn().await.map_err(SharedError)?;
+        let k = shared_key(key);
+        let mut p = redis::pipe();
+        p.atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&k)
+            .arg("-inf")
+            .arg(now.saturating_sub(window))
+            .ignore();
+        if let Some(weight) = weight {
+            let member = format!("{now}:{weight}:{:016x}", rand::random::<u64>());
+            p.cmd("ZADD").arg(&k).arg(now).arg(&member).ignore();
+            p.cmd("EXPIRE").arg(&k).arg(window.max(1)).ignore();
+        }
+        p.cmd("ZRANGE").arg(&k).arg(0).arg(-1);
+        let (members,): (Vec<String>,) = self
+            .link
+            .call(p.query_async(&mut c))
+            .await
+            .map_err(SharedError)?;
+        Ok(usage_of(&members))
+    }
+}
+
 #[async_trait::async_trait]
 impl SharedCounters for RedisCounters {
     async fn add(
@@ -163,57 +197,11 @@ impl SharedCounters for RedisCounters {
         window: u64,
         weight: u32,
     ) -> Result<Usage, SharedError> {
-        let mut c = self.link.conn().await.map_err(SharedError)?;
-        let k = shared_key(key);
-        let member = format!("{now}:{weight}:{:016x}", rand::random::<u64>());
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&k)
-            .arg("-inf")
-            .arg(now.saturating_sub(window))
-            .ignore()
-            .cmd("ZADD")
-            .arg(&k)
-            .arg(now)
-            .arg(&member)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&k)
-            .arg(window.max(1))
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&k)
-            .arg(0)
-            .arg(-1);
-        let (members,): (Vec<String>,) = self
-            .link
-            .call(p.query_async(&mut c))
-            .await
-            .map_err(SharedError)?;
-        Ok(usage_of(&members))
+        self.window(key, now, window, Some(weight)).await
     }
 
     async fn usage(&self, key: &str, now: u64, window: u64) -> Result<Usage, SharedError> {
-        let mut c = self.link.conn().await.map_err(SharedError)?;
-        let k = shared_key(key);
-        let mut p = redis::pipe();
-        p.atomic()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&k)
-            .arg("-inf")
-            .arg(now.saturating_sub(window))
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&k)
-            .arg(0)
-            .arg(-1);
-        let (members,): (Vec<String>,) = self
-            .link
-            .call(p.query_async(&mut c))
-            .await
-            .map_err(SharedError)?;
-        Ok(usage_of(&members))
+        self.window(key, now, window, None).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, SharedError> {
