@@ -1,5 +1,6 @@
-//! `[cluster]`: state shared by several Postern nodes through Redis: bans, and mailbox change
-//! notifications.
+//! `[cluster]`: state shared by several Postern nodes through Redis: bans, mailbox change
+//! notifications, and the counters and locks of [`SharedCounters`] (the guard's windows,
+//! lockouts and known clients, send limits, POP3 maildrop locks; see `RedisCounters`).
 //!
 //! A ban is a field of the hash `postern:bans` (the network, then its end, reason, offences and
 //! the node that made it, as JSON: addresses of attackers, no secret) and is announced on the
