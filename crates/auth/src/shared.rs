@@ -12,7 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Why the shared store did not answer (the node then decides on its own state).
+/// Why the shared store did not answer (the node then decides on its own state). Callers log
+/// it: it carries the store's error text, which can quote a reply the store sent (Redis's client
+/// echoes a value it could not parse) but never a command's arguments. No secret can reach it:
+/// nothing secret is ever stored (values are times, counts, "1" marks and random lock tokens;
+/// keys that stand for accounts or passwords are HMAC tags), and the Redis password is only ever
+/// sent, never part of an error.
 #[derive(Debug, thiserror::Error)]
 #[error("shared state unavailable: {0}")]
 pub struct SharedError(pub String);
