@@ -83,25 +83,30 @@ class Zone(BaseResolver):
         return reply
 
 
+def serve(resolver):
+    """UDP and TCP DNS servers (not started) for `resolver` on one free loopback port:
+    (udp, tcp, port). A free UDP port may be taken for TCP (a busy machine's outgoing
+    connections), so another port is tried."""
+    for attempt in range(20):
+        port = free_udp_port()
+        udp = None
+        try:
+            udp = DNSServer(resolver, port=port, address="127.0.0.1", logger=QUIET)
+            tcp = DNSServer(resolver, port=port, address="127.0.0.1", tcp=True, logger=QUIET)
+            return udp, tcp, port
+        except OSError:
+            if udp is not None:
+                udp.server.server_close()
+            if attempt == 19:
+                raise
+
+
 class FakeDns:
     """A running zone: `with FakeDns() as dns: dns.zone.add(...); dns.port`."""
 
     def __init__(self, ttl=1):
         self.zone = Zone(ttl)
-        self.udp = None
-        # a free UDP port may be taken for TCP (a busy machine's outgoing connections): try again
-        for attempt in range(20):
-            self.port = free_udp_port()
-            try:
-                self.udp = DNSServer(self.zone, port=self.port, address="127.0.0.1", logger=QUIET)
-                self.tcp = DNSServer(self.zone, port=self.port, address="127.0.0.1", tcp=True, logger=QUIET)
-                break
-            except OSError:
-                if getattr(self, "udp", None) is not None:
-                    self.udp.server.server_close()
-                    self.udp = None
-                if attempt == 19:
-                    raise
+        self.udp, self.tcp, self.port = serve(self.zone)
 
     def start(self):
         self.udp.start_thread()

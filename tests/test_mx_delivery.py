@@ -2,17 +2,17 @@
 opportunistic STARTTLS, a null MX and a non-existent domain bounced at once, a dead MX retried
 with one delay warning, and RCPT-level partial failure."""
 import json
-import socket
 import time
 
 import pytest
 
-from conftest import ALICE, ALICE_PW, tls_client_context
+from conftest import ALICE
 from test_outbound import RCPT, RCPT_PW, submit, wait_for
 
 dnslib = pytest.importorskip("dnslib")
 from dnslib import MX, RR, A, QTYPE, RCODE  # noqa: E402
-from dnslib.server import BaseResolver, DNSServer  # noqa: E402
+from dnslib.server import BaseResolver  # noqa: E402
+from dnsfake import serve  # noqa: E402
 
 
 class Zone(BaseResolver):
@@ -32,14 +32,6 @@ class Zone(BaseResolver):
         return reply
 
 
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 @pytest.fixture
 def dns():
     zone = Zone(
@@ -48,9 +40,7 @@ def dns():
             "dead.test": [(10, "mx.dead.test")]},
         a={"mx1.dest.test": "127.0.0.1", "mx2.dest.test": "127.0.0.2", "mx.dead.test": "127.0.0.1"},
     )
-    port = free_udp_port()
-    udp = DNSServer(zone, port=port, address="127.0.0.1")
-    tcp = DNSServer(zone, port=port, address="127.0.0.1", tcp=True)
+    udp, tcp, port = serve(zone)
     udp.start_thread()
     tcp.start_thread()
     yield port
