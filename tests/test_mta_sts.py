@@ -16,7 +16,8 @@ import threading
 
 import pytest
 
-from dnsfake import FakeDns, free_udp_port
+from conftest import free_port
+from dnsfake import FakeDns
 from test_outbound import RCPT, RCPT_PW, submit, wait_for
 
 DOMAINS = ["dest.test", "wrong.test", "other.test", "testing.test"]
@@ -108,7 +109,7 @@ def test_mta_sts_enforce_testing_and_cache(make_server, pki):
                 z.add(f"_mta-sts.{dom}", "TXT", "v=STSv1; id=1")
                 z.add(f"mta-sts.{dom}", "A", "127.0.0.2")
         # the policy hosts listen on one port (mta_sts_port): Postern on 127.0.0.1, Python on .2
-        port = free_udp_port()
+        port = free_port()  # TCP: the policy hosts and Postern's mta_sts listener
         sts = PolicyServer(*pki["sts"], {
             # the MX's certificate names mx1.dest.test, not mx.wrong.test
             "wrong.test": policy("enforce", "*.wrong.test"),
