@@ -6,7 +6,9 @@ master key copy, lock), as `postern init --database URL` sets them up:
 - an app password revoked on one node is refused on another at once (credentials are read from
   the shared database at every login; the verified-credential cache is keyed by the stored hash);
 - a delivery through one node wakes an IDLE session on another within a second (Redis
-  pub/sub), and a ban made on one node is refused by another within a second;
+  pub/sub), a ban made on one node is refused by another within a second, and an incident lock
+  made on one node ends the account's session on another at once (pub/sub too);
+- a sender greylisted by one node passes through another once the delay is over;
 - 5,000 queued messages are delivered exactly once with three nodes competing for the queue
   (leases taken with FOR UPDATE SKIP LOCKED);
 - a node killed (SIGKILL) under SMTP load behind HAProxy: every acknowledged message is stored
@@ -26,11 +28,14 @@ import uuid
 
 import pytest
 
+from dnsfake import FakeDns
 from conftest import (ALICE, ALICE_PW, BOB, BOB_PW, PG, ROOT, free_port, init_dir, open_db, pg_database_on,
                       start, tls_client_context)
 from test_cluster_bans import PASSWORD, REDIS, Redis, refused_within
 from test_defence import FAST, HYDRA, hydra, imap_login
 from test_haproxy import HAPROXY
+from test_inbound_auth import message, send
+from test_incident import read_until_closed
 from test_mx_delivery import dns  # noqa: F401  (the fixture: a DNS zone on loopback)
 
 PG_BIN = [d for d in ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
@@ -108,13 +113,13 @@ def stop_all(servers):
 SENDER = "someone@remote.test"
 
 
-def idle_session(port):
-    """An IMAPS session of alice in IDLE on INBOX: (its socket, a reader of its lines)."""
+def idle_session(port, user=ALICE, password=ALICE_PW):
+    """An IMAPS session in IDLE on INBOX (alice's unless told): (its socket, a reader of its lines)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     s = tls_client_context().wrap_socket(raw)
     f = s.makefile("rb")
     f.readline()
-    s.sendall(f'1 LOGIN "{ALICE}" "{ALICE_PW}"\r\n'.encode())
+    s.sendall(f'1 LOGIN "{user}" "{password}"\r\n'.encode())
     assert f.readline().startswith(b"1 OK")
     s.sendall(b"2 SELECT INBOX\r\n")
     while not f.readline().startswith(b"2 OK"):
@@ -225,6 +230,22 @@ def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
                         sub.sendmail(ALICE, [BOB], msg)
                     assert refused.value.recipients[BOB][0] == 451, refused.value.recipients
 
+        # an incident lock made on c ends bob's session on a at once: announced through Redis
+        # (the nodes' twice-a-second read of the database is the fallback)
+        s, f = idle_session(a.imaps, BOB, BOB_PW)
+        lock = c.cli("incident", "lock", BOB, "--reason", "cluster test", "--json")
+        t0 = time.time()
+        said, closed = read_until_closed(f.readline, t0 + 5)
+        ended = time.time() - t0
+        s.close()
+        assert closed and b"* BYE" in said, said
+        assert ended < 1.0, f"bob's session on a ended {ended:.2f} s after the lock on c"
+        deadline = time.time() + 3
+        while "announced through the cluster" not in a.log() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "announced through the cluster" in a.log(), a.log()[-3000:]
+        assert imap_login(b.imaps, BOB, BOB_PW) == "fail", lock.stdout
+
         # the audit chain is one line whichever node wrote, and verifies from any node
         out = b.cli("audit-log", "verify")
         assert "intact" in out.stdout, out.stdout + out.stderr
@@ -233,6 +254,27 @@ def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
         assert writers > 5
     finally:
         stop_all(servers)
+
+
+def test_greylisting_is_one_state_for_all_nodes(tmp_path, postgres, redis):
+    """A sender deferred by one node passes through another once the delay is over (the triplets
+    are rows of the shared database): per-node state would defer it again there."""
+    with FakeDns() as fake:
+        extra = (f'[dns]\nserver = "127.0.0.1:{fake.port}"\ntimeout_ms = 700\nattempts = 1\n'
+                 '[greylist]\nenabled = true\ndelay_secs = 2\n')
+        a, b = servers = start_all(cluster(tmp_path, postgres, redis, names=("a", "b"), extra=extra))
+        try:
+            msg = message("a@nowhere.test", "grey")
+            code, text = send(a, "a@nowhere.test", msg)
+            assert code == 451 and "4.7.1" in text, (code, text)
+            time.sleep(2.2)
+            code, text = send(b, "a@nowhere.test", msg)
+            assert code == 250, text
+            # the pass through b is known to a
+            code, text = send(a, "a@nowhere.test", message("a@nowhere.test", "grey 2"))
+            assert code == 250, text
+        finally:
+            stop_all(servers)
 
 
 class Sink:

@@ -14,6 +14,11 @@
 //! wake their sessions of that account (IDLE, NOTIFY), which then read the shared database. When
 //! Redis is down, sessions on other nodes see the change at their next command or IDLE poll.
 //!
+//! An incident lock (`postern incident lock`, the API, the console) is announced on the channel
+//! `postern:sessions` as `ACCOUNT_ID AT` (numbers); every node ends the account's live sessions
+//! at once. The database stays the record: each node also reads it twice a second, so a lock
+//! announced while Redis was down still ends the sessions everywhere.
+//!
 //! Redis's client (`redis`, with its connection manager, which reconnects) is used as is; the
 //! listener reconnects and resubscribes by itself, and reloads the bans after each reconnection.
 
@@ -32,6 +37,7 @@ use redis::{AsyncCommands, IntoConnectionInfo};
 const KEY: &str = "postern:bans";
 const CHANNEL: &str = "postern:bans";
 const CHANGES: &str = "postern:changes";
+const SESSIONS: &str = "postern:sessions";
 /// How long a Redis call may take before the node falls back on its own state.
 const CALL: Duration = Duration::from_millis(800);
 
@@ -415,7 +421,27 @@ pub async fn attach(
         link: Link::new(client.clone()),
         node: node.clone(),
     }));
+    store.share_revocations(Arc::new(RedisRevocations {
+        link: Link::new(client.clone()),
+    }));
     Ok(Some(client))
+}
+
+/// Incident locks announced to every node (see the module).
+struct RedisRevocations {
+    link: Link,
+}
+
+#[async_trait::async_trait]
+impl postern_store::incident::RevocationBus for RedisRevocations {
+    async fn sessions_revoked(&self, account_id: i64, at: i64) -> Result<(), String> {
+        let mut c = self.link.conn().await?;
+        let _: i64 = self
+            .link
+            .call(c.publish(SESSIONS, format!("{account_id} {at}")))
+            .await?;
+        Ok(())
+    }
 }
 
 /// The counters the guard and the send limits share with the other nodes (a server's, not a CLI
@@ -460,13 +486,20 @@ pub fn relay_changes(client: redis::Client, store: &postern_store::Store, node: 
 
 /// Listens for other nodes' ban changes and reloads the guard's bans at each (and after each
 /// reconnection, in case one was missed), and for their mailbox changes, which wake this node's
-/// sessions of the account; until the process ends.
-pub fn listen(client: redis::Client, guard: Arc<Guard>, store: postern_store::Store, node: String) {
+/// sessions of the account, and for incident locks, whose (account, time) go to `revoked` (the
+/// task that ends sessions); until the process ends.
+pub fn listen(
+    client: redis::Client,
+    guard: Arc<Guard>,
+    store: postern_store::Store,
+    node: String,
+    revoked: tokio::sync::mpsc::Sender<(i64, i64)>,
+) {
     tokio::spawn(async move {
         let mut down_since: Option<std::time::Instant> = None;
         loop {
             match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&[CHANNEL, CHANGES]).await {
+                Ok(mut pubsub) => match pubsub.subscribe(&[CHANNEL, CHANGES, SESSIONS]).await {
                     Ok(()) => {
                         if down_since.take().is_some() {
                             tracing::info!("Redis answers again: bans are shared again");
@@ -478,6 +511,15 @@ pub fn listen(client: redis::Client, guard: Arc<Guard>, store: postern_store::St
                                 let text: String = m.get_payload().unwrap_or_default();
                                 if let Some(account) = foreign_change(&text, &node) {
                                     store.changes().notify_local(account);
+                                }
+                            } else if m.get_channel_name() == SESSIONS {
+                                let text: String = m.get_payload().unwrap_or_default();
+                                if let Some((account, at)) = revocation(&text) {
+                                    tracing::info!(
+                                        account,
+                                        "sessions revoked: announced through the cluster"
+                                    );
+                                    let _ = revoked.try_send((account, at));
                                 }
                             } else {
                                 guard.sync_bans().await;
@@ -511,8 +553,23 @@ fn foreign_change(text: &str, me: &str) -> Option<i64> {
     (node != me).then(|| account.parse().ok()).flatten()
 }
 
+/// The account and time of an announced revocation (`ACCOUNT_ID AT`); None for anything else.
+fn revocation(text: &str) -> Option<(i64, i64)> {
+    let (account, at) = text.split_once(' ')?;
+    Some((account.parse().ok()?, at.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn revocations_are_two_numbers() {
+        assert_eq!(super::revocation("42 1700000000"), Some((42, 1700000000)));
+        assert_eq!(super::revocation("42"), None);
+        assert_eq!(super::revocation("x 1"), None);
+        assert_eq!(super::revocation("1 2 3"), None);
+        assert_eq!(super::revocation(""), None);
+    }
+
     #[test]
     fn changes_of_other_nodes_only() {
         assert_eq!(super::foreign_change("b 42", "a"), Some(42));

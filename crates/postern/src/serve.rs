@@ -119,9 +119,17 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         let key = keys.mac("cluster shared counters", b"").await?;
         guard.share(c.clone(), key);
     }
+    // Incident locks announced by other nodes (Redis), for the task that ends sessions below.
+    let (revoked_tx, mut revoked_rx) = tokio::sync::mpsc::channel::<(i64, i64)>(256);
     if let Some(client) = redis {
         crate::cluster::relay_changes(client.clone(), &store, cfg.node_name());
-        crate::cluster::listen(client, guard.clone(), store.clone(), cfg.node_name());
+        crate::cluster::listen(
+            client,
+            guard.clone(),
+            store.clone(),
+            cfg.node_name(),
+            revoked_tx,
+        );
     }
     // One resolver (and one cache) for outbound MX look-ups, the inbound checks, the reports
     // and the identity providers' keys.
@@ -175,7 +183,9 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         }
     }
     // Incident response: `postern incident lock` (or the API) stamps the account's
-    // sessions_revoked_at; within a second every live session of it ends.
+    // sessions_revoked_at; within a second every live session of it ends. In a cluster the lock
+    // is also announced through Redis, which ends the sessions at once; the database read
+    // covers announcements lost while Redis was down. Each (account, time) is acted on once.
     let revocations = Arc::new(postern_net::Revocations::default());
     {
         let (store, revocations) = (store.clone(), revocations.clone());
@@ -184,9 +194,19 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
             let mut done: std::collections::HashSet<(i64, i64)> = Default::default();
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
-                tick.tick().await;
-                let Ok(rows) = store.sessions_revoked_since(since - 1).await else {
-                    continue;
+                let rows = tokio::select! {
+                    _ = tick.tick() => match store.sessions_revoked_since(since - 1).await {
+                        Ok(rows) => {
+                            // only the database's rows move `since`: an announcement may
+                            // arrive before an earlier lock is read
+                            for (_, at) in &rows {
+                                since = since.max(*at);
+                            }
+                            rows
+                        }
+                        Err(_) => continue,
+                    },
+                    Some(announced) = revoked_rx.recv() => vec![announced],
                 };
                 for (account, at) in rows {
                     if done.insert((account, at)) {
@@ -197,7 +217,6 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
                             "sessions of the account revoked"
                         );
                     }
-                    since = since.max(at);
                 }
                 done.retain(|(_, at)| *at >= since - 1);
             }

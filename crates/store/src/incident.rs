@@ -1,10 +1,24 @@
 //! Incident response on an account: one transaction locks it (logins off, password to be
 //! changed, app passwords, client certificates and second factor gone, queued mail held, live sessions revoked), and
 //! the running server learns which accounts' sessions to end from `sessions_revoked_at`.
+//!
+//! Several nodes: every node reads `sessions_revoked_at` twice a second, and a lock is also
+//! announced at once through the cluster's bus ([`RevocationBus`], Redis pub/sub), so the
+//! sessions on every node end within moments. The database stays the record: an announcement
+//! lost while Redis is down is made good by the next read.
 
 use sqlx::Row;
 
 use crate::{Result, Store, StoreError};
+
+/// Announces revoked sessions to the other nodes of a cluster (implemented by the server,
+/// which owns the Redis connection). Failing is not an error of the lock: the nodes then learn
+/// it from the database.
+#[async_trait::async_trait]
+pub trait RevocationBus: Send + Sync {
+    /// The sessions of `account_id` opened before `at` are revoked.
+    async fn sessions_revoked(&self, account_id: i64, at: i64) -> std::result::Result<(), String>;
+}
 
 /// What a lock did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -64,12 +78,23 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
+        if let Some(bus) = self.revocation_bus.get() {
+            if let Err(e) = bus.sessions_revoked(account_id, now).await {
+                tracing::warn!(error = %e, account_id,
+                    "the revocation could not be announced to the other nodes: they end the sessions at their next read of the database");
+            }
+        }
         Ok(LockEffect {
             app_passwords_revoked,
             client_certs_removed,
             second_factor_removed,
             queued_messages_held,
         })
+    }
+
+    /// Announces revoked sessions through `bus` from now on (cluster mode).
+    pub fn share_revocations(&self, bus: std::sync::Arc<dyn RevocationBus>) {
+        let _ = self.revocation_bus.set(bus);
     }
 
     /// Lifts an incident lock: logins allowed again (the caller sets a new password first).

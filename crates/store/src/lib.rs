@@ -183,6 +183,10 @@ pub struct StoredMessage {
 pub struct Store {
     /// Where bans are shared with other nodes (`[cluster] redis`), when set (see [`audit`]).
     shared_bans: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn audit::SharedBans>>>,
+    /// Where revoked sessions are announced to the other nodes (`[cluster] redis`), when set
+    /// (see [`incident`]).
+    revocation_bus:
+        std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn incident::RevocationBus>>>,
     /// Which engine holds the data.
     backend: Backend,
     read: AnyPool,
@@ -276,6 +280,7 @@ impl Store {
         Store {
             backend,
             shared_bans: Default::default(),
+            revocation_bus: Default::default(),
             read,
             write,
             blobs,
