@@ -8,7 +8,8 @@ master key copy, lock), as `postern init --database URL` sets them up:
 - a delivery through one node wakes an IDLE session on another within a second (Redis
   pub/sub), a ban made on one node is refused by another within a second, and an incident lock
   made on one node ends the account's session on another at once (pub/sub too);
-- a sender greylisted by one node passes through another once the delay is over;
+- a sender greylisted by one node passes through another once the delay is over, and
+  `[imap] max_sessions_per_account` counts the sessions of every node;
 - 5,000 queued messages are delivered exactly once with three nodes competing for the queue
   (leases taken with FOR UPDATE SKIP LOCKED);
 - a node killed (SIGKILL) under SMTP load behind HAProxy: every acknowledged message is stored
@@ -256,13 +257,19 @@ def test_three_nodes_serve_one_mail_system(tmp_path, postgres, redis):
         stop_all(servers)
 
 
-def test_greylisting_is_one_state_for_all_nodes(tmp_path, postgres, redis):
+def test_greylisting_and_the_imap_session_cap_hold_for_the_cluster(tmp_path, postgres, redis):
     """A sender deferred by one node passes through another once the delay is over (the triplets
-    are rows of the shared database): per-node state would defer it again there."""
+    are rows of the shared database: per-node state would defer it again there); and
+    `[imap] max_sessions_per_account` counts an account's sessions on every node (Redis)."""
+    import imaplib
     with FakeDns() as fake:
         extra = (f'[dns]\nserver = "127.0.0.1:{fake.port}"\ntimeout_ms = 700\nattempts = 1\n'
                  '[greylist]\nenabled = true\ndelay_secs = 2\n')
-        a, b = servers = start_all(cluster(tmp_path, postgres, redis, names=("a", "b"), extra=extra))
+        nodes = cluster(tmp_path, postgres, redis, names=("a", "b"), extra=extra)
+        for d, _ in nodes:
+            cfg = d / "postern.toml"
+            cfg.write_text(cfg.read_text().replace("[imap]\n", "[imap]\nmax_sessions_per_account = 2\n", 1))
+        a, b = servers = start_all(nodes)
         try:
             msg = message("a@nowhere.test", "grey")
             code, text = send(a, "a@nowhere.test", msg)
@@ -273,6 +280,31 @@ def test_greylisting_is_one_state_for_all_nodes(tmp_path, postgres, redis):
             # the pass through b is known to a
             code, text = send(a, "a@nowhere.test", message("a@nowhere.test", "grey 2"))
             assert code == 250, text
+
+            def session(node):
+                m = imaplib.IMAP4_SSL("127.0.0.1", node.imaps, ssl_context=tls_client_context(), timeout=10)
+                try:
+                    m.login(ALICE, ALICE_PW)
+                except imaplib.IMAP4.error as e:
+                    m.shutdown()
+                    return str(e)
+                return m
+
+            first, second = session(a), session(b)
+            assert not isinstance(first, str) and not isinstance(second, str), (first, second)
+            for node in (a, b):
+                refused = session(node)
+                assert isinstance(refused, str) and "LIMIT" in refused, refused
+            # one ends: its seat is free again, for the other node too
+            first.logout()
+            deadline = time.time() + 3
+            third = session(b)
+            while isinstance(third, str) and time.time() < deadline:
+                time.sleep(0.1)
+                third = session(b)
+            assert not isinstance(third, str), third
+            second.logout()
+            third.logout()
         finally:
             stop_all(servers)
 

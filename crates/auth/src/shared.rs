@@ -52,11 +52,97 @@ pub trait SharedCounters: Send + Sync {
     async fn seen(&self, key: &str, ttl: u64) -> Result<bool, SharedError>;
     /// Forgets keys (windows and values alike).
     async fn forget(&self, keys: &[String]) -> Result<(), SharedError>;
-    /// Takes (or, held by `owner` already, renews) the lock `key` for `ttl` seconds; false when
-    /// another owner holds it.
-    async fn hold(&self, key: &str, owner: &str, ttl: u64) -> Result<bool, SharedError>;
-    /// Gives the lock `key` back if `owner` holds it.
-    async fn release(&self, key: &str, owner: &str) -> Result<(), SharedError>;
+    /// Takes (or, held by `owner` already, renews) one of the `seats` places of `key` until
+    /// `until` (Unix seconds); false when `seats` other owners hold places that have not expired
+    /// at `now`. Atomic among nodes. A lock is a key of one seat.
+    async fn take_seat(
+        &self,
+        key: &str,
+        owner: &str,
+        seats: u32,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, SharedError>;
+    /// Gives `owner`'s place of `key` back (if it holds one).
+    async fn leave_seat(&self, key: &str, owner: &str) -> Result<(), SharedError>;
+}
+
+/// How long a [`Seat`] outlives its last renewal (a node that died holding it), in seconds; it
+/// is renewed every third of that.
+pub const SEAT_TTL: u64 = 90;
+
+/// A place held in a shared seat set ([`SharedCounters::take_seat`]) while a session lasts: the
+/// cluster's side of "one POP3 session per maildrop" and "at most N IMAP sessions per account".
+/// Its owner is a random token; a task renews it every [`SEAT_TTL`]`/3` seconds, and it is given
+/// back when dropped (a node that dies leaves it to expire).
+pub struct Seat {
+    counters: std::sync::Arc<dyn SharedCounters>,
+    key: String,
+    owner: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Seat {
+    /// One of the `seats` places of `key`; None when all are taken.
+    pub async fn take(
+        counters: &std::sync::Arc<dyn SharedCounters>,
+        key: String,
+        seats: u32,
+    ) -> Result<Option<Seat>, SharedError> {
+        let owner = format!("{:032x}", rand::random::<u128>());
+        let now = unix_now();
+        if !counters
+            .take_seat(&key, &owner, seats, now, now + SEAT_TTL)
+            .await?
+        {
+            return Ok(None);
+        }
+        let (c, k, o) = (counters.clone(), key.clone(), owner.clone());
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(SEAT_TTL / 3)).await;
+                let now = unix_now();
+                match c.take_seat(&k, &o, seats, now, now + SEAT_TTL).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %k, "a shared session seat was lost (it expired)");
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "shared session seat not renewed"),
+                }
+            }
+        });
+        Ok(Some(Seat {
+            counters: counters.clone(),
+            key,
+            owner,
+            renew,
+        }))
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.renew.abort();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (c, k, o) = (
+                self.counters.clone(),
+                std::mem::take(&mut self.key),
+                std::mem::take(&mut self.owner),
+            );
+            rt.spawn(async move {
+                if let Err(e) = c.leave_seat(&k, &o).await {
+                    tracing::debug!(error = %e, "shared session seat not given back: it expires");
+                }
+            });
+        }
+    }
 }
 
 /// A short, keyed tag of `parts` (HMAC-SHA-256 under the cluster's shared key, 128 bits in hex):
@@ -78,6 +164,8 @@ pub fn tag(key: &[u8; 32], parts: &[&[u8]]) -> String {
 pub struct MemoryCounters {
     windows: Mutex<HashMap<String, Vec<(u64, u32)>>>,
     values: Mutex<HashMap<String, (String, u64)>>,
+    /// Seat sets: key -> owner -> until.
+    seats: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// The time the values' expiry is measured against (tests move it).
     clock: Option<std::sync::Arc<dyn crate::guard::Clock>>,
     /// While set, every call fails (Redis down).
@@ -152,18 +240,29 @@ impl SharedCounters for MemoryCounters {
         self.set(key, "1", ttl).await?;
         Ok(was)
     }
-    async fn hold(&self, key: &str, owner: &str, ttl: u64) -> Result<bool, SharedError> {
-        match self.get(key).await? {
-            Some(o) if o != owner => Ok(false),
-            _ => {
-                self.set(key, owner, ttl).await?;
-                Ok(true)
-            }
+    async fn take_seat(
+        &self,
+        key: &str,
+        owner: &str,
+        seats: u32,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, SharedError> {
+        self.up()?;
+        let mut all = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        let set = all.entry(key.to_owned()).or_default();
+        set.retain(|_, u| *u > now);
+        if set.contains_key(owner) || set.len() < seats as usize {
+            set.insert(owner.to_owned(), until);
+            return Ok(true);
         }
+        Ok(false)
     }
-    async fn release(&self, key: &str, owner: &str) -> Result<(), SharedError> {
-        if self.get(key).await?.as_deref() == Some(owner) {
-            self.forget(&[key.to_owned()]).await?;
+    async fn leave_seat(&self, key: &str, owner: &str) -> Result<(), SharedError> {
+        self.up()?;
+        let mut all = self.seats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = all.get_mut(key) {
+            set.remove(owner);
         }
         Ok(())
     }
@@ -176,5 +275,54 @@ impl SharedCounters for MemoryCounters {
             v.remove(k);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seats_are_counted_renewed_and_expire() {
+        let c = MemoryCounters::default();
+        assert!(c.take_seat("k", "a", 2, 100, 190).await.unwrap());
+        assert!(c.take_seat("k", "b", 2, 100, 190).await.unwrap());
+        assert!(
+            !c.take_seat("k", "c", 2, 100, 190).await.unwrap(),
+            "both seats taken"
+        );
+        assert!(
+            c.take_seat("k", "a", 2, 130, 220).await.unwrap(),
+            "a renewal"
+        );
+        c.leave_seat("k", "b").await.unwrap();
+        assert!(
+            c.take_seat("k", "c", 2, 131, 221).await.unwrap(),
+            "b's seat given back"
+        );
+        // at 200, c's and a's are live: d waits; at 222 both expired
+        assert!(!c.take_seat("k", "d", 2, 200, 290).await.unwrap());
+        assert!(
+            c.take_seat("k", "d", 2, 222, 312).await.unwrap(),
+            "expired seats are free"
+        );
+        assert!(c.take_seat("other", "x", 1, 222, 312).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_seat_is_given_back_when_dropped() {
+        let c: std::sync::Arc<dyn SharedCounters> = std::sync::Arc::new(MemoryCounters::default());
+        let seat = Seat::take(&c, "k".into(), 1).await.unwrap().expect("free");
+        assert!(Seat::take(&c, "k".into(), 1).await.unwrap().is_none());
+        drop(seat);
+        let mut again = None;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            again = Seat::take(&c, "k".into(), 1).await.unwrap();
+            if again.is_some() {
+                break;
+            }
+        }
+        assert!(again.is_some(), "given back by a task once dropped");
     }
 }

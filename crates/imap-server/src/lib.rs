@@ -19,6 +19,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use postern_auth::shared::{Seat, SharedCounters};
 use postern_auth::Authenticator;
 use postern_config::ImapConfig;
 use postern_net::TlsAcceptor;
@@ -62,30 +63,60 @@ impl Drop for CompressedSlot {
     }
 }
 
-/// Counts open sessions per account, to enforce `imap.max_sessions_per_account`.
+/// Counts open sessions per account, to enforce `imap.max_sessions_per_account`: in the process
+/// and, in a cluster ([`AccountSessions::share`]), across the nodes too, as the seats of
+/// `imap:ACCOUNT_ID` in Redis (a [`Seat`] per session: renewed while it lasts, expiring
+/// [`postern_auth::shared::SEAT_TTL`] after a node dies). Redis not answering: the node's own
+/// count only (logged), so logins keep working.
 #[derive(Default)]
 pub struct AccountSessions {
     open: Mutex<HashMap<i64, usize>>,
+    shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
 }
 
-/// Held while a session is logged in; releases its slot when dropped.
+/// Held while a session is logged in; releases its slot (and its cluster seat) when dropped.
 pub struct AccountSlot {
     owner: Arc<AccountSessions>,
     account: i64,
+    _seat: Option<Seat>,
 }
 
 impl AccountSessions {
-    pub fn acquire(self: &Arc<Self>, account: i64, max: usize) -> Option<AccountSlot> {
-        let mut m = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(account).or_insert(0);
-        if *n >= max {
-            return None;
+    /// Counts sessions across nodes through `counters` as well (once; a second call is ignored).
+    pub fn share(&self, counters: Arc<dyn SharedCounters>) {
+        let _ = self.shared.set(counters);
+    }
+
+    pub async fn acquire(self: &Arc<Self>, account: i64, max: usize) -> Option<AccountSlot> {
+        let mut slot = {
+            let mut m = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(account).or_insert(0);
+            if *n >= max {
+                return None;
+            }
+            *n += 1;
+            AccountSlot {
+                owner: self.clone(),
+                account,
+                _seat: None,
+            }
+        };
+        let Some(counters) = self.shared.get() else {
+            return Some(slot);
+        };
+        let seats = u32::try_from(max).unwrap_or(u32::MAX);
+        match Seat::take(counters, format!("imap:{account}"), seats).await {
+            Ok(Some(seat)) => {
+                slot._seat = Some(seat);
+                Some(slot)
+            }
+            // Taken by sessions on other nodes (dropping `slot` gives this node's count back).
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, account, "IMAP sessions counted on this node only");
+                Some(slot)
+            }
         }
-        *n += 1;
-        Some(AccountSlot {
-            owner: self.clone(),
-            account,
-        })
     }
 }
 
@@ -98,5 +129,49 @@ impl Drop for AccountSlot {
                 m.remove(&self.account);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_per_account_are_counted_across_nodes() {
+        let shared: Arc<dyn SharedCounters> =
+            Arc::new(postern_auth::shared::MemoryCounters::default());
+        let (a, b) = (
+            Arc::new(AccountSessions::default()),
+            Arc::new(AccountSessions::default()),
+        );
+        a.share(shared.clone());
+        b.share(shared.clone());
+        let first = a.acquire(7, 2).await.expect("free");
+        let second = b.acquire(7, 2).await.expect("one left");
+        assert!(a.acquire(7, 2).await.is_none(), "two in the cluster");
+        assert!(b.acquire(7, 2).await.is_none(), "two in the cluster");
+        assert!(b.acquire(8, 2).await.is_some(), "another account");
+        drop(second);
+        let mut got = None;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            got = a.acquire(7, 2).await;
+            if got.is_some() {
+                break;
+            }
+        }
+        assert!(got.is_some(), "a seat is given back when its session ends");
+        // a refusal by the cluster gives this node's count back too: once a's sessions end, b
+        // (refused above) has its whole quota
+        drop((first, got));
+        let mut both = (None, None);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            both = (b.acquire(7, 2).await, b.acquire(7, 2).await);
+            if both.0.is_some() && both.1.is_some() {
+                break;
+            }
+        }
+        assert!(both.0.is_some() && both.1.is_some());
     }
 }

@@ -12,7 +12,7 @@ pub mod session;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use postern_auth::shared::SharedCounters;
+use postern_auth::shared::{Seat, SharedCounters};
 use postern_auth::Authenticator;
 use postern_config::Pop3Config;
 use postern_net::TlsAcceptor;
@@ -32,23 +32,20 @@ pub struct Pop3Server {
 }
 
 /// RFC 1939 4: one POP3 session holds an account's maildrop at a time. In the process and, in a
-/// cluster ([`MaildropLocks::share`]), in Redis too (`pop3:ACCOUNT_ID`, held by a random owner
-/// token, renewed while the session lasts, expiring [`SHARED_TTL`] after a node dies). Redis not
-/// answering: the node's own lock only (logged), so POP3 keeps working.
+/// cluster ([`MaildropLocks::share`]), in Redis too: the one seat of `pop3:ACCOUNT_ID` (a
+/// [`Seat`]: renewed while the session lasts, expiring [`postern_auth::shared::SEAT_TTL`] after a
+/// node dies). Redis not answering: the node's own lock only (logged), so POP3 keeps working.
 #[derive(Default)]
 pub struct MaildropLocks {
     held: Mutex<HashSet<i64>>,
     shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
 }
 
-/// How long a shared lock outlives its last renewal (a node that died holding it).
-pub const SHARED_TTL: u64 = 90;
-
 pub struct MaildropLock {
     owner: Arc<MaildropLocks>,
     account: i64,
-    /// The shared lock's owner token and its renewal task.
-    shared: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// The cluster's lock (given back when dropped).
+    _shared: Option<Seat>,
 }
 
 impl MaildropLocks {
@@ -69,34 +66,18 @@ impl MaildropLocks {
         let mut lock = MaildropLock {
             owner: self.clone(),
             account,
-            shared: None,
+            _shared: None,
         };
         let Some(counters) = self.shared.get() else {
             return Some(lock);
         };
-        let key = format!("pop3:{account}");
-        let token = format!("{:032x}", rand::random::<u128>());
-        match counters.hold(&key, &token, SHARED_TTL).await {
-            Ok(true) => {
-                let (c, k, t) = (counters.clone(), key, token.clone());
-                let renew = tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(std::time::Duration::from_secs(SHARED_TTL / 3)).await;
-                        match c.hold(&k, &t, SHARED_TTL).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::warn!(account, "the shared POP3 maildrop lock was lost");
-                                return;
-                            }
-                            Err(e) => tracing::debug!(error = %e, "POP3 lock not renewed"),
-                        }
-                    }
-                });
-                lock.shared = Some((token, renew));
+        match Seat::take(counters, format!("pop3:{account}"), 1).await {
+            Ok(Some(seat)) => {
+                lock._shared = Some(seat);
                 Some(lock)
             }
             // Held by a session on another node (dropping `lock` gives the local one back).
-            Ok(false) => None,
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, account, "POP3 maildrop locked on this node only");
                 Some(lock)
@@ -109,20 +90,6 @@ impl Drop for MaildropLock {
     fn drop(&mut self) {
         let mut h = self.owner.held.lock().unwrap_or_else(|e| e.into_inner());
         h.remove(&self.account);
-        if let Some((token, renew)) = self.shared.take() {
-            renew.abort();
-            if let (Some(c), Ok(rt)) = (
-                self.owner.shared.get().cloned(),
-                tokio::runtime::Handle::try_current(),
-            ) {
-                let key = format!("pop3:{}", self.account);
-                rt.spawn(async move {
-                    if let Err(e) = c.release(&key, &token).await {
-                        tracing::debug!(error = %e, "POP3 lock not given back: it expires");
-                    }
-                });
-            }
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `[cluster]`: state shared by several Postern nodes through Redis: bans, mailbox change
 //! notifications, and the counters and locks of [`SharedCounters`] (the guard's windows,
-//! lockouts and known clients, send limits, POP3 maildrop locks; see `RedisCounters`).
+//! lockouts and known clients, send limits, POP3 maildrop locks and IMAP session caps as seat
+//! sets; see `RedisCounters`).
 //!
 //! A ban is a field of the hash `postern:bans` (the network, then its end, reason, offences and
 //! the node that made it, as JSON: addresses of attackers, no secret) and is announced on the
@@ -38,6 +39,23 @@ const KEY: &str = "postern:bans";
 const CHANNEL: &str = "postern:bans";
 const CHANGES: &str = "postern:changes";
 const SESSIONS: &str = "postern:sessions";
+/// [`SharedCounters::take_seat`] in one step on the Redis server (a script, sent with EVAL: the
+/// client's `script` feature, which caches it by digest, is not built): a sorted set of owners
+/// scored by when their place expires. Expired places are dropped; the owner's place is renewed,
+/// or taken while fewer than ARGV[2] are held; the key lives as long as its last place.
+const TAKE_SEAT: &str = r"
+local key, owner = KEYS[1], ARGV[1]
+local seats, now, untl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZSCORE', key, owner) or redis.call('ZCARD', key) < seats then
+  redis.call('ZADD', key, untl, owner)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('EXPIREAT', key, tonumber(last[2]))
+  return 1
+end
+return 0
+";
+
 /// How long a Redis call may take before the node falls back on its own state.
 const CALL: Duration = Duration::from_millis(800);
 
@@ -248,47 +266,37 @@ impl SharedCounters for RedisCounters {
         Ok(n > 0)
     }
 
-    async fn hold(&self, key: &str, owner: &str, ttl: u64) -> Result<bool, SharedError> {
+    async fn take_seat(
+        &self,
+        key: &str,
+        owner: &str,
+        seats: u32,
+        now: u64,
+        until: u64,
+    ) -> Result<bool, SharedError> {
         let mut c = self.link.conn().await.map_err(SharedError)?;
-        let k = shared_key(key);
-        let mut set = redis::cmd("SET");
-        set.arg(&k).arg(owner).arg("NX").arg("EX").arg(ttl.max(1));
-        let taken: Option<String> = self
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(TAKE_SEAT)
+            .arg(1)
+            .arg(shared_key(key))
+            .arg(owner)
+            .arg(seats)
+            .arg(now)
+            .arg(until);
+        let taken: i64 = self
             .link
-            .call(set.query_async(&mut c))
+            .call(eval.query_async(&mut c))
             .await
             .map_err(SharedError)?;
-        if taken.is_some() {
-            return Ok(true);
-        }
-        // Held: by this owner (a renewal), or by another. Read, then renew: a lock renewed well
-        // inside its expiry cannot change hands in the one round trip between the two.
-        let current: Option<String> = self.link.call(c.get(&k)).await.map_err(SharedError)?;
-        if current.as_deref() != Some(owner) {
-            return Ok(false);
-        }
-        let renewed: i64 = self
-            .link
-            .call(c.expire(&k, ttl.max(1) as i64))
-            .await
-            .map_err(SharedError)?;
-        Ok(renewed == 1)
+        Ok(taken == 1)
     }
 
-    async fn release(&self, key: &str, owner: &str) -> Result<(), SharedError> {
+    async fn leave_seat(&self, key: &str, owner: &str) -> Result<(), SharedError> {
         let mut c = self.link.conn().await.map_err(SharedError)?;
-        let k = shared_key(key);
-        // Compare and delete: a lock that expired and was taken by another session meanwhile
-        // stays with it. Without a script (the client's `script` feature is off), the window
-        // between the two calls is one round trip, far inside the lock's expiry.
-        let current: Option<String> = self.link.call(c.get(&k)).await.map_err(SharedError)?;
-        if current.as_deref() == Some(owner) {
-            self.link
-                .call(c.del::<_, ()>(&k))
-                .await
-                .map_err(SharedError)?;
-        }
-        Ok(())
+        self.link
+            .call(c.zrem::<_, _, ()>(shared_key(key), owner))
+            .await
+            .map_err(SharedError)
     }
 
     async fn forget(&self, keys: &[String]) -> Result<(), SharedError> {

@@ -371,7 +371,13 @@ pub async fn serve(cfg: Config, format: Option<LogFormat>, banner: Option<String
         store: store.clone(),
         auth: auth.clone(),
         tls: tls.clone(),
-        sessions: Default::default(),
+        sessions: {
+            let s = postern_imap::AccountSessions::default();
+            if let Some(c) = &counters {
+                s.share(c.clone());
+            }
+            Arc::new(s)
+        },
         revocations: revocations.clone(),
         compressed: Default::default(),
     });

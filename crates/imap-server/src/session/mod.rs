@@ -1191,7 +1191,7 @@ impl Session {
                 .await
         };
         match end {
-            postern_auth::SaslEnd::Decided(outcome) => self.answer_login(tag, outcome),
+            postern_auth::SaslEnd::Decided(outcome) => self.answer_login(tag, outcome).await,
             postern_auth::SaslEnd::Aborted(SaslError::Closed) => Flow::Close,
             postern_auth::SaslEnd::Aborted(SaslError::Cancelled) => {
                 self.bad(tag, "Authentication cancelled")
@@ -1222,17 +1222,18 @@ impl Session {
                 tls: self.tls.map(|t| t.version),
             })
             .await;
-        self.answer_login(tag, outcome)
+        self.answer_login(tag, outcome).await
     }
 
     /// The reply to a decided login, whatever the mechanism.
-    fn answer_login(&mut self, tag: &str, outcome: postern_auth::AuthOutcome) -> Flow {
+    async fn answer_login(&mut self, tag: &str, outcome: postern_auth::AuthOutcome) -> Flow {
         match outcome.answer(&WORDING) {
             Answer::LoggedIn(p) => {
                 let Some(slot) = self
                     .srv
                     .sessions
                     .acquire(p.account_id, self.srv.config.max_sessions_per_account)
+                    .await
                 else {
                     tracing::warn!(event = "imap_session_cap", account = %p.address, ip = %self.peer.ip(), "too many IMAP sessions for account");
                     return self.no(tag, "[LIMIT] Too many sessions for this account");
