@@ -1201,6 +1201,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn nothing_secret_or_naming_an_account_is_shared() {
+        let (a, b, _, counters) = pair(GuardConfig {
+            ip_max_failures: 3,
+            account_max_failures: 2,
+            ..GuardConfig::default()
+        });
+        let (secret, account) = ("Sup3r-Secret-pw", "alice@x.test");
+        a.success(ip("198.51.100.7"), account).await;
+        for (i, g) in [&a, &b, &a, &b].into_iter().enumerate() {
+            let src = ip(&format!("203.0.113.{i}"));
+            g.failure(src, account, &pw(secret)).await;
+            g.failure(src, account, &pw(secret)).await;
+            g.code_failure(src, account).await;
+            g.check(src, account).await;
+        }
+        let held = counters.everything();
+        assert!(held.len() > 5, "the guard shared its state: {held:?}");
+        for item in &held {
+            assert!(
+                !item.contains(secret),
+                "a password in the shared store: {item}"
+            );
+            assert!(
+                !item.contains("alice"),
+                "a login name in the shared store: {item}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn an_attack_spread_over_nodes_meets_one_set_of_counters() {
         let (a, b, _, _) = pair(GuardConfig {
             ip_max_failures: 10,

@@ -189,6 +189,28 @@ impl MemoryCounters {
     fn now(&self) -> u64 {
         self.clock.as_ref().map_or(0, |c| c.now())
     }
+
+    /// Every key, value and seat owner held (what Redis would hold): for tests that nothing
+    /// secret is stored.
+    #[cfg(test)]
+    pub(crate) fn everything(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for (k, (v, _)) in self.values.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            all.push(k.clone());
+            all.push(v.clone());
+        }
+        for (k, owners) in self.seats.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            all.push(k.clone());
+            all.extend(owners.keys().cloned());
+        }
+        all
+    }
 }
 
 #[async_trait::async_trait]
