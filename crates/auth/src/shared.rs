@@ -127,6 +127,31 @@ impl Seat {
     }
 }
 
+/// All the seats of a set are taken (by sessions on other nodes).
+#[derive(Debug)]
+pub struct SeatsTaken;
+
+/// A session's seat in a cluster: `Ok(Some)` taken; `Ok(None)` when there is no cluster or the
+/// shared store did not answer (the node decides on its own count; logged); `Err(SeatsTaken)`
+/// when all `seats` are held elsewhere.
+pub async fn claim_seat(
+    counters: Option<&std::sync::Arc<dyn SharedCounters>>,
+    key: String,
+    seats: u32,
+) -> Result<Option<Seat>, SeatsTaken> {
+    let Some(counters) = counters else {
+        return Ok(None);
+    };
+    match Seat::take(counters, key.clone(), seats).await {
+        Ok(Some(seat)) => Ok(Some(seat)),
+        Ok(None) => Err(SeatsTaken),
+        Err(e) => {
+            tracing::warn!(error = %e, key = %key, "session seats counted on this node only");
+            Ok(None)
+        }
+    }
+}
+
 impl Drop for Seat {
     fn drop(&mut self) {
         self.renew.abort();

@@ -19,7 +19,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use postern_auth::shared::{Seat, SharedCounters};
+use postern_auth::shared::{claim_seat, Seat, SharedCounters};
 use postern_auth::Authenticator;
 use postern_config::ImapConfig;
 use postern_net::TlsAcceptor;
@@ -101,22 +101,12 @@ impl AccountSessions {
                 _seat: None,
             }
         };
-        let Some(counters) = self.shared.get() else {
-            return Some(slot);
-        };
         let seats = u32::try_from(max).unwrap_or(u32::MAX);
-        match Seat::take(counters, format!("imap:{account}"), seats).await {
-            Ok(Some(seat)) => {
-                slot._seat = Some(seat);
-                Some(slot)
-            }
-            // Taken by sessions on other nodes (dropping `slot` gives this node's count back).
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, account, "IMAP sessions counted on this node only");
-                Some(slot)
-            }
-        }
+        // Taken by sessions on other nodes: None (dropping `slot` gives this node's count back).
+        slot._seat = claim_seat(self.shared.get(), format!("imap:{account}"), seats)
+            .await
+            .ok()?;
+        Some(slot)
     }
 }
 

@@ -12,7 +12,7 @@ pub mod session;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use postern_auth::shared::{Seat, SharedCounters};
+use postern_auth::shared::{claim_seat, Seat, SharedCounters};
 use postern_auth::Authenticator;
 use postern_config::Pop3Config;
 use postern_net::TlsAcceptor;
@@ -68,21 +68,11 @@ impl MaildropLocks {
             account,
             _shared: None,
         };
-        let Some(counters) = self.shared.get() else {
-            return Some(lock);
-        };
-        match Seat::take(counters, format!("pop3:{account}"), 1).await {
-            Ok(Some(seat)) => {
-                lock._shared = Some(seat);
-                Some(lock)
-            }
-            // Held by a session on another node (dropping `lock` gives the local one back).
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, account, "POP3 maildrop locked on this node only");
-                Some(lock)
-            }
-        }
+        // Held by a session on another node: None (dropping `lock` gives the local one back).
+        lock._shared = claim_seat(self.shared.get(), format!("pop3:{account}"), 1)
+            .await
+            .ok()?;
+        Some(lock)
     }
 }
 
