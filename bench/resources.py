@@ -53,6 +53,27 @@ def cli(binary, d, *args, stdin=None):
                           check=True)
 
 
+def free_offset():
+    """A port offset for which every listener's port (+offset) is free on 127.0.0.1, below Linux's
+    ephemeral range (32768-60999), where outgoing connections of the machine would take them."""
+    for _ in range(500):
+        off = random.randrange(20000, 32768 - 8080)
+        ok = True
+        for base in (25, 587, 465, 143, 993, 110, 995, 8080):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", base + off))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+            if not ok:
+                break
+        if ok:
+            return off
+    raise SystemExit("no free port offset")
+
+
 def connect_from(ip, port, timeout=10):
     s = socket.socket()
     s.settimeout(timeout)
@@ -133,7 +154,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="postern-res-"))
     d = tmp / "data"
-    off = random.randrange(20000, 40000)
+    off = free_offset()
     cli(a.bin, d, "init", "--dir", str(d), "--domain", "example.test", "--listen-ip", "127.0.0.1",
         "--port-offset", str(off))
     cfg = d / "postern.toml"
@@ -163,6 +184,8 @@ def main():
             socket.create_connection(("127.0.0.1", imaps), timeout=1).close()
             break
         except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("the server did not start: " + (tmp / "server.log").read_text()[-2000:])
             time.sleep(0.1)
     time.sleep(0.5)
     pid = proc.pid
